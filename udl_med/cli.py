@@ -1,0 +1,197 @@
+"""The ``udl-med`` command.
+
+Each command parses its arguments, calls one library function and prints the result.
+Heavy modules (torch, monai, mlflow) are imported inside the commands, so
+``udl-med --help`` is instant. A :class:`udl_med.errors.UserError` becomes one line
+on stderr and exit code 2; any other exception exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    """Print a result: human-readable lines, or exactly one JSON object on the last line."""
+    if as_json:
+        print(json.dumps(result, default=str, sort_keys=True))
+        return
+    for key, value in result.items():
+        print(f"{key}: {value}")
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def cmd_phantoms(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.data.phantoms import write_phantoms
+
+    return write_phantoms(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed, fmt=args.format)
+
+
+def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.data.io import describe
+
+    return describe(args.input)
+
+
+def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.data.io import convert
+
+    return convert(args.input, args.output)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.engine.train import train_from_file
+
+    return train_from_file(args.config, overrides=args.set, resume=args.resume)
+
+
+def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.sample import sample_to_dir
+
+    return sample_to_dir(args.model, n=args.n, out=args.out, label=args.label, seed=args.seed)
+
+
+def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.encode import encode_to_file
+
+    return encode_to_file(args.model, args.input, out=args.out)
+
+
+def cmd_fid(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.metrics.compare import compare_sets
+
+    return compare_sets(args.real, args.fake, extractor=args.extractor, dims=args.dims)
+
+
+def cmd_translate(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.translate import translate_path
+
+    return translate_path(args.model, args.input, args.output, direction=args.direction)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.export import export_model
+
+    return export_model(args.model, args.out, fmt=args.format)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.engine.pipeline import run_pipeline
+
+    return run_pipeline(args.pipeline, overrides=args.set)
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.demo import run_demo
+
+    return run_demo(args.out)
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="udl-med",
+        description="Unsupervised deep learning for CT/MR: RBM/DBN, autoencoders, VAEs, GANs, on MONAI.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("phantoms", cmd_phantoms, "write synthetic subjects: paired CT and MR, tissue labels, lesion class")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--n", type=int, default=8, help="number of subjects")
+    p.add_argument("--shape", type=int, nargs=3, default=[48, 48, 24], metavar=("X", "Y", "Z"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti")
+
+    p = add("info", cmd_info, "validate a volume, DICOM series, folder or manifest and describe it")
+    p.add_argument("input")
+
+    p = add("convert", cmd_convert, "convert a volume or DICOM series to NIfTI, MHA, NRRD or a DICOM series")
+    p.add_argument("input")
+    p.add_argument("output", help="a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series")
+
+    overrides_help = "override a config value, e.g. --set train.steps=100 (repeatable)"
+    p = add("train", cmd_train, "train the method a YAML config names; tracked in MLflow")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+
+    p = add("sample", cmd_sample, "draw new images from a generative model, as NIfTI plus a PNG grid")
+    p.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a local model folder")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("encode", cmd_encode, "write one latent vector per image to an .npz file")
+    p.add_argument("model")
+    p.add_argument("input")
+    p.add_argument("--out", required=True, help="FEATURES.npz")
+
+    p = add("fid", cmd_fid, "FID and KID (with confidence intervals) between two image sets")
+    p.add_argument("real", help="folder, manifest or saved statistics (.npz)")
+    p.add_argument("fake", help="folder, manifest or saved statistics (.npz)")
+    p.add_argument("--extractor", default="random", help="random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH")
+    p.add_argument("--dims", default="2", choices=["2", "2.5", "3"])
+
+    p = add("translate", cmd_translate, "translate CT to MR or MR to CT, keeping the input's geometry")
+    p.add_argument("model")
+    p.add_argument("input", help="volume, DICOM series folder, folder of volumes, or manifest")
+    p.add_argument("output", help="a .nii.gz name, or a folder name for a DICOM series")
+    p.add_argument("--direction", choices=["ct2mr", "mr2ct"], default=None)
+
+    p = add("export", cmd_export, "export a trained model: MONAI bundle, encoder weights, or TorchScript")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("--format", choices=["bundle", "encoder", "torchscript"], default="encoder")
+
+    p = add("pipeline", cmd_pipeline, "run a multi-step pipeline as nested MLflow runs")
+    p.add_argument("pipeline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
+
+    p = add("demo", cmd_demo, "make phantoms and train tiny models for every job, tracked in MLflow")
+    p.add_argument("--out", default="demo-out")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from udl_med.errors import UserError
+
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"udl-med {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"udl-med {args.command}: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    _print_result(result or {}, args.json)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Readers, writers, normalisation, MONAI transforms, datasets and phantoms."""

@@ -1,0 +1,1 @@
+"""The one training loop: config, devices, seeding, checkpoints, resume, MLflow."""

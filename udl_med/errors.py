@@ -1,0 +1,33 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad file, a bad config key, a bad argument) raises a
+subclass of :class:`UserError`. The CLI prints its message as one line and exits
+with code 2; every other exception exits with code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the message is one line."""
+
+
+class InputError(UserError):
+    """A file or folder that cannot be used; the message names the path and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(UserError):
+    """A bad configuration; the message names the file and the dotted key."""
+
+    def __init__(self, source: str | Path, key: str, problem: str) -> None:
+        self.source = str(source)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.source}: {key}: {problem}")

@@ -1,0 +1,1 @@
+"""Losses: reconstruction, ELBO, sparsity, GAN, cycle and identity, feature matching."""

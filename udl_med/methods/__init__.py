@@ -1,0 +1,1 @@
+"""Training methods: one module per method, registered by name (see base.py)."""

@@ -1,0 +1,181 @@
+"""The method interface: what one training step does.
+
+A method is the recipe, the engine is the loop. A method builds its networks and
+optimizers from its config section (``model:`` in the run config) and says what one
+training step does, top to bottom; the engine owns devices, the data loader, epochs,
+evaluation, checkpoints, resume, progress, distributed training and MLflow.
+
+A new method is one module under ``udl_med/methods/`` that subclasses
+:class:`Method`, declares a pydantic ``Config`` for its ``model:`` section and
+registers itself with :func:`register`::
+
+    @register("autoencoder")
+    class AutoencoderMethod(Method):
+        Config = AutoencoderConfig
+        batch_keys = (keys.IMAGE,)
+        capabilities = frozenset({Capability.ENCODE})
+
+        def configure_optimizers(self): return {"ae": Adam(self.net.parameters(), lr=...)}
+
+        def train_step(self, batch, opt):
+            x = batch[keys.IMAGE]
+            with opt.autocast():
+                loss = F.mse_loss(self.net(x), x)
+            opt.step("ae", loss)
+            return {"loss": loss.detach()}
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from enum import Enum
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class Capability(str, Enum):
+    """What a trained method can do beyond training, used by the CLI commands."""
+
+    SAMPLE = "sample"  # udl-med sample
+    ENCODE = "encode"  # udl-med encode, export --format encoder
+    TRANSLATE = "translate"  # udl-med translate, export --format bundle|torchscript
+    CLASSIFY = "classify"  # semi-supervised / fine-tuned classifiers
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's ``model:`` section: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class DataSpec(BaseModel):
+    """What the engine tells a method about its data when building it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spatial_dims: int  # 2 for slices (2D and 2.5D), 3 for patches
+    in_channels: int  # 1, or 2*context+1 for 2.5D
+    image_size: tuple[int, ...]  # spatial size of one training item
+    num_classes: int = 0  # number of distinct manifest labels (0 when unlabeled)
+
+
+class Optimization(Protocol):
+    """The engine's side of an optimizer step, handed to :meth:`Method.train_step`.
+
+    ``step(name, loss)`` zeroes the named optimizer's gradients, back-propagates
+    ``loss`` (scaled under mixed precision), averages gradients across processes when
+    distributed, clips them if configured and steps the optimizer. ``autocast()`` is
+    the mixed-precision context to run forward passes in.
+    """
+
+    def step(self, name: str, loss: Tensor, retain_graph: bool = False) -> None: ...
+
+    def autocast(self) -> AbstractContextManager: ...
+
+
+class Method(nn.Module, ABC):
+    """Base class of every training method.
+
+    Subclasses set the class attributes, build their networks as submodules in
+    ``__init__`` (so ``state_dict`` holds all of them) and implement
+    :meth:`configure_optimizers` and :meth:`train_step`. Everything else is optional
+    and declared through ``capabilities``.
+
+    Args:
+        config: the validated ``model:`` section (an instance of ``Config``).
+        data: spatial dims, channels, item size and class count of the training data.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    batch_keys: ClassVar[tuple[str, ...]] = ("image",)  # keys train_step reads
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    ema_modules: ClassVar[tuple[str, ...]] = ()  # submodule names averaged when train.ema_decay is set
+
+    def __init__(self, config: MethodConfig, data: DataSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.data = data
+
+    @abstractmethod
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Return the method's optimizers by name; called once after ``.to(device)``."""
+
+    @abstractmethod
+    def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
+        """Do one training step on ``batch``; return detached scalar losses by name."""
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Return evaluation metrics on a held-out batch (the model is in eval mode)."""
+        return {}
+
+    @torch.no_grad()
+    def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Return images to look at, by name, each ``(B, C, *spatial)`` in [-1, 1]."""
+        return {}
+
+    def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
+        """Draw ``n`` new images ``(n, C, *spatial)`` in [-1, 1]."""
+        raise NotImplementedError(f"method {self.name!r} cannot sample")
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Map images ``(B, C, *spatial)`` to feature vectors ``(B, F)``."""
+        raise NotImplementedError(f"method {self.name!r} cannot encode")
+
+    def translate(self, x: Tensor, direction: str) -> Tensor:
+        """Translate normalised images ``(B, C, *spatial)``; direction ``ct2mr`` or ``mr2ct``."""
+        raise NotImplementedError(f"method {self.name!r} cannot translate")
+
+    def export_encoder(self) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+        """Return ``(monai class path, constructor kwargs, state dict)`` of the encoder."""
+        raise NotImplementedError(f"method {self.name!r} has no exportable encoder")
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _import_all() -> None:
+    import udl_med.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "base":
+            importlib.import_module(f"udl_med.methods.{info.name}")
+
+
+def get_method(name: str) -> type[Method]:
+    """Return the method class registered as ``name``; ``KeyError`` lists the valid names."""
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def iter_methods() -> Iterator[type[Method]]:
+    _import_all()
+    yield from (_REGISTRY[n] for n in sorted(_REGISTRY))

@@ -1,0 +1,1 @@
+"""FID, KID, Inception Score, feature extractors, translation and probe metrics."""

@@ -1,0 +1,1 @@
+"""Networks, each dimension-agnostic through ``spatial_dims``."""
