@@ -1,0 +1,32 @@
+"""`udl-med export`: write a trained model in a format other tools load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from udl_med.errors import UserError
+
+EXPORT_FORMATS = ("bundle", "encoder", "torchscript")
+
+
+def export_model(model: str, out: str | Path, fmt: str = "encoder") -> dict[str, Any]:
+    """Export MODEL to OUT as a MONAI bundle, encoder weights, or a TorchScript network.
+
+    Raises:
+        UserError: unknown format, or a model that cannot be exported in that format.
+    """
+    from udl_med.engine.model_io import load_model
+
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    loaded = load_model(model)
+    if fmt == "encoder":
+        from udl_med.inference.export_encoder import export_encoder
+
+        return export_encoder(loaded, Path(out))
+    from udl_med.inference.export_translator import export_bundle, export_torchscript
+
+    if fmt == "bundle":
+        return export_bundle(loaded, Path(out))
+    return export_torchscript(loaded, Path(out))
