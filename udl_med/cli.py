@@ -179,13 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from udl_med.errors import UserError
+    from udl_med.errors import RunError, UserError
 
     try:
         result = args.func(args)
     except UserError as err:
         print(f"udl-med {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunError as err:
+        print(f"udl-med {args.command}: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"udl-med {args.command}: interrupted", file=sys.stderr)
         return EXIT_ERROR

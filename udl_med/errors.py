@@ -31,3 +31,10 @@ class ConfigError(UserError):
         self.key = key
         self.problem = problem
         super().__init__(f"{self.source}: {key}: {problem}")
+
+
+class RunError(Exception):
+    """A run stopped for a reason that is not bad input (NaN loss, interrupted); exit code 1.
+
+    The message is one line that says what happened and what was kept.
+    """

@@ -1,0 +1,99 @@
+"""Model folders: what ``train`` writes and every model-using command reads.
+
+A model folder holds ``udl_med_model.pt``: the method name, the resolved run config,
+the data spec and the state dict, loaded with ``weights_only=True`` and rebuilt from
+the config, never unpickled. MODEL on the command line is a local folder, or an MLflow
+URI (``runs:/<id>/model``, ``models:/<name>/<version>``) whose artifacts hold that file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from udl_med import keys
+from udl_med.engine.checkpoint import atomic_torch_save
+from udl_med.errors import InputError
+from udl_med.methods.base import DataSpec, Method, get_method
+
+log = logging.getLogger(__name__)
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained method rebuilt from its model file, in eval mode on the CPU."""
+
+    method: Method
+    config: dict[str, Any]  # the resolved run config
+    data_spec: DataSpec
+    source: str  # what the user named
+    folder: Path  # the local folder the model file was read from
+
+
+def save_model(folder: Path, method: Method, config: dict[str, Any], state_dict: dict[str, torch.Tensor], step: int) -> Path:
+    """Write ``folder/udl_med_model.pt`` atomically; return its path."""
+    path = Path(folder) / keys.MODEL_FILE
+    content = {
+        "format": MODEL_FORMAT,
+        "method": method.name,
+        "config": config,
+        "data_spec": method.data.model_dump(mode="json"),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "step": step,
+    }
+    atomic_torch_save(content, path)
+    return path
+
+
+def _find_model_file(folder: Path) -> Path | None:
+    for candidate in (folder / keys.MODEL_FILE, folder / "extra_files" / keys.MODEL_FILE):
+        if candidate.is_file():
+            return candidate
+    found = sorted(folder.rglob(keys.MODEL_FILE))
+    return found[0] if found else None
+
+
+def resolve_model_folder(model: str) -> Path:
+    """A local folder holding the model file: ``model`` itself, or MLflow artifacts downloaded."""
+    local = Path(model)
+    if local.exists():
+        return local
+    if "://" in model or model.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        from udl_med.engine.tracking import configure_tracking
+
+        configure_tracking(None)
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model))
+        except Exception as err:  # mlflow raises several types for a bad URI
+            raise InputError(model, f"cannot fetch the model from MLflow ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    raise InputError(model, "no such model folder or MLflow model URI")
+
+
+def load_model(model: str | Path) -> LoadedModel:
+    """Rebuild the trained method that ``model`` names (folder or MLflow URI), eval mode, CPU."""
+    folder = resolve_model_folder(str(model))
+    path = _find_model_file(folder) if folder.is_dir() else (folder if folder.name == keys.MODEL_FILE else None)
+    if path is None:
+        raise InputError(model, f"no {keys.MODEL_FILE} inside; is this a folder written by udl-med train or export?")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, f"unreadable model file ({type(err).__name__})") from None
+    if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
+        raise InputError(path, f"not a udl-med model file (format {MODEL_FORMAT})")
+    from udl_med.engine.config import validate_config
+
+    config = validate_config(content["config"], str(path))
+    method_cls = get_method(content["method"])
+    data_spec = DataSpec(**content["data_spec"])
+    method = method_cls(config.model, data_spec)
+    method.load_state_dict(content["state_dict"], strict=True)
+    method.eval()
+    return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent)

@@ -1,0 +1,201 @@
+"""Multi-step workflows: each step a nested MLflow run under the pipeline's run.
+
+A pipeline YAML file::
+
+    name: pretrain-encoder
+    workdir: runs/pretrain-encoder          # default: runs/<name>
+    tracking: {uri: null, experiment: udl-med}
+    steps:
+      - name: phantoms
+        run: phantoms
+        with: {out: "${workdir}/phantoms", n: 24}
+      - name: train
+        run: train
+        with: {config: configs/ae2d-phantom.yaml, set: ["data.source=${steps.phantoms.manifest}"]}
+
+``run`` names a step kind (a library function ``fn(**params) -> dict``); a step refers
+to the work folder as ``${workdir}`` and to an earlier step's outputs as
+``${steps.<name>.<key>}``. ``--set steps.<name>.with.<key>=value`` overrides a step's
+parameter. A ``train`` step is itself the nested run; every other step gets a nested
+run that records its parameters, numeric outputs as metrics and any ``artifacts``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from udl_med.engine.config import apply_overrides
+from udl_med.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Step kinds: "module:function", imported when a step of that kind runs.
+STEP_KINDS: dict[str, str] = {
+    "phantoms": "udl_med.data.phantoms:write_phantoms",
+    "train": "udl_med.engine.pipeline:train_step_kind",
+    "export": "udl_med.inference.export:export_model",
+    "encode": "udl_med.inference.encode:encode_to_file",
+    "sample": "udl_med.inference.sample:sample_to_dir",
+    "translate": "udl_med.inference.translate:translate_path",
+    "fid": "udl_med.metrics.compare:compare_sets",
+    "probe": "udl_med.metrics.probe:probe_step",
+    "evaluate_translation": "udl_med.metrics.translation:evaluate_translation_step",
+}
+
+_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+
+
+class StepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    run: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+
+class PipelineTracking(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = None
+    experiment: str = "udl-med"
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    workdir: str | None = None
+    tracking: PipelineTracking = PipelineTracking()
+    steps: list[StepConfig]
+
+
+def train_step_kind(config: str, set: list[str] | None = None, resume: bool = False) -> dict[str, Any]:  # noqa: A002
+    """The ``train`` step: ``udl-med train CONFIG --set ...``."""
+    from udl_med.engine.train import train_from_file
+
+    return train_from_file(config, overrides=list(set or []), resume=resume)
+
+
+def _step_function(kind: str) -> Callable[..., dict[str, Any]]:
+    module, _, name = STEP_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _lookup(expr: str, context: dict[str, Any], source: str) -> Any:
+    node: Any = context
+    for part in expr.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(source, expr, "refers to an output that no earlier step produced")
+        node = node[part]
+    return node
+
+
+def resolve(value: Any, context: dict[str, Any], source: str) -> Any:
+    """Substitute ``${...}`` references in strings, lists and mappings."""
+    if isinstance(value, str):
+        whole = _REFERENCE.fullmatch(value)
+        if whole:
+            return _lookup(whole.group(1), context, source)
+        return _REFERENCE.sub(lambda m: str(_lookup(m.group(1), context, source)), value)
+    if isinstance(value, list):
+        return [resolve(v, context, source) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, context, source) for k, v in value.items()}
+    return value
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read and validate a pipeline file; ``steps.<name>.<key>`` overrides address steps by name."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, "<file>", "no such pipeline file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(source, "<file>", "not valid YAML") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
+        raise ConfigError(source, "steps", "a pipeline needs a list of steps")
+    by_name = {str(s.get("name")): s for s in raw["steps"] if isinstance(s, dict)}
+    raw = apply_overrides({**raw, "steps": by_name}, overrides, source)
+    raw["steps"] = list(raw["steps"].values())
+    try:
+        pipeline = PipelineConfig(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = list(first["loc"])
+        if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int):
+            loc[1] = raw["steps"][loc[1]].get("name", loc[1])
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(source, ".".join(str(p) for p in loc), message) from None
+    for step in pipeline.steps:
+        if step.run not in STEP_KINDS:
+            raise ConfigError(source, f"steps.{step.name}.run", f"unknown step kind {step.run!r}; valid: {', '.join(STEP_KINDS)}")
+    names = [s.name for s in pipeline.steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(source, "steps", "step names must be unique")
+    return pipeline
+
+
+def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    metrics = {k: float(v) for k, v in outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for path in outputs.get("artifacts", []) or []:
+        if Path(path).is_file():
+            mlflow.log_artifact(str(path))
+
+
+def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``udl-med pipeline PIPELINE.yaml``: run the steps in order under one parent MLflow run."""
+    pipeline = load_pipeline(path, overrides)
+    return run_pipeline_config(pipeline, source=str(path))
+
+
+def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") -> dict[str, Any]:
+    import mlflow
+
+    from udl_med.engine.tracking import configure_tracking
+
+    workdir = Path(pipeline.workdir or Path("runs") / pipeline.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = configure_tracking(pipeline.tracking.uri)
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # nested training runs use the pipeline's store
+    mlflow.set_experiment(pipeline.tracking.experiment)
+    context: dict[str, Any] = {"workdir": str(workdir), "steps": {}}
+    try:
+        with mlflow.start_run(run_name=pipeline.name) as parent:
+            mlflow.set_tag("udl_med.pipeline", pipeline.name)
+            for step in pipeline.steps:
+                params = resolve(step.with_, context, f"{source}: steps.{step.name}")
+                log.info("pipeline %s: step %s (%s)", pipeline.name, step.name, step.run)
+                function = _step_function(step.run)
+                if step.run == "train":
+                    outputs = function(**params)
+                else:
+                    with mlflow.start_run(run_name=step.name, nested=True) as child:
+                        outputs = function(**params)
+                        _log_step(outputs, params)
+                        outputs = {**outputs, "run_id": child.info.run_id}
+                context["steps"][step.name] = outputs
+            status = {"run_id": parent.info.run_id, "workdir": str(workdir), "tracking_uri": uri}
+    finally:
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+    summary = {f"{name}.{k}": v for name, out in context["steps"].items() for k, v in out.items() if isinstance(v, int | float | str)}
+    return {**status, **summary}

@@ -1,0 +1,105 @@
+"""MLflow tracking for runs: the only place (with the commands that read runs) that imports mlflow.
+
+The store is ``tracking.uri`` if the config sets it, else ``MLFLOW_TRACKING_URI``, else
+MLflow's SQLite default: ``mlflow.db`` (and ``mlruns/`` for artifacts) in the working
+directory. Only rank 0 tracks; other processes get a :class:`NullTracker`.
+Nothing read from DICOM headers is ever logged: only the config, metrics and images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from udl_med.engine.config import flatten
+
+log = logging.getLogger(__name__)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MAX_PARAM_LENGTH = 6000
+
+
+def configure_tracking(uri: str | None) -> str:
+    """Point MLflow at ``uri``, ``MLFLOW_TRACKING_URI`` or the SQLite default; return the URI used."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(chosen)
+    return chosen
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+class Tracker:
+    """Logs one run (or one nested step of a pipeline) to MLflow."""
+
+    def __init__(self, uri: str | None, experiment: str, run_name: str, run_id: str | None = None, nested: bool = False):
+        self.uri = configure_tracking(uri)
+        parent = mlflow.active_run()
+        if run_id is None and parent is None:
+            mlflow.set_experiment(experiment)  # a step of a pipeline stays in the pipeline's experiment
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested or parent is not None)
+        self.run_id = self.run.info.run_id
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        params = {k: _param_value(v) for k, v in flatten(config).items()}
+        existing = mlflow.get_run(self.run_id).data.params
+        new = {k: v for k, v in params.items() if k not in existing}  # a resumed run keeps its params
+        if new:
+            mlflow.log_params(new)
+        with tempfile.TemporaryDirectory() as tmp:
+            import yaml
+
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            mlflow.log_artifact(str(path))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_model(self, model_folder: Path, example_module: Any = None, example_input: Any = None, pytorch_flavour: bool = True) -> None:
+        """Log the model folder as the run's ``model``, in MLflow's pytorch flavour where possible.
+
+        The pytorch flavour is saved with ``serialization_format="pt2"`` (``torch.export``,
+        no pickle) with our model file as an extra file; if the network cannot be
+        exported, the model folder is logged as plain artifacts under ``model/`` so that
+        ``runs:/<id>/model`` still works for every udl-med command.
+        """
+        if pytorch_flavour and example_module is not None and example_input is not None:
+            try:
+                import mlflow.pytorch
+
+                mlflow.pytorch.log_model(
+                    example_module,
+                    name="model",
+                    input_example=example_input,
+                    serialization_format="pt2",
+                    extra_files=[str(p) for p in sorted(model_folder.iterdir()) if p.is_file()],
+                    pip_requirements=["torch", "monai", "udl-med"],
+                )
+                return
+            except Exception as err:  # torch.export cannot trace every network
+                log.warning("pytorch flavour not logged (%s: %s); logging the model folder instead", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        mlflow.log_artifacts(str(model_folder), artifact_path="model")
+
+    def end(self, status: str = "FINISHED") -> None:
+        mlflow.end_run(status=status)
+
+
+class NullTracker:
+    """What processes other than rank 0 use: logs nothing."""
+
+    run_id: str | None = None
+    uri: str | None = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

@@ -1,0 +1,329 @@
+"""The one training loop, shared by every method.
+
+The loop is a few hooks around ``method.train_step(batch, opt)``: it owns seeding and
+determinism, the device and mixed precision, the data order, learning-rate schedules,
+EMA, evaluation with PNG previews, atomic checkpoints and exact resume, a stop on a
+non-finite loss, a checkpoint on Ctrl-C / SIGTERM, a progress bar, distributed data
+parallel training under torchrun, and MLflow tracking. A method never edits it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from udl_med import keys
+from udl_med.engine import checkpoint as ckpt
+from udl_med.engine.config import RunConfig, apply_overrides, load_config, validate_config
+from udl_med.engine.data_order import collate_plain, fixed_batches, step_loader
+from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
+from udl_med.engine.model_io import save_model
+from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
+from udl_med.errors import ConfigError, RunError
+from udl_med.methods.base import Capability, Method, get_method
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "last.pt"
+RUN_INFO_NAME = "run.json"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class RunningMeans:
+    """Means of the scalar losses since the last report."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] += v
+            self.counts[k] += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return means
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a flag the loop checks between steps (a second Ctrl-C kills)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+
+    @contextmanager
+    def installed(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = signal.Signals(signum).name
+
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _example_for_mlflow(method: Method, batch: dict[str, Any]) -> tuple[nn.Module | None, np.ndarray | None]:
+    """A module and input for MLflow's pt2 pytorch flavour: the encoder or the ct2mr translator."""
+    image = batch.get(keys.IMAGE, batch.get(keys.CT))
+    if not isinstance(image, torch.Tensor):
+        return None, None
+
+    class Encode(nn.Module):
+        def __init__(self, m: Method) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m.encode(x)
+
+    class Translate(Encode):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m.translate(x, "ct2mr")
+
+    if Capability.TRANSLATE in method.capabilities:
+        module: nn.Module = Translate(method)
+    elif Capability.ENCODE in method.capabilities:
+        module = Encode(method)
+    else:
+        return None, None
+    return module.eval(), image[:2].detach().cpu().float().numpy()
+
+
+class Trainer:
+    """Trains ``config.method`` as ``config`` says; ``run()`` returns the final report."""
+
+    def __init__(self, config: RunConfig, resume: bool = False, source: str = "<config>") -> None:
+        self.config = config
+        self.resume = resume
+        self.source = source
+        self.process: ProcessInfo = init_distributed("cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.device = choose_device(config.train.device, self.process)
+        self.run_dir = config.run_dir
+        self.checkpoint_path = self.run_dir / "checkpoints" / CHECKPOINT_NAME
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def _build(self) -> None:
+        from udl_med.data.datasets import build_dataset, data_spec
+
+        cfg = self.config
+        seed_everything(cfg.seed + self.process.rank, cfg.train.deterministic)
+        self.train_set = build_dataset(cfg.data, cfg.data.split)
+        self.eval_set = build_dataset(cfg.data, cfg.data.eval_split) if cfg.data.eval_split else None
+        n_train = len(self.train_set)
+        if n_train < cfg.train.batch_size * self.process.world_size:
+            raise ConfigError(self.source, "train.batch_size", f"{cfg.train.batch_size} is more than the {n_train} training items")
+        self.spec = data_spec(cfg.data, self.train_set)
+        method_cls = get_method(cfg.method)
+        missing = [k for k in method_cls.batch_keys if k not in self._batch_keys()]
+        if missing:
+            raise ConfigError(self.source, "data.pairing", f"method {cfg.method!r} needs batch keys {missing}; check data.pairing / data.labeled")
+        self.method: Method = method_cls(cfg.model, self.spec).to(self.device)
+        broadcast_parameters(self.method)
+        self.optimizers = self.method.configure_optimizers()
+        self.schedulers = build_schedulers(self.optimizers, cfg.train)
+        amp = resolve_amp(cfg.train.amp, self.device)
+        self.opt = EngineOptimization(self.optimizers, self.device, amp, cfg.train.grad_clip)
+        self.ema = EMA(self.method, self.method.ema_modules, cfg.train.ema_decay) if cfg.train.ema_decay and self.method.ema_modules else None
+
+    def _batch_keys(self) -> set[str]:
+        return set(self.train_set[0].keys()) if len(self.train_set) else set()
+
+    def _restore(self) -> tuple[int, str | None]:
+        """Load the run folder's checkpoint when resuming; return (start step, MLflow run id)."""
+        if not self.resume:
+            if self.checkpoint_path.exists():
+                raise ConfigError(
+                    self.source, "output_dir", f"{self.run_dir} already holds a run; pass --resume to continue it or set output_dir"
+                )
+            return 0, None
+        if not self.checkpoint_path.exists():
+            raise ConfigError(self.source, "output_dir", f"nothing to resume: no checkpoint in {self.checkpoint_path.parent}")
+        state = ckpt.load_checkpoint(self.checkpoint_path)
+        if state["method"] != self.config.method:
+            raise ConfigError(self.source, "method", f"the checkpoint was written by method {state['method']!r}")
+        self.method.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        self.opt.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self._rng_to_restore = state["rng"]
+        log.info("resuming %s from step %d", self.run_dir, state["step"])
+        return int(state["step"]), state.get("mlflow_run_id")
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from udl_med.engine.tracking import NullTracker, Tracker
+
+        cfg = self.config
+        self._rng_to_restore = None
+        self._build()
+        start, mlflow_run_id = self._restore()
+        main = self.process.is_main
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id) if main else NullTracker()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_INFO_NAME).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
+            tracker.log_config(cfg.to_dict())
+        eval_batches = fixed_batches(self.eval_set, cfg.train.eval_items, cfg.train.batch_size) if self.eval_set else []
+        loader = step_loader(
+            self.train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.num_workers, self.process.rank, self.process.world_size
+        )
+        batches_per_epoch = loader.sampler.batches_per_epoch
+        if self._rng_to_restore is not None:
+            ckpt.set_rng_state(self._rng_to_restore)
+        status = "FAILED"
+        try:
+            report = self._loop(tracker, loader, eval_batches, start, batches_per_epoch)
+            status = "FINISHED"
+            return report
+        finally:
+            tracker.end(status)
+
+    def _loop(self, tracker, loader, eval_batches, start: int, batches_per_epoch: int) -> dict[str, Any]:
+        cfg, train = self.config, self.config.train
+        running, epoch_means = RunningMeans(), RunningMeans()
+        last_train: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        stop = StopRequest()
+        progress = tqdm(total=train.steps, initial=start, desc=cfg.run_name, disable=not self.process.is_main, mininterval=0.5, dynamic_ncols=True)
+        batches = iter(loader)
+        step = start
+        with stop.installed(), progress:
+            while step < train.steps:
+                batch = to_device(next(batches), self.device)
+                self.method.train()
+                losses = {k: float(v) for k, v in self.method.train_step(batch, self.opt).items()}
+                bad = [k for k, v in losses.items() if not math.isfinite(v)]
+                if bad:
+                    kept = f"last good checkpoint {self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint was written yet"
+                    raise RunError(f"loss {bad[0]} is {losses[bad[0]]} at step {step + 1}; training stopped, {kept}")
+                for scheduler in self.schedulers.values():
+                    scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.method)
+                step += 1
+                running.add(losses)
+                epoch_means.add(losses)
+                progress.update(1)
+                if step % train.log_every == 0 or step == train.steps:
+                    last_train = all_mean(running.pop(), self.device)
+                    tracker.log_metrics({f"train/{k}": v for k, v in last_train.items()}, step)
+                    tracker.log_metrics({f"lr/{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}, step)
+                    progress.set_postfix({k: f"{v:.4g}" for k, v in list(last_train.items())[:4]})
+                if step % batches_per_epoch == 0:
+                    tracker.log_metrics({f"epoch/{k}": v for k, v in all_mean(epoch_means.pop(), self.device).items()}, step // batches_per_epoch)
+                if eval_batches and (step % train.eval_every == 0 or step == train.steps):
+                    last_eval = self._evaluate(tracker, eval_batches, step)
+                if step % train.checkpoint_every == 0 or step == train.steps or stop.requested:
+                    self._save_checkpoint(step, tracker.run_id)
+                if stop.requested:
+                    raise RunError(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
+        model_dir = self._finish(tracker, eval_batches)
+        report = {"run_id": tracker.run_id, "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step}
+        report.update({f"train/{k}": v for k, v in last_train.items()})
+        report.update({f"eval/{k}": v for k, v in last_eval.items()})
+        return report
+
+    def _evaluate(self, tracker, eval_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
+        """Average ``method.evaluate`` over the held-out batches; save and log the previews."""
+        from udl_med.data.preview import save_grid
+
+        self.method.eval()
+        sums: dict[str, float] = defaultdict(float)
+        with torch.no_grad(), (self.ema.swapped_in(self.method) if self.ema else nullcontext()):
+            for batch in eval_batches:
+                for k, v in self.method.evaluate(to_device(batch, self.device)).items():
+                    sums[k] += float(v) / len(eval_batches)
+            previews = self.method.preview(to_device(eval_batches[0], self.device)) if self.process.is_main else {}
+        metrics = all_mean(dict(sums), self.device)
+        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+        for name, images in previews.items():
+            path = self.run_dir / "previews" / f"{name}_step{step:06d}.png"
+            save_grid(images.detach().float().cpu(), path)
+            tracker.log_artifact(path, "previews")
+        return metrics
+
+    def _save_checkpoint(self, step: int, mlflow_run_id: str | None) -> None:
+        if not self.process.is_main:
+            return
+        ckpt.save_checkpoint(
+            self.checkpoint_path,
+            method=self.config.method,
+            config=self.config.to_dict(),
+            step=step,
+            model=self.method.state_dict(),
+            optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
+            schedulers={k: s.state_dict() for k, s in self.schedulers.items()},
+            scaler=self.opt.scaler.state_dict(),
+            ema=self.ema.state_dict() if self.ema else {},
+            mlflow_run_id=mlflow_run_id,
+        )
+
+    def _finish(self, tracker, eval_batches: list[dict[str, Any]]) -> Path:
+        """Write the model folder (EMA weights where used) and log it, with the checkpoint."""
+        model_dir = self.run_dir / "model"
+        if not self.process.is_main:
+            return model_dir
+        state = self.ema.averaged_state(self.method) if self.ema else self.method.state_dict()
+        save_model(model_dir, self.method, self.config.to_dict(), state, self.config.train.steps)
+        tracker.log_artifact(self.checkpoint_path, "checkpoints")
+        module, example = (None, None)
+        if self.config.tracking.log_model:
+            cpu_method = get_method(self.config.method)(self.config.model, self.spec)
+            cpu_method.load_state_dict({k: v.cpu() for k, v in state.items()})
+            batch = eval_batches[0] if eval_batches else collate_plain([self.train_set[0]])
+            module, example = _example_for_mlflow(cpu_method.eval(), batch)
+        tracker.log_model(model_dir, module, example, pytorch_flavour=self.config.tracking.log_model)
+        return model_dir
+
+
+def train(config: RunConfig | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
+    """Train from a validated config or a config dictionary (``overrides`` as ``key.path=value``)."""
+    if overrides or not isinstance(config, RunConfig):
+        raw = config.to_dict() if isinstance(config, RunConfig) else config
+        config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
+    return Trainer(config, resume=resume).run()
+
+
+def train_from_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
+    """``udl-med train CONFIG [--set ...] [--resume]``."""
+    return Trainer(load_config(path, overrides), resume=resume, source=str(path)).run()
