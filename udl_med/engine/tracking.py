@@ -26,6 +26,7 @@ MAX_PARAM_LENGTH = 6000
 def configure_tracking(uri: str | None) -> str:
     """Point MLflow at ``uri``, ``MLFLOW_TRACKING_URI`` or the SQLite default; return the URI used."""
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(chosen)
     return chosen
 
