@@ -1,0 +1,83 @@
+"""The ``data:`` section of a run config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DataConfig(BaseModel):
+    """Where the images come from and how they become training items.
+
+    Attributes:
+        source: a manifest CSV, a folder (of volumes, or with a ``manifest.csv``), a
+            DICOM series folder, or one volume.
+        layout: ``2d`` slices, ``2.5d`` slices with ``context`` neighbours on each side
+            as channels, or ``3d`` patches.
+        size: spatial size of one item: 2 ints for slices, 3 for patches. Slices and
+            patches smaller than ``size`` are padded with background (-1).
+        slice_axis: the spatial axis slices are taken across (0, 1, 2 = X, Y, Z;
+            2 is axial for axial acquisitions).
+        context: 2.5D neighbours on each side; items have ``2 * context + 1`` channels.
+        modality: keep only ``CT`` or ``MR`` images (``None``: keep all).
+        pairing: ``none`` (one image per item), ``paired`` (CT and MR of the same
+            subject and position) or ``unpaired`` (CT and MR from disjoint halves of
+            the subjects, sampled independently).
+        labeled: add the manifest ``label`` to every item.
+        split: the training split of the manifest (``None``: every image).
+        eval_split: the split used for evaluation batches.
+        ct_window: CT clip window in HU mapped to [-1, 1] (see ``udl_med.data.normalize``).
+        mr_percentiles: MR percentiles mapped to -1 and 1.
+        cache: keep the normalised volumes in memory (MONAI ``CacheDataset``).
+        foreground_fraction: slices (and patches) with less foreground than this
+            fraction are skipped.
+        crop: ``random`` crops (drawn from the dataset's seed and the item index, so an
+            evaluation set that is not re-seeded gives the same items every time),
+            ``center`` crops, or ``resize`` (whole slices or volumes resampled to
+            ``size``, no crop).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    layout: Literal["2d", "2.5d", "3d"] = "2d"
+    size: tuple[int, int] | tuple[int, int, int] = (32, 32)
+    slice_axis: int = Field(2, ge=0, le=2)
+    context: int = Field(1, ge=0)
+    modality: Literal["CT", "MR"] | None = None
+    pairing: Literal["none", "paired", "unpaired"] = "none"
+    labeled: bool = False
+    split: str | None = "train"
+    eval_split: str | None = "val"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    cache: bool = True
+    foreground_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    crop: Literal["random", "center", "resize"] = "random"
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        want = 3 if self.layout == "3d" else 2
+        if len(self.size) != want:
+            raise ValueError(f"size must have {want} values for layout {self.layout!r}, got {list(self.size)}")
+        if any(s < 1 for s in self.size):
+            raise ValueError(f"size values must be positive, got {list(self.size)}")
+        if not self.ct_window[0] < self.ct_window[1]:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {list(self.ct_window)}")
+        lo, hi = self.mr_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")
+        if self.pairing != "none" and self.modality is not None:
+            raise ValueError(f"modality must be null when pairing is {self.pairing!r} (items hold both CT and MR)")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for slices (2D and 2.5D), 3 for patches."""
+        return 3 if self.layout == "3d" else 2
+
+    @property
+    def in_channels(self) -> int:
+        """1, or ``2 * context + 1`` for 2.5D."""
+        return 2 * self.context + 1 if self.layout == "2.5d" else 1

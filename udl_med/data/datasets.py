@@ -1,0 +1,444 @@
+"""Training items from scans: 2D slices, 2.5D slice stacks and 3D patches.
+
+The volumes are read, normalised into [-1, 1] (``udl_med.data.normalize``), padded with
+background to at least the item size and re-laid out so the slice axis comes first, by
+a deterministic MONAI transform chain; a MONAI ``CacheDataset`` keeps the result in
+memory (``cache: true``), a plain MONAI ``Dataset`` re-reads it for every item
+(``cache: false``). The list of foreground slices (at least ``foreground_fraction``
+of the voxels above ``FOREGROUND_LEVEL``) is made once when the dataset is built, so
+``__getitem__`` is a slice and a crop.
+
+Randomness: item ``i``'s random draws (crop position, and for unpaired data the MR
+partner) come from ``numpy.random.default_rng((seed, i))``; ``set_random_state(seed)``
+re-seeds, so the engine can make item ``i`` of epoch ``e`` reproducible, with any
+number of loader workers, by seeding each epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import CacheDataset
+from monai.data import Dataset as MonaiDataset
+from monai.transforms import Compose, MapTransform, SpatialPad
+from torch.utils.data import Dataset
+
+from udl_med import keys
+from udl_med.data.config import DataConfig
+from udl_med.data.io import ImageRecord, list_images, read_image
+from udl_med.data.normalize import NormalizeModalityd
+from udl_med.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+FOREGROUND_LEVEL = -0.8  # normalised intensity above which a voxel counts as foreground (10% of the range)
+_SUBJECT = "subject"
+_INDEX = "index"
+
+__all__ = ["build_dataset", "data_spec", "UdlDataset", "FOREGROUND_LEVEL", "volume_transform"]
+
+
+# --- volume preparation (deterministic, cached) --------------------------------------
+
+
+class ReadImaged(MapTransform):
+    """Dictionary transform: :func:`udl_med.data.io.read_image` on ``keys``; fills ``modality``.
+
+    The manifest's modality wins over the file's; a file that says otherwise is an error.
+    """
+
+    def __init__(self, keys_: Sequence[str] | str = keys.IMAGE, modality_key: str = keys.MODALITY) -> None:
+        super().__init__(keys_)
+        self.modality_key = modality_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = read_image(d[key])
+            listed, found = d.get(self.modality_key), image.meta.get("modality")
+            if listed and found and listed != found:
+                raise InputError(d[key], f"the manifest says modality {listed} but the file says {found}")
+            d[self.modality_key] = listed or found or ""
+            d[key] = image
+        return d
+
+
+class SliceFirstd(MapTransform):
+    """Dictionary transform: ``(1, X, Y, Z)`` -> plain ``(S, P, Q)`` float32 with the slice axis first.
+
+    For 3D items (``slice_axis=None``) the volume stays ``(1, X, Y, Z)`` as a plain tensor.
+    """
+
+    def __init__(self, keys_: Sequence[str] | str, slice_axis: int | None) -> None:
+        super().__init__(keys_)
+        self.slice_axis = slice_axis
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+            if self.slice_axis is not None:
+                if x.ndim == 3:  # a 2D image is one slice
+                    x = x[..., None]
+                spatial = [1, 2, 3]
+                axis = 1 + self.slice_axis
+                spatial.remove(axis)
+                x = x[0].permute(axis - 1, spatial[0] - 1, spatial[1] - 1)
+            d[key] = x.to(torch.float32).contiguous()
+        return d
+
+
+def volume_transform(cfg: DataConfig) -> Compose:
+    """The deterministic chain from a record dict to a normalised, padded, slice-first volume."""
+    if cfg.layout == "3d":
+        pad_size: list[int] = list(cfg.size)
+    else:
+        pad_size = [-1, -1, -1]
+        others = [a for a in range(3) if a != cfg.slice_axis]
+        for a, s in zip(others, cfg.size):
+            pad_size[a] = s
+    chain = [
+        ReadImaged(keys.IMAGE),
+        NormalizeModalityd(keys.IMAGE, ct_window=cfg.ct_window, mr_percentiles=cfg.mr_percentiles, modality_key=keys.MODALITY),
+    ]
+    if cfg.crop != "resize":
+        chain.append(_PadIfNeededd(keys.IMAGE, pad_size))
+    chain.append(SliceFirstd(keys.IMAGE, None if cfg.layout == "3d" else cfg.slice_axis))
+    return Compose(chain)
+
+
+class _PadIfNeededd(MapTransform):
+    """Pad with background (-1) to at least ``size`` (-1 keeps an axis); 2D images gain a slice axis."""
+
+    def __init__(self, keys_: Sequence[str] | str, size: Sequence[int]) -> None:
+        super().__init__(keys_)
+        self.size = list(size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            size = self.size[: x.ndim - 1]
+            if any(s > n for s, n in zip(size, x.shape[1:])):
+                d[key] = SpatialPad(spatial_size=[max(s, n) for s, n in zip(size, x.shape[1:])], value=-1.0)(x)
+        return d
+
+
+# --- datasets ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """A prepared volume's place in the base dataset and what the index needs from it."""
+
+    base_index: int
+    record: ImageRecord
+    modality: str
+    shape: tuple[int, ...]  # (S, P, Q) for slices, (1, X, Y, Z) for patches
+    foreground: np.ndarray  # per slice (slices) or whole-volume mask fraction (patches)
+
+
+class UdlDataset(Dataset):
+    """Base of the udl-med datasets: the volumes, the crop and the random state.
+
+    Attributes:
+        spatial_dims, in_channels, image_size: what one item looks like.
+        num_classes: ``max(label) + 1`` over the whole source when labeled, else 0.
+        records: the image records used.
+    """
+
+    def __init__(self, cfg: DataConfig, base: Dataset, volumes: list[_Volume], num_classes: int) -> None:
+        self.cfg = cfg
+        self.base = base
+        self.volumes = volumes
+        self.num_classes = num_classes
+        self.spatial_dims = cfg.spatial_dims
+        self.in_channels = cfg.in_channels
+        self.image_size = tuple(cfg.size)
+        self.records = [v.record for v in volumes]
+        self._seed = 0
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> UdlDataset:
+        """Re-seed every random draw of this dataset (crops, unpaired partners)."""
+        self._seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**32))
+        return self
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self._seed, index])
+
+    def _volume(self, v: _Volume) -> torch.Tensor:
+        return self.base[v.base_index][keys.IMAGE]
+
+    # one 2D/2.5D item: (C, *size) from slice k of a (S, P, Q) volume
+    def _slice_item(self, vol: torch.Tensor, k: int, start: Sequence[int] | None) -> torch.Tensor:
+        c = self.cfg.context if self.cfg.layout == "2.5d" else 0
+        if c:
+            idx = torch.arange(k - c, k + c + 1).clamp_(0, vol.shape[0] - 1)
+            x = vol.index_select(0, idx)
+        else:
+            x = vol[k : k + 1]
+        if self.cfg.crop == "resize":
+            return F.interpolate(x[None], size=tuple(self.cfg.size), mode="bilinear", align_corners=False, antialias=True)[0]
+        (p, q), (sp, sq) = x.shape[1:], self.cfg.size
+        i, j = start if start is not None else ((p - sp) // 2, (q - sq) // 2)
+        return x[:, i : i + sp, j : j + sq].clone()
+
+    def _slice_start(self, shape: Sequence[int], rng: np.random.Generator | None) -> tuple[int, int] | None:
+        if self.cfg.crop != "random" or rng is None:
+            return None
+        (p, q), (sp, sq) = shape[1:], self.cfg.size
+        return int(rng.integers(0, p - sp + 1)), int(rng.integers(0, q - sq + 1))
+
+    def _patch_item(self, vol: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        size = tuple(self.cfg.size)
+        if self.cfg.crop == "resize":
+            return F.interpolate(vol[None], size=size, mode="trilinear", align_corners=False)[0]
+        spatial = vol.shape[1:]
+        if self.cfg.crop == "center":
+            start = [(n - s) // 2 for n, s in zip(spatial, size)]
+            return vol[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(start, size))].clone()
+        best, best_fg = None, -1.0
+        for _ in range(10):  # a few draws to find a patch with enough foreground
+            start = [int(rng.integers(0, n - s + 1)) for n, s in zip(spatial, size)]
+            patch = vol[(slice(None),) + tuple(slice(a, a + s) for a, s in zip(start, size))]
+            fg = float((patch > FOREGROUND_LEVEL).float().mean())
+            if fg > best_fg:
+                best, best_fg = patch, fg
+            if fg >= self.cfg.foreground_fraction:
+                break
+        return best.clone()
+
+
+class ImageDataset(UdlDataset):
+    """``pairing: none``: one image per item, ``{image, path, modality[, label]}``."""
+
+    def __init__(self, cfg: DataConfig, base: Dataset, volumes: list[_Volume], num_classes: int) -> None:
+        super().__init__(cfg, base, volumes, num_classes)
+        if cfg.layout == "3d":
+            self.index = [(vi, j) for vi, v in enumerate(volumes) for j in range(_patches_per_volume(v.shape, cfg.size))]
+        else:
+            self.index = [(vi, int(k)) for vi, v in enumerate(volumes) for k in np.nonzero(v.foreground)[0]]
+        if not self.index:
+            raise InputError(cfg.source, "no foreground slices or patches (every image is background)")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        vi, k = self.index[i]
+        v = self.volumes[vi]
+        vol = self._volume(v)
+        rng = self._rng(i)
+        if self.cfg.layout == "3d":
+            x = self._patch_item(vol, rng)
+        else:
+            x = self._slice_item(vol, k, self._slice_start(vol.shape, rng))
+        item = {keys.IMAGE: x, keys.PATH: str(v.record.path), keys.MODALITY: v.modality}
+        if self.cfg.labeled:
+            item[keys.LABEL] = int(v.record.label)
+        return item
+
+
+class PairedDataset(UdlDataset):
+    """``pairing: paired``: CT and MR of the same subject, same position and crop."""
+
+    def __init__(self, cfg: DataConfig, base: Dataset, pairs: list[tuple[_Volume, _Volume]], num_classes: int) -> None:
+        super().__init__(cfg, base, [v for pair in pairs for v in pair], num_classes)
+        self.pairs = pairs
+        if cfg.layout == "3d":
+            self.index = [(pi, j) for pi, (ct, _) in enumerate(pairs) for j in range(_patches_per_volume(ct.shape, cfg.size))]
+        else:
+            self.index = [(pi, int(k)) for pi, (ct, mr) in enumerate(pairs) for k in np.nonzero(ct.foreground | mr.foreground)[0]]
+        if not self.index:
+            raise InputError(cfg.source, "no paired CT/MR foreground slices")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        pi, k = self.index[i]
+        ct_v, mr_v = self.pairs[pi]
+        ct, mr = self._volume(ct_v), self._volume(mr_v)
+        rng = self._rng(i)
+        if self.cfg.layout == "3d":
+            both = self._patch_item(torch.cat([ct, mr]), rng)  # one crop for both
+            item = {keys.CT: both[:1], keys.MR: both[1:]}
+        else:
+            start = self._slice_start(ct.shape, rng)
+            item = {keys.CT: self._slice_item(ct, k, start), keys.MR: self._slice_item(mr, k, start)}
+        if self.cfg.labeled:
+            item[keys.LABEL] = int(ct_v.record.label)
+        return item
+
+
+class UnpairedDataset(UdlDataset):
+    """``pairing: unpaired``: CT items in order, each with an MR item drawn at random."""
+
+    def __init__(self, cfg: DataConfig, base: Dataset, cts: list[_Volume], mrs: list[_Volume], num_classes: int) -> None:
+        super().__init__(cfg, base, cts + mrs, num_classes)
+        self.ct_index = self._items(cts)
+        self.mr_index = self._items(mrs)
+        if not self.ct_index or not self.mr_index:
+            raise InputError(cfg.source, "unpaired data needs foreground CT and MR images")
+
+    def _items(self, vols: list[_Volume]) -> list[tuple[_Volume, int]]:
+        if self.cfg.layout == "3d":
+            return [(v, j) for v in vols for j in range(_patches_per_volume(v.shape, self.cfg.size))]
+        return [(v, int(k)) for v in vols for k in np.nonzero(v.foreground)[0]]
+
+    def __len__(self) -> int:
+        return max(len(self.ct_index), len(self.mr_index))
+
+    def _one(self, entry: tuple[_Volume, int], rng: np.random.Generator) -> torch.Tensor:
+        v, k = entry
+        vol = self._volume(v)
+        if self.cfg.layout == "3d":
+            return self._patch_item(vol, rng)
+        return self._slice_item(vol, k, self._slice_start(vol.shape, rng))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = self._rng(i)
+        ct_entry = self.ct_index[i % len(self.ct_index)]
+        mr_entry = self.mr_index[int(rng.integers(len(self.mr_index)))]
+        return {keys.CT: self._one(ct_entry, rng), keys.MR: self._one(mr_entry, rng)}
+
+
+def _patches_per_volume(shape: Sequence[int], size: Sequence[int]) -> int:
+    """Enough random patches to cover a volume about once per epoch."""
+    return max(1, math.ceil(math.prod(shape[1:]) / math.prod(size)))
+
+
+# --- building ------------------------------------------------------------------------
+
+
+def _select(records: list[ImageRecord], cfg: DataConfig, split: str | None) -> list[ImageRecord]:
+    if split is not None and any(r.split for r in records):
+        records = [r for r in records if r.split == split]
+    elif split is not None:
+        log.warning("%s has no split column: every image is used for split %r", cfg.source, split)
+    if cfg.modality is not None:
+        records = [r for r in records if r.modality in (None, cfg.modality)]
+    if cfg.labeled:
+        missing = [r for r in records if r.label is None]
+        if missing:
+            raise InputError(missing[0].path, "labeled: true, but this image has no label in the manifest")
+    return records
+
+
+def _build_base(cfg: DataConfig, records: list[ImageRecord]) -> Dataset:
+    items = [
+        {keys.IMAGE: str(r.path), keys.MODALITY: r.modality or "", _SUBJECT: r.subject or "", _INDEX: i}
+        for i, r in enumerate(records)
+    ]
+    transform = volume_transform(cfg)
+    if cfg.cache:
+        return CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False)
+    return MonaiDataset(items, transform)
+
+
+def _scan(cfg: DataConfig, base: Dataset, records: list[ImageRecord]) -> list[_Volume]:
+    """Read each prepared volume once: its modality, shape and foreground slices."""
+    volumes = []
+    for i, rec in enumerate(records):
+        d = base[i]
+        x = d[keys.IMAGE]
+        fg = x > FOREGROUND_LEVEL
+        if cfg.layout == "3d":
+            foreground = np.array([float(fg.float().mean())])
+        else:
+            foreground = (fg.flatten(1).float().mean(1) >= cfg.foreground_fraction).numpy()
+        modality = d[keys.MODALITY] or ""
+        if cfg.modality is not None and modality != cfg.modality:
+            continue
+        volumes.append(_Volume(i, rec, modality, tuple(x.shape), foreground))
+    return volumes
+
+
+def _halves(cts: list[_Volume], mrs: list[_Volume]) -> tuple[list[_Volume], list[_Volume]]:
+    """CT and MR from disjoint halves of the subjects that have both (alternating by id)."""
+    ct_subjects = {v.record.subject for v in cts if v.record.subject}
+    mr_subjects = {v.record.subject for v in mrs if v.record.subject}
+    shared = sorted(ct_subjects & mr_subjects)
+    if len(shared) < 2:
+        if shared:
+            log.warning("unpaired data: only one subject has both CT and MR; it is used on both sides")
+        return cts, mrs
+    mr_only = set(shared[1::2])
+    ct_only = set(shared[0::2])
+    return [v for v in cts if v.record.subject not in mr_only], [v for v in mrs if v.record.subject not in ct_only]
+
+
+def build_dataset(cfg: DataConfig, split: str | None) -> UdlDataset:
+    """The torch Dataset of dict items the ``data:`` section describes.
+
+    Args:
+        cfg: the data config.
+        split: the manifest split to use (``cfg.split`` for training, ``cfg.eval_split``
+            for evaluation), or None for every image.
+
+    Returns:
+        ``pairing: none``: items ``{image: (C, *size), path, modality[, label]}``;
+        ``paired``/``unpaired``: ``{ct: (C, *size), mr: (C, *size)[, label]}``; float32
+        in [-1, 1]. The dataset has ``set_random_state(seed)``.
+
+    Raises:
+        InputError: a bad source (named), or no usable image in ``split``.
+        ConfigError: a config that cannot fit the data.
+    """
+    all_records = list_images(cfg.source)
+    num_classes = 0
+    if cfg.labeled:
+        labels = [r.label for r in all_records if r.label is not None]
+        if not labels:
+            raise InputError(cfg.source, "labeled: true, but no image has a label")
+        num_classes = max(labels) + 1
+    records = _select(all_records, cfg, split)
+    if not records:
+        raise InputError(cfg.source, f"no images in split {split!r}" + (f" with modality {cfg.modality}" if cfg.modality else ""))
+    base = _build_base(cfg, records)
+    volumes = _scan(cfg, base, records)
+    if not volumes:
+        raise InputError(cfg.source, f"no {cfg.modality} images in split {split!r}")
+    if cfg.layout == "2.5d" and cfg.context < 1:
+        raise ConfigError(cfg.source, "data.context", "2.5d needs context >= 1")
+    if cfg.pairing == "none":
+        dataset: UdlDataset = ImageDataset(cfg, base, volumes, num_classes)
+    else:
+        cts = [v for v in volumes if v.modality == "CT"]
+        mrs = [v for v in volumes if v.modality == "MR"]
+        if not cts or not mrs:
+            raise InputError(cfg.source, f"pairing {cfg.pairing!r} needs CT and MR images in split {split!r} (found {len(cts)} CT, {len(mrs)} MR)")
+        if cfg.pairing == "paired":
+            by_subject = {v.record.subject: v for v in mrs if v.record.subject}
+            pairs = [(ct, by_subject[ct.record.subject]) for ct in cts if ct.record.subject in by_subject]
+            if not pairs:
+                raise InputError(cfg.source, "pairing 'paired' needs subjects with both CT and MR (manifest column 'subject')")
+            for ct, mr in pairs:
+                if ct.shape != mr.shape:
+                    raise InputError(mr.record.path, f"paired MR shape {mr.shape} differs from its CT's {ct.shape}")
+            dataset = PairedDataset(cfg, base, pairs, num_classes)
+        else:
+            cts, mrs = _halves(cts, mrs)
+            dataset = UnpairedDataset(cfg, base, cts, mrs, num_classes)
+    log.info("%s split %r: %d items from %d images (%s, %s)", cfg.source, split, len(dataset), len(volumes), cfg.layout, cfg.pairing)
+    return dataset
+
+
+def data_spec(cfg: DataConfig, dataset: Dataset):
+    """The :class:`~udl_med.methods.base.DataSpec` a method is built with."""
+    from udl_med.methods.base import DataSpec
+
+    return DataSpec(
+        spatial_dims=cfg.spatial_dims,
+        in_channels=cfg.in_channels,
+        image_size=tuple(cfg.size),
+        num_classes=int(getattr(dataset, "num_classes", 0)),
+    )
