@@ -16,3 +16,10 @@ MODALITIES = ("CT", "MR")
 MODEL_FILE = "udl_med_model.pt"
 ENCODER_JSON = "encoder.json"
 ENCODER_WEIGHTS = "encoder.pt"
+
+# Log keys of the energy-based methods (RBM / DBN).
+FREE_ENERGY = "free_energy"  # mean free energy F(v) of held-out visible vectors
+PSEUDO_LL = "pseudo_log_likelihood"  # mean sum_i log p(v_i | v_-i) per image (Bernoulli visibles)
+LOG_LIKELIHOOD = "log_likelihood"  # mean log p(v) per image: exact (tiny models) or AIS
+LOG_Z_STD = "log_z_std"  # standard error of the AIS estimate of log Z
+ACCURACY = "accuracy"  # held-out classification accuracy (fine-tuned classifiers)
