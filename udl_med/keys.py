@@ -17,6 +17,15 @@ MODEL_FILE = "udl_med_model.pt"
 ENCODER_JSON = "encoder.json"
 ENCODER_WEIGHTS = "encoder.pt"
 
+# Log keys of the autoencoder family (train_step / evaluate).
+LOSS = "loss"
+RECON = "recon"  # reconstruction term of the training loss
+KL = "kl"  # KL term of the ELBO (VAE)
+SPARSITY = "sparsity"  # sparsity penalty (sparse AE)
+MEAN_ACTIVATION = "mean_activation"  # measured mean hidden activation (sparse AE)
+RECON_MSE = "recon_mse"  # held-out reconstruction mean squared error, [-1, 1] scale
+MEAN_IMAGE_MSE = "mean_image_mse"  # held-out error of predicting the batch's mean image
+
 # Log keys of the energy-based methods (RBM / DBN).
 FREE_ENERGY = "free_energy"  # mean free energy F(v) of held-out visible vectors
 PSEUDO_LL = "pseudo_log_likelihood"  # mean sum_i log p(v_i | v_-i) per image (Bernoulli visibles)
