@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import logging
 import os
 import uuid
@@ -156,29 +155,29 @@ def _read_dicom(path: Path) -> MetaTensor:
     return _finish(vol.array, vol.geometry, vol.modality, path, "dicom", {"dicom": dict(vol.tags)})
 
 
-def _check_nifti_length(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint: compare the data length to the header."""
+def _read_nifti_voxels(path: Path, size: list[int]) -> np.ndarray:
+    """NIfTI voxels (X, Y[, Z]) through nibabel, scaled by ``scl_slope``/``scl_inter``.
+
+    ITK's NIfTI reader accepts truncated data and turns NaN and Inf into 0, so the
+    voxels are read here (and checked by the caller); the geometry still comes from ITK.
+    """
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
+        img = nib.load(str(path), mmap=False)
+        header = img.header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(header["bitpix"]) // 8
+        if _suffix(path) == ".nii" and path.stat().st_size < expected:
+            raise InputError(path, f"truncated NIfTI: {path.stat().st_size} bytes, the header needs {expected}")
+        array = np.asanyarray(img.dataobj)
+    except InputError:
+        raise
     except Exception:
-        raise InputError(path, "not a readable NIfTI file (bad header)") from None
-    offset = int(header.get("vox_offset", 0)) if _suffix(path) != ".hdr" else 0
-    offset = max(offset, int(header.single_vox_offset)) if hasattr(header, "single_vox_offset") else offset
-    expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(header["bitpix"]) // 8
-    if _suffix(path) == ".nii.gz":
-        n = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    n += len(chunk)
-        except (EOFError, OSError, gzip.BadGzipFile):
-            raise InputError(path, "truncated or corrupt gzip data") from None
-    else:
-        n = path.stat().st_size
-    if n < expected:
-        raise InputError(path, f"truncated NIfTI: {n} bytes of data, the header needs {expected}")
+        raise InputError(path, "truncated or corrupt NIfTI data") from None
+    array = array.reshape(array.shape[: len(size)] if array.ndim > len(size) and all(n == 1 for n in array.shape[len(size) :]) else array.shape)
+    if list(array.shape) != list(size):
+        raise InputError(path, f"NIfTI data shape {list(array.shape)} does not match its header {size}")
+    return array
 
 
 def _modality_from_fields(fields: dict[str, str]) -> str | None:
@@ -213,8 +212,6 @@ def _read_itk(path: Path) -> MetaTensor:
     import SimpleITK as sitk
 
     fmt = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}[_suffix(path)]
-    if fmt == "nifti":
-        _check_nifti_length(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -231,18 +228,21 @@ def _read_itk(path: Path) -> MetaTensor:
     elif dim not in (2, 3):
         raise InputError(path, f"{dim}D image; udl-med reads 2D and 3D images")
     fields = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
-    try:
-        with _quiet_stderr():
-            image = reader.Execute()
-    except RuntimeError:
-        raise InputError(path, f"truncated or corrupt {fmt.upper()} data") from None
-    array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (T, Z, Y, X)
-    spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    spacing, origin, direction = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
     if dim == 4:  # a single frame: keep the spatial part of the geometry
-        array = array[0]
         d4 = np.asarray(direction).reshape(4, 4)
         spacing, origin, direction = spacing[:3], origin[:3], d4[:3, :3].ravel()
-    array = np.transpose(array).astype(np.float32, copy=False)  # -> (X, Y[, Z])
+        size = size[:3]
+    if fmt == "nifti":
+        array = _read_nifti_voxels(path, size)
+    else:
+        try:
+            with _quiet_stderr():
+                image = reader.Execute()
+        except RuntimeError:
+            raise InputError(path, f"truncated or corrupt {fmt.upper()} data") from None
+        array = np.transpose(sitk.GetArrayFromImage(image)).reshape(size)  # ITK's (Z, Y, X) -> (X, Y, Z)
+    array = array.astype(np.float32, copy=False)
     geometry = Geometry.create(spacing, origin, direction)
     return _finish(array, geometry, _modality_from_fields(fields), path, fmt)
 
@@ -254,9 +254,12 @@ def _geometry_of(image: Any) -> Geometry | None:
     meta = getattr(image, "meta", None)
     if meta is None:
         return None
-    if isinstance(image, MetaTensor) and not all(k in meta for k in ("spacing", "origin", "direction")):
-        return Geometry.from_ras_affine(image.affine.detach().cpu().numpy())
-    return Geometry.from_meta(meta)
+    keyed = Geometry.from_meta(meta) if all(k in meta for k in ("spacing", "origin", "direction")) else None
+    if isinstance(image, MetaTensor):
+        from_affine = Geometry.from_ras_affine(image.affine.detach().cpu().numpy())
+        if keyed is None or not keyed.close_to(from_affine) and not np.allclose(image.affine.numpy(), np.eye(image.affine.shape[0])):
+            return from_affine  # MONAI transforms keep the affine up to date, not our keys
+    return keyed if keyed is not None else Geometry.from_meta(meta)
 
 
 def write_image(image: Any, path: str | Path, reference: Any = None) -> Path:
