@@ -46,7 +46,8 @@ MR_OUTPUT_RANGE: tuple[float, float] = (0.0, 1000.0)
 SLICE_PIXELS = 2**20  # pixels per chunk of slices (2D models): 4 slices of 512 x 512
 PERCENTILE_SAMPLE = 2**24  # MR percentiles of larger volumes come from an evenly strided sample
 SW_OVERLAP = 0.25
-SW_BATCH_SIZE = 4
+SW_BATCH_SIZE = 4  # 3D windows per forward pass
+SW_BATCH_SIZE_2D = 64  # 2D windows per forward pass
 
 
 @dataclass(frozen=True)
@@ -149,12 +150,36 @@ def _translate_slices(
         idx = torch.arange(s0 - c, s1 + c).clamp_(0, n - 1)
         block = _to_unit(slices.index_select(0, idx), params_in)  # (s1 - s0 + 2c, P, Q)
         x = block.unfold(0, 2 * c + 1, 1).permute(0, 3, 1, 2) if c else block[:, None]  # (B, 2c + 1, P, Q)
-        with torch.no_grad():
-            y = predict(x.contiguous().to(device))  # (B, C, P, Q)
+        y = _windowed(predict, x.contiguous(), setup.roi_size, device, SW_BATCH_SIZE_2D)  # (B, C, P, Q)
         y = y[:, y.shape[1] // 2] if y.shape[1] > 1 else y[:, 0]  # the centre channel of 2.5D outputs
         out[s0:s1] = denormalize(y.float().cpu(), params_out)
     out = out.movedim(0, axis)
     return out[..., 0] if flat_image else out
+
+
+def _windowed(predict: Callable[[Tensor], Tensor], x: Tensor, roi_size: tuple[int, ...], device: torch.device, sw_batch_size: int, progress: bool = False) -> Tensor:
+    """MONAI sliding-window inference of ``x`` ``(B, C, *spatial)`` in windows of the training size.
+
+    Windows of the training size keep instance-norm statistics as in training; Gaussian
+    blending hides the seams. Results are gathered on the CPU.
+    """
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        y = sliding_window_inference(
+            x,
+            roi_size=roi_size,
+            sw_batch_size=sw_batch_size,
+            predictor=predict,
+            overlap=SW_OVERLAP,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=-1.0,  # background, as training pads
+            sw_device=device,
+            device="cpu",
+            progress=progress,
+        )
+    return y.as_tensor() if isinstance(y, MetaTensor) else y
 
 
 def _translate_windows(
@@ -167,27 +192,11 @@ def _translate_windows(
     progress: bool,
 ) -> Tensor:
     """Run a 3D model over ``volume`` ``(X, Y, Z)`` with MONAI sliding-window inference, Gaussian blending."""
-    from monai.inferers import sliding_window_inference
-
     x = torch.empty((1, 1, *volume.shape), dtype=torch.float32)
     for k in range(0, volume.shape[0], 16):  # normalise in slabs: no float64 copy of the whole volume
         x[0, 0, k : k + 16] = _to_unit(volume[k : k + 16], params_in)
-    with torch.no_grad():
-        y = sliding_window_inference(
-            x,
-            roi_size=setup.roi_size,
-            sw_batch_size=SW_BATCH_SIZE,
-            predictor=predict,
-            overlap=SW_OVERLAP,
-            mode="gaussian",
-            padding_mode="constant",
-            cval=-1.0,  # background, as training pads
-            sw_device=device,
-            device="cpu",
-            progress=progress,
-        )
+    y = _windowed(predict, x, setup.roi_size, device, SW_BATCH_SIZE, progress)
     del x
-    y = y.as_tensor() if isinstance(y, MetaTensor) else y
     out = y[0, 0]
     for k in range(0, out.shape[0], 16):
         out[k : k + 16] = denormalize(out[k : k + 16], params_out)

@@ -92,19 +92,20 @@ class CycleGAN(Method):
         except ValueError as err:
             raise ConfigError("<config>", "model.disc_layers", f"does not fit data.size: {err}") from None
         c, dims = data.in_channels, data.spatial_dims
+        self.generator_kwargs: dict[str, Any] = dict(
+            spatial_dims=dims,
+            in_channels=c,
+            out_channels=c,
+            channels=config.channels,
+            num_downsample=config.num_downsample,
+            num_res_blocks=config.num_res_blocks,
+            norm=config.norm,
+            padding_mode=config.padding_mode,
+            dropout=config.dropout,
+        )
 
         def generator() -> ResNetGenerator:
-            return ResNetGenerator(
-                dims,
-                c,
-                c,
-                channels=config.channels,
-                num_downsample=config.num_downsample,
-                num_res_blocks=config.num_res_blocks,
-                norm=config.norm,
-                padding_mode=config.padding_mode,
-                dropout=config.dropout,
-            )
+            return ResNetGenerator(**self.generator_kwargs)
 
         def discriminator() -> PatchGANDiscriminator:
             return PatchGANDiscriminator(
@@ -212,3 +213,8 @@ class CycleGAN(Method):
         """The generator network for ``direction`` (what export writes)."""
         check_direction(direction, self.directions)
         return self.g_ct2mr if direction == "ct2mr" else self.g_mr2ct
+
+    def generator_spec(self, direction: str) -> tuple[str, dict[str, Any]]:
+        """``(class path, constructor kwargs)`` that rebuild :meth:`generator` (for export)."""
+        check_direction(direction, self.directions)
+        return f"{ResNetGenerator.__module__}.{ResNetGenerator.__qualname__}", dict(self.generator_kwargs)

@@ -81,21 +81,17 @@ class Pix2Pix(Method):
             raise ConfigError("<config>", "model.disc_layers", f"does not fit data.size: {err}") from None
         c, dims = data.in_channels, data.spatial_dims
         self.directions: tuple[str, ...] = DIRECTIONS if config.direction == "both" else (config.direction,)
-        self.generators = nn.ModuleDict(
-            {
-                d: UNetGenerator(
-                    dims,
-                    c,
-                    c,
-                    channels=config.channels,
-                    strides=config.strides,
-                    num_res_units=config.num_res_units,
-                    norm=config.norm,
-                    dropout=config.dropout,
-                )
-                for d in self.directions
-            }
+        self.generator_kwargs: dict[str, Any] = dict(
+            spatial_dims=dims,
+            in_channels=c,
+            out_channels=c,
+            channels=list(config.channels),
+            strides=list(config.strides),
+            num_res_units=config.num_res_units,
+            norm=config.norm,
+            dropout=config.dropout,
         )
+        self.generators = nn.ModuleDict({d: UNetGenerator(**self.generator_kwargs) for d in self.directions})
         self.discriminators = nn.ModuleDict(
             {
                 d: PatchGANDiscriminator(
@@ -183,3 +179,8 @@ class Pix2Pix(Method):
         """The generator network for ``direction`` (what export writes)."""
         check_direction(direction, self.directions)
         return self.generators[direction]
+
+    def generator_spec(self, direction: str) -> tuple[str, dict[str, Any]]:
+        """``(class path, constructor kwargs)`` that rebuild :meth:`generator` (for export)."""
+        check_direction(direction, self.directions)
+        return f"{UNetGenerator.__module__}.{UNetGenerator.__qualname__}", dict(self.generator_kwargs)

@@ -1,0 +1,295 @@
+"""``udl-med export MODEL OUT --format bundle|torchscript`` for translation models.
+
+**bundle**: a MONAI bundle folder that runs with MONAI alone (plus udl-med for the
+generator class)::
+
+    OUT/configs/metadata.json     what goes in and out (MONAI's network_data_format)
+    OUT/configs/inference.json    read, normalise, slice-by-slice or sliding-window
+                                  inference, map back to HU / MR units, save NIfTI
+    OUT/models/<direction>.pt     generator state dicts (loaded with weights_only=True)
+    OUT/docs/README.md
+
+    python -m monai.bundle run --config_file OUT/configs/inference.json \\
+        --meta_file OUT/configs/metadata.json --bundle_root OUT \\
+        --input scan.nii.gz --direction mr2ct --output_dir out/
+
+The preprocessing repeats udl-med's normalisation with MONAI transforms: CT clipped to
+the run's HU window and scaled to [-1, 1] (``ScaleIntensityRanged``), MR scaled by its
+own percentiles (``ScaleIntensityRangePercentilesd``); the output is mapped back to HU
+(CT) or to ``MR_OUTPUT_RANGE`` (MR), exactly as ``udl-med translate`` does, and saved
+with the input's affine. 2D models run through ``SliceInferer``, 3D ones through
+``SlidingWindowInferer`` with Gaussian blending.
+
+**torchscript**: ``OUT/<direction>.ts`` per direction (``torch.jit.script`` of the
+generator, checked against the eager network) and ``OUT/translator.json`` with the
+normalisation the scripted networks expect. A TorchScript file is code: load it only
+from a source you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from udl_med.errors import UserError
+from udl_med.inference.translate import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, SW_BATCH_SIZE, SW_OVERLAP, TARGET, TranslationSetup
+
+log = logging.getLogger(__name__)
+
+BUNDLE_VERSION = "0.1.0"
+
+
+def _check_translator(loaded: Any) -> tuple[str, ...]:
+    from udl_med.methods.base import Capability
+
+    method = loaded.method
+    if Capability.TRANSLATE not in method.capabilities or not hasattr(method, "generator_spec"):
+        raise UserError(f"{loaded.source}: method {method.name!r} cannot translate; bundle and torchscript export translators")
+    return tuple(d for d in DIRECTIONS if d in getattr(method, "directions", DIRECTIONS))
+
+
+def _normalisation(setup: TranslationSetup) -> dict[str, Any]:
+    return {
+        "CT": {"kind": "window", "low": setup.ct_window[0], "high": setup.ct_window[1], "unit": "HU"},
+        "MR": {"kind": "percentile", "lower": setup.mr_percentiles[0], "upper": setup.mr_percentiles[1]},
+        "output": {
+            "CT": {"from": [-1.0, 1.0], "to": list(setup.ct_window), "unit": "HU"},
+            "MR": {"from": [-1.0, 1.0], "to": list(MR_OUTPUT_RANGE), "unit": "arbitrary"},
+        },
+        "layout": setup.layout,
+        "slice_axis": setup.slice_axis,
+        "context": setup.context,
+        "roi_size": list(setup.roi_size),
+    }
+
+
+def _preprocessing(modality: str, setup: TranslationSetup) -> dict[str, Any]:
+    scale: dict[str, Any]
+    if modality == "CT":
+        scale = {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": setup.ct_window[0],
+            "a_max": setup.ct_window[1],
+            "b_min": -1.0,
+            "b_max": 1.0,
+            "clip": True,
+        }
+    else:
+        scale = {
+            "_target_": "ScaleIntensityRangePercentilesd",
+            "keys": "image",
+            "lower": setup.mr_percentiles[0],
+            "upper": setup.mr_percentiles[1],
+            "b_min": -1.0,
+            "b_max": 1.0,
+            "clip": True,
+        }
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+            scale,
+        ],
+    }
+
+
+def _postprocessing(modality: str, direction: str, setup: TranslationSetup) -> dict[str, Any]:
+    low, high = setup.ct_window if modality == "CT" else MR_OUTPUT_RANGE
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "ScaleIntensityRanged", "keys": "pred", "a_min": -1.0, "a_max": 1.0, "b_min": low, "b_max": high, "clip": False},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@output_dir",
+                "output_postfix": direction,
+                "output_ext": ".nii.gz",
+                "resample": False,
+                "separate_folder": False,
+                "output_dtype": "$np.float32",
+                "print_log": False,
+            },
+        ],
+    }
+
+
+def _inferer(setup: TranslationSetup) -> dict[str, Any]:
+    common = {"sw_batch_size": SW_BATCH_SIZE, "overlap": SW_OVERLAP, "mode": "gaussian", "cval": -1.0}
+    if setup.layout == "3d":
+        return {"_target_": "SlidingWindowInferer", "roi_size": list(setup.roi_size), **common}
+    # slice by slice across the training slice axis; in-plane windows of the training size
+    return {"_target_": "SliceInferer", "spatial_dim": setup.slice_axis, "roi_size": list(setup.roi_size), **common}
+
+
+def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
+    """Write a MONAI bundle that translates with ``loaded``'s generators (see the module docstring).
+
+    Raises:
+        UserError: the model cannot translate, or is a 2.5D model (MONAI's
+            ``SliceInferer`` feeds single slices).
+    """
+    directions = _check_translator(loaded)
+    setup = TranslationSetup.from_config(loaded.config)
+    if setup.layout == "2.5d":
+        raise UserError(f"{loaded.source}: a 2.5D model cannot be exported as a bundle (MONAI's SliceInferer feeds one slice); use --format torchscript")
+    out = Path(out)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    (out / "docs").mkdir(parents=True, exist_ok=True)
+    method = loaded.method
+    files: list[str] = []
+    networks: dict[str, Any] = {}
+    for d in directions:
+        cls_path, kwargs = method.generator_spec(d)
+        networks[d] = {"_target_": cls_path, **kwargs}
+        state = {k: v.detach().cpu().contiguous() for k, v in method.generator(d).state_dict().items()}
+        path = out / "models" / f"{d}.pt"
+        torch.save(state, path)
+        files.append(str(path))
+    default = "mr2ct" if "mr2ct" in directions else directions[0]
+    inference = {
+        "bundle_root": str(out.resolve()),
+        "direction": default,
+        "input": "$@bundle_root + '/input.nii.gz'",
+        "output_dir": "$@bundle_root + '/output'",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_defs": networks,
+        "network": "$@network_defs[@direction].to(@device).eval()",
+        "model_path": "$@bundle_root + '/models/' + @direction + '.pt'",
+        "preprocessing_by_source": {d: _preprocessing(SOURCE[d], setup) for d in directions},
+        "postprocessing_by_target": {d: _postprocessing(TARGET[d], d, setup) for d in directions},
+        "preprocessing": "$@preprocessing_by_source[@direction]",
+        "postprocessing": "$@postprocessing_by_target[@direction]",
+        "inferer": _inferer(setup),
+        "image": "$@preprocessing({'image': @input})['image']",
+        "prediction": "$@inferer(@image.unsqueeze(0).to(@device), @network)[0].cpu()",
+        "initialize": [
+            "$torch.set_grad_enabled(False)",
+            "$@network.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
+        ],
+        "run": ["$@postprocessing({'pred': @prediction})"],
+        "finalize": [],
+    }
+    spatial = list(setup.roi_size)
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": BUNDLE_VERSION,
+        "changelog": {BUNDLE_VERSION: f"exported by udl-med from {loaded.source}"},
+        "monai_version": _version("monai"),
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": _version("numpy"),
+        "required_packages_version": {"udl-med": _version("udl_med"), "nibabel": _version("nibabel")},
+        "name": f"udl-med {method.name} CT/MR translation",
+        "task": "CT <-> MR image-to-image translation",
+        "description": (
+            f"{method.name} generator(s) for {', '.join(directions)} trained with udl-med "
+            f"({setup.layout} {'x'.join(map(str, setup.roi_size))} items). Run with --direction and --input."
+        ),
+        "authors": "udl-med",
+        "copyright": "see the training data's licence",
+        "data_source": str(loaded.config.get("data", {}).get("source", "")),
+        "data_type": "nifti (nibabel) or a DICOM series (pydicom); with itk installed also mha and nrrd",
+        "intended_use": "research only; not for diagnosis",
+        "udl_med": {"directions": list(directions), "default_direction": default, **_normalisation(setup), "python": platform.python_version()},
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield" if SOURCE[default] == "CT" else "magnitude",
+                    "modality": SOURCE[default],
+                    "num_channels": 1,
+                    "spatial_shape": spatial,
+                    "dtype": "float32",
+                    "value_range": [-1, 1],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "image"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "hounsfield" if TARGET[default] == "CT" else "magnitude",
+                    "modality": TARGET[default],
+                    "num_channels": 1,
+                    "spatial_shape": spatial,
+                    "dtype": "float32",
+                    "value_range": [-1, 1],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "image"},
+                }
+            },
+        },
+    }
+    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (out / "docs" / "README.md").write_text(_readme(method.name, directions, default))
+    files += [str(out / "configs" / "inference.json"), str(out / "configs" / "metadata.json")]
+    log.info("wrote MONAI bundle %s (%s)", out, ", ".join(directions))
+    return {"format": "bundle", "out": str(out), "directions": list(directions), "default_direction": default, "files": files}
+
+
+def _readme(name: str, directions: tuple[str, ...], default: str) -> str:
+    return (
+        f"# udl-med {name} translation bundle\n\n"
+        f"Directions: {', '.join(directions)} (default {default}).\n\n"
+        "```\npython -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\\n"
+        "    --bundle_root . --input scan.nii.gz --direction " + default + " --output_dir out\n```\n\n"
+        "Needs MONAI, nibabel, fire (for `python -m monai.bundle`) and udl-med (for the generator class). Output: NIfTI with the input's affine; "
+        "CT in Hounsfield units, MR on a 0..1000 scale.\n"
+    )
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def export_torchscript(loaded: Any, out: Path) -> dict[str, Any]:
+    """Write ``OUT/<direction>.ts`` (scripted generators) and ``OUT/translator.json``.
+
+    The scripted networks map normalised images ``(B, C, *spatial)`` in [-1, 1] to [-1, 1];
+    ``translator.json`` says how to normalise and map back.
+
+    Raises:
+        UserError: the model cannot translate.
+    """
+    directions = _check_translator(loaded)
+    setup = TranslationSetup.from_config(loaded.config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    method = loaded.method
+    files = []
+    example = torch.rand(1, loaded.data_spec.in_channels, *loaded.data_spec.image_size) * 2 - 1
+    for d in directions:
+        net = method.generator(d).cpu().eval()
+        try:
+            scripted = torch.jit.script(net)
+        except Exception as err:  # scripting failed: fall back to tracing at the training size
+            log.warning("torch.jit.script failed for %s (%s); tracing instead", d, err)
+            scripted = torch.jit.trace(net, example)
+        with torch.no_grad():
+            if not torch.allclose(scripted(example), net(example), atol=1e-5):
+                raise RuntimeError(f"the TorchScript {d} generator disagrees with the eager one")
+        path = out / f"{d}.ts"
+        tmp = path.with_suffix(".ts.tmp")
+        scripted.save(str(tmp))
+        tmp.replace(path)
+        files.append(str(path))
+    info = {"method": method.name, "source": loaded.source, "directions": list(directions), **_normalisation(setup)}
+    (out / "translator.json").write_text(json.dumps(info, indent=2))
+    files.append(str(out / "translator.json"))
+    log.info("wrote TorchScript generators to %s", out)
+    return {"format": "torchscript", "out": str(out), "directions": list(directions), "files": files}
