@@ -81,7 +81,7 @@ class ReconstructionMethod(Method):
     batch_keys = (keys.IMAGE,)
     capabilities = frozenset({Capability.ENCODE})
     optimizer_name: ClassVar[str] = "autoencoder"
-    code_features: ClassVar[int] = 1  # encoder outputs per latent unit (2 for a VAE)
+    network_class: ClassVar[type[Autoencoder]] = Autoencoder
 
     def __init__(self, config: AutoencoderConfig, data: DataSpec) -> None:
         super().__init__(config, data)
@@ -91,7 +91,7 @@ class ReconstructionMethod(Method):
             check_geometry(data.spatial_dims, data.image_size, channels, strides)
         except ValueError as err:
             raise ConfigError("<config>", "model.strides", f"do not fit data.size: {err}") from None
-        self.net = Autoencoder(
+        self.net = self.network_class(
             data.spatial_dims,
             data.in_channels,
             data.image_size,
@@ -103,7 +103,6 @@ class ReconstructionMethod(Method):
             act=config.act,
             norm=config.norm,
             dropout=config.dropout,
-            code_features=self.code_features,
         )
         self.recon_loss = ReconstructionLoss(config.loss)
 

@@ -1,0 +1,205 @@
+"""Sparse, denoising, stacked and variational autoencoders: each learns what it is for."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from autoencoder_testkit import SIZES, blobs, build, early_late, fit, held_out
+
+from udl_med import keys
+from udl_med.methods.base import Capability, get_method
+from udl_med.methods.denoising_autoencoder import CORRUPTED_MSE, DENOISED_MSE
+
+TINY = dict(latent_dim=8, channels=(8, 16), strides=(2, 2), num_res_units=0, lr=1e-2)
+
+
+def load_exported(method) -> torch.nn.Module:
+    class_path, kwargs, state = method.export_encoder()
+    module, name = class_path.rsplit(".", 1)
+    assert module == "monai.networks.nets"
+    net = getattr(importlib.import_module(module), name)(**kwargs)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+# --- sparse ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_sparse_kl_penalty_lowers_mean_activation(spatial_dims: int) -> None:
+    val = held_out(spatial_dims)
+    config = {**TINY, "latent_dim": 32, "penalty": "kl", "rho": 0.05}
+    plain = build("sparse_autoencoder", spatial_dims, **config, sparsity_weight=0.0)
+    sparse = build("sparse_autoencoder", spatial_dims, **config, sparsity_weight=0.02)
+    fit(plain, steps=60)
+    losses = fit(sparse, steps=150)
+    m_plain, m_sparse = plain.evaluate(val), sparse.evaluate(val)
+    assert m_sparse[keys.MEAN_ACTIVATION] < 0.5 * m_plain[keys.MEAN_ACTIVATION]
+    assert m_sparse[keys.MEAN_ACTIVATION] < 0.1  # close to the target rate rho = 0.05
+    first, last = early_late(losses)
+    assert last < 0.5 * first
+    assert m_sparse[keys.RECON_MSE] < 0.75 * m_sparse[keys.MEAN_IMAGE_MSE]
+    codes = sparse.encode(val["image"])
+    assert codes.shape == (val["image"].shape[0], 32) and 0 < codes.min() and codes.max() < 1
+
+
+def test_sparse_l1_penalty_lowers_mean_activation_and_logs_it() -> None:
+    val = held_out(2)
+    config = {**TINY, "latent_dim": 32, "penalty": "l1"}
+    plain = build("sparse_autoencoder", 2, **config, sparsity_weight=0.0)
+    sparse = build("sparse_autoencoder", 2, **config, sparsity_weight=0.005)
+    fit(plain, steps=100)
+    fit(sparse, steps=100)
+    assert sparse.evaluate(val)[keys.MEAN_ACTIVATION] < 0.5 * plain.evaluate(val)[keys.MEAN_ACTIVATION]
+    out = sparse.train_step(val, _plain_opt(sparse))
+    assert {keys.LOSS, keys.RECON, keys.SPARSITY, keys.MEAN_ACTIVATION} <= set(out)
+
+
+def _plain_opt(method):
+    from udl_med.engine.optimization import EngineOptimization
+
+    return EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
+
+
+# --- denoising ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spatial_dims", "corruption", "level"), [(2, "gaussian", 0.8), (3, "gaussian", 0.8), (2, "masking", 0.5)])
+def test_denoiser_removes_the_noise_it_was_trained_on(spatial_dims: int, corruption: str, level: float) -> None:
+    method = build("denoising_autoencoder", spatial_dims, **TINY, corruption=corruption, noise_level=level)
+    losses = fit(method, steps=150)
+    metrics = method.evaluate(held_out(spatial_dims))
+    first, last = early_late(losses)
+    assert last < 0.5 * first
+    assert metrics[DENOISED_MSE] < 0.45 * metrics[CORRUPTED_MSE]
+    assert metrics[keys.RECON_MSE] < 0.6 * metrics[keys.MEAN_IMAGE_MSE]
+
+
+def test_denoising_chain_samples_from_noise() -> None:
+    method = build("denoising_autoencoder", 2, **TINY, corruption="gaussian", noise_level=0.5, chain_steps=10, chain_frames=4)
+    assert Capability.SAMPLE in method.capabilities
+    fit(method, steps=150)
+    x0 = method.initial_noise(6, torch.Generator().manual_seed(0))
+    states = method.chain(x0, steps=10, generator=torch.Generator().manual_seed(1), frames=4)
+    assert len(states) == 4 and torch.equal(states[0], x0)
+    assert all(s.shape == x0.shape for s in states)
+
+    def off_manifold(x: torch.Tensor) -> float:  # distance to the two intensity levels of the data
+        return float(torch.minimum((x + 1).abs(), (x - 0.5).abs()).mean())
+
+    assert off_manifold(states[-1]) < 0.5 * off_manifold(x0)
+    a = method.sample(3, torch.Generator().manual_seed(5))
+    b = method.sample(3, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+    assert a.shape == (3, 1, *SIZES[2]) and a.min() >= -1 and a.max() <= 1
+    strip = method.chain_strip(4)
+    assert strip.shape == (4 * 4, 1, *SIZES[2])  # 4 chains x 4 frames: a square grid, one row per chain
+    assert set(method.preview(held_out(2, n=4))) == {"input", "corrupted", "denoised", "chain"}
+
+
+# --- stacked -----------------------------------------------------------------------
+
+
+def test_stacked_greedy_trains_one_stage_at_a_time_then_fine_tunes() -> None:
+    method = build("stacked_autoencoder", 2, **TINY, schedule="greedy", layer_steps=40)
+    n_stages = len(TINY["channels"]) + 1
+    assert method.current_stage() == 0
+    before = {k: v.clone() for k, v in method.net.state_dict().items()}
+    fit(method, steps=40)  # stage 0: only f_0 and g_0 move
+    after = method.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("encoder.net.layer_0.", "decoder.layers.0.")) for k in changed)
+    assert method.current_stage() == 1
+
+    losses = fit(method, steps=40 * (n_stages - 1) + 150, seed=2)
+    assert method.current_stage() == n_stages  # fine-tuning
+    metrics = method.evaluate(held_out(2))
+    assert metrics[keys.RECON_MSE] < 0.6 * metrics[keys.MEAN_IMAGE_MSE]
+    first, last = early_late(losses[-150:])
+    assert last < first
+
+    # the stage survives a save and reload (exact resume)
+    clone = build("stacked_autoencoder", 2, **TINY, schedule="greedy", layer_steps=40)
+    clone.load_state_dict(method.state_dict(), strict=True)
+    assert clone.current_stage() == n_stages
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_stacked_end_to_end_learns(spatial_dims: int) -> None:
+    method = build("stacked_autoencoder", spatial_dims, **TINY, schedule="end_to_end")
+    assert set(method.configure_optimizers()) == {"finetune"}
+    losses = fit(method, steps=150)
+    metrics = method.evaluate(held_out(spatial_dims))
+    first, last = early_late(losses)
+    assert last < 0.3 * first
+    assert metrics[keys.RECON_MSE] < 0.6 * metrics[keys.MEAN_IMAGE_MSE]
+
+
+# --- variational -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_vae_learns_and_logs_finite_elbo_terms(spatial_dims: int) -> None:
+    method = build("vae", spatial_dims, **TINY, beta=1.0)
+    opt = _plain_opt(method)
+    out = method.train_step({"image": blobs(8, SIZES[spatial_dims], torch.Generator().manual_seed(0))}, opt)
+    assert {keys.LOSS, keys.RECON, keys.KL} <= set(out)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
+    torch.testing.assert_close(out[keys.LOSS], out[keys.RECON] + out[keys.KL])
+    losses = fit(method, steps=150)
+    first, last = early_late(losses)
+    assert last < 0.3 * first
+    metrics = method.evaluate(held_out(spatial_dims))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics[keys.RECON_MSE] < 0.7 * metrics[keys.MEAN_IMAGE_MSE]
+    samples = method.sample(5, torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 1, *SIZES[spatial_dims]) and samples.min() >= -1 and samples.max() <= 1
+
+
+def test_vae_kl_term_responds_to_beta() -> None:
+    kls = {}
+    for beta in (0.1, 10.0):
+        method = build("vae", 2, **TINY, beta=beta)
+        fit(method, steps=100)
+        kls[beta] = method.evaluate(held_out(2))[keys.KL]
+    assert kls[10.0] < 0.5 * kls[0.1]
+
+
+def test_vae_encode_is_the_posterior_mean_in_eval_and_train_mode() -> None:
+    method = build("vae", 2, **TINY)
+    fit(method, steps=5)
+    x = held_out(2, n=4)["image"]
+    mu, logvar = method.net.posterior(x)
+    method.eval()
+    torch.testing.assert_close(method.encode(x), mu)  # not mu + std, as MONAI's VarAutoEncoder in eval mode
+    method.train()
+    torch.testing.assert_close(method.encode(x), mu)
+    out = method.net(x)  # a forward pass samples
+    assert not torch.allclose(out.z, mu)
+    method.eval()
+    torch.testing.assert_close(load_exported(method)(x), mu)  # the exported encoder computes mu
+
+
+def test_vae_traversal_grid_has_one_row_per_latent_direction() -> None:
+    method = build("vae", 2, **TINY, traversal_dims=4)
+    fit(method, steps=30)
+    x = held_out(2, n=4)["image"]
+    grid = method.traversal(x)
+    assert grid.shape == (16, 1, *SIZES[2])
+    rows = grid.view(4, 4, -1)
+    # along a row only one latent coordinate changes: consecutive images differ, and rows differ
+    assert all(not torch.allclose(rows[r, 0], rows[r, -1]) for r in range(4))
+    assert set(method.preview({"image": x})) == {"input", "reconstruction", "samples", "traversal"}
+
+
+@pytest.mark.parametrize("name", ["sparse_autoencoder", "denoising_autoencoder", "stacked_autoencoder", "vae"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_exported_encoder_loads_strictly(name: str, spatial_dims: int) -> None:
+    method = build(name, spatial_dims, **TINY)
+    method.eval()
+    net = load_exported(method)
+    x = held_out(spatial_dims, n=3)["image"]
+    assert net(x).shape == (3, TINY["latent_dim"])
+    assert get_method(name).Config().model_dump()  # the defaults validate
