@@ -13,7 +13,7 @@ k     lesion       CT                              MR
 2     hyper-dense  brighter than the liver (~180)  brighter than the liver
 ====  ===========  ==============================  ==============================
 
-The lesion radius (3 to 7 mm) and the body size vary at random, so the class cannot be
+The lesion radius (35 to 60% of the liver's) and the body size vary at random, so the class cannot be
 read from the mean intensity of a volume: it must be seen. Tissue values:
 
 - CT in HU: air -1000, fat -100, soft tissue 40, kidney 30, liver 60, bone 700, plus a
@@ -99,7 +99,7 @@ def make_phantom(shape: tuple[int, int, int], lesion_class: int, rng: np.random.
     taper = np.sqrt(np.clip(1.0 - (Z / length) ** 2, 0.0, None))  # 1 at the centre, 0 at the ends
     r_body = ((X - cx) / ax) ** 2 + ((Y - cy) / ay) ** 2
     body = (r_body <= taper**2) & (np.abs(Z) < length)
-    fat_mm = rng.uniform(2.0, 4.5)
+    fat_mm = rng.uniform(0.16, 0.25) * min(ax, ay)  # anatomy scales with the body
     r_inner = ((X - cx) / max(ax - fat_mm, 1.0)) ** 2 + ((Y - cy) / max(ay - fat_mm, 1.0)) ** 2
     inner = body & (r_inner <= (taper * 0.97) ** 2)
 
@@ -107,28 +107,27 @@ def make_phantom(shape: tuple[int, int, int], lesion_class: int, rng: np.random.
     tissue[body] = TISSUES.index("fat")
     tissue[inner] = TISSUES.index("soft")
     # spine: a cylinder near the back (LPS: +y is posterior), ribs: two arcs
-    sx, sy = cx + rng.normal(0, 1.0), cy + ay * rng.uniform(0.45, 0.6)
-    r_spine = rng.uniform(3.0, 5.0)
+    sx, sy = cx + rng.normal(0, 0.05) * ax, cy + ay * rng.uniform(0.45, 0.6)
+    r_spine = rng.uniform(0.16, 0.22) * ay
     tissue[inner & ((X - sx) ** 2 + (Y - sy) ** 2 <= r_spine**2)] = TISSUES.index("bone")
     rib_r = rng.uniform(0.75, 0.85)
     ring = np.abs(np.sqrt(r_inner) - rib_r * taper) < 0.06
     tissue[inner & ring & (Y > cy) & (np.abs(Z % 12.0 - 6.0) < 2.0)] = TISSUES.index("bone")
     # kidney (left of the spine) and liver (anterior-right), random size
-    kx, ky = sx + rng.choice([-1, 1]) * rng.uniform(8, 12), sy - rng.uniform(2, 5)
-    kr = rng.uniform(3.5, 5.5, size=3) * np.array([1, 1, 2.0])
+    kx, ky = sx + rng.choice([-1, 1]) * rng.uniform(0.35, 0.5) * ax, sy - rng.uniform(0.1, 0.2) * ay
+    kr = rng.uniform(0.15, 0.22, size=3) * np.array([ax, ay, 2.0 * ay])
     kidney = inner & (((X - kx) / kr[0]) ** 2 + ((Y - ky) / kr[1]) ** 2 + (Z / kr[2]) ** 2 <= 1)
     tissue[kidney & (tissue == TISSUES.index("soft"))] = TISSUES.index("kidney")
     lx, ly = cx - ax * rng.uniform(0.15, 0.3), cy - ay * rng.uniform(0.0, 0.25)
-    lr = np.array([ax * rng.uniform(0.35, 0.5), ay * rng.uniform(0.3, 0.45), length * rng.uniform(0.45, 0.7)])
+    lr = np.array([ax * rng.uniform(0.45, 0.6), ay * rng.uniform(0.4, 0.55), length * rng.uniform(0.5, 0.75)])
     liver = inner & (((X - lx) / lr[0]) ** 2 + ((Y - ly) / lr[1]) ** 2 + (Z / lr[2]) ** 2 <= 1)
     tissue[liver & (tissue == TISSUES.index("soft"))] = TISSUES.index("liver")
-    if lesion_class:
-        radius = rng.uniform(3.0, 7.0)
-        centre = np.array([lx, ly, 0.0]) + rng.uniform(-0.3, 0.3, 3) * np.array([lr[0], lr[1], lr[2]])
-        d2 = (X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + ((Z - centre[2]) / 1.2) ** 2
-        tissue[(d2 <= radius**2) & (tissue == TISSUES.index("liver"))] = TISSUES.index("lesion")
-        if not (tissue == TISSUES.index("lesion")).any():  # keep the lesion visible: at the liver centre
-            tissue[((X - lx) ** 2 + (Y - ly) ** 2 + Z**2 <= radius**2) & liver] = TISSUES.index("lesion")
+    if lesion_class:  # random size and place inside the liver: the class is not in the mean intensity
+        radius = rng.uniform(0.35, 0.6) * min(lr[0], lr[1])
+        rz = max(radius, 1.2 * spacing[2])  # at least a few slices thick
+        centre = np.array([lx, ly, 0.0]) + rng.uniform(-0.2, 0.2, 3) * lr
+        d2 = ((X - centre[0]) / radius) ** 2 + ((Y - centre[1]) / radius) ** 2 + ((Z - centre[2]) / rz) ** 2
+        tissue[(d2 <= 1.0) & (tissue == TISSUES.index("liver"))] = TISSUES.index("lesion")
 
     ct_lut = np.array([CT_HU[t] for t in TISSUES[:-1]] + [LESION_CT.get(lesion_class, CT_HU["liver"])])
     mr_lut = np.array([MR_T1[t] for t in TISSUES[:-1]] + [LESION_MR.get(lesion_class, MR_T1["liver"])])
