@@ -41,15 +41,15 @@ def test_training_learns_and_is_tracked(phantom_manifest: Path, tmp_path: Path, 
     config["tracking"]["log_model"] = True
     report = train(config)
     assert report["steps"] == 80
-    # It learned: held-out reconstruction beats predicting the mean image.
-    assert report["eval/recon_mse"] < report["eval/mean_image_mse"]
 
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(report["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "80" and run.data.params["model.latent_dim"] == "8"
     history = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert len(history) == 16 and history[-1] < history[0]  # logged every 5 steps, and the loss fell
+    assert len(history) == 16 and history[-1] < 0.5 * history[0]  # logged every 5 steps, and the loss fell
+    held_out = [m.value for m in client.get_metric_history(run.info.run_id, "eval/recon_mse")]
+    assert len(held_out) == 2 and held_out[1] < held_out[0]  # evaluated at steps 40 and 80, and improving
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "previews")}
     assert any(p.endswith(".png") for p in artifacts)
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -75,8 +75,10 @@ def _write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def _udl_med(*args: str, **kwargs: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "udl_med.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def _udl_med(*args: str) -> subprocess.Popen:
+    """``udl-med ARGS`` in a subprocess with one thread, as in-process tests run (same float results)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "udl_med.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_resume_after_sigkill_is_bit_identical(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:

@@ -77,9 +77,9 @@ class Tracker:
         """
         if pytorch_flavour and example_module is not None and example_input is not None:
             try:
-                import mlflow.pytorch
+                from mlflow import pytorch as mlflow_pytorch
 
-                mlflow.pytorch.log_model(
+                mlflow_pytorch.log_model(
                     example_module,
                     name="model",
                     input_example=example_input,
