@@ -190,6 +190,7 @@ class RBM(nn.Module):
 
     # --- likelihoods --------------------------------------------------------------
 
+    @torch.no_grad()
     def log_partition_exact(self, max_units: int = 20) -> Tensor:
         """``log Z`` by enumerating the ``2**n_hidden`` hidden states (float64 scalar).
 
@@ -212,6 +213,7 @@ class RBM(nn.Module):
         """``log sum_v exp(-E(v, h))`` for hidden states ``h`` (float64), ``(S,)``."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def log_likelihood_exact(self, v: Tensor, max_units: int = 20) -> Tensor:
         """``log p(v) = -F(v) - log Z`` per sample, by enumeration; ``(B,)`` float64."""
         return -self.double_free_energy(v) - self.log_partition_exact(max_units)
@@ -306,6 +308,7 @@ class BernoulliRBM(RBM):
         a = F.linear(h, self.weight.double().t(), self.visible_bias.double())  # (S, n_visible)
         return h @ self.hidden_bias.double() + F.softplus(a).sum(1)
 
+    @torch.no_grad()
     def log_partition_exact(self, max_units: int = 20) -> Tensor:
         """``log Z`` by enumerating the smaller of the visible or hidden layer (float64)."""
         if min(self.n_visible, self.n_hidden) > max_units:

@@ -1,0 +1,208 @@
+"""The ``rbm`` method: learning on tiny images, encode/sample/preview, export, the engine path."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+
+from udl_med import keys
+from udl_med.engine.optimization import EngineOptimization
+from udl_med.methods.base import DataSpec, Method, get_method
+from udl_med.methods.rbm import RBMConfig, fit_rbm
+
+SIZES = {2: (16, 16), 3: (8, 8, 8)}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def blobs(n: int, size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """``(n, 1, *size)`` in [-1, 1]: a bright disk or ball (random centre and radius) on -1."""
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in size], indexing="ij")
+    shape = (n, *[1] * len(size))
+    centre = (torch.rand(n, len(size), generator=generator) - 0.5) * 0.8
+    radius = torch.rand(n, generator=generator) * 0.3 + 0.3
+    dist = sum((g[None] - centre[:, i].view(shape)) ** 2 for i, g in enumerate(grids)).sqrt()
+    return torch.where(dist < radius.view(shape), 0.6, -1.0)[:, None]
+
+
+def build(name: str, spatial_dims: int, num_classes: int = 0, seed: int = 0, size: tuple[int, ...] | None = None, **config) -> Method:
+    cls = get_method(name)
+    torch.manual_seed(seed)
+    spec = DataSpec(spatial_dims=spatial_dims, in_channels=1, image_size=size or SIZES[spatial_dims], num_classes=num_classes)
+    return cls(cls.Config(**config), spec)
+
+
+def fit(method: Method, steps: int, batch_size: int = 16, seed: int = 1, opt: EngineOptimization | None = None) -> EngineOptimization:
+    """Train with the engine's optimizer step on fresh blob batches."""
+    generator = torch.Generator().manual_seed(seed)
+    opt = opt or EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
+    for _ in range(steps):
+        method.train()
+        method.train_step({keys.IMAGE: blobs(batch_size, method.data.image_size, generator)}, opt)
+    method.eval()
+    return opt
+
+
+def held_out(spatial_dims: int, n: int = 32) -> dict[str, torch.Tensor]:
+    return {keys.IMAGE: blobs(n, SIZES[spatial_dims], torch.Generator().manual_seed(99))}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize(("visible", "lr"), [("bernoulli", 0.05), ("gaussian", 0.005)])
+def test_cd1_learns_to_reconstruct_better_than_the_mean_image(spatial_dims: int, visible: str, lr: float) -> None:
+    method = build("rbm", spatial_dims, n_hidden=32, visible=visible, lr=lr, momentum_switch_step=20)
+    before = method.evaluate(held_out(spatial_dims))
+    fit(method, 300)
+    after = method.evaluate(held_out(spatial_dims))
+    assert after[keys.RECON_MSE] < 0.6 * after[keys.MEAN_IMAGE_MSE], (before, after)
+    if visible == "bernoulli":
+        assert after[keys.PSEUDO_LL] > before[keys.PSEUDO_LL] + 50, (before, after)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_persistent_cd_raises_pseudo_likelihood(spatial_dims: int) -> None:
+    """PCD follows the likelihood, not the reconstruction: check the pseudo-likelihood."""
+    method = build("rbm", spatial_dims, n_hidden=32, persistent=True, n_chains=32, lr=0.02, momentum_switch_step=20)
+    before = method.evaluate(held_out(spatial_dims))
+    fit(method, 200)
+    after = method.evaluate(held_out(spatial_dims))
+    assert after[keys.PSEUDO_LL] > 0.5 * before[keys.PSEUDO_LL], (before, after)  # both negative: at least halved
+    assert after[keys.RECON_MSE] < 0.5 * before[keys.RECON_MSE], (before, after)
+    assert int(method.step) == 200 and bool(method.chains.started)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_encode_sample_and_preview(spatial_dims: int) -> None:
+    method = build("rbm", spatial_dims, n_hidden=24, n_filters=20, sample_steps=5)
+    fit(method, 5)
+    x = held_out(spatial_dims, 6)[keys.IMAGE]
+    features = method.encode(x)
+    assert features.shape == (6, 24) and 0 <= float(features.min()) and float(features.max()) <= 1
+    samples = method.sample(3, torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 1, *SIZES[spatial_dims])
+    assert -1 <= float(samples.min()) and float(samples.max()) <= 1
+    torch.testing.assert_close(samples, method.sample(3, torch.Generator().manual_seed(0)))
+    previews = method.preview({keys.IMAGE: x})
+    assert previews["filters"].shape == (20, 1, *SIZES[spatial_dims])
+    assert previews["samples"].shape[1:] == previews["reconstructions"].shape[1:] == (1, *SIZES[spatial_dims])
+    for images in previews.values():
+        assert -1 <= float(images.min()) and float(images.max()) <= 1
+    filters = previews["filters"].flatten(1)  # each filter spans the full [-1, 1] range
+    torch.testing.assert_close(filters.min(1).values, torch.full((20,), -1.0))
+    torch.testing.assert_close(filters.max(1).values, torch.full((20,), 1.0))
+
+
+@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_exported_encoder_is_a_strict_fully_connected_net_matching_encode(visible: str, spatial_dims: int) -> None:
+    method = build("rbm", spatial_dims, n_hidden=12, visible=visible, lr=0.01)
+    fit(method, 10)  # moves the weights and, for Gaussian visibles, the standardisation
+    class_path, kwargs, state = method.export_encoder()
+    module, name = class_path.rsplit(".", 1)
+    net = getattr(importlib.import_module(module), name)(**kwargs)
+    net.load_state_dict(state, strict=True)
+    x = held_out(spatial_dims, 5)[keys.IMAGE]
+    torch.testing.assert_close(torch.sigmoid(net(x)), method.encode(x), atol=1e-5, rtol=1e-4)
+
+
+def test_state_dict_round_trip_keeps_standardisation_chains_and_step() -> None:
+    method = build("rbm", 2, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001)
+    fit(method, 7)
+    state = method.state_dict()
+    assert {"codec.count", "chains.state", "step"} <= set(state)
+    assert int(state["step"]) == 7 and float(state["codec.count"]) == 7 * 16
+    clone = build("rbm", 2, seed=5, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001)
+    clone.load_state_dict(state)
+    x = held_out(2, 4)[keys.IMAGE]
+    torch.testing.assert_close(clone.encode(x), method.encode(x))
+    torch.testing.assert_close(clone.chains.state, method.chains.state)
+
+
+def test_momentum_switches_from_initial_to_final() -> None:
+    method = build("rbm", 2, n_hidden=8, initial_momentum=0.5, momentum=0.9, momentum_switch_step=3)
+    opt = fit(method, 3)
+    assert opt.optimizers["rbm"].param_groups[0]["momentum"] == 0.5
+    fit(method, 1, opt=opt)
+    assert opt.optimizers["rbm"].param_groups[0]["momentum"] == 0.9
+    groups = opt.optimizers["rbm"].param_groups  # weight cost on W only
+    assert groups[0]["weight_decay"] > 0 and groups[1]["weight_decay"] == 0
+
+
+def test_fit_rbm_makes_the_same_update_as_the_engine_path() -> None:
+    """The closed-form fast path and autograd through ``opt.step`` give the same PCD-1 updates."""
+    engine = build("rbm", 2, size=(4, 4), n_hidden=6, persistent=True, n_chains=8, lr=0.1, initial_momentum=0.5,
+                   momentum_switch_step=100, weight_decay=0.01, init_std=0.1)
+    fast = build("rbm", 2, size=(4, 4), n_hidden=6, init_std=0.1).rbm
+    fast.load_state_dict(engine.rbm.state_dict())
+    x = blobs(24, (4, 4), torch.Generator().manual_seed(0))
+    v = (x.flatten(1) + 1) / 2
+    torch.manual_seed(7)
+    opt = EngineOptimization(engine.configure_optimizers(), torch.device("cpu"))
+    for batch in x.split(8):
+        engine.train_step({keys.IMAGE: batch}, opt)
+    torch.manual_seed(7)
+    fit_rbm(fast, v, epochs=1, batch_size=8, lr=0.1, momentum=0.5, weight_decay=0.01, shuffle=False)
+    for name, param in fast.named_parameters():
+        torch.testing.assert_close(param, getattr(engine.rbm, name), atol=1e-5, rtol=1e-4)
+    assert not torch.equal(fast.weight, build("rbm", 2, size=(4, 4), n_hidden=6, init_std=0.1).rbm.weight)
+
+
+def test_fit_rbm_lowers_reconstruction_error_and_checks_shapes() -> None:
+    rbm = build("rbm", 2, n_hidden=32).rbm
+    v = (blobs(128, SIZES[2], torch.Generator().manual_seed(0)).flatten(1) + 1) / 2
+    errors = fit_rbm(rbm, v, epochs=30, batch_size=16, lr=0.1, persistent=False, generator=torch.Generator().manual_seed(0))
+    assert len(errors) == 30 and errors[-1] < 0.5 * errors[0], errors
+    with pytest.raises(ValueError, match="data must be"):
+        fit_rbm(rbm, v[:, :10], epochs=1, batch_size=4, lr=0.1)
+
+
+def test_evaluate_reports_exact_or_annealed_log_likelihood() -> None:
+    tiny = build("rbm", 2, size=(4, 4), n_hidden=6, lr=0.1)
+    x = {keys.IMAGE: blobs(32, (4, 4), torch.Generator().manual_seed(3))}
+    before = tiny.evaluate(x)[keys.LOG_LIKELIHOOD]  # exact: 2**6 hidden states
+    fit(tiny, 60)
+    after = tiny.evaluate(x)[keys.LOG_LIKELIHOOD]
+    assert after > before + 1.0, (before, after)
+    big = build("rbm", 2, n_hidden=32, ais_chains=16, ais_betas=100)
+    fit(big, 5)
+    metrics = big.evaluate(held_out(2, 8))
+    assert keys.LOG_LIKELIHOOD in metrics and metrics[keys.LOG_Z_STD] >= 0
+    gaussian = build("rbm", 2, n_hidden=32, visible="gaussian")
+    assert keys.PSEUDO_LL not in gaussian.evaluate(held_out(2, 8))
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        RBMConfig(n_hiden=3)
+    with pytest.raises(ValidationError):
+        RBMConfig(cd_k=0)
+    with pytest.raises(ValidationError):
+        RBMConfig(visible="poisson")
+
+
+def test_tiny_config_trains_through_the_engine_and_loads_back(phantom_manifest: Path, tracking_uri: str, tmp_path: Path) -> None:
+    from udl_med.engine.model_io import load_model
+    from udl_med.engine.train import train
+
+    raw = yaml.safe_load((CONFIGS / "rbm-tiny.yaml").read_text())
+    overrides = [
+        f"data.source={phantom_manifest}",
+        f"tracking.uri={tracking_uri}",
+        f"output_dir={tmp_path / 'run'}",
+        "train.steps=12",
+        "train.eval_every=12",
+        "train.eval_items=8",
+        "tracking.log_model=false",
+        "model.sample_steps=5",
+    ]
+    report = train(raw, overrides)
+    assert report["steps"] == 12 and "eval/recon_mse" in report and "eval/pseudo_log_likelihood" in report
+    previews = sorted(p.name for p in (tmp_path / "run" / "previews").glob("*.png"))
+    assert previews == ["filters_step000012.png", "reconstructions_step000012.png", "samples_step000012.png"]
+    loaded = load_model(report["model_dir"])
+    features = loaded.method.encode(torch.zeros(2, 1, 32, 32))
+    assert features.shape == (2, 64)
