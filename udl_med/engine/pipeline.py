@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # Step kinds: "module:function", imported when a step of that kind runs.
 STEP_KINDS: dict[str, str] = {
     "phantoms": "udl_med.data.phantoms:write_phantoms",
+    "select": "udl_med.engine.pipeline:select_step",
     "train": "udl_med.engine.pipeline:train_step_kind",
     "export": "udl_med.inference.export:export_model",
     "encode": "udl_med.inference.encode:encode_to_file",
@@ -83,6 +84,31 @@ def train_step_kind(config: str, set: list[str] | None = None, resume: bool = Fa
     from udl_med.engine.train import train_from_file
 
     return train_from_file(config, overrides=list(set or []), resume=resume)
+
+
+def select_step(source: str, out: str, modality: str | None = None, split: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The ``select`` step: a manifest of the images of ``source`` with that modality and split.
+
+    Returns ``manifest`` (the new CSV), ``first`` (its first image, e.g. a volume to
+    translate) and ``n``. Paths in the new manifest are absolute.
+    """
+    import csv
+
+    from udl_med.data.io import list_images
+
+    records = [
+        r for r in list_images(source) if (modality is None or r.modality == modality) and (split is None or r.split == split)
+    ][: limit or None]
+    if not records:
+        raise ConfigError(source, "select", f"no images with modality={modality} split={split}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "modality", "subject", "split"])
+        for r in records:
+            writer.writerow([r.path.resolve(), "" if r.label is None else r.label, r.modality or "", r.subject or "", r.split or ""])
+    return {"manifest": str(path), "first": str(records[0].path), "n": len(records)}
 
 
 def _step_function(kind: str) -> Callable[..., dict[str, Any]]:

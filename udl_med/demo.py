@@ -1,0 +1,94 @@
+"""`udl-med demo`: every job at tiny scale on phantoms, as one pipeline tracked in MLflow.
+
+The demo is an ordinary pipeline (see ``udl_med.engine.pipeline``) built here so that
+it needs no file besides the repository's configs: it makes phantoms, pretrains an
+autoencoder and probes its exported encoder, samples a VAE and judges the samples with
+FID/KID, trains a small CycleGAN and translates a held-out CT to MR, and trains an RBM.
+Each step is a nested MLflow run under one ``demo`` run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from udl_med.errors import UserError
+
+log = logging.getLogger(__name__)
+MARKER = ".udl-med-demo"  # the demo only ever clears a folder it made itself
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _config(name: str) -> str:
+    path = CONFIGS / name
+    if not path.is_file():
+        raise UserError(f"{path}: demo config missing (the demo runs from a source checkout, e.g. after `make demo`)")
+    return str(path)
+
+
+def _train(name: str, config: str, steps: int, extra: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "run": "train",
+        "with": {
+            "config": _config(config),
+            "set": [
+                "data.source=${workdir}/phantoms/manifest.csv",
+                f"output_dir=${{workdir}}/runs/{name}",
+                f"tracking.run_name=demo-{name}",
+                f"train.steps={steps}",
+                *(extra or []),
+            ],
+        },
+    }
+
+
+def demo_steps() -> list[dict[str, Any]]:
+    """The demo pipeline's steps, smallest settings that still show each job working."""
+    fid = {"real": "${steps.real_ct.manifest}", "dims": "2"}
+    return [
+        {"name": "phantoms", "run": "phantoms", "with": {"out": "${workdir}/phantoms", "n": 24, "shape": [48, 48, 24], "seed": 0, "fmt": "nifti"}},
+        {"name": "real_ct", "run": "select", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/real_ct.csv", "modality": "CT", "split": "test"}},
+        {"name": "real_mr", "run": "select", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/real_mr.csv", "modality": "MR", "split": "test"}},
+        # Job 1: pretrain an encoder, export it, probe it on the lesion class.
+        _train("autoencoder", "ae2d-phantom.yaml", 400, ["train.eval_every=200", "train.checkpoint_every=200"]),
+        {"name": "encoder", "run": "export", "with": {"model": "${steps.autoencoder.model_dir}", "out": "${workdir}/encoder", "fmt": "encoder"}},
+        {"name": "probe", "run": "probe", "with": {"encoder": "${workdir}/encoder", "data": "${workdir}/phantoms/manifest.csv", "seed": 0, "quick": True}},
+        # Job 2: synthesize: sample a VAE, judge the samples.
+        _train("vae", "vae2d-phantom.yaml", 400, ["data.modality=CT", "train.eval_every=200", "train.checkpoint_every=200"]),
+        {"name": "samples", "run": "sample", "with": {"model": "${steps.vae.model_dir}", "n": 32, "out": "${workdir}/samples"}},
+        {"name": "fid_samples_random", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "random"}},
+        {"name": "fid_samples_encoder", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "encoder:${workdir}/encoder"}},
+        # Job 3: translate CT to MR with a CycleGAN trained on unpaired halves.
+        _train("cyclegan", "cyclegan-tiny.yaml", 300),
+        {"name": "translate", "run": "translate", "with": {"model": "${steps.cyclegan.model_dir}", "input": "${steps.real_ct.manifest}", "output": "${workdir}/translated", "direction": "ct2mr"}},
+        {"name": "fid_translated", "run": "fid", "with": {"real": "${steps.real_mr.manifest}", "fake": "${workdir}/translated", "dims": "2", "extractor": "random"}},
+        # The energy-based corner: an RBM with its filter grid.
+        _train("rbm", "rbm-tiny.yaml", 300),
+    ]
+
+
+def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
+    """Run the demo into ``out`` (cleared first if an earlier demo made it); return a summary."""
+    from udl_med.engine.pipeline import PipelineConfig, run_pipeline_config
+
+    out = Path(out)
+    if out.exists():
+        if not (out / MARKER).exists():
+            raise UserError(f"{out}: exists and was not made by udl-med demo; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by udl-med demo; cleared by the next demo\n")
+    pipeline = PipelineConfig(name="demo", workdir=str(out), tracking={"experiment": "udl-med-demo"}, steps=demo_steps())
+    result = run_pipeline_config(pipeline, source="udl-med demo")
+    uri = result["tracking_uri"]
+    summary = {
+        "results": str(out.resolve()),
+        "mlflow_run_id": result["run_id"],
+        "look_at_it": f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri,
+    }
+    wanted = ("accuracy", "fid", "kid", "loss", "recon_mse", "translated", "n")
+    summary.update({k: v for k, v in result.items() if "." in k and k.split(".", 1)[1].split("/")[-1].startswith(wanted)})
+    return summary
