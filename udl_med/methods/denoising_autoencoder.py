@@ -114,6 +114,8 @@ class DenoisingAutoencoderMethod(ReconstructionMethod):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
         """``n`` images ``(n, C, *spatial)`` in [-1, 1]: the last state of the chain started from noise."""
+        if label is not None:
+            raise ValueError(f"method {self.name!r} is unconditional: it cannot sample a given label")
         device = next(self.parameters()).device
         x0 = self.initial_noise(n, generator).to(device)
         chain_generator = None

@@ -88,6 +88,8 @@ class VAEMethod(ReconstructionMethod):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
         """Decode ``z ~ N(0, I)``: ``(n, C, *spatial)`` in [-1, 1]."""
+        if label is not None:
+            raise ValueError(f"method {self.name!r} is unconditional: it cannot sample a given label")
         z = torch.randn((n, self.config.latent_dim), generator=generator)
         return self.recon_loss.to_image(self.net.decode(z.to(next(self.parameters()).device))).clamp(-1, 1)
 

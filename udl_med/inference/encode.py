@@ -1,0 +1,186 @@
+"""``udl-med encode MODEL INPUT --out FEATURES.npz``: one latent vector per image.
+
+Each image (a volume, DICOM series, every volume of a folder or manifest) is prepared as
+in training (:func:`udl_med.data.datasets.volume_transform`: read, normalise with the
+run's CT window or MR percentiles, pad with background) and cut into the items the model
+was trained on: every foreground slice across the run's ``slice_axis`` for 2D/2.5D
+models (with its ``context`` neighbours as channels), or a grid of patches covering the
+volume for 3D models, keeping those with foreground. Items are centre-cropped to the
+training size (or resized, for runs trained with ``crop: resize``). The method's
+``encode`` maps every item to a vector, and an image's vector is the mean over its items.
+
+``FEATURES.npz`` holds ``features`` ``(N, F)`` float32, ``paths`` ``(N,)``, ``modality``,
+``subject``, ``label`` (-1 where the manifest has none) and ``n_items`` per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from udl_med import keys
+from udl_med.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+
+ITEM_BATCH = 64  # items per forward pass
+DATA_KEYS = ("layout", "size", "slice_axis", "context", "crop", "ct_window", "mr_percentiles", "foreground_fraction")
+
+
+@dataclass(frozen=True)
+class ImageItems:
+    """The model inputs cut from one image: ``items`` ``(N, C, *size)`` and where each came from."""
+
+    items: Tensor
+    positions: list[int]  # slice index (2D) or patch number (3D) of each item
+    volume_shape: tuple[int, ...]  # the prepared volume: (S, P, Q) slice-first, or (1, X, Y, Z)
+
+
+def item_config(data: dict[str, Any], source: str | Path):
+    """A :class:`DataConfig` for cutting items from ``source`` as a run's ``data`` section did."""
+    from udl_med.data.config import DataConfig
+
+    return DataConfig(source=str(source), **{k: data[k] for k in DATA_KEYS if data.get(k) is not None})
+
+
+def _starts(n: int, size: int) -> list[int]:
+    """Patch starts along one axis that cover ``n`` voxels with windows of ``size``."""
+    if n <= size:
+        return [0]
+    count = math.ceil(n / size)
+    return sorted({round(i * (n - size) / (count - 1)) for i in range(count)})
+
+
+def image_items(cfg: Any, path: str | Path, modality: str | None) -> ImageItems:
+    """Cut one image into model inputs, as described in the module docstring.
+
+    Args:
+        cfg: a :class:`udl_med.data.config.DataConfig` (see :func:`item_config`).
+        path: the image.
+        modality: ``CT``, ``MR`` or None (then the file's own).
+
+    Raises:
+        InputError: an unreadable image (from the reader).
+    """
+    from udl_med.data.datasets import FOREGROUND_LEVEL, volume_transform
+
+    d = volume_transform(cfg)({keys.IMAGE: str(path), keys.MODALITY: modality or ""})
+    vol: Tensor = d[keys.IMAGE]
+    size = tuple(cfg.size)
+    if cfg.layout == "3d":
+        spatial = vol.shape[1:]
+        if cfg.crop == "resize":
+            return ImageItems(F.interpolate(vol[None], size=size, mode="trilinear", align_corners=False), [0], tuple(vol.shape))
+        grids = [_starts(n, s) for n, s in zip(spatial, size)]
+        patches, fg = [], []
+        for sx in grids[0]:
+            for sy in grids[1]:
+                for sz in grids[2]:
+                    p = vol[:, sx : sx + size[0], sy : sy + size[1], sz : sz + size[2]]
+                    patches.append(p)
+                    fg.append(float((p > FOREGROUND_LEVEL).float().mean()))
+        keep = [i for i, f in enumerate(fg) if f >= cfg.foreground_fraction] or [int(np.argmax(fg))]
+        return ImageItems(torch.stack([patches[i] for i in keep]), keep, tuple(vol.shape))
+    fraction = (vol > FOREGROUND_LEVEL).flatten(1).float().mean(1)  # per slice
+    slices = [int(k) for k in torch.nonzero(fraction >= cfg.foreground_fraction).flatten()] or [int(fraction.argmax())]
+    c = cfg.context if cfg.layout == "2.5d" else 0
+    items = []
+    for k in slices:
+        x = vol.index_select(0, torch.arange(k - c, k + c + 1).clamp_(0, vol.shape[0] - 1))
+        if cfg.crop == "resize":
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        else:
+            (p, q), (sp, sq) = x.shape[1:], size
+            i, j = (p - sp) // 2, (q - sq) // 2
+            x = x[:, i : i + sp, j : j + sq]
+        items.append(x)
+    return ImageItems(torch.stack(items), slices, tuple(vol.shape))
+
+
+@torch.no_grad()
+def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH) -> Tensor:
+    """``encode`` over ``items`` ``(N, C, *size)`` in batches: ``(N, F)`` on the CPU."""
+    out = [encode(items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
+    return torch.cat(out)
+
+
+def _records(input: str | Path) -> list[Any]:
+    from udl_med.data.io import list_images
+
+    records = list_images(input)
+    if not records:
+        raise InputError(input, "no images found")
+    return records
+
+
+def save_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def encode_records(
+    encode: Callable[[Tensor], Tensor], data: dict[str, Any], records: Sequence[Any]
+) -> tuple[np.ndarray, list[int]]:
+    """Mean feature vector of every record's items: ``(N, F)`` and the item count of each."""
+    features, counts = [], []
+    for record in records:
+        cut = image_items(item_config(data, record.path), record.path, record.modality)
+        codes = encode_items(encode, cut.items)
+        features.append(codes.mean(0).numpy())
+        counts.append(len(cut.items))
+    return np.stack(features).astype(np.float32), counts
+
+
+def encode_to_file(model: str, input: str | Path, out: str | Path) -> dict[str, Any]:  # noqa: A002
+    """Encode every image of ``input`` with ``model``; write ``out`` (.npz). See the module docstring.
+
+    Returns:
+        ``{"out", "n_images", "n_features", "method"}``.
+
+    Raises:
+        UserError: a model that cannot encode, or an output name that is not ``.npz``.
+        InputError: an input without images, or an unreadable image.
+    """
+    from udl_med.engine.model_io import load_model
+    from udl_med.methods.base import Capability
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: the features file must end in .npz")
+    loaded = load_model(model)
+    method = loaded.method
+    if Capability.ENCODE not in method.capabilities:
+        raise UserError(f"{loaded.source}: method {method.name!r} cannot encode")
+    records = _records(input)
+    data = loaded.config.get("data", {})
+    features, counts = encode_records(method.encode, data, records)
+    save_npz(
+        out,
+        {
+            "features": features,
+            "paths": np.array([str(r.path) for r in records]),
+            "modality": np.array([r.modality or "" for r in records]),
+            "subject": np.array([r.subject or "" for r in records]),
+            "label": np.array([-1 if r.label is None else int(r.label) for r in records], dtype=np.int64),
+            "n_items": np.array(counts, dtype=np.int64),
+        },
+    )
+    log.info("encoded %d images of %s into %s", len(records), input, out)
+    return {"out": str(out), "n_images": len(records), "n_features": int(features.shape[1]), "method": method.name}

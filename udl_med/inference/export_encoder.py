@@ -1,0 +1,176 @@
+"""``udl-med export MODEL OUT --format encoder``: a pretrained encoder as a stock MONAI network.
+
+Writes two files into the folder ``OUT``:
+
+- ``encoder.json``: ``{"class": "monai.networks.nets.<Name>", "kwargs": {...}}`` (build it
+  with ``Name(**kwargs)``), plus ``input`` (what the network expects: spatial dims,
+  channels, item size and the normalisation of the run that trained it), ``out_features``,
+  and where it came from (``method``, ``source``);
+- ``encoder.pt``: its state dict, which loads with ``strict=True`` and
+  ``torch.load(..., weights_only=True)``.
+
+A downstream MONAI model starts from it like this (no udl-med needed)::
+
+    import json, torch, monai.networks.nets as nets
+    spec = json.load(open("OUT/encoder.json"))
+    encoder = getattr(nets, spec["class"].rsplit(".", 1)[1])(**spec["kwargs"])
+    encoder.load_state_dict(torch.load("OUT/encoder.pt", weights_only=True), strict=True)
+    classifier = torch.nn.Sequential(encoder, torch.nn.Linear(spec["out_features"], num_classes))
+
+Inputs are normalised as in ``spec["input"]``: CT clipped to ``ct_window`` HU and mapped
+to [-1, 1]; MR mapped from its ``mr_percentiles`` to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from udl_med import keys
+from udl_med.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+
+MONAI_NETS = "monai.networks.nets"
+INPUT_KEYS = ("layout", "slice_axis", "context", "size", "crop", "ct_window", "mr_percentiles", "foreground_fraction", "modality")
+
+
+def build_encoder(class_path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Instantiate ``class_path(**kwargs)``; only classes of ``monai.networks.nets`` are allowed.
+
+    Raises:
+        UserError: a class outside ``monai.networks.nets``, or one that does not exist.
+    """
+    module_name, _, name = class_path.rpartition(".")
+    if module_name != MONAI_NETS:
+        raise UserError(f"encoder class {class_path!r} is not in {MONAI_NETS}")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise UserError(f"{class_path!r} is not a network class of {MONAI_NETS}")
+    return cls(**kwargs)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
+    """Write ``encoder.json`` and ``encoder.pt`` for a loaded model that can encode.
+
+    Args:
+        loaded: a :class:`udl_med.engine.model_io.LoadedModel`.
+        out: the output folder (created).
+
+    Returns:
+        ``{"out", "encoder_json", "encoder_weights", "class", "out_features", "n_parameters"}``.
+
+    Raises:
+        UserError: the method has no exportable encoder.
+    """
+    method = loaded.method
+    try:
+        class_path, kwargs, state = method.export_encoder()
+    except NotImplementedError as err:
+        raise UserError(f"{loaded.source}: {err}") from None
+    net = build_encoder(class_path, kwargs)
+    net.load_state_dict(state, strict=True)  # what a downstream user will do
+    net.eval()
+    spec = loaded.data_spec
+    with torch.no_grad():
+        probe = torch.zeros(1, spec.in_channels, *spec.image_size)
+        out_features = int(net(probe).flatten(1).shape[1])
+    data = loaded.config.get("data", {})
+    document = {
+        "class": class_path,
+        "kwargs": kwargs,
+        "out_features": out_features,
+        "input": {
+            "spatial_dims": spec.spatial_dims,
+            "in_channels": spec.in_channels,
+            "image_size": list(spec.image_size),
+            "intensity_range": [-1.0, 1.0],
+            **{k: data[k] for k in INPUT_KEYS if k in data},
+        },
+        "method": method.name,
+        "source": str(loaded.source),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, weights_path = out / keys.ENCODER_JSON, out / keys.ENCODER_WEIGHTS
+    _atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
+    _atomic_write(json_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+    log.info("exported the %s encoder of %s to %s", class_path, loaded.source, out)
+    return {
+        "out": str(out),
+        "encoder_json": str(json_path),
+        "encoder_weights": str(weights_path),
+        "class": class_path,
+        "out_features": out_features,
+        "n_parameters": sum(p.numel() for p in net.parameters()),
+    }
+
+
+@dataclass(frozen=True)
+class ExportedEncoder:
+    """An encoder read back from an export folder: the network and its ``encoder.json``."""
+
+    net: nn.Module
+    spec: dict[str, Any]
+
+    @property
+    def out_features(self) -> int:
+        return int(self.spec["out_features"])
+
+
+def read_encoder_spec(folder: str | Path) -> dict[str, Any]:
+    """The ``encoder.json`` of an export folder (or the file itself)."""
+    path = Path(folder)
+    json_path = path if path.is_file() else path / keys.ENCODER_JSON
+    if not json_path.is_file():
+        raise InputError(folder, f"no {keys.ENCODER_JSON}; is this a folder written by `udl-med export --format encoder`?")
+    try:
+        spec = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(json_path, f"not readable JSON ({err})") from None
+    for key in ("class", "kwargs", "out_features", "input"):
+        if key not in spec:
+            raise InputError(json_path, f"missing key {key!r}")
+    return spec
+
+
+def load_encoder(folder: str | Path, pretrained: bool = True, seed: int | None = None) -> ExportedEncoder:
+    """Build the exported MONAI encoder; load its weights strictly, or leave it randomly initialised.
+
+    Args:
+        folder: the export folder.
+        pretrained: load ``encoder.pt``; False gives the same architecture from random
+            initialisation (the baseline of a pretraining comparison).
+        seed: seed of the random initialisation (``pretrained=False``).
+    """
+    spec = read_encoder_spec(folder)
+    if seed is not None:
+        torch.manual_seed(seed)
+    net = build_encoder(spec["class"], spec["kwargs"])
+    if pretrained:
+        weights = Path(folder) / keys.ENCODER_WEIGHTS
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise InputError(weights, f"unreadable encoder weights ({type(err).__name__})") from None
+        net.load_state_dict(state, strict=True)
+    return ExportedEncoder(net=net.eval(), spec=spec)
