@@ -69,7 +69,15 @@ def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_fid(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.metrics.compare import compare_sets
 
-    return compare_sets(args.real, args.fake, extractor=args.extractor, dims=args.dims)
+    return compare_sets(
+        args.real,
+        args.fake,
+        extractor=args.extractor,
+        dims=args.dims,
+        bootstrap=args.bootstrap,
+        kid_subset_size=args.kid_subset_size,
+        save_real_stats=args.save_stats,
+    )
 
 
 def cmd_translate(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("real", help="folder, manifest or saved statistics (.npz)")
     p.add_argument("fake", help="folder, manifest or saved statistics (.npz)")
     p.add_argument("--extractor", default="random", help="random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH")
-    p.add_argument("--dims", default="2", choices=["2", "2.5", "3"])
+    p.add_argument("--dims", default="2", choices=["2", "2.5", "3"], help="slices, three middle planes, or volumes")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates for the 95%% intervals (0: none)")
+    p.add_argument("--kid-subset-size", type=int, default=None, help="KID subset size (default: min(1000, set sizes))")
+    p.add_argument("--save-stats", default=None, metavar="REAL_STATS.npz", help="save REAL's statistics for reuse as REAL")
 
     p = add("translate", cmd_translate, "translate CT to MR or MR to CT, keeping the input's geometry")
     p.add_argument("model")
