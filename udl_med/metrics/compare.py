@@ -8,8 +8,8 @@ and cut into what the extractor sees:
 
 - ``2`` (2D): every slice along ``slice_axis`` (2, axial for RAS volumes) with at least
   ``foreground_fraction`` of its pixels above background, of each volume; a 2D image (or
-  a one-slice volume) is itself, whatever its content, so generated slices are never
-  filtered.
+  a one-slice volume, across any axis) is itself, whatever its content, so generated
+  slices are never filtered out.
 - ``2.5``: the three orthogonal middle planes of each volume; their features are
   averaged into one vector per volume.
 - ``3``: whole volumes (or patches), resized by the extractor.
@@ -72,6 +72,9 @@ def image_views(image: Tensor, layout: str, slice_axis: int = SLICE_AXIS, foregr
         ValueError: a 2D image for ``2.5d``/``3d``.
     """
     spatial = image.shape[1:]
+    if len(spatial) == 3 and sum(s == 1 for s in spatial) == 1:  # a one-slice volume is a 2D image
+        image = image.squeeze(spatial.index(1) + 1)
+        spatial = image.shape[1:]
     if len(spatial) == 2:
         if layout != "2d":
             raise ValueError(f"a 2D image {tuple(spatial)} has no {layout} view; use dims 2")
@@ -80,8 +83,6 @@ def image_views(image: Tensor, layout: str, slice_axis: int = SLICE_AXIS, foregr
         return [image]
     if layout == "2.5d":
         return [image.select(axis + 1, spatial[axis] // 2) for axis in range(3)]  # planes normal to x, y, z
-    if spatial[slice_axis] == 1:
-        return [image.select(slice_axis + 1, 0)]
     slices = image.unbind(slice_axis + 1)
     return [s for s in slices if (s > FOREGROUND_LEVEL).float().mean() >= foreground_fraction]
 
