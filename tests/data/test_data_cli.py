@@ -244,3 +244,12 @@ def test_phantoms_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["n_images"] == 6 and all(img["format"] == "dicom" and img["shape"] == [16, 16, 8] for img in info["images"])
+
+
+@pytest.mark.parametrize("args", [["--n", "0"], ["--shape", "4", "16", "16"]])
+def test_phantoms_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    out = tmp_path / "ph"
+    assert main(["phantoms", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0]
+    assert not out.exists()

@@ -191,6 +191,21 @@ def test_config_is_strict() -> None:
     assert (cfg.layout, cfg.size, cfg.slice_axis, cfg.context, cfg.split, cfg.eval_split) == ("2d", (32, 32), 2, 1, "train", "val")
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_bad_volume_is_an_input_error_naming_it(phantom_dir: Path, tmp_path: Path, cache: bool) -> None:
+    import shutil
+
+    import SimpleITK as sitk
+
+    shutil.copy(phantom_dir / "sub-000" / "ct.nii.gz", tmp_path / "a.nii.gz")
+    bad = np.zeros((8, 8, 8), np.float32)
+    bad[1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(bad), str(tmp_path / "b.mha"))
+    with pytest.raises(InputError, match="NaN") as err:
+        build_dataset(DataConfig(source=str(tmp_path), cache=cache), None)
+    assert str(tmp_path / "b.mha") in str(err.value)
+
+
 def test_bad_sources_name_the_file(phantom_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         build_dataset(DataConfig(source=str(tmp_path / "nope.csv")), "train")

@@ -254,3 +254,19 @@ def test_list_images(tmp_path: Path, phantom_dir: Path) -> None:
     assert [r.path.name for r in list_images(vols)] == ["a.mha", "b.nii.gz", "series"]
     assert list_images(vols / "series") == [ImageRecord(vols / "series")]
     assert list_images(vols / "a.mha") == [ImageRecord(vols / "a.mha")]
+
+
+def test_translated_output_keeps_the_reference_study_with_its_own_modality(tmp_path: Path) -> None:
+    """An MR made from a DICOM CT: the CT's geometry, patient and study; MR modality and SOP class."""
+    import pydicom
+
+    folder, _, _ = make_series(tmp_path / "ct", n=3)
+    ct = read_image(folder)
+    fake_mr = torch.rand(ct.shape) * 500  # a plain tensor, as a network returns it
+    out = write_image(fake_mr, tmp_path / "mr", reference=ct, modality="MR")
+    mr = read_image(out)
+    assert mr.meta["modality"] == "MR" and mr.meta["dicom"]["StudyInstanceUID"] == ct.meta["dicom"]["StudyInstanceUID"]
+    _same_geometry(ct, mr)
+    header = pydicom.dcmread(next(out.iterdir()))
+    assert header.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4" and header.SeriesInstanceUID != ct.meta["dicom"]["SeriesInstanceUID"]
+    assert read_image(write_image(fake_mr, tmp_path / "mr.nii.gz", reference=ct, modality="MR")).meta["modality"] == "MR"

@@ -34,7 +34,7 @@ from udl_med import keys
 from udl_med.data.config import DataConfig
 from udl_med.data.io import ImageRecord, list_images, read_image
 from udl_med.data.normalize import NormalizeModalityd
-from udl_med.errors import ConfigError, InputError
+from udl_med.errors import ConfigError, InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -333,15 +333,50 @@ def _select(records: list[ImageRecord], cfg: DataConfig, split: str | None) -> l
     return records
 
 
+def _user_error(err: BaseException) -> UserError | None:
+    """The udl-med user error MONAI's ``apply_transform`` wrapped in a RuntimeError, if any."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, UserError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class _Unwrapped(Dataset):
+    """Re-raise bad-input errors from inside MONAI's transform machinery as themselves."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.base[i]
+        except RuntimeError as err:
+            user = _user_error(err)
+            if user is None:
+                raise
+            raise user from None
+
+
 def _build_base(cfg: DataConfig, records: list[ImageRecord]) -> Dataset:
     items = [
         {keys.IMAGE: str(r.path), keys.MODALITY: r.modality or "", _SUBJECT: r.subject or "", _INDEX: i}
         for i, r in enumerate(records)
     ]
     transform = volume_transform(cfg)
-    if cfg.cache:
-        return CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False)
-    return MonaiDataset(items, transform)
+    if not cfg.cache:
+        return _Unwrapped(MonaiDataset(items, transform))
+    try:
+        return _Unwrapped(CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False))
+    except RuntimeError as err:
+        user = _user_error(err)
+        if user is None:
+            raise
+        raise user from None
 
 
 def _scan(cfg: DataConfig, base: Dataset, records: list[ImageRecord]) -> list[_Volume]:

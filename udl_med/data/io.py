@@ -262,16 +262,18 @@ def _geometry_of(image: Any) -> Geometry | None:
     return keyed if keyed is not None else Geometry.from_meta(meta)
 
 
-def write_image(image: Any, path: str | Path, reference: Any = None) -> Path:
+def write_image(image: Any, path: str | Path, reference: Any = None, modality: str | None = None) -> Path:
     """Write a ``(1, *spatial)`` image; the format follows ``path``.
 
     Args:
         image: tensor or array ``(1, X, Y[, Z])`` in physical units (MetaTensor or not).
         path: a ``.nii.gz``/``.nii``/``.mha``/``.nrrd`` file, or a folder name for a DICOM
             series (see :func:`udl_med.data.dicom.write_dicom_series`).
-        reference: an image as :func:`read_image` returns it; its geometry, modality and
-            DICOM patient/study are used. Without it, the image's own meta (or identity
+        reference: an image as :func:`read_image` returns it; its geometry and DICOM
+            patient/study are used. Without it, the image's own meta (or identity
             geometry) is used.
+        modality: the output's modality (``CT``/``MR``), e.g. ``MR`` for an MR translated
+            from a CT reference; default: the image's meta, else the reference's.
 
     Returns:
         The written path. Nothing is left behind if writing fails.
@@ -301,7 +303,9 @@ def write_image(image: Any, path: str | Path, reference: Any = None) -> Path:
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{path}: refusing to write NaN or Inf voxels")
     meta = dict(getattr(source, "meta", {}) or {})
-    modality = meta.get("modality") or (getattr(image, "meta", {}) or {}).get("modality")
+    modality = modality or (getattr(image, "meta", {}) or {}).get("modality") or meta.get("modality")
+    if modality is not None and modality not in keys.MODALITIES:
+        raise ValueError(f"modality must be one of {keys.MODALITIES} or None, got {modality!r}")
     if kind == "dicom":
         tags = meta.get("dicom") if isinstance(meta.get("dicom"), dict) else None
         return write_dicom_series(array, path, geometry, modality, tags=tags)

@@ -51,6 +51,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from udl_med.data.geometry import Geometry
+from udl_med.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -173,19 +174,21 @@ def write_phantoms(
         "num_classes", "splits"}``.
 
     Raises:
-        ValueError: ``n < 1``, a shape value below 8, or an unknown format.
+        InputError: ``n < 1``, a shape value below 8, an unknown format, or ``out`` is a file.
     """
     from udl_med.data.dicom import write_dicom_series
     from udl_med.data.io import write_image
 
+    out = Path(out)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise InputError(out, f"the number of subjects must be at least 1, got {n}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"shape must be 3 values of at least 8, got {list(shape)}")
+        raise InputError(out, f"the shape must be 3 values of at least 8, got {list(shape)}")
     if fmt not in ("nifti", "dicom"):
-        raise ValueError(f"fmt must be 'nifti' or 'dicom', got {fmt!r}")
-    out = Path(out)
+        raise InputError(out, f"unknown format {fmt!r}; valid: nifti, dicom")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     classes = np.random.default_rng([seed, 2**31]).permutation(np.arange(n) % NUM_CLASSES)
     splits = _splits(n)
