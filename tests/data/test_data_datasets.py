@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from udl_med import keys
 from udl_med.data.config import DataConfig
-from udl_med.data.datasets import FOREGROUND_LEVEL, build_dataset, data_spec
-from udl_med.data.io import list_images, read_image
+from udl_med.data.datasets import FOREGROUND_LEVEL, build_dataset, data_spec, volume_transform
+from udl_med.data.io import read_image
 from udl_med.data.normalize import normalize
 from udl_med.errors import InputError
 
@@ -204,6 +204,8 @@ def test_a_bad_volume_is_an_input_error_naming_it(phantom_dir: Path, tmp_path: P
     with pytest.raises(InputError, match="NaN") as err:
         build_dataset(DataConfig(source=str(tmp_path), cache=cache), None)
     assert str(tmp_path / "b.mha") in str(err.value)
+    with pytest.raises(InputError, match="NaN"):  # the chain on its own (used by `encode`) too
+        volume_transform(DataConfig(source=str(tmp_path)))({keys.IMAGE: str(tmp_path / "b.mha"), keys.MODALITY: ""})
 
 
 def test_bad_sources_name_the_file(phantom_dir: Path, tmp_path: Path) -> None:

@@ -96,8 +96,26 @@ class SliceFirstd(MapTransform):
         return d
 
 
+class _Chain(Compose):
+    """A ``Compose`` whose bad-input errors come out as themselves, not wrapped by MONAI."""
+
+    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(data, *args, **kwargs)
+        except RuntimeError as err:
+            user = _user_error(err)
+            if user is None:
+                raise
+            raise user from None
+
+
 def volume_transform(cfg: DataConfig) -> Compose:
-    """The deterministic chain from a record dict to a normalised, padded, slice-first volume."""
+    """The deterministic chain from a record dict to a normalised, padded, slice-first volume.
+
+    Input ``{image: path, modality: "CT" | "MR" | ""}``; output ``image`` as a plain
+    float32 tensor ``(S, P, Q)`` (slice axis first) for 2D/2.5D, ``(1, X, Y, Z)`` for 3D.
+    Bad inputs raise :class:`~udl_med.errors.InputError` (not MONAI's RuntimeError).
+    """
     if cfg.layout == "3d":
         pad_size: list[int] = list(cfg.size)
     else:
@@ -112,7 +130,7 @@ def volume_transform(cfg: DataConfig) -> Compose:
     if cfg.crop != "resize":
         chain.append(_PadIfNeededd(keys.IMAGE, pad_size))
     chain.append(SliceFirstd(keys.IMAGE, None if cfg.layout == "3d" else cfg.slice_axis))
-    return Compose(chain)
+    return _Chain(chain)
 
 
 class _PadIfNeededd(MapTransform):
