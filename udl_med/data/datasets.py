@@ -403,6 +403,8 @@ def _scan(cfg: DataConfig, base: Dataset, records: list[ImageRecord]) -> list[_V
     for i, rec in enumerate(records):
         d = base[i]
         x = d[keys.IMAGE]
+        if cfg.layout == "3d" and x.ndim != 4:
+            raise InputError(rec.path, "is a 2D image; 3D patches need volumes (use layout 2d)")
         fg = x > FOREGROUND_LEVEL
         if cfg.layout == "3d":
             foreground = np.array([float(fg.float().mean())])
