@@ -93,7 +93,7 @@ def output_params(modality: str, setup: TranslationSetup) -> dict[str, Any]:
     return {"modality": "MR", "kind": "percentile", "low": MR_OUTPUT_RANGE[0], "high": MR_OUTPUT_RANGE[1]}
 
 
-def _to_unit(x: Tensor, params: dict[str, Any]) -> Tensor:
+def to_unit(x: Tensor, params: dict[str, Any]) -> Tensor:
     """Apply ``params``' clip-and-scale to ``x``: a window ``(low, high)`` is the same map for CT and MR."""
     return normalize(x, "CT", ct_window=(params["low"], params["high"]))[0]
 
@@ -148,7 +148,7 @@ def _translate_slices(
     for s0 in tqdm(starts, desc="translate", unit="chunk", disable=not progress, leave=False):
         s1 = min(n, s0 + chunk)
         idx = torch.arange(s0 - c, s1 + c).clamp_(0, n - 1)
-        block = _to_unit(slices.index_select(0, idx), params_in)  # (s1 - s0 + 2c, P, Q)
+        block = to_unit(slices.index_select(0, idx), params_in)  # (s1 - s0 + 2c, P, Q)
         x = block.unfold(0, 2 * c + 1, 1).permute(0, 3, 1, 2) if c else block[:, None]  # (B, 2c + 1, P, Q)
         y = _windowed(predict, x.contiguous(), setup.roi_size, device, SW_BATCH_SIZE_2D)  # (B, C, P, Q)
         y = y[:, y.shape[1] // 2] if y.shape[1] > 1 else y[:, 0]  # the centre channel of 2.5D outputs
@@ -194,7 +194,7 @@ def _translate_windows(
     """Run a 3D model over ``volume`` ``(X, Y, Z)`` with MONAI sliding-window inference, Gaussian blending."""
     x = torch.empty((1, 1, *volume.shape), dtype=torch.float32)
     for k in range(0, volume.shape[0], 16):  # normalise in slabs: no float64 copy of the whole volume
-        x[0, 0, k : k + 16] = _to_unit(volume[k : k + 16], params_in)
+        x[0, 0, k : k + 16] = to_unit(volume[k : k + 16], params_in)
     y = _windowed(predict, x, setup.roi_size, device, SW_BATCH_SIZE, progress)
     del x
     out = y[0, 0]
@@ -268,12 +268,22 @@ def _directions(method: Any) -> tuple[str, ...]:
 
 
 def _translate_one(
-    loaded: Any, src: Path, dst: Path, direction: str | None, modality: str | None, progress: bool, skip_other: bool = False
+    loaded: Any,
+    src: Path,
+    dst: Path | Callable[[str], Path],
+    direction: str | None,
+    modality: str | None,
+    progress: bool,
+    skip_other: bool = False,
 ) -> dict[str, Any] | None:
-    """Translate ``src`` into ``dst``; with ``skip_other``, return None for a volume of the other modality."""
+    """Translate ``src`` into ``dst`` (a path, or a function of the direction).
+
+    With ``skip_other``, return None for a volume of the other modality.
+    """
     from udl_med.data.io import image_kind, read_image, write_image
 
-    image_kind(dst)  # an unknown output suffix fails before any work
+    if isinstance(dst, Path):
+        image_kind(dst)  # an unknown output suffix fails before any work
     image = read_image(src)
     modality = modality or image.meta.get("modality")
     available = _directions(loaded.method)
@@ -286,6 +296,7 @@ def _translate_one(
     start = time.perf_counter()
     out = translate_image(loaded.method, image, direction, setup, progress=progress)
     del image
+    dst = dst if isinstance(dst, Path) else dst(direction)
     write_image(out, dst)
     return {"input": str(src), "output": str(dst), "direction": direction, "shape": list(out.shape[1:]), "seconds": round(time.perf_counter() - start, 3)}
 
@@ -361,8 +372,10 @@ def translate_path(
             skipped += 1
             continue
         try:
-            tag = wanted or (available[0] if len(available) == 1 else "translated")
-            dst = _output_for(record.path, base, out_path, tag)
+
+            def dst(d: str, record_path: Path = record.path) -> Path:
+                return _output_for(record_path, base, out_path, d)
+
             result = _translate_one(loaded, record.path, dst, direction, record.modality, progress=False, skip_other=True)
             if result is None:
                 skipped += 1

@@ -1,0 +1,264 @@
+"""How good is a CT <-> MR translation: MAE in the body, PSNR, SSIM, and a linear baseline.
+
+Evaluated on held-out *paired* subjects (the same anatomy in CT and MR), whole volumes:
+
+- ``mae_hu`` (MR -> CT): mean absolute error in Hounsfield units inside the body mask.
+- ``mae``: the same in the target's normalised units ([-1, 1]: the CT window, or the
+  ground-truth MR's own percentiles), for both directions.
+- ``psnr`` and ``ssim``: MONAI's :class:`~monai.metrics.PSNRMetric` and
+  :class:`~monai.metrics.SSIMMetric` on the normalised volumes (data range 2).
+
+The body mask is the ground-truth CT above ``BODY_THRESHOLD_HU`` with its holes filled,
+the usual choice for synthetic-CT evaluation (e.g. Spadea et al. 2021, "Deep learning
+based synthetic-CT generation in radiotherapy and PET: a review", Med. Phys.).
+
+**Linear baseline**: the best global linear map ``y = a x + b`` from the input's
+normalised intensities to the target's, fitted by least squares over the body voxels
+of the evaluated volumes themselves (an oracle fit: no linear intensity mapping does
+better inside the body on these volumes), clipped to [-1, 1]; outside the body mask
+it predicts background (-1: air in CT, no signal in MR). A translation model that does
+not beat it has learned nothing beyond a contrast change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from udl_med.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+
+BODY_THRESHOLD_HU = -500.0
+DATA_RANGE = 2.0  # normalised images live in [-1, 1]
+
+
+# --- pure functions ------------------------------------------------------------------
+
+
+def body_mask(ct_hu: Tensor, threshold: float = BODY_THRESHOLD_HU) -> Tensor:
+    """Boolean body mask of a CT ``(*spatial)`` in HU: above ``threshold``, holes filled."""
+    from scipy.ndimage import binary_fill_holes
+
+    mask = (ct_hu > threshold).cpu().numpy()
+    return torch.from_numpy(binary_fill_holes(mask))
+
+
+def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """Mean ``|pred - target|`` over the voxels where ``mask`` is true (float64).
+
+    Raises:
+        ValueError: shapes differ, or the mask is empty.
+    """
+    if pred.shape != target.shape or pred.shape != mask.shape:
+        raise ValueError(f"shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}")
+    n = int(mask.sum())
+    if n == 0:
+        raise ValueError("the mask is empty")
+    diff = (pred.double() - target.double()).abs()
+    return float(diff[mask.bool()].sum() / n)
+
+
+def _batched(x: Tensor) -> Tensor:
+    return x.reshape(1, 1, *x.shape).double()  # (*spatial) -> (1, 1, *spatial)
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> float:
+    """Peak signal-to-noise ratio of two images ``(*spatial)`` (MONAI's PSNRMetric), in dB."""
+    from monai.metrics import PSNRMetric
+
+    return float(PSNRMetric(max_val=data_range)(_batched(pred), _batched(target)).mean())
+
+
+def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> float:
+    """Structural similarity of two images ``(*spatial)`` (MONAI's SSIMMetric, Gaussian window).
+
+    The window is 11 voxels, or the smallest odd size that fits a thin axis.
+    """
+    from monai.metrics import SSIMMetric
+
+    smallest = min(pred.shape)
+    win = 11 if smallest >= 11 else max(3, smallest - (1 - smallest % 2))
+    metric = SSIMMetric(spatial_dims=pred.ndim, data_range=data_range, win_size=win)
+    return float(metric(_batched(pred), _batched(target)).mean())
+
+
+def linear_fit(inputs: list[Tensor], targets: list[Tensor], masks: list[Tensor]) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` of ``target ~ a * input + b`` over all masked voxels (float64)."""
+    sx = sy = sxx = sxy = n = 0.0
+    for x, y, m in zip(inputs, targets, masks):
+        xv, yv = x[m.bool()].double(), y[m.bool()].double()
+        sx, sy = sx + float(xv.sum()), sy + float(yv.sum())
+        sxx, sxy = sxx + float((xv * xv).sum()), sxy + float((xv * yv).sum())
+        n += xv.numel()
+    if n == 0:
+        raise ValueError("no voxels to fit")
+    var = sxx - sx * sx / n
+    a = (sxy - sx * sy / n) / var if var > 1e-12 else 0.0
+    return a, (sy - a * sx) / n
+
+
+def linear_baseline(x: Tensor, mask: Tensor, a: float, b: float) -> Tensor:
+    """The baseline's prediction: ``a x + b`` clipped to [-1, 1] in the body, background (-1) outside."""
+    return torch.where(mask.bool(), (a * x.double() + b).clamp(-1, 1), torch.full_like(x, -1.0, dtype=torch.float64))
+
+
+def translation_metrics(pred: Tensor, target: Tensor, mask: Tensor, target_modality: str, ct_window: tuple[float, float]) -> dict[str, float]:
+    """Metrics of one translated volume, both ``(*spatial)`` in normalised units [-1, 1].
+
+    Returns ``mae`` (normalised, in the body), ``psnr``, ``ssim`` and, for a CT target,
+    ``mae_hu`` (the window maps back linearly: HU = (x + 1) / 2 * width + low).
+    """
+    out = {"mae": masked_mae(pred, target, mask), "psnr": psnr(pred, target), "ssim": ssim(pred, target)}
+    if target_modality == "CT":
+        out["mae_hu"] = out["mae"] * (ct_window[1] - ct_window[0]) / 2.0
+    return out
+
+
+# --- evaluating a model on paired volumes --------------------------------------------
+
+
+def paired_subjects(source: str | Path, split: str | None = "test") -> list[tuple[str, Path, Path]]:
+    """``(subject, ct path, mr path)`` of every subject of ``split`` with both a CT and an MR.
+
+    Raises:
+        InputError: the source has no such pairs (a manifest needs ``subject`` and ``modality``).
+    """
+    from udl_med.data.io import list_images
+
+    by_subject: dict[str, dict[str, Path]] = defaultdict(dict)
+    for record in list_images(source):
+        if split is not None and record.split != split:
+            continue
+        if record.subject and record.modality in ("CT", "MR"):
+            by_subject[record.subject][record.modality] = record.path
+    pairs = [(s, d["CT"], d["MR"]) for s, d in sorted(by_subject.items()) if "CT" in d and "MR" in d]
+    if not pairs:
+        raise InputError(source, f"no subject with both CT and MR in split {split!r} (the manifest needs subject and modality)")
+    return pairs
+
+
+def _normalised_pair(ct: Tensor, mr: Tensor, setup: Any) -> dict[str, Tensor]:
+    from udl_med.inference.translate import input_params, to_unit
+
+    return {"CT": to_unit(ct, input_params(ct, "CT", setup)), "MR": to_unit(mr, input_params(mr, "MR", setup))}
+
+
+def evaluate_translation(
+    model: str | Path | Any,
+    source: str | Path,
+    split: str | None = "test",
+    directions: list[str] | tuple[str, ...] | None = None,
+    out_dir: str | Path | None = None,
+    max_subjects: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Translate every paired subject of ``split`` and score it against the truth.
+
+    Args:
+        model: a model folder / MLflow URI, or a :class:`~udl_med.engine.model_io.LoadedModel`.
+        source: a manifest or folder with paired CT and MR (``subject``, ``modality``).
+        split: the manifest split to evaluate (``None``: all).
+        directions: ``ct2mr`` and/or ``mr2ct`` (default: every direction the model has).
+        out_dir: where to write side-by-side PNGs (input, output, truth; middle slices).
+        max_subjects: evaluate at most this many subjects.
+        progress: show progress bars.
+
+    Returns:
+        ``{direction}/{metric}`` for the model and ``baseline/{direction}/{metric}`` for
+        the linear baseline (means over subjects), ``baseline/{direction}/a`` and ``/b``,
+        ``n_subjects``, and ``artifacts`` (PNG paths).
+    """
+    from udl_med.data.io import read_image
+    from udl_med.data.preview import save_grid
+    from udl_med.inference.translate import SOURCE, TARGET, TranslationSetup, output_params, to_unit, translate_image
+
+    loaded = model if hasattr(model, "method") else _load(model)
+    method = loaded.method
+    setup = TranslationSetup.from_config(loaded.config)
+    available = tuple(getattr(method, "directions", ("ct2mr", "mr2ct")))
+    directions = tuple(directions or available)
+    for d in directions:
+        if d not in available:
+            raise UserError(f"the model translates only {', '.join(available)}, not {d}")
+    subjects = paired_subjects(source, split)[: max_subjects or None]
+
+    per: dict[str, list[dict[str, float]]] = defaultdict(list)
+    fit_data: dict[str, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {d: ([], [], []) for d in directions}
+    previews: dict[str, list[Tensor]] = defaultdict(list)
+    for subject, ct_path, mr_path in subjects:
+        ct_img, mr_img = read_image(ct_path), read_image(mr_path)
+        if ct_img.shape != mr_img.shape:
+            raise InputError(mr_path, f"shape {tuple(mr_img.shape)} differs from its CT's {tuple(ct_img.shape)}; pairs must share a grid")
+        mask = body_mask(ct_img.as_tensor()[0])
+        norm = _normalised_pair(ct_img.as_tensor()[0], mr_img.as_tensor()[0], setup)
+        images = {"CT": ct_img, "MR": mr_img}
+        for d in directions:
+            src, tgt = SOURCE[d], TARGET[d]
+            out = translate_image(method, images[src], d, setup, progress=progress).as_tensor()[0]
+            pred = to_unit(out, output_params(tgt, setup))
+            per[d].append(translation_metrics(pred, norm[tgt], mask, tgt, setup.ct_window))
+            xs, ys, ms = fit_data[d]
+            xs.append(norm[src])
+            ys.append(norm[tgt])
+            ms.append(mask)
+            if out_dir is not None:
+                previews[d] += [norm[src][None], pred[None], norm[tgt][None]]
+        log.info("evaluated %s", subject)
+
+    result: dict[str, Any] = {"n_subjects": len(subjects), "split": split}
+    for d in directions:
+        for k in per[d][0]:
+            result[f"{d}/{k}"] = float(np.mean([m[k] for m in per[d]]))
+        xs, ys, ms = fit_data[d]
+        a, b = linear_fit(xs, ys, ms)
+        result[f"baseline/{d}/a"], result[f"baseline/{d}/b"] = a, b
+        base = [translation_metrics(linear_baseline(x, m, a, b), y, m, TARGET[d], setup.ct_window) for x, y, m in zip(xs, ys, ms)]
+        for k in base[0]:
+            result[f"baseline/{d}/{k}"] = float(np.mean([m[k] for m in base]))
+    artifacts = []
+    if out_dir is not None:
+        for d in directions:
+            grid = torch.stack(previews[d])  # (3 n, 1, *spatial): rows input | output | truth
+            artifacts.append(str(save_grid(grid, Path(out_dir) / f"translation_{d}.png", nrow=3)))
+    result["artifacts"] = artifacts
+    return result
+
+
+def _load(model: str | Path) -> Any:
+    from udl_med.engine.model_io import load_model
+    from udl_med.methods.base import Capability
+
+    loaded = load_model(model)
+    if Capability.TRANSLATE not in loaded.method.capabilities:
+        raise UserError(f"{model}: method {loaded.method.name!r} cannot translate")
+    return loaded
+
+
+def evaluate_translation_step(
+    model: str,
+    source: str,
+    split: str | None = "test",
+    directions: list[str] | None = None,
+    out_dir: str | None = None,
+    max_subjects: int | None = None,
+) -> dict[str, Any]:
+    """Pipeline step ``evaluate_translation``: :func:`evaluate_translation`, metrics with ``/`` as ``_``.
+
+    Also reports, per direction, ``{d}_mae_vs_baseline``: the model's MAE over the
+    linear baseline's (below 1 is better than the baseline).
+    """
+    result = evaluate_translation(model, source, split=split, directions=directions, out_dir=out_dir, max_subjects=max_subjects)
+    flat = {k.replace("/", "_"): v for k, v in result.items()}
+    for d in directions or ("ct2mr", "mr2ct"):
+        if f"{d}/mae" in result:
+            base = result[f"baseline/{d}/mae"]
+            flat[f"{d}_mae_vs_baseline"] = result[f"{d}/mae"] / base if base > 0 else math.inf
+    return flat
