@@ -123,6 +123,9 @@ def test_lesion_class_is_not_readable_from_mean_intensity() -> None:
 def test_dicom_phantoms_match_nifti_ones(tmp_path: Path) -> None:
     write_phantoms(tmp_path / "n", n=2, shape=(16, 16, 8), seed=4, fmt="nifti")
     write_phantoms(tmp_path / "d", n=2, shape=(16, 16, 8), seed=4, fmt="dicom")
+    write_phantoms(tmp_path / "d2", n=2, shape=(16, 16, 8), seed=4, fmt="dicom")
+    files = sorted(p.relative_to(tmp_path / "d") for p in (tmp_path / "d").rglob("*.dcm"))
+    assert files and all((tmp_path / "d" / f).read_bytes() == (tmp_path / "d2" / f).read_bytes() for f in files)  # byte for byte
     rows = _rows(tmp_path / "d")
     assert rows[0]["image"] == "sub-000/ct" and (tmp_path / "d" / "sub-000" / "ct").is_dir()
     for i in range(2):

@@ -329,7 +329,7 @@ def write_dicom_series(
         modality: ``CT``, ``MR`` or None (secondary capture, ``OT``).
         tags: patient and study tags of the source (``STUDY_TAGS``); a new patient and
             study are made up when absent.
-        uid_entropy: values that make the generated UIDs deterministic (phantoms).
+        uid_entropy: values that make the generated UIDs (and dates) deterministic (phantoms).
 
     Returns:
         The folder.
@@ -373,6 +373,8 @@ def write_dicom_series(
     now = datetime.now()
     study.setdefault("StudyDate", now.strftime("%Y%m%d"))
     study.setdefault("StudyTime", now.strftime("%H%M%S"))
+    # deterministic output (phantoms) is stamped with the study's date, not the clock
+    stamp_date, stamp_time = (study["StudyDate"], study["StudyTime"]) if uid_entropy is not None else (now.strftime("%Y%m%d"), now.strftime("%H%M%S"))
     series_uid = uid("series")
     sop_class = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}.get(modality or "", SECONDARY_CAPTURE_STORAGE)
     slope, intercept = _rescale(array)
@@ -404,8 +406,8 @@ def write_dicom_series(
             ds.ImageType = ["DERIVED", "SECONDARY"]
             ds.DerivationDescription = "udl-med"
             ds.Manufacturer = "udl-med"
-            ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-            ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+            ds.SeriesDate = ds.ContentDate = stamp_date
+            ds.SeriesTime = ds.ContentTime = stamp_time
             ds.InstanceNumber = str(k + 1)
             position = origin + k * geometry.spacing[2] * direction[:, 2]
             ds.ImagePositionPatient = [_ds_str(v) for v in position]
