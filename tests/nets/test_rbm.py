@@ -14,6 +14,7 @@ from udl_med.nets.rbm import (
     GaussianBernoulliRBM,
     PersistentChains,
     RBM,
+    bernoulli,
     contrastive_divergence_loss,
     make_rbm,
 )
@@ -81,12 +82,19 @@ def test_ais_estimate_is_close_to_exact_log_partition(visible: str) -> None:
 
 
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
-def test_closed_form_gradient_equals_autograd(visible: str) -> None:
+def test_closed_form_cd_gradient_equals_autograd(visible: str) -> None:
     rbm = random_rbm(visible)
-    v = some_visible(visible, 7)
-    rbm.free_energy(v).mean().backward()
-    for closed, param in zip(rbm.free_energy_grad(v), (rbm.weight, rbm.visible_bias, rbm.hidden_bias), strict=True):
+    v_data, v_model = some_visible(visible, 7), some_visible(visible, 5) * 0.5
+    contrastive_divergence_loss(rbm, v_data, v_model).backward()
+    for closed, param in zip(rbm.cd_grad(v_data, v_model), (rbm.weight, rbm.visible_bias, rbm.hidden_bias), strict=True):
         torch.testing.assert_close(closed, param.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_fast_bernoulli_sampling_has_the_right_mean() -> None:
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).expand(20000, -1)
+    samples = bernoulli(p, torch.Generator().manual_seed(0))
+    assert set(samples.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(samples.mean(0), p[0], atol=0.01, rtol=0)
 
 
 def test_pseudo_likelihood_equals_conditionals_of_the_exact_joint() -> None:

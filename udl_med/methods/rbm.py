@@ -356,6 +356,7 @@ class RBMMethod(Method):
         return FULLY_CONNECTED_CLASS, kwargs, {"output.weight": weight.clone(), "output.bias": bias.clone()}
 
 
+@torch.no_grad()
 def fit_rbm(
     rbm: RBM,
     data: Tensor,
@@ -372,12 +373,15 @@ def fit_rbm(
 ) -> list[float]:
     """Train ``rbm`` on an in-memory array ``data`` ``(N, n_visible)``, scikit-learn style.
 
-    The update is the one :class:`RBMMethod` makes, ``torch.optim.SGD`` on the CD / PCD
-    gradient, but the gradient is the closed form of :meth:`RBM.free_energy_grad`
-    instead of back-propagation: on small models the per-batch overhead of autograd
-    dominates. With ``persistent=True`` there is one chain per batch row, and
-    ``lr`` is the step on the batch-mean gradient: scikit-learn's
-    ``BernoulliRBM(learning_rate=lr, batch_size=batch_size, n_iter=epochs)`` update.
+    The update is the one :class:`RBMMethod` makes through the engine (``torch.optim.SGD``
+    semantics: ``buf = momentum * buf + g + weight_decay * W``, ``p -= lr * buf``, the
+    weight cost on ``W`` only) on the CD-k / PCD-k gradient, but computed in closed form
+    (:meth:`RBM.cd_grad`) and applied in place: on small models the per-batch
+    overhead of autograd and of the optimizer object dominates. With ``persistent=True``
+    there is one chain per batch row, started at the first batch, and ``lr`` is the step
+    on the batch-mean gradient: scikit-learn's ``BernoulliRBM(learning_rate=lr,
+    batch_size=batch_size, n_iter=epochs)`` update. ``sigma`` of Gaussian visibles stays
+    fixed.
 
     Returns:
         the mean-field reconstruction error of the data after each epoch.
@@ -386,34 +390,34 @@ def fit_rbm(
         raise ValueError(f"data must be (N, {rbm.n_visible}), got {tuple(data.shape)}")
     if getattr(rbm, "learn_sigma", False):
         raise ValueError("fit_rbm does not learn sigma; use the rbm method (autograd) for learn_sigma")
-    params = [rbm.weight, rbm.visible_bias, rbm.hidden_bias]
-    optimizer = torch.optim.SGD(
-        [{"params": params[:1], "weight_decay": weight_decay}, {"params": params[1:], "weight_decay": 0.0}],
-        lr=lr,
-        momentum=momentum,
-    )
+    params = (rbm.weight, rbm.visible_bias, rbm.hidden_bias)
+    decay = (weight_decay, 0.0, 0.0)
+    velocity = [torch.zeros_like(p) for p in params] if momentum > 0 else None
+    bernoulli = isinstance(rbm, BernoulliRBM)
     n = data.shape[0]
-    chains = PersistentChains(batch_size, rbm.n_visible).to(data.device) if persistent else None
+    chain: Tensor | None = None
     errors = []
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator, device=data.device) if shuffle else None
         for start in range(0, n, batch_size):
             v = data[order[start : start + batch_size]] if order is not None else data[start : start + batch_size]
-            with torch.no_grad():
-                if chains is not None:
-                    v_model = chains.advance(rbm, v, k, generator)
-                else:
-                    v_mean, v_sample = rbm.gibbs(v, k, generator)
-                    v_model = v_mean if isinstance(rbm, BernoulliRBM) else v_sample
-                pos = rbm.free_energy_grad(v)
-                neg = rbm.free_energy_grad(v_model)
-            for p, g_pos, g_neg in zip(params, pos, neg, strict=True):
-                p.grad = g_pos.sub_(g_neg)
-            optimizer.step()
-        with torch.no_grad():
-            errors.append(float(rbm.reconstruction_error(data).mean()))
-    for p in params:
-        p.grad = None
+            if persistent:
+                if chain is None:
+                    chain = v.repeat(-(-batch_size // v.shape[0]), 1)[:batch_size]
+                for _ in range(k):
+                    _, h = rbm.sample_h(chain, generator)
+                    _, chain = rbm.sample_v(h, generator)
+                v_model = chain
+            else:
+                v_mean, v_sample = rbm.gibbs(v, k, generator)
+                v_model = v_mean if bernoulli else v_sample
+            for i, (p, g) in enumerate(zip(params, rbm.cd_grad(v, v_model), strict=True)):  # d/dp [mean F(v) - mean F(v~)]
+                if decay[i]:
+                    g.add_(p, alpha=decay[i])
+                if velocity is not None:
+                    g = velocity[i].mul_(momentum).add_(g)
+                p.sub_(g, alpha=lr)
+        errors.append(float(rbm.reconstruction_error(data).mean()))
     return errors
 
 
