@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_rbm import CONFIGS, SIZES, blobs, build, fit, held_out
+from test_rbm_method import CONFIGS, SIZES, blobs, build, fit, held_out
 
 from udl_med import keys
 from udl_med.engine.optimization import EngineOptimization
