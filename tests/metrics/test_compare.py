@@ -121,3 +121,22 @@ def _stats(phantoms: dict[str, Path], tmp_path: Path) -> Path:
     path = tmp_path / "saved.npz"
     compare_sets(phantoms["ct_a"], phantoms["ct_a"], bootstrap=0, save_real_stats=path)
     return path
+
+
+def test_inception_score_through_an_extractor_head() -> None:
+    """compare_sets reports IS of FAKE when the extractor has a class head (as inception does)."""
+    from udl_med.metrics.compare import fake_inception_score
+    from udl_med.metrics.extractors.base import FeatureExtractor
+    from udl_med.metrics.statistics import FeatureStats
+
+    class Head(FeatureExtractor):
+        num_classes = 4
+
+        def head(self, features: torch.Tensor) -> torch.Tensor:
+            return features * 50.0  # features are one-hot: confident logits
+
+    balanced = torch.eye(4).repeat(10, 1).double().numpy()
+    r = fake_inception_score(FeatureStats.from_features(balanced), Head())
+    assert r["inception_score"] == pytest.approx(4.0, rel=1e-6)
+    collapsed = torch.eye(4)[[0] * 40].double().numpy() + 1e-3 * torch.rand(40, 4).double().numpy()
+    assert fake_inception_score(FeatureStats.from_features(collapsed), Head())["inception_score"] == pytest.approx(1.0, rel=1e-3)

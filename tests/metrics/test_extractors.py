@@ -136,7 +136,7 @@ def test_inception_checkpoint_loads_and_hash_is_checked(tmp_path: Path, monkeypa
     assert (extractor.feature_dim, extractor.num_classes) == (2048, 1008)
     x = torch.rand(2, 3, 80, 80) * 2 - 1  # the smallest size the network takes, to keep it quick
     torch.testing.assert_close(extractor.features(x), source.pool3(x))
-    torch.testing.assert_close(extractor.class_logits(x), source.fc(source.pool3(x)))
+    torch.testing.assert_close(extractor.head(extractor.features(x)), source.fc(source.pool3(x)))
     assert extractor.preprocessing(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 299, 299)
     with pytest.raises(UserError, match="2D"):
         build_extractor(f"inception:{path}#sha256={digest}", spatial_dims=3)

@@ -116,3 +116,29 @@ def test_bad_inputs_raise_user_errors() -> None:
         frechet_distance_features(rng.standard_normal((5, 4)), rng.standard_normal((5, 3)))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance_features(np.full((5, 4), np.nan), rng.standard_normal((5, 4)))
+
+
+def test_eigenvalue_route_checked_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large factor products use eigvalsh with an error bound; near-singular ones fall back to the SVD."""
+    import udl_med.metrics.frechet as frechet
+
+    rng = np.random.default_rng(7)
+    d = 48
+    mixing = np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)  # well conditioned
+    a, b = rng.standard_normal((400, d)) @ mixing, rng.standard_normal((300, d)) @ mixing * 1.2 + 0.3
+    exact = frechet_distance_features(a, b)  # SVD route (48 <= SVD_MAX)
+    svd_calls = []
+    real_svd = frechet._nuclear_norm_svd
+    monkeypatch.setattr(frechet, "_nuclear_norm_svd", lambda m: svd_calls.append(m.shape) or real_svd(m))
+    monkeypatch.setattr(frechet, "SVD_MAX", 8)  # force the eigenvalue route at this small size
+    assert frechet_distance_features(a, b) == pytest.approx(exact, rel=1e-10)
+    assert svd_calls == []  # well conditioned: the bound accepted the eigenvalues
+
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    w1, w2 = rng.uniform(0.5, 2.0, d), rng.uniform(0.5, 2.0, d)
+    w1[30:], w2[:20] = 0.0, 0.0  # supports overlap in 10 directions: F1 F2^T (30 x 28) has rank 10
+    c1, c2 = (q * w1) @ q.T, (q * w2) @ q.T
+    mu = np.zeros(d)
+    expected = np.sum(w1) + np.sum(w2) - 2 * np.sqrt(w1 * w2).sum()
+    assert frechet_distance(mu, c1, mu, c2) == pytest.approx(expected, rel=1e-9)
+    assert svd_calls  # zero singular values eigvalsh cannot resolve: the bound refused, exact SVD

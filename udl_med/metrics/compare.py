@@ -33,6 +33,7 @@ from udl_med.errors import InputError, UserError
 from udl_med.metrics.bootstrap import bootstrap_ci
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
 from udl_med.metrics.frechet import frechet_distance_from_factors
+from udl_med.metrics.inception_score import inception_score
 from udl_med.metrics.kid import KID_SUBSETS, KernelMatrices
 from udl_med.metrics.statistics import (
     DEFAULT_MAX_FEATURES,
@@ -263,7 +264,8 @@ def compare_sets(
     Returns:
         ``fid``, ``fid_ci_low``, ``fid_ci_high``, ``kid``, ``kid_std``, ``kid_ci_low``,
         ``kid_ci_high``, ``n_real``, ``n_fake`` (feature vectors), ``feature_dim``,
-        ``kid_subset_size``, ``extractor``, ``dims``.
+        ``kid_subset_size``, ``extractor``, ``dims``; with a class head (``inception``)
+        and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
 
     Raises:
         UserError: bad paths or images, too few samples, mismatched statistics or feature
@@ -280,7 +282,17 @@ def compare_sets(
     result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed)
     key = real_stats.key
     result.update(extractor=key.extractor if key else extractor, dims=str(dims))
+    if net is not None and net.num_classes and layout == "2d" and fake_stats.features is not None:
+        result.update(fake_inception_score(fake_stats, net))
     return result
+
+
+def fake_inception_score(stats: FeatureStats, extractor: FeatureExtractor) -> dict[str, float]:
+    """Inception Score of a set from its kept features, through the extractor's class head."""
+    with torch.no_grad():
+        logits = extractor.head(torch.as_tensor(stats.features, dtype=torch.float32))
+    score = inception_score(logits.double().numpy(), splits=min(10, stats.features.shape[0]))
+    return {"inception_score": score.mean, "inception_score_std": score.std}
 
 
 def compare_tensors(

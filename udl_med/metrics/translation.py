@@ -44,11 +44,18 @@ DATA_RANGE = 2.0  # normalised images live in [-1, 1]
 
 
 def body_mask(ct_hu: Tensor, threshold: float = BODY_THRESHOLD_HU) -> Tensor:
-    """Boolean body mask of a CT ``(*spatial)`` in HU: above ``threshold``, holes filled."""
+    """Boolean body mask of a CT ``(*spatial)`` in HU: above ``threshold``, holes filled.
+
+    Holes are filled slice by slice across the last axis as well as in 3D, so air
+    inside the body (lungs, bowel gas) counts even where it reaches the volume's ends.
+    """
     from scipy.ndimage import binary_fill_holes
 
-    mask = (ct_hu > threshold).cpu().numpy()
-    return torch.from_numpy(binary_fill_holes(mask))
+    mask = binary_fill_holes((ct_hu > threshold).cpu().numpy())
+    if mask.ndim == 3:
+        for k in range(mask.shape[2]):
+            mask[:, :, k] = binary_fill_holes(mask[:, :, k])
+    return torch.from_numpy(mask)
 
 
 def masked_mae(pred: Tensor, target: Tensor, mask: Tensor) -> float:

@@ -99,7 +99,7 @@ class FeatureExtractor(nn.Module):
     """A network mapping images ``(B, C, *spatial)`` in [-1, 1] to features ``(B, feature_dim)``.
 
     Subclasses set the attributes in ``__init__`` and implement :meth:`features` (on
-    preprocessed input) and, when the network has a class head, :meth:`class_logits`.
+    preprocessed input) and, when the network has a class head, :meth:`head`.
     Extractors are always in eval mode and never track gradients.
     """
 
@@ -114,8 +114,8 @@ class FeatureExtractor(nn.Module):
         """Features ``(B, feature_dim)`` of preprocessed input."""
         raise NotImplementedError
 
-    def class_logits(self, x: Tensor) -> Tensor:
-        """Class logits ``(B, num_classes)`` of preprocessed input."""
+    def head(self, features: Tensor) -> Tensor:
+        """Class logits ``(B, num_classes)`` from features ``(B, feature_dim)``, where there is a class head."""
         raise NotImplementedError(f"extractor {self.name!r} has no class head")
 
     def _check_input(self, x: Tensor) -> None:
@@ -133,7 +133,7 @@ class FeatureExtractor(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """Class logits of images in [-1, 1]; for the Inception Score."""
         self._check_input(x)
-        return self.class_logits(self.preprocessing(x)).float()
+        return self.head(self.features(self.preprocessing(x))).float()
 
     def key(self, layout: str) -> StatsKey:
         """The identity of features made by this extractor on images of ``layout`` (2d, 2.5d, 3d)."""

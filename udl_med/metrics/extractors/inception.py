@@ -200,8 +200,8 @@ class InceptionExtractor(FeatureExtractor):
     def features(self, x: Tensor) -> Tensor:
         return self.network.pool3(x)
 
-    def class_logits(self, x: Tensor) -> Tensor:
-        return self.network.fc(self.network.pool3(x))
+    def head(self, features: Tensor) -> Tensor:
+        return self.network.fc(features)
 
     @classmethod
     def from_file(cls, path: Path, pinned_sha256: str | None = None) -> InceptionExtractor:
