@@ -206,3 +206,41 @@ def test_tiny_config_trains_through_the_engine_and_loads_back(phantom_manifest: 
     loaded = load_model(report["model_dir"])
     features = loaded.method.encode(torch.zeros(2, 1, 32, 32))
     assert features.shape == (2, 64)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: creating the DataLoader iterator after the RNG restore draws one number from the global RNG "
+    "(torch's _BaseDataLoaderIter base seed), so methods that sample in train_step resume shifted; "
+    "giving step_loader's DataLoader its own generator makes this pass",
+)
+def test_engine_resume_is_exact_with_persistent_chains_and_standardisation(phantom_manifest: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """Chains, running statistics, the step counter and momentum all come back from the checkpoint."""
+    from udl_med.engine.train import train
+
+    raw = yaml.safe_load((CONFIGS / "rbm-tiny.yaml").read_text())
+
+    def run(folder: str, steps: int, resume: bool = False) -> dict[str, torch.Tensor]:
+        overrides = [
+            f"data.source={phantom_manifest}",
+            f"tracking.uri={tracking_uri}",
+            f"output_dir={tmp_path / folder}",
+            f"train.steps={steps}",
+            "train.eval_every=100",
+            "train.checkpoint_every=3",
+            "tracking.log_model=false",
+            "model.visible=gaussian",
+            "model.lr=0.002",
+            "model.persistent=true",
+            "model.n_chains=8",
+            "model.momentum_switch_step=4",
+        ]
+        report = train(raw, overrides, resume=resume)
+        return torch.load(Path(report["model_dir"]) / keys.MODEL_FILE, weights_only=True)["state_dict"]
+
+    reference = run("reference", 8)
+    run("resumed", 3)
+    resumed = run("resumed", 8, resume=True)
+    assert int(resumed["step"]) == 8 and bool(resumed["chains.started"])
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference), [k for k in reference if not torch.equal(reference[k], resumed[k])]
