@@ -35,6 +35,7 @@ from udl_med import keys
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
 from udl_med.nets.rbm import (
     RBM,
+    AISEstimate,
     BernoulliRBM,
     PersistentChains,
     contrastive_divergence_loss,
@@ -230,21 +231,25 @@ def filter_images(rbm: RBM, codec: VisibleCodec, n: int) -> Tensor:
     return w.reshape(w.shape[0], *codec.shape)
 
 
-def log_likelihood_metrics(rbm: RBM, v: Tensor, config: RBMTrainingConfig, base_bias: Tensor | None = None) -> dict[str, float]:
-    """Mean ``log p(v)`` per image: exact when the enumeration is small, else by AIS if enabled.
+def exact_likelihood_is_cheap(rbm: RBM, config: RBMTrainingConfig) -> bool:
+    """Whether ``log Z`` can be enumerated: at most ``2**exact_max_units`` terms."""
+    units = min(rbm.n_visible, rbm.n_hidden) if isinstance(rbm, BernoulliRBM) else rbm.n_hidden
+    return units <= config.exact_max_units
+
+
+def log_likelihood_metrics(rbm: RBM, v: Tensor, config: RBMTrainingConfig, ais: AISEstimate | None = None) -> dict[str, float]:
+    """Mean free energy and mean ``log p(v)`` per image: exact when cheap, else from an AIS estimate of ``log Z``.
 
     For Bernoulli visibles with grey levels this is the RBM's log-probability formula
     evaluated at probabilities (exact for binary data); for Gaussian visibles it is the
-    density of the standardised vector. Also returns the free energy (always).
+    density of the standardised vector.
     """
     out = {keys.FREE_ENERGY: float(rbm.free_energy(v).mean())}
-    enum_units = min(rbm.n_visible, rbm.n_hidden) if isinstance(rbm, BernoulliRBM) else rbm.n_hidden
-    if enum_units <= config.exact_max_units:
+    if exact_likelihood_is_cheap(rbm, config):
         out[keys.LOG_LIKELIHOOD] = float(rbm.log_likelihood_exact(v, config.exact_max_units).mean())
-    elif config.ais_chains > 0:
-        est = rbm.ais_log_partition(config.ais_chains, config.ais_betas, base_visible_bias=base_bias)
-        out[keys.LOG_LIKELIHOOD] = float((-rbm.double_free_energy(v)).mean() - est.log_z)
-        out[keys.LOG_Z_STD] = est.log_z_std
+    elif ais is not None:
+        out[keys.LOG_LIKELIHOOD] = float((-rbm.double_free_energy(v)).mean() - ais.log_z)
+        out[keys.LOG_Z_STD] = ais.log_z_std
     return out
 
 
@@ -281,6 +286,7 @@ class RBMMethod(Method):
         self.chains = PersistentChains(config.n_chains, self.codec.n_visible) if config.persistent else None
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._ais: tuple[int, AISEstimate] | None = None  # (step, estimate) of the last evaluation
 
     def _device(self) -> torch.device:
         return self.rbm.weight.device
@@ -320,9 +326,19 @@ class RBMMethod(Method):
         }
         if isinstance(self.rbm, BernoulliRBM):
             out[keys.PSEUDO_LL] = float(self.rbm.pseudo_log_likelihood(v).mean())
-        base = base_rate_bias(v) if isinstance(self.rbm, BernoulliRBM) else None
-        out.update(log_likelihood_metrics(self.rbm, v, self.config, base))
+        out.update(log_likelihood_metrics(self.rbm, v, self.config, self._ais_estimate(v)))
         return out
+
+    def _ais_estimate(self, v: Tensor) -> AISEstimate | None:
+        """AIS estimate of ``log Z`` when enabled and needed, computed once per training step (all eval batches share it)."""
+        c = self.config
+        if c.ais_chains == 0 or exact_likelihood_is_cheap(self.rbm, c):
+            return None
+        step = int(self.step)
+        if self._ais is None or self._ais[0] != step:
+            base = base_rate_bias(v) if isinstance(self.rbm, BernoulliRBM) else None
+            self._ais = (step, self.rbm.ais_log_partition(c.ais_chains, c.ais_betas, base_visible_bias=base))
+        return self._ais[1]
 
     @torch.no_grad()
     def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
