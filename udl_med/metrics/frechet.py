@@ -22,8 +22,8 @@ Otherwise the factor is the Cholesky factor of the covariance, or its eigen-fact
 ``eps * |M|`` even when they are tiny, so singular and rank-deficient covariances are
 handled exactly. Large ``M`` (d x d when both sets have more samples than dimensions)
 take the eigenvalues of the symmetric ``M M^T``, several times faster than the SVD, with
-an a-posteriori error bound; when the bound is not below 1e-8 of the distance (a
-near-singular product) the SVD is used after all.
+a conservative a-posteriori error estimate; when it is not below 1e-8 of the distance
+(a near-singular product) the SVD is used after all.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from udl_med.metrics._checks import MetricInputError, as_features, require_same_
 logger = logging.getLogger(__name__)
 
 SVD_MAX = 1024  # up to this size the trace comes from an SVD; above, from eigenvalues (checked)
-RTOL = 1e-8  # accepted relative error bound of the eigenvalue route
+RTOL = 1e-8  # accepted relative error estimate of the eigenvalue route
 
 
 def _as_float64(x: Any) -> np.ndarray:
@@ -91,9 +91,10 @@ def _nuclear_norm_eig(m: np.ndarray) -> tuple[float, float]:
     """Sum of singular values of ``m`` from the eigenvalues of its smaller Gram matrix, and an error bound.
 
     ``eigvalsh`` of the symmetric Gram is several times faster than an SVD at d = 2048,
-    but squares the singular values: an eigenvalue error ``delta`` (backward error of
-    order ``sqrt(k) eps lambda_max``, taken 10x larger) moves ``sqrt(lambda)`` by at most
-    ``min(sqrt(delta), delta / sqrt(lambda))``. The bound sums those; callers fall back
+    but squares the singular values: an eigenvalue error ``delta`` moves ``sqrt(lambda)``
+    by at most ``min(sqrt(delta), delta / sqrt(lambda))``. With ``delta`` ten times the
+    typical backward error of forming and solving the Gram (``sqrt(k) eps lambda_max``),
+    the sum of those is a conservative error estimate (not a proof); callers fall back
     to the SVD when it is not negligible (near-singular products).
     """
     gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
