@@ -1,0 +1,332 @@
+"""How good is a pretrained encoder? A linear probe and label-scarce fine-tuning, against random init.
+
+Both evaluations use labeled images the encoder never saw (e.g. held-out phantoms) and
+compare the exported encoder (``udl-med export --format encoder``) with the same MONAI
+architecture from random initialisation:
+
+- **linear probe**: the encoder is frozen; a logistic regression (scikit-learn, on
+  standardised features) is fitted on its features and scored by stratified K-fold
+  cross-validation with the folds split by subject, so no subject is in both sides;
+- **fine-tuning**: the encoder plus a linear head is trained end to end on the items of
+  ``label_fraction`` of the subjects (stratified by class) and scored on the items of
+  all other subjects.
+
+**Items.** The lesion class of a phantom is a property of the subject, but most of a
+subject's voxels say nothing about it. When a label map lies beside an image (the
+phantoms' ``tissue.nii.gz``, ``roi: auto``/``liver``), items are crops of the training
+item size centred on the liver (2D: on every slice through the liver; 3D: one patch at
+the liver's centre), and the slices of lesion subjects that the lesion does not reach
+are dropped, so every item shows what its label says. Without label maps
+(``roi: whole``) an item is the mean feature over an image's foreground slices or
+patches, a much harder task. The accuracy of always predicting the most frequent class
+is reported as ``chance``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from udl_med import keys
+from udl_med.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+
+LABEL_MAP_NAME = "tissue.nii.gz"  # the phantoms' label map, beside ct.nii.gz / mr.nii.gz
+ROI_CHOICES = ("auto", "liver", "whole")
+MIN_ROI_VOXELS = 4  # a slice through fewer liver voxels is not an item
+
+
+@dataclass(frozen=True)
+class ProbeItems:
+    """Model inputs ``items`` ``(N, C, *size)`` with a class ``labels`` ``(N,)`` and a ``subjects`` group ``(N,)`` each.
+
+    ``pooled``: items are whole images whose feature is the mean over ``parts`` (``roi: whole``).
+    """
+
+    items: Tensor
+    labels: np.ndarray
+    subjects: np.ndarray
+    roi: str
+    parts: list[Tensor] | None = None
+
+
+def _centred_crop(volume: Tensor, centre: Sequence[int], size: Sequence[int]) -> Tensor:
+    """Crop ``(C, *spatial)`` to ``size`` around ``centre``, shifted to stay inside the volume."""
+    index = [slice(None)]
+    for c, s, n in zip(centre, size, volume.shape[1:]):
+        start = min(max(int(c) - s // 2, 0), max(n - s, 0))
+        index.append(slice(start, start + s))
+    return volume[tuple(index)]
+
+
+def _liver_values() -> tuple[int, int]:
+    from udl_med.data.phantoms import TISSUES
+
+    return TISSUES.index("liver"), TISSUES.index("lesion")
+
+
+def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
+    """Liver-centred items of one image (see the module docstring)."""
+    from udl_med.data.datasets import volume_transform
+    from udl_med.data.io import read_image
+
+    prepared = volume_transform(cfg)({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]
+    tissue = read_image(label_map)[0].numpy()  # (X, Y, Z)
+    if tissue.ndim != 3:
+        raise InputError(label_map, "the label map must be a 3D volume")
+    laid_out = tissue.shape if cfg.layout == "3d" else np.moveaxis(tissue, cfg.slice_axis, 0).shape
+    expected = tuple(prepared.shape[1:]) if cfg.layout == "3d" else tuple(prepared.shape)
+    if tuple(laid_out) != expected:
+        raise InputError(label_map, f"label map shape {tissue.shape} does not match its image (laid out {expected})")
+    liver_value, lesion_value = _liver_values()
+    liver = (tissue == liver_value) | (tissue == lesion_value)
+    if cfg.layout == "3d":
+        if liver.sum() < MIN_ROI_VOXELS:
+            return []
+        centre = [int(round(c.mean())) for c in np.nonzero(liver)]
+        return [_centred_crop(prepared, centre, cfg.size)]
+    axis = cfg.slice_axis
+    liver = np.moveaxis(liver, axis, 0)
+    lesion = np.moveaxis(tissue == lesion_value, axis, 0)
+    context = cfg.context if cfg.layout == "2.5d" else 0
+    items = []
+    for k in range(liver.shape[0]):
+        if liver[k].sum() < MIN_ROI_VOXELS:
+            continue
+        if record.label and not lesion[k].any():
+            continue  # a slice of a lesion subject that the lesion does not reach: its label would be wrong
+        centre = [int(round(c.mean())) for c in np.nonzero(liver[k])]
+        channels = prepared.index_select(0, torch.arange(k - context, k + context + 1).clamp_(0, prepared.shape[0] - 1))
+        items.append(_centred_crop(channels, centre, cfg.size))
+    return items
+
+
+def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto", split: str | None = None) -> ProbeItems:
+    """Cut the labeled images of ``data`` into probe items for an encoder with ``input_spec``.
+
+    Args:
+        data: a manifest (or folder) with ``label`` and ``subject`` for every image.
+        input_spec: the ``input`` section of ``encoder.json`` (layout, size, normalisation).
+        roi: ``auto`` (liver items where label maps exist, else whole images), ``liver``, ``whole``.
+        split: use only the images of this manifest split (None: all).
+
+    Raises:
+        InputError: images without labels, or ``roi: liver`` without label maps.
+        UserError: an unknown ``roi``.
+    """
+    from udl_med.data.io import list_images
+    from udl_med.inference.encode import image_items, item_config
+
+    if roi not in ROI_CHOICES:
+        raise UserError(f"unknown probe roi {roi!r}; valid: {', '.join(ROI_CHOICES)}")
+    records = [r for r in list_images(data) if split is None or r.split == split]
+    if not records:
+        raise InputError(data, f"no images in split {split!r}")
+    unlabeled = [r for r in records if r.label is None]
+    if unlabeled:
+        raise InputError(unlabeled[0].path, "the probe needs a label for every image (manifest column 'label')")
+    maps = {r.path: r.path.parent / LABEL_MAP_NAME for r in records}
+    has_maps = all(p.is_file() for p in maps.values())
+    if roi == "liver" and not has_maps:
+        raise InputError(data, f"roi 'liver' needs a {LABEL_MAP_NAME} beside every image")
+    use_roi = "liver" if roi == "liver" or (roi == "auto" and has_maps) else "whole"
+    items, labels, subjects, parts = [], [], [], []
+    for record in records:
+        cfg = item_config(input_spec, record.path)
+        subject = record.subject or str(record.path)
+        if use_roi == "liver":
+            found = _roi_items(cfg, record, maps[record.path])
+            items.extend(found)
+            labels.extend([record.label] * len(found))
+            subjects.extend([subject] * len(found))
+        else:
+            cut = image_items(cfg, record.path, record.modality)
+            parts.append(cut.items)
+            items.append(cut.items[0])
+            labels.append(record.label)
+            subjects.append(subject)
+    if not items:
+        raise InputError(data, "no probe items (no image shows a liver)")
+    return ProbeItems(
+        items=torch.stack(items).float(),
+        labels=np.asarray(labels, dtype=np.int64),
+        subjects=np.asarray(subjects),
+        roi=use_roi,
+        parts=parts if use_roi == "whole" else None,
+    )
+
+
+@torch.no_grad()
+def features(encoder: nn.Module, data: ProbeItems, batch: int = 64) -> np.ndarray:
+    """Frozen features ``(N, F)`` of every item (mean over parts for whole-image items)."""
+    from udl_med.inference.encode import encode_items
+
+    encoder.eval()
+    if data.parts is not None:
+        return np.stack([encode_items(encoder, p, batch).mean(0).numpy() for p in data.parts])
+    return encode_items(encoder, data.items, batch).numpy()
+
+
+def linear_probe_accuracy(x: np.ndarray, labels: np.ndarray, subjects: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0) -> float:
+    """Mean accuracy of a logistic regression on standardised ``x`` over subject-grouped stratified folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n_subjects = len(np.unique(subjects))
+    folds = min(folds, n_subjects, int(np.bincount(labels).max()))
+    if folds < 2 or len(np.unique(labels)) < 2:
+        raise InputError("<probe>", f"too few subjects or classes for a probe ({n_subjects} subjects, {len(np.unique(labels))} classes)")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+    cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, x, labels, groups=subjects, cv=cv).mean())
+
+
+def split_subjects(labels: np.ndarray, subjects: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the items of ``fraction`` of the subjects, drawn per class (at least one subject each)."""
+    rng = np.random.default_rng(seed)
+    subject_label = {s: int(labels[subjects == s][0]) for s in np.unique(subjects)}
+    chosen: set[str] = set()
+    for cls in sorted(set(subject_label.values())):
+        members = sorted(s for s, lab in subject_label.items() if lab == cls)
+        k = max(1, round(fraction * len(members)))
+        chosen.update(rng.choice(members, size=min(k, len(members)), replace=False).tolist())
+    return np.isin(subjects, sorted(chosen))
+
+
+def fit_linear_head(x: np.ndarray, labels: np.ndarray, num_classes: int, c: float = 0.1) -> nn.Linear:
+    """A logistic regression on standardised ``x``, folded into one ``nn.Linear`` on raw features."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    model = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / std, labels)
+    weight = np.zeros((num_classes, x.shape[1]))
+    bias = np.full(num_classes, -1e4)  # classes absent from the training items are never predicted
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight[model.classes_] = coef / std
+    bias[model.classes_] = intercept - (coef / std) @ mean
+    head = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return head
+
+
+def finetune_accuracy(
+    encoder: nn.Module,
+    data: ProbeItems,
+    train_mask: np.ndarray,
+    num_classes: int,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    c: float = 0.1,
+) -> float:
+    """Fine-tune ``encoder`` + a linear head on the masked items; accuracy on the other items.
+
+    LP-FT (Kumar et al., "Fine-tuning can distort pretrained features and underperform
+    out-of-distribution", ICLR 2022): the head starts as a logistic regression on the
+    frozen features of the training items, then encoder and head train together with
+    AdamW, the head at ``10 * lr``. The same recipe serves pretrained and random encoders.
+    """
+    if data.parts is not None:
+        raise UserError("fine-tuning needs item-level inputs (roi 'liver'); whole-image items are pooled features")
+    torch.manual_seed(seed)
+    x_train, y_train = data.items[train_mask], torch.as_tensor(data.labels[train_mask])
+    x_test, y_test = data.items[~train_mask], torch.as_tensor(data.labels[~train_mask])
+    head = fit_linear_head(features(encoder, ProbeItems(x_train, data.labels[train_mask], data.subjects[train_mask], data.roi)), data.labels[train_mask], num_classes, c)
+    model = nn.Sequential(encoder, nn.Flatten(), head)
+    optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr}, {"params": head.parameters(), "lr": 10 * lr}])
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x_train), (min(batch_size, len(x_train)),), generator=generator)
+        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predictions = torch.cat([model(x_test[i : i + 128]).argmax(1) for i in range(0, len(x_test), 128)])
+    return float((predictions == y_test).float().mean())
+
+
+def probe_step(
+    encoder: str,
+    data: str,
+    seed: int = 0,
+    roi: str = "auto",
+    folds: int = 5,
+    c: float = 0.1,
+    label_fraction: float = 0.1,
+    finetune_steps: int = 300,
+    finetune_lr: float = 1e-3,
+    batch_size: int = 32,
+    split: str | None = None,
+    quick: bool = False,
+) -> dict[str, Any]:
+    """Linear probe and fine-tuning of an exported encoder against the same architecture from random init.
+
+    A pipeline step (``run: probe``) and a library function. See the module docstring.
+
+    Args:
+        encoder: a folder written by ``udl-med export --format encoder``.
+        data: labeled held-out images (manifest or folder), with subjects.
+        seed: seed of the random initialisation, the folds and the fine-tuning subset.
+        roi: item selection, ``auto``, ``liver`` or ``whole``.
+        folds: cross-validation folds of the linear probe.
+        c: inverse L2 strength of the logistic regression.
+        label_fraction: fraction of the subjects whose labels fine-tuning may use.
+        finetune_steps, finetune_lr, batch_size: fine-tuning optimisation (AdamW; the head at 10x lr).
+        split: probe only the images of this manifest split (None: all of ``data``).
+        quick: a smoke-test setting (the demo): 3 folds and at most 50 fine-tuning steps.
+
+    Returns:
+        ``linear_probe/pretrained``, ``linear_probe/random``, ``finetune/pretrained``,
+        ``finetune/random`` (accuracies), the two ``.../gain`` differences, ``chance``,
+        ``n_items``, ``n_subjects``, ``n_finetune_subjects``, ``roi``.
+    """
+    from udl_med.inference.export_encoder import load_encoder
+
+    if not 0.0 < label_fraction < 1.0:
+        raise UserError(f"label_fraction must be in (0, 1), got {label_fraction}")
+    if quick:
+        folds, finetune_steps = min(folds, 3), min(finetune_steps, 50)
+    pretrained = load_encoder(encoder, pretrained=True)
+    items = probe_items(data, pretrained.spec["input"], roi, split)
+    num_classes = int(items.labels.max()) + 1
+    result: dict[str, Any] = {
+        "roi": items.roi,
+        "n_items": int(len(items.labels)),
+        "n_subjects": int(len(np.unique(items.subjects))),
+        "chance": float(np.bincount(items.labels).max() / len(items.labels)),
+    }
+    encoders = {"pretrained": pretrained.net, "random": load_encoder(encoder, pretrained=False, seed=seed).net}
+    for name, net in encoders.items():
+        result[f"linear_probe/{name}"] = linear_probe_accuracy(features(net, items), items.labels, items.subjects, folds, c, seed)
+    if items.parts is None:
+        mask = split_subjects(items.labels, items.subjects, label_fraction, seed)
+        result["n_finetune_subjects"] = int(len(np.unique(items.subjects[mask])))
+        fresh = {"pretrained": load_encoder(encoder, pretrained=True).net, "random": load_encoder(encoder, pretrained=False, seed=seed).net}
+        for name, net in fresh.items():
+            result[f"finetune/{name}"] = finetune_accuracy(net, items, mask, num_classes, finetune_steps, finetune_lr, batch_size, seed, c)
+        result["finetune/gain"] = result["finetune/pretrained"] - result["finetune/random"]
+    result["linear_probe/gain"] = result["linear_probe/pretrained"] - result["linear_probe/random"]
+    log.info(
+        "probe of %s on %s: linear probe %.3f pretrained vs %.3f random; fine-tune %s",
+        encoder, data, result["linear_probe/pretrained"], result["linear_probe/random"],
+        f"{result['finetune/pretrained']:.3f} vs {result['finetune/random']:.3f}" if "finetune/pretrained" in result else "n/a",
+    )
+    return result
