@@ -136,6 +136,8 @@ class DBNMethod(Method):
         phase = self.phase(step)
         x = batch[keys.IMAGE].to(self._device())
         if phase < self.dbn.n_layers or self.classifier is None:
+            if phase == self.dbn.n_layers and step == self.config.layer_steps * phase:
+                log.info("dbn: greedy phase done; no classes to fine-tune on, the top RBM keeps training")
             return self._greedy_step(x, min(phase, self.dbn.n_layers - 1), step, opt)
         if keys.LABEL not in batch:
             raise ConfigError(

@@ -158,12 +158,12 @@ class VisibleCodec(nn.Module):
         return x.clamp(-1.0, 1.0).reshape(v.shape[0], *self.shape)
 
     def input_affine(self) -> tuple[Tensor, Tensor]:
-        """``(scale, shift)`` with ``v = x * scale + shift`` per visible unit, to fold into a linear layer."""
+        """``(scale, shift)`` with ``v = x * scale + shift`` per visible unit (CPU), to fold into an exported linear layer."""
         if self.visible == "bernoulli":
             scale = torch.full((self.n_visible,), 0.5)
             return scale, scale.clone()
         mean, std = self._stats()
-        return 1.0 / std, -mean / std
+        return (1.0 / std).cpu(), (-mean / std).cpu()
 
     def random_visible(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """Chain starting points: fair coins (Bernoulli) or standard normal values (Gaussian)."""
@@ -434,6 +434,7 @@ def fit_rbm(
                     g = velocity[i].mul_(momentum).add_(g)
                 p.sub_(g, alpha=lr)
         errors.append(float(rbm.reconstruction_error(data).mean()))
+        log.debug("fit_rbm: epoch %d, reconstruction error %.5f", len(errors), errors[-1])
     return errors
 
 

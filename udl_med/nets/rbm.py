@@ -45,6 +45,7 @@ __all__ = [
     "GaussianBernoulliRBM",
     "PersistentChains",
     "RBM",
+    "bernoulli",
     "contrastive_divergence_loss",
     "make_rbm",
 ]
