@@ -181,7 +181,8 @@ def evaluate_translation(
     Returns:
         ``{direction}/{metric}`` for the model and ``baseline/{direction}/{metric}`` for
         the linear baseline (means over subjects), ``baseline/{direction}/a`` and ``/b``,
-        ``n_subjects``, and ``artifacts`` (PNG paths).
+        ``n_subjects``, ``held_out_ct`` / ``held_out_mr`` (the first subject's files),
+        and ``artifacts`` (PNG paths).
     """
     from udl_med.data.io import read_image
     from udl_med.data.preview import save_grid
@@ -220,7 +221,12 @@ def evaluate_translation(
                 previews[d] += [norm[src][None], pred[None], norm[tgt][None]]
         log.info("evaluated %s", subject)
 
-    result: dict[str, Any] = {"n_subjects": len(subjects), "split": split}
+    result: dict[str, Any] = {
+        "n_subjects": len(subjects),
+        "split": split,
+        "held_out_ct": str(subjects[0][1]),  # for later pipeline steps
+        "held_out_mr": str(subjects[0][2]),
+    }
     for d in directions:
         for k in per[d][0]:
             result[f"{d}/{k}"] = float(np.mean([m[k] for m in per[d]]))
