@@ -211,12 +211,6 @@ def test_tiny_config_trains_through_the_engine_and_loads_back(phantom_manifest: 
     assert features.shape == (2, 64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: creating the DataLoader iterator after the RNG restore draws one number from the global RNG "
-    "(torch's _BaseDataLoaderIter base seed), so methods that sample in train_step resume shifted; "
-    "giving step_loader's DataLoader its own generator makes this pass",
-)
 def test_engine_resume_is_exact_with_persistent_chains_and_standardisation(phantom_manifest: Path, tracking_uri: str, tmp_path: Path) -> None:
     """Chains, running statistics, the step counter and momentum all come back from the checkpoint."""
     from udl_med.engine.train import train

@@ -90,6 +90,9 @@ def step_loader(
         num_workers=num_workers,
         collate_fn=collate_plain,
         persistent_workers=num_workers > 0,
+        # Its own generator: creating the iterator then draws nothing from the global RNG,
+        # which the method's own sampling (noise, Gibbs chains) must find as it was saved.
+        generator=torch.Generator().manual_seed(seed + start_step),
     )
 
 

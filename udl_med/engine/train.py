@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import signal
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -35,6 +36,9 @@ from udl_med.errors import ConfigError, RunError
 from udl_med.methods.base import Capability, Method, get_method
 
 log = logging.getLogger(__name__)
+# A method that steps only some of its optimizers in a step (greedy layer-wise training,
+# n_critic) leaves the others' schedulers "stepped before optimizer.step()": expected.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 CHECKPOINT_NAME = "last.pt"
 RUN_INFO_NAME = "run.json"
 
