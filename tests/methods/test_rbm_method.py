@@ -29,10 +29,12 @@ def blobs(n: int, size: tuple[int, ...], generator: torch.Generator) -> torch.Te
     return torch.where(dist < radius.view(shape), 0.6, -1.0)[:, None]
 
 
-def build(name: str, spatial_dims: int, num_classes: int = 0, seed: int = 0, size: tuple[int, ...] | None = None, **config) -> Method:
+def build(
+    name: str, spatial_dims: int, num_classes: int = 0, seed: int = 0, size: tuple[int, ...] | None = None, in_channels: int = 1, **config
+) -> Method:
     cls = get_method(name)
     torch.manual_seed(seed)
-    spec = DataSpec(spatial_dims=spatial_dims, in_channels=1, image_size=size or SIZES[spatial_dims], num_classes=num_classes)
+    spec = DataSpec(spatial_dims=spatial_dims, in_channels=in_channels, image_size=size or SIZES[spatial_dims], num_classes=num_classes)
     return cls(cls.Config(**config), spec)
 
 
@@ -75,20 +77,25 @@ def test_persistent_cd_raises_pseudo_likelihood(spatial_dims: int) -> None:
     assert int(method.step) == 200 and bool(method.chains.started)
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_encode_sample_and_preview(spatial_dims: int) -> None:
-    method = build("rbm", spatial_dims, n_hidden=24, n_filters=20, sample_steps=5)
-    fit(method, 5)
-    x = held_out(spatial_dims, 6)[keys.IMAGE]
+@pytest.mark.parametrize(("spatial_dims", "channels"), [(2, 1), (3, 1), (2, 3)])  # (2, 3): 2.5D stacks
+def test_encode_sample_and_preview(spatial_dims: int, channels: int) -> None:
+    method = build("rbm", spatial_dims, in_channels=channels, n_hidden=24, n_filters=20, sample_steps=5)
+    shape = (channels, *SIZES[spatial_dims])
+    g = torch.Generator().manual_seed(1)
+    opt = EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
+    for _ in range(5):
+        method.train_step({keys.IMAGE: blobs(8, SIZES[spatial_dims], g).expand(-1, channels, *SIZES[spatial_dims])}, opt)
+    method.eval()
+    x = held_out(spatial_dims, 6)[keys.IMAGE].expand(-1, *shape)
     features = method.encode(x)
     assert features.shape == (6, 24) and 0 <= float(features.min()) and float(features.max()) <= 1
     samples = method.sample(3, torch.Generator().manual_seed(0))
-    assert samples.shape == (3, 1, *SIZES[spatial_dims])
+    assert samples.shape == (3, *shape)
     assert -1 <= float(samples.min()) and float(samples.max()) <= 1
     torch.testing.assert_close(samples, method.sample(3, torch.Generator().manual_seed(0)))
     previews = method.preview({keys.IMAGE: x})
-    assert previews["filters"].shape == (20, 1, *SIZES[spatial_dims])
-    assert previews["samples"].shape[1:] == previews["reconstructions"].shape[1:] == (1, *SIZES[spatial_dims])
+    assert previews["filters"].shape == (20, *shape)
+    assert previews["samples"].shape[1:] == previews["reconstructions"].shape[1:] == shape
     for images in previews.values():
         assert -1 <= float(images.min()) and float(images.max()) <= 1
     filters = previews["filters"].flatten(1)  # each filter spans the full [-1, 1] range
