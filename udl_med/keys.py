@@ -25,6 +25,9 @@ SPARSITY = "sparsity"  # sparsity penalty (sparse AE)
 MEAN_ACTIVATION = "mean_activation"  # measured mean hidden activation (sparse AE)
 RECON_MSE = "recon_mse"  # held-out reconstruction mean squared error, [-1, 1] scale
 MEAN_IMAGE_MSE = "mean_image_mse"  # held-out error of predicting the batch's mean image
+CORRUPTED_MSE = "corrupted_mse"  # held-out error of a corrupted copy C(x) (denoising AE)
+DENOISED_MSE = "denoised_mse"  # held-out error of its reconstruction r(C(x)) (denoising AE)
+STAGE = "stage"  # greedy stage of a stacked AE (number of blocks + 1 while fine-tuning)
 
 # Log keys of the energy-based methods (RBM / DBN).
 FREE_ENERGY = "free_energy"  # mean free energy F(v) of held-out visible vectors

@@ -10,7 +10,6 @@ from autoencoder_testkit import SIZES, blobs, build, early_late, fit, held_out
 
 from udl_med import keys
 from udl_med.methods.base import Capability, get_method
-from udl_med.methods.denoising_autoencoder import CORRUPTED_MSE, DENOISED_MSE
 
 TINY = dict(latent_dim=8, channels=(8, 16), strides=(2, 2), num_res_units=0, lr=1e-2)
 
@@ -73,7 +72,7 @@ def test_denoiser_removes_the_noise_it_was_trained_on(spatial_dims: int, corrupt
     metrics = method.evaluate(held_out(spatial_dims))
     first, last = early_late(losses)
     assert last < 0.5 * first
-    assert metrics[DENOISED_MSE] < 0.45 * metrics[CORRUPTED_MSE]
+    assert metrics[keys.DENOISED_MSE] < 0.45 * metrics[keys.CORRUPTED_MSE]
     assert metrics[keys.RECON_MSE] < 0.6 * metrics[keys.MEAN_IMAGE_MSE]
 
 

@@ -27,9 +27,6 @@ from udl_med.losses.corruption import Corruption
 from udl_med.methods.autoencoder import AutoencoderConfig, ReconstructionMethod, mse_per_batch
 from udl_med.methods.base import Capability, DataSpec, Optimization, register
 
-DENOISED_MSE = "denoised_mse"  # held-out error of r(C(x)) against x
-CORRUPTED_MSE = "corrupted_mse"  # held-out error of C(x) against x (what the denoiser started from)
-
 
 class DenoisingAutoencoderConfig(AutoencoderConfig):
     """An :class:`AutoencoderConfig` plus the corruption process and the sampling chain.
@@ -83,8 +80,8 @@ class DenoisingAutoencoderMethod(ReconstructionMethod):
         x = self.images(batch)
         generator = torch.Generator(x.device).manual_seed(0)  # the same corruption at every evaluation
         x_tilde = self.corrupt(x, generator)
-        metrics[CORRUPTED_MSE] = mse_per_batch(x_tilde.clamp(-1, 1), x)
-        metrics[DENOISED_MSE] = mse_per_batch(self.reconstruct(x_tilde), x)
+        metrics[keys.CORRUPTED_MSE] = mse_per_batch(x_tilde.clamp(-1, 1), x)
+        metrics[keys.DENOISED_MSE] = mse_per_batch(self.reconstruct(x_tilde), x)
         return metrics
 
     @torch.no_grad()

@@ -33,7 +33,6 @@ from udl_med.methods.autoencoder import AutoencoderConfig, ReconstructionMethod
 from udl_med.methods.base import DataSpec, Optimization, register
 from udl_med.nets.autoencoder import encoder_feature_maps
 
-STAGE = "stage"  # log key: the greedy stage (L + 1 while fine-tuning)
 FINETUNE = "finetune"  # name of the end-to-end optimizer
 
 
@@ -113,4 +112,4 @@ class StackedAutoencoderMethod(ReconstructionMethod):
             loss = torch.mean((output.float() - target.float()) ** 2)  # feature maps: squared error
         opt.step(f"stage_{k}" if k <= self.num_blocks else FINETUNE, loss)
         self.steps_done += 1
-        return {keys.LOSS: loss.detach(), STAGE: float(k)}
+        return {keys.LOSS: loss.detach(), keys.STAGE: float(k)}
