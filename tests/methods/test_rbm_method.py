@@ -248,3 +248,11 @@ def test_engine_resume_is_exact_with_persistent_chains_and_standardisation(phant
     assert int(resumed["step"]) == 8 and bool(resumed["chains.started"])
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), [k for k in reference if not torch.equal(reference[k], resumed[k])]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem.startswith(("rbm", "dbn"))))
+def test_shipped_configs_validate(name: str) -> None:
+    from udl_med.engine.config import load_config
+
+    config = load_config(CONFIGS / f"{name}.yaml", [])
+    assert config.method in ("rbm", "dbn")
