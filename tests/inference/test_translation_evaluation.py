@@ -27,7 +27,7 @@ def test_evaluate_and_step(model_2d: str, phantom_manifest: Path, tmp_path: Path
     result = evaluate_translation(model_2d, phantom_manifest, split="test", out_dir=tmp_path)
     for d in ("ct2mr", "mr2ct"):
         for k in ("mae", "psnr", "ssim"):
-            assert f"{d}/{k}" in result and f"baseline/{d}/{k}" in result
+            assert f"{d}/{k}" in result and f"baseline/{d}/{k}" in result and f"baseline_body/{d}/{k}" in result
     assert 0 < result["mr2ct/mae_hu"] < 1000 and result["mr2ct/mae_hu"] == pytest.approx(1000 * result["mr2ct/mae"])
     # phantom MR contrast is not linear in CT: bone is bright in CT and dark in MR, so the fit is poor
     assert result["baseline/mr2ct/mae_hu"] > 50

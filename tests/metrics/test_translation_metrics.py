@@ -61,8 +61,9 @@ def test_linear_fit_recovers_the_map_and_is_least_squares() -> None:
 def test_baseline_and_metric_units() -> None:
     x = torch.tensor([[0.5, -1.0], [0.0, 0.9]])
     mask = torch.tensor([[True, False], [True, True]])
-    pred = linear_baseline(x, mask, 2.0, 0.1)
+    pred = linear_baseline(x, 2.0, 0.1, mask)
     torch.testing.assert_close(pred, torch.tensor([[1.0, -1.0], [0.1, 1.0]], dtype=torch.float64))  # clipped; air outside
+    torch.testing.assert_close(linear_baseline(x, 2.0, 0.1), torch.tensor([[1.0, -1.0], [0.1, 1.0]], dtype=torch.float64))
     target = torch.zeros(8, 8, 8)
     m = translation_metrics(target + 0.05, target, torch.ones(8, 8, 8, dtype=torch.bool), "CT", (-1000.0, 1000.0))
     assert m["mae_hu"] == pytest.approx(50.0)  # 0.05 of the normalised range = 50 HU in a 2000 HU window

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from udl_med.errors import UserError
-from udl_med.inference.translate import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, SW_BATCH_SIZE, SW_OVERLAP, TARGET, TranslationSetup
+from udl_med.inference.translate import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, SW_OVERLAP, TARGET, TranslationSetup, windows_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _postprocessing(modality: str, direction: str, setup: TranslationSetup) -> d
 
 
 def _inferer(setup: TranslationSetup) -> dict[str, Any]:
-    common = {"sw_batch_size": SW_BATCH_SIZE, "overlap": SW_OVERLAP, "mode": "gaussian", "cval": -1.0}
+    common = {"sw_batch_size": windows_per_batch(setup.roi_size), "overlap": SW_OVERLAP, "mode": "gaussian", "cval": -1.0}
     if setup.layout == "3d":
         return {"_target_": "SlidingWindowInferer", "roi_size": list(setup.roi_size), **common}
     # slice by slice across the training slice axis; in-plane windows of the training size

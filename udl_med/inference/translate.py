@@ -16,12 +16,13 @@ so values lie inside it). MR has no absolute scale; a translated MR maps [-1, 1]
 Memory: a 2D model holds the input, the output and one chunk of slices (about
 ``SLICE_PIXELS`` pixels) at a time. A 3D model holds the normalised input, the output
 and MONAI's blending buffers (about four volumes of float32) on the CPU, with only the
-windows on the accelerator.
+windows on the accelerator. Windows are batched ``WINDOW_VOXELS`` voxels at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,7 @@ MR_OUTPUT_RANGE: tuple[float, float] = (0.0, 1000.0)
 SLICE_PIXELS = 2**20  # pixels per chunk of slices (2D models): 4 slices of 512 x 512
 PERCENTILE_SAMPLE = 2**24  # MR percentiles of larger volumes come from an evenly strided sample
 SW_OVERLAP = 0.25
-SW_BATCH_SIZE = 4  # 3D windows per forward pass
-SW_BATCH_SIZE_2D = 64  # 2D windows per forward pass
+WINDOW_VOXELS = 2**18  # voxels per forward pass: 8 windows of 32^3, 64 of 64 x 64
 
 
 @dataclass(frozen=True)
@@ -150,14 +150,19 @@ def _translate_slices(
         idx = torch.arange(s0 - c, s1 + c).clamp_(0, n - 1)
         block = to_unit(slices.index_select(0, idx), params_in)  # (s1 - s0 + 2c, P, Q)
         x = block.unfold(0, 2 * c + 1, 1).permute(0, 3, 1, 2) if c else block[:, None]  # (B, 2c + 1, P, Q)
-        y = _windowed(predict, x.contiguous(), setup.roi_size, device, SW_BATCH_SIZE_2D)  # (B, C, P, Q)
+        y = _windowed(predict, x.contiguous(), setup.roi_size, device)  # (B, C, P, Q)
         y = y[:, y.shape[1] // 2] if y.shape[1] > 1 else y[:, 0]  # the centre channel of 2.5D outputs
         out[s0:s1] = denormalize(y.float().cpu(), params_out)
     out = out.movedim(0, axis)
     return out[..., 0] if flat_image else out
 
 
-def _windowed(predict: Callable[[Tensor], Tensor], x: Tensor, roi_size: tuple[int, ...], device: torch.device, sw_batch_size: int, progress: bool = False) -> Tensor:
+def windows_per_batch(roi_size: tuple[int, ...]) -> int:
+    """Windows per forward pass: about ``WINDOW_VOXELS`` voxels, so small windows batch well."""
+    return max(1, WINDOW_VOXELS // max(1, math.prod(roi_size)))
+
+
+def _windowed(predict: Callable[[Tensor], Tensor], x: Tensor, roi_size: tuple[int, ...], device: torch.device, progress: bool = False) -> Tensor:
     """MONAI sliding-window inference of ``x`` ``(B, C, *spatial)`` in windows of the training size.
 
     Windows of the training size keep instance-norm statistics as in training; Gaussian
@@ -169,7 +174,7 @@ def _windowed(predict: Callable[[Tensor], Tensor], x: Tensor, roi_size: tuple[in
         y = sliding_window_inference(
             x,
             roi_size=roi_size,
-            sw_batch_size=sw_batch_size,
+            sw_batch_size=windows_per_batch(roi_size),
             predictor=predict,
             overlap=SW_OVERLAP,
             mode="gaussian",
@@ -195,7 +200,7 @@ def _translate_windows(
     x = torch.empty((1, 1, *volume.shape), dtype=torch.float32)
     for k in range(0, volume.shape[0], 16):  # normalise in slabs: no float64 copy of the whole volume
         x[0, 0, k : k + 16] = to_unit(volume[k : k + 16], params_in)
-    y = _windowed(predict, x, setup.roi_size, device, SW_BATCH_SIZE, progress)
+    y = _windowed(predict, x, setup.roi_size, device, progress)
     del x
     out = y[0, 0]
     for k in range(0, out.shape[0], 16):

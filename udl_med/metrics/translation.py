@@ -12,12 +12,17 @@ The body mask is the ground-truth CT above ``BODY_THRESHOLD_HU`` with its holes 
 the usual choice for synthetic-CT evaluation (e.g. Spadea et al. 2021, "Deep learning
 based synthetic-CT generation in radiotherapy and PET: a review", Med. Phys.).
 
-**Linear baseline**: the best global linear map ``y = a x + b`` from the input's
-normalised intensities to the target's, fitted by least squares over the body voxels
-of the evaluated volumes themselves (an oracle fit: no linear intensity mapping does
-better inside the body on these volumes), clipped to [-1, 1]; outside the body mask
-it predicts background (-1: air in CT, no signal in MR). A translation model that does
-not beat it has learned nothing beyond a contrast change.
+**Linear baselines** map the input's normalised intensities to the target's with one
+``y = a x + b`` per direction, fitted by least squares on the evaluated volumes
+themselves (an oracle fit: no global linear map does better on them), clipped to [-1, 1]:
+
+- ``baseline``: fitted over every voxel and applied to every voxel, the plain global
+  contrast change.
+- ``baseline_body``: fitted over the body voxels only and applied there; outside the
+  body it predicts background (-1: air in CT, no signal in MR). It borrows the
+  ground-truth body mask, so it is stronger than any intensity map could be alone.
+
+A translation model that does not beat them has learned nothing beyond a contrast change.
 """
 
 from __future__ import annotations
@@ -112,9 +117,12 @@ def linear_fit(inputs: list[Tensor], targets: list[Tensor], masks: list[Tensor])
     return a, (sy - a * sx) / n
 
 
-def linear_baseline(x: Tensor, mask: Tensor, a: float, b: float) -> Tensor:
-    """The baseline's prediction: ``a x + b`` clipped to [-1, 1] in the body, background (-1) outside."""
-    return torch.where(mask.bool(), (a * x.double() + b).clamp(-1, 1), torch.full_like(x, -1.0, dtype=torch.float64))
+def linear_baseline(x: Tensor, a: float, b: float, mask: Tensor | None = None) -> Tensor:
+    """A baseline's prediction: ``a x + b`` clipped to [-1, 1]; with ``mask``, background (-1) outside it."""
+    y = (a * x.double() + b).clamp(-1, 1)
+    if mask is None:
+        return y
+    return torch.where(mask.bool(), y, torch.full_like(y, -1.0))
 
 
 def translation_metrics(pred: Tensor, target: Tensor, mask: Tensor, target_modality: str, ct_window: tuple[float, float]) -> dict[str, float]:
@@ -179,8 +187,9 @@ def evaluate_translation(
         progress: show progress bars.
 
     Returns:
-        ``{direction}/{metric}`` for the model and ``baseline/{direction}/{metric}`` for
-        the linear baseline (means over subjects), ``baseline/{direction}/a`` and ``/b``,
+        ``{direction}/{metric}`` for the model and ``baseline/{direction}/{metric}``,
+        ``baseline_body/{direction}/{metric}`` for the linear baselines (means over
+        subjects) with their ``a`` and ``b``,
         ``n_subjects``, ``held_out_ct`` / ``held_out_mr`` (the first subject's files),
         and ``artifacts`` (PNG paths).
     """
@@ -231,11 +240,16 @@ def evaluate_translation(
         for k in per[d][0]:
             result[f"{d}/{k}"] = float(np.mean([m[k] for m in per[d]]))
         xs, ys, ms = fit_data[d]
-        a, b = linear_fit(xs, ys, ms)
-        result[f"baseline/{d}/a"], result[f"baseline/{d}/b"] = a, b
-        base = [translation_metrics(linear_baseline(x, m, a, b), y, m, TARGET[d], setup.ct_window) for x, y, m in zip(xs, ys, ms)]
-        for k in base[0]:
-            result[f"baseline/{d}/{k}"] = float(np.mean([m[k] for m in base]))
+        everywhere = [torch.ones_like(m, dtype=torch.bool) for m in ms]
+        for name, fit_masks, apply_masks in (("baseline", everywhere, [None] * len(ms)), ("baseline_body", ms, ms)):
+            a, b = linear_fit(xs, ys, fit_masks)
+            result[f"{name}/{d}/a"], result[f"{name}/{d}/b"] = a, b
+            scores = [
+                translation_metrics(linear_baseline(x, a, b, am), y, m, TARGET[d], setup.ct_window)
+                for x, y, m, am in zip(xs, ys, ms, apply_masks)
+            ]
+            for k in scores[0]:
+                result[f"{name}/{d}/{k}"] = float(np.mean([s[k] for s in scores]))
     artifacts = []
     if out_dir is not None:
         for d in directions:
