@@ -18,7 +18,11 @@ rate and schedule (constant, then linear decay), reduced from the configs so tha
 whole comparison runs in a few minutes on 2 CPU cores. Goals (issue 7): CycleGAN MAE
 at most 0.5x the linear baseline's (ratio = baseline / CycleGAN >= 2) and at most 1.5x
 pix2pix's (ratio = pix2pix / CycleGAN >= 0.667). Rows for PSNR and SSIM (ratio =
-CycleGAN / peer) carry no goal of the issue; their goal is to beat the peer (>= 1.0).
+CycleGAN / peer) carry no goal of the issue; we ask the same of them: beat the linear
+map (>= 1.0) and stay within 1.5x of pix2pix (>= 0.667).
+
+Training sees every slice (``foreground_fraction: 0`` in the configs): generators that
+never saw an empty slice hallucinate tissue in the air at the ends of a volume.
 
     .venv/bin/python benchmarks/translation_quality.py [--steps N] [--subjects N]
 """
@@ -75,7 +79,8 @@ def rows(cyclegan: dict[str, Any], pix2pix: dict[str, Any], case: str) -> list[d
                 source = pix2pix if prefix == d else cyclegan
                 peer = source[f"{prefix}/{metric}"]
                 ratio = cyclegan[f"{d}/{metric}"] / peer if peer > 0 else float("inf")
-                out.append(_row(case, d, metric.upper(), cyclegan[f"{d}/{metric}"], peer_name, peer, ratio, 1.0))
+                goal = 1 / 1.5 if prefix == d else 1.0  # within 1.5x of the paired upper bound; beat the linear map
+                out.append(_row(case, d, metric.upper(), cyclegan[f"{d}/{metric}"], peer_name, peer, ratio, goal))
     return out
 
 
