@@ -120,8 +120,13 @@ def _job(side: str, model_dir: Path, src: Path, dst: Path, roi: list[int], slice
 
 def child_peak_mb(side: str, model_dir: Path, src: Path, dst: Path, roi: list[int], slice_axis: int | None) -> float:
     """Run one side once in this (fresh) process; return the job's peak RSS above the level before it."""
+    import importlib
+
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
+    # both sides' libraries loaded first: measure the job's data, not code pages
+    for module in ("SimpleITK", "nibabel", "pydicom", "monai.inferers", "monai.transforms", "udl_med.data.io", "udl_med.inference.translate", "udl_med.engine.model_io"):
+        importlib.import_module(module)
     job = _job(side, model_dir, src, dst, roi, slice_axis)
     with PeakRSS() as mem:
         job()
