@@ -39,6 +39,7 @@ def _train(name: str, config: str, steps: int, extra: list[str] | None = None) -
                 f"output_dir=${{workdir}}/runs/{name}",
                 f"tracking.run_name=demo-{name}",
                 f"train.steps={steps}",
+                "train.threads=1",  # tiny networks: one thread is faster than two fighting
                 *(extra or []),
             ],
         },
@@ -55,7 +56,10 @@ def demo_steps() -> list[dict[str, Any]]:
         # Job 1: pretrain an encoder, export it, probe it on the lesion class.
         _train("autoencoder", "ae2d-phantom.yaml", 400, ["train.eval_every=200", "train.checkpoint_every=200"]),
         {"name": "encoder", "run": "export", "with": {"model": "${steps.autoencoder.model_dir}", "out": "${workdir}/encoder", "fmt": "encoder"}},
-        {"name": "probe", "run": "probe", "with": {"encoder": "${workdir}/encoder", "data": "${workdir}/phantoms/manifest.csv", "seed": 0, "quick": True}},
+        # Probed on the lesion class of other subjects (other seed): 150 are needed so that
+        # fine-tuning on 10% of them sees more than a couple of subjects per class.
+        {"name": "heldout", "run": "phantoms", "with": {"out": "${workdir}/heldout", "n": 150, "shape": [64, 64, 16], "seed": 1, "fmt": "nifti"}},
+        {"name": "probe", "run": "probe", "with": {"encoder": "${steps.encoder.out}", "data": "${steps.heldout.manifest}", "seed": 0}},
         # Job 2: synthesize: sample a VAE, judge the samples.
         _train("vae", "vae2d-phantom.yaml", 400, ["data.modality=CT", "train.eval_every=200", "train.checkpoint_every=200"]),
         {"name": "samples", "run": "sample", "with": {"model": "${steps.vae.model_dir}", "n": 32, "out": "${workdir}/samples"}},

@@ -29,15 +29,10 @@ def model_2d(tmp_path_factory, phantom_manifest, tracking_uri) -> str:
 
 
 def run_bundle(bundle: Path, image: Path, out: Path, direction: str) -> None:
-    """``python -m monai.bundle run`` (its ``run`` function when the optional ``fire`` CLI is missing)."""
+    """``python -m monai.bundle run``, as a MONAI user runs the bundle."""
     args = {"config_file": str(bundle / "configs" / "inference.json"), "meta_file": str(bundle / "configs" / "metadata.json"),
             "bundle_root": str(bundle), "input": str(image), "output_dir": str(out), "direction": direction}
-    try:
-        import fire  # noqa: F401
-
-        cmd = [sys.executable, "-m", "monai.bundle", "run"] + [f"--{k}={v}" for k, v in args.items()]
-    except ImportError:
-        cmd = [sys.executable, "-c", f"from monai.bundle import run; run(**{args!r})"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run"] + [f"--{k}={v}" for k, v in args.items()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -13,7 +13,7 @@ from translationkit import tiny_model
 
 from udl_med.cli import main
 from udl_med.data.geometry import TOLERANCE_MM
-from udl_med.data.io import read_image
+from udl_med.data.io import list_images, read_image
 from udl_med.engine.model_io import load_model
 from udl_med.errors import InputError, UserError
 from udl_med.inference import translate as tr
@@ -129,6 +129,9 @@ def test_manifest_and_folder_inputs_report_failures(model_2d: str, phantom_dir: 
     result = translate_path(model_2d, phantom_dir / "manifest.csv", tmp_path / "all", direction="mr2ct", progress=False)
     assert result["volumes"] == 16 and result["translated"] == 8 and result["skipped"] == 8 and result["failed"] == 0
     assert (tmp_path / "all" / "sub-003" / "mr_mr2ct.nii.gz").is_file()
+    # the output folder lists what it holds, so it is an input to fid, info or train
+    records = list_images(tmp_path / "all")
+    assert len(records) == 8 and {r.modality for r in records} == {"CT"}
     # a folder of volumes with one broken file: the others are still translated
     folder = tmp_path / "in"
     folder.mkdir()
@@ -138,7 +141,7 @@ def test_manifest_and_folder_inputs_report_failures(model_2d: str, phantom_dir: 
     result = translate_path(model_2d, folder, tmp_path / "out", progress=False)
     assert (result["translated"], result["failed"]) == (2, 1)
     assert "c_broken.nii.gz" in result["failures"][0]
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"a_ct_ct2mr.nii.gz", "b_mr_mr2ct.nii.gz"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"a_ct_ct2mr.nii.gz", "b_mr_mr2ct.nii.gz", "manifest.csv"}
     assert read_image(tmp_path / "out" / "a_ct_ct2mr.nii.gz").meta["modality"] == "MR"
 
 

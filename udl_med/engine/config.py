@@ -38,6 +38,7 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch; None leaves torch's default
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)
     eval_items: int = Field(32, ge=1)  # held-out items per evaluation

@@ -145,6 +145,8 @@ class Trainer:
         from udl_med.data.datasets import build_dataset, data_spec
 
         cfg = self.config
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed + self.process.rank, cfg.train.deterministic)
         self.train_set = build_dataset(cfg.data, cfg.data.split)
         self.eval_set = build_dataset(cfg.data, cfg.data.eval_split) if cfg.data.eval_split else None

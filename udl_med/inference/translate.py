@@ -323,6 +323,20 @@ def _output_for(record_path: Path, base: Path, out_dir: Path, direction_tag: str
     return out_dir / rel.parent / f"{Path(name).stem}_{direction_tag}.nii.gz"
 
 
+def _write_manifest(folder: Path, rows: list[tuple[str, str, str]]) -> None:
+    """``folder/manifest.csv`` of the translated volumes, so the folder is an input to fid, train, info."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".manifest.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "modality", "subject"])
+        for output, modality, subject in rows:
+            writer.writerow([Path(output).relative_to(folder).as_posix(), modality, subject])
+    tmp.replace(folder / "manifest.csv")
+
+
 def translate_path(
     model: str | Path,
     input: str | Path,  # noqa: A002 - the CLI's name
@@ -369,6 +383,7 @@ def translate_path(
     base = input_path.parent if input_path.is_file() else input_path
     available = _directions(loaded.method)
     translated, skipped, failures, outputs = 0, 0, [], []
+    rows: list[tuple[str, str, str]] = []
     by_modality = {SOURCE[d]: d for d in available}
     for record in tqdm(records, desc="volumes", unit="vol", disable=not progress):
         # a volume of the other modality (per the manifest) is skipped, not a failure
@@ -386,6 +401,7 @@ def translate_path(
                 skipped += 1
                 continue
             outputs.append(result["output"])
+            rows.append((result["output"], TARGET[result["direction"]], record.subject or ""))
             translated += 1
         except (UserError, ValueError, RuntimeError, OSError) as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -394,6 +410,7 @@ def translate_path(
             failures.append(line)
     if translated == 0 and failures:
         raise InputError(input_path, f"all {len(failures)} volume(s) failed; first: {failures[0]}")
+    _write_manifest(out_path, rows)
     return {
         "input": str(input_path),
         "output": str(out_path),
