@@ -53,11 +53,11 @@ class StepSampler(Sampler):
         if self.batches_per_epoch < 1:
             raise ValueError(f"batch_size {batch_size} x {world_size} processes is larger than the {n_items} items")
 
-    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _epoch(self, epoch: int) -> tuple[list[int], list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n_items, generator=g)
         item_seeds = torch.randint(0, 2**31 - 1, (self.n_items,), generator=g)
-        return order[self.rank :: self.world_size], item_seeds[self.rank :: self.world_size]
+        return order[self.rank :: self.world_size].tolist(), item_seeds[self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, batch = divmod(self.start_batch, self.batches_per_epoch)
@@ -65,7 +65,7 @@ class StepSampler(Sampler):
             order, seeds = self._epoch(epoch)
             for b in range(batch, self.batches_per_epoch):
                 for i in range(b * self.batch_size, (b + 1) * self.batch_size):
-                    yield int(order[i]), int(seeds[i])
+                    yield order[i], seeds[i]
             epoch, batch = epoch + 1, 0
 
     def __len__(self) -> int:  # infinite sampler; DataLoader only needs a length for progress

@@ -75,15 +75,16 @@ class EngineOptimization:
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward(retain_graph=retain_graph)
-        params = [p for p in self._params(name) if p.grad is not None]
-        if self.distributed:
-            world = dist.get_world_size()
-            for p in params:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(world)
-        if self.grad_clip is not None:
-            self.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.distributed or self.grad_clip is not None:
+            params = [p for p in self._params(name) if p.grad is not None]
+            if self.distributed:
+                world = dist.get_world_size()
+                for p in params:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad.div_(world)
+            if self.grad_clip is not None:
+                self.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
 

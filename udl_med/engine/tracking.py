@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric
 
 from udl_med.engine.config import flatten
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000
+FLUSH_SECONDS = 2.0
+MAX_METRICS_PER_BATCH = 1000
 
 
 def configure_tracking(uri: str | None) -> str:
@@ -46,6 +50,9 @@ class Tracker:
             mlflow.set_experiment(experiment)  # a step of a pipeline stays in the pipeline's experiment
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested or parent is not None)
         self.run_id = self.run.info.run_id
+        self._client = mlflow.MlflowClient()
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
 
     def log_config(self, config: dict[str, Any]) -> None:
         params = {k: _param_value(v) for k, v in flatten(config).items()}
@@ -61,8 +68,22 @@ class Tracker:
             mlflow.log_artifact(str(path))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        """Record metrics at ``step``; they reach the store in one batch every few seconds.
+
+        A store write costs milliseconds (SQLite, HTTP), as much as a training step of a
+        small network; batching keeps every point while the loop almost never waits.
+        """
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metrics now."""
+        for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
+        self._pending.clear()
+        self._last_flush = time.monotonic()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
@@ -93,6 +114,7 @@ class Tracker:
         mlflow.log_artifacts(str(model_folder), artifact_path="model")
 
     def end(self, status: str = "FINISHED") -> None:
+        self.flush()
         mlflow.end_run(status=status)
 
 

@@ -252,8 +252,8 @@ class Trainer:
                 progress.update(1)
                 if step % train.log_every == 0 or step == train.steps:
                     last_train = all_mean(running.pop(), self.device)
-                    tracker.log_metrics({f"train/{k}": v for k, v in last_train.items()}, step)
-                    tracker.log_metrics({f"lr/{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}, step)
+                    learning_rates = {f"lr/{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}
+                    tracker.log_metrics({**{f"train/{k}": v for k, v in last_train.items()}, **learning_rates}, step)
                     progress.set_postfix({k: f"{v:.4g}" for k, v in list(last_train.items())[:4]})
                 if step % batches_per_epoch == 0:
                     tracker.log_metrics({f"epoch/{k}": v for k, v in all_mean(epoch_means.pop(), self.device).items()}, step // batches_per_epoch)
