@@ -145,8 +145,9 @@ def test_save_grid(tmp_path: Path, spatial_dims: int) -> None:
     x[0, 1, 0] = -1.0  # first image: its first column (X = 0) is dark
     path = save_grid(x, tmp_path / "grid.png")
     img = np.asarray(Image.open(path))
-    pad = 2
-    assert img.shape == (2 * (10 + pad) + pad, 3 * (12 + pad) + pad)  # 3 tiles per row, rows are Y, columns X
-    tile = img[pad : pad + 10, pad : pad + 12]
-    assert (tile[:, 0] == 0).all() and (tile[:, 1:] == 255).all()
+    pad, zoom = 2, 8  # tiles are enlarged to at least 96 pixels: 12 x 8
+    h, w = 10 * zoom, 12 * zoom
+    assert img.shape == (2 * (h + pad) + pad, 3 * (w + pad) + pad)  # 3 tiles per row, rows are Y, columns X
+    tile = img[pad : pad + h, pad : pad + w]
+    assert (tile[:, :zoom] == 0).all() and (tile[:, zoom:] == 255).all()
     assert img[0].max() == 0  # padding is black

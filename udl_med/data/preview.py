@@ -30,6 +30,9 @@ def to_tiles(images: Tensor) -> np.ndarray:
     return x.transpose(1, 2).numpy()  # (B, X, Y) -> rows are Y, columns are X
 
 
+MIN_TILE = 96  # tiles smaller than this are enlarged (nearest neighbour) so a person can see them
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
     """Tile a batch into one greyscale PNG (written atomically).
 
@@ -45,6 +48,10 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
     b, h, w = tiles.shape
     if b == 0:
         raise ValueError("save_grid needs at least one image")
+    zoom = max(1, math.ceil(MIN_TILE / max(h, w)))
+    if zoom > 1:
+        tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        b, h, w = tiles.shape
     cols = nrow or math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
     grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), np.uint8)
