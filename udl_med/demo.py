@@ -88,11 +88,13 @@ def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
     pipeline = PipelineConfig(name="demo", workdir=str(out), tracking={"experiment": "udl-med-demo"}, steps=demo_steps())
     result = run_pipeline_config(pipeline, source="udl-med demo")
     uri = result["tracking_uri"]
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     summary = {
         "results": str(out.resolve()),
         "mlflow_run_id": result["run_id"],
-        "look_at_it": f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri,
+        "look_at_it": uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}",
     }
-    wanted = ("accuracy", "fid", "kid", "loss", "recon_mse", "translated", "n")
-    summary.update({k: v for k, v in result.items() if "." in k and k.split(".", 1)[1].split("/")[-1].startswith(wanted)})
+    shown = ("linear_probe/", "finetune/", "chance", ".fid", ".kid", "eval/recon_mse", "eval/mean_image_mse", "translate.translated")
+    summary.update({k: v for k, v in result.items() if any(part in k for part in shown) and "_ci_" not in k})
     return summary

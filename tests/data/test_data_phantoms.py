@@ -145,7 +145,7 @@ def test_save_grid(tmp_path: Path, spatial_dims: int) -> None:
     x[0, 1, 0] = -1.0  # first image: its first column (X = 0) is dark
     path = save_grid(x, tmp_path / "grid.png")
     img = np.asarray(Image.open(path))
-    pad, zoom = 2, 8  # tiles are enlarged to at least 96 pixels: 12 x 8
+    pad, zoom = 2, 10  # tiles are enlarged until the short side has at least 96 pixels: 10 x 10
     h, w = 10 * zoom, 12 * zoom
     assert img.shape == (2 * (h + pad) + pad, 3 * (w + pad) + pad)  # 3 tiles per row, rows are Y, columns X
     tile = img[pad : pad + h, pad : pad + w]

@@ -30,7 +30,7 @@ def to_tiles(images: Tensor) -> np.ndarray:
     return x.transpose(1, 2).numpy()  # (B, X, Y) -> rows are Y, columns are X
 
 
-MIN_TILE = 96  # tiles smaller than this are enlarged (nearest neighbour) so a person can see them
+MIN_TILE = 96  # tiles whose short side is smaller than this are enlarged (nearest neighbour) so a person can see them
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: int = 2) -> Path:
@@ -48,7 +48,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
     b, h, w = tiles.shape
     if b == 0:
         raise ValueError("save_grid needs at least one image")
-    zoom = max(1, math.ceil(MIN_TILE / max(h, w)))
+    zoom = max(1, math.ceil(MIN_TILE / min(h, w)))
     if zoom > 1:
         tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
         b, h, w = tiles.shape
