@@ -26,8 +26,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from udl_med import keys
+from udl_med.engine.checkpoint import atomic_write
 from udl_med.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
@@ -57,16 +56,6 @@ def build_encoder(class_path: str, kwargs: dict[str, Any]) -> nn.Module:
     if not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise UserError(f"{class_path!r} is not a network class of {MONAI_NETS}")
     return cls(**kwargs)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
@@ -112,8 +101,8 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, weights_path = out / keys.ENCODER_JSON, out / keys.ENCODER_WEIGHTS
-    _atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
-    _atomic_write(json_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+    atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
+    atomic_write(json_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
     log.info("exported the %s encoder of %s to %s", class_path, loaded.source, out)
     return {
         "out": str(out),
