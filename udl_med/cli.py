@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # each call logs to the current stderr (main() may be called several times in one process)
     )
     from udl_med.errors import RunError, UserError
 

@@ -82,27 +82,27 @@ def _udl_med(*args: str) -> subprocess.Popen:
 
 
 def test_resume_after_sigkill_is_bit_identical(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
-    reference = train(ae_config(phantom_manifest, tmp_path / "reference", tracking_uri, steps=60, checkpoint_every=4))
+    steps = 200
+    reference = train(ae_config(phantom_manifest, tmp_path / "reference", tracking_uri, steps=steps, checkpoint_every=4))
 
-    config = ae_config(phantom_manifest, tmp_path / "killed", tracking_uri, steps=60, checkpoint_every=4)
+    config = ae_config(phantom_manifest, tmp_path / "killed", tracking_uri, steps=steps, checkpoint_every=4)
     path = _write_config(tmp_path, config)
     checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
     proc = _udl_med("train", str(path))
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     step = torch.load(checkpoint, weights_only=True)["step"]
-    assert 0 < step < 60
+    assert 0 < step < steps
 
     resumed = _udl_med("train", str(path), "--resume", "--json")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["steps"] == 60
+    assert report["steps"] == steps
     ours, theirs = _final_state(report["model_dir"]), _final_state(reference["model_dir"])
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
