@@ -69,27 +69,11 @@ def _normalisation(setup: TranslationSetup) -> dict[str, Any]:
 
 
 def _preprocessing(modality: str, setup: TranslationSetup) -> dict[str, Any]:
-    scale: dict[str, Any]
-    if modality == "CT":
-        scale = {
-            "_target_": "ScaleIntensityRanged",
-            "keys": "image",
-            "a_min": setup.ct_window[0],
-            "a_max": setup.ct_window[1],
-            "b_min": -1.0,
-            "b_max": 1.0,
-            "clip": True,
-        }
-    else:
-        scale = {
-            "_target_": "ScaleIntensityRangePercentilesd",
-            "keys": "image",
-            "lower": setup.mr_percentiles[0],
-            "upper": setup.mr_percentiles[1],
-            "b_min": -1.0,
-            "b_max": 1.0,
-            "clip": True,
-        }
+    if modality == "CT":  # the fixed HU window, as udl_med.data.normalize
+        window = {"_target_": "ScaleIntensityRanged", "a_min": setup.ct_window[0], "a_max": setup.ct_window[1]}
+    else:  # per-volume robust percentiles
+        window = {"_target_": "ScaleIntensityRangePercentilesd", "lower": setup.mr_percentiles[0], "upper": setup.mr_percentiles[1]}
+    scale = {**window, "keys": "image", "b_min": -1.0, "b_max": 1.0, "clip": True}
     return {
         "_target_": "Compose",
         "transforms": [

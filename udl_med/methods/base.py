@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from enum import Enum
 from typing import Any, ClassVar, Protocol
@@ -169,13 +168,3 @@ def get_method(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def method_names() -> list[str]:
-    _import_all()
-    return sorted(_REGISTRY)
-
-
-def iter_methods() -> Iterator[type[Method]]:
-    _import_all()
-    yield from (_REGISTRY[n] for n in sorted(_REGISTRY))

@@ -31,25 +31,30 @@ def check_direction(direction: str, available: tuple[str, ...] = DIRECTIONS) -> 
     return direction
 
 
-class CycleGANConfig(MethodConfig):
+class AdversarialConfig(MethodConfig):
+    """What every PatchGAN translation method shares: discriminator, penalties, Adam."""
+
+    disc_channels: int = Field(64, ge=1, description="discriminator first-layer filters (ndf)")
+    disc_layers: int = Field(3, ge=1, description="PatchGAN strided layers (3: 70x70 patches)")
+    norm: str = "instance"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
+    lr: float = Field(2e-4, gt=0.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+
+
+class CycleGANConfig(AdversarialConfig):
     """``model:`` section of a CycleGAN run. Defaults follow the paper and its code."""
 
     channels: int = Field(64, ge=1, description="generator stem filters (ngf)")
     num_downsample: int = Field(2, ge=0)
     num_res_blocks: int = Field(9, ge=0)
     padding_mode: Literal["reflect", "replicate", "zeros"] = "reflect"
-    disc_channels: int = Field(64, ge=1, description="discriminator first-layer filters (ndf)")
-    disc_layers: int = Field(3, ge=1, description="PatchGAN strided layers (3: 70x70 patches)")
-    norm: str = "instance"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     gan_mode: GANMode = GANMode.LSGAN
     lambda_cycle: float = Field(10.0, ge=0.0, description="lambda_cyc, weight of the cycle loss")
     lambda_identity: float = Field(0.5, ge=0.0, description="identity weight as a fraction of lambda_cycle")
-    gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
     pool_size: int = Field(50, ge=0, description="history of generated images shown to the discriminators")
-    lr: float = Field(2e-4, gt=0.0)
-    beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    beta2: float = Field(0.999, ge=0.0, lt=1.0)
 
 
 @register("cyclegan")

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss, GANMode, gradient_penalty, set_requires_grad
-from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
-from udl_med.methods.cyclegan import DIRECTIONS, check_direction
+from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
+from udl_med.methods.cyclegan import DIRECTIONS, AdversarialConfig, check_direction
 from udl_med.nets.patch_discriminator import PatchGANDiscriminator, check_patch_input
 from udl_med.nets.resnet_generator import UNetGenerator
 
@@ -25,7 +25,7 @@ from udl_med.nets.resnet_generator import UNetGenerator
 _PAIRS = {"ct2mr": (keys.CT, keys.MR), "mr2ct": (keys.MR, keys.CT)}
 
 
-class Pix2PixConfig(MethodConfig):
+class Pix2PixConfig(AdversarialConfig):
     """``model:`` section of a pix2pix run. Defaults follow the paper."""
 
     direction: Literal["both", "ct2mr", "mr2ct"] = Field(
@@ -34,16 +34,8 @@ class Pix2PixConfig(MethodConfig):
     channels: tuple[int, ...] = Field((64, 128, 256, 512), min_length=2, description="U-Net filters per level")
     strides: tuple[int, ...] = Field((2, 2, 2), description="U-Net downsampling per level")
     num_res_units: int = Field(0, ge=0)
-    disc_channels: int = Field(64, ge=1)
-    disc_layers: int = Field(3, ge=1)
-    norm: str = "instance"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     gan_mode: GANMode = GANMode.VANILLA
     lambda_l1: float = Field(100.0, ge=0.0, description="lambda, weight of the L1 loss (eq. 4)")
-    gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
-    lr: float = Field(2e-4, gt=0.0)
-    beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    beta2: float = Field(0.999, ge=0.0, lt=1.0)
 
 
 @register("pix2pix")
