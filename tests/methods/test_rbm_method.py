@@ -139,9 +139,10 @@ def test_momentum_switches_from_initial_to_final() -> None:
     assert groups[0]["weight_decay"] > 0 and groups[1]["weight_decay"] == 0
 
 
-def test_fit_rbm_makes_the_same_update_as_the_engine_path() -> None:
-    """The closed-form fast path and autograd through ``opt.step`` give the same PCD-1 updates."""
-    engine = build("rbm", 2, size=(4, 4), n_hidden=6, persistent=True, n_chains=8, lr=0.1, initial_momentum=0.5,
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_fit_rbm_makes_the_same_update_as_the_engine_path(momentum: float) -> None:
+    """The augmented closed-form path and autograd through ``opt.step`` give the same PCD-1 updates, draw for draw."""
+    engine = build("rbm", 2, size=(4, 4), n_hidden=6, persistent=True, n_chains=8, lr=0.1, initial_momentum=momentum,
                    momentum_switch_step=100, weight_decay=0.01, init_std=0.1)
     fast = build("rbm", 2, size=(4, 4), n_hidden=6, init_std=0.1).rbm
     fast.load_state_dict(engine.rbm.state_dict())
@@ -152,19 +153,22 @@ def test_fit_rbm_makes_the_same_update_as_the_engine_path() -> None:
     for batch in x.split(8):
         engine.train_step({keys.IMAGE: batch}, opt)
     torch.manual_seed(7)
-    fit_rbm(fast, v, epochs=1, batch_size=8, lr=0.1, momentum=0.5, weight_decay=0.01, shuffle=False)
+    fit_rbm(fast, v, epochs=1, batch_size=8, lr=0.1, momentum=momentum, weight_decay=0.01, shuffle=False)
     for name, param in fast.named_parameters():
         torch.testing.assert_close(param, getattr(engine.rbm, name), atol=1e-5, rtol=1e-4)
     assert not torch.equal(fast.weight, build("rbm", 2, size=(4, 4), n_hidden=6, init_std=0.1).rbm.weight)
 
 
-def test_fit_rbm_lowers_reconstruction_error_and_checks_shapes() -> None:
+@pytest.mark.parametrize(("persistent", "k"), [(False, 1), (False, 2), (True, 2)])
+def test_fit_rbm_lowers_reconstruction_error_and_checks_shapes(persistent: bool, k: int) -> None:
     rbm = build("rbm", 2, n_hidden=32).rbm
     v = (blobs(128, SIZES[2], torch.Generator().manual_seed(0)).flatten(1) + 1) / 2
-    errors = fit_rbm(rbm, v, epochs=30, batch_size=16, lr=0.1, persistent=False, generator=torch.Generator().manual_seed(0))
+    errors = fit_rbm(rbm, v, epochs=30, batch_size=16, lr=0.1, k=k, persistent=persistent, generator=torch.Generator().manual_seed(0))
     assert len(errors) == 30 and errors[-1] < 0.5 * errors[0], errors
     with pytest.raises(ValueError, match="data must be"):
         fit_rbm(rbm, v[:, :10], epochs=1, batch_size=4, lr=0.1)
+    with pytest.raises(ValueError, match="Bernoulli"):
+        fit_rbm(build("rbm", 2, n_hidden=8, visible="gaussian").rbm, v, epochs=1, batch_size=4, lr=0.1)
 
 
 def test_evaluate_reports_exact_or_annealed_log_likelihood() -> None:

@@ -70,7 +70,7 @@ def test_gaussian_log_partition_matches_numerical_integration() -> None:
     rbm = random_rbm("gaussian", n_visible=1, n_hidden=3)
     x = torch.linspace(-40, 40, 400_001, dtype=torch.float64).unsqueeze(1)
     integral = torch.logsumexp(-rbm.double_free_energy(x), 0) + math.log(80 / 400_000)
-    assert abs(float(integral - rbm.log_partition_exact())) < 1e-6
+    assert abs(float((integral - rbm.log_partition_exact()).detach())) < 1e-6
 
 
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
@@ -79,15 +79,6 @@ def test_ais_estimate_is_close_to_exact_log_partition(visible: str) -> None:
     exact = float(rbm.log_partition_exact())
     est = rbm.ais_log_partition(n_chains=100, n_betas=800, generator=torch.Generator().manual_seed(0))
     assert abs(est.log_z - exact) < max(0.05, 4 * est.log_z_std), (est, exact)
-
-
-@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
-def test_closed_form_cd_gradient_equals_autograd(visible: str) -> None:
-    rbm = random_rbm(visible)
-    v_data, v_model = some_visible(visible, 7), some_visible(visible, 5) * 0.5
-    contrastive_divergence_loss(rbm, v_data, v_model).backward()
-    for closed, param in zip(rbm.cd_grad(v_data, v_model), (rbm.weight, rbm.visible_bias, rbm.hidden_bias), strict=True):
-        torch.testing.assert_close(closed, param.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_fast_bernoulli_sampling_has_the_right_mean() -> None:
@@ -128,14 +119,14 @@ def test_gibbs_shapes_values_and_reproducibility(visible: str) -> None:
 
 def test_persistent_chains_start_at_the_data_and_keep_their_state() -> None:
     rbm = random_rbm("bernoulli")
-    chains = PersistentChains(5, 6)
+    chains = PersistentChains(5, 4)
     data = some_visible("bernoulli", 2)
     first = chains.advance(rbm, data, k=1, generator=torch.Generator().manual_seed(0))
-    assert bool(chains.started) and first.shape == (5, 6)
-    torch.testing.assert_close(chains.state, first)
+    assert bool(chains.started) and first.shape == (5, 6) and chains.state.shape == (5, 4)
+    assert set(chains.state.unique().tolist()) <= {0.0, 1.0}  # binary hidden states carry the chains on
     state = {k: v.clone() for k, v in chains.state_dict().items()}
     second = chains.advance(rbm, torch.ones(2, 6), k=1, generator=torch.Generator().manual_seed(0))
-    restored = PersistentChains(5, 6)
+    restored = PersistentChains(5, 4)
     restored.load_state_dict(state)
     again = restored.advance(rbm, torch.zeros(2, 6), k=1, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(second, again)  # continues from the state, ignores new data

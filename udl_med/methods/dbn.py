@@ -102,7 +102,7 @@ class DBNMethod(Method):
         self.codec = VisibleCodec(config.visible, (data.in_channels, *data.image_size), config.min_std)
         self.dbn = DBN(self.codec.n_visible, config.hidden, config.visible, config.init_std, config.learn_sigma)
         self.chains = (
-            nn.ModuleList(PersistentChains(config.n_chains, rbm.n_visible) for rbm in self.dbn.rbms) if config.persistent else None
+            nn.ModuleList(PersistentChains(config.n_chains, rbm.n_hidden) for rbm in self.dbn.rbms) if config.persistent else None
         )
         # PyTorch's initialisation until the greedy phase ends (then the RBM weights, if pretrained).
         kwargs = fully_connected_kwargs(self.dbn, data.num_classes, config.dropout)

@@ -38,6 +38,7 @@ from udl_med.nets.rbm import (
     AISEstimate,
     BernoulliRBM,
     PersistentChains,
+    bernoulli,
     contrastive_divergence_loss,
     make_rbm,
 )
@@ -283,7 +284,7 @@ class RBMMethod(Method):
         super().__init__(config, data)
         self.codec = VisibleCodec(config.visible, (data.in_channels, *data.image_size), config.min_std)
         self.rbm = make_rbm(config.visible, self.codec.n_visible, config.n_hidden, config.init_std, config.learn_sigma)
-        self.chains = PersistentChains(config.n_chains, self.codec.n_visible) if config.persistent else None
+        self.chains = PersistentChains(config.n_chains, config.n_hidden) if config.persistent else None
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._ais: tuple[int, AISEstimate] | None = None  # (step, estimate) of the last evaluation
@@ -372,9 +373,70 @@ class RBMMethod(Method):
         return FULLY_CONNECTED_CLASS, kwargs, {"output.weight": weight.clone(), "output.bias": bias.clone()}
 
 
+class AugmentedBernoulliRBM:
+    """A Bernoulli RBM's ``W``, ``b`` and ``c`` as one matrix, for contrastive divergence on small batches.
+
+    ``M = [[W^T, b], [c^T, +inf]]`` has shape ``(n_visible + 1, n_hidden + 1)``. Visible
+    and hidden vectors carry a last column of ones: ``v_a @ M`` gives the hidden logits
+    with ``c`` added, ``h_a @ M^T`` the visible logits with ``b`` added, and the ``+inf``
+    corner makes the last column of either ``inf``, whose sigmoid is exactly 1, so the
+    ones column carries itself through. One outer product ``v_a^T p_a`` then holds the
+    statistics of ``W``, ``b`` and ``c`` at once. A CD-1 batch is five matrix products, three
+    sigmoids and two samplings, with no bias, gradient or temporary tensors: on batches of
+    ten digits PyTorch's per-operator cost, not arithmetic, is what a batch costs.
+
+    Args:
+        rbm: the model whose parameters are copied in; :meth:`write_back` copies them out.
+    """
+
+    def __init__(self, rbm: BernoulliRBM) -> None:
+        nv, nh = rbm.n_visible, rbm.n_hidden
+        self.n_visible, self.n_hidden = nv, nh
+        self.matrix = rbm.weight.new_empty(nv + 1, nh + 1)
+        with torch.no_grad():
+            self.matrix[:nv, :nh] = rbm.weight.t()
+            self.matrix[:nv, nh] = rbm.visible_bias
+            self.matrix[nv, :nh] = rbm.hidden_bias
+        self.matrix[nv, nh] = math.inf
+        self.matrix_t = self.matrix.t()  # views, made once: they follow the in-place updates
+        self.weight_block = self.matrix[:nv, :nh]  # W^T: the weight cost's target
+
+    @staticmethod
+    def augment(v: Tensor) -> Tensor:
+        """Append the column of ones: ``(N, n) -> (N, n + 1)``."""
+        return torch.cat([v, v.new_ones(v.shape[0], 1)], 1)
+
+    def hidden_probs(self, v_a: Tensor) -> Tensor:
+        """``[p(h = 1 | v), 1]``: ``(B, n_visible + 1) -> (B, n_hidden + 1)``."""
+        return torch.mm(v_a, self.matrix).sigmoid_()
+
+    def visible_probs(self, h_a: Tensor) -> Tensor:
+        """``[p(v = 1 | h), 1]``: ``(B, n_hidden + 1) -> (B, n_visible + 1)``."""
+        return torch.mm(h_a, self.matrix_t).sigmoid_()
+
+    @staticmethod
+    def sample_(probs_a: Tensor, out_a: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Write a binary sample of ``probs_a`` into ``out_a`` (both augmented), keeping its ones column.
+
+        Draws exactly what :func:`udl_med.nets.rbm.bernoulli` draws for the un-augmented
+        probabilities, so the random stream is that of the engine's path.
+        """
+        units = out_a[:, :-1]
+        units.copy_(bernoulli(units if probs_a is out_a else probs_a[:, :-1], generator))
+        return out_a
+
+    def write_back(self, rbm: BernoulliRBM) -> None:
+        """Copy ``W``, ``b`` and ``c`` into ``rbm``'s parameters."""
+        nv, nh = self.n_visible, self.n_hidden
+        with torch.no_grad():
+            rbm.weight.copy_(self.matrix[:nv, :nh].t())
+            rbm.visible_bias.copy_(self.matrix[:nv, nh])
+            rbm.hidden_bias.copy_(self.matrix[nv, :nh])
+
+
 @torch.no_grad()
 def fit_rbm(
-    rbm: RBM,
+    rbm: BernoulliRBM,
     data: Tensor,
     *,
     epochs: int,
@@ -387,58 +449,66 @@ def fit_rbm(
     shuffle: bool = True,
     generator: torch.Generator | None = None,
 ) -> list[float]:
-    """Train ``rbm`` on an in-memory array ``data`` ``(N, n_visible)``, scikit-learn style.
+    """Train a Bernoulli ``rbm`` on an in-memory array ``data`` ``(N, n_visible)``, scikit-learn style.
 
     The update is the one :class:`RBMMethod` makes through the engine (``torch.optim.SGD``
     semantics: ``buf = momentum * buf + g + weight_decay * W``, ``p -= lr * buf``, the
-    weight cost on ``W`` only) on the CD-k / PCD-k gradient, but computed in closed form
-    (:meth:`RBM.cd_grad`) and applied in place: on small models the per-batch
-    overhead of autograd and of the optimizer object dominates. With ``persistent=True``
-    there is one chain per batch row, started at the first batch, and ``lr`` is the step
-    on the batch-mean gradient: scikit-learn's ``BernoulliRBM(learning_rate=lr,
-    batch_size=batch_size, n_iter=epochs)`` update. ``sigma`` of Gaussian visibles stays
-    fixed.
+    weight cost on ``W`` only) on the CD-k / PCD-k gradient, computed in closed form on
+    an :class:`AugmentedBernoulliRBM` and applied in place, since on small models the
+    per-batch cost of autograd and of the optimizer object dominates. With
+    ``persistent=True`` there is one chain per row of the first batch, kept as hidden
+    states like :class:`PersistentChains`, and ``lr`` is the step on the batch-mean
+    gradient: scikit-learn's ``BernoulliRBM(learning_rate=lr, batch_size=batch_size,
+    n_iter=epochs)`` update. Gaussian visibles train through the ``rbm`` method.
 
     Returns:
         the mean-field reconstruction error of the data after each epoch.
     """
+    if not isinstance(rbm, BernoulliRBM):
+        raise ValueError(f"fit_rbm trains Bernoulli RBMs, got {type(rbm).__name__}; use the rbm method for Gaussian visibles")
     if data.ndim != 2 or data.shape[1] != rbm.n_visible:
         raise ValueError(f"data must be (N, {rbm.n_visible}), got {tuple(data.shape)}")
-    if getattr(rbm, "learn_sigma", False):
-        raise ValueError("fit_rbm does not learn sigma; use the rbm method (autograd) for learn_sigma")
-    params = (rbm.weight, rbm.visible_bias, rbm.hidden_bias)
-    decay = (weight_decay, 0.0, 0.0)
-    velocity = [torch.zeros_like(p) for p in params] if momentum > 0 else None
-    bernoulli = isinstance(rbm, BernoulliRBM)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    model = AugmentedBernoulliRBM(rbm)
+    velocity = torch.zeros_like(model.matrix) if momentum > 0 else None
+    velocity_weight = velocity[: rbm.n_visible, : rbm.n_hidden] if velocity is not None else None
+    data_a = model.augment(data)
     n = data.shape[0]
     chain: Tensor | None = None
     errors = []
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator, device=data.device) if shuffle else None
-        for start in range(0, n, batch_size):
-            v = data[order[start : start + batch_size]] if order is not None else data[start : start + batch_size]
-            if persistent:
-                if chain is None:
-                    chain = v.repeat(-(-batch_size // v.shape[0]), 1)[:batch_size]
-                for _ in range(k):
-                    _, h = rbm.sample_h(chain, generator)
-                    _, chain = rbm.sample_v(h, generator)
-                v_model = chain
+        epoch_data = data_a[torch.randperm(n, generator=generator, device=data.device)] if shuffle else data_a
+        for v_a in epoch_data.split(batch_size):
+            p_a = model.hidden_probs(v_a)
+            if chain is None or not persistent:
+                chain = model.sample_(p_a, p_a.clone(), generator)  # h ~ p(h | data)
+            for step in range(k):
+                last = step == k - 1
+                v_model = model.visible_probs(chain)
+                if persistent or not last:  # CD's last step keeps the means (the guide, 3.2)
+                    model.sample_(v_model, v_model, generator)
+                p_model = model.hidden_probs(v_model)
+                if persistent or not last:
+                    model.sample_(p_model, chain, generator)
+            if velocity is None:  # p -= lr * (g + decay * p), without a gradient buffer
+                if weight_decay:
+                    model.weight_block.mul_(1.0 - lr * weight_decay)
+                model.matrix.addmm_(v_a.t(), p_a, alpha=lr / v_a.shape[0]).addmm_(v_model.t(), p_model, alpha=-lr / v_model.shape[0])
             else:
-                v_mean, v_sample = rbm.gibbs(v, k, generator)
-                v_model = v_mean if bernoulli else v_sample
-            for i, (p, g) in enumerate(zip(params, rbm.cd_grad(v, v_model), strict=True)):  # d/dp [mean F(v) - mean F(v~)]
-                if decay[i]:
-                    g.add_(p, alpha=decay[i])
-                if velocity is not None:
-                    g = velocity[i].mul_(momentum).add_(g)
-                p.sub_(g, alpha=lr)
+                velocity.addmm_(v_model.t(), p_model, beta=momentum, alpha=1.0 / v_model.shape[0])
+                velocity.addmm_(v_a.t(), p_a, alpha=-1.0 / v_a.shape[0])
+                if weight_decay:
+                    velocity_weight.add_(model.weight_block, alpha=weight_decay)
+                model.matrix.sub_(velocity, alpha=lr)
+        model.write_back(rbm)
         errors.append(float(rbm.reconstruction_error(data).mean()))
         log.debug("fit_rbm: epoch %d, reconstruction error %.5f", len(errors), errors[-1])
     return errors
 
 
 __all__ = [
+    "AugmentedBernoulliRBM",
     "FULLY_CONNECTED_CLASS",
     "RBMConfig",
     "RBMMethod",

@@ -69,7 +69,7 @@ class AISEstimate:
 
 def bernoulli(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Binary sample with ``P(1) = p``: ``u < p`` for uniform ``u`` (a few times faster than ``torch.bernoulli`` on CPU)."""
-    return torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype).lt_(p)
+    return torch.rand_like(p, generator=generator).lt_(p)
 
 
 def _binary_states(n: int, start: int, stop: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -135,7 +135,7 @@ class RBM(nn.Module):
 
     def hidden_probs(self, v: Tensor) -> Tensor:
         """``p(h = 1 | v)``, ``(B, n_hidden)``: the features ``udl-med encode`` returns."""
-        return torch.sigmoid(self.hidden_logits(v))
+        return self.hidden_logits(v).sigmoid_()
 
     def sample_h(self, v: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Return ``(p(h = 1 | v), a binary sample of h | v)``, each ``(B, n_hidden)``."""
@@ -166,25 +166,6 @@ class RBM(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def cd_grad(self, v_data: Tensor, v_model: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Closed-form gradient of :func:`contrastive_divergence_loss` w.r.t. ``(weight, visible_bias, hidden_bias)``.
-
-        With ``dF/dW = -p(h | v) s(v)^T``, ``dF/dc = -p(h | v)`` and ``dF/db`` by visible
-        type, the gradient is ``<.>_model - <.>_data``: what autograd gives, without a
-        graph and in few kernels (for :func:`udl_med.methods.rbm.fit_rbm`). ``sigma`` is
-        treated as a constant.
-        """
-        n, m = v_data.shape[0], v_model.shape[0]
-        weight = torch.full((n + m, 1), 1.0 / m, device=v_data.device, dtype=v_data.dtype)  # +1/m model, -1/n data
-        weight[:n] = -1.0 / n
-        v = torch.cat([v_data, v_model])  # (n + m, n_visible): one kernel per term for both phases
-        p = self.hidden_probs(v).mul_(weight)
-        g_w = p.t() @ self.scaled_visible(v)
-        g_b = (self.visible_bias_grad(v) * weight).sum(0)
-        g_c = p.sum(0)
-        return g_w, g_b, g_c
-
-    @torch.no_grad()
     def gibbs(self, v: Tensor, k: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Run ``k >= 1`` steps of block Gibbs sampling ``v -> h -> v`` from ``v``.
 
@@ -199,6 +180,20 @@ class RBM(nn.Module):
             _, h = self.sample_h(v, generator)
             v_mean, v = self.sample_v(h, generator)
         return v_mean, v
+
+    @torch.no_grad()
+    def gibbs_from_hidden(self, h: Tensor, k: int = 1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Run ``k >= 1`` steps ``h -> v -> h`` from binary hidden states ``h`` ``(B, n_hidden)``.
+
+        The negative phase of persistent CD: returns the last step's visible sample and
+        hidden sample ``(v, h')``; the chain goes on from ``h'``.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        for _ in range(k):
+            _, v = self.sample_v(h, generator)
+            _, h = self.sample_h(v, generator)
+        return v, h
 
     # --- likelihoods --------------------------------------------------------------
 
@@ -304,7 +299,7 @@ class BernoulliRBM(RBM):
         return v
 
     def visible_mean(self, h: Tensor) -> Tensor:
-        return torch.sigmoid(F.linear(h, self.weight.t(), self.visible_bias))
+        return torch.addmm(self.visible_bias, h, self.weight).sigmoid_()
 
     def sample_v(self, h: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         p = self.visible_mean(h)
@@ -470,31 +465,34 @@ class GaussianBernoulliRBM(RBM):
 class PersistentChains(nn.Module):
     """The fantasy particles of persistent CD (Tieleman 2008), kept as buffers for checkpoints.
 
-    The chains start at the first data batch they see (rows repeated to ``n_chains``)
-    and advance ``k`` Gibbs steps per update, never restarting.
+    The state is the chains' binary hidden units, as in scikit-learn's ``BernoulliRBM``:
+    the hidden sample drawn at the end of one update is where the next update's chains
+    go on (``h -> v -> h``, :meth:`RBM.gibbs_from_hidden`), so no half step is computed
+    twice. The chains start from the first data batch they see (rows repeated to
+    ``n_chains``, hidden units sampled from it) and never restart.
 
     Args:
         n_chains: number of chains.
-        n_visible: visible units of the RBM they sample from.
+        n_hidden: hidden units of the RBM they sample from.
     """
 
-    def __init__(self, n_chains: int, n_visible: int) -> None:
+    def __init__(self, n_chains: int, n_hidden: int) -> None:
         super().__init__()
         if n_chains < 1:
             raise ValueError(f"n_chains must be >= 1, got {n_chains}")
-        self.register_buffer("state", torch.zeros(n_chains, n_visible))
+        self.register_buffer("state", torch.zeros(n_chains, n_hidden))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def advance(self, rbm: RBM, v_data: Tensor, k: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """Advance the chains ``k`` steps; return their new (sampled) state ``(n_chains, n_visible)``."""
+        """Advance the chains ``k`` steps; return their visible samples ``(n_chains, n_visible)``."""
         if not bool(self.started):
             reps = -(-self.state.shape[0] // v_data.shape[0])
-            self.state.copy_(v_data.repeat(reps, 1)[: self.state.shape[0]])
+            self.state.copy_(rbm.sample_h(v_data.repeat(reps, 1)[: self.state.shape[0]], generator)[1])
             self.started.fill_(True)
-        _, v = rbm.gibbs(self.state, k, generator)
-        self.state.copy_(v)
-        return self.state.clone()
+        v, h = rbm.gibbs_from_hidden(self.state, k, generator)
+        self.state.copy_(h)
+        return v
 
 
 def make_rbm(visible: str, n_visible: int, n_hidden: int, init_std: float = 0.01, learn_sigma: bool = False) -> RBM:
