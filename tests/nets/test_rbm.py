@@ -157,7 +157,8 @@ def test_cd1_raises_exact_likelihood_and_pseudo_likelihood_and_lowers_reconstruc
     torch.manual_seed(0)
     rbm = BernoulliRBM(8, 4, init_std=0.01)
     data = tiny_binary_data()
-    before = (rbm.log_likelihood_exact(data).mean(), rbm.pseudo_log_likelihood(data).mean(), rbm.reconstruction_error(data).mean())
+    with torch.no_grad():
+        before = (rbm.log_likelihood_exact(data).mean(), rbm.pseudo_log_likelihood(data).mean(), rbm.reconstruction_error(data).mean())
     train_cd1(rbm, data, steps=300, lr=0.1)
     with torch.no_grad():
         after = (rbm.log_likelihood_exact(data).mean(), rbm.pseudo_log_likelihood(data).mean(), rbm.reconstruction_error(data).mean())
