@@ -176,7 +176,8 @@ def test_gaussian_bernoulli_rbm_learns_continuous_data() -> None:
     data = (data - data.mean(0)) / data.std(0)  # standardised, as the guide advises
     torch.manual_seed(0)
     rbm = GaussianBernoulliRBM(6, 3, init_std=0.01)
-    before = (rbm.log_likelihood_exact(data).mean(), rbm.reconstruction_error(data).mean())
+    with torch.no_grad():
+        before = (rbm.log_likelihood_exact(data).mean(), rbm.reconstruction_error(data).mean())
     train_cd1(rbm, data, steps=400, lr=0.02)
     with torch.no_grad():
         after = (rbm.log_likelihood_exact(data).mean(), rbm.reconstruction_error(data).mean())
