@@ -76,22 +76,6 @@ def resolve_model_folder(model: str) -> Path:
     raise InputError(model, "no such model folder or MLflow model URI")
 
 
-def _build_without_init(method_cls: type[Method], config: Any, data_spec: DataSpec, state_dict: dict[str, torch.Tensor]) -> Method:
-    """The method with ``state_dict`` as its tensors, built on the meta device so no weight is initialised twice.
-
-    Random initialisation of networks that are overwritten at once (a CycleGAN's two
-    discriminators, say) costs more than reading the file. A method that keeps tensors
-    outside its state dict is built the ordinary way.
-    """
-    with torch.device("meta"):
-        method = method_cls(config, data_spec)
-    method.load_state_dict(state_dict, strict=True, assign=True)
-    if any(t.is_meta for t in (*method.parameters(), *method.buffers())):
-        method = method_cls(config, data_spec)
-        method.load_state_dict(state_dict, strict=True)
-    return method
-
-
 def load_model(model: str | Path) -> LoadedModel:
     """Rebuild the trained method that ``model`` names (folder or MLflow URI), eval mode, CPU."""
     folder = resolve_model_folder(str(model))
@@ -109,6 +93,7 @@ def load_model(model: str | Path) -> LoadedModel:
     config = validate_config(content["config"], str(path))
     method_cls = get_method(content["method"])
     data_spec = DataSpec(**content["data_spec"])
-    method = _build_without_init(method_cls, config.model, data_spec, content["state_dict"])
+    method = method_cls(config.model, data_spec)
+    method.load_state_dict(content["state_dict"], strict=True)
     method.eval()
     return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent)
