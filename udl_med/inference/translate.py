@@ -13,6 +13,9 @@ Output units: a translated CT is in Hounsfield units (the run's CT window mapped
 so values lie inside it). MR has no absolute scale; a translated MR maps [-1, 1] onto
 ``MR_OUTPUT_RANGE`` = (0, 1000) arbitrary units, which keeps DICOM's int16 storage fine.
 
+Speed: on the CPU, convolutions with few output channels (a generator's last layer) are
+computed tap by tap (:mod:`udl_med.nets.cpu_inference`), 3-4x faster in oneDNN.
+
 Memory: a 2D model holds the input, the output and one chunk of slices (about
 ``SLICE_PIXELS`` pixels) at a time. A 3D model holds the normalised input, the output
 and MONAI's blending buffers (about four volumes of float32) on the CPU, with only the
@@ -265,6 +268,11 @@ def _load(model: str | Path) -> Any:
         raise UserError(f"{model}: method {method.name!r} cannot translate (use a cyclegan or pix2pix model)")
     if torch.cuda.is_available():
         method.to("cuda")
+    else:
+        from udl_med.nets.cpu_inference import fold_narrow_convolutions
+
+        folded = fold_narrow_convolutions(method)
+        log.debug("translate: %d narrow convolution(s) folded for CPU inference", folded)
     return loaded
 
 
