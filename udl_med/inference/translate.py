@@ -258,30 +258,53 @@ def translate_image(
 # --- the command ---------------------------------------------------------------------
 
 
-def _load(model: str | Path) -> Any:
+class Translator(torch.nn.Module):
+    """A trained translation model ready for inference: its generators, and the run config that says how it was trained.
+
+    Only the generators are kept; discriminators, image pools and losses are dropped as
+    the model loads (a 3D CycleGAN's discriminators hold most of its weights). On the
+    CPU, narrow convolutions are folded for speed (:mod:`udl_med.nets.cpu_inference`).
+    """
+
+    def __init__(self, method: Any, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.name: str = method.name
+        self.config = config
+        self.directions: tuple[str, ...] = tuple(getattr(method, "directions", DIRECTIONS))
+        self.generators = torch.nn.ModuleDict({d: method.generator(d) for d in self.directions})
+
+    def translate(self, x: Tensor, direction: str) -> Tensor:
+        """Translate normalised images ``(B, C, *spatial)`` in ``direction``."""
+        return self.generators[direction](x)
+
+
+def load_translator(model: str | Path) -> Translator:
+    """The :class:`Translator` of a ``cyclegan`` or ``pix2pix`` model (folder or MLflow URI): eval mode, on CUDA when there is one.
+
+    Raises:
+        InputError: no model there.
+        UserError: the method cannot translate.
+    """
     from udl_med.engine.model_io import load_model
     from udl_med.methods.base import Capability
 
     loaded = load_model(model)
-    method = loaded.method
-    if Capability.TRANSLATE not in method.capabilities:
-        raise UserError(f"{model}: method {method.name!r} cannot translate (use a cyclegan or pix2pix model)")
+    if Capability.TRANSLATE not in loaded.method.capabilities:
+        raise UserError(f"{model}: method {loaded.method.name!r} cannot translate (use a cyclegan or pix2pix model)")
+    translator = Translator(loaded.method, loaded.config).eval()
+    del loaded  # the discriminators go with the method
     if torch.cuda.is_available():
-        method.to("cuda")
+        translator.to("cuda")
     else:
         from udl_med.nets.cpu_inference import fold_narrow_convolutions
 
-        folded = fold_narrow_convolutions(method)
+        folded = fold_narrow_convolutions(translator)
         log.debug("translate: %d narrow convolution(s) folded for CPU inference", folded)
-    return loaded
-
-
-def _directions(method: Any) -> tuple[str, ...]:
-    return tuple(getattr(method, "directions", DIRECTIONS))
+    return translator
 
 
 def _translate_one(
-    loaded: Any,
+    translator: Translator,
     src: Path,
     dst: Path | Callable[[str], Path],
     direction: str | None,
@@ -299,15 +322,15 @@ def _translate_one(
         image_kind(dst)  # an unknown output suffix fails before any work
     image = read_image(src)
     modality = modality or image.meta.get("modality")
-    available = _directions(loaded.method)
+    available = translator.directions
     if skip_other and modality in ("CT", "MR"):
         wanted = direction or {SOURCE[d]: d for d in available}.get(modality)
         if wanted is None or SOURCE[wanted] != modality:
             return None
     direction = resolve_direction(direction, modality, available, src)
-    setup = TranslationSetup.from_config(loaded.config)
+    setup = TranslationSetup.from_config(translator.config)
     start = time.perf_counter()
-    out = translate_image(loaded.method, image, direction, setup, progress=progress)
+    out = translate_image(translator, image, direction, setup, progress=progress)
     del image
     dst = dst if isinstance(dst, Path) else dst(direction)
     write_image(out, dst)
@@ -381,15 +404,15 @@ def translate_path(
     single = len(records) == 1 and records[0].path == input_path and input_path.suffix.lower() != ".csv"
     if single:
         image_kind(out_path)
-        loaded = _load(model)
-        result = _translate_one(loaded, input_path, out_path, direction, records[0].modality, progress)
-        return {**(result or {}), "method": loaded.method.name}
+        translator = load_translator(model)
+        result = _translate_one(translator, input_path, out_path, direction, records[0].modality, progress)
+        return {**(result or {}), "method": translator.name}
 
     if image_kind(out_path) != "dicom" or out_path.is_file():
         raise InputError(out_path, "a folder or manifest input needs an output folder name (no file suffix)")
-    loaded = _load(model)
+    translator = load_translator(model)
     base = input_path.parent if input_path.is_file() else input_path
-    available = _directions(loaded.method)
+    available = translator.directions
     translated, skipped, failures, outputs = 0, 0, [], []
     rows: list[tuple[str, str, str]] = []
     by_modality = {SOURCE[d]: d for d in available}
@@ -404,7 +427,7 @@ def translate_path(
             def dst(d: str, record_path: Path = record.path) -> Path:
                 return _output_for(record_path, base, out_path, d)
 
-            result = _translate_one(loaded, record.path, dst, direction, record.modality, progress=False, skip_other=True)
+            result = _translate_one(translator, record.path, dst, direction, record.modality, progress=False, skip_other=True)
             if result is None:
                 skipped += 1
                 continue
@@ -422,7 +445,7 @@ def translate_path(
     return {
         "input": str(input_path),
         "output": str(out_path),
-        "method": loaded.method.name,
+        "method": translator.name,
         "volumes": len(records),
         "translated": translated,
         "skipped": skipped,

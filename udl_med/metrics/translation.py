@@ -178,7 +178,7 @@ def evaluate_translation(
     """Translate every paired subject of ``split`` and score it against the truth.
 
     Args:
-        model: a model folder / MLflow URI, or a :class:`~udl_med.engine.model_io.LoadedModel`.
+        model: a model folder / MLflow URI, or a :class:`~udl_med.inference.translate.Translator`.
         source: a manifest or folder with paired CT and MR (``subject``, ``modality``).
         split: the manifest split to evaluate (``None``: all).
         directions: ``ct2mr`` and/or ``mr2ct`` (default: every direction the model has).
@@ -195,12 +195,11 @@ def evaluate_translation(
     """
     from udl_med.data.io import read_image
     from udl_med.data.preview import save_grid
-    from udl_med.inference.translate import SOURCE, TARGET, TranslationSetup, output_params, to_unit, translate_image
+    from udl_med.inference.translate import SOURCE, TARGET, Translator, TranslationSetup, load_translator, output_params, to_unit, translate_image
 
-    loaded = model if hasattr(model, "method") else _load(model)
-    method = loaded.method
-    setup = TranslationSetup.from_config(loaded.config)
-    available = tuple(getattr(method, "directions", ("ct2mr", "mr2ct")))
+    translator = model if isinstance(model, Translator) else load_translator(model)
+    setup = TranslationSetup.from_config(translator.config)
+    available = translator.directions
     directions = tuple(directions or available)
     for d in directions:
         if d not in available:
@@ -219,7 +218,7 @@ def evaluate_translation(
         images = {"CT": ct_img, "MR": mr_img}
         for d in directions:
             src, tgt = SOURCE[d], TARGET[d]
-            out = translate_image(method, images[src], d, setup, progress=progress).as_tensor()[0]
+            out = translate_image(translator, images[src], d, setup, progress=progress).as_tensor()[0]
             pred = to_unit(out, output_params(tgt, setup))
             per[d].append(translation_metrics(pred, norm[tgt], mask, tgt, setup.ct_window))
             xs, ys, ms = fit_data[d]
@@ -257,16 +256,6 @@ def evaluate_translation(
             artifacts.append(str(save_grid(grid, Path(out_dir) / f"translation_{d}.png", nrow=3)))
     result["artifacts"] = artifacts
     return result
-
-
-def _load(model: str | Path) -> Any:
-    from udl_med.engine.model_io import load_model
-    from udl_med.methods.base import Capability
-
-    loaded = load_model(model)
-    if Capability.TRANSLATE not in loaded.method.capabilities:
-        raise UserError(f"{model}: method {loaded.method.name!r} cannot translate")
-    return loaded
 
 
 def evaluate_translation_step(
