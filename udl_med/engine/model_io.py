@@ -83,7 +83,7 @@ def load_model(model: str | Path) -> LoadedModel:
     if path is None:
         raise InputError(model, f"no {keys.MODEL_FILE} inside; is this a folder written by udl-med train or export?")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise InputError(path, f"unreadable model file ({type(err).__name__})") from None
     if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
