@@ -114,6 +114,21 @@ def _inferer(setup: TranslationSetup) -> dict[str, Any]:
     return {"_target_": "SliceInferer", "spatial_dim": setup.slice_axis, "roi_size": list(setup.roi_size), **common}
 
 
+def _image_format(modality: str, spatial: Any) -> dict[str, Any]:
+    """A bundle's description of one input or output image: normalised patches of ``modality``."""
+    return {
+        "type": "image",
+        "format": "hounsfield" if modality == "CT" else "magnitude",
+        "modality": modality,
+        "num_channels": 1,
+        "spatial_shape": spatial,
+        "dtype": "float32",
+        "value_range": [-1, 1],
+        "is_patch_data": True,
+        "channel_def": {"0": "image"},
+    }
+
+
 def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
     """Write a MONAI bundle that translates with ``loaded``'s generators (see the module docstring).
 
@@ -185,32 +200,8 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         "intended_use": "research only; not for diagnosis",
         "udl_med": {"directions": list(directions), "default_direction": default, **_normalisation(setup), "python": platform.python_version()},
         "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "hounsfield" if SOURCE[default] == "CT" else "magnitude",
-                    "modality": SOURCE[default],
-                    "num_channels": 1,
-                    "spatial_shape": spatial,
-                    "dtype": "float32",
-                    "value_range": [-1, 1],
-                    "is_patch_data": True,
-                    "channel_def": {"0": "image"},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "hounsfield" if TARGET[default] == "CT" else "magnitude",
-                    "modality": TARGET[default],
-                    "num_channels": 1,
-                    "spatial_shape": spatial,
-                    "dtype": "float32",
-                    "value_range": [-1, 1],
-                    "is_patch_data": True,
-                    "channel_def": {"0": "image"},
-                }
-            },
+            "inputs": {"image": _image_format(SOURCE[default], spatial)},
+            "outputs": {"pred": _image_format(TARGET[default], spatial)},
         },
     }
     (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
