@@ -167,8 +167,8 @@ def gradient_penalty(
     return ((norm - 1.0) ** 2).mean()
 
 
-class CycleConsistencyLoss(nn.Module):
-    """``|| F(G(x)) - x ||_1``: the cycle loss of CycleGAN (Zhu et al. 2017, eq. 2).
+class _L1Loss(nn.Module):
+    """``|| output - target ||_1`` in float32, the shared body of the cycle and identity losses.
 
     Args:
         reduction: ``mean``, ``sum`` or ``none``.
@@ -178,26 +178,20 @@ class CycleConsistencyLoss(nn.Module):
         super().__init__()
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, reconstructed: Tensor, original: Tensor) -> Tensor:
-        return F.l1_loss(reconstructed.float(), original.float(), reduction=self.reduction)
+    def forward(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(output.float(), target.float(), reduction=self.reduction)
 
 
-class IdentityLoss(nn.Module):
-    """``|| G(y) - y ||_1``: CycleGAN's identity loss (Zhu et al. 2017, section 5.2).
+class CycleConsistencyLoss(_L1Loss):
+    """``|| F(G(x)) - x ||_1``: the cycle loss of CycleGAN (Zhu et al. 2017, eq. 2); called as ``(reconstructed, original)``."""
+
+
+class IdentityLoss(_L1Loss):
+    """``|| G(y) - y ||_1``: CycleGAN's identity loss (Zhu et al. 2017, section 5.2); called as ``(mapped, original)``.
 
     It keeps a generator from changing an image already in its target domain, which
     preserves intensity ranges and tissue contrast.
-
-    Args:
-        reduction: ``mean``, ``sum`` or ``none``.
     """
-
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = _check_reduction(reduction)
-
-    def forward(self, mapped: Tensor, original: Tensor) -> Tensor:
-        return F.l1_loss(mapped.float(), original.float(), reduction=self.reduction)
 
 
 def set_requires_grad(modules: Sequence[nn.Module], flag: bool) -> None:
