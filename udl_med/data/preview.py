@@ -68,3 +68,82 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+SCATTER_SIZE = 400  # side of a scatter plot in pixels
+_SCATTER_MARGIN = 24  # pixels between the image edge and the axes box
+
+
+def save_scatter(
+    points: Tensor | np.ndarray,
+    path: str | Path,
+    centres: Tensor | np.ndarray | None = None,
+    limits: tuple[float, float] | None = None,
+) -> Path:
+    """Scatter plot of 2D points as a PNG (400 x 400 px, PIL only; written atomically).
+
+    Points are small blue dots, mode centres open red circles, inside a black axes box
+    labelled with its limits; x runs left to right, y bottom to top. Points outside the
+    limits are drawn on the box edge (so they stay visible).
+
+    Args:
+        points: ``(N, 2)`` coordinates.
+        path: the PNG file.
+        centres: ``(M, 2)`` mode means to mark, or ``None``.
+        limits: ``(low, high)`` of both axes (default: the centres' extent plus a quarter
+            on each side, or the points' extent when there are no centres).
+    """
+    from PIL import Image, ImageDraw
+
+    def as_xy(a: Tensor | np.ndarray, name: str) -> np.ndarray:
+        a = a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, np.float64)
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"{name} must be (N, 2), got shape {tuple(a.shape)}")
+        return a
+
+    xy = as_xy(points, "points")
+    c = as_xy(centres, "centres") if centres is not None else None
+    if limits is None:
+        ref = c if c is not None and len(c) else xy[np.isfinite(xy).all(1)]
+        if len(ref) == 0:
+            lo, hi = -1.0, 1.0
+        else:
+            lo, hi = float(ref.min()), float(ref.max())
+            pad = 0.25 * max(hi - lo, 1e-6) if c is not None else 0.05 * max(hi - lo, 1e-6)
+            lo, hi = lo - pad, hi + pad
+    else:
+        lo, hi = float(limits[0]), float(limits[1])
+    if not hi > lo:
+        raise ValueError(f"limits must be (low, high) with low < high, got {limits}")
+
+    size, m = SCATTER_SIZE, _SCATTER_MARGIN
+    box = size - 2 * m
+
+    def to_px(a: np.ndarray) -> np.ndarray:
+        a = a[np.isfinite(a).all(1)]
+        u = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+        return np.stack([m + u[:, 0] * box, m + (1.0 - u[:, 1]) * box], 1)
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([m, m, m + box, m + box], outline="black")
+    if c is not None:  # open red circles, under the dots so that the dots stay visible
+        for px, py in to_px(c):
+            draw.ellipse([px - 8, py - 8, px + 8, py + 8], outline=(220, 0, 0), width=2)
+    for px, py in to_px(xy):
+        draw.rectangle([px - 1, py - 1, px + 1, py + 1], fill=(30, 80, 200))
+    draw.text((m, m + box + 4), f"{lo:g}", fill="black")
+    draw.text((m + box - 6 * len(f"{hi:g}"), m + box + 4), f"{hi:g}", fill="black")
+    draw.text((2, m), f"{hi:g}", fill="black")
+    draw.text((m + 4, 6), f"n={len(xy)}", fill="black")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
