@@ -7,6 +7,7 @@ CT = "ct"  # paired / unpaired translation batches: CT image
 MR = "mr"  # paired / unpaired translation batches: MR image
 PATH = "path"  # source file of each item
 MODALITY = "modality"
+UNLABELED_IMAGE = "unlabeled_image"  # semi-supervised batches: an unlabeled item beside each labeled (image, label)
 
 # Manifest columns (shared/DESIGN.md).
 MANIFEST_COLUMNS = ("image", "label", "modality", "subject", "split")
@@ -16,6 +17,8 @@ MODALITIES = ("CT", "MR")
 MODEL_FILE = "udl_med_model.pt"
 ENCODER_JSON = "encoder.json"
 ENCODER_WEIGHTS = "encoder.pt"
+CLASSIFIER_JSON = "classifier.json"  # export --format classifier
+CLASSIFIER_WEIGHTS = "classifier.pt"
 
 # Log keys of the autoencoder family (train_step / evaluate).
 LOSS = "loss"
@@ -35,3 +38,10 @@ PSEUDO_LL = "pseudo_log_likelihood"  # mean sum_i log p(v_i | v_-i) per image (B
 LOG_LIKELIHOOD = "log_likelihood"  # mean log p(v) per image: exact (tiny models) or AIS
 LOG_Z_STD = "log_z_std"  # standard error of the AIS estimate of log Z
 ACCURACY = "accuracy"  # held-out classification accuracy (fine-tuned classifiers)
+
+# Log keys of the semi-supervised K+1 GAN.
+CE = "ce"  # cross-entropy on the labeled batch
+UNSUPERVISED = "unsupervised"  # K+1 real-versus-generated loss on the unlabeled and generated batches
+GENERATOR = "generator"  # generator loss (feature matching or non-saturating)
+D_REAL = "d_real"  # mean D(x) = Z / (Z + 1) on unlabeled data
+D_FAKE = "d_fake"  # mean D(G(z))
