@@ -138,6 +138,10 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
     method = loaded.method
     if Capability.SAMPLE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot sample")
+    try:
+        method.check_sample_label(label)
+    except ValueError as err:
+        raise UserError(f"{loaded.source}: {err}") from None
     data = loaded.config.get("data", {})
     spacing, modality = _training_geometry(data)
     geometry = Geometry.create(spacing, (0.0, 0.0, 0.0), np.eye(3))
