@@ -143,7 +143,8 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         self.start_size = tuple(s // 2 ** len(self.channels) for s in self.image_size)
         _check_instance(norm, self.start_size, "the first feature map (image_size / 2^len(channels))")
 
-        self.project = nn.Linear(latent_dim + num_classes, self.channels[0] * math.prod(self.start_size), bias=norm == "none")
+        projected = self.channels[0] * math.prod(self.start_size)
+        self.project = nn.Linear(latent_dim + num_classes, projected, bias=norm == "none")  # z -> first map
         self.project_norm = norm_layer(norm, spatial_dims, self.channels[0])
         self.project_act = get_act_layer(_G_ACT)
         outs = self.channels[1:] + (out_channels,)
@@ -236,7 +237,8 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         self.features_dim = self.channels[-1] * math.prod(self.final_size)
 
         self.input_noise = GaussianNoise(input_noise_std)
-        layers: list[nn.Module] = [_stage(spatial_dims, in_channels + num_classes, self.channels[0], False, "none", _D_ACT)]
+        first = _stage(spatial_dims, in_channels + num_classes, self.channels[0], False, "none", _D_ACT)  # no norm
+        layers: list[nn.Module] = [first]
         for cin, cout in zip(self.channels[:-1], self.channels[1:]):
             layers.append(GaussianNoise(hidden_noise_std))
             layers.append(_stage(spatial_dims, cin, cout, False, norm, _D_ACT))

@@ -52,7 +52,9 @@ class GaussianNoise(nn.Module):
         return x
 
 
-def one_hot_labels(labels: Tensor | None, num_classes: int, batch: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
+def one_hot_labels(
+    labels: Tensor | None, num_classes: int, batch: int, device: torch.device, dtype: torch.dtype
+) -> Tensor | None:
     """One-hot ``(B, num_classes)`` of ``labels`` ``(B,)``; ``None`` for an unconditional network.
 
     Raises:

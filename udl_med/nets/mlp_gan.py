@@ -170,6 +170,10 @@ class MLPDiscriminator(ReferenceBatchMixin, nn.Module):
         )
         self.score = nn.Linear(self.features_dim + minibatch_kernels, out_features)
 
+    def set_reference(self, x_ref: Tensor, labels_ref: Tensor | None = None) -> None:
+        """Store the reference batch (``(R, in_features)``, or images flattened to it) for virtual batch norm."""
+        super().set_reference(x_ref.flatten(1) if x_ref.ndim > 2 else x_ref, labels_ref)
+
     def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(scores (B, out_features), features (B, hidden[-1]))``; features = the last hidden layer."""
         x = x.flatten(1) if x.ndim > 2 else x

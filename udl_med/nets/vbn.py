@@ -201,7 +201,9 @@ class ReferenceBatchMixin:
         """``out`` without its first ``n`` (reference) rows."""
         return out[n:] if n else out
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # a freshly built network has no reference buffers yet: make room for the saved ones
         for name in ("reference_x", "reference_labels"):
             key = prefix + name
