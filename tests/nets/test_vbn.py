@@ -139,3 +139,16 @@ def test_mlp_vbn_independent_of_batch() -> None:
     d.set_reference(torch.randn(8, 2))
     x = torch.randn(4, 2)
     assert torch.allclose(d(x)[2:3], d(x[2:3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_dcgan_generator_vbn_sample_independent_of_batch(spatial_dims: int) -> None:
+    torch.manual_seed(4)
+    size = 16 if spatial_dims == 2 else 8
+    g = DCGANGenerator(spatial_dims, 6, 1, size, channels=(8, 4), norm="virtual_batch", num_classes=2)
+    g.set_reference(torch.randn(5, 6), torch.tensor([0, 1, 0, 1, 0]))
+    z, labels = torch.randn(4, 6), torch.tensor([0, 1, 1, 0])
+    batch = g(z, labels)
+    assert batch.shape == (4, 1, *(size,) * spatial_dims)
+    assert torch.allclose(g(z[1:2], labels[1:2]), batch[1:2], atol=1e-6)
+    assert torch.allclose(g(z[[3, 1]], labels[[3, 1]]), batch[[3, 1]], atol=1e-6)
