@@ -45,3 +45,10 @@ UNSUPERVISED = "unsupervised"  # K+1 real-versus-generated loss on the unlabeled
 GENERATOR = "generator"  # generator loss (feature matching or non-saturating)
 D_REAL = "d_real"  # mean D(x) = Z / (Z + 1) on unlabeled data
 D_FAKE = "d_fake"  # mean D(G(z))
+
+# Log keys of the `gan` method (its d_real / d_fake are D's mean raw scores: logits, or critic values).
+LOSS_G = "loss_g"  # generator loss (adversarial, feature matching or unrolled, plus historical averaging)
+LOSS_D = "loss_d"  # discriminator / critic loss, mean over the step's D steps
+GRADIENT_PENALTY = "gradient_penalty"  # WGAN-GP penalty before its weight
+WASSERSTEIN = "wasserstein"  # held-out critic estimate E f(x) - E f(G(z))
+D_ACCURACY = "d_accuracy"  # held-out share of real scored > 0 and fakes scored < 0
