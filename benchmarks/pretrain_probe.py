@@ -4,7 +4,7 @@ The pretraining job (``pipelines/pretrain-encoder.yaml``) in one process, over s
 seeds. Per seed: train the convolutional autoencoder of ``configs/ae2d-phantom.yaml``
 with the engine (``train()``, MLflow in a temporary store) on 48 unlabeled phantoms
 (64 x 64 x 16, 32 x 32 crops of axial slices, CT and MR), export its encoder
-(``monai.networks.nets.Regressor``), and score it with :func:`udl_med.metrics.probe.probe_step`
+(``monai.networks.nets.Regressor``), and score it with :func:`udl_med.evaluation.probe.probe_step`
 on 150 held-out phantoms (another seed of anatomies) against the same architecture from
 random initialisation:
 
@@ -43,7 +43,7 @@ def run(seeds: int, steps: int, n_pretrain: int, n_heldout: int, workdir: Path) 
     from udl_med.engine.config import load_config
     from udl_med.engine.train import train
     from udl_med.inference.export import export_model
-    from udl_med.metrics.probe import probe_step
+    from udl_med.evaluation.probe import probe_step
 
     pre = write_phantoms(workdir / "pretrain", n=n_pretrain, shape=(64, 64, 16), seed=0)
     held = write_phantoms(workdir / "heldout", n=n_heldout, shape=(64, 64, 16), seed=1)

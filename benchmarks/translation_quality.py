@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     from udl_med.data.phantoms import write_phantoms
-    from udl_med.metrics.translation import evaluate_translation
+    from udl_med.evaluation.translation import evaluate_translation
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -9,7 +9,7 @@ import pytest
 
 from udl_med.cli import build_parser, main
 
-COMMANDS = ["phantoms", "info", "convert", "train", "sample", "encode", "fid", "translate", "export", "pipeline", "demo"]
+COMMANDS = ["phantoms", "info", "convert", "train", "sample", "encode", "fid", "translate", "export", "pipeline", "demo", "configs"]
 
 
 def test_every_contract_command_exists() -> None:

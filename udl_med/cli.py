@@ -24,6 +24,12 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(result, default=str, sort_keys=True))
         return
     for key, value in result.items():
+        if isinstance(value, dict) and value and all(isinstance(v, str | int | float) for v in value.values()):
+            print(f"{key}:")  # a table, e.g. `udl-med configs`
+            width = max(len(str(k)) for k in value)
+            for name, text in value.items():
+                print(f"  {str(name):<{width}}  {text}")
+            continue
         print(f"{key}: {value}")
 
 
@@ -50,8 +56,9 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.engine.train import train_from_file
+    from udl_med.shipped import resolve_shipped
 
-    return train_from_file(args.config, overrides=args.set, resume=args.resume)
+    return train_from_file(resolve_shipped("configs", args.config), overrides=args.set, resume=args.resume)
 
 
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +105,12 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     return run_pipeline(args.pipeline, overrides=args.set)
 
 
+def cmd_configs(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.shipped import list_shipped
+
+    return list_shipped()
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.demo import run_demo
 
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     overrides_help = "override a config value, e.g. --set train.steps=100 (repeatable)"
     p = add("train", cmd_train, "train the method a YAML config names; tracked in MLflow")
-    p.add_argument("config")
+    p.add_argument("config", help="a config file, or the name of a shipped config (`udl-med configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
 
@@ -174,8 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["bundle", "encoder", "torchscript"], default="encoder")
 
     p = add("pipeline", cmd_pipeline, "run a multi-step pipeline as nested MLflow runs")
-    p.add_argument("pipeline")
+    p.add_argument("pipeline", help="a pipeline file, or the name of a shipped pipeline (`udl-med configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
+
+    add("configs", cmd_configs, "list the shipped configs and pipelines with their one-line descriptions")
 
     p = add("demo", cmd_demo, "make phantoms and train tiny models for every job, tracked in MLflow")
     p.add_argument("--out", default="demo-out")
@@ -192,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=True,  # each call logs to the current stderr (main() may be called several times in one process)
     )
     from udl_med.errors import RunError, UserError
+    from udl_med.io_utils import terminate_as_interrupt
 
+    terminate_as_interrupt()  # SIGTERM cleans up half-written files as Ctrl-C does
     try:
         result = args.func(args)
     except UserError as err:

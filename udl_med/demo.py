@@ -1,7 +1,7 @@
 """`udl-med demo`: every job at tiny scale on phantoms, as one pipeline tracked in MLflow.
 
 The demo is an ordinary pipeline (see ``udl_med.engine.pipeline``) built here so that
-it needs no file besides the repository's configs: it makes phantoms, pretrains an
+it needs no file besides the shipped configs (:mod:`udl_med.shipped`): it makes phantoms, pretrains an
 autoencoder and probes its exported encoder, samples a VAE and judges the samples with
 FID/KID, trains a small CycleGAN and translates a held-out CT to MR, and trains an RBM.
 Each step is a nested MLflow run under one ``demo`` run.
@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from udl_med.errors import UserError
+from udl_med.io_utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 MARKER = ".udl-med-demo"  # the demo only ever clears a folder it made itself
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _config(name: str) -> str:
-    path = CONFIGS / name
-    if not path.is_file():
-        raise UserError(f"{path}: demo config missing (the demo runs from a source checkout, e.g. after `make demo`)")
+    """A shipped config (package data in a wheel, ``configs/`` in a checkout)."""
+    from udl_med.shipped import find_shipped
+
+    path = find_shipped("configs", name)
+    if path is None:
+        raise UserError(f"{name}: demo config missing from the shipped configs (`udl-med configs` lists them)")
     return str(path)
 
 
@@ -84,7 +87,7 @@ def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
             raise UserError(f"{out}: exists and was not made by udl-med demo; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("made by udl-med demo; cleared by the next demo\n")
+    atomic_write_text(out / MARKER, "made by udl-med demo; cleared by the next demo\n")
     pipeline = PipelineConfig(name="demo", workdir=str(out), tracking={"experiment": "udl-med-demo"}, steps=demo_steps())
     result = run_pipeline_config(pipeline, source="udl-med demo")
     uri = result["tracking_uri"]

@@ -15,7 +15,7 @@ from udl_med.engine.model_io import LoadedModel
 from udl_med.errors import InputError, UserError
 from udl_med.inference.export_encoder import export_encoder
 from udl_med.methods.base import DataSpec, get_method
-from udl_med.metrics.probe import (
+from udl_med.evaluation.probe import (
     fit_linear_head,
     linear_probe_accuracy,
     probe_items,

@@ -8,7 +8,7 @@ import pytest
 from translationkit import tiny_model
 
 from udl_med.errors import InputError, UserError
-from udl_med.metrics.translation import evaluate_translation, evaluate_translation_step, paired_subjects
+from udl_med.evaluation.translation import evaluate_translation, evaluate_translation_step, paired_subjects
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from udl_med.data.io import list_images, read_image
 from udl_med.engine.model_io import load_model
 from udl_med.errors import InputError, UserError
 from udl_med.inference import translate as tr
+from udl_med.inference import translation_setup, window_engines
 from udl_med.inference.translate import TranslationSetup, translate_image, translate_path
 
 
@@ -91,8 +92,8 @@ def test_dicom_series_in_and_out(model_2d: str, tmp_path: Path) -> None:
 def test_chunks_do_not_change_the_result(model_2d: str, phantom_manifest: Path, tmp_path: Path, monkeypatch) -> None:
     mr_path = phantom_manifest.parent / "sub-000" / "mr.nii.gz"
     translate_path(model_2d, mr_path, tmp_path / "a.nii.gz", progress=False)
-    monkeypatch.setattr(tr, "SLICE_PIXELS", 32 * 32 * 2)  # two slices per chunk
-    monkeypatch.setattr(tr, "PERCENTILE_SAMPLE", 10_000)  # MR percentiles from a strided sample
+    monkeypatch.setattr(window_engines, "SLICE_PIXELS", 32 * 32 * 2)  # two slices per chunk
+    monkeypatch.setattr(translation_setup, "PERCENTILE_SAMPLE", 10_000)  # MR percentiles from a strided sample
     translate_path(model_2d, mr_path, tmp_path / "b.nii.gz", progress=False)
     a, b = read_image(tmp_path / "a.nii.gz").numpy(), read_image(tmp_path / "b.nii.gz").numpy()
     assert np.abs(a - b).max() < 5.0  # HU; only the sampled percentiles differ

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_translate_pipeline(tmp_path: Path, tracking_uri: str, monkeypatch) -> None:
-    monkeypatch.chdir(ROOT)  # the pipeline names configs/ relative to the repository
+    monkeypatch.chdir(tmp_path)  # outputs relative to the working directory; the config is a shipped name
     result = run_pipeline(
         ROOT / "pipelines" / "translate-ct-mr.yaml",
         overrides=[
@@ -24,7 +24,7 @@ def test_translate_pipeline(tmp_path: Path, tracking_uri: str, monkeypatch) -> N
             f"tracking.uri={tracking_uri}",
             "steps.phantoms.with.n=6",
             "steps.phantoms.with.shape=[32,32,12]",
-            "steps.train.with.config=configs/cyclegan-tiny.yaml",
+            "steps.train.with.config=cyclegan-tiny",  # a shipped config, by name
             "steps.evaluate.with.max_subjects=1",
         ],
     )

@@ -17,8 +17,6 @@ name and renamed, so a failure never leaves a half-written series.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import numpy as np
 
 from udl_med.data.geometry import Geometry
 from udl_med.errors import InputError
+from udl_med.io_utils import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -382,10 +381,7 @@ def write_dicom_series(
     row, col = direction[:, 0], direction[:, 1]
     series_number = str(int(tags.get("SeriesNumber", "0") or 0) + 1000) if str(tags.get("SeriesNumber", "")).isdigit() else "1000"
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    def write_slices(tmp: Path) -> None:
         for k in range(array.shape[2]):
             sop_uid = uid("instance", k)
             meta = FileMetaDataset()
@@ -428,24 +424,15 @@ def write_dicom_series(
             ds.RescaleType = "HU" if modality == "CT" else "US"
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (X, Y) -> rows (Y) x columns (X)
             ds.save_as(tmp / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_folder(folder, write_slices, replace=_check_replaceable)
     return folder
 
 
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """Rename ``tmp`` to ``folder``; an existing folder must hold only ``.dcm`` files."""
-    if folder.exists():
-        if not folder.is_dir():
-            raise InputError(folder, "exists and is not a folder; cannot write a DICOM series there")
-        others = [p for p in folder.iterdir() if p.suffix.lower() != ".dcm" or not p.is_file()]
-        if others:
-            raise InputError(folder, f"folder exists and holds other files ({others[0].name}); not overwriting")
-        trash = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(folder, trash)
-        os.rename(tmp, folder)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, folder)
+def _check_replaceable(folder: Path) -> None:
+    """An existing output folder may be replaced only when it holds nothing but ``.dcm`` files."""
+    if not folder.is_dir():
+        raise InputError(folder, "exists and is not a folder; cannot write a DICOM series there")
+    others = [p for p in folder.iterdir() if p.suffix.lower() != ".dcm" or not p.is_file()]
+    if others:
+        raise InputError(folder, f"folder exists and holds other files ({others[0].name}); not overwriting")

@@ -38,11 +38,7 @@ patient and study per subject); the tissue map stays NIfTI.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +173,8 @@ def write_phantoms(
         InputError: ``n < 1``, a shape value below 8, an unknown format, or ``out`` is a file.
     """
     from udl_med.data.dicom import write_dicom_series
-    from udl_med.data.io import write_image
+    from udl_med.data.manifest import write_manifest
+    from udl_med.data.writers import write_image
 
     out = Path(out)
     if n < 1:
@@ -220,7 +217,7 @@ def write_phantoms(
                 image = f"{subject}/{name}.nii.gz"
             rows.append({"image": image, "label": ph.lesion_class, "modality": modality, "subject": subject, "split": splits[i]})
     manifest = out / "manifest.csv"
-    _write_csv(rows, manifest)
+    write_manifest(manifest, rows)
     log.info("wrote %d phantom subjects to %s", n, out)
     return {
         "out": str(out),
@@ -250,13 +247,3 @@ def _tensor(array: np.ndarray, meta: dict[str, Any]):
 
 def _write_labels(ph: Phantom, path: Path, write_image, meta: dict[str, Any]) -> None:
     write_image(_tensor(ph.tissue, meta), path)
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "label", "modality", "subject", "split"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from udl_med.io_utils import atomic_write
 
 
 def to_tiles(images: Tensor) -> np.ndarray:
@@ -58,16 +58,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
     for i in range(b):
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tiles[i]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
-    try:
-        Image.fromarray(grid, mode="L").save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda tmp: Image.fromarray(grid, mode="L").save(tmp, format="PNG"))
 
 
 SCATTER_SIZE = 400  # side of a scatter plot in pixels
@@ -137,13 +128,4 @@ def save_scatter(
     draw.text((2, m), f"{hi:g}", fill="black")
     draw.text((m + 4, 6), f"n={len(xy)}", fill="black")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))

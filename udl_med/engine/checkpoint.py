@@ -8,36 +8,18 @@ and the RNG states. The data position is the step itself (see ``data_order``).
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from udl_med.io_utils import atomic_write  # re-exported: checkpoints were its first user
+
+__all__ = ["atomic_write", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it over ``path``.
-
-    A failure (or a kill) leaves either the old file or none, never half a file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -11,12 +11,21 @@ A pipeline YAML file::
         with: {out: "${workdir}/phantoms", n: 24}
       - name: train
         run: train
-        with: {config: configs/ae2d-phantom.yaml, set: ["data.source=${steps.phantoms.manifest}"]}
+        with: {config: ae2d-phantom, set: ["data.source=${steps.phantoms.manifest}"]}   # a shipped config name or a path
 
 ``run`` names a step kind (a library function ``fn(**params) -> dict``); a step refers
 to the work folder as ``${workdir}`` and to an earlier step's outputs as
 ``${steps.<name>.<key>}``. ``--set steps.<name>.with.<key>=value`` overrides a step's
-parameter. A ``train`` step is itself the nested run; every other step gets a nested
+parameter.
+
+Paths: ``udl-med pipeline NAME`` runs a shipped pipeline (:mod:`udl_med.shipped`). A
+step's input paths written in the file (``INPUT_PARAMS``: a train step's ``config``, a
+probe's ``data`` ...) resolve relative to the pipeline file, and a train step's
+``config`` may be a shipped config name; values given with ``--set`` resolve against
+the working directory, like every path on the command line. Outputs (``workdir``,
+``out``, ``output`` ...) are relative to the working directory.
+
+A ``train`` step is itself the nested run; every other step gets a nested
 run that records its parameters, numeric outputs as metrics and any ``artifacts``.
 """
 
@@ -48,8 +57,21 @@ STEP_KINDS: dict[str, str] = {
     "sample": "udl_med.inference.sample:sample_to_dir",
     "translate": "udl_med.inference.translate:translate_path",
     "fid": "udl_med.metrics.compare:compare_sets",
-    "probe": "udl_med.metrics.probe:probe_step",
-    "evaluate_translation": "udl_med.metrics.translation:evaluate_translation_step",
+    "probe": "udl_med.evaluation.probe:probe_step",
+    "evaluate_translation": "udl_med.evaluation.translation:evaluate_translation_step",
+}
+
+# The parameters of each step kind that name existing inputs (resolved relative to the pipeline file).
+INPUT_PARAMS: dict[str, tuple[str, ...]] = {
+    "select": ("source",),
+    "train": ("config",),
+    "export": ("model",),
+    "encode": ("model", "input"),
+    "sample": ("model",),
+    "translate": ("model", "input"),
+    "fid": ("real", "fake"),
+    "probe": ("encoder", "data"),
+    "evaluate_translation": ("model", "source"),
 }
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
@@ -80,34 +102,28 @@ class PipelineConfig(BaseModel):
 
 
 def train_step_kind(config: str, set: list[str] | None = None, resume: bool = False) -> dict[str, Any]:  # noqa: A002
-    """The ``train`` step: ``udl-med train CONFIG --set ...``."""
+    """The ``train`` step: ``udl-med train CONFIG|NAME --set ...``."""
     from udl_med.engine.train import train_from_file
+    from udl_med.shipped import resolve_shipped
 
-    return train_from_file(config, overrides=list(set or []), resume=resume)
+    return train_from_file(resolve_shipped("configs", config), overrides=list(set or []), resume=resume)
 
 
 def select_step(source: str, out: str, modality: str | None = None, split: str | None = None, limit: int | None = None) -> dict[str, Any]:
     """The ``select`` step: a manifest of the images of ``source`` with that modality and split.
 
-    Returns ``manifest`` (the new CSV), ``first`` (its first image, e.g. a volume to
-    translate) and ``n``. Paths in the new manifest are absolute.
+    Returns ``manifest`` (the new CSV, written by :func:`udl_med.data.manifest.write_manifest`:
+    paths relative to it where the images lie below its folder, else absolute), ``first``
+    (its first image, e.g. a volume to translate) and ``n``.
     """
-    import csv
-
-    from udl_med.data.io import list_images
+    from udl_med.data.manifest import list_images, write_manifest
 
     records = [
         r for r in list_images(source) if (modality is None or r.modality == modality) and (split is None or r.split == split)
     ][: limit or None]
     if not records:
         raise ConfigError(source, "select", f"no images with modality={modality} split={split}")
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label", "modality", "subject", "split"])
-        for r in records:
-            writer.writerow([r.path.resolve(), "" if r.label is None else r.label, r.modality or "", r.subject or "", r.split or ""])
+    path = write_manifest(out, records)
     return {"manifest": str(path), "first": str(records[0].path), "n": len(records)}
 
 
@@ -139,12 +155,53 @@ def resolve(value: Any, context: dict[str, Any], source: str) -> Any:
     return value
 
 
+def _is_uri(value: str) -> bool:
+    return "://" in value or value.startswith(("runs:/", "models:/"))
+
+
+def file_relative_inputs(pipeline: PipelineConfig, base: Path, source: str, from_command_line: set[tuple[str, str]] = frozenset()) -> PipelineConfig:
+    """The pipeline with the literal input paths of its steps resolved against ``base`` (the pipeline's folder).
+
+    A value holding a ``${...}`` reference, a URI, an absolute path, or one given with
+    ``--set`` (``from_command_line``: ``(step, key)`` pairs) is left as it is; a train
+    step's ``config`` may also be a shipped config name.
+    """
+    from udl_med.shipped import resolve_shipped
+
+    steps = []
+    for step in pipeline.steps:
+        params = dict(step.with_)
+        for key in INPUT_PARAMS.get(step.run, ()):
+            value = params.get(key)
+            if not isinstance(value, str) or "${" in value or _is_uri(value) or (step.name, key) in from_command_line:
+                continue
+            if step.run == "train" and key == "config":
+                params[key] = str(resolve_shipped("configs", value, base=base, source=source, key=f"steps.{step.name}.with.config"))
+            elif not Path(value).is_absolute():
+                params[key] = str(base / value)
+        steps.append(step.model_copy(update={"with_": params}))
+    return pipeline.model_copy(update={"steps": steps})
+
+
+def _command_line_keys(overrides: list[str] | tuple[str, ...]) -> set[tuple[str, str]]:
+    """``(step, key)`` of each ``steps.<step>.with.<key>=...`` override."""
+    keys = set()
+    for item in overrides:
+        parts = item.split("=", 1)[0].strip().split(".")
+        if len(parts) >= 4 and parts[0] == "steps" and parts[2] == "with":
+            keys.add((parts[1], parts[3]))
+    return keys
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Read and validate a pipeline file; ``steps.<name>.<key>`` overrides address steps by name."""
-    path = Path(path)
+    """Read and validate a pipeline file (or a shipped pipeline's name); ``steps.<name>.<key>`` overrides address steps by name.
+
+    Literal input paths of the steps are resolved relative to the file (see the module docstring).
+    """
+    from udl_med.shipped import resolve_shipped
+
+    path = resolve_shipped("pipelines", path, source=str(path))
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(source, "<file>", "no such pipeline file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
@@ -169,7 +226,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     names = [s.name for s in pipeline.steps]
     if len(set(names)) != len(names):
         raise ConfigError(source, "steps", "step names must be unique")
-    return pipeline
+    return file_relative_inputs(pipeline, path.resolve().parent, source, _command_line_keys(overrides))
 
 
 def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
@@ -185,7 +242,7 @@ def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
 
 
 def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """``udl-med pipeline PIPELINE.yaml``: run the steps in order under one parent MLflow run."""
+    """``udl-med pipeline PIPELINE.yaml|NAME``: run the steps in order under one parent MLflow run."""
     pipeline = load_pipeline(path, overrides)
     return run_pipeline_config(pipeline, source=str(path))
 

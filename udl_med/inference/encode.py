@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from udl_med import keys
 from udl_med.errors import InputError, UserError
+from udl_med.io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +124,8 @@ def _records(input: str | Path) -> list[Any]:
 
 
 def save_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``np.savez`` through :func:`udl_med.io_utils.atomic_write`."""
+    atomic_write(out, lambda tmp: np.savez(tmp, **arrays))
 
 
 def encode_records(

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from udl_med import keys
-from udl_med.engine.checkpoint import atomic_write
 from udl_med.errors import InputError, UserError
+from udl_med.io_utils import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, weights_path = out / keys.ENCODER_JSON, out / keys.ENCODER_WEIGHTS
     atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
-    atomic_write(json_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
     log.info("exported the %s encoder of %s to %s", class_path, loaded.source, out)
     return {
         "out": str(out),

@@ -37,7 +37,9 @@ from typing import Any
 import torch
 
 from udl_med.errors import UserError
-from udl_med.inference.translate import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, SW_OVERLAP, TARGET, TranslationSetup, windows_per_batch
+from udl_med.io_utils import atomic_write, atomic_write_text
+from udl_med.inference.translation_setup import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, TARGET, TranslationSetup
+from udl_med.inference.window_engines import SW_OVERLAP, windows_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         networks[d] = {"_target_": cls_path, **kwargs}
         state = {k: v.detach().cpu().contiguous() for k, v in method.generator(d).state_dict().items()}
         path = out / "models" / f"{d}.pt"
-        torch.save(state, path)
+        atomic_write(path, lambda tmp, state=state: torch.save(state, tmp))
         files.append(str(path))
     default = "mr2ct" if "mr2ct" in directions else directions[0]
     inference = {
@@ -204,9 +206,9 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
             "outputs": {"pred": _image_format(TARGET[default], spatial)},
         },
     }
-    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
-    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    (out / "docs" / "README.md").write_text(_readme(method.name, directions, default))
+    atomic_write_text(out / "configs" / "inference.json", json.dumps(inference, indent=2))
+    atomic_write_text(out / "configs" / "metadata.json", json.dumps(metadata, indent=2))
+    atomic_write_text(out / "docs" / "README.md", _readme(method.name, directions, default))
     files += [str(out / "configs" / "inference.json"), str(out / "configs" / "metadata.json")]
     log.info("wrote MONAI bundle %s (%s)", out, ", ".join(directions))
     return {"format": "bundle", "out": str(out), "directions": list(directions), "default_direction": default, "files": files}
@@ -259,12 +261,10 @@ def export_torchscript(loaded: Any, out: Path) -> dict[str, Any]:
             if not torch.allclose(scripted(example), net(example), atol=1e-5):
                 raise RuntimeError(f"the TorchScript {d} generator disagrees with the eager one")
         path = out / f"{d}.ts"
-        tmp = path.with_suffix(".ts.tmp")
-        scripted.save(str(tmp))
-        tmp.replace(path)
+        atomic_write(path, lambda tmp, scripted=scripted: scripted.save(str(tmp)))
         files.append(str(path))
     info = {"method": method.name, "source": loaded.source, "directions": list(directions), **_normalisation(setup)}
-    (out / "translator.json").write_text(json.dumps(info, indent=2))
+    atomic_write_text(out / "translator.json", json.dumps(info, indent=2))
     files.append(str(out / "translator.json"))
     log.info("wrote TorchScript generators to %s", out)
     return {"format": "torchscript", "out": str(out), "directions": list(directions), "files": files}

@@ -20,12 +20,8 @@ noise (``chain.png``, one row per chain), the VAE its latent traversal
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,7 +75,7 @@ def _training_geometry(data: dict[str, Any]) -> tuple[tuple[float, ...], str | N
 def to_physical(x: Tensor, modality: str | None, data: dict[str, Any]) -> Tensor:
     """Map samples in [-1, 1] to physical units (see the module docstring)."""
     from udl_med.data.normalize import CT_WINDOW, denormalize
-    from udl_med.inference.translate import MR_OUTPUT_RANGE
+    from udl_med.inference.translation_setup import MR_OUTPUT_RANGE
 
     if modality == "CT":
         low, high = data.get("ct_window") or CT_WINDOW
@@ -96,16 +92,6 @@ def as_volume(x: Tensor, spatial_dims: int, slice_axis: int) -> Tensor:
     if spatial_dims == 2:
         x = x.unsqueeze(slice_axis)
     return x[None]
-
-
-def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "label", "modality", "subject"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
 
 
 def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -127,7 +113,8 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
     from monai.data import MetaTensor
 
     from udl_med.data.geometry import Geometry
-    from udl_med.data.io import write_image
+    from udl_med.data.manifest import write_manifest
+    from udl_med.data.writers import write_image
     from udl_med.data.preview import save_grid
     from udl_med.engine.model_io import load_model
     from udl_med.methods.base import Capability
@@ -165,7 +152,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
             write_image(MetaTensor(volume, meta={**geometry.as_meta(), "modality": modality}), out / name)
             rows.append({"image": name, "label": "" if label is None else label, "modality": modality or "", "subject": f"sample-{written:0{width}d}"})
             written += 1
-    _write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / "manifest.csv", rows)
     grid = save_grid(torch.stack(previews), out / "samples.png", nrow=math.ceil(math.sqrt(len(previews))))
     artifacts = [str(grid)]
     if isinstance(method, ChainSampler):

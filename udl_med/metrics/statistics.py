@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from udl_med.errors import InputError
+from udl_med.io_utils import atomic_write
 from udl_med.metrics._checks import MetricInputError, as_features, require_same_dim, require_samples
 from udl_med.metrics.frechet import covariance_factor, features_factor, frechet_distance_from_factors
 
@@ -216,10 +217,7 @@ def save_stats(stats: FeatureStats, path: str | Path, keep_features: bool = True
     }
     if keep_features and stats.features is not None:
         arrays["features"] = stats.features
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def load_stats(path: str | Path) -> FeatureStats:

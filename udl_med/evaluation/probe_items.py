@@ -1,0 +1,152 @@
+"""Probe items: labeled held-out images cut into the model inputs a probe scores.
+
+The lesion class of a phantom is a property of the subject, but most of a subject's
+voxels say nothing about it. When a label map lies beside an image (the phantoms'
+``tissue.nii.gz``, ``roi: auto``/``liver``), items are crops of the training item size
+centred on the liver (2D: on every slice through the liver; 3D: one patch at the
+liver's centre), and the slices of lesion subjects that the lesion does not reach are
+dropped, so every item shows what its label says. Without label maps (``roi: whole``)
+an item is the mean feature over an image's foreground slices or patches, a much harder
+task. The phantom anatomy (which label values are liver and lesion) comes from
+:mod:`udl_med.data.phantoms`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from udl_med import keys
+from udl_med.errors import InputError, UserError
+
+__all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "probe_items"]
+
+LABEL_MAP_NAME = "tissue.nii.gz"  # the phantoms' label map, beside ct.nii.gz / mr.nii.gz
+ROI_CHOICES = ("auto", "liver", "whole")
+MIN_ROI_VOXELS = 4  # a slice through fewer liver voxels is not an item
+
+
+@dataclass(frozen=True)
+class ProbeItems:
+    """Model inputs ``items`` ``(N, C, *size)`` with a class ``labels`` ``(N,)`` and a ``subjects`` group ``(N,)`` each.
+
+    ``pooled``: items are whole images whose feature is the mean over ``parts`` (``roi: whole``).
+    """
+
+    items: Tensor
+    labels: np.ndarray
+    subjects: np.ndarray
+    roi: str
+    parts: list[Tensor] | None = None
+
+
+def _centred_crop(volume: Tensor, centre: Sequence[int], size: Sequence[int]) -> Tensor:
+    """Crop ``(C, *spatial)`` to ``size`` around ``centre``, shifted to stay inside the volume."""
+    index = [slice(None)]
+    for c, s, n in zip(centre, size, volume.shape[1:]):
+        start = min(max(int(c) - s // 2, 0), max(n - s, 0))
+        index.append(slice(start, start + s))
+    return volume[tuple(index)]
+
+
+def _liver_values() -> tuple[int, int]:
+    from udl_med.data.phantoms import TISSUES
+
+    return TISSUES.index("liver"), TISSUES.index("lesion")
+
+
+def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
+    """Liver-centred items of one image (see the module docstring)."""
+    from udl_med.data.datasets import volume_transform
+    from udl_med.data.readers import read_image
+
+    prepared = volume_transform(cfg)({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]
+    tissue = read_image(label_map)[0].numpy()  # (X, Y, Z)
+    if tissue.ndim != 3:
+        raise InputError(label_map, "the label map must be a 3D volume")
+    laid_out = tissue.shape if cfg.layout == "3d" else np.moveaxis(tissue, cfg.slice_axis, 0).shape
+    expected = tuple(prepared.shape[1:]) if cfg.layout == "3d" else tuple(prepared.shape)
+    if tuple(laid_out) != expected:
+        raise InputError(label_map, f"label map shape {tissue.shape} does not match its image (laid out {expected})")
+    liver_value, lesion_value = _liver_values()
+    liver = (tissue == liver_value) | (tissue == lesion_value)
+    if cfg.layout == "3d":
+        if liver.sum() < MIN_ROI_VOXELS:
+            return []
+        centre = [int(round(c.mean())) for c in np.nonzero(liver)]
+        return [_centred_crop(prepared, centre, cfg.size)]
+    axis = cfg.slice_axis
+    liver = np.moveaxis(liver, axis, 0)
+    lesion = np.moveaxis(tissue == lesion_value, axis, 0)
+    context = cfg.context if cfg.layout == "2.5d" else 0
+    items = []
+    for k in range(liver.shape[0]):
+        if liver[k].sum() < MIN_ROI_VOXELS:
+            continue
+        if record.label and not lesion[k].any():
+            continue  # a slice of a lesion subject that the lesion does not reach: its label would be wrong
+        centre = [int(round(c.mean())) for c in np.nonzero(liver[k])]
+        channels = prepared.index_select(0, torch.arange(k - context, k + context + 1).clamp_(0, prepared.shape[0] - 1))
+        items.append(_centred_crop(channels, centre, cfg.size))
+    return items
+
+
+def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto", split: str | None = None) -> ProbeItems:
+    """Cut the labeled images of ``data`` into probe items for an encoder with ``input_spec``.
+
+    Args:
+        data: a manifest (or folder) with ``label`` and ``subject`` for every image.
+        input_spec: the ``input`` section of ``encoder.json`` (layout, size, normalisation).
+        roi: ``auto`` (liver items where label maps exist, else whole images), ``liver``, ``whole``.
+        split: use only the images of this manifest split (None: all).
+
+    Raises:
+        InputError: images without labels, or ``roi: liver`` without label maps.
+        UserError: an unknown ``roi``.
+    """
+    from udl_med.data.manifest import list_images
+    from udl_med.inference.encode import image_items, item_config
+
+    if roi not in ROI_CHOICES:
+        raise UserError(f"unknown probe roi {roi!r}; valid: {', '.join(ROI_CHOICES)}")
+    records = [r for r in list_images(data) if split is None or r.split == split]
+    if not records:
+        raise InputError(data, f"no images in split {split!r}")
+    unlabeled = [r for r in records if r.label is None]
+    if unlabeled:
+        raise InputError(unlabeled[0].path, "the probe needs a label for every image (manifest column 'label')")
+    maps = {r.path: r.path.parent / LABEL_MAP_NAME for r in records}
+    has_maps = all(p.is_file() for p in maps.values())
+    if roi == "liver" and not has_maps:
+        raise InputError(data, f"roi 'liver' needs a {LABEL_MAP_NAME} beside every image")
+    use_roi = "liver" if roi == "liver" or (roi == "auto" and has_maps) else "whole"
+    items, labels, subjects, parts = [], [], [], []
+    for record in records:
+        cfg = item_config(input_spec, record.path)
+        subject = record.subject or str(record.path)
+        if use_roi == "liver":
+            found = _roi_items(cfg, record, maps[record.path])
+            items.extend(found)
+            labels.extend([record.label] * len(found))
+            subjects.extend([subject] * len(found))
+        else:
+            cut = image_items(cfg, record.path, record.modality)
+            parts.append(cut.items)
+            items.append(cut.items[0])
+            labels.append(record.label)
+            subjects.append(subject)
+    if not items:
+        raise InputError(data, "no probe items (no image shows a liver)")
+    return ProbeItems(
+        items=torch.stack(items).float(),
+        labels=np.asarray(labels, dtype=np.int64),
+        subjects=np.asarray(subjects),
+        roi=use_roi,
+        parts=parts if use_roi == "whole" else None,
+    )

@@ -1,0 +1,69 @@
+"""A trained translation model loaded for inference: its generators and its validated run config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from udl_med.errors import UserError
+from udl_med.inference.translation_setup import DIRECTIONS, TranslationSetup
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Translator", "load_translator"]
+
+
+class Translator(torch.nn.Module):
+    """A trained translation model ready for inference: its generators, and the run config that says how it was trained.
+
+    Only the generators are kept; discriminators, image pools and losses are dropped as
+    the model loads (a 3D CycleGAN's discriminators hold most of its weights). On the
+    CPU, narrow convolutions are folded for speed (:mod:`udl_med.nets.cpu_inference`).
+
+    Attributes:
+        name: the method's name.
+        config: the validated :class:`~udl_med.engine.config.RunConfig` of the run.
+        setup: what inference repeats from training (:class:`TranslationSetup`).
+        directions: the directions it translates.
+    """
+
+    def __init__(self, method: Any, config: Any) -> None:
+        super().__init__()
+        self.name: str = method.name
+        self.config = config
+        self.setup = TranslationSetup.from_config(config)
+        self.directions: tuple[str, ...] = tuple(getattr(method, "directions", DIRECTIONS))
+        self.generators = torch.nn.ModuleDict({d: method.generator(d) for d in self.directions})
+
+    def translate(self, x: Tensor, direction: str) -> Tensor:
+        """Translate normalised images ``(B, C, *spatial)`` in ``direction``."""
+        return self.generators[direction](x)
+
+
+def load_translator(model: str | Path) -> Translator:
+    """The :class:`Translator` of a ``cyclegan`` or ``pix2pix`` model (folder or MLflow URI): eval mode, on CUDA when there is one.
+
+    Raises:
+        InputError: no model there.
+        UserError: the method cannot translate.
+    """
+    from udl_med.engine.model_io import load_model
+    from udl_med.methods.base import Capability
+
+    loaded = load_model(model)
+    if Capability.TRANSLATE not in loaded.method.capabilities:
+        raise UserError(f"{model}: method {loaded.method.name!r} cannot translate (use a cyclegan or pix2pix model)")
+    translator = Translator(loaded.method, getattr(loaded, "run_config", None) or loaded.config).eval()
+    del loaded  # the discriminators go with the method
+    if torch.cuda.is_available():
+        translator.to("cuda")
+    else:
+        from udl_med.nets.cpu_inference import fold_narrow_convolutions
+
+        folded = fold_narrow_convolutions(translator)
+        log.debug("translate: %d narrow convolution(s) folded for CPU inference", folded)
+    return translator
