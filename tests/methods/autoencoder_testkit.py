@@ -48,6 +48,7 @@ def fit(method: Method, steps: int, batch_size: int = 8, seed: int = 1, data=blo
                     group["lr"] /= 10
         method.train()
         out = method.train_step({"image": data(batch_size, size, generator)}, opt)
+        opt.global_step += 1
         losses.append(float(out["loss"]))
     method.eval()
     return losses

@@ -112,8 +112,9 @@ def test_engine_resume_is_exact_with_the_image_pool(phantom_manifest, tracking_u
     straight = train(config(6, "straight"))
     train(config(3, "resumed"))
     resumed = train(config(6, "resumed"), resume=True)
-    a = torch.load(Path(straight["model_dir"]) / keys.MODEL_FILE, weights_only=True)["state_dict"]
-    b = torch.load(Path(resumed["model_dir"]) / keys.MODEL_FILE, weights_only=True)["state_dict"]
+    # the checkpoint holds everything (the model file only the generators)
+    a = torch.load(Path(straight["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(Path(resumed["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and a["pool_ct._extra_state"].shape[0] == 3
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

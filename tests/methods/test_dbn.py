@@ -67,9 +67,11 @@ def train_digits(layer_steps: int, seed: int, x: torch.Tensor, y: torch.Tensor, 
     method.train()
     for _ in range(2 * layer_steps):
         method.train_step({keys.IMAGE: x[unlabeled[torch.randint(len(unlabeled), (32,), generator=g)]]}, opt)
+        opt.global_step += 1
     for _ in range(300):
         idx = labeled[torch.randint(len(labeled), (16,), generator=g)]
         method.train_step({keys.IMAGE: x[idx], keys.LABEL: y[idx]}, opt)
+        opt.global_step += 1
     method.eval()
     return method
 
@@ -121,9 +123,9 @@ def test_exported_networks_load_strictly_and_match_classify_and_encode(visible: 
 
 def test_fine_tuning_without_labels_is_a_config_error() -> None:
     method = build("dbn", 2, num_classes=2, hidden=(8,), layer_steps=2)
-    fit(method, 2)
+    opt = fit(method, 2)
     with pytest.raises(ConfigError, match="data.labeled"):
-        fit(method, 1)
+        fit(method, 1, opt=opt)
 
 
 def test_tiny_config_pretrains_and_fine_tunes_through_the_engine(phantom_manifest: Path, tracking_uri: str, tmp_path: Path) -> None:

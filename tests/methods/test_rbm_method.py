@@ -45,6 +45,7 @@ def fit(method: Method, steps: int, batch_size: int = 16, seed: int = 1, opt: En
     for _ in range(steps):
         method.train()
         method.train_step({keys.IMAGE: blobs(batch_size, method.data.image_size, generator)}, opt)
+        opt.global_step += 1
     method.eval()
     return opt
 
@@ -74,7 +75,7 @@ def test_persistent_cd_raises_pseudo_likelihood(spatial_dims: int) -> None:
     after = method.evaluate(held_out(spatial_dims))
     assert after[keys.PSEUDO_LL] > 0.5 * before[keys.PSEUDO_LL], (before, after)  # both negative: at least halved
     assert after[keys.RECON_MSE] < 0.5 * before[keys.RECON_MSE], (before, after)
-    assert int(method.step) == 200 and bool(method.chains.started)
+    assert bool(method.chains.started)
 
 
 @pytest.mark.parametrize(("spatial_dims", "channels"), [(2, 1), (3, 1), (2, 3)])  # (2, 3): 2.5D stacks
@@ -116,12 +117,12 @@ def test_exported_encoder_is_a_strict_fully_connected_net_matching_encode(visibl
     torch.testing.assert_close(torch.sigmoid(net(x)), method.encode(x), atol=1e-5, rtol=1e-4)
 
 
-def test_state_dict_round_trip_keeps_standardisation_chains_and_step() -> None:
+def test_state_dict_round_trip_keeps_standardisation_and_chains() -> None:
     method = build("rbm", 2, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001)
     fit(method, 7)
     state = method.state_dict()
-    assert {"codec.count", "chains.state", "step"} <= set(state)
-    assert int(state["step"]) == 7 and float(state["codec.count"]) == 7 * 16
+    assert {"codec.count", "chains.state"} <= set(state)
+    assert float(state["codec.count"]) == 7 * 16
     clone = build("rbm", 2, seed=5, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001)
     clone.load_state_dict(state)
     x = held_out(2, 4)[keys.IMAGE]
@@ -152,6 +153,7 @@ def test_fit_rbm_makes_the_same_update_as_the_engine_path(momentum: float) -> No
     opt = EngineOptimization(engine.configure_optimizers(), torch.device("cpu"))
     for batch in x.split(8):
         engine.train_step({keys.IMAGE: batch}, opt)
+        opt.global_step += 1
     torch.manual_seed(7)
     fit_rbm(fast, v, epochs=1, batch_size=8, lr=0.1, momentum=momentum, weight_decay=0.01, shuffle=False)
     for name, param in fast.named_parameters():
@@ -249,7 +251,7 @@ def test_engine_resume_is_exact_with_persistent_chains_and_standardisation(phant
     reference = run("reference", 8)
     run("resumed", 3)
     resumed = run("resumed", 8, resume=True)
-    assert int(resumed["step"]) == 8 and bool(resumed["chains.started"])
+    assert bool(resumed["chains.started"])
     assert reference.keys() == resumed.keys()
     assert all(torch.equal(reference[k], resumed[k]) for k in reference), [k for k in reference if not torch.equal(reference[k], resumed[k])]
 

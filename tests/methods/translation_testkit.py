@@ -56,6 +56,7 @@ def fit(method: Method, steps: int, paired: bool, batch_size: int = 4, seed: int
         j = i if paired else torch.randint(pool, (batch_size,), generator=generator)
         method.train()
         out = method.train_step({keys.CT: ct[i], keys.MR: mr[j]}, opt)
+        opt.global_step += 1
         history.append({k: float(v) for k, v in out.items()})
     method.eval()
     return history

@@ -6,13 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from udl_med.data.points import PointsConfig
+
 
 class DataConfig(BaseModel):
     """Where the images come from and how they become training items.
 
     Attributes:
+        kind: ``scans`` (images from ``source``), ``points`` (2D Gaussian mixtures,
+            ``points:``, for toy GAN benchmarks) or ``memory`` (datasets handed to the
+            trainer in Python, :mod:`udl_med.data.memory`). The other keys describe scans.
         source: a manifest CSV, a folder (of volumes, or with a ``manifest.csv``), a
-            DICOM series folder, or one volume.
+            DICOM series folder, or one volume (``kind: scans``).
+        points: the mixture of a ``kind: points`` run (default: the ring of 8).
         layout: ``2d`` slices, ``2.5d`` slices with ``context`` neighbours on each side
             as channels, or ``3d`` patches.
         size: spatial size of one item: 2 ints for slices, 3 for patches. Slices and
@@ -40,7 +46,9 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str
+    kind: Literal["scans", "points", "memory"] = "scans"
+    source: str | None = None
+    points: PointsConfig | None = None
     layout: Literal["2d", "2.5d", "3d"] = "2d"
     size: tuple[int, int] | tuple[int, int, int] = (32, 32)
     slice_axis: int = Field(2, ge=0, le=2)
@@ -58,6 +66,10 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if self.kind == "scans" and not self.source:
+            raise ValueError("source is required for kind 'scans' (a manifest, folder or volume)")
+        if self.points is not None and self.kind != "points":
+            raise ValueError(f"points is set but kind is {self.kind!r}; set kind: points")
         want = 3 if self.layout == "3d" else 2
         if len(self.size) != want:
             raise ValueError(f"size must have {want} values for layout {self.layout!r}, got {list(self.size)}")

@@ -26,6 +26,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SampleEvalConfig(_Section):
+    """FID and KID of generated samples against the evaluation split, every ``every`` steps."""
+
+    every: int = Field(500, ge=1)
+    n: int = Field(256, ge=2)  # samples drawn, and evaluation items compared with them
+    extractor: str = "random"  # a udl_med.metrics.extractors name; point data uses the raw coordinates
+    keep_best: bool = False  # the final model folder holds the weights with the lowest FID
+
+
 class TrainConfig(_Section):
     """How the engine trains: steps, batches, schedule, precision, checkpoints."""
 
@@ -44,6 +53,7 @@ class TrainConfig(_Section):
     eval_items: int = Field(32, ge=1)  # held-out items per evaluation
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
+    sample_eval: SampleEvalConfig | None = None  # methods that sample: FID/KID during training
 
 
 class TrackingConfig(_Section):
@@ -126,6 +136,8 @@ def _first_error(err: ValidationError, prefix: str = "") -> tuple[str, str]:
         message = "unknown key"
     elif first["type"] == "missing":
         message = "required key is missing"
+    elif first["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
     return key or "<root>", message
 
 

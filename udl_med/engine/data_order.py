@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
 
@@ -27,8 +27,26 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        self.dataset.set_random_state(seed)  # type: ignore[attr-defined]
+        if hasattr(self.dataset, "set_random_state"):
+            self.dataset.set_random_state(seed)
         return self.dataset[index]
+
+
+class WholeBatches(Dataset):
+    """Wraps an in-memory dataset with ``batch(indices) -> dict``: one indexing per batch, no collation.
+
+    Point sets and arrays index one tensor per batch, which is what makes a toy GAN step
+    cost microseconds rather than a Python loop over items.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, keys: list[tuple[int, int]]) -> Any:
+        return self.dataset.batch([index for index, _ in keys])  # type: ignore[attr-defined]
 
 
 class StepSampler(Sampler):
@@ -78,12 +96,33 @@ def collate_plain(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in batch.items()}
 
 
+def _unchanged(batch: Any) -> Any:
+    return batch
+
+
 def step_loader(
     dataset: Dataset, batch_size: int, seed: int, start_step: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
-    """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``."""
+    """An endless loader whose ``k``-th batch is the run's batch ``start_step + k``.
+
+    ``start_step`` counts batches: a method that uses several batches per training step
+    resumes at ``step * batches_per_step``. A dataset with a ``batch(indices)`` method
+    (in-memory data) is indexed once per batch instead of item by item.
+    """
     sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step)  # type: ignore[arg-type]
-    return DataLoader(
+    if hasattr(dataset, "batch"):
+        loader = DataLoader(
+            WholeBatches(dataset),
+            batch_size=None,
+            sampler=BatchSampler(sampler, batch_size, drop_last=False),
+            num_workers=num_workers,
+            collate_fn=_unchanged,
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed + start_step),
+        )
+        loader.step_sampler = sampler  # type: ignore[attr-defined]
+        return loader
+    loader = DataLoader(
         SeededItems(dataset),
         batch_size=batch_size,
         sampler=sampler,
@@ -94,11 +133,28 @@ def step_loader(
         # which the method's own sampling (noise, Gibbs chains) must find as it was saved.
         generator=torch.Generator().manual_seed(seed + start_step),
     )
+    loader.step_sampler = sampler  # type: ignore[attr-defined]
+    return loader
+
+
+def reference_batch(dataset: Dataset, n: int, seed: int) -> dict[str, Any]:
+    """``n`` training items chosen by ``seed`` alone, with fixed item seeds: the same on every rank and on resume."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if n > size:
+        raise ValueError(f"a reference batch of {n} items is larger than the {size} training items")
+    g = torch.Generator().manual_seed(seed * 7_919 + 17)
+    indices = torch.randperm(size, generator=g)[:n].tolist()
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)  # type: ignore[attr-defined]
+    wrapped = SeededItems(dataset)
+    return collate_plain([wrapped[(i, seed + k)] for k, i in enumerate(indices)])
 
 
 def fixed_batches(dataset: Dataset, n_items: int, batch_size: int, seed: int = 0) -> list[dict[str, Any]]:
     """The first ``n_items`` held-out items, fetched with fixed seeds, in batches (evaluation)."""
     n = min(n_items, len(dataset))  # type: ignore[arg-type]
+    if hasattr(dataset, "batch"):
+        return [dataset.batch(list(range(i, min(n, i + batch_size)))) for i in range(0, n, batch_size)]  # type: ignore[attr-defined]
     wrapped = SeededItems(dataset)
     items = [wrapped[(i, seed + i)] for i in range(n)]
     return [collate_plain(items[i : i + batch_size]) for i in range(0, n, batch_size)]

@@ -35,15 +35,24 @@ class LoadedModel:
     folder: Path  # the local folder the model file was read from
 
 
+def inference_state(method: Method, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The part of ``state_dict`` that ``method.inference_modules`` name (all of it when they name none)."""
+    names = method.inference_modules
+    if not names:
+        return dict(state_dict)
+    return {k: v for k, v in state_dict.items() if k.split(".", 1)[0] in names}
+
+
 def save_model(folder: Path, method: Method, config: dict[str, Any], state_dict: dict[str, torch.Tensor], step: int) -> Path:
-    """Write ``folder/udl_med_model.pt`` atomically; return its path."""
+    """Write ``folder/udl_med_model.pt`` atomically, keeping the inference modules' state; return its path."""
     path = Path(folder) / keys.MODEL_FILE
     content = {
         "format": MODEL_FORMAT,
         "method": method.name,
         "config": config,
         "data_spec": method.data.model_dump(mode="json"),
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in inference_state(method, state_dict).items()},
+        "modules": list(method.inference_modules),
         "step": step,
     }
     atomic_torch_save(content, path)
@@ -76,6 +85,16 @@ def resolve_model_folder(model: str) -> Path:
     raise InputError(model, "no such model folder or MLflow model URI")
 
 
+def load_inference_state(method: Method, state: dict[str, torch.Tensor], modules: tuple[str, ...], path: Path) -> None:
+    """Load a model file's state: strictly, over the modules it kept (every key of those, nothing else)."""
+    expected = {k for k in method.state_dict() if not modules or k.split(".", 1)[0] in modules}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise InputError(path, f"the model file does not match method {method.name!r} ({what})")
+    method.load_state_dict(state, strict=False)
+
+
 def load_model(model: str | Path) -> LoadedModel:
     """Rebuild the trained method that ``model`` names (folder or MLflow URI), eval mode, CPU."""
     folder = resolve_model_folder(str(model))
@@ -94,6 +113,6 @@ def load_model(model: str | Path) -> LoadedModel:
     method_cls = get_method(content["method"])
     data_spec = DataSpec(**content["data_spec"])
     method = method_cls(config.model, data_spec)
-    method.load_state_dict(content["state_dict"], strict=True)
+    load_inference_state(method, content["state_dict"], tuple(content.get("modules", ())), path)
     method.eval()
     return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent)

@@ -11,9 +11,11 @@ freeze one network while stepping another (GANs), or run several optimizers.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,6 +60,40 @@ class EngineOptimization:
         self.grad_clip = grad_clip
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.global_step = 0
+        self._draw: Callable[[], dict[str, Any]] | None = None
+        self._extra_left = 0
+
+    def begin_step(self, global_step: int, draw: Callable[[], dict[str, Any]], extra_batches: int) -> None:
+        """The engine, before ``train_step``: the step index and where ``next_batch`` draws from."""
+        self.global_step = global_step
+        self._draw = draw
+        self._extra_left = extra_batches
+
+    def unused_batches(self) -> int:
+        """Batches the step declared but did not draw; the engine skips them to keep the data order."""
+        return self._extra_left
+
+    def next_batch(self) -> dict[str, Any]:
+        """A fresh training batch; a step may draw ``method.batches_per_step() - 1`` of them."""
+        if self._draw is None or self._extra_left <= 0:
+            raise RuntimeError("train_step drew more batches than Method.batches_per_step() declares")
+        self._extra_left -= 1
+        return self._draw()
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        if name not in self.optimizers:
+            raise KeyError(f"no optimizer named {name!r}; the method has {sorted(self.optimizers)}")
+        return self.optimizers[name]
+
+    def snapshot(self, *names: str) -> dict[str, Any]:
+        """Deep copies of the named optimizers' states (every optimizer when none is named)."""
+        return {name: copy.deepcopy(self.optimizer(name).state_dict()) for name in names or self.optimizers}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Load optimizer states taken by :meth:`snapshot` (copied again, so a snapshot can be restored twice)."""
+        for name, state in snapshot.items():
+            self.optimizer(name).load_state_dict(copy.deepcopy(state))
 
     def autocast(self) -> AbstractContextManager:
         if self.amp_dtype is None:
@@ -70,9 +106,7 @@ class EngineOptimization:
 
     def step(self, name: str, loss: Tensor, retain_graph: bool = False) -> None:
         """Zero grads, back-propagate ``loss``, average across processes, clip, step optimizer ``name``."""
-        if name not in self.optimizers:
-            raise KeyError(f"no optimizer named {name!r}; the method has {sorted(self.optimizers)}")
-        optimizer = self.optimizers[name]
+        optimizer = self.optimizer(name)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward(retain_graph=retain_graph)
         if self.distributed or self.grad_clip is not None:

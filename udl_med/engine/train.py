@@ -28,7 +28,7 @@ from tqdm import tqdm
 from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, load_config, validate_config
-from udl_med.engine.data_order import collate_plain, fixed_batches, step_loader
+from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
 from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
 from udl_med.engine.model_io import save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # n_critic) leaves the others' schedulers "stepped before optimizer.step()": expected.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 CHECKPOINT_NAME = "last.pt"
+BEST_CHECKPOINT_NAME = "best.pt"  # train.sample_eval.keep_best: the weights with the lowest FID
 RUN_INFO_NAME = "run.json"
 
 
@@ -54,6 +55,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def scalars(losses: dict[str, Any]) -> dict[str, float]:
+    """Detached scalar losses as floats, with one host synchronisation for all tensor values."""
+    names = [k for k, v in losses.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([losses[k].detach().float().reshape(()) for k in names]).tolist() if names else []
+    out = {k: float(v) for k, v in losses.items() if not isinstance(v, torch.Tensor)}
+    out.update(zip(names, values))
+    return {k: out[k] for k in losses}
 
 
 class RunningMeans:
@@ -130,10 +140,17 @@ def _example_for_mlflow(method: Method, batch: dict[str, Any]) -> tuple[nn.Modul
 class Trainer:
     """Trains ``config.method`` as ``config`` says; ``run()`` returns the final report."""
 
-    def __init__(self, config: RunConfig, resume: bool = False, source: str = "<config>") -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        resume: bool = False,
+        source: str = "<config>",
+        datasets: tuple[Any, Any | None] | None = None,
+    ) -> None:
         self.config = config
         self.resume = resume
         self.source = source
+        self.datasets = datasets  # (train, eval) for data.kind: memory
         self.process: ProcessInfo = init_distributed("cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu")
         self.device = choose_device(config.train.device, self.process)
         self.run_dir = config.run_dir
@@ -142,18 +159,22 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------
 
     def _build(self) -> None:
-        from udl_med.data.datasets import build_dataset, data_spec
+        from udl_med.data.datasets import data_spec
 
         cfg = self.config
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed + self.process.rank, cfg.train.deterministic)
-        self.train_set = build_dataset(cfg.data, cfg.data.split)
-        self.eval_set = build_dataset(cfg.data, cfg.data.eval_split) if cfg.data.eval_split else None
+        self.train_set, self.eval_set = self._datasets()
         n_train = len(self.train_set)
         if n_train < cfg.train.batch_size * self.process.world_size:
             raise ConfigError(self.source, "train.batch_size", f"{cfg.train.batch_size} is more than the {n_train} training items")
-        self.spec = data_spec(cfg.data, self.train_set)
+        if cfg.data.kind == "scans":
+            self.spec = data_spec(cfg.data, self.train_set)
+        else:  # points and arrays: the items say their shape
+            from udl_med.data.memory import memory_data_spec
+
+            self.spec = memory_data_spec(self.train_set)
         method_cls = get_method(cfg.method)
         missing = [k for k in method_cls.batch_keys if k not in self._batch_keys()]
         if missing:
@@ -165,12 +186,42 @@ class Trainer:
         amp = resolve_amp(cfg.train.amp, self.device)
         self.opt = EngineOptimization(self.optimizers, self.device, amp, cfg.train.grad_clip)
         self.ema = EMA(self.method, self.method.ema_modules, cfg.train.ema_decay) if cfg.train.ema_decay and self.method.ema_modules else None
+        self.batches_per_step = int(self.method.batches_per_step())
+        if self.batches_per_step < 1:
+            raise ValueError(f"method {cfg.method!r}: batches_per_step() must be at least 1, got {self.batches_per_step}")
+        self.sample_evaluator = None
+        if cfg.train.sample_eval is not None:
+            if Capability.SAMPLE not in self.method.capabilities:
+                raise ConfigError(self.source, "train.sample_eval", f"method {cfg.method!r} cannot sample")
+            if self.eval_set is None:
+                raise ConfigError(self.source, "train.sample_eval", "needs evaluation data (data.eval_split)")
+            if self.process.is_main:
+                from udl_med.engine.sample_eval import SampleEvaluator
+
+                self.sample_evaluator = SampleEvaluator(cfg.train.sample_eval, self.eval_set, self.spec.spatial_dims)
+
+    def _datasets(self) -> tuple[Any, Any | None]:
+        """The training and evaluation sets ``data.kind`` names."""
+        from udl_med.data.datasets import build_dataset
+
+        data = self.config.data
+        if data.kind == "memory":
+            if self.datasets is None:
+                raise ConfigError(self.source, "data.kind", "memory data is given in Python: Trainer(config, datasets=(train, eval))")
+            return self.datasets
+        if data.kind == "points":
+            from udl_med.data.points import PointsConfig, PointsDataset
+
+            points = data.points or PointsConfig()
+            return PointsDataset(points, "train", self.config.seed), PointsDataset(points, "val", self.config.seed)
+        return build_dataset(data, data.split), (build_dataset(data, data.eval_split) if data.eval_split else None)
 
     def _batch_keys(self) -> set[str]:
         return set(self.train_set[0].keys()) if len(self.train_set) else set()
 
     def _restore(self) -> tuple[int, str | None]:
         """Load the run folder's checkpoint when resuming; return (start step, MLflow run id)."""
+        self.best_fid = math.inf
         if not self.resume:
             if self.checkpoint_path.exists():
                 raise ConfigError(
@@ -191,6 +242,7 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self._rng_to_restore = state["rng"]
+        self.best_fid = float(state.get("best_fid", math.inf))
         log.info("resuming %s from step %d", self.run_dir, state["step"])
         return int(state["step"]), state.get("mlflow_run_id")
 
@@ -211,9 +263,18 @@ class Trainer:
             tracker.log_config(cfg.to_dict())
         eval_batches = fixed_batches(self.eval_set, cfg.train.eval_items, cfg.train.batch_size) if self.eval_set else []
         loader = step_loader(
-            self.train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.num_workers, self.process.rank, self.process.world_size
+            self.train_set,
+            cfg.train.batch_size,
+            cfg.seed,
+            start * self.batches_per_step,
+            cfg.train.num_workers,
+            self.process.rank,
+            self.process.world_size,
         )
-        batches_per_epoch = loader.sampler.batches_per_epoch
+        batches_per_epoch = loader.step_sampler.batches_per_epoch
+        n_reference = int(self.method.reference_batch_size())
+        reference = to_device(reference_batch(self.train_set, n_reference, cfg.seed), self.device) if n_reference else None
+        self.method.on_train_start(reference, torch.Generator().manual_seed(cfg.seed))
         if self._rng_to_restore is not None:
             ckpt.set_rng_state(self._rng_to_restore)
         status = "FAILED"
@@ -233,11 +294,22 @@ class Trainer:
         progress = tqdm(total=train.steps, initial=start, desc=cfg.run_name, disable=not self.process.is_main, mininterval=0.5, dynamic_ncols=True)
         batches = iter(loader)
         step = start
+        drawn = start * self.batches_per_step  # loader batches consumed: the data position
+
+        def draw() -> dict[str, Any]:
+            nonlocal drawn
+            drawn += 1
+            return to_device(next(batches), self.device)
+
         with stop.installed(), progress:
             while step < train.steps:
-                batch = to_device(next(batches), self.device)
+                batch = draw()
+                self.opt.begin_step(step, draw, self.batches_per_step - 1)
                 self.method.train()
-                losses = {k: float(v) for k, v in self.method.train_step(batch, self.opt).items()}
+                losses = scalars(self.method.train_step(batch, self.opt))
+                for _ in range(self.opt.unused_batches()):  # keep the data order a function of the step
+                    next(batches)
+                    drawn += 1
                 bad = [k for k, v in losses.items() if not math.isfinite(v)]
                 if bad:
                     kept = f"last good checkpoint {self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint was written yet"
@@ -255,16 +327,21 @@ class Trainer:
                     learning_rates = {f"lr/{k}": s.get_last_lr()[0] for k, s in self.schedulers.items()}
                     tracker.log_metrics({**{f"train/{k}": v for k, v in last_train.items()}, **learning_rates}, step)
                     progress.set_postfix({k: f"{v:.4g}" for k, v in list(last_train.items())[:4]})
-                if step % batches_per_epoch == 0:
-                    tracker.log_metrics({f"epoch/{k}": v for k, v in all_mean(epoch_means.pop(), self.device).items()}, step // batches_per_epoch)
+                epoch = drawn // batches_per_epoch
+                if epoch > (drawn - self.batches_per_step) // batches_per_epoch:
+                    tracker.log_metrics({f"epoch/{k}": v for k, v in all_mean(epoch_means.pop(), self.device).items()}, epoch)
                 if eval_batches and (step % train.eval_every == 0 or step == train.steps):
                     last_eval = self._evaluate(tracker, eval_batches, step)
+                if train.sample_eval and (step % train.sample_eval.every == 0 or step == train.steps):
+                    last_eval.update(self._evaluate_samples(tracker, step))
                 if step % train.checkpoint_every == 0 or step == train.steps or stop.requested:
                     self._save_checkpoint(step, tracker.run_id)
                 if stop.requested:
                     raise RunError(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
         model_dir = self._finish(tracker, eval_batches)
         report = {"run_id": tracker.run_id, "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step}
+        if train.sample_eval and train.sample_eval.keep_best and math.isfinite(self.best_fid):
+            report["best_fid"] = self.best_fid
         report.update({f"train/{k}": v for k, v in last_train.items()})
         report.update({f"eval/{k}": v for k, v in last_eval.items()})
         return report
@@ -284,8 +361,28 @@ class Trainer:
         tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
         for name, images in previews.items():
             path = self.run_dir / "previews" / f"{name}_step{step:06d}.png"
-            save_grid(images.detach().float().cpu(), path)
+            images = images.detach().float().cpu()
+            if images.ndim == 2:  # point data (B, 2): a scatter plot with the mixture's modes
+                from udl_med.data.preview import save_scatter
+
+                save_scatter(images, path, centres=getattr(self.train_set, "centres", None))
+            else:
+                save_grid(images, path)
             tracker.log_artifact(path, "previews")
+        return metrics
+
+    def _evaluate_samples(self, tracker, step: int) -> dict[str, float]:
+        """FID/KID of the method's samples (EMA weights where used); keeps the best weights if asked."""
+        metrics: dict[str, float] = {}
+        if self.sample_evaluator is not None:
+            self.method.eval()
+            with self.ema.swapped_in(self.method) if self.ema else nullcontext():
+                metrics = self.sample_evaluator(self.method)
+            tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+            if self.config.train.sample_eval.keep_best and metrics["fid"] < self.best_fid:
+                self.best_fid = metrics["fid"]
+                state = self.ema.averaged_state(self.method) if self.ema else self.method.state_dict()
+                ckpt.atomic_torch_save({"step": step, "fid": self.best_fid, "model": state}, self.checkpoint_path.parent / BEST_CHECKPOINT_NAME)
         return metrics
 
     def _save_checkpoint(self, step: int, mlflow_run_id: str | None) -> None:
@@ -302,6 +399,7 @@ class Trainer:
             scaler=self.opt.scaler.state_dict(),
             ema=self.ema.state_dict() if self.ema else {},
             mlflow_run_id=mlflow_run_id,
+            best_fid=self.best_fid,
         )
 
     def _finish(self, tracker, eval_batches: list[dict[str, Any]]) -> Path:
@@ -310,6 +408,9 @@ class Trainer:
         if not self.process.is_main:
             return model_dir
         state = self.ema.averaged_state(self.method) if self.ema else self.method.state_dict()
+        best = self.checkpoint_path.parent / BEST_CHECKPOINT_NAME
+        if self.config.train.sample_eval and self.config.train.sample_eval.keep_best and best.exists():
+            state = torch.load(best, map_location="cpu", weights_only=True)["model"]
         save_model(model_dir, self.method, self.config.to_dict(), state, self.config.train.steps)
         tracker.log_artifact(self.checkpoint_path, "checkpoints")
         module, example = (None, None)
@@ -322,12 +423,21 @@ class Trainer:
         return model_dir
 
 
-def train(config: RunConfig | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:
-    """Train from a validated config or a config dictionary (``overrides`` as ``key.path=value``)."""
+def train(
+    config: RunConfig | dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    datasets: tuple[Any, Any | None] | None = None,
+) -> dict[str, Any]:
+    """Train from a validated config or a config dictionary (``overrides`` as ``key.path=value``).
+
+    ``datasets=(train, eval)`` hands in-memory data to a ``data.kind: memory`` run: torch
+    datasets of dict items (see :mod:`udl_med.data.memory`).
+    """
     if overrides or not isinstance(config, RunConfig):
         raw = config.to_dict() if isinstance(config, RunConfig) else config
         config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
-    return Trainer(config, resume=resume).run()
+    return Trainer(config, resume=resume, datasets=datasets).run()
 
 
 def train_from_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:

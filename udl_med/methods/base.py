@@ -74,9 +74,28 @@ class Optimization(Protocol):
     the mixed-precision context to run forward passes in.
     """
 
+    #: completed training steps before this one (0 at the first step): the method's clock
+    global_step: int
+
     def step(self, name: str, loss: Tensor, retain_graph: bool = False) -> None: ...
 
     def autocast(self) -> AbstractContextManager: ...
+
+    def next_batch(self) -> dict[str, Any]:
+        """A fresh training batch on the method's device (at most ``batches_per_step() - 1`` per step)."""
+        ...
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        """The optimizer ``name`` (read its learning rate, step it by hand in unrolling)."""
+        ...
+
+    def snapshot(self, *names: str) -> dict[str, Any]:
+        """Deep copies of the named optimizers' states (all when no name is given)."""
+        ...
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Load the optimizer states a :meth:`snapshot` took."""
+        ...
 
 
 class Method(nn.Module, ABC):
@@ -97,6 +116,9 @@ class Method(nn.Module, ABC):
     batch_keys: ClassVar[tuple[str, ...]] = ("image",)  # keys train_step reads
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     ema_modules: ClassVar[tuple[str, ...]] = ()  # submodule names averaged when train.ema_decay is set
+    # Submodules inference needs (a GAN's generator, a CycleGAN's two generators): model
+    # files keep only their state. Empty: everything.
+    inference_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MethodConfig, data: DataSpec) -> None:
         super().__init__()
@@ -110,6 +132,38 @@ class Method(nn.Module, ABC):
     @abstractmethod
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
         """Do one training step on ``batch``; return detached scalar losses by name."""
+
+    def batches_per_step(self) -> int:
+        """Training batches one step uses: ``batch`` plus ``opt.next_batch()`` calls (k D steps, feature matching)."""
+        return 1
+
+    def reference_batch_size(self) -> int:
+        """Training items :meth:`on_train_start` receives as a fixed reference batch (0: none)."""
+        return 0
+
+    def on_train_start(self, reference: dict[str, Any] | None, generator: torch.Generator) -> None:
+        """Called once per process before the first step, fresh or resumed (virtual batch norm's reference).
+
+        ``reference`` holds :meth:`reference_batch_size` training items, the same on every
+        rank and on resume (None when the size is 0); ``generator`` is a CPU generator
+        seeded from the run seed, for any draw the hook makes. It runs after a resumed
+        checkpoint is loaded and before the RNG states are restored, so it must not use
+        the global RNG. What inference needs must be stored as buffers.
+        """
+
+    def num_sample_classes(self) -> int:
+        """Classes :meth:`sample` accepts as ``label`` (0: an unconditional model)."""
+        return 0
+
+    def check_sample_label(self, label: int | None) -> None:
+        """Refuse a label for an unconditional model, or a class the model does not know (``ValueError``)."""
+        if label is None:
+            return
+        classes = self.num_sample_classes()
+        if classes == 0:
+            raise ValueError(f"method {self.name!r} is unconditional; a label needs a conditional model")
+        if not 0 <= label < classes:
+            raise ValueError(f"label {label} is not a class of this model (0 to {classes - 1})")
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:

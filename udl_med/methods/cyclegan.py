@@ -88,6 +88,7 @@ class CycleGAN(Method):
     batch_keys = (keys.CT, keys.MR)
     capabilities = frozenset({Capability.TRANSLATE})
     ema_modules = ("g_ct2mr", "g_mr2ct")
+    inference_modules = ("g_ct2mr", "g_mr2ct")  # model files drop the discriminators and image pools
     directions: tuple[str, ...] = DIRECTIONS
 
     def __init__(self, config: CycleGANConfig, data: DataSpec) -> None:

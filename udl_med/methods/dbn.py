@@ -107,9 +107,7 @@ class DBNMethod(Method):
         # PyTorch's initialisation until the greedy phase ends (then the RBM weights, if pretrained).
         kwargs = fully_connected_kwargs(self.dbn, data.num_classes, config.dropout)
         self.classifier = FullyConnectedNet(**kwargs) if data.num_classes > 0 else None
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("finetune_started", torch.zeros((), dtype=torch.bool))
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
     def _device(self) -> torch.device:
         return self.dbn.rbms[0].weight.device
@@ -127,12 +125,10 @@ class DBNMethod(Method):
         opts: dict[str, torch.optim.Optimizer] = {optimizer_name(i): rbm_optimizer(rbm, c) for i, rbm in enumerate(self.dbn.rbms)}
         if self.classifier is not None:
             opts[FINETUNE] = torch.optim.Adam(self.classifier.parameters(), lr=c.finetune_lr, weight_decay=c.finetune_weight_decay)
-        self._optimizers = opts
         return opts
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
-        step = int(self.step)
-        self.step += 1
+        step = opt.global_step
         phase = self.phase(step)
         x = batch[keys.IMAGE].to(self._device())
         if phase < self.dbn.n_layers or self.classifier is None:
@@ -153,9 +149,8 @@ class DBNMethod(Method):
         with torch.no_grad():
             v = self.dbn.up(self.codec.encode(x), layer)  # (B, sizes[layer])
         name = optimizer_name(layer)
-        if name in self._optimizers:
-            local = step - layer * c.layer_steps
-            set_momentum(self._optimizers[name], c.initial_momentum if local < c.momentum_switch_step else c.momentum)
+        local = step - layer * c.layer_steps
+        set_momentum(opt.optimizer(name), c.initial_momentum if local < c.momentum_switch_step else c.momentum)
         chains = self.chains[layer] if self.chains is not None else None
         out = cd_step(self.dbn.layer(layer), v, opt, name, c, chains)
         return {keys.LOSS: out[keys.LOSS], layer_key(keys.RECON, layer): out[keys.RECON]}

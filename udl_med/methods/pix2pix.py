@@ -60,6 +60,7 @@ class Pix2Pix(Method):
     batch_keys = (keys.CT, keys.MR)
     capabilities = frozenset({Capability.TRANSLATE})
     ema_modules = ("generators",)
+    inference_modules = ("generators",)  # model files drop the discriminator
 
     def __init__(self, config: Pix2PixConfig, data: DataSpec) -> None:
         super().__init__(config, data)

@@ -285,8 +285,7 @@ class RBMMethod(Method):
         self.codec = VisibleCodec(config.visible, (data.in_channels, *data.image_size), config.min_std)
         self.rbm = make_rbm(config.visible, self.codec.n_visible, config.n_hidden, config.init_std, config.learn_sigma)
         self.chains = PersistentChains(config.n_chains, config.n_hidden) if config.persistent else None
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._steps_seen = 0  # training steps run so far (the engine's clock): AIS is cached per step
         self._ais: tuple[int, AISEstimate] | None = None  # (step, estimate) of the last evaluation
 
     def _device(self) -> torch.device:
@@ -298,18 +297,16 @@ class RBMMethod(Method):
     # --- training -------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        self._optimizers = {"rbm": rbm_optimizer(self.rbm, self.config)}
-        return self._optimizers
+        return {"rbm": rbm_optimizer(self.rbm, self.config)}
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
         c = self.config
         x = batch[keys.IMAGE].to(self._device())
         self.codec.update(x)
         v = self.codec.encode(x)  # (B, n_visible)
-        if "rbm" in self._optimizers:
-            set_momentum(self._optimizers["rbm"], c.initial_momentum if int(self.step) < c.momentum_switch_step else c.momentum)
+        set_momentum(opt.optimizer("rbm"), c.initial_momentum if opt.global_step < c.momentum_switch_step else c.momentum)
         out = cd_step(self.rbm, v, opt, "rbm", c, self.chains)
-        self.step += 1
+        self._steps_seen = opt.global_step + 1
         return out
 
     # --- evaluation and previews ----------------------------------------------------
@@ -335,7 +332,7 @@ class RBMMethod(Method):
         c = self.config
         if c.ais_chains == 0 or exact_likelihood_is_cheap(self.rbm, c):
             return None
-        step = int(self.step)
+        step = self._steps_seen
         if self._ais is None or self._ais[0] != step:
             base = base_rate_bias(v) if isinstance(self.rbm, BernoulliRBM) else None
             self._ais = (step, self.rbm.ais_log_partition(c.ais_chains, c.ais_betas, base_visible_bias=base))

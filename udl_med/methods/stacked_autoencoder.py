@@ -15,7 +15,7 @@ inverts ``f_k``. With ``schedule: greedy``:
 
 ``schedule: end_to_end`` trains the same network end to end from the first step, so the
 two can be compared at equal architecture and steps. The stage is a function of the
-step counter kept in the state dict, so a resumed run continues in the right stage.
+engine's step counter (``opt.global_step``), so a resumed run continues in the right stage.
 Code names: ``f_k`` = ``net.encoder.net.layer_k`` (``f_L`` = ``net.encoder.final``),
 ``g_k`` = ``net.decoder.layers[k]`` (``g_L`` = ``net.decoder.linear``).
 """
@@ -57,7 +57,6 @@ class StackedAutoencoderMethod(ReconstructionMethod):
     def __init__(self, config: StackedAutoencoderConfig, data: DataSpec) -> None:
         super().__init__(config, data)
         self.num_blocks = len(self.net.encoder.net)  # L
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     def stage_modules(self, k: int) -> list[nn.Module]:
         """The modules greedy stage ``k`` trains: ``f_k`` and ``g_k``."""
@@ -80,11 +79,11 @@ class StackedAutoencoderMethod(ReconstructionMethod):
             optimizers.update({f"stage_{k}": adam(self.stage_modules(k)) for k in range(self.num_blocks + 1)})
         return optimizers
 
-    def current_stage(self) -> int:
-        """Greedy stage ``0 .. L`` of the next step, or ``L + 1`` for end-to-end training."""
+    def stage_at(self, step: int) -> int:
+        """Greedy stage ``0 .. L`` of training step ``step``, or ``L + 1`` for end-to-end training."""
         if self.config.schedule == "end_to_end":
             return self.num_blocks + 1
-        return min(int(self.steps_done) // self.config.layer_steps, self.num_blocks + 1)
+        return min(step // self.config.layer_steps, self.num_blocks + 1)
 
     def stage_reconstruction(self, k: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(target h_k, reconstruction g_k(f_k(h_k)))`` for greedy stage ``k``; ``h_k`` is not differentiated."""
@@ -100,7 +99,7 @@ class StackedAutoencoderMethod(ReconstructionMethod):
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
         x = self.images(batch)
-        k = self.current_stage()
+        k = self.stage_at(opt.global_step)
         with opt.autocast():
             if k <= self.num_blocks:
                 target, output = self.stage_reconstruction(k, x)
@@ -111,5 +110,4 @@ class StackedAutoencoderMethod(ReconstructionMethod):
         else:
             loss = torch.mean((output.float() - target.float()) ** 2)  # feature maps: squared error
         opt.step(f"stage_{k}" if k <= self.num_blocks else FINETUNE, loss)
-        self.steps_done += 1
         return {keys.LOSS: loss.detach(), keys.STAGE: float(k)}
