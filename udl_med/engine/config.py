@@ -63,6 +63,7 @@ class TrackingConfig(_Section):
     experiment: str = "udl-med"
     run_name: str | None = None
     log_model: bool = True  # log the model in MLflow's pytorch flavour (pt2) as well as our files
+    enabled: bool = True  # false: no MLflow run (in-process fits: tests, benchmarks, probes)
 
 
 class RunConfig(_Section):

@@ -16,6 +16,7 @@ import random
 import signal
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -146,11 +147,13 @@ class Trainer:
         resume: bool = False,
         source: str = "<config>",
         datasets: tuple[Any, Any | None] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         self.config = config
         self.resume = resume
         self.source = source
         self.datasets = datasets  # (train, eval) for data.kind: memory
+        self.on_step = on_step  # called with (step, losses) after every step: in-process fits read their curves
         self.process: ProcessInfo = init_distributed("cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu")
         self.device = choose_device(config.train.device, self.process)
         self.run_dir = config.run_dir
@@ -256,7 +259,8 @@ class Trainer:
         self._build()
         start, mlflow_run_id = self._restore()
         main = self.process.is_main
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id) if main else NullTracker()
+        tracked = main and cfg.tracking.enabled
+        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id) if tracked else NullTracker()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / RUN_INFO_NAME).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
@@ -321,6 +325,8 @@ class Trainer:
                 step += 1
                 running.add(losses)
                 epoch_means.add(losses)
+                if self.on_step is not None:
+                    self.on_step(step, losses)
                 progress.update(1)
                 if step % train.log_every == 0 or step == train.steps:
                     last_train = all_mean(running.pop(), self.device)
@@ -414,7 +420,7 @@ class Trainer:
         save_model(model_dir, self.method, self.config.to_dict(), state, self.config.train.steps)
         tracker.log_artifact(self.checkpoint_path, "checkpoints")
         module, example = (None, None)
-        if self.config.tracking.log_model:
+        if self.config.tracking.log_model and self.config.tracking.enabled:
             cpu_method = get_method(self.config.method)(self.config.model, self.spec)
             cpu_method.load_state_dict({k: v.cpu() for k, v in state.items()})
             batch = eval_batches[0] if eval_batches else collate_plain([self.train_set[0]])
