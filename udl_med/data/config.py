@@ -31,6 +31,12 @@ class DataConfig(BaseModel):
             subject and position) or ``unpaired`` (CT and MR from disjoint halves of
             the subjects, sampled independently).
         labeled: add the manifest ``label`` to every item.
+        semi_supervised: partly labeled data (:mod:`udl_med.data.semi_supervised`): rows
+            with an empty ``label`` are unlabeled; each training item is an unlabeled
+            item plus a labeled one, evaluation items are the labeled ones.
+        labels_per_class: with ``semi_supervised``, keep the labels of only this many
+            training subjects per class (the others become unlabeled); None: all labels.
+        labels_seed: the seed that chooses those subjects.
         split: the training split of the manifest (``None``: every image).
         eval_split: the split used for evaluation batches.
         ct_window: CT clip window in HU mapped to [-1, 1] (see ``udl_med.data.normalize``).
@@ -56,6 +62,9 @@ class DataConfig(BaseModel):
     modality: Literal["CT", "MR"] | None = None
     pairing: Literal["none", "paired", "unpaired"] = "none"
     labeled: bool = False
+    semi_supervised: bool = False
+    labels_per_class: int | None = Field(None, ge=1)
+    labels_seed: int = 0
     split: str | None = "train"
     eval_split: str | None = "val"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
@@ -80,6 +89,10 @@ class DataConfig(BaseModel):
         lo, hi = self.mr_percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")
+        if self.labels_per_class is not None and not self.semi_supervised:
+            raise ValueError("labels_per_class needs semi_supervised: true")
+        if self.semi_supervised and (self.pairing != "none" or self.labeled):
+            raise ValueError("semi_supervised data has one image per item and its own labels: set pairing: none, labeled: false")
         if self.pairing != "none" and self.modality is not None:
             raise ValueError(f"modality must be null when pairing is {self.pairing!r} (items hold both CT and MR)")
         return self

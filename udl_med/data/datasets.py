@@ -448,6 +448,10 @@ def build_dataset(cfg: DataConfig, split: str | None) -> UdlDataset:
         InputError: a bad source (named), or no usable image in ``split``.
         ConfigError: a config that cannot fit the data.
     """
+    if cfg.semi_supervised:  # labeled + unlabeled items (udl_med.data.semi_supervised)
+        from udl_med.data.semi_supervised import build_semi_supervised
+
+        return build_semi_supervised(cfg, split)
     all_records = list_images(cfg.source)
     num_classes = 0
     if cfg.labeled:

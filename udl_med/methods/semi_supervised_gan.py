@@ -1,0 +1,258 @@
+"""Semi-supervised K+1 GAN: a discriminator that learns a K-class classifier from few labels and many unlabeled scans.
+
+Salimans, Goodfellow, Zaremba, Cheung, Radford & Chen, "Improved Techniques for
+Training GANs", NeurIPS 2016 (https://arxiv.org/abs/1606.03498), section 5; the MNIST
+set-up of openai/improved-gan. The discriminator
+(:class:`udl_med.nets.kplus1.KPlusOneDiscriminator`, a stock MONAI ``Classifier`` or
+``FullyConnectedNet`` with Gaussian noise layers) outputs K class logits; the
+"generated" class's logit is fixed at 0, so ``D(x) = Z / (Z + 1)`` with ``Z = sum_k
+exp(l_k)``. One step (:mod:`udl_med.losses.kplus1`):
+
+- discriminator (optimizer ``discriminator``): cross-entropy on the labeled batch plus
+  ``unsupervised_weight`` times ``0.5 * (-mean(lse(x_unl)) + mean(softplus(lse(x_unl)))
+  + mean(softplus(lse(G(z)))))`` on the unlabeled batch and a generated batch of the
+  same size;
+- generator (optimizer ``generator``): feature matching (default; the squared distance
+  between the batch means of D's last hidden layer on the unlabeled batch and on
+  ``G(z)``, best for classification in the paper) or ``non_saturating``
+  (``-log D(G(z))``), usually with minibatch discrimination (``minibatch_kernels``;
+  better samples, a worse classifier in the paper).
+
+``unsupervised_weight: 0`` is the supervised-only baseline: the same discriminator, the
+same steps and labeled batches, no generator. Evaluation uses the engine's averaged
+weights when ``train.ema_decay`` is set (``ema_modules = ("discriminator",)``; the
+paper evaluates with averaged parameters), and the model file keeps only the
+discriminator. Images: 2D slices, 2.5D stacks and 3D patches (DCGAN generator, conv
+discriminator), or flattened images and vectors (MLP generator and discriminator).
+
+Data: ``data.semi_supervised: true`` (:mod:`udl_med.data.semi_supervised`) gives each
+step a labeled batch (``image``, ``label``) and an unlabeled batch
+(``unlabeled_image``); evaluation batches are labeled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from udl_med import keys
+from udl_med.errors import ConfigError
+from udl_med.losses.gan import feature_matching_loss
+from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
+from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.nets.kplus1 import KPlusOneDiscriminator
+
+DISCRIMINATOR = "discriminator"  # optimizer and submodule names
+GENERATOR = "generator"
+
+
+class SemiSupervisedGANConfig(MethodConfig):
+    """The ``model:`` section of a ``semi_supervised_gan`` run.
+
+    Attributes:
+        discriminator: ``auto`` (``conv`` for images, ``mlp`` for vectors), ``conv`` or
+            ``mlp`` (flattened images).
+        d_channels, d_kernel_size, d_norm: the conv discriminator (strided convolutions, LeakyReLU 0.2).
+        d_hidden: the MLP discriminator's hidden sizes (Salimans' MNIST: 1000, 500, 250, 250, 250).
+        d_dropout: dropout of D's hidden layers.
+        input_noise_std, hidden_noise_std: D's Gaussian noise while training (paper: 0.3, 0.5 on [0, 1] pixels).
+        latent_dim: generator input size.
+        g_channels: DCGAN generator channels (images); g_hidden: MLP generator hidden sizes (vectors).
+        generator_objective: ``feature_matching`` or ``non_saturating``.
+        minibatch_kernels, minibatch_kernel_dims: minibatch discrimination in D (0: off).
+        unsupervised_weight: weight of the unsupervised loss; 0 is the supervised-only baseline.
+        lr, g_lr, beta1: Adam (paper: 3e-3, beta1 0.5); ``g_lr`` defaults to ``lr``.
+    """
+
+    discriminator: Literal["auto", "conv", "mlp"] = "auto"
+    d_channels: tuple[int, ...] = (32, 64, 128)
+    d_kernel_size: int = 3
+    d_norm: Literal["none", "batch", "instance"] = "none"
+    d_hidden: tuple[int, ...] = (500, 250, 250)
+    d_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    input_noise_std: float = Field(0.3, ge=0.0)
+    hidden_noise_std: float = Field(0.5, ge=0.0)
+    latent_dim: int = Field(100, ge=1)
+    g_channels: tuple[int, ...] = (128, 64, 32)
+    g_hidden: tuple[int, ...] = (500, 500)
+    generator_objective: Literal["feature_matching", "non_saturating"] = "feature_matching"
+    minibatch_kernels: int = Field(0, ge=0)
+    minibatch_kernel_dims: int = Field(5, ge=1)
+    unsupervised_weight: float = Field(1.0, ge=0.0)
+    lr: float = Field(3e-3, gt=0)
+    g_lr: float | None = Field(None, gt=0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SemiSupervisedGANConfig:
+        for name in ("d_channels", "d_hidden", "g_channels", "g_hidden"):
+            value = getattr(self, name)
+            if not value or min(value) < 1:
+                raise ValueError(f"{name} must be one or more positive sizes, got {list(value)}")
+        if self.d_kernel_size < 1 or self.d_kernel_size % 2 == 0:
+            raise ValueError(f"d_kernel_size must be odd, got {self.d_kernel_size}")
+        return self
+
+    @property
+    def supervised_only(self) -> bool:
+        return self.unsupervised_weight == 0
+
+
+@register("semi_supervised_gan")
+class SemiSupervisedGAN(Method):
+    """K+1 semi-supervised GAN; see the module docstring."""
+
+    Config = SemiSupervisedGANConfig
+    batch_keys = (keys.IMAGE, keys.LABEL, keys.UNLABELED_IMAGE)
+    capabilities = frozenset({Capability.CLASSIFY})
+    ema_modules = (DISCRIMINATOR,)
+    inference_modules = (DISCRIMINATOR,)
+
+    def __init__(self, config: SemiSupervisedGANConfig, data: DataSpec) -> None:
+        super().__init__(config, data)
+        if data.num_classes < 2:
+            raise ConfigError(
+                "<config>", "data.semi_supervised", f"semi_supervised_gan needs at least 2 labeled classes, the data has {data.num_classes}"
+            )
+        architecture = config.discriminator
+        if architecture == "auto":
+            architecture = "mlp" if data.spatial_dims == 0 else "conv"
+        if architecture == "conv" and data.spatial_dims == 0:
+            raise ConfigError("<config>", "model.discriminator", "'conv' needs images; vector data uses 'mlp'")
+        self.architecture = architecture
+        self.discriminator = KPlusOneDiscriminator(
+            data.spatial_dims,
+            data.in_channels,
+            data.image_size,
+            data.num_classes,
+            architecture=architecture,
+            channels=config.d_channels,
+            kernel_size=config.d_kernel_size,
+            hidden=config.d_hidden,
+            norm=config.d_norm,
+            dropout=config.d_dropout,
+            input_noise_std=config.input_noise_std,
+            hidden_noise_std=config.hidden_noise_std,
+            minibatch_kernels=config.minibatch_kernels,
+            minibatch_kernel_dims=config.minibatch_kernel_dims,
+        )
+        self.generator = None if config.supervised_only else self._build_generator(config, data)
+        self.loss = KPlusOneLoss()
+
+    @staticmethod
+    def _build_generator(config: SemiSupervisedGANConfig, data: DataSpec) -> torch.nn.Module:
+        if data.spatial_dims == 0:
+            from udl_med.nets.mlp_gan import MLPGenerator
+
+            return MLPGenerator(config.latent_dim, data.in_channels, hidden=config.g_hidden, norm="batch", output="tanh")
+        from udl_med.nets.dcgan import DCGANGenerator
+
+        return DCGANGenerator(data.spatial_dims, config.latent_dim, data.in_channels, data.image_size, channels=config.g_channels, norm="batch")
+
+    def _device(self) -> torch.device:
+        return next(self.discriminator.parameters()).device
+
+    # --- training -------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        betas = (c.beta1, 0.999)
+        opts = {DISCRIMINATOR: torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas)}
+        if self.generator is not None:
+            opts[GENERATOR] = torch.optim.Adam(self.generator.parameters(), lr=c.g_lr or c.lr, betas=betas)
+        return opts
+
+    def _z(self, n: int) -> Tensor:
+        return torch.randn(n, self.config.latent_dim, device=self._device())
+
+    def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor | float]:
+        c = self.config
+        x_lab, labels = batch[keys.IMAGE], batch[keys.LABEL].long()
+        d = self.discriminator
+        with opt.autocast():
+            logits_lab = d(x_lab)
+        ce = self.loss.supervised(logits_lab, labels)
+        out: dict[str, Tensor | float] = {keys.CE: ce.detach(), keys.ACCURACY: (logits_lab.argmax(1) == labels).float().mean().detach()}
+        if self.generator is None:
+            opt.step(DISCRIMINATOR, ce)
+            out[keys.LOSS] = ce.detach()
+            return out
+        x_unl = batch[keys.UNLABELED_IMAGE]
+        fake = self.generator(self._z(x_unl.shape[0]))
+        with opt.autocast():
+            logits_unl, _ = d.gan_logits(x_unl)
+            logits_fake, _ = d.gan_logits(fake.detach())
+        unsup = self.loss.discriminator_loss(logits_unl, logits_fake)
+        loss_d = ce + c.unsupervised_weight * unsup
+        opt.step(DISCRIMINATOR, loss_d)
+        with opt.autocast():
+            logits_gen, features_fake = d.gan_logits(fake)
+            if c.generator_objective == "feature_matching":
+                with torch.no_grad():
+                    _, features_real = d.forward_features(x_unl)
+                loss_g = feature_matching_loss(features_real.float(), features_fake.float())
+            else:
+                loss_g = self.loss.generator_loss(logits_gen)
+        opt.step(GENERATOR, loss_g)
+        out.update(
+            {
+                keys.LOSS: loss_d.detach(),
+                keys.UNSUPERVISED: unsup.detach(),
+                keys.GENERATOR: loss_g.detach(),
+                keys.D_REAL: real_probability(logits_unl.detach()).mean(),
+                keys.D_FAKE: real_probability(logits_fake.detach()).mean(),
+            }
+        )
+        return out
+
+    # --- evaluation and use ---------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Accuracy and cross-entropy on a labeled held-out batch, and the mean ``D(x)``."""
+        x = batch[keys.IMAGE].to(self._device())
+        logits = self.discriminator(x)
+        out = {keys.D_REAL: float(real_probability(logits).mean())}
+        if keys.LABEL in batch:
+            labels = batch[keys.LABEL].to(self._device()).long()
+            out[keys.ACCURACY] = float((logits.argmax(1) == labels).float().mean())
+            out[keys.CE] = float(self.loss.supervised(logits, labels))
+        return out
+
+    @torch.no_grad()
+    def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if self.generator is None or self.data.spatial_dims == 0:
+            return {}
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            generator = torch.Generator(self._device()).manual_seed(0)
+            z = torch.randn(16, self.config.latent_dim, generator=generator, device=self._device())
+            samples = self.generator(z)
+        finally:
+            self.generator.train(was_training)
+        return {"samples": samples[:, :1] if self.data.spatial_dims == 2 else samples[..., samples.shape[-1] // 2][:, :1]}
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, *spatial)`` (or vectors ``(B, D)``) in [-1, 1] -> class probabilities ``(B, K)``."""
+        was_training = self.discriminator.training
+        self.discriminator.eval()  # no noise, running statistics: what the exported network computes
+        try:
+            return class_probabilities(self.discriminator(x.to(self._device())))
+        finally:
+            self.discriminator.train(was_training)
+
+    def export_classifier(self) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+        """``(monai class path, kwargs, state dict)`` of the classifier; its softmax is :meth:`classify`."""
+        return self.discriminator.exported()
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in self.discriminator.parameters())
+
+
+__all__ = ["SemiSupervisedGANConfig", "SemiSupervisedGAN"]
