@@ -11,6 +11,8 @@ UNLABELED_IMAGE = "unlabeled_image"  # semi-supervised batches: an unlabeled ite
 
 # Manifest columns (shared/DESIGN.md).
 MANIFEST_COLUMNS = ("image", "label", "modality", "subject", "split")
+# Extra columns of a manifest written by `udl-med synthesize` (readers accept them too).
+SYNTHETIC_COLUMNS = ("synthetic", "model", "seed")
 MODALITIES = ("CT", "MR")
 
 # Files inside a model directory written by `train` or `export`.
@@ -45,6 +47,12 @@ UNSUPERVISED = "unsupervised"  # K+1 real-versus-generated loss on the unlabeled
 GENERATOR = "generator"  # generator loss (feature matching or non-saturating)
 D_REAL = "d_real"  # mean D(x) = Z / (Z + 1) on unlabeled data
 D_FAKE = "d_fake"  # mean D(G(z))
+
+# Synthesis (LAPGAN, two-stage GAN, synthesize, memorisation, downstream utility).
+SYNTHETIC_MANIFEST = "manifest.csv"  # inside a synthesize output folder
+SYNTHETIC_GRID = "samples.png"
+MEMORIZATION_RATE = "memorization/rate"  # fraction of synthetic images flagged as copies
+UTILITY_ARMS = ("real", "real+synthetic", "synthetic")  # the downstream-utility training sets
 
 # Log keys of the `gan` method (its d_real / d_fake are D's mean raw scores: logits, or critic values).
 LOSS_G = "loss_g"  # generator loss (adversarial, feature matching or unrolled, plus historical averaging)
