@@ -59,6 +59,12 @@ STEP_KINDS: dict[str, str] = {
     "fid": "udl_med.metrics.compare:compare_sets",
     "probe": "udl_med.evaluation.probe:probe_step",
     "evaluate_translation": "udl_med.evaluation.translation:evaluate_translation_step",
+    # synthesis (issue 15)
+    "lesion_slices": "udl_med.evaluation.utility:lesion_slices",
+    "synthesize": "udl_med.inference.synthesize:synthesize",
+    "fid_gate": "udl_med.evaluation.synthesis:fid_gate_step",
+    "memorization": "udl_med.metrics.memorization:memorization_check",
+    "utility": "udl_med.evaluation.utility:utility_step",
 }
 
 # The parameters of each step kind that name existing inputs (resolved relative to the pipeline file).

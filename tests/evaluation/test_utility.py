@@ -1,0 +1,80 @@
+"""Downstream utility: the three arms share the held-out subjects and the budget; a useful synthetic set helps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from udl_med.errors import UserError
+from udl_med.evaluation import utility
+from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, few_subjects, utility_tensors
+
+
+def _items(n_subjects: int, per_subject: int, seed: int, prefix: str, size: int = 16) -> LabeledItems:
+    """Class 1: a bright square somewhere on a noisy background; class 0: none (learnable, flip-invariant)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = np.repeat(np.arange(n_subjects) % 2, per_subject)
+    images = 0.3 * torch.randn(len(labels), 1, size, size, generator=g) - 0.5
+    for i, k in enumerate(labels):
+        r, c = torch.randint(0, size - 4, (2,), generator=g).tolist()
+        images[i, 0, r : r + 4, c : c + 4] += 1.5 * k
+    subjects = np.repeat(np.asarray([f"{prefix}{s}" for s in range(n_subjects)]), per_subject)
+    return LabeledItems(images.clamp(-1, 1), labels, subjects)
+
+
+def test_few_subjects_draws_per_class() -> None:
+    items = _items(10, 3, 0, "r")
+    mask = few_subjects(items, 2, seed=0)
+    chosen = set(items.subjects[mask])
+    assert len(chosen) == 4 and sorted(np.bincount(items.labels[mask])) == [6, 6]
+    assert not np.array_equal(mask, few_subjects(items, 2, seed=1))
+
+
+def test_arms_share_the_heldout_subjects_and_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, synthetic, heldout = _items(12, 2, 0, "r"), _items(20, 2, 1, "s"), _items(8, 3, 2, "h")
+    seen: list[tuple[str, ...]] = []
+    budgets: list[int] = []
+    real_score, real_train = utility.score, utility.train_classifier
+
+    def spy_score(model, items):
+        seen.append(tuple(items.subjects.tolist()))
+        return real_score(model, items)
+
+    def spy_train(items, num_classes, budget, seed, augment=True):
+        budgets.append(budget.steps)
+        return real_train(items, num_classes, budget, seed, augment)
+
+    monkeypatch.setattr(utility, "score", spy_score)
+    monkeypatch.setattr(utility, "train_classifier", spy_train)
+    result = utility_tensors(real, synthetic, heldout, seeds=(0, 1), per_class_subjects=1, budget=ClassifierBudget((4, 8), steps=150, batch_size=16, lr=3e-3))
+    assert len(seen) == 6 and len(set(seen)) == 1 and set(seen[0]) == set(heldout.subjects)  # 3 arms x 2 seeds, one test set
+    assert budgets == [150] * 6
+    assert result["heldout_subjects"] == sorted(set(heldout.subjects))
+    for arm in ("real", "real+synthetic", "synthetic"):
+        assert 0.0 <= result[f"{arm}/balanced_accuracy"] <= 1.0 and len(result[f"{arm}/per_seed"]) == 2
+    assert result["real+synthetic/balanced_accuracy"] > result["real/balanced_accuracy"] + 0.1  # 20 extra subjects of a learnable task help
+    assert result["synthetic/balanced_accuracy"] > 0.65 and result["gain"] > 0.1
+    assert result["n_real_items"] == 4 and result["chance"] == 0.5
+
+
+def test_heldout_subjects_must_be_new() -> None:
+    real = _items(6, 2, 0, "r")
+    with pytest.raises(UserError, match="held-out subjects also in the real training set"):
+        utility_tensors(real, _items(4, 2, 1, "s"), _items(4, 2, 2, "r"), seeds=(0,), budget=ClassifierBudget((4,), steps=1))
+
+
+def test_lesion_slices_show_their_class(phantom_manifest) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from udl_med.data.io import list_images, read_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = utility.lesion_slices(phantom_manifest, Path(tmp) / "slices")
+        records = list_images(result["manifest"])
+        assert len(records) == result["n"] > 0 and {r.modality for r in records} == {"CT"}
+        image = read_image(records[0].path)
+        assert image.shape[-1] == 1 and float(image.min()) >= -250 and float(image.max()) <= 250
+        items = utility.labeled_items(result["manifest"])
+        assert items.images.shape[1:] == (1, 32, 32) and set(items.labels) <= {0, 1, 2}
