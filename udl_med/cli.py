@@ -67,6 +67,28 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     return sample_to_dir(args.model, n=args.n, out=args.out, label=args.label, seed=args.seed)
 
 
+def cmd_synthesize(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.synthesize import synthesize
+
+    return synthesize(args.model, args.out, n=args.n, n_per_class=args.n_per_class, like=args.like, seed=args.seed)
+
+
+def cmd_memorization(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.metrics.memorization import memorization_check
+
+    return memorization_check(
+        args.synthetic, args.train, args.holdout, extractor=args.extractor, dims=args.dims, quantile=args.quantile, drop=args.drop, out=args.figure
+    )
+
+
+def cmd_augment_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.evaluation.utility import utility_step
+
+    return utility_step(
+        args.real, args.synthetic, args.heldout, seeds=args.seeds, per_class_subjects=args.per_class_subjects or None, steps=args.steps
+    )
+
+
 def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.inference.encode import encode_to_file
 
@@ -166,6 +188,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("synthesize", cmd_synthesize, "write a synthetic data set: NIfTI in physical units, manifest.csv, a PNG grid (atomic)")
+    p.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a local model folder")
+    p.add_argument("--out", required=True, help="the folder to create (must not exist or be empty)")
+    count = p.add_mutually_exclusive_group(required=True)
+    count.add_argument("--n", type=int, default=None, help="images in all (classes in turn for a conditional model)")
+    count.add_argument("--n-per-class", type=int, default=None, help="images per class (conditional models)")
+    p.add_argument("--like", default=None, metavar="REFERENCE", help="a scan whose spacing, orientation, size and modality the images take")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("memorization", cmd_memorization, "flag synthetic images that are (near-)copies of training images")
+    p.add_argument("synthetic", help="synthetic images: folder, manifest or volume")
+    p.add_argument("train", help="the generator's training images")
+    p.add_argument("--holdout", required=True, help="real images the generator never saw (sets the distance scale)")
+    p.add_argument("--extractor", default="random", help="random | encoder:PATH | inception:PATH | ... (as udl-med fid)")
+    p.add_argument("--dims", default="2", choices=["2", "3"])
+    p.add_argument("--quantile", type=float, default=0.01, help="held-out quantile below which an image is flagged (default 1%%)")
+    p.add_argument("--drop", action="store_true", help="remove flagged images from the synthetic manifest")
+    p.add_argument("--figure", default=None, metavar="DIR", help="write DIR/memorization.png (closest synthetic images over their nearest training images)")
+
+    p = add("augment-eval", cmd_augment_eval, "does synthetic data help? the same classifier on real, real+synthetic, synthetic; tested on held-out real")
+    p.add_argument("real", help="labeled real items (the few labels are drawn from it)")
+    p.add_argument("synthetic", help="labeled synthetic items (udl-med synthesize output)")
+    p.add_argument("--heldout", required=True, help="labeled real items of other subjects: every arm's test set")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--per-class-subjects", type=int, default=2, help="real subjects per class to train on (0: all)")
+    p.add_argument("--steps", type=int, default=300, help="classifier steps, the same for every arm")
 
     p = add("encode", cmd_encode, "write one latent vector per image to an .npz file")
     p.add_argument("model")
