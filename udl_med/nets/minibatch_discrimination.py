@@ -46,11 +46,12 @@ class MinibatchDiscrimination(nn.Module):
         """``o(x_i)`` ``(B, num_kernels)`` of features ``x`` ``(B, A)``; zeros for a batch of one."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"expected features (B, {self.in_features}), got {tuple(x.shape)}")
-        m = torch.einsum("ia,abc->ibc", x, self.T)  # (B, num_kernels, kernel_dims)
-        dist = (m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(-1)  # (B, B, num_kernels): ||M_i,b - M_j,b||_1
+        m = torch.einsum("ia,abc->bic", x, self.T)  # (num_kernels, B, kernel_dims)
+        # cdist keeps B*B*num_kernels distances, not the B*B*num_kernels*kernel_dims differences
+        dist = torch.cdist(m, m, p=1)  # (num_kernels, B, B): ||M_i,b - M_j,b||_1
         c = torch.exp(-dist)
-        not_self = 1.0 - torch.eye(x.shape[0], dtype=c.dtype, device=c.device).unsqueeze(-1)  # (B, B, 1)
-        return (c * not_self).sum(1)  # (B, num_kernels)
+        not_self = 1.0 - torch.eye(x.shape[0], dtype=c.dtype, device=c.device)  # (B, B)
+        return (c * not_self).sum(2).t()  # (B, num_kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         """``cat([x, o(x)], 1)``: ``(B, A)`` -> ``(B, A + num_kernels)``."""
