@@ -1,10 +1,12 @@
-"""Tiny data and a plain training loop for the autoencoder-family tests."""
+"""Tiny data and engine runs on it (``data.kind: memory``) for the autoencoder-family tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from udl_med.engine.optimization import EngineOptimization
+from udl_med.data.memory import MemoryFit, TensorItems, fit_in_memory
 from udl_med.methods.base import DataSpec, Method, get_method
 
 SIZES = {2: (32, 32), 3: (16, 16, 16)}
@@ -26,32 +28,34 @@ def blobs(n: int, size: tuple[int, ...], generator: torch.Generator) -> torch.Te
 
 
 def build(name: str, spatial_dims: int, seed: int = 0, in_channels: int = 1, **config) -> Method:
+    """The method as the engine builds it for a run with ``seed``, before training (same initial weights as :func:`fit`)."""
     cls = get_method(name)
     torch.manual_seed(seed)
     return cls(cls.Config(**config), DataSpec(spatial_dims=spatial_dims, in_channels=in_channels, image_size=SIZES[spatial_dims]))
 
 
-def fit(method: Method, steps: int, batch_size: int = 8, seed: int = 1, data=blobs, decay_at: int | None = None) -> list[float]:
-    """Train with the engine's optimizer step on fresh tiny batches; return the loss per step.
+def fit(
+    name: str,
+    spatial_dims: int,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 8,
+    data_seed: int = 1,
+    images: torch.Tensor | None = None,
+    train: dict | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    **config,
+) -> MemoryFit:
+    """Train ``name`` through the engine for ``steps`` steps; ``.method`` is the trained method, ``.losses()`` the loss per step.
 
-    ``decay_at``: step after which every learning rate is divided by 10.
+    The training set is ``steps * batch_size`` fresh blobs (one epoch: no item is seen
+    twice), or ``images`` when given. ``train``: further ``train:`` keys. ``out``: the run
+    folder (default: a temporary one), which ``resume=True`` continues.
     """
-    generator = torch.Generator().manual_seed(seed)
-    optimizers = method.configure_optimizers()
-    opt = EngineOptimization(optimizers, torch.device("cpu"))
-    size = method.data.image_size
-    losses = []
-    for step in range(steps):
-        if step == decay_at:
-            for optimizer in optimizers.values():
-                for group in optimizer.param_groups:
-                    group["lr"] /= 10
-        method.train()
-        out = method.train_step({"image": data(batch_size, size, generator)}, opt)
-        opt.global_step += 1
-        losses.append(float(out["loss"]))
-    method.eval()
-    return losses
+    if images is None:
+        images = blobs(steps * batch_size, SIZES[spatial_dims], torch.Generator().manual_seed(data_seed))
+    return fit_in_memory(name, config, TensorItems(images), steps=steps, batch_size=batch_size, seed=seed, train=train, output_dir=out, resume=resume)
 
 
 def held_out(spatial_dims: int, n: int = 32, seed: int = 99) -> dict[str, torch.Tensor]:

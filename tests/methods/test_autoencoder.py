@@ -58,10 +58,10 @@ def test_config_validation() -> None:
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_conv_autoencoder_learns(spatial_dims: int) -> None:
-    method = build("autoencoder", spatial_dims, **TINY)
     val = held_out(spatial_dims)
-    before = method.evaluate(val)
-    losses = fit(method, steps=150)
+    before = build("autoencoder", spatial_dims, **TINY).evaluate(val)  # the run's initial weights
+    run = fit("autoencoder", spatial_dims, steps=150, **TINY)
+    method, losses = run.method, run.losses()
     after = method.evaluate(val)
     first, last = early_late(losses)
     assert last < 0.3 * first
@@ -75,9 +75,9 @@ def test_conv_autoencoder_learns(spatial_dims: int) -> None:
 
 @pytest.mark.parametrize("loss", ["l1", "bce"])
 def test_other_losses_learn(loss: str) -> None:
-    method = build("autoencoder", 2, **{**TINY, "loss": loss})
-    losses = fit(method, steps=120)
-    after = method.evaluate(held_out(2))
+    run = fit("autoencoder", 2, steps=120, **{**TINY, "loss": loss})
+    losses = run.losses()
+    after = run.method.evaluate(held_out(2))
     first, last = early_late(losses)
     assert last < 0.5 * first
     assert after[keys.RECON_MSE] < 0.6 * after[keys.MEAN_IMAGE_MSE]
@@ -92,13 +92,12 @@ def test_linear_autoencoder_spans_principal_subspace() -> None:
     data = codes @ basis.T + 0.05 * torch.randn(n, d, generator=gen) + 0.3 * torch.randn(d, generator=gen)
     images = data.view(n, 1, 8, 8)
 
-    cls = get_method("autoencoder")
-    torch.manual_seed(0)
-    method = cls(
-        cls.Config(architecture="linear", latent_dim=k, loss="l2", lr=3e-2),
-        DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8)),
+    # full-batch steps on the 128 vectors; the learning rate decays linearly to 0 over the last 200 steps
+    run = fit(
+        "autoencoder", 2, steps=800, batch_size=n, images=images, train={"lr_schedule": "linear_decay", "decay_start": 0.75},
+        architecture="linear", latent_dim=k, loss="l2", lr=3e-2,
     )
-    losses = fit(method, steps=800, data=lambda *_: images, decay_at=600)
+    method, losses = run.method, run.losses()
 
     centred = (data - data.mean(0)).double().numpy()
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -112,8 +111,7 @@ def test_linear_autoencoder_spans_principal_subspace() -> None:
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_exported_encoder_loads_strictly_into_monai_class(spatial_dims: int) -> None:
-    method = build("autoencoder", spatial_dims, **TINY)
-    fit(method, steps=3)
+    method = fit("autoencoder", spatial_dims, steps=3, **TINY).method
     class_path, kwargs, state = method.export_encoder()
     module, name = class_path.rsplit(".", 1)
     assert module == "monai.networks.nets"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -30,10 +31,9 @@ def load_exported(method) -> torch.nn.Module:
 def test_sparse_kl_penalty_lowers_mean_activation(spatial_dims: int) -> None:
     val = held_out(spatial_dims)
     config = {**TINY, "latent_dim": 32, "penalty": "kl", "rho": 0.05}
-    plain = build("sparse_autoencoder", spatial_dims, **config, sparsity_weight=0.0)
-    sparse = build("sparse_autoencoder", spatial_dims, **config, sparsity_weight=0.02)
-    fit(plain, steps=60)
-    losses = fit(sparse, steps=150)
+    plain = fit("sparse_autoencoder", spatial_dims, steps=60, **config, sparsity_weight=0.0).method
+    run = fit("sparse_autoencoder", spatial_dims, steps=150, **config, sparsity_weight=0.02)
+    sparse, losses = run.method, run.losses()
     m_plain, m_sparse = plain.evaluate(val), sparse.evaluate(val)
     assert m_sparse[keys.MEAN_ACTIVATION] < 0.5 * m_plain[keys.MEAN_ACTIVATION]
     assert m_sparse[keys.MEAN_ACTIVATION] < 0.1  # close to the target rate rho = 0.05
@@ -47,19 +47,11 @@ def test_sparse_kl_penalty_lowers_mean_activation(spatial_dims: int) -> None:
 def test_sparse_l1_penalty_lowers_mean_activation_and_logs_it() -> None:
     val = held_out(2)
     config = {**TINY, "latent_dim": 32, "penalty": "l1"}
-    plain = build("sparse_autoencoder", 2, **config, sparsity_weight=0.0)
-    sparse = build("sparse_autoencoder", 2, **config, sparsity_weight=0.005)
-    fit(plain, steps=100)
-    fit(sparse, steps=100)
+    plain = fit("sparse_autoencoder", 2, steps=100, **config, sparsity_weight=0.0).method
+    run = fit("sparse_autoencoder", 2, steps=100, **config, sparsity_weight=0.005)
+    sparse = run.method
     assert sparse.evaluate(val)[keys.MEAN_ACTIVATION] < 0.5 * plain.evaluate(val)[keys.MEAN_ACTIVATION]
-    out = sparse.train_step(val, _plain_opt(sparse))
-    assert {keys.LOSS, keys.RECON, keys.SPARSITY, keys.MEAN_ACTIVATION} <= set(out)
-
-
-def _plain_opt(method):
-    from udl_med.engine.optimization import EngineOptimization
-
-    return EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
+    assert {keys.LOSS, keys.RECON, keys.SPARSITY, keys.MEAN_ACTIVATION} <= set(run.history[-1])  # what each step logs
 
 
 # --- denoising ---------------------------------------------------------------------
@@ -67,8 +59,8 @@ def _plain_opt(method):
 
 @pytest.mark.parametrize(("spatial_dims", "corruption", "level"), [(2, "gaussian", 0.8), (3, "gaussian", 0.8), (2, "masking", 0.5)])
 def test_denoiser_removes_the_noise_it_was_trained_on(spatial_dims: int, corruption: str, level: float) -> None:
-    method = build("denoising_autoencoder", spatial_dims, **TINY, corruption=corruption, noise_level=level)
-    losses = fit(method, steps=150)
+    run = fit("denoising_autoencoder", spatial_dims, steps=150, **TINY, corruption=corruption, noise_level=level)
+    method, losses = run.method, run.losses()
     metrics = method.evaluate(held_out(spatial_dims))
     first, last = early_late(losses)
     assert last < 0.5 * first
@@ -77,9 +69,8 @@ def test_denoiser_removes_the_noise_it_was_trained_on(spatial_dims: int, corrupt
 
 
 def test_denoising_chain_samples_from_noise() -> None:
-    method = build("denoising_autoencoder", 2, **TINY, corruption="gaussian", noise_level=0.5, chain_steps=10, chain_frames=4)
+    method = fit("denoising_autoencoder", 2, steps=150, **TINY, corruption="gaussian", noise_level=0.5, chain_steps=10, chain_frames=4).method
     assert Capability.SAMPLE in method.capabilities
-    fit(method, steps=150)
     x0 = method.initial_noise(6, torch.Generator().manual_seed(0))
     states = method.chain(x0, steps=10, generator=torch.Generator().manual_seed(1), frames=4)
     assert len(states) == 4 and torch.equal(states[0], x0)
@@ -101,18 +92,23 @@ def test_denoising_chain_samples_from_noise() -> None:
 # --- stacked -----------------------------------------------------------------------
 
 
-def test_stacked_greedy_trains_one_stage_at_a_time_then_fine_tunes() -> None:
-    method = build("stacked_autoencoder", 2, **TINY, schedule="greedy", layer_steps=40)
+def test_stacked_greedy_trains_one_stage_at_a_time_then_fine_tunes(tmp_path) -> None:
+    config = {**TINY, "schedule": "greedy", "layer_steps": 40}
     n_stages = len(TINY["channels"]) + 1
-    assert method.stage_at(0) == 0
-    before = {k: v.clone() for k, v in method.net.state_dict().items()}
-    fit(method, steps=40)  # stage 0: only f_0 and g_0 move
+    total = 40 * n_stages + 150
+    images = blobs(total * 8, SIZES[2], torch.Generator().manual_seed(1))  # one epoch of fresh blobs for the whole run
+    initial = build("stacked_autoencoder", 2, **config)
+    assert initial.stage_at(0) == 0
+    before = {k: v.clone() for k, v in initial.net.state_dict().items()}
+    method = fit("stacked_autoencoder", 2, steps=40, images=images, out=tmp_path, **config).method  # stage 0: only f_0 and g_0 move
     after = method.net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("encoder.net.layer_0.", "decoder.layers.0.")) for k in changed)
     assert method.stage_at(40) == 1
-    # the kit's optimizer restarts its clock: run the whole schedule again from step 0
-    losses = fit(method, steps=40 * n_stages + 150, seed=2)
+    # resume the same run through the other stages and 150 fine-tuning steps
+    run = fit("stacked_autoencoder", 2, steps=total, images=images, out=tmp_path, resume=True, **config)
+    method, losses = run.method, run.losses()
+    assert run.report["steps"] == total and len(losses) == total - 40
     assert method.stage_at(40 * n_stages) == n_stages  # fine-tuning
     metrics = method.evaluate(held_out(2))
     assert metrics[keys.RECON_MSE] < 0.6 * metrics[keys.MEAN_IMAGE_MSE]
@@ -127,9 +123,9 @@ def test_stacked_greedy_trains_one_stage_at_a_time_then_fine_tunes() -> None:
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_stacked_end_to_end_learns(spatial_dims: int) -> None:
-    method = build("stacked_autoencoder", spatial_dims, **TINY, schedule="end_to_end")
-    assert set(method.configure_optimizers()) == {"finetune"}
-    losses = fit(method, steps=150)
+    run = fit("stacked_autoencoder", spatial_dims, steps=150, **TINY, schedule="end_to_end")
+    method, losses = run.method, run.losses()
+    assert set(run.optimizers) == {"finetune"}
     metrics = method.evaluate(held_out(spatial_dims))
     first, last = early_late(losses)
     assert last < 0.3 * first
@@ -141,13 +137,12 @@ def test_stacked_end_to_end_learns(spatial_dims: int) -> None:
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_vae_learns_and_logs_finite_elbo_terms(spatial_dims: int) -> None:
-    method = build("vae", spatial_dims, **TINY, beta=1.0)
-    opt = _plain_opt(method)
-    out = method.train_step({"image": blobs(8, SIZES[spatial_dims], torch.Generator().manual_seed(0))}, opt)
-    assert {keys.LOSS, keys.RECON, keys.KL} <= set(out)
-    assert all(torch.isfinite(torch.as_tensor(v)) for v in out.values())
-    torch.testing.assert_close(out[keys.LOSS], out[keys.RECON] + out[keys.KL])
-    losses = fit(method, steps=150)
+    run = fit("vae", spatial_dims, steps=150, **TINY, beta=1.0)
+    method, losses = run.method, run.losses()
+    for out in (run.history[0], run.history[-1]):  # what the first and the last step logged
+        assert {keys.LOSS, keys.RECON, keys.KL} <= set(out)
+        assert all(math.isfinite(v) for v in out.values())
+        assert out[keys.LOSS] == pytest.approx(out[keys.RECON] + out[keys.KL], rel=1e-5, abs=1e-6)
     first, last = early_late(losses)
     assert last < 0.3 * first
     metrics = method.evaluate(held_out(spatial_dims))
@@ -160,15 +155,13 @@ def test_vae_learns_and_logs_finite_elbo_terms(spatial_dims: int) -> None:
 def test_vae_kl_term_responds_to_beta() -> None:
     kls = {}
     for beta in (0.1, 10.0):
-        method = build("vae", 2, **TINY, beta=beta)
-        fit(method, steps=100)
+        method = fit("vae", 2, steps=100, **TINY, beta=beta).method
         kls[beta] = method.evaluate(held_out(2))[keys.KL]
     assert kls[10.0] < 0.5 * kls[0.1]
 
 
 def test_vae_encode_is_the_posterior_mean_in_eval_and_train_mode() -> None:
-    method = build("vae", 2, **TINY)
-    fit(method, steps=5)
+    method = fit("vae", 2, steps=5, **TINY).method
     x = held_out(2, n=4)["image"]
     mu, logvar = method.net.posterior(x)
     method.eval()
@@ -182,8 +175,7 @@ def test_vae_encode_is_the_posterior_mean_in_eval_and_train_mode() -> None:
 
 
 def test_vae_traversal_grid_has_one_row_per_latent_direction() -> None:
-    method = build("vae", 2, **TINY, traversal_dims=4)
-    fit(method, steps=30)
+    method = fit("vae", 2, steps=30, **TINY, traversal_dims=4).method
     x = held_out(2, n=4)["image"]
     grid = method.traversal(x)
     assert grid.shape == (16, 1, *SIZES[2])
