@@ -1,0 +1,553 @@
+"""The `gan` method: every loss and trick steps, k fresh D batches, unrolling against finite differences,
+checkpoint swapping, label smoothing, refusals, exact resume, FID falling, conditional samples, the optimal D."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from udl_med import keys
+from udl_med.engine.config import validate_config
+from udl_med.engine.optimization import EngineOptimization
+from udl_med.engine.train import train
+from udl_med.errors import ConfigError
+from udl_med.losses.gan import GANLoss
+from udl_med.methods.base import DataSpec
+from udl_med.methods.gan import GAN, GANConfig, unroll_discriminator
+from tests.engine.test_train import _final_state, _udl_med, _write_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_DCGAN = {"architecture": "dcgan", "latent_dim": 8, "g_channels": [16, 8], "d_channels": [8, 16]}
+TINY_MLP = {"architecture": "mlp", "latent_dim": 4, "g_hidden": [8], "d_hidden": [8]}
+
+
+def spec(spatial_dims: int = 2, num_classes: int = 0) -> DataSpec:
+    size = {0: (), 2: (16, 16), 3: (8, 8, 8)}[spatial_dims]
+    return DataSpec(spatial_dims=spatial_dims, in_channels=2 if spatial_dims == 0 else 1, image_size=size, num_classes=num_classes)
+
+
+def random_batch(data: DataSpec, n: int = 6) -> dict[str, torch.Tensor]:
+    batch = {keys.IMAGE: torch.rand(n, data.in_channels, *data.image_size) * 2 - 1}
+    if data.num_classes:
+        batch[keys.LABEL] = torch.randint(data.num_classes, (n,))
+    return batch
+
+
+class Driver:
+    """Runs ``train_step`` with the engine's :class:`EngineOptimization`, as the engine does."""
+
+    def __init__(self, method: GAN, data: DataSpec, n: int = 6) -> None:
+        self.method, self.data, self.n = method, data, n
+        self.opt = EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
+        self.step, self.drawn = 0, []
+        reference = random_batch(data, method.reference_batch_size()) if method.reference_batch_size() else None
+        method.on_train_start(reference, torch.Generator().manual_seed(0))
+
+    def draw(self) -> dict[str, torch.Tensor]:
+        batch = random_batch(self.data, self.n)
+        self.drawn.append(batch)
+        return batch
+
+    def __call__(self) -> dict[str, float]:
+        self.method.train()
+        self.opt.begin_step(self.step, self.draw, self.method.batches_per_step() - 1)
+        out = self.method.train_step(random_batch(self.data, self.n), self.opt)
+        self.step += 1
+        return {k: float(v) for k, v in out.items()}
+
+
+def build(model: dict[str, Any], data: DataSpec) -> GAN:
+    return GAN(GANConfig(**model), data)
+
+
+TRICKS = {
+    "non-saturating": {},
+    "minimax": {"loss": "minimax"},
+    "lsgan": {"loss": "lsgan"},
+    "wgan": {"loss": "wgan"},
+    "wgan-gp": {"loss": "wgan-gp", "d_norm": "instance"},
+    "label_smoothing": {"label_smoothing": 0.9},
+    "feature_matching": {"feature_matching": True},
+    "minibatch": {"minibatch_kernels": 4},
+    "vbn": {"g_norm": "virtual_batch", "d_norm": "virtual_batch", "vbn_reference": 4},
+    "instance": {"g_norm": "instance", "d_norm": "instance"},
+    "joint_bn": {"batch_norm_batches": "joint"},
+    "historical": {"historical_averaging": 0.1},
+    "replay": {"replay": 8},
+    "swap": {"checkpoint_swap": {"every": 2, "duration": 1}},
+    "unrolled": {"unrolled": {"steps": 2}},
+    "unrolled_first_order": {"unrolled": {"steps": 2, "first_order": True}},
+    "d_steps": {"d_steps": 3},
+    "conditional": {"conditional": True, "replay": 4},
+}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("trick", list(TRICKS))
+def test_every_loss_and_trick_steps_with_finite_losses(trick: str, spatial_dims: int) -> None:
+    torch.manual_seed(0)
+    data = spec(spatial_dims, num_classes=3)
+    method = build({**TINY_DCGAN, **TRICKS[trick]}, data)
+    driver = Driver(method, data)
+    before = {k: v.clone() for k, v in method.generator.state_dict().items()}
+    for _ in range(5):
+        losses = driver()
+    assert {"loss_g", "loss_d", "d_real", "d_fake"} <= losses.keys()
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    assert any(not torch.equal(before[k], v) for k, v in method.generator.state_dict().items())  # G learnt something
+    method.eval()
+    samples = method.sample(3, torch.Generator().manual_seed(1), label=2 if method.num_sample_classes() else None)
+    assert samples.shape == (3, 1, *data.image_size) and samples.abs().max() <= 1
+    assert method.preview(random_batch(data))["samples"].shape[1:] == (1, *data.image_size)
+    assert all(math.isfinite(v) for v in method.evaluate(random_batch(data)).values())
+
+
+@pytest.mark.parametrize("trick", ["non-saturating", "wgan-gp", "feature_matching", "minibatch", "vbn", "unrolled", "conditional"])
+def test_mlp_on_points_steps_and_samples_points(trick: str) -> None:
+    torch.manual_seed(0)
+    data = spec(0, num_classes=3)
+    method = build({**TINY_MLP, **TRICKS[trick]}, data)
+    driver = Driver(method, data)
+    for _ in range(3):
+        losses = driver()
+    assert all(math.isfinite(v) for v in losses.values())
+    method.eval()
+    assert method.sample(5).shape == (5, 2)
+    assert method.preview(random_batch(data))["samples"].shape[1] == 2
+    assert method.num_sample_classes() == (3 if trick == "conditional" else 0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_mlp_on_flattened_images(spatial_dims: int) -> None:
+    torch.manual_seed(0)
+    data = spec(spatial_dims, num_classes=3)
+    method = build({**TINY_MLP, "conditional": True, "feature_matching": True}, data)
+    driver = Driver(method, data)
+    losses = driver()
+    assert all(math.isfinite(v) for v in losses.values())
+    samples = method.eval().sample(4, label=1)
+    assert samples.shape == (4, 1, *data.image_size) and samples.abs().max() <= 1  # tanh output for images
+
+
+@pytest.mark.parametrize("feature_matching", [False, True])
+def test_d_steps_each_see_a_fresh_batch(feature_matching: bool) -> None:
+    torch.manual_seed(0)
+    data = spec(2)
+    method = build({**TINY_DCGAN, "d_steps": 3, "feature_matching": feature_matching}, data)
+    assert method.batches_per_step() == 3 + feature_matching
+    driver = Driver(method, data)
+    seen: list[torch.Tensor] = []
+    features = method.discriminator.forward_features  # forward goes through it too
+
+    def recording(x, labels=None):
+        seen.append(x.detach().clone())
+        return features(x, labels)
+
+    method.discriminator.forward_features = recording
+    driver.opt.begin_step(0, driver.draw, method.batches_per_step() - 1)
+    first = random_batch(data)
+    method.train_step(first, driver.opt)
+    assert len(driver.drawn) == 2 + feature_matching and driver.opt.unused_batches() == 0
+    # the D steps see the step's batch, then each drawn batch, in that order (real first: separate batches)
+    reals = [first[keys.IMAGE]] + [b[keys.IMAGE] for b in driver.drawn[:2]]
+    d_real_inputs = [x for x in seen if any(torch.equal(x, r) for r in reals)]
+    assert [next(i for i, r in enumerate(reals) if torch.equal(x, r)) for x in d_real_inputs][:3] == [0, 1, 2]
+    if feature_matching:  # G's feature matching used the last drawn batch
+        assert any(torch.equal(x, driver.drawn[2][keys.IMAGE]) for x in seen)
+    with pytest.raises(RuntimeError, match="batches_per_step"):
+        driver.opt.begin_step(1, driver.draw, 0)  # an engine that gave no extra batch
+        method.train_step(first, driver.opt)
+
+
+# -- unrolling --------------------------------------------------------------------------
+
+
+def _bce(scores: torch.Tensor, target: float) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.full_like(scores, target))
+
+
+def _tiny_game(k: int, second_order: bool, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """G(z) = a z + b, D(x) = w x + c, float64: the non-saturating G loss after k unrolled D steps.
+
+    The losses are written out here in float64 (GANLoss computes in float32, too coarse
+    for a finite-difference check at h = 1e-6).
+    """
+    torch.manual_seed(0)
+    disc = nn.Linear(1, 1).double()
+    with torch.no_grad():
+        disc.weight.fill_(0.7)
+        disc.bias.fill_(-0.2)
+    z = torch.randn(16, 1, dtype=torch.float64)
+    real = torch.randn(16, 1, dtype=torch.float64) * 0.5 + 2.0
+    fake = a * z + b
+
+    def d_loss(d) -> torch.Tensor:
+        return 0.5 * (_bce(d(real, None), 1.0) + _bce(d(fake if second_order else fake.detach(), None), 0.0))
+
+    class D(nn.Module):  # (x, labels) -> scores, as the method calls its discriminator
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = disc
+
+        def forward(self, x, labels=None):
+            return self.lin(x)
+
+    d = D()
+    state = unroll_discriminator(d, d_loss, k, lr=0.5, create_graph=second_order) if k else dict(d.named_parameters())
+    return _bce(torch.func.functional_call(d, state, (fake, None)), 1.0)
+
+
+def test_unrolled_gradient_matches_finite_differences_and_differs_from_k0() -> None:
+    a = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for k, second in [(0, True), (3, True), (3, False)]:
+        (ga, gb) = torch.autograd.grad(_tiny_game(k, second, a, b), (a, b))
+        grads[(k, second)] = torch.stack([ga, gb])
+    h = 1e-6
+    fd = torch.stack(
+        [
+            (_tiny_game(3, True, a + h, b) - _tiny_game(3, True, a - h, b)) / (2 * h),
+            (_tiny_game(3, True, a, b + h) - _tiny_game(3, True, a, b - h)) / (2 * h),
+        ]
+    ).detach()
+    print("unrolled grad", grads[(3, True)].tolist(), "finite differences", fd.tolist(), "first order", grads[(3, False)].tolist(), "k=0", grads[(0, True)].tolist())
+    assert torch.allclose(grads[(3, True)], fd, rtol=1e-6, atol=1e-9)
+    assert (grads[(3, True)] - grads[(0, True)]).abs().max() > 1e-2  # unrolling changes G's gradient
+    assert (grads[(3, False)] - grads[(3, True)]).abs().max() > 1e-3  # first order drops the second-order term
+
+
+def test_method_unrolled_gradient_matches_finite_differences() -> None:
+    """Through the method's own G loss (float32), tiny MLPs: G parameters perturbed both ways."""
+    torch.manual_seed(0)
+    data = spec(0)
+    method = build({**TINY_MLP, "g_hidden": [3], "d_hidden": [3], "unrolled": {"steps": 2}, "lr": 0.5}, data)
+    with torch.no_grad():  # weights large enough that the inner steps matter
+        for p in method.parameters():
+            p.mul_(4.0)
+    real = torch.randn(8, 2) + 1.0
+
+    def g_loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same z every call
+        return method.generator_loss(real, None)
+
+    param = next(method.generator.parameters())
+    (grad,) = torch.autograd.grad(g_loss(), param)
+    h = 1e-2
+    for index in [(0, 0), (1, 1), (2, 0)]:
+        with torch.no_grad():
+            param[index] += h
+        up = g_loss().item()
+        with torch.no_grad():
+            param[index] -= 2 * h
+        down = g_loss().item()
+        with torch.no_grad():
+            param[index] += h
+        print("method unrolled grad", grad[index].item(), "finite difference", (up - down) / (2 * h))
+        assert grad[index].item() == pytest.approx((up - down) / (2 * h), rel=2e-3, abs=1e-5)
+    plain = build({**TINY_MLP, "g_hidden": [3], "d_hidden": [3], "lr": 0.5}, data)
+    plain.load_state_dict(method.state_dict())
+    torch.manual_seed(1)
+    (plain_grad,) = torch.autograd.grad(plain.generator_loss(real, None), next(plain.generator.parameters()))
+    assert (plain_grad - grad).abs().max() > 1e-4
+    # the real D was not changed by the simulated updates
+    assert all(p.grad is None for p in method.discriminator.parameters())
+
+
+# -- checkpoint swapping, label smoothing ---------------------------------------------------
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v.clone() for s in opt.state_dict()["state"].values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+@pytest.mark.parametrize("player", ["d", "g"])
+def test_checkpoint_swap_swaps_an_old_snapshot_in_and_restores_the_current_one(player: str) -> None:
+    torch.manual_seed(0)
+    data = spec(2)
+    method = build({**TINY_DCGAN, "checkpoint_swap": {"every": 3, "duration": 2, "player": player}}, data)
+    net = method.discriminator if player == "d" else method.generator
+    driver = Driver(method, data)
+    seen: dict[int, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
+    states: dict[int, tuple[dict[str, torch.Tensor], list[torch.Tensor]]] = {}
+
+    def record(module, args) -> None:  # the player's weights when it first runs in a step
+        seen.setdefault(driver.step, ({k: v.clone() for k, v in net.state_dict().items()}, _optimizer_state(driver.opt.optimizer(player))))
+
+    net.register_forward_pre_hook(record)
+    for _ in range(10):
+        states[driver.step] = ({k: v.clone() for k, v in net.state_dict().items()}, _optimizer_state(driver.opt.optimizer(player)))
+        driver()
+
+    def same(x, y) -> bool:
+        return all(torch.equal(x[0][k], y[0][k]) for k in x[0]) and all(torch.equal(a, b) for a, b in zip(x[1], y[1]))
+
+    assert same(seen[3], states[3])  # snapshot taken, nothing older to swap in
+    assert same(seen[6], states[3]) and not same(states[6], states[3])  # the step-3 snapshot is swapped in
+    assert not same(states[8], states[6]) and same(seen[8], states[6])  # after 2 steps the current weights and optimizer state are back
+    assert same(seen[9], states[3]) or same(seen[9], states[6])  # the next swap: one of the older snapshots
+
+
+def test_label_smoothing_reaches_only_the_discriminators_real_target() -> None:
+    torch.manual_seed(0)
+    data = spec(2)
+    plain, smooth = build(TINY_DCGAN, data), build({**TINY_DCGAN, "label_smoothing": 0.9}, data)
+    with torch.no_grad():
+        plain.discriminator.score.bias.fill_(1.5)  # scores away from 0, where the targets make a difference
+    smooth.load_state_dict(plain.state_dict())
+    plain.eval(), smooth.eval()
+    real, fake = random_batch(data)[keys.IMAGE], random_batch(data)[keys.IMAGE]
+    loss_plain = plain.discriminator_loss(plain.discriminator, real, fake, None, None)
+    loss_smooth = smooth.discriminator_loss(smooth.discriminator, real, fake, None, None)
+    # BCE(s, 0.9) - BCE(s, 1) = 0.1 s, halved by GANLoss: 0.05 * mean real score
+    expected = 0.05 * loss_plain["real_scores"].float().mean()
+    assert (loss_smooth["loss"] - loss_plain["loss"]).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert abs(expected.item()) > 0.05
+    scores = plain.discriminator(fake)
+    assert torch.equal(plain.gan_loss.generator_loss(scores), smooth.gan_loss.generator_loss(scores))
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+REFUSED = [
+    ({"loss": "wgan", "label_smoothing": 0.9}, "model.label_smoothing"),
+    ({"loss": "wgan-gp", "label_smoothing": 0.9}, "model.label_smoothing"),
+    ({"loss": "wgan", "gp_weight": 10}, "model.gp_weight"),
+    ({"loss": "wgan-gp", "clip_value": 0.01}, "model.clip_value"),
+    ({"loss": "wgan-gp", "d_norm": "batch"}, "model.d_norm"),
+    ({"loss": "wgan-gp", "d_norm": "virtual_batch"}, "model.d_norm"),
+    ({"loss": "wgan", "feature_matching": True}, "model.feature_matching"),
+    ({"feature_matching": True, "unrolled": {"steps": 3}}, "model.unrolled"),
+    ({"loss": "wgan-gp", "unrolled": {"steps": 3}}, "model.unrolled.first_order"),
+    ({"checkpoint_swap": {"every": 5, "duration": 5}}, "model.checkpoint_swap.duration"),
+    ({"loss": "hinge"}, "model.loss"),
+    ({"d_steps": 0}, "model.d_steps"),
+]
+
+
+def _run_config(model: dict[str, Any], source: str, out: Path, uri: str = "sqlite:///:memory:", **train_kw: Any) -> dict[str, Any]:
+    return {
+        "method": "gan",
+        "seed": 1,
+        "data": {"source": source, "layout": "2d", "size": [16, 16], "modality": "CT", "foreground_fraction": 0.0},
+        "model": {**TINY_DCGAN, **model},
+        "train": {"steps": 4, "batch_size": 4, "log_every": 2, "eval_every": 100, "checkpoint_every": 100, "eval_items": 8, **train_kw},
+        "tracking": {"uri": uri, "experiment": "gan-tests", "log_model": False},
+        "output_dir": str(out),
+    }
+
+
+@pytest.mark.parametrize(("model", "key"), REFUSED)
+def test_nonsense_combinations_are_refused_naming_the_key(model: dict[str, Any], key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config(_run_config(model, "x.csv", tmp_path), "run.yaml")
+    assert err.value.key == key and str(err.value).startswith(f"run.yaml: {key}: ")
+
+
+def test_refusal_exits_2_with_file_and_key(tmp_path: Path) -> None:
+    path = _write_config(tmp_path, _run_config({"loss": "wgan", "label_smoothing": 0.9}, "x.csv", tmp_path / "run"))
+    proc = _udl_med("train", str(path))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "model.label_smoothing" in lines[0] and "Wasserstein" in lines[0]
+
+
+def test_defaults_follow_the_papers() -> None:
+    dcgan, wgan, gp = GANConfig(), GANConfig(loss="wgan"), GANConfig(loss="wgan-gp")
+    assert (dcgan.optimizer, dcgan.lr, dcgan.beta1, dcgan.d_steps, dcgan.g_norm, dcgan.d_norm) == ("adam", 2e-4, 0.5, 1, "batch", "batch")
+    assert (wgan.optimizer, wgan.lr, wgan.d_steps, wgan.clip_value, wgan.gp_weight) == ("rmsprop", 5e-5, 5, 0.01, None)
+    assert (gp.optimizer, gp.lr, gp.beta1, gp.beta2, gp.d_steps, gp.gp_weight, gp.d_norm) == ("adam", 1e-4, 0.0, 0.9, 5, 10.0, "none")
+    assert GANConfig(**GANConfig(loss="wgan").model_dump()) == wgan  # resolved values survive a save and reload
+
+
+def test_conditional_without_labels_and_dcgan_on_points_are_refused() -> None:
+    with pytest.raises(ConfigError, match="model.conditional"):
+        build({**TINY_DCGAN, "conditional": True}, spec(2, num_classes=0))
+    with pytest.raises(ConfigError, match="model.architecture"):
+        build(TINY_DCGAN, spec(0))
+    with pytest.raises(ValueError, match="unconditional"):
+        build(TINY_DCGAN, spec(2)).sample(2, label=1)
+    with pytest.raises(ValueError, match="out of range"):
+        build({**TINY_DCGAN, "conditional": True}, spec(2, num_classes=3)).sample(2, label=3)
+
+
+# -- through the engine -------------------------------------------------------------------
+
+
+def _checkpoint_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _equal_states(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def same(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and torch.equal(x, y)
+        if isinstance(x, dict):
+            return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y))
+        return x == y
+
+    return same(a, b)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical_with_d_steps_and_vbn(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
+    model = {
+        "d_steps": 2,
+        "g_norm": "virtual_batch",
+        "d_norm": "virtual_batch",
+        "vbn_reference": 4,
+        "replay": 6,
+        "historical_averaging": 0.01,
+        "checkpoint_swap": {"every": 6, "duration": 3},
+    }
+    steps = 80
+    reference = train(_run_config(model, str(phantom_manifest), tmp_path / "reference", tracking_uri, steps=steps, checkpoint_every=4))
+    path = _write_config(tmp_path, _run_config(model, str(phantom_manifest), tmp_path / "killed", tracking_uri, steps=steps, checkpoint_every=4))
+    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
+    proc = _udl_med("train", str(path))
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    step = torch.load(checkpoint, weights_only=True)["step"]
+    assert 0 < step < steps
+    resumed = _udl_med("train", str(path), "--resume", "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    import json
+
+    report = json.loads(out.strip().splitlines()[-1])
+    ours, theirs = _final_state(report["model_dir"]), _final_state(reference["model_dir"])
+    assert ours.keys() == theirs.keys() and any("generator" in k for k in ours)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # D, the pool, the averages and the VBN references too
+    assert _equal_states(_checkpoint_model(tmp_path / "killed"), _checkpoint_model(tmp_path / "reference"))
+
+
+@pytest.mark.slow
+def test_sample_label_on_an_unconditional_gan_exits_2(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
+    report = train(_run_config({}, str(phantom_manifest), tmp_path / "run", tracking_uri, steps=2))
+    state = _final_state(report["model_dir"])
+    assert state and all(k.startswith("generator.") for k in state)  # the model file keeps G only
+    proc = _udl_med("sample", report["model_dir"], "--n", "2", "--out", str(tmp_path / "samples"), "--label", "1")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert len(err.strip().splitlines()) == 1
+    proc = _udl_med("sample", report["model_dir"], "--n", "2", "--out", str(tmp_path / "samples"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert (tmp_path / "samples" / "samples.png").exists()
+
+
+@pytest.mark.slow
+def test_dcgan_on_phantom_slices_lowers_its_fid(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
+    from udl_med.data.datasets import build_dataset, data_spec
+    from udl_med.engine.config import SampleEvalConfig
+    from udl_med.engine.sample_eval import SampleEvaluator
+
+    config = yaml.safe_load((CONFIGS / "dcgan-tiny.yaml").read_text())
+    config["data"]["source"] = str(phantom_manifest)
+    config["train"].update(steps=300, sample_eval={"every": 150, "n": 128}, eval_every=150, checkpoint_every=300, threads=1)
+    config["tracking"] = {"uri": tracking_uri, "experiment": "gan-tests", "log_model": False}
+    config["output_dir"] = str(tmp_path / "run")
+    run = validate_config(config)
+    torch.manual_seed(run.seed)
+    untrained = GAN(run.model, data_spec(run.data, build_dataset(run.data, run.data.split))).eval()
+    evaluator = SampleEvaluator(SampleEvalConfig(every=1, n=128), build_dataset(run.data, run.data.eval_split), 2)
+    fid_start = evaluator(untrained)["fid"]
+    report = train(run)
+    history = [m.value for m in mlflow.MlflowClient(tracking_uri).get_metric_history(report["run_id"], "eval/fid")]
+    print(f"FID at step 0: {fid_start:.2f}, during training: {[round(v, 2) for v in history]}")
+    assert len(history) == 2 and history[-1] < 0.2 * fid_start
+
+
+def _two_class_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """16x16 images: a bright square in the left half (class 0) or the right half (class 1), random row, noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(2, (n,), generator=g)
+    images = torch.full((n, 1, 16, 16), -1.0)
+    rows = torch.randint(0, 11, (n,), generator=g)
+    cols = torch.randint(0, 3, (n,), generator=g) + 8 * labels
+    for i in range(n):
+        images[i, 0, rows[i] : rows[i] + 5, cols[i] : cols[i] + 5] = 1.0
+    return (images + 0.05 * torch.randn(images.shape, generator=g)).clamp(-1, 1), labels
+
+
+@pytest.mark.slow
+def test_conditional_samples_are_classified_as_their_class(tmp_path: Path, tracking_uri: str) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from udl_med.data.memory import TensorItems
+    from udl_med.engine.model_io import load_model
+
+    x_train, y_train = _two_class_images(512, 0)
+    x_eval, y_eval = _two_class_images(64, 1)
+    config = {
+        "method": "gan",
+        "seed": 0,
+        "data": {"kind": "memory"},
+        "model": {**TINY_DCGAN, "g_channels": [32, 16], "d_channels": [16, 32], "latent_dim": 16, "conditional": True, "lr": 5e-4},
+        "train": {"steps": 400, "batch_size": 32, "log_every": 50, "eval_every": 400, "checkpoint_every": 400, "threads": 1},
+        "tracking": {"uri": tracking_uri, "experiment": "gan-tests", "log_model": False},
+        "output_dir": str(tmp_path / "run"),
+    }
+    report = train(config, datasets=(TensorItems(x_train, y_train), TensorItems(x_eval, y_eval)))
+    classifier = LogisticRegression(max_iter=2000).fit(x_train.flatten(1).numpy(), y_train.numpy())
+    assert classifier.score(x_eval.flatten(1).numpy(), y_eval.numpy()) > 0.95  # the classifier itself works
+    method = load_model(report["model_dir"]).method
+    generator = torch.Generator().manual_seed(5)
+    correct = 0
+    for k in (0, 1):
+        samples = method.sample(100, generator, label=k)
+        correct += int((classifier.predict(samples.flatten(1).numpy()) == k).sum())
+    accuracy = correct / 200
+    print(f"conditional samples classified as their class: {accuracy:.3f} (chance 0.5)")
+    assert accuracy > 0.8
+
+
+# -- the optimal discriminator ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smoothing", [1.0, 0.9])
+def test_trained_discriminator_approaches_the_optimal_one(smoothing: float) -> None:
+    """p_data = N(0, 1), p_model = N(1, 1) fixed: D* = alpha p_data / (p_data + p_model) (Goodfellow prop. 1).
+
+    Only D trains (an MLP on (B, 1) points, the method's non-saturating loss, real target
+    alpha = ``smoothing``); the model's samples play the fakes of a frozen generator.
+    """
+    from udl_med.nets.mlp_gan import MLPDiscriminator
+
+    torch.manual_seed(0)
+    disc = MLPDiscriminator(1, hidden=(32, 32))
+    loss = GANLoss("non-saturating", real_label=smoothing)
+    opt = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    for step in range(1500):
+        real, fake = torch.randn(512, 1), torch.randn(512, 1) + 1.0
+        d_loss = loss.discriminator_loss(disc(real), disc(fake))
+        opt.zero_grad()
+        d_loss.backward()
+        opt.step()
+    grid = torch.linspace(-2.0, 3.0, 201)[:, None]  # where both densities have mass
+    normal = torch.distributions.Normal(0.0, 1.0)
+    p_data, p_model = normal.log_prob(grid).exp(), normal.log_prob(grid - 1.0).exp()
+    optimal = smoothing * p_data / (p_data + p_model)
+    with torch.no_grad():
+        trained = torch.sigmoid(disc(grid))
+    gap = (trained - optimal).abs().max().item()
+    print(f"optimal discriminator (real target {smoothing}): max |D(x) - D*(x)| over [-2, 3] = {gap:.4f}")
+    assert gap < 0.05
