@@ -70,7 +70,7 @@ def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_synthesize(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.inference.synthesize import synthesize
 
-    return synthesize(args.model, args.out, n=args.n, n_per_class=args.n_per_class, like=args.like, seed=args.seed)
+    return synthesize(args.model, args.out, n=args.n, n_per_class=args.n_per_class, like=args.like, seed=args.seed, overwrite=args.overwrite)
 
 
 def cmd_memorization(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--n-per-class", type=int, default=None, help="images per class (conditional models)")
     p.add_argument("--like", default=None, metavar="REFERENCE", help="a scan whose spacing, orientation, size and modality the images take")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier synthesize output in --out (only once the new one is complete)")
 
     p = add("memorization", cmd_memorization, "flag synthetic images that are (near-)copies of training images")
     p.add_argument("synthetic", help="synthetic images: folder, manifest or volume")

@@ -68,6 +68,13 @@ def demo_steps() -> list[dict[str, Any]]:
         {"name": "samples", "run": "sample", "with": {"model": "${steps.vae.model_dir}", "n": 32, "out": "${workdir}/samples"}},
         {"name": "fid_samples_random", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "random"}},
         {"name": "fid_samples_encoder", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "encoder:${workdir}/encoder"}},
+        # Job 2, class-conditional: a tiny LAPGAN on the slices that show their lesion class,
+        # a synthetic set per class, and the check that it holds no copies of training slices.
+        {"name": "lesion_slices", "run": "lesion_slices", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/lesion_slices", "split": "train"}},
+        {"name": "heldout_slices", "run": "lesion_slices", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/heldout_slices", "split": "test"}},
+        _train("lapgan", "lapgan-tiny.yaml", 200, ["data.source=${steps.lesion_slices.manifest}", "data.eval_split=null"]),
+        {"name": "synthetic", "run": "synthesize", "with": {"model": "${steps.lapgan.model_dir}", "out": "${workdir}/synthetic", "n_per_class": 16, "overwrite": True}},
+        {"name": "memorization", "run": "memorization", "with": {"synthetic": "${steps.synthetic.out}", "train": "${steps.lesion_slices.manifest}", "holdout": "${steps.heldout_slices.manifest}", "out": "${workdir}/memorization"}},
         # Job 3: translate CT to MR with a CycleGAN trained on unpaired halves.
         _train("cyclegan", "cyclegan-tiny.yaml", 300),
         {"name": "translate", "run": "translate", "with": {"model": "${steps.cyclegan.model_dir}", "input": "${steps.real_ct.manifest}", "output": "${workdir}/translated", "direction": "ct2mr"}},
@@ -98,6 +105,6 @@ def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
         "mlflow_run_id": result["run_id"],
         "look_at_it": uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}",
     }
-    shown = ("linear_probe/", "finetune/", "chance", ".fid", ".kid", "eval/recon_mse", "eval/mean_image_mse", "translate.translated")
+    shown = ("linear_probe/", "finetune/", "chance", ".fid", ".kid", "eval/recon_mse", "eval/mean_image_mse", "memorization.rate", "translate.translated")
     summary.update({k: v for k, v in result.items() if any(part in k for part in shown) and "_ci_" not in k})
     return summary

@@ -52,7 +52,7 @@ D_FAKE = "d_fake"  # mean D(G(z))
 SYNTHETIC_MANIFEST = "manifest.csv"  # inside a synthesize output folder
 SYNTHETIC_GRID = "samples.png"
 MEMORIZATION_RATE = "memorization/rate"  # fraction of synthetic images flagged as copies
-UTILITY_ARMS = ("real", "real+synthetic", "synthetic")  # the downstream-utility training sets
+UTILITY_ARMS = ("real", "real_plus_synthetic", "synthetic")  # the downstream-utility training sets (MLflow names: no "+")
 
 # Log keys of the `gan` method (its d_real / d_fake are D's mean raw scores: logits, or critic values).
 LOSS_G = "loss_g"  # generator loss (adversarial, feature matching or unrolled, plus historical averaging)

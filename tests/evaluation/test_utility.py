@@ -51,9 +51,9 @@ def test_arms_share_the_heldout_subjects_and_the_budget(monkeypatch: pytest.Monk
     assert len(seen) == 6 and len(set(seen)) == 1 and set(seen[0]) == set(heldout.subjects)  # 3 arms x 2 seeds, one test set
     assert budgets == [150] * 6
     assert result["heldout_subjects"] == sorted(set(heldout.subjects))
-    for arm in ("real", "real+synthetic", "synthetic"):
+    for arm in ("real", "real_plus_synthetic", "synthetic"):
         assert 0.0 <= result[f"{arm}/balanced_accuracy"] <= 1.0 and len(result[f"{arm}/per_seed"]) == 2
-    assert result["real+synthetic/balanced_accuracy"] > result["real/balanced_accuracy"] + 0.1  # 20 extra subjects of a learnable task help
+    assert result["real_plus_synthetic/balanced_accuracy"] > result["real/balanced_accuracy"] + 0.1  # 20 extra subjects of a learnable task help
     assert result["synthetic/balanced_accuracy"] > 0.65 and result["gain"] > 0.1
     assert result["n_real_items"] == 4 and result["chance"] == 0.5
 

@@ -40,7 +40,8 @@ def fid_gate_step(
     """
     from udl_med.metrics.compare import compare_sets
 
-    result = compare_sets(real, fake, extractor=extractor, dims=str(dims), bootstrap=bootstrap, seed=seed)
+    max_fid = None if max_fid is None else float(max_fid)  # YAML reads 1e9 as a string
+    result = compare_sets(real, fake, extractor=extractor, dims=str(dims), bootstrap=int(bootstrap), seed=int(seed))
     passed = max_fid is None or result["fid"] <= max_fid
     if not passed:
         low, high = result.get("fid_ci_low"), result.get("fid_ci_high")

@@ -55,8 +55,13 @@ def lesion_slices(
     min_liver_voxels: int = 16,
     slice_axis: int = 2,
     split: str | None = None,
+    subject_prefix: str = "",
 ) -> dict[str, Any]:
     """Write the class-showing CT slices of phantoms as one-slice volumes plus a manifest (see the module docstring).
+
+    ``subject_prefix`` is put before every subject id: two phantom sets reuse the ids
+    ``sub-000, ...``, and the utility check refuses held-out subjects that share an id with
+    training subjects.
 
     Returns ``manifest``, ``n``, ``per_class`` (slice counts) and ``n_subjects``.
     """
@@ -94,7 +99,7 @@ def lesion_slices(
                 name = f"{record.subject}_z{k:03d}.nii.gz"
                 meta = {**geometry.as_meta(), "modality": "CT"} if geometry is not None else {"modality": "CT"}
                 write_image(MetaTensor(torch.as_tensor(hu[None], dtype=torch.float32), meta=meta), folder / name)
-                rows.append({"image": name, "label": record.label, "modality": "CT", "subject": record.subject, "split": record.split})
+                rows.append({"image": name, "label": record.label, "modality": "CT", "subject": f"{subject_prefix}{record.subject}", "split": record.split})
                 counts[record.label] = counts.get(record.label, 0) + 1
         if not rows:
             raise InputError(source, "no slice shows a liver")
@@ -248,7 +253,7 @@ def utility_tensors(
     for seed in seeds:
         few = real.subset(few_subjects(real, per_class_subjects, seed)) if per_class_subjects else real
         n_real.append(len(few.labels))
-        train_sets = {"real": few, "real+synthetic": _concat(few, synthetic), "synthetic": synthetic}
+        train_sets = {"real": few, "real_plus_synthetic": _concat(few, synthetic), "synthetic": synthetic}
         for arm in arms:
             model = train_classifier(train_sets[arm], num_classes, budget, seed)
             per_seed[arm].append({**score(model, heldout), "seed": seed})
@@ -260,9 +265,9 @@ def utility_tensors(
             result[f"{arm}/{metric}"] = float(values.mean())
             result[f"{arm}/{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         result[f"{arm}/per_seed"] = per_seed[arm]
-    if "real" in arms and "real+synthetic" in arms:
-        result["gain"] = result["real+synthetic/balanced_accuracy"] - result["real/balanced_accuracy"]
-        spread = max(result["real/balanced_accuracy_std"], result["real+synthetic/balanced_accuracy_std"])
+    if "real" in arms and "real_plus_synthetic" in arms:
+        result["gain"] = result["real_plus_synthetic/balanced_accuracy"] - result["real/balanced_accuracy"]
+        spread = max(result["real/balanced_accuracy_std"], result["real_plus_synthetic/balanced_accuracy_std"])
         result["gain_exceeds_spread"] = bool(result["gain"] > spread)
     result.update(
         chance=1.0 / num_classes,

@@ -58,6 +58,14 @@ def write_synthetic_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
+def _is_synthetic_folder(folder: Path) -> bool:
+    manifest = folder / keys.SYNTHETIC_MANIFEST
+    if not manifest.is_file():
+        return False
+    with manifest.open(newline="") as handle:
+        return "synthetic" in (next(csv.reader(handle), None) or [])
+
+
 def label_plan(num_classes: int, n: int | None, n_per_class: int | None) -> list[int | None]:
     """The label of every image to draw, in drawing order.
 
@@ -108,6 +116,7 @@ def synthesize(
     n_per_class: int | None = None,
     like: str | Path | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic data set drawn from ``model`` into ``out`` (see the module docstring).
 
@@ -118,6 +127,8 @@ def synthesize(
         n_per_class: images per class (conditional models).
         like: a reference scan whose geometry, size and modality the images take.
         seed: seed of the one sampling generator.
+        overwrite: replace an existing earlier synthesize output (a folder whose manifest
+            has the ``synthetic`` column), once the new one is complete (pipelines re-run).
 
     Returns:
         ``out, n, per_class, manifest, grid, modality, spacing, size, model, seed, artifacts``.
@@ -136,7 +147,8 @@ def synthesize(
     from udl_med.methods.base import Capability
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    replacing = overwrite and _is_synthetic_folder(out)
+    if out.exists() and not replacing and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty folder; choose another --out or remove it")
     loaded = load_model(model)
     method = loaded.method
@@ -195,10 +207,10 @@ def synthesize(
         save_grid(torch.stack(tiles), folder / keys.SYNTHETIC_GRID, nrow=GRID_PER_CLASS if num_classes else None)
 
     def refuse(existing: Path) -> None:
-        if any(existing.iterdir()):
+        if not replacing and any(existing.iterdir()):
             raise UserError(f"{existing}: appeared while synthesizing; nothing was written")
 
-    if out.exists():
+    if out.exists() and not replacing:
         out.rmdir()  # empty (checked above): the finished folder is renamed into its place
     atomic_folder(out, write, replace=refuse)
     log.info("wrote %d synthetic images of %s to %s (seed %d)", len(plan), loaded.source, out, seed)
