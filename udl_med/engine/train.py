@@ -34,6 +34,7 @@ from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_paramete
 from udl_med.engine.model_io import save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
 from udl_med.errors import ConfigError, RunError
+from udl_med.io_utils import atomic_write_text
 from udl_med.methods.base import Capability, Method, get_method
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class Trainer:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id) if tracked else NullTracker()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_INFO_NAME).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
+            atomic_write_text(self.run_dir / RUN_INFO_NAME, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
             tracker.log_config(cfg.to_dict())
         eval_batches = fixed_batches(self.eval_set, cfg.train.eval_items, cfg.train.batch_size) if self.eval_set else []
         loader = step_loader(
