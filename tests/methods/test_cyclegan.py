@@ -36,12 +36,12 @@ def test_registered_with_paper_defaults() -> None:
 
 
 def test_learns_unpaired_translation_2d() -> None:
-    method = build("cyclegan", 2, **TINY)
     val = held_out(2)
     ct, mr = val[keys.CT], val[keys.MR]
     with torch.no_grad():
-        before = method.evaluate(val)
-    history = fit(method, steps=60, paired=False)
+        before = build("cyclegan", 2, **TINY).evaluate(val)  # the run's initial weights
+    run = fit("cyclegan", 2, steps=60, paired=False, **TINY)
+    method, history = run.method, run.history
     after = method.evaluate(val)
     # generator and cycle losses fall
     assert mean_of(history, "loss_g", first=False) < 0.6 * mean_of(history, "loss_g", first=True)
@@ -64,15 +64,15 @@ def test_learns_unpaired_translation_2d() -> None:
 
 @pytest.mark.parametrize("gan_mode", ["vanilla", "wgan-gp"])
 def test_other_gan_modes_step(gan_mode: str) -> None:
-    method = build("cyclegan", 2, **{**TINY, "gan_mode": gan_mode})
-    history = fit(method, steps=3, paired=False)
+    history = fit("cyclegan", 2, steps=3, paired=False, **{**TINY, "gan_mode": gan_mode}).history
+    assert len(history) == 3
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
 
 
 def test_one_step_3d_updates_every_network() -> None:
-    method = build("cyclegan", 3, **TINY_3D)
-    before = {k: v.clone() for k, v in method.state_dict().items() if k.endswith("weight")}
-    history = fit(method, steps=2, paired=False, batch_size=2)
+    before = {k: v.clone() for k, v in build("cyclegan", 3, **TINY_3D).state_dict().items() if k.endswith("weight")}
+    run = fit("cyclegan", 3, steps=2, paired=False, batch_size=2, **TINY_3D)
+    method, history = run.method, run.history
     assert set(history[0]) >= {"loss_g", "loss_cycle", "loss_identity", "loss_d"}
     changed = {k.split(".")[0] for k, v in method.state_dict().items() if k in before and not torch.equal(v, before[k])}
     assert changed == {"g_ct2mr", "g_mr2ct", "d_ct", "d_mr"}
@@ -83,8 +83,7 @@ def test_one_step_3d_updates_every_network() -> None:
 
 
 def test_state_dict_restores_pool_and_weights() -> None:
-    method = build("cyclegan", 2, **TINY)
-    fit(method, steps=3, paired=False)
+    method = fit("cyclegan", 2, steps=3, paired=False, **TINY).method
     state = method.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     clone = build("cyclegan", 2, seed=5, **TINY)

@@ -30,10 +30,10 @@ def test_defaults_and_validation() -> None:
 
 
 def test_learns_paired_translation_2d() -> None:
-    method = build("pix2pix", 2, **TINY)
     val = held_out(2)
     ct, mr = val[keys.CT], val[keys.MR]
-    history = fit(method, steps=80, paired=True)
+    run = fit("pix2pix", 2, steps=80, paired=True, **TINY)
+    method, history = run.method, run.history
     after = method.evaluate(val)
     for d in ("ct2mr", "mr2ct"):
         assert mean_of(history, f"loss_l1_{d}", first=False) < 0.5 * mean_of(history, f"loss_l1_{d}", first=True)
@@ -45,10 +45,11 @@ def test_learns_paired_translation_2d() -> None:
 
 
 def test_single_direction_and_3d_step() -> None:
-    method = build("pix2pix", 3, **{**TINY, "disc_layers": 1, "direction": "mr2ct"})
+    config = {**TINY, "disc_layers": 1, "direction": "mr2ct"}
+    before = {k: v.clone() for k, v in build("pix2pix", 3, **config).state_dict().items()}  # the run's initial weights
+    run = fit("pix2pix", 3, steps=2, paired=True, batch_size=2, **config)
+    method, history = run.method, run.history
     assert set(method.generators) == {"mr2ct"}
-    before = {k: v.clone() for k, v in method.state_dict().items()}
-    history = fit(method, steps=2, paired=True, batch_size=2)
     assert set(history[0]) >= {"loss_g", "loss_d", "loss_l1_mr2ct"}
     assert any(not torch.equal(v, before[k]) for k, v in method.state_dict().items() if k.startswith("generators"))
     assert any(not torch.equal(v, before[k]) for k, v in method.state_dict().items() if k.startswith("discriminators"))
@@ -59,6 +60,6 @@ def test_single_direction_and_3d_step() -> None:
 
 
 def test_wgan_gp_step() -> None:
-    method = build("pix2pix", 2, **{**TINY, "gan_mode": "wgan-gp"})
-    history = fit(method, steps=3, paired=True)
+    history = fit("pix2pix", 2, steps=3, paired=True, **{**TINY, "gan_mode": "wgan-gp"}).history
+    assert len(history) == 3
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)

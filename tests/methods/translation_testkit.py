@@ -1,4 +1,4 @@
-"""Tiny synthetic paired CT/MR images and a plain training loop for the translation tests."""
+"""Tiny synthetic paired CT/MR images and engine runs on them (``data.kind: memory``) for the translation tests."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from udl_med import keys
-from udl_med.engine.optimization import EngineOptimization
+from udl_med.data.memory import MemoryFit, TranslationItems, fit_in_memory
 from udl_med.methods.base import DataSpec, Method, get_method
 
 SIZES = {2: (32, 32), 3: (16, 16, 16)}
@@ -36,30 +36,23 @@ def tissue_pairs(n: int, size: tuple[int, ...], generator: torch.Generator, nois
 
 
 def build(name: str, spatial_dims: int, seed: int = 0, **config) -> Method:
+    """The method as the engine builds it for a run with ``seed``, before training (same initial weights as :func:`fit`)."""
     cls = get_method(name)
     torch.manual_seed(seed)
     spec = DataSpec(spatial_dims=spatial_dims, in_channels=1, image_size=SIZES[spatial_dims])
     return cls(cls.Config(**config), spec)
 
 
-def fit(method: Method, steps: int, paired: bool, batch_size: int = 4, seed: int = 1, pool: int = 64) -> list[dict[str, float]]:
-    """Train with the engine's optimizer step on batches from a fixed pool of tiny pairs.
+def fit(
+    name: str, spatial_dims: int, steps: int, paired: bool, batch_size: int = 4, seed: int = 0, data_seed: int = 1, pool: int = 64, **config
+) -> MemoryFit:
+    """Train ``name`` through the engine on a fixed pool of tiny pairs; ``.method`` trained, ``.history`` the losses per step.
 
-    Unpaired batches draw CT and MR items independently (as ``pairing: unpaired`` does).
+    Unpaired, the items are all (CT, MR) combinations of the pool, so batches draw CT and
+    MR items independently (as ``pairing: unpaired`` does).
     """
-    generator = torch.Generator().manual_seed(seed)
-    ct, mr = tissue_pairs(pool, method.data.image_size, generator)
-    opt = EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
-    history = []
-    for _ in range(steps):
-        i = torch.randint(pool, (batch_size,), generator=generator)
-        j = i if paired else torch.randint(pool, (batch_size,), generator=generator)
-        method.train()
-        out = method.train_step({keys.CT: ct[i], keys.MR: mr[j]}, opt)
-        opt.global_step += 1
-        history.append({k: float(v) for k, v in out.items()})
-    method.eval()
-    return history
+    ct, mr = tissue_pairs(pool, SIZES[spatial_dims], torch.Generator().manual_seed(data_seed))
+    return fit_in_memory(name, config, TranslationItems(ct, mr, paired), steps=steps, batch_size=batch_size, seed=seed)
 
 
 def held_out(spatial_dims: int, n: int = 16, seed: int = 99) -> dict[str, Tensor]:

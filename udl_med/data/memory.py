@@ -64,15 +64,57 @@ class TensorItems(Dataset):
         return out
 
 
+class TranslationItems(Dataset):
+    """CT/MR items ``{ct: ct[i], mr: mr[j]}`` of in-memory tensors, paired (``j = i``) or unpaired.
+
+    Unpaired, the dataset is every ``(i, j)`` combination (``len = N_ct * N_mr``), so the
+    engine's shuffled epochs draw the two sides independently, as ``pairing: unpaired``
+    does for scans, while the data order stays a function of (seed, step).
+
+    Args:
+        ct: ``(N, C, *spatial)`` CT images.
+        mr: ``(M, C, *spatial)`` MR images (``M = N`` when paired).
+        paired: whether item ``i`` of ``ct`` and of ``mr`` belong together.
+
+    Raises:
+        ValueError: paired sides of different lengths, or images of different shapes.
+    """
+
+    def __init__(self, ct: Tensor | np.ndarray, mr: Tensor | np.ndarray, paired: bool = True) -> None:
+        self.ct = torch.as_tensor(ct, dtype=torch.float32)
+        self.mr = torch.as_tensor(mr, dtype=torch.float32)
+        if self.ct.shape[1:] != self.mr.shape[1:] or self.ct.ndim < 3:
+            raise ValueError(f"ct and mr must be (N, C, *spatial) of one shape, got {tuple(self.ct.shape)} and {tuple(self.mr.shape)}")
+        if paired and len(self.ct) != len(self.mr):
+            raise ValueError(f"paired ct and mr need as many items, got {len(self.ct)} and {len(self.mr)}")
+        self.paired = paired
+
+    def __len__(self) -> int:
+        return len(self.ct) if self.paired else len(self.ct) * len(self.mr)
+
+    def _sides(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return (index, index) if self.paired else (index // len(self.mr), index % len(self.mr))
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        c, m = self._sides(torch.as_tensor(i))
+        return {keys.CT: self.ct[c], keys.MR: self.mr[m]}
+
+    def batch(self, indices: list[int]) -> dict[str, Tensor]:
+        """The items ``indices`` as one batch (one indexing per side)."""
+        c, m = self._sides(torch.as_tensor(indices, dtype=torch.long))
+        return {keys.CT: self.ct[c], keys.MR: self.mr[m]}
+
+
 def memory_data_spec(dataset: Any):
     """The :class:`~udl_med.methods.base.DataSpec` of a dataset of dict items, read from its first item.
 
     Vectors ``(D,)`` give ``spatial_dims=0, in_channels=D, image_size=()``; images
-    ``(C, *spatial)`` give their channels and size.
+    ``(C, *spatial)`` give their channels and size (the ``ct`` image of CT/MR items).
     """
     from udl_med.methods.base import DataSpec
 
-    image = torch.as_tensor(dataset[0][keys.IMAGE])
+    first = dataset[0]
+    image = torch.as_tensor(first[keys.IMAGE] if keys.IMAGE in first else first[keys.CT])
     if image.ndim == 1:
         return DataSpec(spatial_dims=0, in_channels=int(image.shape[0]), image_size=(), num_classes=int(getattr(dataset, "num_classes", 0)))
     if image.ndim not in (3, 4):
