@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from udl_med import keys
-from udl_med.engine.config import validate_config
+from udl_med.engine.config import load_config, validate_config
 from udl_med.engine.optimization import EngineOptimization
 from udl_med.engine.train import train
 from udl_med.errors import ConfigError
@@ -380,6 +380,23 @@ def test_conditional_without_labels_and_dcgan_on_points_are_refused() -> None:
         build(TINY_DCGAN, spec(2)).sample(2, label=1)
     with pytest.raises(ValueError, match="out of range"):
         build({**TINY_DCGAN, "conditional": True}, spec(2, num_classes=3)).sample(2, label=3)
+
+
+IMAGE_CONFIGS = ["dcgan-tiny.yaml", "dcgan2d-ct-phantom.yaml", "dcgan2d-mr-phantom.yaml", "dcgan3d-phantom.yaml", "wgangp2d-phantom.yaml", "cdcgan2d-lesion.yaml"]
+
+
+@pytest.mark.parametrize("name", IMAGE_CONFIGS)
+def test_shipped_image_configs_build_and_step(name: str) -> None:
+    run = load_config(CONFIGS / name)
+    assert run.method == "gan" and run.train.sample_eval is not None
+    data = DataSpec(
+        spatial_dims=run.data.spatial_dims, in_channels=run.data.in_channels, image_size=tuple(run.data.size), num_classes=3 if run.data.labeled else 0
+    )
+    assert run.model.conditional == run.data.labeled
+    torch.manual_seed(0)
+    method = GAN(run.model, data)
+    losses = Driver(method, data, n=2)()
+    assert all(math.isfinite(v) for v in losses.values())
 
 
 # -- through the engine -------------------------------------------------------------------
