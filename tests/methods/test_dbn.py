@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_rbm_method import CONFIGS, SIZES, blobs, build, fit, held_out
+from test_rbm_method import CONFIGS, SIZES, blob_items, build, fit, held_out
 
 from udl_med import keys
-from udl_med.engine.optimization import EngineOptimization
+from udl_med.data.memory import TensorItems
 from udl_med.errors import ConfigError
 from udl_med.methods.base import Method
 
@@ -25,23 +25,25 @@ def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_greedy_layers_train_in_turn(spatial_dims: int) -> None:
-    method = build("dbn", spatial_dims, hidden=(32, 16), layer_steps=60, lr=0.05, momentum_switch_step=10)
+def test_greedy_layers_train_in_turn(spatial_dims: int, tmp_path: Path) -> None:
+    config = dict(hidden=(32, 16), layer_steps=60, lr=0.05, momentum_switch_step=10)
+    data = blob_items(125 * 16, SIZES[spatial_dims])  # one epoch of fresh blobs for the whole run
     x = held_out(spatial_dims)
-    before = method.evaluate(x)
-    s0 = snapshot(method)
-    opt = fit(method, 60)
+    initial = build("dbn", spatial_dims, **config)  # the run's initial weights
+    before = initial.evaluate(x)
+    s0 = snapshot(initial)
+    method = fit("dbn", spatial_dims, 60, data=data, out=tmp_path, **config).method
     s1 = snapshot(method)
     mid = method.evaluate(x)
     assert changed(s0[0], s1[0]) and not changed(s0[1], s1[1])  # only layer 0 trained
     assert mid["recon_layer0"] < 0.5 * before["recon_layer0"], (before, mid)
-    fit(method, 60, seed=2, opt=opt)
+    method = fit("dbn", spatial_dims, 120, data=data, out=tmp_path, resume=True, **config).method  # steps 61-120
     s2 = snapshot(method)
     after = method.evaluate(x)
     assert not changed(s1[0], s2[0]) and changed(s1[1], s2[1])  # then only layer 1
     assert after["recon_layer1"] < 0.5 * mid["recon_layer1"], (mid, after)
     assert after["recon_layer0"] == mid["recon_layer0"]
-    fit(method, 5, seed=3, opt=opt)  # no labels: the top RBM keeps training
+    method = fit("dbn", spatial_dims, 125, data=data, out=tmp_path, resume=True, **config).method  # no labels: the top RBM keeps training
     s3 = snapshot(method)
     assert not changed(s2[0], s3[0]) and changed(s2[1], s3[1])
     assert method.encode(x[keys.IMAGE]).shape == (32, 16)
@@ -58,25 +60,22 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(data.target)
 
 
-def train_digits(layer_steps: int, seed: int, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor, labeled: torch.Tensor) -> Method:
-    """Greedy phase on unlabeled digits (``layer_steps`` per layer), then 300 fine-tuning steps on the few labels."""
-    method = build("dbn", 2, num_classes=10, seed=seed, size=(8, 8), hidden=(64, 32), layer_steps=layer_steps, lr=0.1,
-                   momentum_switch_step=50, finetune_lr=0.003)
-    opt = EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
-    g = torch.Generator().manual_seed(seed)
-    method.train()
-    for _ in range(2 * layer_steps):
-        method.train_step({keys.IMAGE: x[unlabeled[torch.randint(len(unlabeled), (32,), generator=g)]]}, opt)
-        opt.global_step += 1
-    for _ in range(300):
-        idx = labeled[torch.randint(len(labeled), (16,), generator=g)]
-        method.train_step({keys.IMAGE: x[idx], keys.LABEL: y[idx]}, opt)
-        opt.global_step += 1
-    method.eval()
-    return method
+def train_digits(
+    layer_steps: int, seed: int, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor, labeled: torch.Tensor, out: Path
+) -> Method:
+    """Greedy phase on unlabeled digits (``layer_steps`` per layer, batches of 32), then 300 fine-tuning steps on the few labels (16).
+
+    Two engine runs in one folder: the greedy run, then the same run resumed on the labeled items.
+    """
+    config = dict(hidden=(64, 32), layer_steps=layer_steps, lr=0.1, momentum_switch_step=50, finetune_lr=0.003)
+    greedy = 2 * layer_steps
+    if greedy:
+        fit("dbn", 2, greedy, batch_size=32, seed=seed, data=TensorItems(x[unlabeled], num_classes=10), out=out, **config)
+    labels = TensorItems(x[labeled], y[labeled], num_classes=10)
+    return fit("dbn", 2, greedy + 300, batch_size=16, seed=seed, data=labels, out=out, resume=bool(greedy), **config).method
 
 
-def test_fine_tuned_dbn_beats_the_same_network_from_random_init_with_few_labels() -> None:
+def test_fine_tuned_dbn_beats_the_same_network_from_random_init_with_few_labels(tmp_path: Path) -> None:
     x, y = digits()
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     test, pool = order[:400], order[400:]
@@ -84,7 +83,7 @@ def test_fine_tuned_dbn_beats_the_same_network_from_random_init_with_few_labels(
     accuracy = {}
     for name, layer_steps in (("pretrained", 300), ("random", 0)):
         accuracy[name] = [
-            train_digits(layer_steps, seed, x, y, pool, labeled).evaluate({keys.IMAGE: x[test], keys.LABEL: y[test]})[keys.ACCURACY]
+            train_digits(layer_steps, seed, x, y, pool, labeled, tmp_path / f"{name}{seed}").evaluate({keys.IMAGE: x[test], keys.LABEL: y[test]})[keys.ACCURACY]
             for seed in (0, 1)
         ]
     mean = {k: sum(v) / len(v) for k, v in accuracy.items()}
@@ -93,7 +92,7 @@ def test_fine_tuned_dbn_beats_the_same_network_from_random_init_with_few_labels(
 
 
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
-def test_exported_networks_load_strictly_and_match_classify_and_encode(visible: str) -> None:
+def test_exported_networks_load_strictly_and_match_classify_and_encode(visible: str, tmp_path: Path) -> None:
     x = held_out(2, 6)[keys.IMAGE]
 
     def load(method: Method) -> torch.nn.Module:
@@ -103,29 +102,23 @@ def test_exported_networks_load_strictly_and_match_classify_and_encode(visible: 
         net.load_state_dict(state, strict=True)
         return net.eval()
 
-    classifier = build("dbn", 2, num_classes=3, hidden=(16, 8), layer_steps=5, visible=visible, lr=0.005)
-    opt = fit(classifier, 10)  # greedy phase only: the export carries the RBM weights
+    config = dict(hidden=(16, 8), layer_steps=5, visible=visible, lr=0.005)
+    labeled = blob_items(15 * 16, SIZES[2], num_classes=3, labeled=True)
+    classifier = fit("dbn", 2, 10, data=labeled, out=tmp_path, **config).method  # greedy phase only: the export carries the RBM weights
     net = load(classifier)
     assert net.out_channels == 3
     hidden = torch.nn.Sequential(*list(net.children())[:-1])(x)
     torch.testing.assert_close(hidden, classifier.encode(x), atol=1e-5, rtol=1e-4)
-    g = torch.Generator().manual_seed(0)
-    classifier.train()
-    for _ in range(5):
-        classifier.train_step({keys.IMAGE: blobs(8, SIZES[2], g), keys.LABEL: torch.randint(3, (8,), generator=g)}, opt)
-    classifier.eval()
+    classifier = fit("dbn", 2, 15, data=labeled, out=tmp_path, resume=True, **config).method  # 5 fine-tuning steps
     torch.testing.assert_close(load(classifier)(x), classifier.classify(x), atol=1e-5, rtol=1e-4)
 
-    features = build("dbn", 2, hidden=(16, 8), layer_steps=5, visible=visible, lr=0.005)
-    fit(features, 10)
+    features = fit("dbn", 2, 10, **config).method
     torch.testing.assert_close(torch.sigmoid(load(features)(x)), features.encode(x), atol=1e-5, rtol=1e-4)
 
 
 def test_fine_tuning_without_labels_is_a_config_error() -> None:
-    method = build("dbn", 2, num_classes=2, hidden=(8,), layer_steps=2)
-    opt = fit(method, 2)
-    with pytest.raises(ConfigError, match="data.labeled"):
-        fit(method, 1, opt=opt)
+    with pytest.raises(ConfigError, match="data.labeled"):  # step 3 fine-tunes: the unlabeled items stop the run
+        fit("dbn", 2, 3, num_classes=2, hidden=(8,), layer_steps=2)
 
 
 def test_tiny_config_pretrains_and_fine_tunes_through_the_engine(phantom_manifest: Path, tracking_uri: str, tmp_path: Path) -> None:

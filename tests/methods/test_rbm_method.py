@@ -1,4 +1,4 @@
-"""The ``rbm`` method: learning on tiny images, encode/sample/preview, export, the engine path."""
+"""The ``rbm`` method: learning on tiny images (engine runs on in-memory blobs), encode/sample/preview, export, fit_rbm."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from udl_med import keys
+from udl_med.data.memory import MemoryFit, TensorItems, fit_in_memory
 from udl_med.engine.optimization import EngineOptimization
 from udl_med.methods.base import DataSpec, Method, get_method
 from udl_med.methods.rbm import RBMConfig, fit_rbm
@@ -38,16 +39,37 @@ def build(
     return cls(cls.Config(**config), spec)
 
 
-def fit(method: Method, steps: int, batch_size: int = 16, seed: int = 1, opt: EngineOptimization | None = None) -> EngineOptimization:
-    """Train with the engine's optimizer step on fresh blob batches."""
-    generator = torch.Generator().manual_seed(seed)
-    opt = opt or EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
-    for _ in range(steps):
-        method.train()
-        method.train_step({keys.IMAGE: blobs(batch_size, method.data.image_size, generator)}, opt)
-        opt.global_step += 1
-    method.eval()
-    return opt
+def blob_items(n: int, size: tuple[int, ...], seed: int = 1, in_channels: int = 1, num_classes: int = 0, labeled: bool = False) -> TensorItems:
+    """``n`` blobs as engine items; ``labeled``: with random labels in ``range(num_classes)``."""
+    g = torch.Generator().manual_seed(seed)
+    images = blobs(n, size, g).expand(-1, in_channels, *size)
+    labels = torch.randint(num_classes, (n,), generator=g) if labeled else None
+    return TensorItems(images, labels, num_classes=num_classes)
+
+
+def fit(
+    name: str,
+    spatial_dims: int,
+    steps: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    data: TensorItems | None = None,
+    num_classes: int = 0,
+    size: tuple[int, ...] | None = None,
+    in_channels: int = 1,
+    out: Path | None = None,
+    resume: bool = False,
+    **config,
+) -> MemoryFit:
+    """Train ``name`` through the engine; ``.method`` is the trained method (eval mode).
+
+    The data defaults to ``steps * batch_size`` fresh blobs (one epoch: no item twice). A
+    run continued with ``resume=True`` (same ``out``) needs the same ``data``: make it for
+    the total steps.
+    """
+    size = size or SIZES[spatial_dims]
+    data = data if data is not None else blob_items(steps * batch_size, size, in_channels=in_channels, num_classes=num_classes)
+    return fit_in_memory(name, config, data, steps=steps, batch_size=batch_size, seed=seed, output_dir=out, resume=resume)
 
 
 def held_out(spatial_dims: int, n: int = 32) -> dict[str, torch.Tensor]:
@@ -57,9 +79,9 @@ def held_out(spatial_dims: int, n: int = 32) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize(("visible", "lr"), [("bernoulli", 0.05), ("gaussian", 0.005)])
 def test_cd1_learns_to_reconstruct_better_than_the_mean_image(spatial_dims: int, visible: str, lr: float) -> None:
-    method = build("rbm", spatial_dims, n_hidden=32, visible=visible, lr=lr, momentum_switch_step=20)
-    before = method.evaluate(held_out(spatial_dims))
-    fit(method, 300)
+    config = dict(n_hidden=32, visible=visible, lr=lr, momentum_switch_step=20)
+    before = build("rbm", spatial_dims, **config).evaluate(held_out(spatial_dims))  # the run's initial weights
+    method = fit("rbm", spatial_dims, 300, **config).method
     after = method.evaluate(held_out(spatial_dims))
     assert after[keys.RECON_MSE] < 0.6 * after[keys.MEAN_IMAGE_MSE], (before, after)
     if visible == "bernoulli":
@@ -69,9 +91,9 @@ def test_cd1_learns_to_reconstruct_better_than_the_mean_image(spatial_dims: int,
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_persistent_cd_raises_pseudo_likelihood(spatial_dims: int) -> None:
     """PCD follows the likelihood, not the reconstruction: check the pseudo-likelihood."""
-    method = build("rbm", spatial_dims, n_hidden=32, persistent=True, n_chains=32, lr=0.02, momentum_switch_step=20)
-    before = method.evaluate(held_out(spatial_dims))
-    fit(method, 200)
+    config = dict(n_hidden=32, persistent=True, n_chains=32, lr=0.02, momentum_switch_step=20)
+    before = build("rbm", spatial_dims, **config).evaluate(held_out(spatial_dims))
+    method = fit("rbm", spatial_dims, 200, **config).method
     after = method.evaluate(held_out(spatial_dims))
     assert after[keys.PSEUDO_LL] > 0.5 * before[keys.PSEUDO_LL], (before, after)  # both negative: at least halved
     assert after[keys.RECON_MSE] < 0.5 * before[keys.RECON_MSE], (before, after)
@@ -80,13 +102,8 @@ def test_persistent_cd_raises_pseudo_likelihood(spatial_dims: int) -> None:
 
 @pytest.mark.parametrize(("spatial_dims", "channels"), [(2, 1), (3, 1), (2, 3)])  # (2, 3): 2.5D stacks
 def test_encode_sample_and_preview(spatial_dims: int, channels: int) -> None:
-    method = build("rbm", spatial_dims, in_channels=channels, n_hidden=24, n_filters=20, sample_steps=5)
+    method = fit("rbm", spatial_dims, 5, batch_size=8, in_channels=channels, n_hidden=24, n_filters=20, sample_steps=5).method
     shape = (channels, *SIZES[spatial_dims])
-    g = torch.Generator().manual_seed(1)
-    opt = EngineOptimization(method.configure_optimizers(), torch.device("cpu"))
-    for _ in range(5):
-        method.train_step({keys.IMAGE: blobs(8, SIZES[spatial_dims], g).expand(-1, channels, *SIZES[spatial_dims])}, opt)
-    method.eval()
     x = held_out(spatial_dims, 6)[keys.IMAGE].expand(-1, *shape)
     features = method.encode(x)
     assert features.shape == (6, 24) and 0 <= float(features.min()) and float(features.max()) <= 1
@@ -107,8 +124,7 @@ def test_encode_sample_and_preview(spatial_dims: int, channels: int) -> None:
 @pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_exported_encoder_is_a_strict_fully_connected_net_matching_encode(visible: str, spatial_dims: int) -> None:
-    method = build("rbm", spatial_dims, n_hidden=12, visible=visible, lr=0.01)
-    fit(method, 10)  # moves the weights and, for Gaussian visibles, the standardisation
+    method = fit("rbm", spatial_dims, 10, n_hidden=12, visible=visible, lr=0.01).method  # moves the weights and, for Gaussian visibles, the standardisation
     class_path, kwargs, state = method.export_encoder()
     module, name = class_path.rsplit(".", 1)
     net = getattr(importlib.import_module(module), name)(**kwargs)
@@ -118,8 +134,7 @@ def test_exported_encoder_is_a_strict_fully_connected_net_matching_encode(visibl
 
 
 def test_state_dict_round_trip_keeps_standardisation_and_chains() -> None:
-    method = build("rbm", 2, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001)
-    fit(method, 7)
+    method = fit("rbm", 2, 7, n_hidden=8, visible="gaussian", persistent=True, n_chains=4, lr=0.001).method
     state = method.state_dict()
     assert {"codec.count", "chains.state"} <= set(state)
     assert float(state["codec.count"]) == 7 * 16
@@ -130,13 +145,15 @@ def test_state_dict_round_trip_keeps_standardisation_and_chains() -> None:
     torch.testing.assert_close(clone.chains.state, method.chains.state)
 
 
-def test_momentum_switches_from_initial_to_final() -> None:
-    method = build("rbm", 2, n_hidden=8, initial_momentum=0.5, momentum=0.9, momentum_switch_step=3)
-    opt = fit(method, 3)
-    assert opt.optimizers["rbm"].param_groups[0]["momentum"] == 0.5
-    fit(method, 1, opt=opt)
-    assert opt.optimizers["rbm"].param_groups[0]["momentum"] == 0.9
-    groups = opt.optimizers["rbm"].param_groups  # weight cost on W only
+def test_momentum_switches_from_initial_to_final(tmp_path: Path) -> None:
+    config = dict(n_hidden=8, initial_momentum=0.5, momentum=0.9, momentum_switch_step=3)
+    data = blob_items(4 * 16, SIZES[2])
+    first = fit("rbm", 2, 3, data=data, out=tmp_path, **config)
+    assert first.optimizers["rbm"].param_groups[0]["momentum"] == 0.5
+    resumed = fit("rbm", 2, 4, data=data, out=tmp_path, resume=True, **config)  # step 4 of the same run
+    assert len(resumed.history) == 1
+    assert resumed.optimizers["rbm"].param_groups[0]["momentum"] == 0.9
+    groups = resumed.optimizers["rbm"].param_groups  # weight cost on W only
     assert groups[0]["weight_decay"] > 0 and groups[1]["weight_decay"] == 0
 
 
@@ -174,14 +191,12 @@ def test_fit_rbm_lowers_reconstruction_error_and_checks_shapes(persistent: bool,
 
 
 def test_evaluate_reports_exact_or_annealed_log_likelihood() -> None:
-    tiny = build("rbm", 2, size=(4, 4), n_hidden=6, lr=0.1)
     x = {keys.IMAGE: blobs(32, (4, 4), torch.Generator().manual_seed(3))}
-    before = tiny.evaluate(x)[keys.LOG_LIKELIHOOD]  # exact: 2**6 hidden states
-    fit(tiny, 60)
+    before = build("rbm", 2, size=(4, 4), n_hidden=6, lr=0.1).evaluate(x)[keys.LOG_LIKELIHOOD]  # exact: 2**6 hidden states
+    tiny = fit("rbm", 2, 60, size=(4, 4), n_hidden=6, lr=0.1).method
     after = tiny.evaluate(x)[keys.LOG_LIKELIHOOD]
     assert after > before + 1.0, (before, after)
-    annealed = build("rbm", 2, size=(4, 4), n_hidden=12, lr=0.1, ais_chains=64, ais_betas=400, exact_max_units=0)
-    fit(annealed, 60)
+    annealed = fit("rbm", 2, 60, size=(4, 4), n_hidden=12, lr=0.1, ais_chains=64, ais_betas=400, exact_max_units=0).method
     metrics = annealed.evaluate(x)
     exact = float(annealed.rbm.log_likelihood_exact(annealed.codec.encode(x[keys.IMAGE])).mean())
     assert abs(metrics[keys.LOG_LIKELIHOOD] - exact) < 0.05, (metrics, exact)
