@@ -96,7 +96,8 @@ def test_probe_step_compares_an_exported_encoder_with_random_init(phantom_dir: P
     cls = get_method("autoencoder")
     spec = DataSpec(spatial_dims=2, in_channels=1, image_size=(16, 16))
     method = cls(cls.Config(latent_dim=4, channels=(4, 8), strides=(2, 2), num_res_units=0), spec).eval()
-    loaded = LoadedModel(method=method, config={"data": {"source": "x", **INPUT}}, data_spec=spec, source="test", folder=tmp_path)
+    config = {"method": "autoencoder", "data": {"source": "x", **INPUT}, "model": {"latent_dim": 4, "channels": [4, 8], "strides": [2, 2], "num_res_units": 0}}
+    loaded = LoadedModel(method=method, config=config, data_spec=spec, source="test", folder=tmp_path)
     export_encoder(loaded, tmp_path / "enc")
     result = probe_step(str(tmp_path / "enc"), str(phantom_dir / "manifest.csv"), seed=0, quick=True, finetune_steps=5)
     for key in ("linear_probe/pretrained", "linear_probe/random", "finetune/pretrained", "finetune/random", "chance"):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from udl_med.data.augment import check_step, normalise_step
+from udl_med.data.normalize import CT_WINDOW, MR_PERCENTILES
 from udl_med.data.points import PointsConfig
+
+# One data.augment entry: {MonaiDictionaryTransform: {argument: value}} (or just the name).
+AugmentStep = Annotated[dict[str, dict[str, Any]], BeforeValidator(normalise_step), AfterValidator(check_step)]
 
 
 class DataConfig(BaseModel):
@@ -48,6 +53,8 @@ class DataConfig(BaseModel):
             evaluation set that is not re-seeded gives the same items every time),
             ``center`` crops, or ``resize`` (whole slices or volumes resampled to
             ``size``, no crop).
+        augment: MONAI dictionary transforms applied to training items after the crop,
+            ``[{RandFlipd: {prob: 0.5}}, ...]`` (:mod:`udl_med.data.augment`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,11 +74,12 @@ class DataConfig(BaseModel):
     labels_seed: int = 0
     split: str | None = "train"
     eval_split: str | None = "val"
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    ct_window: tuple[float, float] = CT_WINDOW  # the one default (udl_med.data.normalize)
+    mr_percentiles: tuple[float, float] = MR_PERCENTILES
     cache: bool = True
     foreground_fraction: float = Field(0.05, ge=0.0, le=1.0)
     crop: Literal["random", "center", "resize"] = "random"
+    augment: tuple[AugmentStep, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -95,6 +103,10 @@ class DataConfig(BaseModel):
             raise ValueError("semi_supervised data has one image per item and its own labels: set pairing: none, labeled: false")
         if self.pairing != "none" and self.modality is not None:
             raise ValueError(f"modality must be null when pairing is {self.pairing!r} (items hold both CT and MR)")
+        if self.augment and (self.kind != "scans" or self.semi_supervised):
+            raise ValueError("augment applies to scan items (kind: scans, not semi_supervised)")
+        if self.augment and self.eval_split is not None and self.eval_split == self.split:
+            raise ValueError("augment needs an evaluation split other than the training split (augmentation is for training items only)")
         return self
 
     @property

@@ -11,7 +11,9 @@ of the voxels above ``FOREGROUND_LEVEL``) is made once when the dataset is built
 Randomness: item ``i``'s random draws (crop position, and for unpaired data the MR
 partner) come from ``numpy.random.default_rng((seed, i))``; ``set_random_state(seed)``
 re-seeds, so the engine can make item ``i`` of epoch ``e`` reproducible, with any
-number of loader workers, by seeding each epoch.
+number of loader workers, by seeding each epoch. ``data.augment`` (MONAI dictionary
+transforms, :mod:`udl_med.data.augment`) runs on training items after the crop, its
+draws seeded from the same ``(seed, i)``.
 """
 
 from __future__ import annotations
@@ -183,6 +185,20 @@ class UdlDataset(Dataset):
         self.image_size = tuple(cfg.size)
         self.records = [v.record for v in volumes]
         self._seed = 0
+        self.augment: Any = None  # a MONAI Compose over image_keys (training items only), set by build_dataset
+
+    image_keys: tuple[str, ...] = (keys.IMAGE,)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self._item(i)
+        if self.augment is not None:
+            from udl_med.data.augment import augment_item
+
+            item = augment_item(self.augment, item, self.image_keys, self._seed, i)
+        return item
+
+    def _item(self, i: int) -> dict[str, Any]:
+        raise NotImplementedError
 
     def set_random_state(self, seed: int | None = None, state: Any = None) -> UdlDataset:
         """Re-seed every random draw of this dataset (crops, unpaired partners)."""
@@ -250,7 +266,7 @@ class ImageDataset(UdlDataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _item(self, i: int) -> dict[str, Any]:
         vi, k = self.index[i]
         v = self.volumes[vi]
         vol = self._volume(v)
@@ -278,10 +294,12 @@ class PairedDataset(UdlDataset):
         if not self.index:
             raise InputError(cfg.source, "no paired CT/MR foreground slices")
 
+    image_keys = (keys.CT, keys.MR)
+
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _item(self, i: int) -> dict[str, Any]:
         pi, k = self.index[i]
         ct_v, mr_v = self.pairs[pi]
         ct, mr = self._volume(ct_v), self._volume(mr_v)
@@ -322,7 +340,9 @@ class UnpairedDataset(UdlDataset):
             return self._patch_item(vol, rng)
         return self._slice_item(vol, k, self._slice_start(vol.shape, rng))
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    image_keys = (keys.CT, keys.MR)
+
+    def _item(self, i: int) -> dict[str, Any]:
         rng = self._rng(i)
         ct_entry = self.ct_index[i % len(self.ct_index)]
         mr_entry = self.mr_index[int(rng.integers(len(self.mr_index)))]
@@ -431,13 +451,15 @@ def _halves(cts: list[_Volume], mrs: list[_Volume]) -> tuple[list[_Volume], list
     return [v for v in cts if v.record.subject not in mr_only], [v for v in mrs if v.record.subject not in ct_only]
 
 
-def build_dataset(cfg: DataConfig, split: str | None) -> UdlDataset:
+def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = None) -> UdlDataset:
     """The torch Dataset of dict items the ``data:`` section describes.
 
     Args:
         cfg: the data config.
         split: the manifest split to use (``cfg.split`` for training, ``cfg.eval_split``
             for evaluation), or None for every image.
+        augment: apply ``cfg.augment``; default: when ``split`` is the training split
+            (``cfg.split``), never for the evaluation split.
 
     Returns:
         ``pairing: none``: items ``{image: (C, *size), path, modality[, label]}``;
@@ -487,7 +509,20 @@ def build_dataset(cfg: DataConfig, split: str | None) -> UdlDataset:
         else:
             cts, mrs = _halves(cts, mrs)
             dataset = UnpairedDataset(cfg, base, cts, mrs, num_classes)
-    log.info("%s split %r: %d items from %d images (%s, %s)", cfg.source, split, len(dataset), len(volumes), cfg.layout, cfg.pairing)
+    if augment is None:
+        augment = split == cfg.split and (cfg.eval_split is None or split != cfg.eval_split)
+    if augment and cfg.augment:
+        from udl_med.data.augment import build_augment
+
+        dataset.augment = build_augment(cfg.augment, dataset.image_keys)
+        before = {k: tuple(dataset._item(0)[k].shape) for k in dataset.image_keys}
+        after = {k: tuple(v.shape) for k, v in dataset[0].items() if k in dataset.image_keys}
+        if before != after:
+            raise ConfigError(cfg.source, "data.augment", f"changes the item shape {before} to {after}; items must keep data.size")
+    log.info(
+        "%s split %r: %d items from %d images (%s, %s%s)", cfg.source, split, len(dataset), len(volumes), cfg.layout, cfg.pairing,
+        f", {len(cfg.augment)} augmentation(s)" if dataset.augment is not None else "",
+    )
     return dataset
 
 

@@ -9,7 +9,8 @@ URI (``runs:/<id>/model``, ``models:/<name>/<version>``) whose artifacts hold th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,35 @@ MODEL_FORMAT = 1
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A trained method rebuilt from its model file, in eval mode on the CPU."""
+    """A trained method rebuilt from its model file, in eval mode on the CPU.
+
+    Attributes:
+        method: the method, eval mode.
+        config: the resolved run config as plain data (what the file holds).
+        data_spec: what the method was built for.
+        source: what the user named.
+        folder: the local folder the model file was read from.
+        run_config: the same config validated (:class:`~udl_med.engine.config.RunConfig`):
+            read settings from it (``loaded.run_config.data.ct_window``), so every
+            setting has the one default its config class declares.
+        validated: the RunConfig when the loader has it (``load_model`` does).
+    """
 
     method: Method
-    config: dict[str, Any]  # the resolved run config
+    config: dict[str, Any]
     data_spec: DataSpec
-    source: str  # what the user named
-    folder: Path  # the local folder the model file was read from
+    source: str
+    folder: Path
+    validated: Any = field(default=None, repr=False)  # the RunConfig, when the loader has it already
+
+    @cached_property
+    def run_config(self) -> Any:
+        """The validated :class:`~udl_med.engine.config.RunConfig` (validated from ``config`` on first use)."""
+        if self.validated is not None:
+            return self.validated
+        from udl_med.engine.config import validate_config
+
+        return validate_config(self.config, self.source)
 
 
 def inference_state(method: Method, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,4 +138,4 @@ def load_model(model: str | Path) -> LoadedModel:
     method = method_cls(config.model, data_spec)
     load_inference_state(method, content["state_dict"], tuple(content.get("modules", ())), path)
     method.eval()
-    return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent)
+    return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent, validated=config)

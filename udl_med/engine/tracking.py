@@ -25,6 +25,25 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0
 MAX_METRICS_PER_BATCH = 1000
+PT2_MLFLOW_MAJOR = 3  # log_model(name=..., serialization_format="pt2") are MLflow 3 arguments
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: Any) -> bool:
+    """Log ``message`` as a warning the first time ``key`` comes up in this process; True if it was shown."""
+    if key in _warned:
+        return False
+    _warned.add(key)
+    log.warning(message, *args)
+    return True
+
+
+def mlflow_major() -> int:
+    """The installed MLflow's major version (0 if it cannot be read)."""
+    try:
+        return int(str(mlflow.__version__).split(".", 1)[0])
+    except (AttributeError, ValueError):
+        return 0
 
 
 def configure_tracking(uri: str | None) -> str:
@@ -93,9 +112,20 @@ class Tracker:
 
         The pytorch flavour is saved with ``serialization_format="pt2"`` (``torch.export``,
         no pickle) with our model file as an extra file; if the network cannot be
-        exported, the model folder is logged as plain artifacts under ``model/`` so that
-        ``runs:/<id>/model`` still works for every udl-med command.
+        exported, or the MLflow in use is older than 3 (whose ``log_model`` lacks these
+        arguments), the model folder is logged as plain artifacts under ``model/`` so that
+        ``runs:/<id>/model`` still works for every udl-med command; the reason is shown as
+        a warning once per process.
         """
+        if pytorch_flavour and example_module is not None and mlflow_major() < PT2_MLFLOW_MAJOR:
+            warn_once(
+                "mlflow<3",
+                "MLflow %s cannot log the pytorch flavour with torch.export (needs MLflow >= %d); "
+                "logging the udl-med model folder as the run's `model` instead (every udl-med command reads it)",
+                mlflow.__version__,
+                PT2_MLFLOW_MAJOR,
+            )
+            pytorch_flavour = False
         if pytorch_flavour and example_module is not None and example_input is not None:
             try:
                 from mlflow import pytorch as mlflow_pytorch
@@ -110,7 +140,12 @@ class Tracker:
                 )
                 return
             except Exception as err:  # torch.export cannot trace every network
-                log.warning("pytorch flavour not logged (%s: %s); logging the model folder instead", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                warn_once(
+                    f"pt2:{type(example_module).__name__}:{type(err).__name__}",
+                    "pytorch flavour not logged (%s: %s); logging the model folder instead",
+                    type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "",
+                )
         mlflow.log_artifacts(str(model_folder), artifact_path="model")
 
     def end(self, status: str = "FINISHED") -> None:

@@ -46,10 +46,16 @@ class ImageItems:
     volume_shape: tuple[int, ...]  # the prepared volume: (S, P, Q) slice-first, or (1, X, Y, Z)
 
 
-def item_config(data: dict[str, Any], source: str | Path):
-    """A :class:`DataConfig` for cutting items from ``source`` as a run's ``data`` section did."""
+def item_config(data: Any, source: str | Path):
+    """A :class:`DataConfig` for cutting items from ``source`` as a run's ``data`` section did.
+
+    ``data``: the run's validated DataConfig, or a mapping of its item settings (an
+    exported encoder's ``input`` section); settings it lacks take DataConfig's defaults.
+    """
     from udl_med.data.config import DataConfig
 
+    if isinstance(data, DataConfig):
+        data = data.model_dump(mode="json")
     return DataConfig(source=str(source), **{k: data[k] for k in DATA_KEYS if data.get(k) is not None})
 
 
@@ -129,7 +135,7 @@ def save_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def encode_records(
-    encode: Callable[[Tensor], Tensor], data: dict[str, Any], records: Sequence[Any]
+    encode: Callable[[Tensor], Tensor], data: Any, records: Sequence[Any]
 ) -> tuple[np.ndarray, list[int]]:
     """Mean feature vector of every record's items: ``(N, F)`` and the item count of each."""
     features, counts = [], []
@@ -162,8 +168,7 @@ def encode_to_file(model: str, input: str | Path, out: str | Path) -> dict[str, 
     if Capability.ENCODE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot encode")
     records = _records(input)
-    data = loaded.config.get("data", {})
-    features, counts = encode_records(method.encode, data, records)
+    features, counts = encode_records(method.encode, loaded.run_config.data, records)
     save_npz(
         out,
         {

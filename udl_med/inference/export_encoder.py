@@ -83,7 +83,7 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
     with torch.no_grad():
         probe = torch.zeros(1, spec.in_channels, *spec.image_size)
         out_features = int(net(probe).flatten(1).shape[1])
-    data = loaded.config.get("data", {})
+    data = loaded.run_config.data.model_dump(mode="json")
     document = {
         "class": class_path,
         "kwargs": kwargs,

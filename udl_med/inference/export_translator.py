@@ -139,7 +139,7 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
             ``SliceInferer`` feeds single slices).
     """
     directions = _check_translator(loaded)
-    setup = TranslationSetup.from_config(loaded.config)
+    setup = TranslationSetup.from_config(loaded.run_config)
     if setup.layout == "2.5d":
         raise UserError(f"{loaded.source}: a 2.5D model cannot be exported as a bundle (MONAI's SliceInferer feeds one slice); use --format torchscript")
     out = Path(out)
@@ -197,7 +197,7 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         ),
         "authors": "udl-med",
         "copyright": "see the training data's licence",
-        "data_source": str(loaded.config.get("data", {}).get("source", "")),
+        "data_source": str(loaded.run_config.data.source or ""),
         "data_type": "nifti (nibabel) or a DICOM series (pydicom); with itk installed also mha and nrrd",
         "intended_use": "research only; not for diagnosis",
         "udl_med": {"directions": list(directions), "default_direction": default, **_normalisation(setup), "python": platform.python_version()},
@@ -244,7 +244,7 @@ def export_torchscript(loaded: Any, out: Path) -> dict[str, Any]:
         UserError: the model cannot translate.
     """
     directions = _check_translator(loaded)
-    setup = TranslationSetup.from_config(loaded.config)
+    setup = TranslationSetup.from_config(loaded.run_config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     method = loaded.method

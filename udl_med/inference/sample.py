@@ -52,14 +52,26 @@ class TraversalSampler(Protocol):
     def traversal(self, x: Tensor | None = None) -> Tensor: ...
 
 
-def _training_geometry(data: dict[str, Any]) -> tuple[tuple[float, ...], str | None]:
-    """Spacing of the first training image and the training data's modality (None if mixed/unknown)."""
-    from udl_med.data.io import list_images, read_image
+def data_section(data: Any) -> Any:
+    """A run's validated :class:`~udl_med.data.config.DataConfig` (from itself or a ``data`` mapping)."""
+    from udl_med.data.config import DataConfig
 
-    modality = data.get("modality")
+    return data if isinstance(data, DataConfig) else DataConfig(**data)
+
+
+def _training_geometry(data: Any) -> tuple[tuple[float, ...], str | None]:
+    """Spacing of the first training image and the training data's modality (None if mixed/unknown).
+
+    ``data``: the run's DataConfig (or its ``data`` mapping).
+    """
+    from udl_med.data.manifest import list_images
+    from udl_med.data.readers import read_image
+
+    data = data_section(data)
+    modality = data.modality
     try:
-        records = list_images(data["source"])
-        split = data.get("split")
+        records = list_images(data.source)
+        split = data.split
         chosen = [r for r in records if split is None or r.split in (None, split)] or records
         if modality is None:
             found = {r.modality for r in chosen}
@@ -72,13 +84,13 @@ def _training_geometry(data: dict[str, Any]) -> tuple[tuple[float, ...], str | N
     return (spacing + DEFAULT_SPACING)[:3], modality
 
 
-def to_physical(x: Tensor, modality: str | None, data: dict[str, Any]) -> Tensor:
-    """Map samples in [-1, 1] to physical units (see the module docstring)."""
-    from udl_med.data.normalize import CT_WINDOW, denormalize
+def to_physical(x: Tensor, modality: str | None, data: Any) -> Tensor:
+    """Map samples in [-1, 1] to physical units (see the module docstring); ``data``: the run's DataConfig (or mapping)."""
+    from udl_med.data.normalize import denormalize
     from udl_med.inference.translation_setup import MR_OUTPUT_RANGE
 
     if modality == "CT":
-        low, high = data.get("ct_window") or CT_WINDOW
+        low, high = data_section(data).ct_window
         params = {"modality": "CT", "kind": "window", "low": float(low), "high": float(high)}
     else:
         params = {"modality": modality, "kind": "percentile", "low": MR_OUTPUT_RANGE[0], "high": MR_OUTPUT_RANGE[1]}
@@ -129,7 +141,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         method.check_sample_label(label)
     except ValueError as err:
         raise UserError(f"{loaded.source}: {err}") from None
-    data = loaded.config.get("data", {})
+    data = loaded.run_config.data
     spacing, modality = _training_geometry(data)
     geometry = Geometry.create(spacing, (0.0, 0.0, 0.0), np.eye(3))
     out = Path(out)
@@ -148,7 +160,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
             previews.extend(batch[: 64 - len(previews)])
         for x in batch:
             name = f"sample_{written:0{width}d}.nii.gz"
-            volume = to_physical(as_volume(x, loaded.data_spec.spatial_dims, int(data.get("slice_axis", 2))), modality, data)
+            volume = to_physical(as_volume(x, loaded.data_spec.spatial_dims, data.slice_axis), modality, data)
             write_image(MetaTensor(volume, meta={**geometry.as_meta(), "modality": modality}), out / name)
             rows.append({"image": name, "label": "" if label is None else label, "modality": modality or "", "subject": f"sample-{written:0{width}d}"})
             written += 1

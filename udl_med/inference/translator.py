@@ -57,7 +57,7 @@ def load_translator(model: str | Path) -> Translator:
     loaded = load_model(model)
     if Capability.TRANSLATE not in loaded.method.capabilities:
         raise UserError(f"{model}: method {loaded.method.name!r} cannot translate (use a cyclegan or pix2pix model)")
-    translator = Translator(loaded.method, getattr(loaded, "run_config", None) or loaded.config).eval()
+    translator = Translator(loaded.method, loaded.run_config).eval()
     del loaded  # the discriminators go with the method
     if torch.cuda.is_available():
         translator.to("cuda")
