@@ -2,8 +2,8 @@
 
 The demo is an ordinary pipeline (see ``udl_med.engine.pipeline``) built here so that
 it needs no file besides the shipped configs (:mod:`udl_med.shipped`): it makes phantoms, pretrains an
-autoencoder and probes its exported encoder, samples a VAE and judges the samples with
-FID/KID, trains a small CycleGAN and translates a held-out CT to MR, and trains an RBM.
+autoencoder and probes its exported encoder, samples a VAE and a tiny DCGAN and judges the
+samples with FID/KID, trains a small CycleGAN and translates a held-out CT to MR, and trains an RBM.
 Each step is a nested MLflow run under one ``demo`` run.
 """
 
@@ -68,6 +68,10 @@ def demo_steps() -> list[dict[str, Any]]:
         {"name": "samples", "run": "sample", "with": {"model": "${steps.vae.model_dir}", "n": 32, "out": "${workdir}/samples"}},
         {"name": "fid_samples_random", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "random"}},
         {"name": "fid_samples_encoder", "run": "fid", "with": {**fid, "fake": "${workdir}/samples", "extractor": "encoder:${workdir}/encoder"}},
+        # Job 2, adversarial: a tiny DCGAN, its sample grid and FID against the held-out CT.
+        _train("dcgan", "dcgan-tiny.yaml", 400, ["train.sample_eval=null"]),
+        {"name": "dcgan_samples", "run": "sample", "with": {"model": "${steps.dcgan.model_dir}", "n": 64, "out": "${workdir}/dcgan_samples"}},
+        {"name": "fid_dcgan", "run": "fid", "with": {**fid, "fake": "${workdir}/dcgan_samples", "extractor": "random"}},
         # Job 2, class-conditional: a tiny LAPGAN on the slices that show their lesion class,
         # a synthetic set per class, and the check that it holds no copies of training slices.
         {"name": "lesion_slices", "run": "lesion_slices", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/lesion_slices", "split": "train"}},

@@ -15,6 +15,7 @@ the papers are in ``shared/research/gans.md``.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -223,13 +224,17 @@ class _SwapHistory(nn.Module):
         self.live: dict[str, Any] | None = None
         self.until = -1
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"snapshots": self.snapshots, "live": self.live or {}, "until": self.until}
+    def get_extra_state(self) -> Tensor:
+        """The history serialised into one uint8 tensor (state dicts stay tensor-valued, e.g. for EMA swaps)."""
+        buffer = io.BytesIO()
+        torch.save({"snapshots": self.snapshots, "live": self.live or {}, "until": self.until}, buffer)
+        return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.snapshots = list(state["snapshots"])
-        self.live = state["live"] or None
-        self.until = int(state["until"])
+    def set_extra_state(self, state: Tensor) -> None:
+        content = torch.load(io.BytesIO(state.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
+        self.snapshots = list(content["snapshots"])
+        self.live = content["live"] or None
+        self.until = int(content["until"])
 
 
 def unroll_discriminator(
@@ -353,6 +358,14 @@ class GAN(Method):
             self.d_average = HistoricalAverage(self.discriminator)
         if config.checkpoint_swap is not None:
             self.swap_history = _SwapHistory()
+        # Placeholder VBN references of the final shapes, so that a fresh method's state dict
+        # has their keys (a model file with the real ones loads strictly); on_train_start sets them.
+        r = config.vbn_reference
+        placeholder_labels = torch.zeros(r, dtype=torch.long) if self.num_classes else None
+        if config.g_norm == "virtual_batch":
+            self.generator.set_reference(torch.zeros(r, config.latent_dim), placeholder_labels)
+        if config.d_norm == "virtual_batch":
+            self.discriminator.set_reference(torch.zeros(r, *self.item_shape), placeholder_labels)
         fixed = torch.Generator().manual_seed(_FIXED_SEED)
         n_fixed = PREVIEW_POINTS if self.points else PREVIEW_IMAGES
         self.register_buffer("fixed_z", torch.randn(n_fixed, config.latent_dim, generator=fixed), persistent=False)
@@ -570,7 +583,16 @@ class GAN(Method):
         return (self.discriminator, "d") if player == "d" else (self.generator, "g")
 
     def _checkpoint_swap(self, opt: Optimization) -> None:
-        """At this step: restore the live network after a swap; every ``every`` steps snapshot it and swap an old one in."""
+        """At this step: restore the live network after a swap; every ``every`` steps snapshot it and swap an old one in.
+
+        Snapshots are taken at steps ``every, 2 every, ...``; from the second one on, each
+        of them swaps in a snapshot drawn among the ``keep`` older ones (weights and the
+        player's optimizer state) for ``duration`` steps, during which the opponent trains
+        against it and it trains too; then the current weights and optimizer state come
+        back and those ``duration`` updates of the player are discarded. A run that ends
+        inside a swap keeps the swapped-in network: end runs on a multiple of ``every``
+        or after ``duration`` more steps.
+        """
         swap, history = self.config.checkpoint_swap, self.swap_history
         net, name = self._player()
         step = opt.global_step
@@ -583,7 +605,9 @@ class GAN(Method):
         current = {"step": step, "weights": _copy_state(net), "optimizer": opt.snapshot(name)}
         older = history.snapshots[-swap.keep :]
         if older:
-            chosen = older[int(torch.randint(len(older), ()).item())]
+            # drawn from the step alone: every rank of a distributed run swaps in the same snapshot
+            pick = torch.Generator().manual_seed(step)
+            chosen = older[int(torch.randint(len(older), (), generator=pick).item())]
             history.live = current
             history.until = step + swap.duration
             net.load_state_dict(chosen["weights"])
