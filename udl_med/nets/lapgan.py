@@ -54,7 +54,8 @@ class LaplacianLevelGenerator(nn.Module):
         norm: MONAI norm name of the hidden layers (``batch``, ``instance``, ...).
 
     Forward: ``coarse (B, C, *spatial)``, ``noise (B, noise_channels, *spatial)``,
-    ``labels (B,) | None`` -> ``(B, C, *spatial)``, unbounded (a difference image).
+    ``labels (B,) | None`` -> ``(B, C, *spatial)``, unbounded (a difference image). The
+    output layer starts at zero, so an untrained level returns the upsampled coarse image.
     """
 
     def __init__(
@@ -77,6 +78,8 @@ class LaplacianLevelGenerator(nn.Module):
         layers += [ResidualUnit(spatial_dims, channels, channels, kernel_size=3, subunits=2, act="relu", norm=norm) for _ in range(num_blocks)]
         layers.append(Convolution(spatial_dims, channels, image_channels, kernel_size=3, conv_only=True))
         self.net = nn.Sequential(*layers)
+        for p in layers[-1].parameters():  # zero output: G_k starts by adding nothing to the upsampled coarse image
+            nn.init.zeros_(p)
 
     def forward(self, coarse: Tensor, noise: Tensor, labels: Tensor | None = None) -> Tensor:
         parts = [coarse, noise]

@@ -96,6 +96,8 @@ class StageIIGenerator(nn.Module):
             c //= 2
         self.up = nn.Sequential(*up)
         self.out = Convolution(spatial_dims, c, image_channels, kernel_size=3, conv_only=True)
+        for p in self.out.parameters():  # zero residual: stage II starts as the upsampled stage-I image
+            nn.init.zeros_(p)
 
     def forward(self, stage1: Tensor, condition: Tensor | None) -> Tensor:
         h = self.encode(stage1)

@@ -1,0 +1,302 @@
+"""Synthesis on phantoms: FID/KID, memorisation and downstream utility of five generators.
+
+The synthesis job (``pipelines/synthesize.yaml``) in one process, over several seeds,
+every generator with the same number of training steps and batch size, trained with the
+engine (``train()``, no MLflow) on the same real data:
+
+- **2D**: 64 x 64 CT slices that show their lesion class (:func:`udl_med.evaluation.utility.lesion_slices`,
+  soft-tissue window -250..250 HU) of 24 training phantoms (seed 0); held-out real: the
+  slices of 24 other phantoms (seed 1). Generators: ``vae`` (configs/vae2d-phantom.yaml's
+  net), ``gan`` DCGAN (unconditional), ``gan`` conditional DCGAN, ``lapgan`` (3 levels),
+  ``two_stage_gan`` (stage I 16 x 16, half the steps each stage).
+- **3D**: 32^3 CT volumes of 16 training phantoms (seed 0) against 16 held-out ones
+  (seed 1): conditional DCGAN and LAPGAN (2 levels).
+
+Per generator and seed: ``n_samples`` samples (classes in turn for conditional models)
+against all held-out real items:
+
+- ``fid_random`` / ``kid_random``: FID/KID with the seeded random extractor;
+  ``fid_encoder``: FID with the encoder of an autoencoder pretrained by udl-med on the
+  training slices (``udl-med export --format encoder``), 2D only;
+- ``memorization``: :func:`udl_med.metrics.memorization.memorization_tensors` (random
+  extractor, flips, 1% held-out quantile in either space), the fraction flagged;
+- ``utility``: :func:`udl_med.evaluation.utility.utility_tensors` for the conditional 2D
+  generators: the same MONAI classifier trained on the real training slices (all of
+  them: the few labeled scans the generator also saw), on real + synthetic, and on
+  synthetic alone, each scored on the held-out slices (balanced accuracy).
+
+Rows (one JSON object per line): ``benchmark, case, metric, ours, peer_name, peer,
+ratio, goal, meets_goal`` plus spreads. ``ratio`` is "higher is better for us": for FID
+``peer / ours``. Goals (issue 15): the best GAN's FID at most 0.5x the VAE's; LAPGAN or
+two-stage better than the single-scale DCGAN at full resolution; memorisation at most 1%
+per generator; real+synthetic above real-only by more than the seed spread.
+
+    .venv/bin/python benchmarks/synthesis.py [--seeds 3] [--steps 300] [--steps3d 100] [--out rows.jsonl] [--grids DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW = (-250.0, 250.0)
+BENCH = "synthesis"
+
+# -- generator configs (model sections; data and train are filled in per run) ---------------
+
+GENERATORS_2D: dict[str, dict[str, Any]] = {
+    "vae": {"method": "vae", "labeled": False, "model": {"latent_dim": 32, "channels": [16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0, "loss": "l2", "beta": 1.0, "lr": 0.002}},
+    "dcgan": {"method": "gan", "labeled": False, "model": {"architecture": "dcgan", "latent_dim": 64, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64]}},
+    "cdcgan": {"method": "gan", "labeled": True, "model": {"architecture": "dcgan", "latent_dim": 64, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "conditional": True}},
+    "lapgan": {
+        "method": "lapgan",
+        "labeled": True,
+        "model": {"levels": 3, "latent_dim": 64, "coarse_channels": [64, 32], "fine_channels": 16, "fine_blocks": 1, "disc_channels": [16, 32, 64]},
+    },
+    "two_stage": {
+        "method": "two_stage_gan",
+        "labeled": True,
+        "model": {"latent_dim": 64, "stage1_channels": [64, 32], "stage2_channels": 16, "stage2_blocks": 1, "disc2_channels": [16, 32, 64], "embed_dim": 16},
+    },
+}
+GENERATORS_3D: dict[str, dict[str, Any]] = {
+    "cdcgan3d": {"method": "gan", "labeled": True, "model": {"architecture": "dcgan", "latent_dim": 64, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "conditional": True}},
+    "lapgan3d": {
+        "method": "lapgan",
+        "labeled": True,
+        "model": {"levels": 2, "latent_dim": 64, "coarse_channels": [64, 32], "fine_channels": 8, "fine_blocks": 1, "disc_channels": [8, 16, 32]},
+    },
+}
+
+
+def _config(spec: dict[str, Any], source: str, size: list[int], steps: int, batch: int, seed: int, out: Path) -> dict[str, Any]:
+    model = dict(spec["model"])
+    if spec["method"] == "two_stage_gan":
+        model["stage1_steps"] = steps // 2
+    layout = "3d" if len(size) == 3 else "2d"
+    return {
+        "method": spec["method"],
+        "seed": seed,
+        "data": {
+            "source": source, "layout": layout, "size": size, "labeled": spec["labeled"], "modality": "CT", "ct_window": list(WINDOW),
+            "crop": "center", "foreground_fraction": 0.0, "split": None, "eval_split": None,
+        },
+        "model": model,
+        "train": {"steps": steps, "batch_size": batch, "log_every": 50, "eval_every": steps, "checkpoint_every": steps, "threads": 1},
+        "tracking": {"enabled": False},
+        "output_dir": str(out),
+    }
+
+
+def _samples(model_dir: str, n: int, seed: int) -> torch.Tensor:
+    from udl_med.engine.model_io import load_model
+
+    method = load_model(model_dir).method
+    k = method.num_sample_classes()
+    g = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        if not k:
+            return method.sample(n, g)
+        per = [n // k + (c < n % k) for c in range(k)]
+        return torch.cat([method.sample(m, g, label=c) for c, m in enumerate(per)]), per
+
+
+def _volumes(manifest: str) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Normalised CT volumes (N, 1, X, Y, Z), labels and subjects of a phantom manifest."""
+    from udl_med.data.io import list_images, read_image
+    from udl_med.data.normalize import normalize
+
+    images, labels, subjects = [], [], []
+    for r in list_images(manifest):
+        if r.modality != "CT":
+            continue
+        x, _ = normalize(read_image(r.path).as_tensor(), "CT", ct_window=WINDOW)
+        images.append(x.float())
+        labels.append(int(r.label))
+        subjects.append(r.subject)
+    return torch.stack(images), labels, subjects
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run(seeds: int, steps: int, steps3d: int, n_samples: int, workdir: Path, grids: Path | None, skip3d: bool) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from udl_med.data.phantoms import write_phantoms
+    from udl_med.data.preview import save_grid
+    from udl_med.engine.train import train
+    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, labeled_items, lesion_slices, utility_tensors
+    from udl_med.inference.export import export_model
+    from udl_med.metrics.compare import compare_tensors
+    from udl_med.metrics.extractors import build_extractor
+    from udl_med.metrics.memorization import memorization_tensors
+
+    t0 = time.perf_counter()
+    train_ph = write_phantoms(workdir / "train", n=24, shape=(64, 64, 16), seed=0)
+    held_ph = write_phantoms(workdir / "heldout", n=24, shape=(64, 64, 16), seed=1)
+    train_sl = lesion_slices(train_ph["manifest"], workdir / "train_slices", window=WINDOW)
+    held_sl = lesion_slices(held_ph["manifest"], workdir / "heldout_slices", window=WINDOW, subject_prefix="heldout-")
+    real_train, real_held = labeled_items(train_sl["manifest"], WINDOW), labeled_items(held_sl["manifest"], WINDOW)
+    logging.info("data: %d training slices, %d held-out slices (%.0f s)", len(real_train.labels), len(real_held.labels), time.perf_counter() - t0)
+
+    # the pretrained encoder extractor: an autoencoder on the training slices, exported
+    ae = {
+        "method": "autoencoder", "seed": 0,
+        "data": {"source": train_sl["manifest"], "layout": "2d", "size": [64, 64], "ct_window": list(WINDOW), "crop": "center", "foreground_fraction": 0.0, "split": None, "eval_split": None},
+        "model": {"architecture": "conv", "latent_dim": 32, "channels": [8, 16, 32], "strides": [2, 2, 2], "num_res_units": 0, "loss": "l2", "lr": 0.003},
+        "train": {"steps": 400, "batch_size": 16, "eval_every": 400, "checkpoint_every": 400, "threads": 1},
+        "tracking": {"enabled": False}, "output_dir": str(workdir / "ae"),
+    }
+    export_model(train(ae)["model_dir"], str(workdir / "encoder"), fmt="encoder")
+    extractors = {"random": build_extractor("random", 2), "encoder": build_extractor(f"encoder:{workdir / 'encoder'}", 2)}
+    real_fid = {"random": real_held.images, "encoder": real_held.images}
+
+    per: dict[str, dict[str, list[float]]] = {}
+    budget = ClassifierBudget((8, 16, 32), steps=200, batch_size=32, lr=2e-3)
+    wall: dict[str, float] = {}
+
+    def record(name: str, metric: str, value: float) -> None:
+        per.setdefault(name, {}).setdefault(metric, []).append(float(value))
+
+    for seed in range(seeds):
+        real_only = None
+        for name, spec in GENERATORS_2D.items():
+            start = time.perf_counter()
+            report = train(_config(spec, train_sl["manifest"], [64, 64], steps, 16, seed, workdir / f"{name}-{seed}"))
+            wall[name] = wall.get(name, 0.0) + time.perf_counter() - start
+            drawn = _samples(report["model_dir"], n_samples, seed)
+            fake, counts = drawn if isinstance(drawn, tuple) else (drawn, None)
+            if grids is not None and seed == 0:
+                save_grid(fake[:: max(1, len(fake) // 24)][:24], grids / f"synthesis_{name}.png", nrow=8)
+            for ex_name, ex in extractors.items():
+                fid = compare_tensors(real_fid[ex_name], fake, ex, bootstrap=0, seed=seed)
+                record(name, f"fid_{ex_name}", fid["fid"])
+                record(name, f"kid_{ex_name}", fid["kid"])
+            mem = memorization_tensors(fake, real_train.images, real_held.images, extractors["random"])
+            record(name, "memorization", mem["rate"])
+            record(name, "memorization_stated_rate", mem["stated_rate"])
+            if counts is not None:
+                labels = np.repeat(np.arange(len(counts)), counts)
+                synthetic = LabeledItems(fake, labels, np.asarray([f"syn{i}" for i in range(len(labels))]))
+                arms = ("real_plus_synthetic", "synthetic") if real_only is not None else ("real", "real_plus_synthetic", "synthetic")
+                util = utility_tensors(real_train, synthetic, real_held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=arms)
+                if real_only is None:
+                    real_only = util["real/balanced_accuracy"]
+                    record("real", "balanced_accuracy", real_only)
+                record(name, "utility_real_plus_synthetic", util["real_plus_synthetic/balanced_accuracy"])
+                record(name, "utility_synthetic", util["synthetic/balanced_accuracy"])
+            logging.info("seed %d %s: %s (%.0f s)", seed, name, {k: round(v[-1], 4) for k, v in per[name].items()}, time.perf_counter() - start)
+    if not skip3d:
+        train3 = write_phantoms(workdir / "train3d", n=16, shape=(32, 32, 32), seed=0)
+        held3 = write_phantoms(workdir / "heldout3d", n=16, shape=(32, 32, 32), seed=1)
+        vol_train, _, _ = _volumes(train3["manifest"])
+        vol_held, _, _ = _volumes(held3["manifest"])
+        random3 = build_extractor("random", 3)
+        for seed in range(seeds):
+            for name, spec in GENERATORS_3D.items():
+                start = time.perf_counter()
+                report = train(_config(spec, train3["manifest"], [32, 32, 32], steps3d, 8, seed, workdir / f"{name}-{seed}"))
+                wall[name] = wall.get(name, 0.0) + time.perf_counter() - start
+                fake, _ = _samples(report["model_dir"], 48, seed)
+                if grids is not None and seed == 0:
+                    save_grid(fake[:16], grids / f"synthesis_{name}.png", nrow=8)
+                fid = compare_tensors(vol_held, fake, random3, bootstrap=0, seed=seed)
+                record(name, "fid_random", fid["fid"])
+                record(name, "kid_random", fid["kid"])
+                record(name, "memorization", memorization_tensors(fake, vol_train, vol_held, random3)["rate"])
+                logging.info("seed %d %s: %s (%.0f s)", seed, name, {k: round(v[-1], 4) for k, v in per[name].items()}, time.perf_counter() - start)
+    logging.info("total %.0f s; training wall per generator: %s", time.perf_counter() - t0, {k: round(v) for k, v in wall.items()})
+    return rows(per, seeds, steps, steps3d)
+
+
+def _row(case: str, metric: str, ours: float, ours_std: float, peer_name: str, peer: float | None, peer_std: float | None, ratio: float | None, goal: str, meets: bool | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "benchmark": BENCH, "case": case, "metric": metric, "ours": ours, "ours_std": ours_std, "peer_name": peer_name, "peer": peer,
+        "peer_std": peer_std, "ratio": ratio, "goal": goal, "meets_goal": meets, **extra,
+    }
+
+
+def rows(per: dict[str, dict[str, list[float]]], seeds: int, steps: int, steps3d: int) -> list[dict[str, Any]]:
+    out = []
+    gans2d = ["dcgan", "cdcgan", "lapgan", "two_stage"]
+    for ex in ("random", "encoder"):
+        metric = f"fid_{ex}"
+        vae, vae_sd = _stats(per["vae"][metric])
+        for g in gans2d:
+            m, sd = _stats(per[g][metric])
+            out.append(_row(f"2d/{g}", metric, m, sd, "vae", vae, vae_sd, vae / m if m else None, "best GAN FID <= 0.5x VAE", None, seeds=seeds, steps=steps))
+        best = min(gans2d, key=lambda g: _stats(per[g][metric])[0])
+        bm, bsd = _stats(per[best][metric])
+        out.append(_row(f"2d/best_gan={best}", metric, bm, bsd, "vae", vae, vae_sd, vae / bm if bm else None, "<= 0.5x VAE", bm <= 0.5 * vae, seeds=seeds))
+        dc, dc_sd = _stats(per["dcgan"][metric])
+        for g in ("lapgan", "two_stage"):
+            m, sd = _stats(per[g][metric])
+            out.append(_row(f"2d/{g}_vs_dcgan", metric, m, sd, "dcgan", dc, dc_sd, dc / m if m else None, "multi-scale FID < single-scale DCGAN", None))
+        multi = min(_stats(per["lapgan"][metric])[0], _stats(per["two_stage"][metric])[0])
+        out.append(_row("2d/multiscale_vs_dcgan", metric, multi, 0.0, "dcgan", dc, dc_sd, dc / multi if multi else None, "LAPGAN or two-stage < DCGAN", multi < dc))
+    for g in ["vae", *gans2d, "cdcgan3d", "lapgan3d"]:
+        if g not in per:
+            continue
+        m, sd = _stats(per[g]["kid_random"])
+        out.append(_row(f"{'3d' if g.endswith('3d') else '2d'}/{g}", "kid_random", m, sd, "", None, None, None, "(reported)", None))
+    if "lapgan3d" in per:
+        l3, l3sd = _stats(per["lapgan3d"]["fid_random"])
+        c3, c3sd = _stats(per["cdcgan3d"]["fid_random"])
+        out.append(_row("3d/lapgan3d_vs_cdcgan3d", "fid_random", l3, l3sd, "cdcgan3d", c3, c3sd, c3 / l3 if l3 else None, "LAPGAN < conditional DCGAN (3D)", l3 < c3, steps=steps3d))
+    for g, metrics in per.items():
+        if "memorization" in metrics:
+            m, sd = _stats(metrics["memorization"])
+            stated = _stats(metrics["memorization_stated_rate"])[0] if "memorization_stated_rate" in metrics else None
+            out.append(_row(f"{'3d' if g.endswith('3d') else '2d'}/{g}", "memorization_rate", m, sd, "goal_max", 0.01, None, (0.01 / m) if m else None, "<= 1%", m <= 0.01, stated_false_alarm_rate=stated))
+    if "real" in per:
+        r, rsd = _stats(per["real"]["balanced_accuracy"])
+        for g in ("cdcgan", "lapgan", "two_stage"):
+            for arm in ("real_plus_synthetic", "synthetic"):
+                m, sd = _stats(per[g][f"utility_{arm}"])
+                goal = "real_plus_synthetic > real by more than the seed spread" if arm == "real_plus_synthetic" else "(train on synthetic, test on real)"
+                meets = (m - r > max(sd, rsd)) if arm == "real_plus_synthetic" else None
+                out.append(_row(f"2d/utility/{g}", f"balanced_accuracy_{arm}", m, sd, "real_only", r, rsd, m / r if r else None, goal, meets))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of every 2D generator")
+    parser.add_argument("--steps3d", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=120, help="samples per 2D generator and seed")
+    parser.add_argument("--skip3d", action="store_true")
+    parser.add_argument("--out", default=None, help="also write the rows to this JSON-lines file")
+    parser.add_argument("--grids", default=None, help="write one sample grid per generator here (seed 0)")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("udl_med.engine", "udl_med.data", "udl_med.evaluation.utility", "udl_med.inference", "udl_med.metrics"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    grids = Path(args.grids) if args.grids else None
+    if grids is not None:
+        grids.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        result = run(args.seeds, args.steps, args.steps3d, args.samples, Path(tmp), grids, args.skip3d)
+    lines = [json.dumps(r) for r in result]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
