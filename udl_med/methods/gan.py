@@ -59,14 +59,17 @@ _GANLOSS_MODE = {o: o.value for o in GANObjective}
 # Per-loss defaults filled in for keys the config leaves out (gans.md):
 _LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     # DCGAN: Adam 2e-4, beta1 0.5 (Radford et al. 2016, section 4)
-    "minimax": {"optimizer": "adam", "lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "d_steps": 1},
-    "non-saturating": {"optimizer": "adam", "lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "d_steps": 1},
-    "lsgan": {"optimizer": "adam", "lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "d_steps": 1},
+    "minimax": {"optimizer": "adam", "lr": 2e-4, "d_steps": 1},
+    "non-saturating": {"optimizer": "adam", "lr": 2e-4, "d_steps": 1},
+    "lsgan": {"optimizer": "adam", "lr": 2e-4, "d_steps": 1},
     # WGAN: RMSprop 5e-5, n_critic 5, c = 0.01 (Arjovsky et al. 2017, algorithm 1)
     "wgan": {"optimizer": "rmsprop", "lr": 5e-5, "d_steps": 5, "clip_value": 0.01},
     # WGAN-GP: Adam 1e-4, betas (0, 0.9), n_critic 5, lambda 10 (Gulrajani et al. 2017, algorithm 1)
-    "wgan-gp": {"optimizer": "adam", "lr": 1e-4, "beta1": 0.0, "beta2": 0.9, "d_steps": 5, "gp_weight": 10.0},
+    "wgan-gp": {"optimizer": "adam", "lr": 1e-4, "d_steps": 5, "gp_weight": 10.0},
 }
+# Adam's betas when the config leaves them out (only when the optimizer is Adam)
+_ADAM_BETAS = {"wgan-gp": (0.0, 0.9)}
+_DCGAN_BETAS = (0.5, 0.999)
 
 
 class CheckpointSwapConfig(MethodConfig):
@@ -148,7 +151,7 @@ class GANConfig(MethodConfig):
             if out.get(key) is None:
                 out[key] = value
         if out.get("optimizer") == "adam":
-            for key, value in (("beta1", 0.5), ("beta2", 0.999)):
+            for key, value in zip(("beta1", "beta2"), _ADAM_BETAS.get(str(getattr(loss, "value", loss)), _DCGAN_BETAS)):
                 if out.get(key) is None:
                     out[key] = value
         architecture = out.get("architecture") or "dcgan"
@@ -175,6 +178,12 @@ class GANConfig(MethodConfig):
                 raise _refuse(key, "layer norm is for architecture mlp; the DCGAN nets take batch, virtual_batch, instance or none", "layer")
         if loss == GANObjective.WGAN_GP and self.d_norm in ("batch", "virtual_batch"):
             raise _refuse("d_norm", f"{self.d_norm} norm makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp); use instance or none", self.d_norm)
+        if loss == GANObjective.WGAN_GP and self.minibatch_kernels:
+            raise _refuse("minibatch_kernels", "minibatch discrimination makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp)", self.minibatch_kernels)
+        if self.optimizer == "rmsprop":
+            for key in ("beta1", "beta2"):
+                if getattr(self, key) is not None:
+                    raise _refuse(key, "optimizer rmsprop has no betas (they are Adam's); leave them out or use optimizer adam", getattr(self, key))
         if loss in WASSERSTEIN and self.feature_matching:
             raise _refuse("feature_matching", f"feature matching replaces the generator's adversarial loss; with loss {loss.value} the critic's features are unconstrained, use minimax, non-saturating or lsgan", True)
         if self.unrolled is not None and self.feature_matching:
