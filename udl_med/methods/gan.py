@@ -318,6 +318,8 @@ class GAN(Method):
                               Salimans 3.5) | instance | none
         historical_averaging  weight of ||theta - (1/t) sum_i theta_i||^2 (Salimans 3.3)
         replay                size of the pool of past fakes D sees (Shrivastava 2.3)
+        checkpoint_swap       every N steps snapshot G and D; from the second snapshot on swap
+                              an older one of checkpoint_swap.player in for `duration` steps
         unrolled.steps        K; G's loss f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D))
                               with SGD inner steps at D's learning rate (Metz eq. 5-6)
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
@@ -527,7 +529,8 @@ class GAN(Method):
 
         ``real`` and ``labels`` are the last D step's real batch (the unrolled inner steps
         use it, conditional fakes take its labels); ``fm_batch`` the separate real batch
-        of feature matching.
+        of feature matching. Unrolling starts from D as the step's k real D updates left
+        it, so it combines with ``d_steps`` > 1.
         """
         cfg = self.config
         fake = self.generator(self._z(real.shape[0], real.device), labels)
