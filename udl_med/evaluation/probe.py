@@ -9,7 +9,8 @@ architecture from random initialisation:
   cross-validation with the folds split by subject, so no subject is in both sides;
 - **fine-tuning**: the encoder plus a linear head is trained end to end on the items of
   ``label_fraction`` of the subjects (stratified by class) and scored on the items of
-  all other subjects.
+  all other subjects; the ``finetune_classifier`` method, trained by the engine on the
+  items in memory.
 
 **Items** are cut by :func:`udl_med.evaluation.probe_items.probe_items` (liver-centred
 crops where the phantoms' label maps exist, else whole images). The accuracy of always predicting the most frequent class
@@ -19,6 +20,7 @@ is reported as ``chance``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,7 +98,7 @@ def fit_linear_head(x: np.ndarray, labels: np.ndarray, num_classes: int, c: floa
 
 
 def finetune_accuracy(
-    encoder: nn.Module,
+    encoder: str | Path,
     data: ProbeItems,
     train_mask: np.ndarray,
     num_classes: int,
@@ -105,33 +107,45 @@ def finetune_accuracy(
     batch_size: int = 32,
     seed: int = 0,
     c: float = 0.1,
+    pretrained: bool = True,
 ) -> float:
-    """Fine-tune ``encoder`` + a linear head on the masked items; accuracy on the other items.
+    """Fine-tune the exported ``encoder`` + a linear head on the masked items; accuracy on the other items.
 
     LP-FT (Kumar et al., "Fine-tuning can distort pretrained features and underperform
-    out-of-distribution", ICLR 2022): the head starts as a logistic regression on the
+    out-of-distribution", ICLR 2022), the ``finetune_classifier`` method trained by the
+    engine on the items in memory: the head starts as a logistic regression on the
     frozen features of the training items, then encoder and head train together with
-    AdamW, the head at ``10 * lr``. The same recipe serves pretrained and random encoders.
+    AdamW, the head at ``10 * lr``. The same recipe serves pretrained and random
+    encoders (``pretrained=False``: the architecture from random init with ``seed``).
+
+    Args:
+        encoder: a folder written by ``udl-med export --format encoder``.
+        data: item-level probe items (roi ``liver``).
+        train_mask: the items fine-tuning trains on; the others score it.
+        num_classes: number of classes.
+        steps, lr, batch_size: the fine-tuning run (``batch_size`` capped at the training items).
+        seed: the run seed (batch order) and the random init's seed.
+        c: inverse L2 strength of the initial head's logistic regression.
+        pretrained: load the exported weights.
     """
+    from udl_med.data.memory import TensorItems, fit_in_memory
+
     if data.parts is not None:
         raise UserError("fine-tuning needs item-level inputs (roi 'liver'); whole-image items are pooled features")
-    torch.manual_seed(seed)
     x_train, y_train = data.items[train_mask], torch.as_tensor(data.labels[train_mask])
     x_test, y_test = data.items[~train_mask], torch.as_tensor(data.labels[~train_mask])
-    head = fit_linear_head(features(encoder, ProbeItems(x_train, data.labels[train_mask], data.subjects[train_mask], data.roi)), data.labels[train_mask], num_classes, c)
-    model = nn.Sequential(encoder, nn.Flatten(), head)
-    optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr}, {"params": head.parameters(), "lr": 10 * lr}])
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x_train), (min(batch_size, len(x_train)),), generator=generator)
-        loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = {
+        "encoder": str(encoder),
+        "pretrained": pretrained,
+        "init_seed": seed,
+        "lr": lr,
+        "head_init_items": len(x_train),
+        "c": c,
+    }
+    train_set = TensorItems(x_train, y_train, num_classes=num_classes)
+    method = fit_in_memory("finetune_classifier", model, train_set, steps=steps, batch_size=min(batch_size, len(x_train)), seed=seed).method
     with torch.no_grad():
-        predictions = torch.cat([model(x_test[i : i + 128]).argmax(1) for i in range(0, len(x_test), 128)])
+        predictions = torch.cat([method.classify(x_test[i : i + 128]).argmax(1) for i in range(0, len(x_test), 128)])
     return float((predictions == y_test).float().mean())
 
 
@@ -191,9 +205,10 @@ def probe_step(
     if items.parts is None:
         mask = split_subjects(items.labels, items.subjects, label_fraction, seed)
         result["n_finetune_subjects"] = int(len(np.unique(items.subjects[mask])))
-        fresh = {"pretrained": load_encoder(encoder, pretrained=True).net, "random": load_encoder(encoder, pretrained=False, seed=seed).net}
-        for name, net in fresh.items():
-            result[f"finetune/{name}"] = finetune_accuracy(net, items, mask, num_classes, finetune_steps, finetune_lr, batch_size, seed, c)
+        for name in ("pretrained", "random"):
+            result[f"finetune/{name}"] = finetune_accuracy(
+                encoder, items, mask, num_classes, finetune_steps, finetune_lr, batch_size, seed, c, pretrained=name == "pretrained"
+            )
         result["finetune/gain"] = result["finetune/pretrained"] - result["finetune/random"]
     result["linear_probe/gain"] = result["linear_probe/pretrained"] - result["linear_probe/random"]
     log.info(
