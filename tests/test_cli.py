@@ -9,7 +9,10 @@ import pytest
 
 from udl_med.cli import build_parser, main
 
-COMMANDS = ["phantoms", "info", "convert", "train", "sample", "encode", "fid", "translate", "export", "pipeline", "demo", "configs"]
+COMMANDS = [
+    "phantoms", "info", "convert", "train", "sample", "encode", "fid", "translate", "export", "pipeline", "demo", "configs",
+    "classify", "synthesize", "memorization", "augment-eval",
+]
 
 
 def test_every_contract_command_exists() -> None:
