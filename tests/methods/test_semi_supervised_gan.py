@@ -1,0 +1,221 @@
+"""K+1 semi-supervised GAN: losses by hand, the discriminator's export equivalence, training steps, learning from unlabeled data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udl_med import keys
+from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
+from udl_med.methods.base import DataSpec
+from udl_med.methods.semi_supervised_gan import SemiSupervisedGAN, SemiSupervisedGANConfig
+from udl_med.nets.kplus1 import KPlusOneDiscriminator
+
+# --- losses ---------------------------------------------------------------------------
+
+
+def test_fixed_fake_logit_gives_d_equal_z_over_z_plus_one() -> None:
+    logits = torch.tensor([[0.0, math.log(2.0)], [math.log(3.0), math.log(5.0)], [-30.0, -30.0]])
+    z = torch.tensor([1.0 + 2.0, 3.0 + 5.0, 2 * math.exp(-30.0)])
+    assert torch.allclose(real_probability(logits), z / (z + 1), atol=1e-7)
+    assert torch.allclose(real_probability(logits), torch.tensor([0.75, 8.0 / 9.0, 2 * math.exp(-30.0)]), atol=1e-7)
+    # the same as a (K+1)-way softmax whose last logit is 0
+    with_fake = torch.cat([logits, torch.zeros(3, 1)], dim=1)
+    assert torch.allclose(1 - torch.softmax(with_fake, dim=1)[:, -1], real_probability(logits), atol=1e-7)
+    assert torch.allclose(class_probabilities(logits), torch.softmax(with_fake, 1)[:, :2] / real_probability(logits)[:, None], atol=1e-6)
+
+
+def test_unsupervised_loss_by_hand() -> None:
+    real = torch.tensor([[0.0, math.log(2.0)], [math.log(3.0), 0.0]])  # Z = 3, 4 -> D = 3/4, 4/5
+    fake = torch.tensor([[0.0, 0.0], [math.log(0.5), math.log(0.5)]])  # Z = 2, 1 -> D = 2/3, 1/2
+    expected = 0.5 * (-(math.log(3 / 4) + math.log(4 / 5)) / 2 - (math.log(1 - 2 / 3) + math.log(1 - 1 / 2)) / 2)
+    loss = KPlusOneLoss()
+    assert loss.discriminator_loss(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    # the paper's form: -mean(lse) + mean(softplus(lse)) + mean(softplus(lse_fake)), halved
+    lse_r, lse_f = torch.logsumexp(real, 1), torch.logsumexp(fake, 1)
+    paper = 0.5 * (-lse_r.mean() + F.softplus(lse_r).mean() + F.softplus(lse_f).mean())
+    assert loss.discriminator_loss(real, fake).item() == pytest.approx(paper.item(), rel=1e-6)
+    per_item = KPlusOneLoss("none").discriminator_loss(real, fake)
+    assert per_item.shape == (4,) and (per_item.sum() / 2).item() == pytest.approx(expected, rel=1e-6)  # two items per batch
+    assert KPlusOneLoss("sum").discriminator_loss(real, fake).item() == pytest.approx(2 * expected, rel=1e-6)
+
+
+def test_supervised_and_generator_losses_by_hand() -> None:
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])
+    labels = torch.tensor([1, 1])
+    expected_ce = -(math.log(3 / 4) + math.log(1 / 5)) / 2
+    assert KPlusOneLoss().supervised(logits, labels).item() == pytest.approx(expected_ce, rel=1e-6)
+    # -log D(G(z)) with D = Z / (Z + 1): Z = 4, 5
+    assert KPlusOneLoss().generator_loss(logits).item() == pytest.approx(-(math.log(4 / 5) + math.log(5 / 6)) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="valid: mean, sum, none"):
+        KPlusOneLoss("max")
+
+
+# --- discriminator ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial_dims, architecture", [(2, "conv"), (3, "conv"), (2, "mlp"), (0, "mlp")])
+def test_discriminator_is_its_monai_network_in_eval_mode(spatial_dims: int, architecture: str) -> None:
+    from udl_med.inference.export_encoder import build_encoder
+
+    torch.manual_seed(0)
+    size = {0: (), 2: (16, 16), 3: (8, 8, 8)}[spatial_dims]
+    channels = 12 if spatial_dims == 0 else 1
+    d = KPlusOneDiscriminator(spatial_dims, channels, size, 3, architecture=architecture, channels=(4, 8), hidden=(16, 8), input_noise_std=0.3, hidden_noise_std=0.5)
+    x = torch.randn(5, channels, *size)
+    class_path, kwargs, state = d.exported()
+    net = build_encoder(class_path, kwargs)
+    net.load_state_dict(state, strict=True)
+    d.eval()
+    assert torch.allclose(d(x), net.eval()(x), atol=1e-6)
+    logits, features = d.forward_features(x)
+    assert logits.shape == (5, 3) and features.shape == (5, d.n_features)
+    d.train()  # noise layers while training only
+    assert not torch.allclose(d(x), d(x))
+
+
+def test_minibatch_head_moves_realness_not_classes() -> None:
+    torch.manual_seed(0)
+    d = KPlusOneDiscriminator(2, 1, (16, 16), 3, channels=(4, 8), minibatch_kernels=6, minibatch_kernel_dims=3, input_noise_std=0.0, hidden_noise_std=0.0)
+    x = torch.randn(6, 1, 16, 16)
+    shifted, _ = d.gan_logits(x)
+    plain = d(x)
+    assert not torch.allclose(real_probability(shifted), real_probability(plain))
+    assert torch.allclose(class_probabilities(shifted), class_probabilities(plain), atol=1e-6)
+    assert set(d.exported()[2]) == set(d.net.state_dict())  # the head is not exported
+
+
+def test_discriminator_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        KPlusOneDiscriminator(2, 1, (16, 16), 1)
+    with pytest.raises(ValueError, match="architecture 'conv' needs images"):
+        KPlusOneDiscriminator(0, 8, (), 3, architecture="conv")
+    with pytest.raises(ValueError, match="unknown norm"):
+        KPlusOneDiscriminator(2, 1, (16, 16), 3, norm="group")
+
+
+# --- method -----------------------------------------------------------------------------
+
+
+class _Opt:
+    """The engine's optimisation, reduced to what train_step uses."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+        self.global_step = 0
+        self.stepped: list[str] = []
+
+    def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        opt.step()
+        self.stepped.append(name)
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _batch(spec: DataSpec, n: int = 4) -> dict[str, torch.Tensor]:
+    shape = (spec.in_channels, *spec.image_size)
+    return {
+        keys.IMAGE: torch.rand(n, *shape) * 2 - 1,
+        keys.LABEL: torch.arange(n) % spec.num_classes,
+        keys.UNLABELED_IMAGE: torch.rand(n, *shape) * 2 - 1,
+    }
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("objective", ["feature_matching", "non_saturating"])
+def test_train_step_updates_both_networks(spatial_dims: int, objective: str) -> None:
+    torch.manual_seed(0)
+    size = (16, 16) if spatial_dims == 2 else (16, 16, 16)
+    spec = DataSpec(spatial_dims=spatial_dims, in_channels=1, image_size=size, num_classes=3)
+    config = SemiSupervisedGANConfig(
+        d_channels=(4, 8), g_channels=(8, 4), latent_dim=8, generator_objective=objective, minibatch_kernels=4 if objective == "non_saturating" else 0
+    )
+    method = SemiSupervisedGAN(config, spec)
+    opt = _Opt(method.configure_optimizers())
+    before_d = [p.detach().clone() for p in method.discriminator.parameters()]
+    before_g = [p.detach().clone() for p in method.generator.parameters()]
+    out = method.train_step(_batch(spec), opt)
+    assert opt.stepped == ["discriminator", "generator"]
+    assert {keys.CE, keys.UNSUPERVISED, keys.GENERATOR, keys.D_REAL, keys.D_FAKE, keys.ACCURACY} <= set(out)
+    assert all(math.isfinite(float(v)) for v in out.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, method.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, method.generator.parameters()))
+    method.eval()
+    probs = method.classify(_batch(spec)[keys.IMAGE])
+    assert probs.shape == (4, 3) and torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
+    assert set(method.evaluate(_batch(spec))) == {keys.ACCURACY, keys.CE, keys.D_REAL}
+
+
+def test_supervised_only_has_no_generator_and_the_same_discriminator() -> None:
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=2)
+    torch.manual_seed(1)
+    both = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4), spec)
+    torch.manual_seed(1)
+    alone = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0), spec)
+    assert alone.generator is None and set(alone.configure_optimizers()) == {"discriminator"}
+    assert {k: v.shape for k, v in alone.discriminator.state_dict().items()} == {k: v.shape for k, v in both.discriminator.state_dict().items()}
+    opt = _Opt(alone.configure_optimizers())
+    out = alone.train_step(_batch(spec), opt)
+    assert opt.stepped == ["discriminator"] and keys.UNSUPERVISED not in out
+
+
+def test_config_rejects_nonsense() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="d_hidden"):
+        SemiSupervisedGANConfig(d_hidden=())
+    with pytest.raises(ValidationError):
+        SemiSupervisedGANConfig(unsupervised_weight=-1)
+    with pytest.raises(ValidationError):
+        SemiSupervisedGANConfig(unknown_key=1)
+
+
+# --- learning from unlabeled data ---------------------------------------------------------
+
+
+def _digits_case(seed: int = 0, classes: int = 4, per_class: int = 2):
+    """scikit-learn's 8x8 digits 0..3: ``per_class`` labels per class, the rest unlabeled, 30% held out."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from udl_med.data.memory import TensorItems
+    from udl_med.data.semi_supervised import SemiSupervisedItems
+
+    x, y = load_digits(return_X_y=True)
+    keep = y < classes
+    x, y = (x[keep] / 8.0 - 1.0).astype(np.float32), y[keep]
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    rng = np.random.default_rng(seed)
+    labeled = np.concatenate([rng.choice(np.nonzero(y_train == k)[0], per_class, replace=False) for k in range(classes)])
+    train = SemiSupervisedItems(TensorItems(x_train[labeled], y_train[labeled]), TensorItems(x_train), classes)
+    return train, TensorItems(x_test, y_test)
+
+
+def test_few_labels_plus_unlabeled_beat_labels_alone(tmp_path) -> None:
+    """Two labels per class: the K+1 discriminator beats the same network trained on the labels alone."""
+    from udl_med.engine.train import train
+
+    train_set, test_set = _digits_case()
+    accuracy = {}
+    for weight in (1.0, 0.0):
+        config = {
+            "method": "semi_supervised_gan",
+            "seed": 0,
+            "data": {"kind": "memory"},
+            "model": {"d_hidden": [64, 64], "g_hidden": [64, 64], "input_noise_std": 0.6, "unsupervised_weight": weight},
+            "train": {"steps": 600, "batch_size": 32, "eval_every": 600, "eval_items": len(test_set), "device": "cpu", "threads": 1},
+            "tracking": {"enabled": False},
+            "output_dir": str(tmp_path / f"w{weight}"),
+        }
+        accuracy[weight] = train(config, datasets=(train_set, test_set))["eval/accuracy"]
+    assert accuracy[1.0] > accuracy[0.0] + 0.03, accuracy
