@@ -18,7 +18,7 @@ restricted Boltzmann machines", 2010, sections 3.2 and 13.2). One step is:
 
 :func:`fit_rbm` trains the same model on an in-memory array without the engine (the
 scikit-learn use case: a feature learner inside a script), with the same update, in
-closed form: through the engine it would be 4-17x slower per step (its docstring has
+closed form: through the engine it would be 3.5-14x slower per step (its docstring has
 the measurements).
 """
 
@@ -461,21 +461,20 @@ def fit_rbm(
     n_iter=epochs)`` update. Gaussian visibles train through the ``rbm`` method.
 
     Why this loop is not an engine run (``data.kind: memory``, the ``rbm`` method): the
-    engine path costs far more per step than this one, more than scikit-learn does.
-    Measured on scikit-learn's digits (1200 training rows, PCD-1, no momentum), one
-    thread, on the shared 2-core machine while it was busy (absolute times inflated,
-    the ratios are what counts), microseconds per step:
+    engine path costs several times more per step than this one, and more than
+    scikit-learn does, at every batch size. Measured by ``benchmarks/rbm_engine_cost.py``
+    on scikit-learn's digits (1200 training rows, PCD-1, no momentum), one thread, on the
+    shared 2-core machine (load about 7), microseconds per step:
 
-    - h100, batch 10: ``fit_rbm`` 558, engine path 9222 (16.5x), scikit-learn 750;
-    - h256, batch 50: ``fit_rbm`` 1844, engine path 10978 (6.0x), scikit-learn 4056;
-    - h256, batch 100: ``fit_rbm`` 3821, engine path 14014 (3.7x), scikit-learn 7938.
+    - h100, batch 10: ``fit_rbm`` 266, engine path 3651 (13.7x), scikit-learn 454;
+    - h256, batch 50: ``fit_rbm`` 931, engine path 4515 (4.8x), scikit-learn 2070;
+    - h256, batch 100: ``fit_rbm`` 1895, engine path 6541 (3.5x), scikit-learn 4228.
 
-    So through the engine ``rbm_vs_sklearn`` would be 0.08x, 0.37x and 0.57x instead of
-    1.34x, 2.2x and 2.1x (this run's ``fit_rbm``). Most of it is the method's autograd
-    step (free energies, backward, ``torch.optim.SGD``: 6.2-6.6 ms at batch 10 in a
-    bare ``train_step`` loop), the rest the engine's per-step work (data order, loss
-    scalars, schedulers, progress: about 2.5 ms there). ``benchmarks/rbm_engine_cost.py``
-    measures it again.
+    Through the engine ``rbm_vs_sklearn`` would be 0.12x, 0.46x and 0.65x instead of
+    1.71x, 2.22x and 2.23x (this run's ``fit_rbm``). Most of it is the method's autograd
+    step (free energies, backward, ``torch.optim.SGD``: about 3.2 ms at batch 10 in a bare
+    ``train_step`` loop), the rest (under 1 ms) the engine's per-step work: data order,
+    loss scalars, schedulers, progress.
 
     Returns:
         the mean-field reconstruction error of the data after each epoch.
