@@ -65,6 +65,8 @@ STEP_KINDS: dict[str, str] = {
     "fid_gate": "udl_med.evaluation.synthesis:fid_gate_step",
     "memorization": "udl_med.metrics.memorization:memorization_check",
     "utility": "udl_med.evaluation.utility:utility_step",
+    # semi-supervised classification (issue 14)
+    "classify": "udl_med.inference.classify:classify_to_file",
 }
 
 # The parameters of each step kind that name existing inputs (resolved relative to the pipeline file).
@@ -78,6 +80,7 @@ INPUT_PARAMS: dict[str, tuple[str, ...]] = {
     "fid": ("real", "fake"),
     "probe": ("encoder", "data"),
     "evaluate_translation": ("model", "source"),
+    "classify": ("model", "input"),
 }
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
