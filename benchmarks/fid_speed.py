@@ -1,4 +1,4 @@
-"""Fréchet distance at d = 2048: udl-med against MONAI's FIDMetric and pytorch-fid's formula.
+"""Fréchet distance at d = 2048: udl-med against MONAI, torchmetrics, torch-fidelity and pytorch-fid's formula.
 
 Same features for everyone, in one process, each computation run once (the peers take
 tens of seconds each at d = 2048). Timed: features (float32, as networks give them) to
@@ -8,13 +8,25 @@ the distance, covariances included. Peers:
 - pytorch-fid's ``calculate_frechet_distance`` formula, reproduced here because
   pytorch-fid needs torchvision, which this CPU environment lacks: ``np.cov`` statistics,
   ``scipy.linalg.sqrtm(sigma1 @ sigma2)``, an ``eps * I`` retry when that is not finite,
-  and the real part of the result.
+  and the real part of the result;
+- torchmetrics' own ``_compute_fid`` (``torch.linalg.eigvals`` of the product, the
+  square roots' real parts summed) on float64 statistics computed the way its
+  ``FrechetInceptionDistance.compute`` does (feature sums and outer-product sums);
+- torch-fidelity's own ``fid_features_to_statistics`` (``np.mean``/``np.cov``) and
+  ``fid_statistics_to_metric`` (``np.linalg.eigvals`` of the product).
+
+torchmetrics and torch-fidelity are the ``bench`` extra (``pip install -e '.[bench]'``;
+on a CPU-only torch add ``--no-deps``: torch-fidelity requires torchvision, and the
+torchvision wheels on PyPI are built for CUDA torch). Both import torchvision when
+their packages are imported, so without it the benchmark runs *their* functions from
+the installed files: the function's source is read from the installed package and
+executed unchanged (``peer_function``); each row says which (``peer_loaded``).
 
 Goals: at least 100x faster than each peer at N = 500 and 3x at N = 5000, with a
 relative difference under 1e-6. Prints one JSON object per line; ``ratio`` is
 peer time / our time (higher is better for us) and ``rel_diff`` is |ours - peer| / |peer|.
 
-Run: ``.venv/bin/python benchmarks/fid_speed.py`` (about 3-6 minutes on 2 cores).
+Run: ``.venv/bin/python benchmarks/fid_speed.py`` (about 5-10 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -66,6 +79,76 @@ def monai_fid(act1: np.ndarray, act2: np.ndarray) -> float:
     return float(FIDMetric()(torch.from_numpy(act2), torch.from_numpy(act1)))
 
 
+def peer_function(package: str, module: str, names: tuple[str, ...]) -> tuple[dict[str, Callable], str]:
+    """The functions ``names`` of ``package.module``: imported, or, when the package cannot be
+    imported (torchvision missing), compiled from the installed file's own source.
+
+    Returns the functions by name and how they were loaded (``import`` or ``installed source``).
+    """
+    import ast
+    import importlib
+    import importlib.util
+
+    try:
+        mod = importlib.import_module(f"{package}.{module}")
+        return {n: getattr(mod, n) for n in names}, "import"
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec(package)  # finds the installed package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed (pip install -e '.[bench]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / f"{module.replace('.', '/')}.py"
+    tree = ast.parse(path.read_text())
+    chosen = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    if len(chosen) != len(names):
+        raise ImportError(f"{path} has no {names}")
+    namespace: dict = {"np": np, "torch": torch, "Tensor": torch.Tensor}
+    exec(compile(ast.Module(body=chosen, type_ignores=[]), str(path), "exec"), namespace)  # their code, unchanged
+    return {n: namespace[n] for n in names}, "installed source"
+
+
+def torchmetrics_fid(act1: np.ndarray, act2: np.ndarray) -> float:
+    """torchmetrics: float64 sums of features and outer products, then its ``_compute_fid``."""
+    (fns, _) = peer_function("torchmetrics", "image.fid", ("_compute_fid",))
+
+    def stats(act: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.from_numpy(act).double()
+        n = f.shape[0]
+        total, outer = f.sum(dim=0), f.t().mm(f)  # what update() accumulates
+        mean = (total / n).unsqueeze(0)
+        cov = (outer - n * mean.t().mm(mean)) / (n - 1)  # what compute() does
+        return mean.squeeze(0), cov
+
+    mu1, s1 = stats(act1)
+    mu2, s2 = stats(act2)
+    return float(fns["_compute_fid"](mu1, s1, mu2, s2))
+
+
+def torch_fidelity_fid(act1: np.ndarray, act2: np.ndarray) -> float:
+    """torch-fidelity: its ``fid_features_to_statistics`` and ``fid_statistics_to_metric``."""
+    fns, _ = peer_function("torch_fidelity", "metric_fid", ("fid_features_to_statistics", "fid_statistics_to_metric"))
+    fns["fid_statistics_to_metric"].__globals__.setdefault("KEY_METRIC_FID", "frechet_inception_distance")
+    fns["fid_statistics_to_metric"].__globals__.setdefault("vprint", lambda verbose, *a: None)
+    s1 = fns["fid_features_to_statistics"](torch.from_numpy(act1))
+    s2 = fns["fid_features_to_statistics"](torch.from_numpy(act2))
+    return float(next(iter(fns["fid_statistics_to_metric"](s1, s2, False).values())))
+
+
+def loaded_how(package: str, module: str, name: str) -> str:
+    try:
+        return peer_function(package, module, (name,))[1]
+    except ImportError as err:
+        return f"missing: {err}"
+
+
+PEERS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], Callable[[], str]]] = {
+    "monai.metrics.FIDMetric": (monai_fid, lambda: "import"),
+    "pytorch-fid formula (reproduced)": (pytorch_fid_formula, lambda: "reproduced"),
+    "torchmetrics _compute_fid": (torchmetrics_fid, lambda: loaded_how("torchmetrics", "image.fid", "_compute_fid")),
+    "torch-fidelity fid_statistics_to_metric": (torch_fidelity_fid, lambda: loaded_how("torch_fidelity", "metric_fid", "fid_statistics_to_metric")),
+}
+
+
 def timed(fn: Callable[[], float]) -> tuple[float, float]:
     start = time.perf_counter()
     value = fn()
@@ -75,12 +158,19 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
 def run(sizes: list[int]) -> list[dict]:
     warnings.filterwarnings("ignore")
     small = make_features(40, 64, 0, 0.0), make_features(40, 64, 1, 0.05)  # warm up BLAS/LAPACK threads for all
-    frechet_distance_features(*small), monai_fid(*small), pytorch_fid_formula(*small)
+    frechet_distance_features(*small)
+    available = {}
+    for name, (fn, how) in PEERS.items():
+        try:
+            fn(*small)
+            available[name] = (fn, how())
+        except ImportError as err:
+            print(json.dumps({"benchmark": "fid_speed", "peer_name": name, "error": str(err)}), flush=True)
     rows = []
     for n in sizes:
         real, fake = make_features(n, D, seed=10 + n, shift=0.0), make_features(n, D, seed=20 + n, shift=0.05)
         ours, t_ours = timed(lambda: frechet_distance_features(real, fake))
-        for peer_name, peer_fn in (("monai.metrics.FIDMetric", monai_fid), ("pytorch-fid formula (reproduced)", pytorch_fid_formula)):
+        for peer_name, (peer_fn, how) in available.items():
             try:
                 peer, t_peer = timed(lambda: peer_fn(real, fake))
             except ValueError as err:  # a peer that fails on this case (e.g. an imaginary sqrtm)
@@ -102,6 +192,7 @@ def run(sizes: list[int]) -> list[dict]:
                 "fid_ours": ours,
                 "fid_peer": peer,
                 "rel_diff": rel_diff,
+                "peer_loaded": how,
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
