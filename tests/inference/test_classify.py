@@ -132,3 +132,16 @@ def test_exported_classifier_gives_the_classify_probabilities(kplus1_model: Path
     assert main(["classify", str(kplus1_model), str(image), "--out", str(out)]) == 0
     (row,) = _read(out)
     assert np.allclose([float(row[f"prob_{k}"]) for k in range(3)], exported.mean(0).numpy(), atol=1e-5)
+
+
+def test_semi_supervised_pipeline_and_demo_steps_validate() -> None:
+    from udl_med.demo import demo_steps
+    from udl_med.engine.pipeline import STEP_KINDS, load_pipeline
+
+    root = Path(__file__).resolve().parents[2]
+    pipeline = load_pipeline(root / "pipelines" / "semi-supervised.yaml")
+    kinds = [s.run for s in pipeline.steps]
+    assert kinds.count("train") == 2 and kinds.count("classify") == 2 and "export" in kinds
+    assert STEP_KINDS["classify"] == "udl_med.inference.classify:classify_to_file"
+    names = {s["name"] for s in demo_steps()}
+    assert {"kplus1", "supervised_only", "kplus1_classify", "supervised_only_classify"} <= names
