@@ -86,6 +86,9 @@ class UnrolledConfig(MethodConfig):
 
     steps: int = Field(..., ge=1, description="K, simulated D updates")
     first_order: bool = Field(False, description="train G against D updated K times with G detached (no second derivatives)")
+    lr: float | None = Field(
+        None, gt=0.0, description="inner SGD step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
+    )
 
 
 def _refuse(key: str, problem: str, value: Any) -> ValidationError:
@@ -321,7 +324,8 @@ class GAN(Method):
         checkpoint_swap       every N steps snapshot G and D; from the second snapshot on swap
                               an older one of checkpoint_swap.player in for `duration` steps
         unrolled.steps        K; G's loss f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D))
-                              with SGD inner steps at D's learning rate (Metz eq. 5-6)
+                              with SGD inner steps of size eta = unrolled.lr (default D's
+                              learning rate) (Metz eq. 5-6)
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
 
     Defaults per loss (keys left out): minimax / non-saturating / lsgan: Adam(2e-4,
@@ -548,7 +552,7 @@ class GAN(Method):
             self.discriminator,
             lambda d: self.discriminator_loss(d, real, inner_fake, labels, labels)["loss"],
             cfg.unrolled.steps,
-            cfg.d_lr or cfg.lr,
+            cfg.unrolled.lr or cfg.d_lr or cfg.lr,
             create_graph=second_order,
             clip_value=cfg.clip_value if cfg.loss == GANObjective.WGAN else None,
         )
