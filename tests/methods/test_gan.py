@@ -427,8 +427,14 @@ def test_shipped_image_configs_build_and_step(name: str) -> None:
 # -- through the engine -------------------------------------------------------------------
 
 
-def _checkpoint_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+def _checkpoint_model(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint's method state; the checkpoint-swap history decoded (its serialised bytes may differ)."""
+    import io
+
+    state = dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"])
+    for key in [k for k in state if k.endswith("swap_history._extra_state")]:
+        state[key] = torch.load(io.BytesIO(state[key].numpy().tobytes()), weights_only=True)
+    return state
 
 
 def _equal_states(a: dict[str, Any], b: dict[str, Any]) -> bool:
