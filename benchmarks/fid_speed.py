@@ -1,7 +1,9 @@
 """Fréchet distance at d = 2048: udl-med against MONAI, torchmetrics, torch-fidelity and pytorch-fid's formula.
 
-Same features for everyone, in one process, each computation run once (the peers take
-tens of seconds each at d = 2048). Timed: features (float32, as networks give them) to
+Same features for everyone, in one process, each peer run once (the peers take tens of
+seconds each at d = 2048) right after ours is timed again, so each row is a pair
+measured back to back (on a shared machine the load drifts over the minutes the peers
+take). Timed: features (float32, as networks give them) to
 the distance, covariances included. Peers:
 
 - ``monai.metrics.FIDMetric`` (torch covariances, ``scipy.linalg.sqrtm`` of the product);
@@ -169,8 +171,8 @@ def run(sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         real, fake = make_features(n, D, seed=10 + n, shift=0.0), make_features(n, D, seed=20 + n, shift=0.05)
-        ours, t_ours = timed(lambda: frechet_distance_features(real, fake))
         for peer_name, (peer_fn, how) in available.items():
+            ours, t_ours = timed(lambda: frechet_distance_features(real, fake))  # ours right before each peer: a pair
             try:
                 peer, t_peer = timed(lambda: peer_fn(real, fake))
             except ValueError as err:  # a peer that fails on this case (e.g. an imaginary sqrtm)
