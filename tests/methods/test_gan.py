@@ -22,7 +22,7 @@ from udl_med.engine.train import train
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss
 from udl_med.methods.base import DataSpec
-from udl_med.methods.gan import GAN, GANConfig, unroll_discriminator
+from udl_med.methods.gan import GAN, GANConfig, adam_moments, unroll_discriminator
 from tests.engine.test_train import _final_state, _udl_med, _write_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -86,6 +86,7 @@ TRICKS = {
     "swap": {"checkpoint_swap": {"every": 2, "duration": 1}},
     "unrolled": {"unrolled": {"steps": 2}},
     "unrolled_first_order": {"unrolled": {"steps": 2, "first_order": True}},
+    "unrolled_adam": {"unrolled": {"steps": 2, "optimizer": "adam", "lr": 0.01}},
     "d_steps": {"d_steps": 3},
     "conditional": {"conditional": True, "replay": 4},
 }
@@ -175,7 +176,7 @@ def _bce(scores: torch.Tensor, target: float) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.full_like(scores, target))
 
 
-def _tiny_game(k: int, second_order: bool, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _tiny_game(k: int, second_order: bool, a: torch.Tensor, b: torch.Tensor, adam: bool = False) -> torch.Tensor:
     """G(z) = a z + b, D(x) = w x + c, float64: the non-saturating G loss after k unrolled D steps.
 
     The losses are written out here in float64 (GANLoss computes in float32, too coarse
@@ -202,7 +203,12 @@ def _tiny_game(k: int, second_order: bool, a: torch.Tensor, b: torch.Tensor) -> 
             return self.lin(x)
 
     d = D()
-    state = unroll_discriminator(d, d_loss, k, lr=0.5, create_graph=second_order) if k else dict(d.named_parameters())
+    moments = None
+    if adam:  # Adam inner steps continuing some earlier moments
+        start = {name: (torch.full_like(p, 0.1), torch.full_like(p, 0.02), 3) for name, p in d.named_parameters()}
+        moments = ((0.5, 0.9), 1e-8, start)
+    lr = 0.1 if adam else 0.5
+    state = unroll_discriminator(d, d_loss, k, lr=lr, create_graph=second_order, adam=moments) if k else dict(d.named_parameters())
     return _bce(torch.func.functional_call(d, state, (fake, None)), 1.0)
 
 
@@ -224,6 +230,47 @@ def test_unrolled_gradient_matches_finite_differences_and_differs_from_k0() -> N
     assert torch.allclose(grads[(3, True)], fd, rtol=1e-6, atol=1e-9)
     assert (grads[(3, True)] - grads[(0, True)]).abs().max() > 1e-2  # unrolling changes G's gradient
     assert (grads[(3, False)] - grads[(3, True)]).abs().max() > 1e-3  # first order drops the second-order term
+
+
+def test_adam_unrolling_matches_finite_differences_and_torch_adam() -> None:
+    a = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    grad = torch.stack(torch.autograd.grad(_tiny_game(3, True, a, b, adam=True), (a, b)))
+    h = 1e-6
+    fd = torch.stack(
+        [
+            (_tiny_game(3, True, a + h, b, adam=True) - _tiny_game(3, True, a - h, b, adam=True)) / (2 * h),
+            (_tiny_game(3, True, a, b + h, adam=True) - _tiny_game(3, True, a, b - h, adam=True)) / (2 * h),
+        ]
+    ).detach()
+    assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-9)
+    sgd = torch.stack(torch.autograd.grad(_tiny_game(3, True, a, b), (a, b)))
+    assert (grad - sgd).abs().max() > 1e-3
+
+    # one simulated Adam step from the real optimizer's moments is the real optimizer's next step
+    torch.manual_seed(0)
+    disc = nn.Linear(3, 1).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+
+    class D(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = disc
+
+        def forward(self, x, labels=None):
+            return self.lin(x)
+
+    d = D()
+    optimizer = torch.optim.Adam(d.parameters(), lr=0.1, betas=(0.5, 0.9))
+    for _ in range(2):
+        optimizer.zero_grad()
+        (d(x) - 1.0).pow(2).mean().backward()
+        optimizer.step()
+    simulated = unroll_discriminator(d, lambda critic: (critic(x, None) - 1.0).pow(2).mean(), 1, 0.1, False, adam=((0.5, 0.9), 1e-8, adam_moments(d, optimizer)))
+    optimizer.zero_grad()
+    (d(x) - 1.0).pow(2).mean().backward()
+    optimizer.step()
+    assert all(torch.allclose(simulated[k], p, rtol=0, atol=1e-12) for k, p in d.named_parameters())
 
 
 def test_method_unrolled_gradient_matches_finite_differences() -> None:
@@ -355,6 +402,7 @@ REFUSED = [
     ({"feature_matching": True, "unrolled": {"steps": 3}}, "model.unrolled"),
     ({"loss": "wgan-gp", "unrolled": {"steps": 3}}, "model.unrolled.first_order"),
     ({"checkpoint_swap": {"every": 5, "duration": 5}}, "model.checkpoint_swap.duration"),
+    ({"loss": "wgan", "unrolled": {"steps": 3, "optimizer": "adam"}}, "model.unrolled.optimizer"),
     ({"loss": "hinge"}, "model.loss"),
     ({"d_steps": 0}, "model.d_steps"),
 ]

@@ -86,8 +86,9 @@ class UnrolledConfig(MethodConfig):
 
     steps: int = Field(..., ge=1, description="K, simulated D updates")
     first_order: bool = Field(False, description="train G against D updated K times with G detached (no second derivatives)")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner steps: SGD, or Adam continuing from the D optimizer's moments")
     lr: float | None = Field(
-        None, gt=0.0, description="inner SGD step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
+        None, gt=0.0, description="inner step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
     )
 
 
@@ -193,6 +194,8 @@ class GANConfig(MethodConfig):
             raise _refuse("unrolled", "unrolling differentiates D's adversarial loss; it cannot be combined with feature_matching", self.unrolled.model_dump())
         if self.unrolled is not None and loss == GANObjective.WGAN_GP and not self.unrolled.first_order:
             raise _refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
+        if self.unrolled is not None and self.unrolled.optimizer == "adam" and self.optimizer != "adam":
+            raise _refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
             raise _refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
@@ -249,6 +252,19 @@ class _SwapHistory(nn.Module):
         self.until = int(content["until"])
 
 
+def adam_moments(disc: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, tuple[Tensor, Tensor, int]]:
+    """``{name: (exp_avg, exp_avg_sq, step)}`` of ``disc``'s parameters in an Adam ``optimizer`` (zeros before its first step)."""
+    state = optimizer.state if optimizer is not None else {}
+    out = {}
+    for name, p in disc.named_parameters():
+        s = state.get(p, {})
+        if "exp_avg" in s:
+            out[name] = (s["exp_avg"].detach(), s["exp_avg_sq"].detach(), int(float(s["step"])))
+        else:
+            out[name] = (torch.zeros_like(p), torch.zeros_like(p), 0)
+    return out
+
+
 def unroll_discriminator(
     disc: nn.Module,
     d_loss: Callable[[Critic], Tensor],
@@ -256,29 +272,35 @@ def unroll_discriminator(
     lr: float,
     create_graph: bool,
     clip_value: float | None = None,
+    adam: tuple[tuple[float, float], float, dict[str, tuple[Tensor, Tensor, int]]] | None = None,
 ) -> dict[str, Tensor]:
-    """Parameters (and buffers) of ``disc`` after ``steps`` simulated SGD steps on ``d_loss``.
+    """Parameters (and buffers) of ``disc`` after ``steps`` simulated updates on ``d_loss``.
 
-    Metz et al. 2017, eq. 5-6: ``theta_D^{k+1} = theta_D^k - lr * d L_D(theta_G, theta_D^k) / d theta_D^k``,
-    starting from copies of ``disc``'s current parameters (``disc`` itself is not changed,
-    its buffers are cloned). With ``create_graph`` the updates stay in the autograd graph,
-    so a loss evaluated at the result is differentiated through them (when ``d_loss``
-    uses the generator's output without detaching it); without it every step is
-    detached (the first-order surrogate).
+    Metz et al. 2017, eq. 5-6: ``theta_D^{k+1} = theta_D^k - lr * d L_D(theta_G, theta_D^k) / d theta_D^k``
+    (SGD), starting from copies of ``disc``'s current parameters (``disc`` itself is not
+    changed, its buffers are cloned). With ``adam = ((beta1, beta2), eps, moments)`` the
+    inner steps are Adam's instead, continuing from ``moments`` (:func:`adam_moments` of
+    the real D optimizer) with the moment updates inside the graph, as the authors'
+    code unrolls its optimizer. With ``create_graph`` the updates stay in the autograd
+    graph, so a loss evaluated at the result is differentiated through them (when
+    ``d_loss`` uses the generator's output without detaching it); without it every step
+    is detached (the first-order surrogate).
 
     Args:
         disc: the discriminator (a module ``(x, labels) -> scores``).
         d_loss: maps a critic ``d(x, labels)`` to D's scalar loss.
         steps: K, the number of simulated updates.
-        lr: the inner SGD learning rate.
+        lr: the inner learning rate.
         create_graph: differentiate through the updates (second order).
         clip_value: clamp the parameters to ``[-c, c]`` after each update (WGAN).
+        adam: Adam's betas, eps and starting moments; None: SGD.
 
     Returns:
         ``{name: tensor}`` for :func:`torch.func.functional_call`.
     """
     params = {k: p.detach().clone().requires_grad_(True) for k, p in disc.named_parameters()}
     buffers = {k: b.detach().clone() for k, b in disc.named_buffers()}
+    moments = None if adam is None else {k: (m.clone(), v.clone(), t) for k, (m, v, t) in adam[2].items()}
     for _ in range(steps):
         state = {**params, **buffers}
 
@@ -289,7 +311,18 @@ def unroll_discriminator(
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
         updated = {}
         for (name, p), g in zip(params.items(), grads):
-            new = p if g is None else p - lr * g
+            if g is None:
+                new = p
+            elif moments is None:
+                new = p - lr * g
+            else:
+                (beta1, beta2), eps = adam[0], adam[1]
+                m, v, t = moments[name]
+                t += 1
+                m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+                # clamp_min: no infinite derivative of sqrt at v = 0 (where g = 0 anyway)
+                new = p - lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).clamp_min(1e-30).sqrt() + eps)
+                moments[name] = (m, v, t) if create_graph else (m.detach(), v.detach(), t)
             if clip_value is not None:
                 new = new.clamp(-clip_value, clip_value)
             updated[name] = new if create_graph else new.detach().requires_grad_(True)
@@ -325,7 +358,8 @@ class GAN(Method):
                               an older one of checkpoint_swap.player in for `duration` steps
         unrolled.steps        K; G's loss f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D))
                               with SGD inner steps of size eta = unrolled.lr (default D's
-                              learning rate) (Metz eq. 5-6)
+                              learning rate) (Metz eq. 5-6); unrolled.optimizer: adam continues
+                              D's Adam moments inside the graph, as the authors' code
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
 
     Defaults per loss (keys left out): minimax / non-saturating / lsgan: Adam(2e-4,
@@ -528,13 +562,16 @@ class GAN(Method):
         parts["loss"] = loss
         return parts
 
-    def generator_loss(self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None) -> Tensor:
+    def generator_loss(
+        self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None
+    ) -> Tensor:
         """G's loss on fresh fakes ``G(z, labels)`` (D frozen): adversarial, feature matching or unrolled.
 
         ``real`` and ``labels`` are the last D step's real batch (the unrolled inner steps
         use it, conditional fakes take its labels); ``fm_batch`` the separate real batch
-        of feature matching. Unrolling starts from D as the step's k real D updates left
-        it, so it combines with ``d_steps`` > 1.
+        of feature matching; ``d_optimizer`` the real D optimizer, whose moments Adam inner
+        steps continue (zeros when None). Unrolling starts from D as the step's k real D
+        updates left it, so it combines with ``d_steps`` > 1.
         """
         cfg = self.config
         fake = self.generator(self._z(real.shape[0], real.device), labels)
@@ -555,6 +592,7 @@ class GAN(Method):
             cfg.unrolled.lr or cfg.d_lr or cfg.lr,
             create_graph=second_order,
             clip_value=cfg.clip_value if cfg.loss == GANObjective.WGAN else None,
+            adam=None if cfg.unrolled.optimizer == "sgd" else ((cfg.beta1, cfg.beta2), _adam_eps(d_optimizer), adam_moments(self.discriminator, d_optimizer)),
         )
         return self.gan_loss.generator_loss(functional_call(self.discriminator, state, (fake, labels)))
 
@@ -574,7 +612,7 @@ class GAN(Method):
         fm_batch = opt.next_batch() if cfg.feature_matching else None
         set_requires_grad([self.discriminator], False)
         with opt.autocast():
-            loss_g = self.generator_loss(last_real, last_labels, fm_batch)
+            loss_g = self.generator_loss(last_real, last_labels, fm_batch, opt.optimizer("d"))
             if cfg.historical_averaging > 0:
                 loss_g = loss_g + cfg.historical_averaging * self.g_average.penalty(self.generator)
         opt.step("g", loss_g)
@@ -690,8 +728,12 @@ class GAN(Method):
         return out
 
 
+def _adam_eps(optimizer: torch.optim.Optimizer | None) -> float:
+    return float(optimizer.param_groups[0]["eps"]) if optimizer is not None else 1e-8  # torch's Adam default
+
+
 def _copy_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-__all__ = ["GAN", "GANConfig", "GANObjective", "unroll_discriminator"]
+__all__ = ["GAN", "GANConfig", "GANObjective", "adam_moments", "unroll_discriminator"]
