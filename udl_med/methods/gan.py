@@ -521,7 +521,11 @@ class GAN(Method):
         return d(real, real_labels), d(fake, fake_labels)
 
     def discriminator_loss(self, d: Critic, real: Tensor, fake: Tensor, real_labels: Tensor | None, fake_labels: Tensor | None) -> dict[str, Tensor]:
-        """D's loss (``"loss"``) and its parts for critic ``d``: the adversarial term and the gradient penalty."""
+        """D's loss (``"loss"``) and its parts for critic ``d``: the adversarial term and the gradient penalty.
+
+        A conditional critic scores the penalty's interpolates with the real labels (the
+        fakes share them, except those the replay pool swapped in).
+        """
         real_scores, fake_scores = self._scores(d, real, fake, real_labels, fake_labels)
         adversarial = self.gan_loss.discriminator_loss(real_scores, fake_scores)
         out = {"adversarial": adversarial, "real_scores": real_scores.detach(), "fake_scores": fake_scores.detach()}
