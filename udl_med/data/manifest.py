@@ -127,7 +127,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, Any]]) -> Path:
+def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, Any]], extra_columns: tuple[str, ...] = ()) -> Path:
     """Write a manifest CSV with the columns ``image, label, modality, subject, split``, atomically.
 
     Args:
@@ -136,6 +136,8 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
             other columns (missing ones are left empty; unknown keys are an error).
             An image inside the CSV's folder is written relative to it, any other as
             an absolute path, so the manifest reads back with :func:`list_images`.
+        extra_columns: columns after those (e.g. :data:`udl_med.keys.SYNTHETIC_COLUMNS`
+            of a synthetic data set, which the manifest reader accepts).
 
     Returns:
         ``path``.
@@ -147,17 +149,18 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
     base = path.parent.resolve()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(keys.MANIFEST_COLUMNS)
+    columns = (*keys.MANIFEST_COLUMNS, *extra_columns)
+    writer.writerow(columns)
     for row in rows:
         fields = {"image": row.path, "label": row.label, "modality": row.modality, "subject": row.subject, "split": row.split} if isinstance(row, ImageRecord) else dict(row)
-        unknown = [k for k in fields if k not in keys.MANIFEST_COLUMNS]
+        unknown = [k for k in fields if k not in columns]
         if unknown or fields.get("image") in (None, ""):
-            raise ValueError(f"manifest rows need 'image' and only the columns {keys.MANIFEST_COLUMNS}; got {sorted(fields)}")
+            raise ValueError(f"manifest rows need 'image' and only the columns {columns}; got {sorted(fields)}")
         image = Path(fields["image"])
         absolute = image if image.is_absolute() else (path.parent / image)
         try:
             fields["image"] = absolute.resolve().relative_to(base).as_posix()
         except ValueError:
             fields["image"] = str(absolute.resolve())
-        writer.writerow([_cell(fields.get(c)) for c in keys.MANIFEST_COLUMNS])
+        writer.writerow([_cell(fields.get(c)) for c in columns])
     return atomic_write_text(path, buffer.getvalue())

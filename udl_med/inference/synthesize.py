@@ -27,7 +27,6 @@ a training run can read:
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,14 +47,10 @@ MANIFEST_FIELDS = (*keys.MANIFEST_COLUMNS, *keys.SYNTHETIC_COLUMNS)
 
 
 def write_synthetic_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write the synthetic data set's manifest (:data:`MANIFEST_FIELDS`) atomically; the one manifest writer here."""
-    from udl_med.io_utils import atomic_write_text
+    """Write the synthetic data set's manifest (:data:`MANIFEST_FIELDS`) through the one manifest writer."""
+    from udl_med.data.manifest import write_manifest
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(MANIFEST_FIELDS), lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    writer.writerows({k: row.get(k, "") for k in MANIFEST_FIELDS} for row in rows)
-    return atomic_write_text(path, buffer.getvalue())
+    return write_manifest(path, rows, extra_columns=keys.SYNTHETIC_COLUMNS)
 
 
 def _is_synthetic_folder(folder: Path) -> bool:
