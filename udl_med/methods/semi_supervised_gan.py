@@ -32,7 +32,6 @@ step a labeled batch (``image``, ``label``) and an unlabeled batch
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -250,9 +249,6 @@ class SemiSupervisedGAN(Method):
     def export_classifier(self) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
         """``(monai class path, kwargs, state dict)`` of the classifier; its softmax is :meth:`classify`."""
         return self.discriminator.exported()
-
-    def num_parameters(self) -> int:
-        return sum(math.prod(p.shape) for p in self.discriminator.parameters())
 
 
 __all__ = ["SemiSupervisedGANConfig", "SemiSupervisedGAN"]
