@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from udl_med import keys
-from udl_med.data.memory import TensorItems, TranslationItems, fit_in_memory, memory_data_spec
+from udl_med.data.memory import TensorItems, TranslationItems, memory_data_spec
+from udl_med.engine.fit import fit_in_memory
 
 
 def _sides(n: int, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

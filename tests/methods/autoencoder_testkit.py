@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from udl_med.data.memory import MemoryFit, TensorItems, fit_in_memory
+from udl_med.data.memory import TensorItems
+from udl_med.engine.fit import MemoryFit, fit_in_memory
 from udl_med.methods.base import DataSpec, Method, get_method
 
 SIZES = {2: (32, 32), 3: (16, 16, 16)}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from udl_med import keys
-from udl_med.data.memory import TensorItems, fit_in_memory
+from udl_med.data.memory import TensorItems
+from udl_med.engine.fit import fit_in_memory
 from udl_med.engine.model_io import LoadedModel
 from udl_med.errors import ConfigError
 from udl_med.evaluation.probe import fit_linear_head

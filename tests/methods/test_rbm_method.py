@@ -11,7 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from udl_med import keys
-from udl_med.data.memory import MemoryFit, TensorItems, fit_in_memory
+from udl_med.data.memory import TensorItems
+from udl_med.engine.fit import MemoryFit, fit_in_memory
 from udl_med.engine.optimization import EngineOptimization
 from udl_med.methods.base import DataSpec, Method, get_method
 from udl_med.methods.rbm import RBMConfig, fit_rbm

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from udl_med import keys
-from udl_med.data.memory import MemoryFit, TranslationItems, fit_in_memory
+from udl_med.data.memory import TranslationItems
+from udl_med.engine.fit import MemoryFit, fit_in_memory
 from udl_med.methods.base import DataSpec, Method, get_method
 
 SIZES = {2: (32, 32), 3: (16, 16, 16)}

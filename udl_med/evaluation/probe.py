@@ -128,7 +128,8 @@ def finetune_accuracy(
         c: inverse L2 strength of the initial head's logistic regression.
         pretrained: load the exported weights.
     """
-    from udl_med.data.memory import TensorItems, fit_in_memory
+    from udl_med.data.memory import TensorItems
+    from udl_med.engine.fit import fit_in_memory
 
     if data.parts is not None:
         raise UserError("fine-tuning needs item-level inputs (roi 'liver'); whole-image items are pooled features")
