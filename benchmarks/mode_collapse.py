@@ -84,7 +84,7 @@ def _init_worker(work: str) -> None:
 
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)
-    os.environ["TQDM_DISABLE"] = "1"
+    sys.stderr = open(os.devnull, "w")  # the engine's progress bars (errors still reach the parent through the pool)
     _WORKER["uri"] = f"sqlite:///{Path(work) / f'mlflow-{os.getpid()}.db'}"  # one store per process: no lock contention
     _WORKER["work"] = Path(work)
 
@@ -257,8 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 seeds, a tenth of the steps (a smoke run)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "mode_collapse"), help="folder for the scatter plots")
     parser.add_argument("--runs", default=None, help="also write every run's result here (JSON lines)")
+    parser.add_argument("--summarise", default=None, metavar="RUNS", help="print the rows of a --runs file written earlier (no training)")
     args = parser.parse_args(argv)
     seeds = 2 if args.quick else args.seeds
+    if args.summarise:
+        results = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
+        for row in summarise(results, max(len({r["seed"] for r in results}), 1)):
+            print(json.dumps(row))
+        return 0
     extra = list(args.overrides)
     if args.quick:
         import yaml
