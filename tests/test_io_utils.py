@@ -157,9 +157,19 @@ def raw_writes(source: str) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name in passed:
             inside.update(id(n) for n in ast.walk(node))
+    in_memory = {  # names bound to io.BytesIO() / io.StringIO(): writing there is no file
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "attr", getattr(node.value.func, "id", "")) in ("BytesIO", "StringIO")
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or id(node) in inside:
+            continue
+        if any(isinstance(arg, ast.Name) and arg.id in in_memory for arg in node.args):
             continue
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
@@ -175,7 +185,10 @@ def raw_writes(source: str) -> list[tuple[int, str]]:
 
 
 def test_the_call_site_scan_finds_raw_writes() -> None:
-    source = "import os\ndef f(p, t):\n    p.write_text('x')\n    os.replace(t, p)\n    open(p, 'w')\n    atomic_write(p, lambda q: q.write_text('ok'))\n"
+    source = (
+        "import io, os\ndef f(p, t):\n    p.write_text('x')\n    os.replace(t, p)\n    open(p, 'w')\n"
+        "    atomic_write(p, lambda q: q.write_text('ok'))\n    buffer = io.BytesIO()\n    torch.save({}, buffer)\n"
+    )
     assert raw_writes(source) == [(3, "write_text"), (4, "os.replace"), (5, "open")]
 
 
