@@ -58,10 +58,10 @@ def test_names_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_train_and_pipeline_by_unknown_name_exit_2_with_the_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "no-such-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no-such-config" in err[0] and "ae2d-phantom" in err[0]
-    assert main(["pipeline", "no-such-pipeline"]) == 2
+    assert len(err) == 1 and "no-such-config" in err[0] and "udl-med configs" in err[0]
+    assert main(["pipeline", "pretrain-encodr"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pretrain-encoder" in err[0]
+    assert len(err) == 1 and "did you mean pretrain-encoder?" in err[0]
 
 
 def test_pipeline_inputs_resolve_relative_to_the_file_outputs_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

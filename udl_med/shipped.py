@@ -89,6 +89,12 @@ def resolve_shipped(kind: str, value: str | Path, base: Path | None = None, sour
     found = find_shipped(kind, str(value))
     if found is not None:
         return found
-    names = ", ".join(shipped_files(kind)) or "none"
+    import difflib
+
+    names = list(shipped_files(kind))
     what = "config" if kind == "configs" else "pipeline"
-    raise ConfigError(source or candidate, key, f"no such {what} file {str(candidate)!r} and no shipped {what} {str(value)!r} (shipped: {names}; `udl-med configs` lists them)")
+    close = difflib.get_close_matches(Path(str(value)).stem, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(
+        source or candidate, key, f"no such {what} file {str(candidate)!r} and no shipped {what} {str(value)!r} ({hint}`udl-med configs` lists the {len(names)} shipped)"
+    )
