@@ -226,11 +226,17 @@ def drop_from_manifest(source: str | Path, flagged_files: set[str]) -> dict[str,
 
 
 def save_pairs(synthetic: Tensor, train: Tensor, d: Distances, path: Path, k: int = 8) -> Path:
-    """PNG: the ``k`` synthetic images closest to the training set (top row) above their nearest training images."""
+    """PNG: the ``k`` synthetic images closest to the training set (top row) above their nearest training images.
+
+    Both rows share one display window, the range of the shown images (files clipped to a
+    narrow HU window read back with the default CT window would look flat otherwise).
+    """
     from udl_med.data.preview import save_grid
 
     order = np.argsort(d.intensity)[:k]
     pairs = torch.cat([synthetic[order], train[d.nearest[order]]])
+    low, high = pairs.min(), pairs.max()
+    pairs = (pairs - low) / (high - low).clamp_min(1e-6) * 2 - 1  # one display window for both rows
     return save_grid(pairs, path, nrow=len(order))
 
 
