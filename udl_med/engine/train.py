@@ -306,11 +306,13 @@ class Trainer:
             drawn += 1
             return to_device(next(batches), self.device)
 
+        self.method.train()
         with stop.installed(), progress:
             while step < train.steps:
                 batch = draw()
                 self.opt.begin_step(step, draw, self.batches_per_step - 1)
-                self.method.train()
+                if not self.method.training:  # set once, and again after an evaluation (train() walks every submodule)
+                    self.method.train()
                 losses = scalars(self.method.train_step(batch, self.opt))
                 for _ in range(self.opt.unused_batches()):  # keep the data order a function of the step
                     next(batches)
