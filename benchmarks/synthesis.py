@@ -131,7 +131,9 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run(seeds: int, steps: int, steps3d: int, n_samples: int, workdir: Path, grids: Path | None, skip3d: bool) -> list[dict[str, Any]]:
+def run(
+    seeds: int, steps: int, steps3d: int, n_samples: int, workdir: Path, grids: Path | None, skip3d: bool, only: set[str] | None = None
+) -> list[dict[str, Any]]:
     import numpy as np
 
     from udl_med.data.phantoms import write_phantoms
@@ -172,7 +174,7 @@ def run(seeds: int, steps: int, steps3d: int, n_samples: int, workdir: Path, gri
 
     for seed in range(seeds):
         real_only = None
-        for name, spec in GENERATORS_2D.items():
+        for name, spec in ((n, g) for n, g in GENERATORS_2D.items() if only is None or n in only):
             start = time.perf_counter()
             report = train(_config(spec, train_sl["manifest"], [64, 64], steps, 16, seed, workdir / f"{name}-{seed}"))
             wall[name] = wall.get(name, 0.0) + time.perf_counter() - start
@@ -269,7 +271,8 @@ def _row(case: str, metric: str, ours: float, ours_std: float, peer_name: str, p
 def rows(per: dict[str, dict[str, list[float]]], seeds: int, steps: int, steps3d: int) -> list[dict[str, Any]]:
     out = []
     gans2d = ["dcgan", "cdcgan", "lapgan", "two_stage"]
-    for ex in ("random", "encoder"):
+    full2d = all(g in per for g in ["vae", *gans2d])  # the FID comparisons need every 2D generator
+    for ex in (("random", "encoder") if full2d else ()):
         metric = f"fid_{ex}"
         vae, vae_sd = _stats(per["vae"][metric])
         for g in gans2d:
@@ -300,7 +303,7 @@ def rows(per: dict[str, dict[str, list[float]]], seeds: int, steps: int, steps3d
             out.append(_row(f"{'3d' if g.endswith('3d') else '2d'}/{g}", "memorization_rate", m, sd, "goal_max", 0.01, None, (0.01 / m) if m else None, "<= 1%", m <= 0.01, stated_false_alarm_rate=stated))
     if "real" in per:
         r, rsd = _stats(per["real"]["balanced_accuracy"])
-        for g in ("cdcgan", "lapgan", "two_stage"):
+        for g in (g for g in ("cdcgan", "lapgan", "two_stage") if g in per):
             for arm in ("real_plus_synthetic", "synthetic"):
                 m, sd = _stats(per[g][f"utility_{arm}"])
                 goal = "real_plus_synthetic > real by more than the seed spread" if arm == "real_plus_synthetic" else "(train on synthetic, test on real)"
@@ -320,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grids", default=None, help="write one sample grid per generator here (seed 0)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--only-planted", action="store_true", help="only the planted-copies check of the memorisation rule")
+    parser.add_argument("--generators", nargs="+", default=None, choices=sorted(GENERATORS_2D), help="only these 2D generators (FID comparison rows need all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("udl_med.engine", "udl_med.data", "udl_med.evaluation.utility", "udl_med.inference", "udl_med.metrics"):
@@ -329,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if grids is not None:
         grids.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        result = [] if args.only_planted else run(args.seeds, args.steps, args.steps3d, args.samples, Path(tmp), grids, args.skip3d)
+        result = [] if args.only_planted else run(args.seeds, args.steps, args.steps3d, args.samples, Path(tmp), grids, args.skip3d, set(args.generators) if args.generators else None)
         result += planted_copies(Path(tmp))
     lines = [json.dumps(r) for r in result]
     print("\n".join(lines))
