@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.engine.test_train import _final_state, _udl_med, _write_config, ae_config
+from tests.engine.test_train import _final_state, _write_config, ae_config, kill_and_resume
 from udl_med.cli import main
 from udl_med.data.config import DataConfig
 from udl_med.data.datasets import build_dataset
@@ -107,20 +104,7 @@ def test_an_augmented_run_resumes_bit_identically_after_sigkill(phantom_manifest
     reference = train(config("reference"))
     assert reference["steps"] == steps
     path = _write_config(tmp_path, config("killed"))
-    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
-    proc = _udl_med("train", str(path))
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    step = torch.load(checkpoint, weights_only=True)["step"]
-    assert 0 < step < steps
-    resumed = _udl_med("train", str(path), "--resume", "--json")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    report = json.loads(out.strip().splitlines()[-1])
+    report = kill_and_resume(path, tmp_path / "killed" / "checkpoints" / "last.pt", steps)
     ours, theirs = _final_state(report["model_dir"]), _final_state(reference["model_dir"])
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     saved = yaml.safe_load(path.read_text())

@@ -81,13 +81,8 @@ def _udl_med(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "udl_med.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_resume_after_sigkill_is_bit_identical(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
-    steps = 200
-    reference = train(ae_config(phantom_manifest, tmp_path / "reference", tracking_uri, steps=steps, checkpoint_every=4))
-
-    config = ae_config(phantom_manifest, tmp_path / "killed", tracking_uri, steps=steps, checkpoint_every=4)
-    path = _write_config(tmp_path, config)
-    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
+def kill_and_resume(path: Path, checkpoint: Path, steps: int) -> dict[str, Any]:
+    """``udl-med train PATH``, SIGKILLed as soon as ``checkpoint`` exists, then ``--resume``d to the end; its JSON report."""
     proc = _udl_med("train", str(path))
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
@@ -97,11 +92,19 @@ def test_resume_after_sigkill_is_bit_identical(phantom_manifest: Path, tmp_path:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     step = torch.load(checkpoint, weights_only=True)["step"]
     assert 0 < step < steps
-
     resumed = _udl_med("train", str(path), "--resume", "--json")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    report = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_resume_after_sigkill_is_bit_identical(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
+    steps = 200
+    reference = train(ae_config(phantom_manifest, tmp_path / "reference", tracking_uri, steps=steps, checkpoint_every=4))
+
+    config = ae_config(phantom_manifest, tmp_path / "killed", tracking_uri, steps=steps, checkpoint_every=4)
+    path = _write_config(tmp_path, config)
+    report = kill_and_resume(path, tmp_path / "killed" / "checkpoints" / "last.pt", steps)
     assert report["steps"] == steps
     ours, theirs = _final_state(report["model_dir"]), _final_state(reference["model_dir"])
     assert ours.keys() == theirs.keys()

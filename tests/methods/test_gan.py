@@ -4,8 +4,6 @@ checkpoint swapping, label smoothing, refusals, exact resume, FID falling, condi
 from __future__ import annotations
 
 import math
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss
 from udl_med.methods.base import DataSpec
 from udl_med.methods.gan import GAN, GANConfig, adam_moments, unroll_discriminator
-from tests.engine.test_train import _final_state, _udl_med, _write_config
+from tests.engine.test_train import _final_state, _udl_med, _write_config, kill_and_resume
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_DCGAN = {"architecture": "dcgan", "latent_dim": 8, "g_channels": [16, 8], "d_channels": [8, 16]}
@@ -512,22 +510,7 @@ def test_resume_after_sigkill_is_bit_identical_with_d_steps_and_vbn(phantom_mani
     steps = 80
     reference = train(_run_config(model, str(phantom_manifest), tmp_path / "reference", tracking_uri, steps=steps, checkpoint_every=4))
     path = _write_config(tmp_path, _run_config(model, str(phantom_manifest), tmp_path / "killed", tracking_uri, steps=steps, checkpoint_every=4))
-    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
-    proc = _udl_med("train", str(path))
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    step = torch.load(checkpoint, weights_only=True)["step"]
-    assert 0 < step < steps
-    resumed = _udl_med("train", str(path), "--resume", "--json")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    import json
-
-    report = json.loads(out.strip().splitlines()[-1])
+    report = kill_and_resume(path, tmp_path / "killed" / "checkpoints" / "last.pt", steps)
     ours, theirs = _final_state(report["model_dir"]), _final_state(reference["model_dir"])
     assert ours.keys() == theirs.keys() and any("generator" in k for k in ours)
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from monai.utils import StrEnum
 from torch import Tensor, nn
 
-REDUCTIONS = ("mean", "sum", "none")
+from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
 
 
 class GANMode(StrEnum):
@@ -72,20 +72,6 @@ def parse_gan_mode(value: str | GANMode) -> GANMode:
     except ValueError:
         valid = ", ".join(m.value for m in GANMode)
         raise ValueError(f"unknown GAN mode {value!r}; valid: {valid}") from None
-
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-    return reduction
-
-
-def _reduce(x: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return x.mean()
-    if reduction == "sum":
-        return x.sum()
-    return x
 
 
 class GANLoss(nn.Module):

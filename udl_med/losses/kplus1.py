@@ -22,23 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-REDUCTIONS = ("mean", "sum", "none")
+from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
+
 
 __all__ = ["KPlusOneLoss", "real_probability", "class_probabilities"]
-
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-    return reduction
-
-
-def _reduce(x: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return x.mean()
-    if reduction == "sum":
-        return x.sum()
-    return x
 
 
 def real_probability(logits: Tensor) -> Tensor:
