@@ -71,6 +71,7 @@ class Tracker:
         self.run_id = self.run.info.run_id
         self._client = mlflow.MlflowClient()
         self._pending: list[Metric] = []
+        self._writes: list[Any] = []  # asynchronous metric writes still in flight (RunOperations)
         self._last_flush = time.monotonic()
 
     def log_config(self, config: dict[str, Any]) -> None:
@@ -97,12 +98,22 @@ class Tracker:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the buffered metrics now."""
+    def flush(self, wait: bool = False) -> None:
+        """Hand the buffered metrics to MLflow's background writer (``wait``: until they are stored).
+
+        The training loop does not wait for the store: MLflow's asynchronous logging
+        writes the batch from its own thread; :meth:`end` waits for every write.
+        """
         for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
-            self._client.log_batch(self.run_id, metrics=self._pending[start : start + MAX_METRICS_PER_BATCH])
-        self._pending.clear()
+            batch = self._pending[start : start + MAX_METRICS_PER_BATCH]
+            self._writes.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        self._pending = []
         self._last_flush = time.monotonic()
+        if wait:
+            for write in self._writes:
+                if write is not None:
+                    write.wait()
+            self._writes.clear()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
@@ -149,7 +160,7 @@ class Tracker:
         mlflow.log_artifacts(str(model_folder), artifact_path="model")
 
     def end(self, status: str = "FINISHED") -> None:
-        self.flush()
+        self.flush(wait=True)
         mlflow.end_run(status=status)
 
 
