@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,42 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
+class MetricWriter:
+    """Writes metric batches to the store from one background thread.
+
+    A store write costs milliseconds (an SQLite commit, an HTTP request) and, on a loaded
+    machine, tens of them: as much as several training steps of a small network. The
+    loop queues a batch and goes on; :meth:`close` waits for every queued batch (and
+    re-raises the first failed write). Unlike MLflow's own asynchronous logging, closing
+    does not wait for a polling interval.
+    """
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._work, name="udl-med-metrics", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            try:
+                self._client.log_batch(self._run_id, metrics=batch)
+            except Exception as err:  # reported by close(), in the training thread
+                self._errors.append(err)
+
+    def write(self, batch: list[Metric]) -> None:
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._errors:
+            raise self._errors[0]
+
+
 class Tracker:
     """Logs one run (or one nested step of a pipeline) to MLflow."""
 
@@ -71,7 +109,7 @@ class Tracker:
         self.run_id = self.run.info.run_id
         self._client = mlflow.MlflowClient()
         self._pending: list[Metric] = []
-        self._writes: list[Any] = []  # asynchronous metric writes still in flight (RunOperations)
+        self._writer = MetricWriter(self._client, self.run_id)
         self._last_flush = time.monotonic()
 
     def log_config(self, config: dict[str, Any]) -> None:
@@ -98,22 +136,12 @@ class Tracker:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self, wait: bool = False) -> None:
-        """Hand the buffered metrics to MLflow's background writer (``wait``: until they are stored).
-
-        The training loop does not wait for the store: MLflow's asynchronous logging
-        writes the batch from its own thread; :meth:`end` waits for every write.
-        """
+    def flush(self) -> None:
+        """Hand the buffered metrics to the background writer (the loop does not wait for the store)."""
         for start in range(0, len(self._pending), MAX_METRICS_PER_BATCH):
-            batch = self._pending[start : start + MAX_METRICS_PER_BATCH]
-            self._writes.append(self._client.log_batch(self.run_id, metrics=batch, synchronous=False))
+            self._writer.write(self._pending[start : start + MAX_METRICS_PER_BATCH])
         self._pending = []
         self._last_flush = time.monotonic()
-        if wait:
-            for write in self._writes:
-                if write is not None:
-                    write.wait()
-            self._writes.clear()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=folder)
@@ -160,7 +188,8 @@ class Tracker:
         mlflow.log_artifacts(str(model_folder), artifact_path="model")
 
     def end(self, status: str = "FINISHED") -> None:
-        self.flush(wait=True)
+        self.flush()
+        self._writer.close()  # every metric is stored before the run is marked ended
         mlflow.end_run(status=status)
 
 
