@@ -33,8 +33,7 @@ import torch
 
 from udl_med import keys
 from udl_med.errors import InputError, UserError
-from udl_med.inference.export_encoder import INPUT_KEYS, build_encoder
-from udl_med.io_utils import atomic_write, atomic_write_text
+from udl_med.inference.export_encoder import INPUT_KEYS, build_encoder, write_network_export
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,7 @@ def export_classifier(loaded: Any, out: Path) -> dict[str, Any]:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, weights_path = out / keys.CLASSIFIER_JSON, out / keys.CLASSIFIER_WEIGHTS
-    atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
-    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    json_path, weights_path = write_network_export(out, keys.CLASSIFIER_JSON, keys.CLASSIFIER_WEIGHTS, state, document)
     log.info("exported the %s classifier of %s to %s", class_path, loaded.source, out)
     return {
         "out": str(out),

@@ -58,6 +58,17 @@ def build_encoder(class_path: str, kwargs: dict[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
+def write_network_export(
+    out: Path, json_name: str, weights_name: str, state: dict[str, torch.Tensor], document: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write an exported network into folder ``out``: its state dict and its JSON description, each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, weights_path = out / json_name, out / weights_name
+    atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
+    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    return json_path, weights_path
+
+
 def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
     """Write ``encoder.json`` and ``encoder.pt`` for a loaded model that can encode.
 
@@ -98,11 +109,7 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
         "method": method.name,
         "source": str(loaded.source),
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, weights_path = out / keys.ENCODER_JSON, out / keys.ENCODER_WEIGHTS
-    atomic_write(weights_path, lambda p: torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, p))
-    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    json_path, weights_path = write_network_export(Path(out), keys.ENCODER_JSON, keys.ENCODER_WEIGHTS, state, document)
     log.info("exported the %s encoder of %s to %s", class_path, loaded.source, out)
     return {
         "out": str(out),
