@@ -110,28 +110,19 @@ def step_loader(
     (in-memory data) is indexed once per batch instead of item by item.
     """
     sampler = StepSampler(len(dataset), batch_size, seed, rank, world_size, start_step)  # type: ignore[arg-type]
-    if hasattr(dataset, "batch"):
-        loader = DataLoader(
-            WholeBatches(dataset),
-            batch_size=None,
-            sampler=BatchSampler(sampler, batch_size, drop_last=False),
-            num_workers=num_workers,
-            collate_fn=_unchanged,
-            persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(seed + start_step),
-        )
-        loader.step_sampler = sampler  # type: ignore[attr-defined]
-        return loader
+    if hasattr(dataset, "batch"):  # one indexing per batch: the sampler's items grouped into lists
+        items: Dataset = WholeBatches(dataset)
+        batching: dict[str, Any] = dict(batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False), collate_fn=_unchanged)
+    else:
+        items, batching = SeededItems(dataset), dict(batch_size=batch_size, sampler=sampler, collate_fn=collate_plain)
     loader = DataLoader(
-        SeededItems(dataset),
-        batch_size=batch_size,
-        sampler=sampler,
+        items,
         num_workers=num_workers,
-        collate_fn=collate_plain,
         persistent_workers=num_workers > 0,
         # Its own generator: creating the iterator then draws nothing from the global RNG,
         # which the method's own sampling (noise, Gibbs chains) must find as it was saved.
         generator=torch.Generator().manual_seed(seed + start_step),
+        **batching,
     )
     loader.step_sampler = sampler  # type: ignore[attr-defined]
     return loader
