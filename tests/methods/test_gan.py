@@ -28,6 +28,16 @@ TINY_DCGAN = {"architecture": "dcgan", "latent_dim": 8, "g_channels": [16, 8], "
 TINY_MLP = {"architecture": "mlp", "latent_dim": 4, "g_hidden": [8], "d_hidden": [8]}
 
 
+class Unconditional(nn.Module):
+    """``(x, labels) -> scores`` around a plain module, as the method calls its discriminator."""
+
+    def __init__(self, lin: nn.Module) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x, labels=None):
+        return self.lin(x)
+
 def spec(spatial_dims: int = 2, num_classes: int = 0) -> DataSpec:
     size = {0: (), 2: (16, 16), 3: (8, 8, 8)}[spatial_dims]
     return DataSpec(spatial_dims=spatial_dims, in_channels=2 if spatial_dims == 0 else 1, image_size=size, num_classes=num_classes)
@@ -192,15 +202,7 @@ def _tiny_game(k: int, second_order: bool, a: torch.Tensor, b: torch.Tensor, ada
     def d_loss(d) -> torch.Tensor:
         return 0.5 * (_bce(d(real, None), 1.0) + _bce(d(fake if second_order else fake.detach(), None), 0.0))
 
-    class D(nn.Module):  # (x, labels) -> scores, as the method calls its discriminator
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = disc
-
-        def forward(self, x, labels=None):
-            return self.lin(x)
-
-    d = D()
+    d = Unconditional(disc)
     moments = None
     if adam:  # Adam inner steps continuing some earlier moments
         start = {name: (torch.full_like(p, 0.1), torch.full_like(p, 0.02), 3) for name, p in d.named_parameters()}
@@ -250,15 +252,7 @@ def test_adam_unrolling_matches_finite_differences_and_torch_adam() -> None:
     disc = nn.Linear(3, 1).double()
     x = torch.randn(8, 3, dtype=torch.float64)
 
-    class D(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = disc
-
-        def forward(self, x, labels=None):
-            return self.lin(x)
-
-    d = D()
+    d = Unconditional(disc)
     optimizer = torch.optim.Adam(d.parameters(), lr=0.1, betas=(0.5, 0.9))
     for _ in range(2):
         optimizer.zero_grad()

@@ -41,7 +41,7 @@ from monai.networks.layers.utils import get_act_layer
 from monai.networks.utils import normal_init
 from torch import Tensor, nn
 
-from udl_med.nets.gan_blocks import CONV_NORMS, GaussianNoise, check_norm, norm_layer, one_hot_labels
+from udl_med.nets.gan_blocks import CONV_NORMS, GaussianNoise, check_non_negative, check_norm, check_positive, norm_layer, one_hot_labels
 from udl_med.nets.minibatch_discrimination import MinibatchDiscrimination
 from udl_med.nets.vbn import ReferenceBatchMixin
 
@@ -129,11 +129,8 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         super().__init__()
         self.init_reference()
         self.image_size = _image_size(spatial_dims, image_size, channels)
-        for name, value in (("latent_dim", latent_dim), ("out_channels", out_channels)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        check_positive(latent_dim=latent_dim, out_channels=out_channels)
+        check_non_negative(num_classes=num_classes)
         self.norm = check_norm(norm, CONV_NORMS)
         self.spatial_dims = spatial_dims
         self.latent_dim = latent_dim
@@ -216,15 +213,13 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         super().__init__()
         self.init_reference()
         self.image_size = _image_size(spatial_dims, image_size, channels)
-        for name, value in (("in_channels", in_channels), ("out_features", out_features)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in (("num_classes", num_classes), ("minibatch_kernels", minibatch_kernels)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        for name, value in (("input_noise_std", input_noise_std), ("hidden_noise_std", hidden_noise_std)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_positive(in_channels=in_channels, out_features=out_features)
+        check_non_negative(
+            num_classes=num_classes,
+            minibatch_kernels=minibatch_kernels,
+            input_noise_std=input_noise_std,
+            hidden_noise_std=hidden_noise_std,
+        )
         self.norm = check_norm(norm, CONV_NORMS)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

@@ -15,6 +15,20 @@ CONV_NORMS = ("batch", "virtual_batch", "instance", "none")
 MLP_NORMS = ("batch", "virtual_batch", "instance", "layer", "none")
 
 
+def check_positive(**values: int) -> None:
+    """``ValueError`` naming the first argument below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_non_negative(**values: float) -> None:
+    """``ValueError`` naming the first argument below 0."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def check_norm(norm: str, valid: tuple[str, ...]) -> str:
     if norm not in valid:
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(valid)}")

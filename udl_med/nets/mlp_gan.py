@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from udl_med.nets.gan_blocks import MLP_NORMS, GaussianNoise, check_norm, norm_layer, one_hot_labels
+from udl_med.nets.gan_blocks import MLP_NORMS, GaussianNoise, check_non_negative, check_norm, check_positive, norm_layer, one_hot_labels
 from udl_med.nets.minibatch_discrimination import MinibatchDiscrimination
 from udl_med.nets.vbn import ReferenceBatchMixin
 
@@ -31,18 +31,6 @@ def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
     if len(hidden) < 1 or any(int(h) < 1 for h in hidden):
         raise ValueError(f"hidden must be a non-empty sequence of positive ints, got {tuple(hidden)}")
     return tuple(int(h) for h in hidden)
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def _check_non_negative(**values: float) -> None:
-    for name, value in values.items():
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 class MLPGenerator(ReferenceBatchMixin, nn.Module):
@@ -72,8 +60,8 @@ class MLPGenerator(ReferenceBatchMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.init_reference()
-        _check_positive(latent_dim=latent_dim, out_features=out_features)
-        _check_non_negative(num_classes=num_classes)
+        check_positive(latent_dim=latent_dim, out_features=out_features)
+        check_non_negative(num_classes=num_classes)
         self.hidden = _check_hidden(hidden)
         self.norm = check_norm(norm, MLP_NORMS)
         if output not in OUTPUTS:
@@ -139,8 +127,8 @@ class MLPDiscriminator(ReferenceBatchMixin, nn.Module):
     ) -> None:
         super().__init__()
         self.init_reference()
-        _check_positive(in_features=in_features, out_features=out_features)
-        _check_non_negative(
+        check_positive(in_features=in_features, out_features=out_features)
+        check_non_negative(
             num_classes=num_classes,
             minibatch_kernels=minibatch_kernels,
             input_noise_std=input_noise_std,
