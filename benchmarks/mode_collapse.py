@@ -53,7 +53,7 @@ METHODS = {
     "unrolled5": "unrolled, k = 5",
     "unrolled10": "unrolled, k = 10",
     "wgangp": "WGAN-GP",
-    "best": "best combination",
+    "best": "best combination (non-saturating + PacGAN2 packing)",
 }
 PLAIN = ("minimax", "nonsat")
 N_SAMPLES = 2500

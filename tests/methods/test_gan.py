@@ -96,6 +96,7 @@ TRICKS = {
     "unrolled_first_order": {"unrolled": {"steps": 2, "first_order": True}},
     "unrolled_adam": {"unrolled": {"steps": 2, "optimizer": "adam", "lr": 0.01}},
     "d_steps": {"d_steps": 3},
+    "pack": {"pack": 2, "feature_matching": True},
     "conditional": {"conditional": True, "replay": 4},
 }
 
@@ -120,7 +121,7 @@ def test_every_loss_and_trick_steps_with_finite_losses(trick: str, spatial_dims:
     assert all(math.isfinite(v) for v in method.evaluate(random_batch(data)).values())
 
 
-@pytest.mark.parametrize("trick", ["non-saturating", "wgan-gp", "feature_matching", "minibatch", "vbn", "unrolled", "conditional"])
+@pytest.mark.parametrize("trick", ["non-saturating", "wgan-gp", "feature_matching", "minibatch", "vbn", "unrolled", "pack", "conditional"])
 def test_mlp_on_points_steps_and_samples_points(trick: str) -> None:
     torch.manual_seed(0)
     data = spec(0, num_classes=3)
@@ -178,6 +179,25 @@ def test_d_steps_each_see_a_fresh_batch(feature_matching: bool) -> None:
 
 
 # -- unrolling --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial_dims", [0, 2, 3])
+def test_packed_discriminator_scores_each_group_of_m_items_on_its_own(spatial_dims: int) -> None:
+    """PacGAN: D's score of a group depends on the group's m items and on nothing else in the batch."""
+    torch.manual_seed(0)
+    data = spec(spatial_dims)
+    method = build({**(TINY_MLP if spatial_dims == 0 else TINY_DCGAN), "pack": 3, "d_norm": "none"}, data).eval()
+    x = random_batch(data, 6)[keys.IMAGE]
+    scores = method.discriminator(x)
+    assert scores.shape[0] == 2  # 6 items in groups of 3
+    changed = x.clone()
+    changed[4] = -changed[4]  # an item of the second group
+    after = method.discriminator(changed)
+    assert torch.equal(after[0], scores[0]) and not torch.equal(after[1], scores[1])
+    swapped = x[[1, 0, 2, 3, 4, 5]]  # the order inside a group is part of D's input, as in PacGAN
+    assert not torch.allclose(method.discriminator(swapped)[0], scores[0])
+    with pytest.raises(ValueError, match="model.pack 3"):
+        method.discriminator(x[:4])
 
 
 def _bce(scores: torch.Tensor, target: float) -> torch.Tensor:
@@ -397,6 +417,10 @@ REFUSED = [
     ({"loss": "wgan", "unrolled": {"steps": 3, "optimizer": "adam"}}, "model.unrolled.optimizer"),
     ({"loss": "hinge"}, "model.loss"),
     ({"d_steps": 0}, "model.d_steps"),
+    ({"loss": "wgan-gp", "pack": 2}, "model.pack"),
+    ({"conditional": True, "pack": 2}, "model.pack"),
+    ({"d_norm": "virtual_batch", "pack": 2}, "model.pack"),
+    ({"pack": 0}, "model.pack"),
 ]
 
 

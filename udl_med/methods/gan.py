@@ -125,6 +125,7 @@ class GANConfig(MethodConfig):
     feature_matching: bool = Field(False, description="G minimises ||E f(x) - E f(G(z))||^2 on a separate real batch")
     feature_matching_distance: Literal["l2", "l1"] = "l2"
     minibatch_kernels: int = Field(0, ge=0, description="B, minibatch discrimination kernels in D (0: off)")
+    pack: int = Field(1, ge=1, description="m, PacGAN packing: D scores m real or m fake items at once (1: off)")
     d_input_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to D's input")
     d_hidden_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to D's hidden layers")
     historical_averaging: float = Field(0.0, ge=0.0, description="weight of ||theta - mean theta||^2 for G and D (0: off)")
@@ -196,6 +197,13 @@ class GANConfig(MethodConfig):
             raise _refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
         if self.unrolled is not None and self.unrolled.optimizer == "adam" and self.optimizer != "adam":
             raise _refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
+        if self.pack > 1:
+            if loss == GANObjective.WGAN_GP:
+                raise _refuse("pack", "the gradient penalty is per item, a packed critic scores groups of items; use pack with minimax, non-saturating, lsgan or wgan", self.pack)
+            if self.conditional:
+                raise _refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
+            if self.d_norm == "virtual_batch":
+                raise _refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
             raise _refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
@@ -223,6 +231,32 @@ class _Flat(nn.Module):
 
     def set_reference(self, x: Tensor, labels: Tensor | None = None) -> None:
         self.net.set_reference(x if self.role == "generator" else x.flatten(1), labels)
+
+
+class _Packed(nn.Module):
+    """PacGAN's packed discriminator (Lin et al. 2018): ``m`` consecutive items stacked as one input.
+
+    ``(B, C, *spatial)`` becomes ``(B / m, m * C, *spatial)`` (points ``(B, D)``: ``(B / m, m * D)``),
+    so D scores a group of ``m`` real or ``m`` fake items and can see that a group of fakes
+    lacks the variety of a group of real items. The inner D is built with ``m`` times the
+    input channels or features.
+    """
+
+    def __init__(self, net: nn.Module, pack: int) -> None:
+        super().__init__()
+        self.net = net
+        self.pack = pack
+
+    def _packed(self, x: Tensor) -> Tensor:
+        if x.shape[0] % self.pack:
+            raise ValueError(f"model.pack {self.pack} needs batches of a multiple of {self.pack} items (train.batch_size), got {x.shape[0]}")
+        return x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:])
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(self._packed(x), labels)
+
+    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.net.forward_features(self._packed(x), labels)
 
 
 class _SwapHistory(nn.Module):
@@ -350,6 +384,7 @@ class GAN(Method):
         label_smoothing       D's real target alpha (Salimans section 3.4, 0.9); fake target 0
         feature_matching      ||E_x f(x) - E_z f(G(z))||_2^2, f = D's last hidden layer (Salimans 3.1)
         minibatch_kernels     B of T in R^(A x B x C), C = 5 (Salimans 3.2)
+        pack                  m, PacGAN: D(x_1, ..., x_m) scores m stacked items (Lin et al. 2018)
         g_norm / d_norm       batch | virtual_batch (reference batch R, |R| = vbn_reference;
                               Salimans 3.5) | instance | none
         historical_averaging  weight of ||theta - (1/t) sum_i theta_i||^2 (Salimans 3.3)
@@ -441,8 +476,9 @@ class GAN(Method):
                 norm=config.g_norm,
                 output="linear" if self.points else "tanh",
             )
-            d = MLPDiscriminator(features, hidden=config.d_hidden, out_features=1, **d_kwargs)
-            return _Flat(g, self.item_shape, "generator"), _Flat(d, self.item_shape, "discriminator")
+            d = MLPDiscriminator(features * config.pack, hidden=config.d_hidden, out_features=1, **d_kwargs)
+            d_flat = _Flat(d, (config.pack * self.item_shape[0], *self.item_shape[1:]), "discriminator")
+            return _Flat(g, self.item_shape, "generator"), (_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
         from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
         dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
@@ -460,11 +496,11 @@ class GAN(Method):
             raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
         try:
             d = DCGANDiscriminator(
-                dims, c, size, **({} if config.d_channels is None else {"channels": config.d_channels}), out_features=1, **d_kwargs
+                dims, c * config.pack, size, **({} if config.d_channels is None else {"channels": config.d_channels}), out_features=1, **d_kwargs
             )
         except ValueError as err:
             raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
-        return g, d
+        return g, (_Packed(d, config.pack) if config.pack > 1 else d)
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -719,7 +755,11 @@ class GAN(Method):
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
         """D's mean raw score on held-out real items and on fakes from the fixed z (eval mode)."""
         real, labels = self._real(batch)
-        n = min(real.shape[0], self.fixed_z.shape[0])
+        keep = real.shape[0] - real.shape[0] % self.config.pack  # a packed D scores whole groups
+        real, labels = real[:keep], (labels[:keep] if labels is not None else None)
+        if keep == 0:
+            return {}
+        n = min(real.shape[0], self.fixed_z.shape[0] - self.fixed_z.shape[0] % self.config.pack)
         fake_labels = labels[:n] if labels is not None else None
         fake = self._generate(self.fixed_z[:n], fake_labels)
         real_scores = self.discriminator(real, labels).float()
