@@ -1,0 +1,66 @@
+"""The synthesis benchmark's utility case: liver crops that show their class, one held-out set, an honest goal."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("synthesis_benchmark", ROOT / "benchmarks" / "synthesis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_liver_crops_are_centred_32x32_and_the_subjects_are_disjoint(bench, tmp_path: Path) -> None:
+    real, held = bench.liver_crops(tmp_path, n=3)
+    assert real.images.shape[1:] == (1, 32, 32) == held.images.shape[1:]
+    assert not set(real.subjects) & set(held.subjects) and all(s.startswith("heldout-") for s in held.subjects)
+    assert set(real.labels) == {0, 1, 2}  # 3 phantoms: one per class
+    assert float(real.images.min()) >= -1.0 and float(real.images.max()) <= 1.0
+    # the centre of a crop is liver (60 HU in -200..300: about -0.04), not air or bone
+    centre = real.images[:, 0, 12:20, 12:20].median(dim=-1).values.median(dim=-1).values
+    assert torch.all(centre.abs() < 0.4)
+
+
+def test_utility_case_runs_every_arm_on_one_heldout_set(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from udl_med.evaluation import utility
+
+    seen: list[tuple[str, ...]] = []
+    real_score = utility.score
+
+    def spy_score(model, items):
+        seen.append(tuple(items.subjects.tolist()))
+        return real_score(model, items)
+
+    monkeypatch.setattr(utility, "score", spy_score)
+    rows = bench.utility_case(2, steps=2, per_class=2, classifier_steps=2, workdir=tmp_path, grids=tmp_path / "grids", generators=["lapgan"], n_phantoms=6)
+    # per seed: real, real (3x steps), real+synthetic, synthetic; two seeds: one test set for all eight
+    assert len(seen) == 8 and len(set(seen)) == 1 and all(s.startswith("heldout-") for s in seen[0])
+    by = {(r["case"], r["metric"]): r for r in rows}
+    real = by[("2d_liver_crops/utility/real_only", "balanced_accuracy_real")]
+    plus = by[("2d_liver_crops/utility/lapgan", "balanced_accuracy_real_plus_synthetic")]
+    assert len(real["per_seed"]) == 2 and plus["per_seed_real"] == real["per_seed"]
+    assert plus["per_seed_gain"] == pytest.approx([a - b for a, b in zip(plus["per_seed"], real["per_seed"])])
+    assert len(by[("2d_liver_crops/utility/real_only_3x_classifier_steps", "balanced_accuracy_real")]["per_seed"]) == 2
+    assert ("2d_liver_crops/lapgan", "memorization_rate") in by and ("2d_liver_crops/lapgan", "fid_random") in by
+    assert (tmp_path / "grids" / "utility_lapgan_crops.png").is_file()
+
+
+def test_utility_goal_needs_the_gain_to_beat_the_larger_spread(bench) -> None:
+    real = [0.60, 0.65, 0.70]  # std 0.05
+    for plus, met in (([0.70, 0.75, 0.80], True), ([0.62, 0.68, 0.73], False), ([0.55, 0.80, 1.0], False)):
+        per = {"real": {"balanced_accuracy": real}, "g": {"real_plus_synthetic": plus, "synthetic": [0.5] * 3, "fid_random": [1.0] * 3, "memorization": [0.0] * 3}}
+        rows = {r["metric"]: r for r in bench.utility_rows(per, 3, 10, 5, 10) if r["case"] == "2d_liver_crops/utility/g"}
+        row = rows["balanced_accuracy_real_plus_synthetic"]
+        assert row["meets_goal"] is met, plus
+        assert row["ours"] == pytest.approx(np.mean(plus)) and row["peer_std"] == pytest.approx(0.05)
+        assert rows["balanced_accuracy_synthetic"]["meets_goal"] is None
