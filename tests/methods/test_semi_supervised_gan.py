@@ -55,6 +55,16 @@ def test_supervised_and_generator_losses_by_hand() -> None:
         KPlusOneLoss("max")
 
 
+def test_conditional_entropy_by_hand() -> None:
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [40.0, 0.0]])  # p = (1/2, 1/2), (3/4, 1/4), ~(1, 0)
+    expected = [math.log(2.0), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), 0.0]
+    per_item = KPlusOneLoss("none").conditional_entropy(logits)
+    assert per_item.tolist() == pytest.approx(expected, abs=1e-6)
+    assert KPlusOneLoss().conditional_entropy(logits).item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    # adding one number to every logit (the fake class's 0 aside) leaves the class entropy alone
+    assert KPlusOneLoss("none").conditional_entropy(logits + 5.0).tolist() == pytest.approx(expected, abs=1e-5)
+
+
 # --- discriminator ----------------------------------------------------------------------
 
 
@@ -167,6 +177,38 @@ def test_supervised_only_has_no_generator_and_the_same_discriminator() -> None:
     opt = _Opt(alone.configure_optimizers())
     out = alone.train_step(_batch(spec), opt)
     assert opt.stepped == ["discriminator"] and keys.UNSUPERVISED not in out
+
+
+def test_entropy_term_is_added_on_the_unlabeled_batch_only_with_the_gan() -> None:
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    batch = _batch(spec)
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(3)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, entropy_weight=weight), spec)
+        torch.manual_seed(4)
+        out = method.train_step(batch, _Opt(method.configure_optimizers()))
+        losses[weight] = out
+    assert "entropy" not in losses[0.0]
+    entropy = float(losses[2.0]["entropy"])
+    assert 0 < entropy <= math.log(3) + 1e-6
+    # same networks, same noise: the D loss differs by exactly the weighted entropy
+    assert float(losses[2.0][keys.LOSS]) == pytest.approx(float(losses[0.0][keys.LOSS]) + 2.0 * entropy, rel=1e-5)
+    # the ramp: a quarter of the weight a quarter of the way in
+    torch.manual_seed(3)
+    ramped = SemiSupervisedGAN(
+        SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, entropy_weight=2.0, entropy_rampup_steps=40), spec
+    )
+    opt = _Opt(ramped.configure_optimizers())
+    opt.global_step = 10
+    torch.manual_seed(4)
+    out = ramped.train_step(batch, opt)
+    assert float(out[keys.LOSS]) == pytest.approx(float(losses[0.0][keys.LOSS]) + 0.5 * float(out["entropy"]), rel=1e-5)
+    alone = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0), spec)
+    out = alone.train_step(batch, _Opt(alone.configure_optimizers()))
+    assert "entropy" not in out and alone.generator is None  # the labels-only baseline stays labels only
+    with pytest.raises(Exception):
+        SemiSupervisedGANConfig(entropy_weight=-0.1)
 
 
 def test_config_rejects_nonsense() -> None:

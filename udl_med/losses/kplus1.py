@@ -13,7 +13,12 @@ together, so fixing one loses nothing). With ``Z(x) = sum_k exp(l_k(x))``:
 - unsupervised loss on an unlabeled batch and a generated batch:
   ``-log D(x_unl) - log(1 - D(G(z)))`` = ``-lse(x_unl) + softplus(lse(x_unl)) +
   softplus(lse(G(z)))``, batch means, halved as in the reference code
-  (openai/improved-gan).
+  (openai/improved-gan);
+- optional conditional entropy of ``softmax(l)`` on the unlabeled batch (Dai, Yang, Yang,
+  Cohen & Salakhutdinov, "Good Semi-supervised Learning that Requires a Bad GAN",
+  NeurIPS 2017, https://arxiv.org/abs/1705.09783): it asks D to be confident on real
+  unlabeled items, so class boundaries move into the low-density regions that the
+  generated samples fill.
 """
 
 from __future__ import annotations
@@ -67,6 +72,11 @@ class KPlusOneLoss(nn.Module):
         if self.reduction == "none":
             return 0.5 * torch.cat([real_term, fake_term])
         return 0.5 * (_reduce(real_term, self.reduction) + _reduce(fake_term, self.reduction))
+
+    def conditional_entropy(self, logits: Tensor) -> Tensor:
+        """Entropy of ``p(y | x, real) = softmax(l)`` per item, logits ``(B, K)``: ``-sum_k p_k log p_k``."""
+        log_p = torch.log_softmax(logits.float(), dim=1)
+        return _reduce(-(log_p.exp() * log_p).sum(dim=1), self.reduction)
 
     def generator_loss(self, fake_logits: Tensor) -> Tensor:
         """Non-saturating generator loss ``-log D(G(z)) = softplus(-lse(G(z)))`` (used with minibatch discrimination)."""

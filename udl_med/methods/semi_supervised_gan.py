@@ -11,7 +11,10 @@ exp(l_k)``. One step (:mod:`udl_med.losses.kplus1`):
 - discriminator (optimizer ``discriminator``): cross-entropy on the labeled batch plus
   ``unsupervised_weight`` times ``0.5 * (-mean(lse(x_unl)) + mean(softplus(lse(x_unl)))
   + mean(softplus(lse(G(z)))))`` on the unlabeled batch and a generated batch of the
-  same size;
+  same size; plus ``entropy_weight`` times the conditional entropy of the class softmax on
+  the unlabeled batch when set (Dai et al. 2017, "Good Semi-supervised Learning that
+  Requires a Bad GAN": confident on real data, boundaries pushed into the low-density
+  regions the generator fills; 0, the paper's objective, by default);
 - generator (optimizer ``generator``): feature matching (default; the squared distance
   between the batch means of D's last hidden layer on the unlabeled batch and on
   ``G(z)``, best for classification in the paper) or ``non_saturating``
@@ -47,6 +50,7 @@ from udl_med.nets.kplus1 import KPlusOneDiscriminator
 
 DISCRIMINATOR = "discriminator"  # optimizer and submodule names
 GENERATOR = "generator"
+ENTROPY = "entropy"  # metric: conditional entropy of the class softmax on the unlabeled batch
 
 
 class SemiSupervisedGANConfig(MethodConfig):
@@ -63,7 +67,13 @@ class SemiSupervisedGANConfig(MethodConfig):
         g_channels: DCGAN generator channels (images); g_hidden: MLP generator hidden sizes (vectors).
         generator_objective: ``feature_matching`` or ``non_saturating``.
         minibatch_kernels, minibatch_kernel_dims: minibatch discrimination in D (0: off).
-        unsupervised_weight: weight of the unsupervised loss; 0 is the supervised-only baseline.
+        unsupervised_weight: weight of the unsupervised loss; 0 is the supervised-only baseline
+            (no generator, no unlabeled batch, ``entropy_weight`` unused).
+        entropy_weight: weight of the conditional entropy of ``p(y | x, real)`` on the
+            unlabeled batch (Dai et al. 2017); 0: Salimans' objective alone.
+        entropy_rampup_steps: the entropy weight grows linearly from 0 over this many
+            steps (0: full weight from the start), so that D is not asked to be confident
+            before the labels have shaped its classes.
         lr, g_lr, beta1: Adam (paper: 3e-3, beta1 0.5); ``g_lr`` defaults to ``lr``.
     """
 
@@ -82,6 +92,8 @@ class SemiSupervisedGANConfig(MethodConfig):
     minibatch_kernels: int = Field(0, ge=0)
     minibatch_kernel_dims: int = Field(5, ge=1)
     unsupervised_weight: float = Field(1.0, ge=0.0)
+    entropy_weight: float = Field(0.0, ge=0.0)
+    entropy_rampup_steps: int = Field(0, ge=0)
     lr: float = Field(3e-3, gt=0)
     g_lr: float | None = Field(None, gt=0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
@@ -187,6 +199,11 @@ class SemiSupervisedGAN(Method):
             logits_fake, _ = d.gan_logits(fake.detach())
         unsup = self.loss.discriminator_loss(logits_unl, logits_fake)
         loss_d = ce + c.unsupervised_weight * unsup
+        if c.entropy_weight > 0:
+            entropy = self.loss.conditional_entropy(logits_unl)  # the realness shift moves every logit alike: softmax unchanged
+            ramp = min(1.0, opt.global_step / c.entropy_rampup_steps) if c.entropy_rampup_steps else 1.0
+            loss_d = loss_d + c.entropy_weight * ramp * entropy
+            out[ENTROPY] = entropy.detach()
         opt.step(DISCRIMINATOR, loss_d)
         with opt.autocast():
             logits_gen, features_fake = d.gan_logits(fake)
