@@ -134,8 +134,11 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
         path: the CSV to write (its folder is created).
         rows: :class:`ImageRecord` s or mappings with an ``image`` key and any of the
             other columns (missing ones are left empty; unknown keys are an error).
-            An image inside the CSV's folder is written relative to it, any other as
-            an absolute path, so the manifest reads back with :func:`list_images`.
+            A record's path is taken as it stands (relative to the working directory,
+            as :func:`list_images` returns it); a mapping's relative ``image`` is relative
+            to the CSV's folder. An image inside the CSV's folder is written relative to
+            it, any other as an absolute path, so the manifest reads back with
+            :func:`list_images`.
         extra_columns: columns after those (e.g. :data:`udl_med.keys.SYNTHETIC_COLUMNS`
             of a synthetic data set, which the manifest reader accepts).
 
@@ -152,12 +155,14 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
     columns = (*keys.MANIFEST_COLUMNS, *extra_columns)
     writer.writerow(columns)
     for row in rows:
-        fields = {"image": row.path, "label": row.label, "modality": row.modality, "subject": row.subject, "split": row.split} if isinstance(row, ImageRecord) else dict(row)
+        record = isinstance(row, ImageRecord)
+        fields = {"image": row.path, "label": row.label, "modality": row.modality, "subject": row.subject, "split": row.split} if record else dict(row)
         unknown = [k for k in fields if k not in columns]
         if unknown or fields.get("image") in (None, ""):
             raise ValueError(f"manifest rows need 'image' and only the columns {columns}; got {sorted(fields)}")
         image = Path(fields["image"])
-        absolute = image if image.is_absolute() else (path.parent / image)
+        # a record's path is a usable path (relative to the working directory); a mapping's relative image is relative to the CSV
+        absolute = image if image.is_absolute() or record else (path.parent / image)
         try:
             fields["image"] = absolute.resolve().relative_to(base).as_posix()
         except ValueError:

@@ -170,7 +170,7 @@ def translate_path(
                 skipped += 1
                 continue
             outputs.append(result["output"])
-            rows.append({"image": result["output"], "modality": TARGET[result["direction"]], "subject": record.subject})
+            rows.append({"image": Path(result["output"]).resolve(), "modality": TARGET[result["direction"]], "subject": record.subject})
             translated += 1
         except (UserError, ValueError, RuntimeError, OSError) as err:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
