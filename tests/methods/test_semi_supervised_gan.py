@@ -14,6 +14,7 @@ from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probab
 from udl_med.methods.base import DataSpec
 from udl_med.methods.semi_supervised_gan import SemiSupervisedGAN, SemiSupervisedGANConfig
 from udl_med.nets.kplus1 import KPlusOneDiscriminator
+from tests.methods.multiscale_testkit import HandOpt
 
 # --- losses ---------------------------------------------------------------------------
 
@@ -111,27 +112,6 @@ def test_discriminator_arguments_are_checked() -> None:
 # --- method -----------------------------------------------------------------------------
 
 
-class _Opt:
-    """The engine's optimisation, reduced to what train_step uses."""
-
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-        self.global_step = 0
-        self.stepped: list[str] = []
-
-    def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=retain_graph)
-        opt.step()
-        self.stepped.append(name)
-
-    def autocast(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
 def _batch(spec: DataSpec, n: int = 4) -> dict[str, torch.Tensor]:
     shape = (spec.in_channels, *spec.image_size)
     return {
@@ -151,7 +131,7 @@ def test_train_step_updates_both_networks(spatial_dims: int, objective: str) -> 
         d_channels=(4, 8), g_channels=(8, 4), latent_dim=8, generator_objective=objective, minibatch_kernels=4 if objective == "non_saturating" else 0
     )
     method = SemiSupervisedGAN(config, spec)
-    opt = _Opt(method.configure_optimizers())
+    opt = HandOpt(method.configure_optimizers())
     before_d = [p.detach().clone() for p in method.discriminator.parameters()]
     before_g = [p.detach().clone() for p in method.generator.parameters()]
     out = method.train_step(_batch(spec), opt)
@@ -174,7 +154,7 @@ def test_supervised_only_has_no_generator_and_the_same_discriminator() -> None:
     alone = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0), spec)
     assert alone.generator is None and set(alone.configure_optimizers()) == {"discriminator"}
     assert {k: v.shape for k, v in alone.discriminator.state_dict().items()} == {k: v.shape for k, v in both.discriminator.state_dict().items()}
-    opt = _Opt(alone.configure_optimizers())
+    opt = HandOpt(alone.configure_optimizers())
     out = alone.train_step(_batch(spec), opt)
     assert opt.stepped == ["discriminator"] and keys.UNSUPERVISED not in out
 
@@ -187,7 +167,7 @@ def test_entropy_term_is_added_on_the_unlabeled_batch_only_with_the_gan() -> Non
         torch.manual_seed(3)
         method = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, entropy_weight=weight), spec)
         torch.manual_seed(4)
-        out = method.train_step(batch, _Opt(method.configure_optimizers()))
+        out = method.train_step(batch, HandOpt(method.configure_optimizers()))
         losses[weight] = out
     assert "entropy" not in losses[0.0]
     entropy = float(losses[2.0]["entropy"])
@@ -199,13 +179,13 @@ def test_entropy_term_is_added_on_the_unlabeled_batch_only_with_the_gan() -> Non
     ramped = SemiSupervisedGAN(
         SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, entropy_weight=2.0, entropy_rampup_steps=40), spec
     )
-    opt = _Opt(ramped.configure_optimizers())
+    opt = HandOpt(ramped.configure_optimizers())
     opt.global_step = 10
     torch.manual_seed(4)
     out = ramped.train_step(batch, opt)
     assert float(out[keys.LOSS]) == pytest.approx(float(losses[0.0][keys.LOSS]) + 0.5 * float(out["entropy"]), rel=1e-5)
     alone = SemiSupervisedGAN(SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0), spec)
-    out = alone.train_step(batch, _Opt(alone.configure_optimizers()))
+    out = alone.train_step(batch, HandOpt(alone.configure_optimizers()))
     assert "entropy" not in out and alone.generator is None  # the labels-only baseline stays labels only
     with pytest.raises(Exception):
         SemiSupervisedGANConfig(entropy_weight=-0.1)
