@@ -98,6 +98,7 @@ TRICKS = {
     "d_steps": {"d_steps": 3},
     "pack": {"pack": 2, "feature_matching": True},
     "conditional": {"conditional": True, "replay": 4},
+    "mixture_latent": {"latent_mixture": {"components": 4, "std_penalty": 0.1}, "conditional": True, "historical_averaging": 0.1},
 }
 
 
@@ -121,7 +122,7 @@ def test_every_loss_and_trick_steps_with_finite_losses(trick: str, spatial_dims:
     assert all(math.isfinite(v) for v in method.evaluate(random_batch(data)).values())
 
 
-@pytest.mark.parametrize("trick", ["non-saturating", "wgan-gp", "feature_matching", "minibatch", "vbn", "unrolled", "pack", "conditional"])
+@pytest.mark.parametrize("trick", ["non-saturating", "wgan-gp", "feature_matching", "minibatch", "vbn", "unrolled", "pack", "conditional", "mixture_latent"])
 def test_mlp_on_points_steps_and_samples_points(trick: str) -> None:
     torch.manual_seed(0)
     data = spec(0, num_classes=3)
@@ -133,7 +134,7 @@ def test_mlp_on_points_steps_and_samples_points(trick: str) -> None:
     method.eval()
     assert method.sample(5).shape == (5, 2)
     assert method.preview(random_batch(data))["samples"].shape[1] == 2
-    assert method.num_sample_classes() == (3 if trick == "conditional" else 0)
+    assert method.num_sample_classes() == (3 if trick in ("conditional", "mixture_latent") else 0)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -176,6 +177,49 @@ def test_d_steps_each_see_a_fresh_batch(feature_matching: bool) -> None:
     with pytest.raises(RuntimeError, match="batches_per_step"):
         driver.opt.begin_step(1, driver.draw, 0)  # an engine that gave no extra batch
         method.train_step(first, driver.opt)
+
+
+def test_mixture_latent_trains_with_g_and_its_penalty_widens_the_components() -> None:
+    """DeLiGAN: the means and sigmas are G's parameters; the std penalty pulls every sigma towards 1."""
+    torch.manual_seed(0)
+    data = spec(0)
+    method = build({**TINY_MLP, "latent_mixture": {"components": 3, "init_std": 0.2, "std_penalty": 100.0}, "lr": 0.05}, data)
+    latent = method.generator.latent
+    assert any(p is latent.means for p in method.configure_optimizers()["g"].param_groups[0]["params"])
+    means = latent.means.detach().clone()
+    driver = Driver(method, data)
+    for _ in range(10):
+        driver()
+    assert not torch.equal(latent.means, means)
+    assert (latent.log_std.exp() > 0.3).all()  # 0.2 at the start; Adam moves log sigma by about lr a step, up: the penalty dominates
+    # the fixed preview latents go through the current mixture
+    assert torch.allclose(method._fixed_latent(4), latent(method.fixed_z[:4], method.fixed_components[:4]))
+    first, again = method.eval().sample(5, torch.Generator().manual_seed(2)), method.sample(5, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again)
+
+
+def test_mixture_latent_is_kept_in_the_model_file_and_averaged_with_g(tmp_path: Path, tracking_uri: str) -> None:
+    from udl_med.data.memory import TensorItems
+    from udl_med.engine.model_io import load_model
+
+    torch.manual_seed(0)
+    points = torch.randn(64, 2)
+    config = {
+        "method": "gan",
+        "seed": 0,
+        "data": {"kind": "memory"},
+        "model": {**TINY_MLP, "latent_mixture": {"components": 5}},
+        "train": {"steps": 6, "batch_size": 8, "ema_decay": 0.9, "eval_every": 100, "checkpoint_every": 100},
+        "tracking": {"uri": tracking_uri, "experiment": "gan-tests", "log_model": False},
+        "output_dir": str(tmp_path / "run"),
+    }
+    report = train(config, datasets=(TensorItems(points), TensorItems(points[:16])))
+    method = load_model(report["model_dir"]).method
+    saved = torch.load(Path(report["model_dir"]) / keys.MODEL_FILE, weights_only=True)["state_dict"]
+    assert {"generator.latent.means", "generator.latent.log_std"} <= saved.keys()
+    assert not any(k.startswith("discriminator") for k in saved)
+    assert torch.equal(method.generator.latent.means, saved["generator.latent.means"])
+    assert method.sample(4, torch.Generator().manual_seed(0)).shape == (4, 2)
 
 
 # -- unrolling --------------------------------------------------------------------------
@@ -421,6 +465,8 @@ REFUSED = [
     ({"conditional": True, "pack": 2}, "model.pack"),
     ({"d_norm": "virtual_batch", "pack": 2}, "model.pack"),
     ({"pack": 0}, "model.pack"),
+    ({"g_norm": "virtual_batch", "latent_mixture": {"components": 10}}, "model.latent_mixture"),
+    ({"latent_mixture": {"components": 1}}, "model.latent_mixture.components"),
 ]
 
 

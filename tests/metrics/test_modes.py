@@ -43,6 +43,16 @@ def test_real_data_covers_every_mode() -> None:
         assert r.modes_covered == len(ds.centres)
         # 2D Gaussian: P(|x| <= 3 std) = 1 - exp(-4.5) = 0.989
         assert r.high_quality_fraction == pytest.approx(1 - np.exp(-4.5), abs=0.01)
+        # E[r^2 | r < 3] of a 2D standard Gaussian = 2 - 9 e^-4.5 / (1 - e^-4.5): spread 0.974
+        assert r.spread == pytest.approx(np.sqrt((2 - 9 * np.exp(-4.5) / (1 - np.exp(-4.5))) / 2), abs=0.03)
+
+
+def test_spread_tells_point_masses_from_a_mode_wide_cloud() -> None:
+    assert mode_coverage(RING[[0, 3, 5]], RING, STD).spread == 0.0
+    # every sample 2 std off its mode along x: per-coordinate RMS sqrt(4 / 2) = 1.41 std
+    r = mode_coverage(RING[[0, 3]] + torch.tensor([2 * STD, 0.0]), RING, STD)
+    assert r.spread == pytest.approx(np.sqrt(2.0))
+    assert np.isnan(mode_coverage(torch.tensor([[9.0, 9.0]]), RING, STD).spread)
 
 
 def test_bad_inputs_raise_value_error() -> None:

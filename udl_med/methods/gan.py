@@ -9,7 +9,9 @@ batch norm, historical averaging and one-sided label smoothing, Salimans et al. 
 "Improved Techniques for Training GANs" (https://arxiv.org/abs/1606.03498); unrolled
 GAN, Metz et al. 2017 (https://arxiv.org/abs/1611.02163); experience replay,
 Shrivastava et al. 2017 (https://arxiv.org/abs/1612.07828); conditional GAN, Mirza and
-Osindero 2014 (https://arxiv.org/abs/1411.1784). The facts and defaults collected from
+Osindero 2014 (https://arxiv.org/abs/1411.1784); PacGAN, Lin et al. 2018
+(https://arxiv.org/abs/1712.04086); DeLiGAN's mixture latent, Gurumurthy et al. 2017
+(https://arxiv.org/abs/1706.02071). The facts and defaults collected from
 the papers are in ``shared/research/gans.md``.
 """
 
@@ -92,6 +94,14 @@ class UnrolledConfig(MethodConfig):
     )
 
 
+class LatentMixtureConfig(MethodConfig):
+    """``model.latent_mixture``: z from N learned Gaussian components instead of N(0, I) (DeLiGAN, Gurumurthy et al. 2017)."""
+
+    components: int = Field(50, ge=2, description="N, components drawn with equal probability (DeLiGAN: 50)")
+    init_std: float = Field(0.2, gt=0.0, description="every component's sigma at the start (DeLiGAN: 0.2)")
+    std_penalty: float = Field(0.0, ge=0.0, description="lambda of DeLiGAN's (1/N) sum ||1 - sigma_i||^2 in G's loss (0: off)")
+
+
 def _refuse(key: str, problem: str, value: Any) -> ValidationError:
     """A validation error located at ``key`` (so the engine reports ``FILE: model.KEY: problem``)."""
     error = PydanticCustomError("refused_combination", problem)
@@ -109,6 +119,7 @@ class GANConfig(MethodConfig):
 
     architecture: Literal["dcgan", "mlp"] = Field("dcgan", description="convolutional DCGAN nets, or MLPs (points, flattened images)")
     latent_dim: int = Field(100, ge=1, description="dimension of z ~ N(0, I)")
+    latent_mixture: LatentMixtureConfig | None = Field(None, description="z from a learned Gaussian mixture (DeLiGAN); null: N(0, I)")
     g_channels: tuple[int, ...] | None = Field(None, min_length=1, description="DCGAN generator channels (null: the net's default)")
     d_channels: tuple[int, ...] | None = Field(None, min_length=1, description="DCGAN discriminator channels (null: the net's default)")
     g_hidden: tuple[int, ...] = Field((128, 128), min_length=1, description="MLP generator hidden sizes")
@@ -204,6 +215,8 @@ class GANConfig(MethodConfig):
                 raise _refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
             if self.d_norm == "virtual_batch":
                 raise _refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
+        if self.latent_mixture is not None and self.g_norm == "virtual_batch":
+            raise _refuse("latent_mixture", "virtual batch norm in G fixes its reference z once, but a learned mixture latent moves; use g_norm batch, instance, layer or none", self.latent_mixture.model_dump())
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
             raise _refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
@@ -370,7 +383,10 @@ class GAN(Method):
 
     Code names and the papers' symbols::
 
-        z                     z ~ N(0, I) of dimension latent_dim
+        z                     z ~ N(0, I) of dimension latent_dim; with latent_mixture
+                              z = mu_c + sigma_c * eps, c uniform over N learned components,
+                              eps ~ N(0, I), std_penalty lambda of (1/N) sum ||1 - sigma_i||^2
+                              (DeLiGAN, Gurumurthy et al. 2017, section 3)
         generator             G(z[, y]); DCGANGenerator or MLPGenerator
         discriminator         D(x[, y]) -> raw scores (logits; the critic f_w for WGAN)
         loss                  minimax: G minimises E log(1 - D(G(z))) (Goodfellow eq. 1)
@@ -452,7 +468,10 @@ class GAN(Method):
             self.discriminator.set_reference(torch.zeros(r, *self.item_shape), placeholder_labels)
         fixed = torch.Generator().manual_seed(_FIXED_SEED)
         n_fixed = PREVIEW_POINTS if self.points else PREVIEW_IMAGES
+        # the fixed noise of previews and evaluation; with a mixture latent, eps and the components (z = mu_c + sigma_c eps)
         self.register_buffer("fixed_z", torch.randn(n_fixed, config.latent_dim, generator=fixed), persistent=False)
+        components = torch.randint(config.latent_mixture.components, (n_fixed,), generator=fixed) if config.latent_mixture else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("fixed_components", components, persistent=False)
         labels = torch.arange(n_fixed) % self.num_classes if self.num_classes else torch.zeros(0, dtype=torch.long)
         self.register_buffer("fixed_labels", labels, persistent=False)
 
@@ -478,7 +497,7 @@ class GAN(Method):
             )
             d = MLPDiscriminator(features * config.pack, hidden=config.d_hidden, out_features=1, **d_kwargs)
             d_flat = _Flat(d, (config.pack * self.item_shape[0], *self.item_shape[1:]), "discriminator")
-            return _Flat(g, self.item_shape, "generator"), (_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
+            return self._with_latent(_Flat(g, self.item_shape, "generator")), (_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
         from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
         dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
@@ -500,7 +519,16 @@ class GAN(Method):
             )
         except ValueError as err:
             raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
-        return g, (_Packed(d, config.pack) if config.pack > 1 else d)
+        return self._with_latent(g), (_Packed(d, config.pack) if config.pack > 1 else d)
+
+    def _with_latent(self, g: nn.Module) -> nn.Module:
+        """G, or G together with its learned mixture latent (``model.latent_mixture``): one module to train, average and save."""
+        mixture = self.config.latent_mixture
+        if mixture is None:
+            return g
+        from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator
+
+        return MixtureLatentGenerator(g, MixtureLatent(self.config.latent_dim, mixture.components, init_std=mixture.init_std))
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -546,7 +574,16 @@ class GAN(Method):
         return x, labels
 
     def _z(self, n: int, device: torch.device) -> Tensor:
+        """``n`` latents from the global RNG: N(0, I), or the learned mixture (differentiable in its parameters)."""
+        if self.config.latent_mixture is not None:
+            return self.generator.latent.draw(n)
         return torch.randn(n, self.config.latent_dim, device=device)
+
+    def _fixed_latent(self, n: int) -> Tensor:
+        """The first ``n`` fixed latents of previews and evaluation (through the current mixture, if any)."""
+        if self.config.latent_mixture is not None:
+            return self.generator.latent(self.fixed_z[:n], self.fixed_components[:n])
+        return self.fixed_z[:n]
 
     def _scores(self, d: Critic, real: Tensor, fake: Tensor, real_labels: Tensor | None, fake_labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """D's scores of real and fake: one joint batch or two separate ones (``batch_norm_batches``)."""
@@ -655,6 +692,8 @@ class GAN(Method):
             loss_g = self.generator_loss(last_real, last_labels, fm_batch, opt.optimizer("d"))
             if cfg.historical_averaging > 0:
                 loss_g = loss_g + cfg.historical_averaging * self.g_average.penalty(self.generator)
+            if cfg.latent_mixture is not None and cfg.latent_mixture.std_penalty > 0:
+                loss_g = loss_g + cfg.latent_mixture.std_penalty * self.generator.latent.std_penalty()
         opt.step("g", loss_g)
         set_requires_grad([self.discriminator], True)
         if cfg.historical_averaging > 0:
@@ -722,7 +761,7 @@ class GAN(Method):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
-        """``n`` samples ``G(z[, label])``, z ~ N(0, I) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
+        """``n`` samples ``G(z[, label])``, z ~ N(0, I) (or the learned mixture) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
 
         A conditional model draws class ``label`` (uniform random classes when None).
 
@@ -730,7 +769,10 @@ class GAN(Method):
             ValueError: ``label`` given to an unconditional model, or out of range.
         """
         device = self.fixed_z.device
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
+        if self.config.latent_mixture is not None:
+            z = self.generator.latent.draw(n, generator)
+        else:
+            z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
         labels = None
         if self.num_classes:
             if label is None:
@@ -746,7 +788,7 @@ class GAN(Method):
     @torch.no_grad()
     def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Samples from the fixed z (and labels 0, 1, ... in turn): an image grid, or a point cloud ``(N, 2)``."""
-        out = {"samples": self._generate(self.fixed_z, self.fixed_labels if self.num_classes else None)}
+        out = {"samples": self._generate(self._fixed_latent(self.fixed_z.shape[0]), self.fixed_labels if self.num_classes else None)}
         if self.points:
             out["real"] = batch[keys.IMAGE].float()
         return out
@@ -761,7 +803,7 @@ class GAN(Method):
             return {}
         n = min(real.shape[0], self.fixed_z.shape[0] - self.fixed_z.shape[0] % self.config.pack)
         fake_labels = labels[:n] if labels is not None else None
-        fake = self._generate(self.fixed_z[:n], fake_labels)
+        fake = self._generate(self._fixed_latent(n), fake_labels)
         real_scores = self.discriminator(real, labels).float()
         fake_scores = self.discriminator(fake, fake_labels).float()
         out = {keys.D_REAL: float(real_scores.mean()), keys.D_FAKE: float(fake_scores.mean())}

@@ -1,0 +1,94 @@
+"""A learned Gaussian-mixture latent for GAN generators (DeLiGAN, Gurumurthy et al. 2017).
+
+DeLiGAN: "Generative Adversarial Networks for Diverse and Limited Data", CVPR 2017
+(https://arxiv.org/abs/1706.02071). The latent is ``z = mu_c + sigma_c * eps`` with ``c``
+drawn uniformly among ``N`` components and ``eps ~ N(0, I)``; the means and standard
+deviations are trained with the generator through this reparameterisation.
+
+Why: a continuous G fed one connected Gaussian z must map it onto separate modes, and puts
+mass on the bridges between them until it has trained long enough to make steep
+transitions. With a mixture, the transitions can fall in the gaps between components,
+where z has almost no mass. DeLiGAN keeps the standard deviations from collapsing with
+the penalty ``lambda / N * sum_i ||1 - sigma_i||^2`` (:meth:`MixtureLatent.std_penalty`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class MixtureLatent(nn.Module):
+    """``N`` learned Gaussian components in ``latent_dim`` dimensions, drawn with equal probability.
+
+    Args:
+        latent_dim: size of z.
+        components: N.
+        init_std: every sigma at the start (DeLiGAN: 0.2).
+        init_range: means start uniform in ``[-init_range, init_range]`` (DeLiGAN: 1).
+
+    Raises:
+        ValueError: a bad argument, naming it.
+    """
+
+    def __init__(self, latent_dim: int, components: int, init_std: float = 0.2, init_range: float = 1.0) -> None:
+        super().__init__()
+        if latent_dim < 1 or components < 1:
+            raise ValueError(f"latent_dim and components must be >= 1, got {latent_dim} and {components}")
+        if init_std <= 0 or init_range <= 0:
+            raise ValueError(f"init_std and init_range must be > 0, got {init_std} and {init_range}")
+        self.means = nn.Parameter(torch.empty(components, latent_dim).uniform_(-init_range, init_range))
+        self.log_std = nn.Parameter(torch.full((components, latent_dim), math.log(init_std)))
+
+    @property
+    def components(self) -> int:
+        return self.means.shape[0]
+
+    def forward(self, eps: Tensor, component: Tensor) -> Tensor:
+        """``mu_c + sigma_c * eps`` for noise ``eps (B, latent_dim)`` and component indices ``component (B,)``."""
+        return self.means[component] + self.log_std.exp()[component] * eps
+
+    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(eps, component)`` for ``n`` draws on the CPU from ``generator`` (the global RNG when None)."""
+        component = torch.randint(self.components, (n,), generator=generator)
+        eps = torch.randn(n, self.means.shape[1], generator=generator)
+        return eps, component
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` latents ``(n, latent_dim)`` on the parameters' device, differentiable in the means and sigmas.
+
+        Without ``generator`` the noise is drawn on that device from its global RNG
+        (the training path: no host-device copy per step).
+        """
+        device = self.means.device
+        if generator is None:
+            component = torch.randint(self.components, (n,), device=device)
+            eps = torch.randn(n, self.means.shape[1], device=device)
+        else:
+            eps, component = self.draw_noise(n, generator)
+            eps, component = eps.to(device), component.to(device)
+        return self(eps, component)
+
+    def std_penalty(self) -> Tensor:
+        """DeLiGAN's ``1/N * sum_i ||1 - sigma_i||^2``: keeps the components from shrinking to points."""
+        return ((1.0 - self.log_std.exp()) ** 2).sum(dim=1).mean()
+
+
+class MixtureLatentGenerator(nn.Module):
+    """A generator together with its learned latent, so that both train, average and save as one module.
+
+    ``forward(z, labels)`` is the wrapped generator's; :attr:`latent` draws the z it takes.
+    """
+
+    def __init__(self, net: nn.Module, latent: MixtureLatent) -> None:
+        super().__init__()
+        self.net = net
+        self.latent = latent
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(z, labels)
+
+
+__all__ = ["MixtureLatent", "MixtureLatentGenerator"]
