@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import multiprocessing
 import os
 import statistics
@@ -173,7 +174,7 @@ def summarise(results: list[dict[str, Any]], seeds: int) -> list[dict[str, Any]]
             n_modes = runs[0]["n_modes"]
             modes = [float(r["modes"]) for r in runs]
             hq = [r["hq_pct"] for r in runs]
-            spread = [r["hq_spread"] for r in runs if "hq_spread" in r and r["hq_spread"] == r["hq_spread"]]
+            spread = [r["hq_spread"] for r in runs if not math.isnan(r.get("hq_spread", math.nan))]  # nan: no high-quality sample
             means[(mixture, method)] = {
                 "modes": statistics.fmean(modes),
                 "modes_std": statistics.pstdev(modes),

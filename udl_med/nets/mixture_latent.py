@@ -50,12 +50,6 @@ class MixtureLatent(nn.Module):
         """``mu_c + sigma_c * eps`` for noise ``eps (B, latent_dim)`` and component indices ``component (B,)``."""
         return self.means[component] + self.log_std.exp()[component] * eps
 
-    def draw_noise(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(eps, component)`` for ``n`` draws on the CPU from ``generator`` (the global RNG when None)."""
-        component = torch.randint(self.components, (n,), generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator)
-        return eps, component
-
     def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` latents ``(n, latent_dim)`` on the parameters' device, differentiable in the means and sigmas.
 
@@ -63,12 +57,9 @@ class MixtureLatent(nn.Module):
         (the training path: no host-device copy per step).
         """
         device = self.means.device
-        if generator is None:
-            component = torch.randint(self.components, (n,), device=device)
-            eps = torch.randn(n, self.means.shape[1], device=device)
-        else:
-            eps, component = self.draw_noise(n, generator)
-            eps, component = eps.to(device), component.to(device)
+        where = {"device": device} if generator is None else {"generator": generator}  # a torch.Generator draws on the CPU
+        component = torch.randint(self.components, (n,), **where).to(device)
+        eps = torch.randn(n, self.means.shape[1], **where).to(device)
         return self(eps, component)
 
     def std_penalty(self) -> Tensor:
