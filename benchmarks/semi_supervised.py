@@ -121,11 +121,11 @@ def digits_case(seeds: int, steps: int, workdir: Path, model: dict | None = None
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=500, random_state=0, stratify=y)
     test_set = TensorItems(x_test, y_test)
     errors: dict[str, list[float]] = {k: [] for k in ("kplus1", "supervised_only", "label_spreading", "self_training", "all_labels")}
+    model = model or DIGITS_MODEL
     for seed in range(seeds):
         start = time.perf_counter()
         labeled = _choose(y_train, np.arange(len(y_train)), 10, seed)
         train_set = SemiSupervisedItems(TensorItems(x_train[labeled], y_train[labeled]), TensorItems(x_train), 10)
-        model = model or DIGITS_MODEL
         errors["kplus1"].append(_train_error(model, train_set, test_set, steps, seed, workdir, f"digits-kplus1-{seed}", 100))
         supervised = {**model, "unsupervised_weight": 0.0}
         errors["supervised_only"].append(_train_error(supervised, train_set, test_set, steps, seed, workdir, f"digits-sup-{seed}", 100))
@@ -146,18 +146,13 @@ def digits_case(seeds: int, steps: int, workdir: Path, model: dict | None = None
 
 def phantom_case(seeds: int, steps: int, per_class: int, n_train: int, n_test: int, workdir: Path, model: dict | None = None) -> dict[str, list[float]]:
     from udl_med.data.memory import TensorItems
-    from udl_med.data.phantoms import write_phantoms
     from udl_med.data.semi_supervised import SemiSupervisedItems
-    from udl_med.engine.pipeline import select_step
-    from udl_med.evaluation.probe_items import probe_items
+    from udl_med.evaluation.probe_items import phantom_ct_probe_items
 
     spec = {"layout": "2d", "size": PHANTOM_CROP, "slice_axis": 2, "ct_window": PHANTOM_WINDOW}
-    sets = {}
-    for name, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        written = write_phantoms(workdir / f"phantoms-{name}", n=n, shape=(64, 64, 16), seed=seed)
-        ct = select_step(written["manifest"], str(workdir / f"{name}-ct.csv"), modality="CT")["manifest"]
-        sets[name] = probe_items(ct, spec, roi="liver")
-    train, test = sets["train"], sets["test"]
+    train = phantom_ct_probe_items(workdir / "phantoms-train", n_train, 0, spec)
+    test = phantom_ct_probe_items(workdir / "phantoms-test", n_test, 1, spec)
+    model = model or PHANTOM_MODEL
     test_set = TensorItems(test.items, test.labels)
     counts = np.bincount(test.labels)
     errors: dict[str, list[float]] = {"kplus1": [], "supervised_only": [], "majority_class": [float(1 - counts.max() / counts.sum())]}
@@ -165,7 +160,6 @@ def phantom_case(seeds: int, steps: int, per_class: int, n_train: int, n_test: i
         start = time.perf_counter()
         labeled = _choose(train.labels, train.subjects, per_class, seed)
         train_set = SemiSupervisedItems(TensorItems(train.items[labeled], train.labels[labeled]), TensorItems(train.items), 3)
-        model = model or PHANTOM_MODEL
         errors["kplus1"].append(_train_error(model, train_set, test_set, steps, seed, workdir, f"phantoms-kplus1-{seed}", 32))
         supervised = {**model, "unsupervised_weight": 0.0}
         errors["supervised_only"].append(_train_error(supervised, train_set, test_set, steps, seed, workdir, f"phantoms-sup-{seed}", 32))

@@ -255,17 +255,13 @@ def liver_crops(workdir: Path, n: int = 24) -> tuple[Any, Any]:
     """
     import numpy as np
 
-    from udl_med.data.phantoms import write_phantoms
-    from udl_med.engine.pipeline import select_step
-    from udl_med.evaluation.probe_items import probe_items
+    from udl_med.evaluation.probe_items import phantom_ct_probe_items
     from udl_med.evaluation.utility import LabeledItems
 
     spec = {"layout": "2d", "size": CROP_SIZE, "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
     out = []
     for name, seed, prefix in (("train", 0, ""), ("heldout", 1, "heldout-")):
-        written = write_phantoms(workdir / f"crops-{name}", n=n, shape=(64, 64, 16), seed=seed)
-        ct = select_step(written["manifest"], str(workdir / f"crops-{name}-ct.csv"), modality="CT")["manifest"]
-        items = probe_items(ct, spec, roi="liver")
+        items = phantom_ct_probe_items(workdir / f"crops-{name}", n, seed, spec)
         out.append(LabeledItems(items.items.float(), items.labels, np.char.add(prefix, items.subjects.astype(str))))
     return out[0], out[1]
 
@@ -333,7 +329,7 @@ def utility_case(
                 save_grid(torch.cat([fake[c * per_class : c * per_class + 8] for c in range(3)]), grids / f"utility_{name}_crops.png", nrow=8)
             labels = np.repeat(np.arange(3), per_class)
             synthetic = LabeledItems(fake, labels, np.asarray([f"syn{i}" for i in range(len(labels))]))
-            first = "real" not in per or len(per["real"]["balanced_accuracy"]) <= i
+            first = name == names[0]  # the real arm depends on the seed alone: trained with the first generator
             arms = ("real", "real_plus_synthetic", "synthetic") if first else ("real_plus_synthetic", "synthetic")
             util = utility_tensors(real, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=arms)
             if first:
@@ -488,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--only-planted", action="store_true", help="only the planted-copies check of the memorisation rule")
     parser.add_argument("--generators", nargs="+", default=None, choices=sorted(GENERATORS_2D), help="only these 2D generators (FID comparison rows need all)")
-    parser.add_argument("--only-utility", action="store_true", help="only the utility case on liver-centred crops (about 10 minutes)")
+    parser.add_argument("--only-utility", action="store_true", help="only the utility case on liver-centred crops (minutes: see the module docstring)")
     parser.add_argument("--utility-steps", type=int, default=1500, help="training steps of every utility-case generator")
     parser.add_argument("--utility-per-class", type=int, default=120, help="synthetic crops per class in the utility case")
     parser.add_argument("--utility-classifier-steps", type=int, default=200, help="classifier steps of every utility arm")

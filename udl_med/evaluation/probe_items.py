@@ -25,7 +25,7 @@ from torch import Tensor
 from udl_med import keys
 from udl_med.errors import InputError, UserError
 
-__all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "probe_items"]
+__all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "phantom_ct_probe_items", "probe_items"]
 
 LABEL_MAP_NAME = "tissue.nii.gz"  # the phantoms' label map, beside ct.nii.gz / mr.nii.gz
 ROI_CHOICES = ("auto", "liver", "whole")
@@ -150,3 +150,18 @@ def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto",
         roi=use_roi,
         parts=parts if use_roi == "whole" else None,
     )
+
+
+def phantom_ct_probe_items(folder: str | Path, n: int, seed: int, input_spec: dict[str, Any], roi: str = "liver") -> ProbeItems:
+    """Write ``n`` CT/MR phantoms (64 x 64 x 16) of ``seed`` to ``folder`` and cut their CT images into probe items.
+
+    The labeled items of the K+1 and synthesis benchmarks: with ``roi: liver`` every slice
+    through the liver, cropped around it (``input_spec`` sets the size and the CT window).
+    """
+    from udl_med.data.phantoms import write_phantoms
+    from udl_med.engine.pipeline import select_step
+
+    folder = Path(folder)
+    written = write_phantoms(folder, n=n, shape=(64, 64, 16), seed=seed)
+    ct = select_step(written["manifest"], str(folder / "ct.csv"), modality="CT")["manifest"]
+    return probe_items(ct, input_spec, roi=roi)
