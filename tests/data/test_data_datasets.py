@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from udl_med import keys
 from udl_med.data.config import DataConfig
-from udl_med.data.datasets import FOREGROUND_LEVEL, build_dataset, data_spec, volume_transform
+from udl_med.data.datasets import FOREGROUND_LEVEL, build_dataset, data_spec
+from udl_med.data.transforms import volume_transform
 from udl_med.data.io import read_image
 from udl_med.data.normalize import normalize
 from udl_med.errors import InputError

@@ -2,7 +2,7 @@
 
 The volumes are read, normalised into [-1, 1] (``udl_med.data.normalize``), padded with
 background to at least the item size and re-laid out so the slice axis comes first, by
-a deterministic MONAI transform chain; a MONAI ``CacheDataset`` keeps the result in
+the deterministic MONAI transform chain of :mod:`udl_med.data.transforms`; a MONAI ``CacheDataset`` keeps the result in
 memory (``cache: true``), a plain MONAI ``Dataset`` re-reads it for every item
 (``cache: false``). The list of foreground slices (at least ``foreground_fraction``
 of the voxels above ``FOREGROUND_LEVEL``) is made once when the dataset is built, so
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +29,16 @@ import torch
 import torch.nn.functional as F
 from monai.data import CacheDataset
 from monai.data import Dataset as MonaiDataset
-from monai.transforms import Compose, MapTransform, SpatialPad
 from torch.utils.data import Dataset
 
 from udl_med import keys
 from udl_med.data.config import DataConfig
+from udl_med.data.geometry import Geometry
 from udl_med.data.io import ImageRecord, list_images, read_image
-from udl_med.data.normalize import NormalizeModalityd
-from udl_med.errors import ConfigError, InputError, UserError
+from udl_med.data.semi_supervised import SemiSupervisedItems, manifest_file, semi_supervised_records, subject_of
+from udl_med.data.spec import DataSpec, TrainingGeometry
+from udl_med.data.transforms import unwrap_user_error, volume_transform
+from udl_med.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -44,112 +46,7 @@ FOREGROUND_LEVEL = -0.8  # normalised intensity above which a voxel counts as fo
 _SUBJECT = "subject"
 _INDEX = "index"
 
-__all__ = ["build_dataset", "data_spec", "UdlDataset", "FOREGROUND_LEVEL", "volume_transform"]
-
-
-# --- volume preparation (deterministic, cached) --------------------------------------
-
-
-class ReadImaged(MapTransform):
-    """Dictionary transform: :func:`udl_med.data.io.read_image` on ``keys``; fills ``modality``.
-
-    The manifest's modality wins over the file's; a file that says otherwise is an error.
-    """
-
-    def __init__(self, keys_: Sequence[str] | str = keys.IMAGE, modality_key: str = keys.MODALITY) -> None:
-        super().__init__(keys_)
-        self.modality_key = modality_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            image = read_image(d[key])
-            listed, found = d.get(self.modality_key), image.meta.get("modality")
-            if listed and found and listed != found:
-                raise InputError(d[key], f"the manifest says modality {listed} but the file says {found}")
-            d[self.modality_key] = listed or found or ""
-            d[key] = image
-        return d
-
-
-class SliceFirstd(MapTransform):
-    """Dictionary transform: ``(1, X, Y, Z)`` -> plain ``(S, P, Q)`` float32 with the slice axis first.
-
-    For 3D items (``slice_axis=None``) the volume stays ``(1, X, Y, Z)`` as a plain tensor.
-    """
-
-    def __init__(self, keys_: Sequence[str] | str, slice_axis: int | None) -> None:
-        super().__init__(keys_)
-        self.slice_axis = slice_axis
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key]
-            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-            if self.slice_axis is not None:
-                if x.ndim == 3:  # a 2D image is one slice
-                    x = x[..., None]
-                spatial = [1, 2, 3]
-                axis = 1 + self.slice_axis
-                spatial.remove(axis)
-                x = x[0].permute(axis - 1, spatial[0] - 1, spatial[1] - 1)
-            d[key] = x.to(torch.float32).contiguous()
-        return d
-
-
-class _Chain(Compose):
-    """A ``Compose`` whose bad-input errors come out as themselves, not wrapped by MONAI."""
-
-    def __call__(self, data: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().__call__(data, *args, **kwargs)
-        except RuntimeError as err:
-            user = _user_error(err)
-            if user is None:
-                raise
-            raise user from None
-
-
-def volume_transform(cfg: DataConfig) -> Compose:
-    """The deterministic chain from a record dict to a normalised, padded, slice-first volume.
-
-    Input ``{image: path, modality: "CT" | "MR" | ""}``; output ``image`` as a plain
-    float32 tensor ``(S, P, Q)`` (slice axis first) for 2D/2.5D, ``(1, X, Y, Z)`` for 3D.
-    Bad inputs raise :class:`~udl_med.errors.InputError` (not MONAI's RuntimeError).
-    """
-    if cfg.layout == "3d":
-        pad_size: list[int] = list(cfg.size)
-    else:
-        pad_size = [-1, -1, -1]
-        others = [a for a in range(3) if a != cfg.slice_axis]
-        for a, s in zip(others, cfg.size):
-            pad_size[a] = s
-    chain = [
-        ReadImaged(keys.IMAGE),
-        NormalizeModalityd(keys.IMAGE, ct_window=cfg.ct_window, mr_percentiles=cfg.mr_percentiles, modality_key=keys.MODALITY),
-    ]
-    if cfg.crop != "resize":
-        chain.append(_PadIfNeededd(keys.IMAGE, pad_size))
-    chain.append(SliceFirstd(keys.IMAGE, None if cfg.layout == "3d" else cfg.slice_axis))
-    return _Chain(chain)
-
-
-class _PadIfNeededd(MapTransform):
-    """Pad with background (-1) to at least ``size`` (-1 keeps an axis); 2D images gain a slice axis."""
-
-    def __init__(self, keys_: Sequence[str] | str, size: Sequence[int]) -> None:
-        super().__init__(keys_)
-        self.size = list(size)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            x = d[key]
-            size = self.size[: x.ndim - 1]
-            if any(s > n for s, n in zip(size, x.shape[1:])):
-                d[key] = SpatialPad(spatial_size=[max(s, n) for s, n in zip(size, x.shape[1:])], value=-1.0)(x)
-        return d
+__all__ = ["build_dataset", "data_spec", "training_geometry", "UdlDataset", "FOREGROUND_LEVEL"]
 
 
 # --- datasets ------------------------------------------------------------------------
@@ -371,16 +268,6 @@ def _select(records: list[ImageRecord], cfg: DataConfig, split: str | None) -> l
     return records
 
 
-def _user_error(err: BaseException) -> UserError | None:
-    """The udl-med user error MONAI's ``apply_transform`` wrapped in a RuntimeError, if any."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, UserError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 class _Unwrapped(Dataset):
     """Re-raise bad-input errors from inside MONAI's transform machinery as themselves."""
 
@@ -394,7 +281,7 @@ class _Unwrapped(Dataset):
         try:
             return self.base[i]
         except RuntimeError as err:
-            user = _user_error(err)
+            user = unwrap_user_error(err)
             if user is None:
                 raise
             raise user from None
@@ -411,7 +298,7 @@ def _build_base(cfg: DataConfig, records: list[ImageRecord]) -> Dataset:
     try:
         return _Unwrapped(CacheDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False, copy_cache=False))
     except RuntimeError as err:
-        user = _user_error(err)
+        user = unwrap_user_error(err)
         if user is None:
             raise
         raise user from None
@@ -451,6 +338,32 @@ def _halves(cts: list[_Volume], mrs: list[_Volume]) -> tuple[list[_Volume], list
     return [v for v in cts if v.record.subject not in mr_only], [v for v in mrs if v.record.subject not in ct_only]
 
 
+def _semi_supervised_dataset(cfg: DataConfig, split: str | None) -> Dataset:
+    """The training set (``split == cfg.split``) or the labeled evaluation set of a semi-supervised run."""
+    records, labeled_records, k = semi_supervised_records(cfg, list_images(cfg.source), split)
+    where = manifest_file(cfg.source)
+    base = _build_base(cfg, records)
+    volumes = _scan(cfg, base, records)
+    labeled_ids = {id(r) for r in labeled_records}
+    lab_volumes = [v for v in volumes if id(v.record) in labeled_ids]
+    if not lab_volumes:
+        raise InputError(where, f"no labeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
+    labeled = ImageDataset(cfg.model_copy(update={"labeled": True}), base, lab_volumes, k)
+    if split != cfg.split:
+        log.info("%s split %r: %d labeled evaluation items", cfg.source, split, len(labeled))
+        return labeled
+    unl_volumes = [v for v in volumes if id(v.record) not in labeled_ids]
+    if not unl_volumes:
+        raise InputError(where, f"no unlabeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
+    unlabeled = ImageDataset(cfg.model_copy(update={"labeled": False}), base, unl_volumes, k)
+    n_subjects = len({subject_of(v.record) for v in lab_volumes})
+    log.info(
+        "%s split %r: %d unlabeled items, %d labeled items from %d subjects (%d classes)",
+        cfg.source, split, len(unlabeled), len(labeled), n_subjects, k,
+    )
+    return SemiSupervisedItems(labeled, unlabeled, k)
+
+
 def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = None) -> UdlDataset:
     """The torch Dataset of dict items the ``data:`` section describes.
 
@@ -471,9 +384,7 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
         ConfigError: a config that cannot fit the data.
     """
     if cfg.semi_supervised:  # labeled + unlabeled items (udl_med.data.semi_supervised)
-        from udl_med.data.semi_supervised import build_semi_supervised
-
-        return build_semi_supervised(cfg, split)
+        return _semi_supervised_dataset(cfg, split)
     all_records = list_images(cfg.source)
     num_classes = 0
     if cfg.labeled:
@@ -526,13 +437,49 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     return dataset
 
 
-def data_spec(cfg: DataConfig, dataset: Dataset):
-    """The :class:`~udl_med.methods.base.DataSpec` a method is built with."""
-    from udl_med.methods.base import DataSpec
+def scan_volumes(dataset: Dataset) -> list[_Volume]:
+    """The prepared volumes behind a scan dataset (both sides of semi-supervised items); [] for others."""
+    if isinstance(dataset, UdlDataset):
+        return list(dataset.volumes)
+    if isinstance(dataset, SemiSupervisedItems):
+        return [v for part in (dataset.unlabeled, dataset.labeled) for v in scan_volumes(part)]
+    return []
 
+
+def training_geometry(cfg: DataConfig, dataset: Dataset) -> TrainingGeometry | None:
+    """The geometry a model trained on ``dataset`` keeps (None: not a scan dataset).
+
+    Spacing and direction are those of the first training image (its header is read once
+    here, at training time); the modality is the one every training image has (None when
+    they mix CT and MR, or say nothing).
+    """
+    volumes = scan_volumes(dataset)
+    if not volumes:
+        return None
+    geometry = Geometry.from_meta(read_image(volumes[0].record.path).meta) or Geometry.identity(3)
+    n = geometry.ndim
+    spacing = (tuple(geometry.spacing) + (1.0, 1.0, 1.0))[:3]
+    direction = np.eye(3)
+    direction[:n, :n] = geometry.direction_matrix[:3, :3]
+    modalities = {v.modality for v in volumes}
+    modality = modalities.pop() if len(modalities) == 1 and "" not in modalities else None
+    return TrainingGeometry(
+        spacing=spacing,
+        direction=tuple(float(v) for v in direction.ravel()),
+        item_size=tuple(cfg.size),
+        slice_axis=None if cfg.layout == "3d" else cfg.slice_axis,
+        modality=cfg.modality or modality,
+        ct_window=tuple(cfg.ct_window),
+        mr_percentiles=tuple(cfg.mr_percentiles),
+    )
+
+
+def data_spec(cfg: DataConfig, dataset: Dataset) -> DataSpec:
+    """The :class:`~udl_med.data.spec.DataSpec` a method is built with, with the training geometry."""
     return DataSpec(
         spatial_dims=cfg.spatial_dims,
         in_channels=cfg.in_channels,
         image_size=tuple(cfg.size),
         num_classes=int(getattr(dataset, "num_classes", 0)),
+        geometry=training_geometry(cfg, dataset),
     )

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from udl_med import keys
+from udl_med.data.spec import DataSpec
 
 
 class TensorItems(Dataset):
@@ -103,14 +104,12 @@ class TranslationItems(Dataset):
         return {keys.CT: self.ct[c], keys.MR: self.mr[m]}
 
 
-def memory_data_spec(dataset: Any):
-    """The :class:`~udl_med.methods.base.DataSpec` of a dataset of dict items, read from its first item.
+def memory_data_spec(dataset: Any) -> DataSpec:
+    """The :class:`~udl_med.data.spec.DataSpec` of a dataset of dict items, read from its first item.
 
     Vectors ``(D,)`` give ``spatial_dims=0, in_channels=D, image_size=()``; images
     ``(C, *spatial)`` give their channels and size (the ``ct`` image of CT/MR items).
     """
-    from udl_med.methods.base import DataSpec
-
     first = dataset[0]
     image = torch.as_tensor(first[keys.IMAGE] if keys.IMAGE in first else first[keys.CT])
     if image.ndim == 1:

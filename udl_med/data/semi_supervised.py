@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from udl_med import keys
-from udl_med.errors import InputError
+from udl_med.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from udl_med.data.config import DataConfig
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SemiSupervisedItems", "choose_labeled_subjects", "check_labels", "build_semi_supervised"]
+__all__ = ["SemiSupervisedItems", "choose_labeled_subjects", "check_labels", "semi_supervised_records", "subject_of"]
 
 
 class SemiSupervisedItems(Dataset):
@@ -106,7 +106,8 @@ def manifest_file(source: str | Path) -> Path:
     return path / "manifest.csv" if path.is_dir() and (path / "manifest.csv").is_file() else path
 
 
-def _subject(record: ImageRecord) -> str:
+def subject_of(record: ImageRecord) -> str:
+    """A record's subject: the manifest's ``subject``, or its own path when it has none."""
     return record.subject or str(record.path)
 
 
@@ -126,9 +127,9 @@ def check_labels(records: list[ImageRecord], source: str | Path) -> int:
     for row, r in enumerate(records, start=2):
         if r.label is None:
             continue
-        first = seen.setdefault(_subject(r), (r.label, row))
+        first = seen.setdefault(subject_of(r), (r.label, row))
         if first[0] != r.label:
-            raise InputError(where, f"line {row}: label {r.label} of subject {_subject(r)!r} differs from its label {first[0]} on line {first[1]}")
+            raise InputError(where, f"line {row}: label {r.label} of subject {subject_of(r)!r} differs from its label {first[0]} on line {first[1]}")
     missing = sorted(set(range(k)) - set(labels))
     if missing:
         raise InputError(where, f"class {missing[0]} has no labeled row: labels must be the integers 0..{k - 1} with every class labeled at least once")
@@ -144,7 +145,7 @@ def choose_labeled_subjects(records: list[ImageRecord], labels_per_class: int | 
     by_class: dict[int, set[str]] = defaultdict(set)
     for r in records:
         if r.label is not None:
-            by_class[int(r.label)].add(_subject(r))
+            by_class[int(r.label)].add(subject_of(r))
     if labels_per_class is None:
         return set().union(*by_class.values()) if by_class else set()
     rng = np.random.default_rng([int(seed), 7])
@@ -156,61 +157,40 @@ def choose_labeled_subjects(records: list[ImageRecord], labels_per_class: int | 
     return chosen
 
 
-def build_semi_supervised(cfg: DataConfig, split: str | None) -> Dataset:
-    """The training set (``split == cfg.split``) or the labeled evaluation set of a semi-supervised run.
+def semi_supervised_records(cfg: DataConfig, all_records: list[ImageRecord], split: str | None) -> tuple[list[ImageRecord], list[ImageRecord], int]:
+    """Which images of ``split`` a semi-supervised run reads, which of them keep their label, and K.
+
+    For the training split (``split == cfg.split``) the records are every image of the
+    split and the labeled ones those of the subjects :func:`choose_labeled_subjects`
+    keeps; for an evaluation split both are its labeled images. The scan datasets are
+    built from them by :func:`udl_med.data.datasets.build_dataset`.
 
     Raises:
-        InputError: bad labels (see :func:`check_labels`), a class without a labeled
-            training subject, no unlabeled training item, no labeled evaluation item.
+        InputError: bad labels (see :func:`check_labels`), no image in ``split``, a class
+            without a labeled training subject, no unlabeled training image, no labeled
+            evaluation image.
         ConfigError: ``pairing`` other than ``none``.
     """
-    from udl_med.data.datasets import ImageDataset, _build_base, _scan
-    from udl_med.data.io import list_images
-    from udl_med.errors import ConfigError
-
     if cfg.pairing != "none":
         raise ConfigError(cfg.source, "data.pairing", "semi-supervised data has one image per item: set pairing: none")
     where = manifest_file(cfg.source)
-    all_records = list_images(cfg.source)
     k = check_labels(all_records, cfg.source)
     records = [r for r in all_records if split is None or not any(x.split for x in all_records) or r.split == split]
     if cfg.modality is not None:
         records = [r for r in records if r.modality in (None, cfg.modality)]
     if not records:
         raise InputError(where, f"no images in split {split!r}")
-    training = split == cfg.split
-    labels_per_class = getattr(cfg, "labels_per_class", None)
-    if training:
-        keep = choose_labeled_subjects(records, labels_per_class, getattr(cfg, "labels_seed", 0))
-        labeled_records = [r for r in records if r.label is not None and _subject(r) in keep]
+    if split == cfg.split:
+        keep = choose_labeled_subjects(records, cfg.labels_per_class, cfg.labels_seed)
+        labeled_records = [r for r in records if r.label is not None and subject_of(r) in keep]
         missing = sorted(set(range(k)) - {int(r.label) for r in labeled_records})
         if missing:
             raise InputError(where, f"class {missing[0]} has no labeled image in split {split!r}; every class needs one")
         if not len(labeled_records) < len(records):
             raise InputError(where, f"every image of split {split!r} is labeled: semi-supervised training needs unlabeled images (empty 'label', or data.labels_per_class)")
-    else:
-        labeled_records = [r for r in records if r.label is not None]
-        if not labeled_records:
-            raise InputError(where, f"no labeled images in evaluation split {split!r}")
-        records = labeled_records
-    base = _build_base(cfg, records)
-    volumes = _scan(cfg, base, records)
-    labeled_ids = {id(r) for r in labeled_records}
-    lab_volumes = [v for v in volumes if id(v.record) in labeled_ids]
-    labeled_cfg = cfg.model_copy(update={"labeled": True})
-    if not lab_volumes:
-        raise InputError(where, f"no labeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
-    labeled = ImageDataset(labeled_cfg, base, lab_volumes, k)
-    if not training:
-        log.info("%s split %r: %d labeled evaluation items", cfg.source, split, len(labeled))
-        return labeled
-    unl_volumes = [v for v in volumes if id(v.record) not in labeled_ids]
-    if not unl_volumes:
-        raise InputError(where, f"no unlabeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
-    unlabeled = ImageDataset(cfg.model_copy(update={"labeled": False}), base, unl_volumes, k)
-    n_subjects = len({_subject(v.record) for v in lab_volumes})
-    log.info(
-        "%s split %r: %d unlabeled items, %d labeled items from %d subjects (%d classes)",
-        cfg.source, split, len(unlabeled), len(labeled), n_subjects, k,
-    )
-    return SemiSupervisedItems(labeled, unlabeled, k)
+        return records, labeled_records, k
+    labeled_records = [r for r in records if r.label is not None]
+    if not labeled_records:
+        raise InputError(where, f"no labeled images in evaluation split {split!r}")
+    return labeled_records, labeled_records, k
+

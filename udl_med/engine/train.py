@@ -163,22 +163,16 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------
 
     def _build(self) -> None:
-        from udl_med.data.datasets import data_spec
+        from udl_med.data.builder import build_datasets  # lazy: monai and the readers load only to train
 
         cfg = self.config
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.seed + self.process.rank, cfg.train.deterministic)
-        self.train_set, self.eval_set = self._datasets()
+        self.train_set, self.eval_set, self.spec = build_datasets(cfg.data, cfg.seed, self.datasets, self.source)
         n_train = len(self.train_set)
         if n_train < cfg.train.batch_size * self.process.world_size:
             raise ConfigError(self.source, "train.batch_size", f"{cfg.train.batch_size} is more than the {n_train} training items")
-        if cfg.data.kind == "scans":
-            self.spec = data_spec(cfg.data, self.train_set)
-        else:  # points and arrays: the items say their shape
-            from udl_med.data.memory import memory_data_spec
-
-            self.spec = memory_data_spec(self.train_set)
         method_cls = get_method(cfg.method)
         missing = [k for k in method_cls.batch_keys if k not in self._batch_keys()]
         if missing:
@@ -203,22 +197,6 @@ class Trainer:
                 from udl_med.engine.sample_eval import SampleEvaluator
 
                 self.sample_evaluator = SampleEvaluator(cfg.train.sample_eval, self.eval_set, self.spec.spatial_dims)
-
-    def _datasets(self) -> tuple[Any, Any | None]:
-        """The training and evaluation sets ``data.kind`` names."""
-        from udl_med.data.datasets import build_dataset
-
-        data = self.config.data
-        if data.kind == "memory":
-            if self.datasets is None:
-                raise ConfigError(self.source, "data.kind", "memory data is given in Python: Trainer(config, datasets=(train, eval))")
-            return self.datasets
-        if data.kind == "points":
-            from udl_med.data.points import PointsConfig, PointsDataset
-
-            points = data.points or PointsConfig()
-            return PointsDataset(points, "train", self.config.seed), PointsDataset(points, "val", self.config.seed)
-        return build_dataset(data, data.split), (build_dataset(data, data.eval_split) if data.eval_split else None)
 
     def _batch_keys(self) -> set[str]:
         return set(self.train_set[0].keys()) if len(self.train_set) else set()

@@ -63,7 +63,7 @@ def _liver_values() -> tuple[int, int]:
 
 def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
     """Liver-centred items of one image (see the module docstring)."""
-    from udl_med.data.datasets import volume_transform
+    from udl_med.data.transforms import volume_transform
     from udl_med.data.readers import read_image
 
     prepared = volume_transform(cfg)({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]

@@ -1,7 +1,7 @@
 """``udl-med encode MODEL INPUT --out FEATURES.npz``: one latent vector per image.
 
 Each image (a volume, DICOM series, every volume of a folder or manifest) is prepared as
-in training (:func:`udl_med.data.datasets.volume_transform`: read, normalise with the
+in training (:func:`udl_med.data.transforms.volume_transform`: read, normalise with the
 run's CT window or MR percentiles, pad with background) and cut into the items the model
 was trained on: every foreground slice across the run's ``slice_axis`` for 2D/2.5D
 models (with its ``context`` neighbours as channels), or a grid of patches covering the
@@ -78,7 +78,8 @@ def image_items(cfg: Any, path: str | Path, modality: str | None) -> ImageItems:
     Raises:
         InputError: an unreadable image (from the reader).
     """
-    from udl_med.data.datasets import FOREGROUND_LEVEL, volume_transform
+    from udl_med.data.datasets import FOREGROUND_LEVEL
+    from udl_med.data.transforms import volume_transform
 
     d = volume_transform(cfg)({keys.IMAGE: str(path), keys.MODALITY: modality or ""})
     vol: Tensor = d[keys.IMAGE]

@@ -38,6 +38,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from udl_med.data.spec import DataSpec
+
+__all__ = ["Capability", "DataSpec", "Method", "MethodConfig", "Optimization", "get_method", "register"]
+
 
 class Capability(str, Enum):
     """What a trained method can do beyond training, used by the CLI commands."""
@@ -52,17 +56,6 @@ class MethodConfig(BaseModel):
     """Base of every method's ``model:`` section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-
-class DataSpec(BaseModel):
-    """What the engine tells a method about its data when building it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    spatial_dims: int  # 2 for slices (2D and 2.5D), 3 for patches
-    in_channels: int  # 1, or 2*context+1 for 2.5D
-    image_size: tuple[int, ...]  # spatial size of one training item
-    num_classes: int = 0  # number of distinct manifest labels (0 when unlabeled)
 
 
 class Optimization(Protocol):

@@ -1,0 +1,52 @@
+"""What a method is told about its data, and the training geometry a model file keeps.
+
+:class:`DataSpec` is built by the data layer (:func:`udl_med.data.build_datasets`) and
+handed to a method's constructor; the model file keeps it, so a trained model is
+rebuilt for the same items. For scans it carries a :class:`TrainingGeometry`: the
+physical side of the training items (spacing, orientation, item size, modality and
+intensity window), so that commands that write images from a model (``sample``,
+``synthesize``) never need the training scans again.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["DataSpec", "TrainingGeometry"]
+
+
+class TrainingGeometry(BaseModel):
+    """The physical side of scan training items, kept in the model file.
+
+    Attributes:
+        spacing: voxel spacing (mm) of the first training image, 3 values (a 2D image
+            has 1 mm along its missing third axis).
+        direction: direction cosines of that image (ITK/LPS, flat row-major, 9 values).
+        item_size: spatial size of one training item (``data.size``).
+        slice_axis: the axis 2D items were taken across (None for 3D patches).
+        modality: ``CT`` or ``MR`` when every training image has that modality, else None.
+        ct_window: the CT window (HU) mapped to [-1, 1].
+        mr_percentiles: the MR percentiles mapped to -1 and 1.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spacing: tuple[float, float, float]
+    direction: tuple[float, ...]
+    item_size: tuple[int, ...]
+    slice_axis: int | None
+    modality: str | None
+    ct_window: tuple[float, float]
+    mr_percentiles: tuple[float, float]
+
+
+class DataSpec(BaseModel):
+    """What the engine tells a method about its data when building it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spatial_dims: int  # 2 for slices (2D and 2.5D), 3 for patches, 0 for vectors
+    in_channels: int  # 1, or 2*context+1 for 2.5D
+    image_size: tuple[int, ...]  # spatial size of one training item
+    num_classes: int = 0  # number of distinct manifest labels (0 when unlabeled)
+    geometry: TrainingGeometry | None = None  # scans only; None for points and in-memory data
