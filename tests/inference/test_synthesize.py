@@ -15,17 +15,19 @@ WINDOW = (-250.0, 250.0)
 
 
 def _model(folder: Path, manifest: Path, spatial_dims: int) -> Path:
+    from udl_med.data.datasets import build_dataset, data_spec
     from udl_med.engine.config import validate_config
     from udl_med.engine.model_io import save_model
-    from udl_med.methods.base import DataSpec
     from udl_med.methods.lapgan import LAPGAN, LAPGANConfig
 
     size = [8] * spatial_dims
     model = {"levels": 2, "latent_dim": 8, "coarse_channels": [8], "fine_channels": 4, "fine_blocks": 1, "disc_channels": [4]}
     data = {"source": str(manifest), "layout": f"{spatial_dims}d", "size": size, "labeled": True, "modality": "CT", "ct_window": list(WINDOW)}
-    config = validate_config({"method": "lapgan", "data": data, "model": model}).to_dict()
+    run = validate_config({"method": "lapgan", "data": data, "model": model})
+    spec = data_spec(run.data, build_dataset(run.data, run.data.split))  # with the training geometry, as train writes it
     torch.manual_seed(0)
-    method = LAPGAN(LAPGANConfig(**model), DataSpec(spatial_dims=spatial_dims, in_channels=1, image_size=tuple(size), num_classes=3)).eval()
+    method = LAPGAN(LAPGANConfig(**model), spec).eval()
+    config = run.to_dict()
     save_model(folder, method, config, method.state_dict(), step=1)
     return folder
 
@@ -124,3 +126,34 @@ def test_cli_synthesize(tmp_path: Path, phantom_manifest: Path, capsys: pytest.C
     assert main(["synthesize", str(model), "--out", str(tmp_path / "o"), "--n-per-class", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 3
     assert main(["synthesize", str(model), "--out", str(tmp_path / "o"), "--n", "1"]) == 2  # exists: exit 2
+
+
+def test_the_model_file_keeps_the_training_geometry(tmp_path: Path, phantom_manifest: Path) -> None:
+    """Samples take spacing, direction, modality and window from the model file: the training scans may be gone."""
+    from udl_med.data.geometry import Geometry
+    from udl_med.data.io import list_images, read_image
+    from udl_med.engine.model_io import load_model, save_model
+    from udl_med.inference.sample import sample_to_dir
+    from udl_med.inference.synthesize import synthesize
+
+    model = _model(tmp_path / "model", phantom_manifest, 2)
+    loaded = load_model(model)
+    kept = loaded.data_spec.geometry
+    training = read_image(list_images(phantom_manifest)[0].path)
+    np.testing.assert_allclose(kept.spacing, training.meta["spacing"], atol=1e-4)
+    assert (kept.modality, kept.ct_window, kept.item_size, kept.slice_axis) == ("CT", WINDOW, (8, 8), 2)
+    # the training data moves away: sampling does not read it
+    config = {**loaded.config, "data": {**loaded.config["data"], "source": str(tmp_path / "gone.csv")}}
+    save_model(tmp_path / "moved", loaded.method, config, loaded.method.state_dict(), step=1)
+    report = sample_to_dir(str(tmp_path / "moved"), n=2, out=tmp_path / "s")
+    written = read_image(Path(report["out"]) / "sample_0000.nii.gz")
+    assert Geometry.from_meta(written.meta).close_to(Geometry.create(kept.spacing, (0.0, 0.0, 0.0), np.reshape(kept.direction, (3, 3))))
+    assert report["modality"] == "CT"
+    # a model file written before the geometry was kept: a clear refusal, not a 1 mm guess
+    old = loaded.method
+    old.data = loaded.data_spec.model_copy(update={"geometry": None})
+    save_model(tmp_path / "old", old, config, old.state_dict(), step=1)
+    with pytest.raises(UserError, match="keeps no training geometry"):
+        sample_to_dir(str(tmp_path / "old"), n=1, out=tmp_path / "o")
+    with pytest.raises(UserError, match="keeps no training geometry"):
+        synthesize(str(tmp_path / "old"), tmp_path / "o2", n=1)

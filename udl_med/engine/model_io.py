@@ -1,7 +1,8 @@
 """Model folders: what ``train`` writes and every model-using command reads.
 
 A model folder holds ``udl_med_model.pt``: the method name, the resolved run config,
-the data spec and the state dict, loaded with ``weights_only=True`` and rebuilt from
+the data spec (with the training geometry of scans, :class:`udl_med.data.spec.TrainingGeometry`,
+so ``sample`` needs no training data) and the state dict, loaded with ``weights_only=True`` and rebuilt from
 the config, never unpickled. MODEL on the command line is a local folder, or an MLflow
 URI (``runs:/<id>/model``, ``models:/<name>/<version>``) whose artifacts hold that file.
 """
@@ -19,7 +20,8 @@ import torch
 from udl_med import keys
 from udl_med.engine.checkpoint import atomic_torch_save
 from udl_med.errors import InputError
-from udl_med.methods.base import DataSpec, Method, get_method
+from udl_med.data.spec import DataSpec
+from udl_med.methods.base import Method, get_method
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = 1

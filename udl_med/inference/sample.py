@@ -9,9 +9,12 @@ in [-1, 1]. Each sample is written as ``DIR/sample_0000.nii.gz`` ... in physical
   :data:`udl_med.inference.translate.MR_OUTPUT_RANGE` arbitrary units (MR has no
   absolute scale).
 
-Geometry: the spacing of the first training image (identity direction, zero origin);
-2D samples are one-slice volumes whose slice lies across the run's ``slice_axis``; 2.5D
-samples keep their centre channel. ``DIR/manifest.csv`` lists the files (``image,label,
+Geometry: the spacing and direction of the first training image, which the model file
+keeps (:class:`udl_med.data.spec.TrainingGeometry`), with zero origin; the training
+scans are not read again. A model file without it (written by an older udl-med) is
+refused with a message; a model trained on in-memory data gets 1 mm isotropic spacing,
+with a warning. 2D samples are one-slice volumes whose slice lies across the run's
+``slice_axis``; 2.5D samples keep their centre channel. ``DIR/manifest.csv`` lists the files (``image,label,
 modality,subject``) so they can feed a training run, ``DIR/samples.png`` shows them, and
 methods that offer more write more: the denoising autoencoder its Markov chains from
 noise (``chain.png``, one row per chain), the VAE its latent traversal
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,7 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from udl_med.data.geometry import Geometry
+from udl_med.data.normalize import denormalize
 from udl_med.errors import UserError
+from udl_med.inference.translation_setup import MR_OUTPUT_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -52,45 +59,51 @@ class TraversalSampler(Protocol):
     def traversal(self, x: Tensor | None = None) -> Tensor: ...
 
 
-def data_section(data: Any) -> Any:
-    """A run's validated :class:`~udl_med.data.config.DataConfig` (from itself or a ``data`` mapping)."""
-    from udl_med.data.config import DataConfig
+@dataclass(frozen=True)
+class SampleSpace:
+    """Where samples of a model are written: grid, modality and the CT window to invert.
 
-    return data if isinstance(data, DataConfig) else DataConfig(**data)
-
-
-def _training_geometry(data: Any) -> tuple[tuple[float, ...], str | None]:
-    """Spacing of the first training image and the training data's modality (None if mixed/unknown).
-
-    ``data``: the run's DataConfig (or its ``data`` mapping).
+    Attributes:
+        geometry: spacing and direction of the training images, zero origin.
+        modality: ``CT``, ``MR`` or None (mixed or unknown: MR output units).
+        ct_window: the run's CT window (HU), inverted for CT samples.
+        slice_axis: the axis a 2D sample lies across in its one-slice volume.
     """
-    from udl_med.data.manifest import list_images
-    from udl_med.data.readers import read_image
 
-    data = data_section(data)
-    modality = data.modality
-    try:
-        records = list_images(data.source)
-        split = data.split
-        chosen = [r for r in records if split is None or r.split in (None, split)] or records
-        if modality is None:
-            found = {r.modality for r in chosen}
-            modality = found.pop() if len(found) == 1 else None
-        meta = read_image(chosen[0].path).meta
-        spacing = tuple(float(s) for s in meta["spacing"])
-    except Exception as err:  # the training data may be gone: samples are still useful
-        log.warning("cannot read the training data (%s); writing samples with %s mm spacing", err, DEFAULT_SPACING)
-        spacing = DEFAULT_SPACING
-    return (spacing + DEFAULT_SPACING)[:3], modality
+    geometry: Geometry
+    modality: str | None
+    ct_window: tuple[float, float]
+    slice_axis: int
 
 
-def to_physical(x: Tensor, modality: str | None, data: Any) -> Tensor:
-    """Map samples in [-1, 1] to physical units (see the module docstring); ``data``: the run's DataConfig (or mapping)."""
-    from udl_med.data.normalize import denormalize
-    from udl_med.inference.translation_setup import MR_OUTPUT_RANGE
+def sample_space(loaded: Any) -> SampleSpace:
+    """The :class:`SampleSpace` of a loaded model, from the training geometry its model file keeps.
 
+    Raises:
+        UserError: a model trained on scans whose file keeps no training geometry (written
+            by an older udl-med): retrain it. Models trained on in-memory or point data
+            never had scans: their samples get 1 mm isotropic spacing and the identity
+            direction, with a warning.
+    """
+    kept = loaded.data_spec.geometry
+    if kept is not None:
+        geometry = Geometry.create(kept.spacing, (0.0, 0.0, 0.0), np.reshape(kept.direction, (3, 3)))
+        slice_axis = 2 if kept.slice_axis is None else kept.slice_axis
+        return SampleSpace(geometry, kept.modality, tuple(kept.ct_window), slice_axis)
+    data = loaded.run_config.data
+    if data.kind == "scans":
+        raise UserError(
+            f"{loaded.source}: the model file keeps no training geometry (it predates udl-med storing it); "
+            "retrain the model to write samples with the training scans' spacing"
+        )
+    log.warning("%s was trained on %s data, not scans: samples get %s mm spacing", loaded.source, data.kind, DEFAULT_SPACING)
+    return SampleSpace(Geometry.create(DEFAULT_SPACING, (0.0, 0.0, 0.0), np.eye(3)), data.modality, tuple(data.ct_window), data.slice_axis)
+
+
+def to_physical(x: Tensor, modality: str | None, ct_window: tuple[float, float]) -> Tensor:
+    """Map samples in [-1, 1] to physical units (see the module docstring)."""
     if modality == "CT":
-        low, high = data_section(data).ct_window
+        low, high = ct_window
         params = {"modality": "CT", "kind": "window", "low": float(low), "high": float(high)}
     else:
         params = {"modality": modality, "kind": "percentile", "low": MR_OUTPUT_RANGE[0], "high": MR_OUTPUT_RANGE[1]}
@@ -124,7 +137,6 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
     """
     from monai.data import MetaTensor
 
-    from udl_med.data.geometry import Geometry
     from udl_med.data.manifest import write_manifest
     from udl_med.data.writers import write_image
     from udl_med.data.preview import save_grid
@@ -141,9 +153,8 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         method.check_sample_label(label)
     except ValueError as err:
         raise UserError(f"{loaded.source}: {err}") from None
-    data = loaded.run_config.data
-    spacing, modality = _training_geometry(data)
-    geometry = Geometry.create(spacing, (0.0, 0.0, 0.0), np.eye(3))
+    space = sample_space(loaded)
+    geometry, modality = space.geometry, space.modality
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
@@ -160,7 +171,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
             previews.extend(batch[: 64 - len(previews)])
         for x in batch:
             name = f"sample_{written:0{width}d}.nii.gz"
-            volume = to_physical(as_volume(x, loaded.data_spec.spatial_dims, data.slice_axis), modality, data)
+            volume = to_physical(as_volume(x, loaded.data_spec.spatial_dims, space.slice_axis), modality, space.ct_window)
             write_image(MetaTensor(volume, meta={**geometry.as_meta(), "modality": modality}), out / name)
             rows.append({"image": name, "label": "" if label is None else label, "modality": modality or "", "subject": f"sample-{written:0{width}d}"})
             written += 1
@@ -180,6 +191,6 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         "manifest": str(out / "manifest.csv"),
         "grid": str(grid),
         "modality": modality,
-        "spacing": list(spacing),
+        "spacing": list(geometry.spacing),
         "artifacts": artifacts,
     }

@@ -8,9 +8,10 @@ a training run can read:
   for a conditional model;
 - **physical units**: :func:`udl_med.inference.sample.to_physical` (HU for a CT model,
   the inverse of its CT window; MR output units otherwise);
-- **geometry**: by default the training data's (the spacing of its first image,
-  identity direction, zero origin, the model's item size, 2D samples as one-slice
-  volumes across the run's slice axis: :func:`udl_med.inference.sample.as_volume`); with
+- **geometry**: by default the training data's, kept in the model file (the spacing and
+  direction of its first image, zero origin, the model's item size, 2D samples as
+  one-slice volumes across the run's slice axis: :func:`udl_med.inference.sample.sample_space`
+  and :func:`~udl_med.inference.sample.as_volume`); with
   ``--like REF`` the reference scan's spacing, origin, direction and size (samples are
   resampled to its in-plane size for 2D models, its full size for 3D models) and its
   modality;
@@ -31,14 +32,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from udl_med import keys
 from udl_med.errors import InputError, UserError
-from udl_med.inference.sample import SAMPLE_BATCH, _training_geometry, as_volume, to_physical
+from udl_med.inference.sample import SAMPLE_BATCH, as_volume, sample_space, to_physical
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,6 @@ def synthesize(
     """
     from monai.data import MetaTensor
 
-    from udl_med.data.geometry import Geometry
     from udl_med.data.io import write_image
     from udl_med.data.preview import save_grid
     from udl_med.engine.model_io import load_model
@@ -151,11 +150,10 @@ def synthesize(
         raise UserError(f"{loaded.source}: method {method.name!r} cannot sample")
     num_classes = int(method.num_sample_classes()) if hasattr(method, "num_sample_classes") else 0
     plan = label_plan(num_classes, n, n_per_class)
-    data = loaded.config.get("data", {})
     spatial_dims = loaded.data_spec.spatial_dims
-    slice_axis = int(data.get("slice_axis", 2))
-    spacing, modality = _training_geometry(data)
-    geometry, size = Geometry.create(spacing, (0.0, 0.0, 0.0), np.eye(3)), None
+    space = sample_space(loaded)
+    slice_axis, modality = space.slice_axis, space.modality
+    geometry, size = space.geometry, None
     if like is not None:
         geometry, size, like_modality = _reference(like)
         modality = like_modality or modality
@@ -181,7 +179,7 @@ def synthesize(
                     if size is not None:
                         volume = _fit_size(volume, size, spatial_dims, slice_axis)
                     name = f"synthetic_{index:0{width}d}.nii.gz"
-                    hu = to_physical(volume, modality, data)
+                    hu = to_physical(volume, modality, space.ct_window)
                     write_image(MetaTensor(hu, meta={**geometry.as_meta(), "modality": modality}), folder / name)
                     rows.append(
                         {
