@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from udl_med.data.config import DataConfig
 from udl_med.errors import ConfigError
-from udl_med.methods.base import MethodConfig, get_method
+from udl_med.methods.base import InitFrom, MethodConfig, get_method
 
 
 class _Section(BaseModel):
@@ -54,6 +54,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(200, ge=1)
     num_workers: int = Field(0, ge=0)
     sample_eval: SampleEvalConfig | None = None  # methods that sample: FID/KID during training
+    init_from: tuple[InitFrom, ...] = ()  # weights of trained models copied into named submodules before step 0
 
 
 class TrackingConfig(_Section):

@@ -19,9 +19,9 @@ import torch
 
 from udl_med import keys
 from udl_med.engine.checkpoint import atomic_torch_save
-from udl_med.errors import InputError
+from udl_med.errors import ConfigError, InputError
 from udl_med.data.spec import DataSpec
-from udl_med.methods.base import Method, get_method
+from udl_med.methods.base import InitFrom, Method, get_method
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = 1
@@ -141,3 +141,34 @@ def load_model(model: str | Path) -> LoadedModel:
     load_inference_state(method, content["state_dict"], tuple(content.get("modules", ())), path)
     method.eval()
     return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent, validated=config)
+
+
+def apply_init_from(method: Method, what: InitFrom, key: str = "train.init_from") -> None:
+    """Copy the weights of ``what.modules`` from the trained model ``what.model`` into ``method`` (``train.init_from``).
+
+    Each named submodule is loaded strictly from the submodule of the same name of the
+    model ``what.model`` names (a model folder, a run folder holding one, or an MLflow
+    URI), on the method's device; nothing else of ``method`` changes.
+
+    Raises:
+        InputError: no such model, a model of another method than ``what.method``, a
+            module the model file does not keep, or weights that do not fit (each named,
+            with ``key``).
+        ConfigError: a module name this method does not have.
+    """
+    loaded = load_model(what.model)
+    source = loaded.method
+    if what.method is not None and source.name != what.method:
+        raise InputError(what.model, f"{key} must be a {what.method!r} model, got {source.name!r}")
+    kept = source.inference_modules
+    for name in what.modules:
+        target = getattr(method, name, None)
+        if not isinstance(target, torch.nn.Module):
+            raise ConfigError("<config>", key, f"method {method.name!r} has no module {name!r}")
+        if not isinstance(getattr(source, name, None), torch.nn.Module) or (kept and name not in kept):
+            raise InputError(what.model, f"{key}: the model file keeps no module {name!r} (it keeps {list(kept) or 'all of ' + source.name})")
+        try:
+            target.load_state_dict(getattr(source, name).state_dict())
+        except RuntimeError as err:
+            raise InputError(what.model, f"{key}: its {name!r} does not match this config ({str(err).splitlines()[0]})") from None
+    log.info("%s: %s loaded from %s", key, ", ".join(what.modules), loaded.source)

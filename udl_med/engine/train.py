@@ -31,7 +31,7 @@ from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, load_config, validate_config
 from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
 from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
-from udl_med.engine.model_io import save_model
+from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
 from udl_med.errors import ConfigError, RunError
 from udl_med.io_utils import atomic_write_text
@@ -178,6 +178,9 @@ class Trainer:
         if missing:
             raise ConfigError(self.source, "data.pairing", f"method {cfg.method!r} needs batch keys {missing}; check data.pairing / data.labeled")
         self.method: Method = method_cls(cfg.model, self.spec).to(self.device)
+        if not self.resume:  # a resumed run has these weights in its checkpoint
+            for key, what in (*(("train.init_from", w) for w in cfg.train.init_from), *self.method.init_from()):
+                apply_init_from(self.method, what, key)
         broadcast_parameters(self.method)
         self.optimizers = self.method.configure_optimizers()
         self.schedulers = build_schedulers(self.optimizers, cfg.train)

@@ -29,6 +29,8 @@ from torch import nn
 
 from udl_med.errors import InputError, UserError
 from udl_med.evaluation.probe_items import LABEL_MAP_NAME, ROI_CHOICES, ProbeItems, probe_items
+from udl_med.nets.exported import encode_items, load_encoder
+from udl_med.nets.linear_head import fit_linear_head
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ __all__ = [
 @torch.no_grad()
 def features(encoder: nn.Module, data: ProbeItems, batch: int = 64) -> np.ndarray:
     """Frozen features ``(N, F)`` of every item (mean over parts for whole-image items)."""
-    from udl_med.inference.encode import encode_items
-
     encoder.eval()
     if data.parts is not None:
         return np.stack([encode_items(encoder, p, batch).mean(0).numpy() for p in data.parts])
@@ -75,26 +75,6 @@ def split_subjects(labels: np.ndarray, subjects: np.ndarray, fraction: float, se
         k = max(1, round(fraction * len(members)))
         chosen.update(rng.choice(members, size=min(k, len(members)), replace=False).tolist())
     return np.isin(subjects, sorted(chosen))
-
-
-def fit_linear_head(x: np.ndarray, labels: np.ndarray, num_classes: int, c: float = 0.1) -> nn.Linear:
-    """A logistic regression on standardised ``x``, folded into one ``nn.Linear`` on raw features."""
-    from sklearn.linear_model import LogisticRegression
-
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    model = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / std, labels)
-    weight = np.zeros((num_classes, x.shape[1]))
-    bias = np.full(num_classes, -1e4)  # classes absent from the training items are never predicted
-    coef, intercept = model.coef_, model.intercept_
-    if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes
-        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    weight[model.classes_] = coef / std
-    bias[model.classes_] = intercept - (coef / std) @ mean
-    head = nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return head
 
 
 def finetune_accuracy(
@@ -185,7 +165,6 @@ def probe_step(
         ``finetune/random`` (accuracies), the two ``.../gain`` differences, ``chance``,
         ``n_items``, ``n_subjects``, ``n_finetune_subjects``, ``roi``.
     """
-    from udl_med.inference.export_encoder import load_encoder
 
     if not 0.0 < label_fraction < 1.0:
         raise UserError(f"label_fraction must be in (0, 1), got {label_fraction}")

@@ -30,10 +30,10 @@ from torch import Tensor
 from udl_med import keys
 from udl_med.errors import InputError, UserError
 from udl_med.io_utils import atomic_write
+from udl_med.nets.exported import encode_items
 
 log = logging.getLogger(__name__)
 
-ITEM_BATCH = 64  # items per forward pass
 DATA_KEYS = ("layout", "size", "slice_axis", "context", "crop", "ct_window", "mr_percentiles", "foreground_fraction")
 
 
@@ -112,13 +112,6 @@ def image_items(cfg: Any, path: str | Path, modality: str | None) -> ImageItems:
             x = x[:, i : i + sp, j : j + sq]
         items.append(x)
     return ImageItems(torch.stack(items), slices, tuple(vol.shape))
-
-
-@torch.no_grad()
-def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH) -> Tensor:
-    """``encode`` over ``items`` ``(N, C, *size)`` in batches: ``(N, F)`` on the CPU."""
-    out = [encode(items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
-    return torch.cat(out)
 
 
 def _records(input: str | Path) -> list[Any]:

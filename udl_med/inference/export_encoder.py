@@ -23,10 +23,8 @@ to [-1, 1]; MR mapped from its ``mr_percentiles`` to [-1, 1].
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +32,18 @@ import torch
 from torch import nn
 
 from udl_med import keys
-from udl_med.errors import InputError, UserError
+from udl_med.errors import UserError
 from udl_med.io_utils import atomic_write, atomic_write_text
+from udl_med.nets.exported import MONAI_NETS, ExportedEncoder, build_encoder, load_encoder, read_encoder_spec
+
+__all__ = [
+    "INPUT_KEYS", "MONAI_NETS", "ExportedEncoder", "build_encoder", "export_encoder", "load_encoder",
+    "read_encoder_spec", "write_network_export",
+]
 
 log = logging.getLogger(__name__)
 
-MONAI_NETS = "monai.networks.nets"
 INPUT_KEYS = ("layout", "slice_axis", "context", "size", "crop", "ct_window", "mr_percentiles", "foreground_fraction", "modality")
-
-
-def build_encoder(class_path: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Instantiate ``class_path(**kwargs)``; only classes of ``monai.networks.nets`` are allowed.
-
-    Raises:
-        UserError: a class outside ``monai.networks.nets``, or one that does not exist.
-    """
-    module_name, _, name = class_path.rpartition(".")
-    if module_name != MONAI_NETS:
-        raise UserError(f"encoder class {class_path!r} is not in {MONAI_NETS}")
-    cls = getattr(importlib.import_module(module_name), name, None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise UserError(f"{class_path!r} is not a network class of {MONAI_NETS}")
-    return cls(**kwargs)
 
 
 def write_network_export(
@@ -121,52 +109,3 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class ExportedEncoder:
-    """An encoder read back from an export folder: the network and its ``encoder.json``."""
-
-    net: nn.Module
-    spec: dict[str, Any]
-
-    @property
-    def out_features(self) -> int:
-        return int(self.spec["out_features"])
-
-
-def read_encoder_spec(folder: str | Path) -> dict[str, Any]:
-    """The ``encoder.json`` of an export folder (or the file itself)."""
-    path = Path(folder)
-    json_path = path if path.is_file() else path / keys.ENCODER_JSON
-    if not json_path.is_file():
-        raise InputError(folder, f"no {keys.ENCODER_JSON}; is this a folder written by `udl-med export --format encoder`?")
-    try:
-        spec = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(json_path, f"not readable JSON ({err})") from None
-    for key in ("class", "kwargs", "out_features", "input"):
-        if key not in spec:
-            raise InputError(json_path, f"missing key {key!r}")
-    return spec
-
-
-def load_encoder(folder: str | Path, pretrained: bool = True, seed: int | None = None) -> ExportedEncoder:
-    """Build the exported MONAI encoder; load its weights strictly, or leave it randomly initialised.
-
-    Args:
-        folder: the export folder.
-        pretrained: load ``encoder.pt``; False gives the same architecture from random
-            initialisation (the baseline of a pretraining comparison).
-        seed: seed of the random initialisation (``pretrained=False``).
-    """
-    spec = read_encoder_spec(folder)
-    if seed is not None:
-        torch.manual_seed(seed)
-    net = build_encoder(spec["class"], spec["kwargs"])
-    if pretrained:
-        weights = Path(folder) / keys.ENCODER_WEIGHTS
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise InputError(weights, f"unreadable encoder weights ({type(err).__name__})") from None
-        net.load_state_dict(state, strict=True)
-    return ExportedEncoder(net=net.eval(), spec=spec)

@@ -35,12 +35,12 @@ from enum import Enum
 from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from udl_med.data.spec import DataSpec
 
-__all__ = ["Capability", "DataSpec", "Method", "MethodConfig", "Optimization", "get_method", "register"]
+__all__ = ["Capability", "DataSpec", "InitFrom", "Method", "MethodConfig", "Optimization", "get_method", "register"]
 
 
 class Capability(str, Enum):
@@ -56,6 +56,29 @@ class MethodConfig(BaseModel):
     """Base of every method's ``model:`` section: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class InitFrom(BaseModel):
+    """Weights of a trained model copied into submodules of a new run before its first step.
+
+    A run asks for it in ``train.init_from`` (``[{model: runs/<run>/model, modules: [encoder]}]``),
+    a method for itself through :meth:`Method.init_from` (the two-stage GAN's stage I);
+    the engine loads it (:func:`udl_med.engine.model_io.apply_init_from`) on a fresh
+    start, and a resumed run has it in its checkpoint.
+
+    Attributes:
+        model: a model folder written by ``train`` (or a run folder holding one), or an
+            MLflow model URI.
+        modules: names of the submodules copied; each exists under the same name in both
+            methods and is kept in the model file.
+        method: the method that must have written ``model`` (None: any).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    modules: tuple[str, ...] = Field(min_length=1)
+    method: str | None = None
 
 
 class Optimization(Protocol):
@@ -143,6 +166,14 @@ class Method(nn.Module, ABC):
         checkpoint is loaded and before the RNG states are restored, so it must not use
         the global RNG. What inference needs must be stored as buffers.
         """
+
+    def init_from(self) -> tuple[tuple[str, InitFrom], ...]:
+        """Weights this method loads from trained models before a fresh run, as ``(config key, what)`` pairs.
+
+        The engine copies them in (with ``train.init_from``) right after building the
+        method; errors name the config key. Default: none.
+        """
+        return ()
 
     def num_sample_classes(self) -> int:
         """Classes :meth:`sample` accepts as ``label`` (0: an unconditional model)."""

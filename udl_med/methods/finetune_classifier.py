@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.nets.exported import encode_items, load_encoder
+from udl_med.nets.linear_head import fit_linear_head
 
 
 class FinetuneClassifierConfig(MethodConfig):
@@ -61,8 +63,6 @@ class FinetuneClassifier(Method):
 
     def __init__(self, config: FinetuneClassifierConfig, data: DataSpec) -> None:
         super().__init__(config, data)
-        from udl_med.inference.export_encoder import load_encoder
-
         if data.num_classes < 2:
             raise ConfigError("<config>", "data.labeled", f"finetune_classifier needs at least 2 classes, got {data.num_classes}")
         self.encoder = load_encoder(config.encoder, pretrained=config.pretrained, seed=None if config.pretrained else config.init_seed).net
@@ -77,9 +77,6 @@ class FinetuneClassifier(Method):
     @torch.no_grad()
     def on_train_start(self, reference: dict[str, Any] | None, generator: torch.Generator) -> None:
         """LP: the head becomes a logistic regression on the frozen features of the reference items."""
-        from udl_med.evaluation.probe import fit_linear_head
-        from udl_med.inference.encode import encode_items
-
         if reference is None or bool(self.head_fitted):
             return
         self.encoder.eval()

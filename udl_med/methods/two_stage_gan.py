@@ -12,7 +12,8 @@ Generative Adversarial Networks" (https://arxiv.org/abs/1612.03242), with the cl
   trains with stage I FROZEN (no gradient, eval mode, optimizer untouched): stage I is
   trained first in the same run (``model.stage1_steps``: steps ``< stage1_steps`` train
   stage I, the rest stage II) or loaded from a stage-I run (``model.stage1_model``, a
-  model folder of a ``two_stage_gan`` run, loaded when training starts).
+  model folder of a ``two_stage_gan`` run, copied in by the engine before the first step
+  like any ``train.init_from``: :meth:`TwoStageGAN.init_from`).
 - conditioning augmentation (``model.conditioning_augmentation``): each stage's
   generator gets ``c_hat ~ N(mu(c), sigma(c))`` from its own
   :class:`~udl_med.nets.stackgan.ConditioningAugmentation` and adds
@@ -33,9 +34,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from udl_med import keys
-from udl_med.errors import ConfigError, InputError
+from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss, GANMode, gradient_penalty, set_requires_grad
-from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.methods.base import Capability, DataSpec, InitFrom, Method, MethodConfig, Optimization, register
 from udl_med.methods.lapgan import PREVIEW_PER_CLASS, class_labels, dcgan_kwargs
 from udl_med.nets.pyramid import downsample, upsample
 from udl_med.nets.stackgan import ConditioningAugmentation, StageIIGenerator, kl_to_standard_normal
@@ -137,25 +138,11 @@ class TwoStageGAN(Method):
 
     # -- stage I from a stage-I run -----------------------------------------------------
 
-    def on_train_start(self, reference: dict[str, Any] | None, generator: torch.Generator) -> None:
-        """Load and freeze stage I from ``model.stage1_model`` (fresh and resumed runs alike: it is frozen)."""
-        if self.config.stage1_model is not None:
-            self.load_stage1(self.config.stage1_model)
-
-    def load_stage1(self, model: str) -> None:
-        """Copy ``g1`` and ``ca1`` of a trained ``two_stage_gan`` model into this one."""
-        from udl_med.engine.model_io import load_model
-
-        loaded = load_model(model)
-        if loaded.method.name != self.name:
-            raise InputError(model, f"stage1_model must be a {self.name!r} model, got {loaded.method.name!r}")
-        device = next(self.parameters()).device
-        for name in ("g1", "ca1"):
-            try:
-                getattr(self, name).load_state_dict(getattr(loaded.method, name).state_dict())
-            except RuntimeError as err:
-                raise InputError(model, f"its stage I does not match this config ({str(err).splitlines()[0]})") from None
-            getattr(self, name).to(device)
+    def init_from(self) -> tuple[tuple[str, InitFrom], ...]:
+        """Stage I (``g1``, ``ca1``) of ``model.stage1_model``, loaded by the engine before training; then frozen."""
+        if self.config.stage1_model is None:
+            return ()
+        return (("model.stage1_model", InitFrom(model=self.config.stage1_model, modules=("g1", "ca1"), method=self.name)),)
 
     # -- training -----------------------------------------------------------------------
 

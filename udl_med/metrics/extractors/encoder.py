@@ -2,7 +2,7 @@
 
 The folder holds ``encoder.json`` (the ``monai.networks.nets`` class, its keyword
 arguments and the ``input`` it expects) and ``encoder.pt`` (its state dict); it is
-rebuilt and loaded strictly by :func:`udl_med.inference.export_encoder.load_encoder`,
+rebuilt and loaded strictly by :func:`udl_med.nets.exported.load_encoder`,
 and its output is global-average-pooled to a vector: an in-domain extractor trained on
 the user's own scans. Images are resized to the encoder's ``input.image_size``; a
 single channel is repeated when the encoder takes several (a 2.5D encoder then sees a
@@ -20,6 +20,7 @@ from udl_med import keys
 from udl_med.errors import InputError
 from udl_med.metrics.extractors.base import FeatureExtractor, Preprocessing
 from udl_med.metrics.extractors.weights import sha256_file
+from udl_med.nets.exported import load_encoder
 
 
 class EncoderExtractor(FeatureExtractor):
@@ -50,8 +51,6 @@ class EncoderExtractor(FeatureExtractor):
         Raises:
             InputError: not an export folder, or weights that do not load strictly.
         """
-        from udl_med.inference.export_encoder import load_encoder
-
         if not folder.is_dir():
             raise InputError(folder, "not an exported encoder folder (make one with `udl-med export MODEL OUT --format encoder`)")
         try:
