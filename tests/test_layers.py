@@ -59,12 +59,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, absolute module) for every udl_med import in one file, anywhere in it."""
+def imported_modules(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """(line, absolute module) for every udl_med import in one file (``source``: its text), anywhere in it."""
     name = module_name(path)
     is_package = path.name == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    text = path.read_text(encoding="utf-8") if source is None else source
+    tree = ast.parse(text, filename=str(path))
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -117,16 +118,21 @@ def test_no_import_runs_back_up():
     ("source", "module", "expected"),
     [
         ("from ..inference import sample\n", "udl_med/metrics/x.py", "udl_med.inference.sample"),
+        ("from .extractors.base import FeatureExtractor\n", "udl_med/metrics/x.py", "udl_med.metrics.extractors.base"),
         ("def f():\n    from udl_med.engine import train\n", "udl_med/data/x.py", "udl_med.engine.train"),
         ("from . import spec\n", "udl_med/data/__init__.py", "udl_med.data.spec"),
         ("import udl_med.methods.base as b\n", "udl_med/nets/x.py", "udl_med.methods.base"),
     ],
 )
-def test_walker_sees_relative_and_nested_imports(tmp_path, monkeypatch, source, module, expected):
-    path = PACKAGE_ROOT.parent / module
-    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: source)
-    found = [mod for _, mod in imported_modules(path)]
+def test_walker_sees_relative_and_nested_imports(source: str, module: str, expected: str) -> None:
+    found = [mod for _, mod in imported_modules(PACKAGE_ROOT.parent / module, source)]
     assert expected in found
+    assert upward_of(module, found) == ([expected] if layer_of(expected) > layer_of(module_name(PACKAGE_ROOT.parent / module)) else [])
+
+
+def upward_of(module: str, found: list[str]) -> list[str]:
+    own = layer_of(module_name(PACKAGE_ROOT.parent / module))
+    return [m for m in found if layer_of(m) > own]
 
 
 def test_layer_map_orders_the_design():

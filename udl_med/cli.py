@@ -74,7 +74,7 @@ def cmd_synthesize(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_memorization(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.metrics.memorization import memorization_check
+    from udl_med.evaluation.memorization import memorization_check
 
     return memorization_check(
         args.synthetic, args.train, args.holdout, extractor=args.extractor, dims=args.dims, quantile=args.quantile, drop=args.drop, out=args.figure
@@ -96,7 +96,7 @@ def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_fid(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.metrics.compare import compare_sets
+    from udl_med.evaluation.compare import compare_sets
 
     return compare_sets(
         args.real,

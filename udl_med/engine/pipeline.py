@@ -56,14 +56,14 @@ STEP_KINDS: dict[str, str] = {
     "encode": "udl_med.inference.encode:encode_to_file",
     "sample": "udl_med.inference.sample:sample_to_dir",
     "translate": "udl_med.inference.translate:translate_path",
-    "fid": "udl_med.metrics.compare:compare_sets",
+    "fid": "udl_med.evaluation.compare:compare_sets",
     "probe": "udl_med.evaluation.probe:probe_step",
     "evaluate_translation": "udl_med.evaluation.translation:evaluate_translation_step",
     # synthesis (issue 15)
     "lesion_slices": "udl_med.evaluation.utility:lesion_slices",
     "synthesize": "udl_med.inference.synthesize:synthesize",
     "fid_gate": "udl_med.evaluation.synthesis:fid_gate_step",
-    "memorization": "udl_med.metrics.memorization:memorization_check",
+    "memorization": "udl_med.evaluation.memorization:memorization_check",
     "utility": "udl_med.evaluation.utility:utility_step",
     # semi-supervised classification (issue 14)
     "classify": "udl_med.inference.classify:classify_to_file",

@@ -32,13 +32,13 @@ def fid_gate_step(
     """FID and KID of FAKE against REAL with 95% bootstrap intervals; fail above ``max_fid``.
 
     Returns:
-        what :func:`udl_med.metrics.compare.compare_sets` returns, plus ``max_fid`` and
+        what :func:`udl_med.evaluation.compare.compare_sets` returns, plus ``max_fid`` and
         ``passed``.
 
     Raises:
         QualityGateError: ``fid > max_fid``; the message gives FID, its interval and the gate.
     """
-    from udl_med.metrics.compare import compare_sets
+    from udl_med.evaluation.compare import compare_sets
 
     max_fid = None if max_fid is None else float(max_fid)  # YAML reads 1e9 as a string
     result = compare_sets(real, fake, extractor=extractor, dims=str(dims), bootstrap=int(bootstrap), seed=int(seed))

@@ -134,7 +134,7 @@ def labeled_items(source: str | Path, ct_window: tuple[float, float] = DEFAULT_W
     """
     from udl_med.data.io import list_images, read_image
     from udl_med.data.normalize import normalize
-    from udl_med.metrics.compare import _resize, image_views
+    from udl_med.metrics.compare import image_views, resize_view
 
     images, labels, subjects = [], [], []
     for record in list_images(source):
@@ -147,7 +147,7 @@ def labeled_items(source: str | Path, ct_window: tuple[float, float] = DEFAULT_W
         x, _ = normalize(image.as_tensor(), modality, ct_window=ct_window)
         for view in image_views(x.float(), "2d"):
             size = size or tuple(view.shape[1:])
-            images.append(_resize(view, size))
+            images.append(resize_view(view, size))
             labels.append(int(record.label))
             subjects.append(record.subject or str(record.path))
     if not images:

@@ -1,48 +1,37 @@
-"""``udl-med fid``: FID and KID, with bootstrap intervals, between two image sets.
+"""FID, KID and Inception Score between in-memory image sets: the measures ``udl-med fid`` reports.
 
-An image set is a volume, a DICOM series, a folder of volumes, a manifest CSV, or saved
-statistics (``.npz`` from :func:`set_statistics` / ``--save-stats``). Images are read
-with :func:`udl_med.data.io.read_image`, normalised into [-1, 1] by
-:func:`udl_med.data.normalize.normalize` (CT: fixed HU window; MR: robust percentiles)
-and cut into what the extractor sees:
+Images are normalised tensors in [-1, 1]; :func:`image_views` cuts what the extractor
+sees of one image:
 
 - ``2`` (2D): every slice along ``slice_axis`` (2, axial for RAS volumes) with at least
-  ``foreground_fraction`` of its pixels above background, of each volume; a 2D image (or
-  a one-slice volume, across any axis) is itself, whatever its content, so generated
-  slices are never filtered out.
-- ``2.5``: the three orthogonal middle planes of each volume; their features are
-  averaged into one vector per volume.
+  ``foreground_fraction`` of its pixels above background; a 2D image (or a one-slice
+  volume, across any axis) is itself, whatever its content, so generated slices are
+  never filtered out.
+- ``2.5``: the three orthogonal middle planes of a volume; their features are averaged
+  into one vector per volume.
 - ``3``: whole volumes (or patches), resized by the extractor.
 
-Features stream through :class:`~udl_med.metrics.statistics.StreamingStats`, so a set of
-any size fits in memory.
+:func:`compare_stats` compares two feature statistics (FID, KID, bootstrap intervals),
+:func:`compare_tensors` two batches. Reading image sets from files, and the ``fid``
+command, live in :mod:`udl_med.evaluation.compare`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from udl_med.errors import InputError, UserError
+from udl_med.errors import UserError
 from udl_med.metrics.bootstrap import bootstrap_ci
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
 from udl_med.metrics.frechet import frechet_distance_from_factors
 from udl_med.metrics.inception_score import inception_score
 from udl_med.metrics.kid import KID_SUBSETS, KernelMatrices
-from udl_med.metrics.statistics import (
-    DEFAULT_MAX_FEATURES,
-    FeatureStats,
-    StreamingStats,
-    check_comparable,
-    load_stats,
-    save_stats,
-)
+from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, check_comparable
 
 logger = logging.getLogger(__name__)
 
@@ -88,101 +77,12 @@ def image_views(image: Tensor, layout: str, slice_axis: int = SLICE_AXIS, foregr
     return [s for s in slices if (s > FOREGROUND_LEVEL).float().mean() >= foreground_fraction]
 
 
-def _resize(x: Tensor, size: tuple[int, ...] | None) -> Tensor:
+def resize_view(x: Tensor, size: tuple[int, ...] | None) -> Tensor:
     """Resize ``(C, *spatial)`` to ``size`` as the extractors do (so that views stack)."""
     if size is None or tuple(x.shape[1:]) == tuple(size):
         return x
     mode = "bilinear" if x.ndim == 3 else "trilinear"
     return F.interpolate(x[None].float(), size=size, mode=mode, align_corners=False)[0]
-
-
-# --- image sets ----------------------------------------------------------------------
-
-
-def _modality_of(records: list[Any]) -> str | None:
-    found = {r.modality for r in records if r.modality}
-    return found.pop() if len(found) == 1 else None
-
-
-def iter_normalised(source: str | Path, default_modality: str | None = None) -> Iterator[tuple[str, Tensor]]:
-    """Yield ``(path, image (1, *spatial) in [-1, 1])`` for every image of ``source``."""
-    from udl_med.data.io import list_images, read_image
-    from udl_med.data.normalize import normalize
-
-    for record in list_images(source):
-        image = read_image(record.path)
-        modality = record.modality or image.meta.get("modality") or default_modality
-        tensor, _ = normalize(image.as_tensor(), modality)
-        yield str(record.path), tensor
-
-
-def set_modality(source: str | Path) -> str | None:
-    """The single modality of an image set's manifest, if it has one."""
-    from udl_med.data.io import list_images
-
-    if str(source).endswith(".npz"):
-        return None
-    return _modality_of(list_images(source))
-
-
-def _features_of_images(
-    images: Iterator[tuple[str, Tensor]], extractor: FeatureExtractor, layout: str, stats: StreamingStats, batch_size: int
-) -> None:
-    size = extractor.preprocessing.size
-    pending: list[Tensor] = []
-
-    def flush() -> None:
-        if pending:
-            stats.update(extractor(torch.stack(pending)))
-            pending.clear()
-
-    n_images = 0
-    for path, image in images:
-        try:
-            views = image_views(image, layout)
-        except ValueError as err:
-            raise InputError(path, str(err)) from None
-        views = [_resize(v, size) for v in views]
-        if layout == "2.5d":
-            planes = extractor(torch.stack(views))  # (3, F)
-            stats.update(planes.mean(dim=0, keepdim=True))
-        else:
-            for view in views:
-                if pending and view.shape != pending[0].shape:
-                    raise InputError(path, f"image size {tuple(view.shape[1:])} differs from earlier ones; the extractor has no fixed input size")
-                pending.append(view)
-                if len(pending) >= batch_size:
-                    flush()
-        n_images += 1
-        if n_images % 50 == 0:
-            logger.info("embedded %d images (%d feature vectors)", n_images, stats.n + len(pending))
-    flush()
-
-
-def set_statistics(
-    source: str | Path,
-    extractor: FeatureExtractor | str = "random",
-    dims: str = "2",
-    batch_size: int = 16,
-    max_features: int = DEFAULT_MAX_FEATURES,
-    default_modality: str | None = None,
-    seed: int = 0,
-) -> FeatureStats:
-    """Feature statistics of an image set (or the saved statistics ``source.npz``).
-
-    Raises:
-        UserError: unreadable images, no usable slices, or an extractor/dims mismatch.
-    """
-    layout, spatial_dims = parse_dims(dims)
-    if str(source).endswith(".npz"):
-        return load_stats(source)
-    if isinstance(extractor, str):
-        extractor = build_extractor(extractor, spatial_dims)
-    stats = StreamingStats(max_features=max_features, seed=seed, key=extractor.key(layout))
-    _features_of_images(iter_normalised(source, default_modality), extractor, layout, stats, batch_size)
-    if stats.n < 2:
-        raise InputError(source, f"{stats.n} {layout} view(s) with foreground; at least 2 are needed for FID")
-    return stats.compute()
 
 
 def tensor_statistics(images: Tensor, extractor: FeatureExtractor, batch_size: int = 16, layout: str = "2d") -> FeatureStats:
@@ -239,54 +139,6 @@ def compare_stats(
     return result
 
 
-def compare_sets(
-    real: str | Path,
-    fake: str | Path,
-    extractor: str = "random",
-    dims: str = "2",
-    bootstrap: int = 100,
-    kid_subset_size: int | None = None,
-    kid_subsets: int = KID_SUBSETS,
-    seed: int = 0,
-    batch_size: int = 16,
-    save_real_stats: str | Path | None = None,
-) -> dict[str, Any]:
-    """FID and KID between image sets REAL and FAKE (folders, manifests, volumes or ``.npz``).
-
-    Args:
-        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``
-            or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
-        dims: ``"2"`` (slices), ``"2.5"`` (three middle planes, averaged) or ``"3"`` (volumes).
-        bootstrap: bootstrap replicates for the 95% intervals; 0 for none.
-        kid_subset_size: KID subset size; None: min(1000, n_real, n_fake).
-        save_real_stats: write REAL's statistics (with features) to this ``.npz`` for reuse.
-
-    Returns:
-        ``fid``, ``fid_ci_low``, ``fid_ci_high``, ``kid``, ``kid_std``, ``kid_ci_low``,
-        ``kid_ci_high``, ``n_real``, ``n_fake`` (feature vectors), ``feature_dim``,
-        ``kid_subset_size``, ``extractor``, ``dims``; with a class head (``inception``)
-        and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
-
-    Raises:
-        UserError: bad paths or images, too few samples, mismatched statistics or feature
-            sizes, a weight file with the wrong hash.
-    """
-    layout, spatial_dims = parse_dims(dims)
-    needs_images = not (str(real).endswith(".npz") and str(fake).endswith(".npz"))
-    net = build_extractor(extractor, spatial_dims) if needs_images else None
-    modality = set_modality(real) or set_modality(fake)
-    real_stats = set_statistics(real, net, dims, batch_size, default_modality=modality, seed=seed)
-    fake_stats = set_statistics(fake, net, dims, batch_size, default_modality=modality, seed=seed + 1)
-    if save_real_stats is not None:
-        save_stats(real_stats, save_real_stats)
-    result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed)
-    key = real_stats.key
-    result.update(extractor=key.extractor if key else extractor, dims=str(dims))
-    if net is not None and net.num_classes and layout == "2d" and fake_stats.features is not None:
-        result.update(fake_inception_score(fake_stats, net))
-    return result
-
-
 def fake_inception_score(stats: FeatureStats, extractor: FeatureExtractor) -> dict[str, float]:
     """Inception Score of a set from its kept features, through the extractor's class head."""
     with torch.no_grad():
@@ -320,11 +172,11 @@ def compare_tensors(
 
 
 __all__ = [
-    "compare_sets",
     "compare_stats",
     "compare_tensors",
+    "fake_inception_score",
     "image_views",
     "parse_dims",
-    "set_statistics",
+    "resize_view",
     "tensor_statistics",
 ]

@@ -11,7 +11,7 @@ import torch
 
 from udl_med.cli import main
 from udl_med.errors import UserError
-from udl_med.metrics.compare import compare_sets, compare_tensors, image_views, parse_dims
+from udl_med.evaluation.compare import compare_sets, compare_tensors, image_views, parse_dims
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def _stats(phantoms: dict[str, Path], tmp_path: Path) -> Path:
 
 def test_inception_score_through_an_extractor_head() -> None:
     """compare_sets reports IS of FAKE when the extractor has a class head (as inception does)."""
-    from udl_med.metrics.compare import fake_inception_score
+    from udl_med.evaluation.compare import fake_inception_score
     from udl_med.metrics.extractors.base import FeatureExtractor
     from udl_med.metrics.statistics import FeatureStats
 
