@@ -51,6 +51,8 @@ D_FAKE = "d_fake"  # mean D(G(z))
 # Synthesis (LAPGAN, two-stage GAN, synthesize, memorisation, downstream utility).
 SYNTHETIC_MANIFEST = "manifest.csv"  # inside a synthesize output folder
 SYNTHETIC_GRID = "samples.png"
+FID = "fid"  # Frechet distance of samples to held-out images (train.sample_eval, udl-med fid)
+KID = "kid"  # kernel inception distance, the same comparison
 MEMORIZATION_RATE = "memorization/rate"  # fraction of synthetic images flagged as copies
 UTILITY_ARMS = ("real", "real_plus_synthetic", "synthetic")  # the downstream-utility training sets (MLflow names: no "+")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-TOLERANCE_MM = 1e-4  # geometry comparisons (shared/DESIGN.md)
+TOLERANCE_MM = 1e-4  # an output's geometry equals its input's within this (mm): writers must not drift
 
 
 @dataclass(frozen=True)

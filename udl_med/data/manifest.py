@@ -1,4 +1,4 @@
-"""Collections of images: the manifest CSV (shared/DESIGN.md), folders, and the one manifest writer.
+"""Collections of images: the manifest CSV (the one way udl-med lists images), folders, and the one manifest writer.
 
 A manifest has a column ``image`` (a path relative to the CSV, or absolute) and
 optional ``label``, ``modality`` (``CT``/``MR``), ``subject`` and ``split``
@@ -31,7 +31,7 @@ __all__ = ["ImageRecord", "SPLITS", "MANIFEST_NAME", "list_images", "parse_manif
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of a collection: the manifest's columns (shared/DESIGN.md)."""
+    """One image of a collection: the manifest's columns (:data:`udl_med.keys.MANIFEST_COLUMNS`)."""
 
     path: Path
     label: int | None = None

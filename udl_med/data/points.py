@@ -1,7 +1,8 @@
 """2D Gaussian mixtures for the mode-collapse benchmark: a ring of 8 and a grid of 25.
 
-The two toy distributions of the GAN mode-collapse literature
-(``/work/shared/research/gans.md``, "Mode-collapse benchmark"):
+The two toy distributions on which the GAN mode-collapse papers count recovered modes
+(Metz et al. 2017, unrolled GANs; VEEGAN; PacGAN), with their settings, so that our
+counts compare with theirs:
 
 - **ring**: ``n_modes`` Gaussians with means on a circle of ``radius``, at angles
   ``2 pi k / M`` for ``k = 0..M-1`` (not ``linspace(0, 2 pi, M)``, which repeats the
@@ -35,7 +36,7 @@ from udl_med import keys
 
 __all__ = ["PointsConfig", "PointsDataset", "DEFAULT_STD"]
 
-DEFAULT_STD = {"ring": 0.02, "grid": 0.05}  # per-mixture std when `std` is not given (gans.md)
+DEFAULT_STD = {"ring": 0.02, "grid": 0.05}  # per-mixture std when `std` is not given: the papers' values
 
 
 class PointsConfig(BaseModel):

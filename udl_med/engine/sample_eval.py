@@ -76,4 +76,4 @@ class SampleEvaluator:
         from udl_med.metrics.compare import compare_stats
 
         result: dict[str, Any] = compare_stats(self.real, self._stats(draw_samples(method, self.config.n)), bootstrap=0)
-        return {"fid": float(result["fid"]), "kid": float(result["kid"])}
+        return {keys.FID: float(result["fid"]), keys.KID: float(result["kid"])}

@@ -369,8 +369,8 @@ class Trainer:
             with self.ema.swapped_in(self.method) if self.ema else nullcontext():
                 metrics = self.sample_evaluator(self.method)
             tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
-            if self.config.train.sample_eval.keep_best and metrics["fid"] < self.best_fid:
-                self.best_fid = metrics["fid"]
+            if self.config.train.sample_eval.keep_best and metrics[keys.FID] < self.best_fid:
+                self.best_fid = metrics[keys.FID]
                 state = self.ema.averaged_state(self.method) if self.ema else self.method.state_dict()
                 ckpt.atomic_torch_save({"step": step, "fid": self.best_fid, "model": state}, self.checkpoint_path.parent / BEST_CHECKPOINT_NAME)
         return metrics
