@@ -36,6 +36,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import Tensor, nn
 
+from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import WASSERSTEIN_MODES, Critic, GANLoss, GANMode, clip_weights, feature_matching_loss, gradient_penalty
 from udl_med.losses.image_pool import ImagePool
@@ -226,6 +227,33 @@ class Adversary(nn.Module):
         return feature_matching_loss(real_features.float(), fake_features.float(), distance=self.feature_distance)
 
 
+def discriminator_logs(steps: list[tuple[DiscriminatorLoss, Tensor]]) -> dict[str, Tensor]:
+    """Detached means over a step's D updates ``[(parts, whole loss)]``: D's loss, its mean real and fake scores, the gradient penalty."""
+    out = {
+        keys.LOSS_D: torch.stack([loss.detach() for _, loss in steps]).mean(),
+        keys.D_REAL: torch.stack([p.real_scores.detach().float().mean() for p, _ in steps]).mean(),
+        keys.D_FAKE: torch.stack([p.fake_scores.detach().float().mean() for p, _ in steps]).mean(),
+    }
+    if steps[0][0].gradient_penalty is not None:
+        out[keys.GRADIENT_PENALTY] = torch.stack([p.gradient_penalty.detach() for p, _ in steps]).mean()
+    return out
+
+
+def score_metrics(real_scores: Tensor, fake_scores: Tensor, wasserstein: bool) -> dict[str, float]:
+    """Held-out D metrics from raw scores of real and fake items: mean scores, and the critic's W estimate or D's accuracy.
+
+    A Wasserstein critic's ``E f(x) - E f(G(z))`` estimates ``W(p_data, p_g)``; a
+    classifier's accuracy counts real scored > 0 and fakes scored < 0 (logits).
+    """
+    real_scores, fake_scores = real_scores.float(), fake_scores.float()
+    out = {keys.D_REAL: float(real_scores.mean()), keys.D_FAKE: float(fake_scores.mean())}
+    if wasserstein:
+        out[keys.WASSERSTEIN] = out[keys.D_REAL] - out[keys.D_FAKE]
+    else:
+        out[keys.D_ACCURACY] = float(((real_scores > 0).float().mean() + (fake_scores < 0).float().mean()) / 2)
+    return out
+
+
 def replay(pool: ImagePool, fake: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Fakes ``(B, C, *spatial)`` (and their labels ``(B,)``) drawn through an experience-replay ``pool``.
 
@@ -249,6 +277,17 @@ class CheckpointSwapConfig(MethodConfig):
     duration: int = Field(..., ge=1, description="steps the old snapshot stays swapped in")
     player: Literal["d", "g"] = Field("d", description="which network is swapped: the old D trains G, or the old G trains D")
     keep: int = Field(5, ge=1, description="snapshots kept besides the newest; the swapped-in one is drawn among them")
+
+
+class UnrolledConfig(MethodConfig):
+    """``model.unrolled``: G's loss through ``steps`` simulated D updates (Metz et al. 2017; :mod:`udl_med.losses.unrolled`)."""
+
+    steps: int = Field(..., ge=1, description="K, simulated D updates")
+    first_order: bool = Field(False, description="train G against D updated K times with G detached (no second derivatives)")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner steps: SGD, or Adam continuing from the D optimizer's moments")
+    lr: float | None = Field(
+        None, gt=0.0, description="inner step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
+    )
 
 
 def checkpoint_swap(history: SwapHistory, net: nn.Module, optimizer: str, opt: Optimization, swap: CheckpointSwapConfig) -> None:
@@ -289,8 +328,11 @@ __all__ = [
     "DiscriminatorLoss",
     "PackingConfig",
     "ScoreObjective",
+    "UnrolledConfig",
     "checkpoint_swap",
+    "discriminator_logs",
     "packed_discriminator",
     "refuse",
     "replay",
+    "score_metrics",
 ]

@@ -33,19 +33,13 @@ from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
 from udl_med.losses.unrolled import adam_eps, adam_moments, unroll_discriminator
-from udl_med.methods.adversarial import (
-    Adversary,
-    CheckpointSwapConfig,
-    DiscriminatorLoss,
-    PackingConfig,
-    checkpoint_swap,
-    packed_discriminator,
-    refuse,
-    replay,
-)
+from udl_med.methods.adversarial import Adversary, CheckpointSwapConfig, DiscriminatorLoss, PackingConfig, UnrolledConfig
+from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, packed_discriminator, refuse, replay, score_metrics
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.gan_wrappers import Flat, SwapHistory
-from udl_med.nets.mixture_latent import StandardNormalLatent
+from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
+from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
 
 PREVIEW_IMAGES = 64  # samples in the preview grid
 PREVIEW_POINTS = 1024  # samples in the preview scatter plot
@@ -78,17 +72,6 @@ _LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
 # Adam's betas when the config leaves them out (only when the optimizer is Adam)
 _ADAM_BETAS = {"wgan-gp": (0.0, 0.9)}
 _DCGAN_BETAS = (0.5, 0.999)
-
-
-class UnrolledConfig(MethodConfig):
-    """``model.unrolled``: G's loss through ``steps`` simulated D updates (Metz et al. 2017)."""
-
-    steps: int = Field(..., ge=1, description="K, simulated D updates")
-    first_order: bool = Field(False, description="train G against D updated K times with G detached (no second derivatives)")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner steps: SGD, or Adam continuing from the D optimizer's moments")
-    lr: float | None = Field(
-        None, gt=0.0, description="inner step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
-    )
 
 
 class LatentMixtureConfig(MethodConfig):
@@ -154,24 +137,18 @@ class GANConfig(PackingConfig):
     def _fill_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        loss = data.get("loss") or GANObjective.NON_SATURATING.value
-        defaults = _LOSS_DEFAULTS.get(str(getattr(loss, "value", loss)))
+        loss = str(getattr(data.get("loss"), "value", data.get("loss") or GANObjective.NON_SATURATING.value))
+        defaults = _LOSS_DEFAULTS.get(loss)
         if defaults is None:  # an unknown loss: let field validation name it
             return data
-        out = dict(data)
-        for key, value in defaults.items():
+        out, dcgan = dict(data), (data.get("architecture") or "dcgan") == "dcgan"
+        adam = (out.get("optimizer") or defaults["optimizer"]) == "adam"
+        betas = dict(zip(("beta1", "beta2"), _ADAM_BETAS.get(loss, _DCGAN_BETAS))) if adam else {}
+        # DCGAN: batch norm in both; WGAN-GP: no batch norm in the critic (Gulrajani et al., section 4); MLPs: none
+        norms = {"g_norm": "batch" if dcgan else "none", "d_norm": "batch" if dcgan and loss != "wgan-gp" else "none"}
+        for key, value in {**defaults, **betas, **norms}.items():
             if out.get(key) is None:
                 out[key] = value
-        if out.get("optimizer") == "adam":
-            for key, value in zip(("beta1", "beta2"), _ADAM_BETAS.get(str(getattr(loss, "value", loss)), _DCGAN_BETAS)):
-                if out.get(key) is None:
-                    out[key] = value
-        architecture = out.get("architecture") or "dcgan"
-        if out.get("g_norm") is None:
-            out["g_norm"] = "batch" if architecture == "dcgan" else "none"
-        if out.get("d_norm") is None:
-            # DCGAN: batch norm in both; WGAN-GP: no batch norm in the critic (Gulrajani et al., section 4)
-            out["d_norm"] = "batch" if architecture == "dcgan" and loss != "wgan-gp" else "none"
         return out
 
     @model_validator(mode="after")
@@ -284,31 +261,25 @@ class GAN(Method):
             raise ConfigError("<config>", "model.architecture", "point data (spatial_dims 0) needs architecture: mlp")
         self.num_classes = data.num_classes if config.conditional else 0
         if config.conditional and data.num_classes < 2:
-            raise ConfigError(
-                "<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}"
-            )
+            raise ConfigError("<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}")
         self.generator, self.discriminator = self._build_nets(config, data)
-        clip = config.clip_value if config.loss == GANObjective.WGAN else None
-        joint = config.batch_norm_batches == "joint"
+        clip, joint = (config.clip_value if config.loss == GANObjective.WGAN else None), config.batch_norm_batches == "joint"
         self.adversary = Adversary.from_config(config, clip_value=clip, joint=joint, feature_distance=config.feature_matching_distance)
         self.pool = ImagePool(config.replay)  # draws from the engine-seeded global RNG
-        if config.latent_mixture is None:
-            self.normal_latent = StandardNormalLatent(config.latent_dim)
+        self.normal_latent = StandardNormalLatent(config.latent_dim) if config.latent_mixture is None else None
         if config.historical_averaging > 0:
             self.g_average = HistoricalAverage(self.generator)
             self.d_average = HistoricalAverage(self.discriminator)
         if config.checkpoint_swap is not None:
             self.swap_history = SwapHistory()
-        # Placeholder VBN references of the final shapes, so that a fresh method's state dict
-        # has their keys (a model file with the real ones loads strictly); on_train_start sets them.
+        # Placeholder VBN references of the final shapes (a model file's real ones load strictly); on_train_start sets them.
         r = config.vbn_reference
         placeholder_labels = torch.zeros(r, dtype=torch.long) if self.num_classes else None
         if config.g_norm == "virtual_batch":
             self.generator.set_reference(torch.zeros(r, config.latent_dim), placeholder_labels)
         if config.d_norm == "virtual_batch":
             self.discriminator.set_reference(torch.zeros(r, *self.item_shape), placeholder_labels)
-        fixed = torch.Generator().manual_seed(_FIXED_SEED)
-        n_fixed = PREVIEW_POINTS if self.points else PREVIEW_IMAGES
+        fixed, n_fixed = torch.Generator().manual_seed(_FIXED_SEED), PREVIEW_POINTS if self.points else PREVIEW_IMAGES
         # the fixed noise of previews and evaluation; with a mixture latent, eps and the components (z = mu_c + sigma_c eps)
         self.register_buffer("fixed_z", torch.randn(n_fixed, config.latent_dim, generator=fixed), persistent=False)
         components = torch.randint(config.latent_mixture.components, (n_fixed,), generator=fixed) if config.latent_mixture else torch.zeros(0, dtype=torch.long)
@@ -317,59 +288,28 @@ class GAN(Method):
         self.register_buffer("fixed_labels", labels, persistent=False)
 
     def _build_nets(self, config: GANConfig, data: DataSpec) -> tuple[nn.Module, nn.Module]:
-        d_kwargs: dict[str, Any] = dict(
-            num_classes=self.num_classes,
-            norm=config.d_norm,
-            minibatch_kernels=config.minibatch_kernels,
-            input_noise_std=config.d_input_noise,
-            hidden_noise_std=config.d_hidden_noise,
-        )
+        """G (with its mixture latent, if any) and D (packed, if ``pack`` > 1), DCGANs or MLPs."""
+        d_kwargs: dict[str, Any] = dict(norm=config.d_norm, minibatch_kernels=config.minibatch_kernels, input_noise_std=config.d_input_noise, hidden_noise_std=config.d_hidden_noise)
+        mixture, m = config.latent_mixture, config.pack
         if config.architecture == "mlp":
-            from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
-
             features = math.prod(self.item_shape)
-            g = MLPGenerator(
-                config.latent_dim,
-                features,
-                hidden=config.g_hidden,
-                num_classes=self.num_classes,
-                norm=config.g_norm,
-                output="linear" if self.points else "tanh",
-            )
-            d = MLPDiscriminator(features * config.pack, hidden=config.d_hidden, out_features=1, **d_kwargs)
-            d_flat = Flat(d, (config.pack * self.item_shape[0], *self.item_shape[1:]), "discriminator")
-            return self._with_latent(Flat(g, self.item_shape, "generator")), packed_discriminator(d_flat, config.pack)
-        from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-
-        dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
-        try:
-            g = DCGANGenerator(
-                dims,
-                config.latent_dim,
-                c,
-                size,
-                **({} if config.g_channels is None else {"channels": config.g_channels}),
-                num_classes=self.num_classes,
-                norm=config.g_norm,
-            )
-        except ValueError as err:
-            raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
-        try:
-            d = DCGANDiscriminator(
-                dims, c * config.pack, size, **({} if config.d_channels is None else {"channels": config.d_channels}), out_features=1, **d_kwargs
-            )
-        except ValueError as err:
-            raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
-        return self._with_latent(g), packed_discriminator(d, config.pack)
-
-    def _with_latent(self, g: nn.Module) -> nn.Module:
-        """G, or G together with its learned mixture latent (``model.latent_mixture``): one module to train, average and save."""
-        mixture = self.config.latent_mixture
-        if mixture is None:
-            return g
-        from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator
-
-        return MixtureLatentGenerator(g, MixtureLatent(self.config.latent_dim, mixture.components, init_std=mixture.init_std))
+            g = MLPGenerator(config.latent_dim, features, hidden=config.g_hidden, num_classes=self.num_classes, norm=config.g_norm, output="linear" if self.points else "tanh")
+            g = Flat(g, self.item_shape, "generator")
+            d = MLPDiscriminator(features * m, hidden=config.d_hidden, out_features=1, num_classes=self.num_classes, **d_kwargs)
+            d = Flat(d, (m * self.item_shape[0], *self.item_shape[1:]), "discriminator")
+        else:
+            dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
+            try:
+                g = DCGANGenerator(dims, config.latent_dim, c, size, **_channels(config.g_channels), num_classes=self.num_classes, norm=config.g_norm)
+            except ValueError as err:
+                raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
+            try:
+                d = DCGANDiscriminator(dims, c * m, size, **_channels(config.d_channels), out_features=1, num_classes=self.num_classes, **d_kwargs)
+            except ValueError as err:
+                raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
+        if mixture is not None:  # G and its learned latent: one module to train, average and save
+            g = MixtureLatentGenerator(g, MixtureLatent(config.latent_dim, mixture.components, init_std=mixture.init_std))
+        return g, packed_discriminator(d, m)
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -378,9 +318,7 @@ class GAN(Method):
         g_lr, d_lr = cfg.g_lr or cfg.lr, cfg.d_lr or cfg.lr
 
         def build(params, lr: float) -> torch.optim.Optimizer:
-            if cfg.optimizer == "rmsprop":
-                return torch.optim.RMSprop(params, lr=lr)
-            return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+            return torch.optim.RMSprop(params, lr=lr) if cfg.optimizer == "rmsprop" else torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
 
         return {"g": build(self.generator.parameters(), g_lr), "d": build(self.discriminator.parameters(), d_lr)}
 
@@ -440,9 +378,7 @@ class GAN(Method):
             self.d_average.update(self.discriminator)
         return parts, loss
 
-    def generator_loss(
-        self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None
-    ) -> Tensor:
+    def generator_loss(self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None) -> Tensor:
         """G's loss on fresh fakes ``G(z, labels)`` (D frozen): adversarial, feature matching or unrolled.
 
         ``real`` and ``labels`` are the last D step's real batch (the unrolled inner steps
@@ -501,15 +437,7 @@ class GAN(Method):
         if cfg.historical_averaging > 0:
             self.g_average.update(self.generator)
 
-        out = {
-            keys.LOSS_G: loss_g.detach(),
-            keys.LOSS_D: torch.stack([loss.detach() for _, loss in d_parts]).mean(),
-            keys.D_REAL: torch.stack([p.real_scores.detach().float().mean() for p, _ in d_parts]).mean(),
-            keys.D_FAKE: torch.stack([p.fake_scores.detach().float().mean() for p, _ in d_parts]).mean(),
-        }
-        if d_parts[0][0].gradient_penalty is not None:
-            out[keys.GRADIENT_PENALTY] = torch.stack([p.gradient_penalty.detach() for p, _ in d_parts]).mean()
-        return out
+        return {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts)}
 
     # -- what a trained model does ------------------------------------------------------
 
@@ -532,19 +460,14 @@ class GAN(Method):
         Raises:
             ValueError: ``label`` given to an unconditional model, or out of range.
         """
-        z = self.prior.draw(n, generator)
-        device = z.device
-        labels = None
-        if self.num_classes:
-            if label is None:
-                labels = torch.randint(self.num_classes, (n,), generator=generator).to(device)
-            elif not 0 <= int(label) < self.num_classes:
-                raise ValueError(f"label {label} is out of range: the model has classes 0..{self.num_classes - 1}")
-            else:
-                labels = torch.full((n,), int(label), dtype=torch.long, device=device)
-        elif label is not None:
+        z, labels = self.prior.draw(n, generator), None
+        if not self.num_classes and label is not None:
             raise ValueError(f"method {self.name!r} was trained unconditionally (model.conditional: false): it cannot sample a given label")
-        return self._generate(z, labels)
+        if self.num_classes and label is not None and not 0 <= int(label) < self.num_classes:
+            raise ValueError(f"label {label} is out of range: the model has classes 0..{self.num_classes - 1}")
+        if self.num_classes:
+            labels = torch.randint(self.num_classes, (n,), generator=generator) if label is None else torch.full((n,), int(label), dtype=torch.long)
+        return self._generate(z, None if labels is None else labels.to(z.device))
 
     @torch.no_grad()
     def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -565,14 +488,12 @@ class GAN(Method):
         n = min(real.shape[0], self.fixed_z.shape[0] - self.fixed_z.shape[0] % self.config.pack)
         fake_labels = labels[:n] if labels is not None else None
         fake = self._generate(self._fixed_latent(n), fake_labels)
-        real_scores = self.discriminator(real, labels).float()
-        fake_scores = self.discriminator(fake, fake_labels).float()
-        out = {keys.D_REAL: float(real_scores.mean()), keys.D_FAKE: float(fake_scores.mean())}
-        if self.config.loss in WASSERSTEIN:
-            out[keys.WASSERSTEIN] = out[keys.D_REAL] - out[keys.D_FAKE]  # the critic's estimate of W(p_data, p_g)
-        else:
-            out[keys.D_ACCURACY] = float(((real_scores > 0).float().mean() + (fake_scores < 0).float().mean()) / 2)
-        return out
+        return score_metrics(self.discriminator(real, labels), self.discriminator(fake, fake_labels), wasserstein=self.config.loss in WASSERSTEIN)
+
+
+def _channels(channels: tuple[int, ...] | None) -> dict[str, Any]:
+    """A DCGAN net's ``channels`` keyword, or none (the net's default) for null."""
+    return {} if channels is None else {"channels": channels}
 
 
 __all__ = ["GAN", "GANConfig", "GANObjective"]
