@@ -36,6 +36,7 @@ from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.methods.adversarial import AdversarialConfig, Adversary
 from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
+from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.lapgan import LaplacianLevelDiscriminator, LaplacianLevelGenerator
 from udl_med.nets.pyramid import Upsampling, check_pyramid_size, gaussian_pyramid, upsample
 
@@ -111,8 +112,6 @@ class LAPGAN(Method):
 
     def __init__(self, config: LAPGANConfig, data: DataSpec) -> None:
         super().__init__(config, data)
-        from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-
         if data.spatial_dims not in (2, 3):
             raise ConfigError("<config>", "data.layout", f"LAPGAN needs 2D or 3D images, got spatial_dims {data.spatial_dims}")
         try:

@@ -46,7 +46,9 @@ from udl_med.errors import ConfigError
 from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
 from udl_med.methods.adversarial import Adversary
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.nets.dcgan import DCGANGenerator
 from udl_med.nets.kplus1 import KPlusOneDiscriminator
+from udl_med.nets.mlp_gan import MLPGenerator
 
 DISCRIMINATOR = "discriminator"  # optimizer and submodule names
 GENERATOR = "generator"
@@ -158,11 +160,7 @@ class SemiSupervisedGAN(Method):
     @staticmethod
     def _build_generator(config: SemiSupervisedGANConfig, data: DataSpec) -> torch.nn.Module:
         if data.spatial_dims == 0:
-            from udl_med.nets.mlp_gan import MLPGenerator
-
             return MLPGenerator(config.latent_dim, data.in_channels, hidden=config.g_hidden, norm="batch", output="tanh")
-        from udl_med.nets.dcgan import DCGANGenerator
-
         return DCGANGenerator(data.spatial_dims, config.latent_dim, data.in_channels, data.image_size, channels=config.g_channels, norm="batch")
 
     def _device(self) -> torch.device:
