@@ -147,8 +147,13 @@ class Adversary(nn.Module):
     A method builds it once (:meth:`from_config`) and, each step, calls
     :meth:`discriminator_loss` with its critic and the real and (detached) fake batches,
     steps D, calls :meth:`after_discriminator_step`, then adds :meth:`generator_loss`
-    (or :meth:`feature_matching_loss`) to G's loss. Every critic call goes through here,
-    which is where a D-side transform of the inputs or a regulariser on D belongs.
+    (or :meth:`feature_matching_loss`) to G's loss. Every critic call of a training step
+    goes through here, so this is where a D-side trick goes once for every method: a
+    transform of D's inputs (applied to real and fake alike, and to G's fakes in
+    :meth:`generator_loss`) in :meth:`scores` and :meth:`generator_loss`; a regulariser
+    on D (a penalty on real scores' gradients) in :meth:`discriminator_loss`, with its
+    key in :class:`AdversarialConfig` and its weight in :meth:`from_config`; another
+    objective as a :class:`ScoreObjective` (a new :class:`GANLoss` mode).
 
     Args:
         objective: scores -> losses (a :class:`GANLoss`, with its real target for label
