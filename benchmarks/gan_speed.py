@@ -81,7 +81,7 @@ def peer(manifest: Path, work: Path, steps: int) -> float:
     from udl_med.methods.base import get_method
 
     method = get_method("gan")(cfg.model, data_spec(cfg.data, dataset))
-    g, d, gan_loss = method.generator, method.discriminator, method.gan_loss
+    g, d, gan_loss = method.generator, method.discriminator, method.adversary.objective
     opts = method.configure_optimizers()
 
     def d_loss(fakes: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:

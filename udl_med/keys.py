@@ -62,3 +62,12 @@ LOSS_D = "loss_d"  # discriminator / critic loss, mean over the step's D steps
 GRADIENT_PENALTY = "gradient_penalty"  # WGAN-GP penalty before its weight
 WASSERSTEIN = "wasserstein"  # held-out critic estimate E f(x) - E f(G(z))
 D_ACCURACY = "d_accuracy"  # held-out share of real scored > 0 and fakes scored < 0
+
+# Log keys of the translation methods (CycleGAN, pix2pix); a direction or domain is appended as "_ct2mr", "_ct", ...
+LOSS_G_GAN = "loss_g_gan"  # the generators' adversarial term
+LOSS_CYCLE = "loss_cycle"  # weighted cycle-consistency loss
+LOSS_IDENTITY = "loss_identity"  # weighted identity loss
+LOSS_L1 = "loss_l1"  # pix2pix's L1 to the paired target, before its weight
+CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
+IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
+L1 = "l1"  # held-out L1 of a translation against its paired target

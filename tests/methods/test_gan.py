@@ -20,7 +20,8 @@ from udl_med.engine.train import train
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss
 from udl_med.methods.base import DataSpec
-from udl_med.methods.gan import GAN, GANConfig, adam_moments, unroll_discriminator
+from udl_med.losses.unrolled import adam_moments, unroll_discriminator
+from udl_med.methods.gan import GAN, GANConfig
 from tests.engine.test_train import _final_state, _udl_med, _write_config, kill_and_resume
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -430,14 +431,14 @@ def test_label_smoothing_reaches_only_the_discriminators_real_target() -> None:
     smooth.load_state_dict(plain.state_dict())
     plain.eval(), smooth.eval()
     real, fake = random_batch(data)[keys.IMAGE], random_batch(data)[keys.IMAGE]
-    loss_plain = plain.discriminator_loss(plain.discriminator, real, fake, None, None)
-    loss_smooth = smooth.discriminator_loss(smooth.discriminator, real, fake, None, None)
+    loss_plain = plain.adversary.discriminator_loss(plain.discriminator, real, fake, None, None)
+    loss_smooth = smooth.adversary.discriminator_loss(smooth.discriminator, real, fake, None, None)
     # BCE(s, 0.9) - BCE(s, 1) = 0.1 s, halved by GANLoss: 0.05 * mean real score
-    expected = 0.05 * loss_plain["real_scores"].float().mean()
-    assert (loss_smooth["loss"] - loss_plain["loss"]).item() == pytest.approx(expected.item(), abs=1e-6)
+    expected = 0.05 * loss_plain.real_scores.float().mean()
+    assert (loss_smooth.loss - loss_plain.loss).item() == pytest.approx(expected.item(), abs=1e-6)
     assert abs(expected.item()) > 0.05
     scores = plain.discriminator(fake)
-    assert torch.equal(plain.gan_loss.generator_loss(scores), smooth.gan_loss.generator_loss(scores))
+    assert torch.equal(plain.adversary.objective.generator_loss(scores), smooth.adversary.objective.generator_loss(scores))
 
 
 # -- refusals ---------------------------------------------------------------------------

@@ -57,3 +57,20 @@ def test_bad_arguments_are_refused(kwargs: dict, word: str) -> None:
 
 def test_log_std_starts_at_init_std() -> None:
     assert torch.allclose(MixtureLatent(2, 3, init_std=0.01).log_std, torch.full((3, 2), math.log(0.01)))
+
+
+def test_standard_normal_latent_draws_like_randn_and_passes_fixed_noise_through() -> None:
+    from udl_med.nets.mixture_latent import StandardNormalLatent
+
+    prior = StandardNormalLatent(3)
+    assert torch.equal(prior.draw(5, torch.Generator().manual_seed(4)), torch.randn(5, 3, generator=torch.Generator().manual_seed(4)))
+    torch.manual_seed(7)
+    drawn = prior.draw(6)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, torch.randn(6, 3))  # the training path: the global RNG
+    eps = torch.randn(4, 3)
+    assert prior(eps, torch.zeros(0, dtype=torch.long)) is eps
+    assert prior.state_dict() == {}  # nothing saved: a model file is the same with or without it
+    assert prior.draw(2).device.type == "cpu" and prior.to("meta").draw(2).device.type == "meta"  # z follows the owner's .to(device)
+    with pytest.raises(ValueError, match="latent_dim"):
+        StandardNormalLatent(0)

@@ -163,9 +163,14 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
     except ValidationError as err:
         raise ConfigError(source, *_first_error(err, "model.")) from None
     try:
-        return RunConfig(**body, model=model)
+        run = RunConfig(**body, model=model)
     except ValidationError as err:
         raise ConfigError(source, *_first_error(err)) from None
+    try:
+        model.check_run(run.train)  # model keys that depend on train: (model.pack vs train.batch_size)
+    except ConfigError as err:
+        raise ConfigError(source, err.key, err.problem) from None
+    return run
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -43,6 +43,9 @@ from torch import Tensor, nn
 
 from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
 
+#: ``d(x, labels) -> scores``: a discriminator, or a functional copy of it with other parameters
+Critic = Callable[[Tensor, Tensor | None], Tensor]
+
 
 class GANMode(StrEnum):
     """The adversarial objectives :class:`GANLoss` implements."""

@@ -57,6 +57,13 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
+    def check_run(self, train: Any) -> None:
+        """Refuse keys that do not fit the run's ``train:`` section, called when the run config loads.
+
+        Raise ``ConfigError("<config>", "model.KEY", problem)`` naming the ``train`` key too;
+        the engine puts the config file in its place. The default accepts everything.
+        """
+
 
 class InitFrom(BaseModel):
     """Weights of a trained model copied into submodules of a new run before its first step.

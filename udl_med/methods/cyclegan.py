@@ -15,9 +15,10 @@ from torch import Tensor
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import CycleConsistencyLoss, GANLoss, GANMode, IdentityLoss, gradient_penalty, set_requires_grad
+from udl_med.losses.gan import CycleConsistencyLoss, GANMode, IdentityLoss, set_requires_grad
 from udl_med.losses.image_pool import ImagePool
-from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.methods.adversarial import AdversarialConfig, Adversary, replay
+from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
 from udl_med.nets.patch_discriminator import PatchGANDiscriminator, check_patch_input
 from udl_med.nets.resnet_generator import ResNetGenerator
 
@@ -31,20 +32,19 @@ def check_direction(direction: str, available: tuple[str, ...] = DIRECTIONS) -> 
     return direction
 
 
-class AdversarialConfig(MethodConfig):
-    """What every PatchGAN translation method shares: discriminator, penalties, Adam."""
+class PatchGANConfig(AdversarialConfig):
+    """What every PatchGAN translation method shares: discriminator, Adam, and the adversarial keys (``gp_weight``, ``label_smoothing``)."""
 
     disc_channels: int = Field(64, ge=1, description="discriminator first-layer filters (ndf)")
     disc_layers: int = Field(3, ge=1, description="PatchGAN strided layers (3: 70x70 patches)")
     norm: str = "instance"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
     lr: float = Field(2e-4, gt=0.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
 
 
-class CycleGANConfig(AdversarialConfig):
+class CycleGANConfig(PatchGANConfig):
     """``model:`` section of a CycleGAN run. Defaults follow the paper and its code."""
 
     channels: int = Field(64, ge=1, description="generator stem filters (ngf)")
@@ -122,7 +122,7 @@ class CycleGAN(Method):
         self.d_mr, self.d_ct = discriminator(), discriminator()
         self.pool_ct = ImagePool(config.pool_size)  # draws from the engine-seeded global RNG
         self.pool_mr = ImagePool(config.pool_size)
-        self.gan_loss = GANLoss(config.gan_mode)
+        self.adversary = Adversary.from_config(config)
         self.cycle_loss = CycleConsistencyLoss()
         self.identity_loss = IdentityLoss()
 
@@ -137,12 +137,10 @@ class CycleGAN(Method):
             ),
         }
 
-    def _discriminator_loss(self, disc: PatchGANDiscriminator, real: Tensor, fake: Tensor) -> Tensor:
-        """One helper for D_X and D_Y: real vs (pooled, detached) fake, plus the WGAN-GP penalty."""
-        loss = self.gan_loss.discriminator_loss(disc(real), disc(fake))
-        if self.config.gan_mode == GANMode.WGAN_GP and self.config.gp_weight > 0:
-            loss = loss + self.config.gp_weight * gradient_penalty(disc, real, fake)
-        return loss
+    @staticmethod
+    def _critic(disc: PatchGANDiscriminator):
+        """``(x, labels) -> disc(x)``: an unconditional D as the adversary calls it."""
+        return lambda x, labels=None: disc(x)
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         cfg = self.config
@@ -158,7 +156,7 @@ class CycleGAN(Method):
         # generators: D_X and D_Y frozen
         set_requires_grad([self.d_ct, self.d_mr], False)
         with opt.autocast():
-            loss_gan = self.gan_loss.generator_loss(self.d_mr(fake_mr)) + self.gan_loss.generator_loss(self.d_ct(fake_ct))
+            loss_gan = self.adversary.generator_loss(self._critic(self.d_mr), fake_mr) + self.adversary.generator_loss(self._critic(self.d_ct), fake_ct)
             loss_cycle = cfg.lambda_cycle * (self.cycle_loss(rec_ct, real_ct) + self.cycle_loss(rec_mr, real_mr))
             loss_identity = real_ct.new_zeros(())
             if cfg.lambda_identity > 0:
@@ -173,19 +171,20 @@ class CycleGAN(Method):
 
         # discriminators: real vs pooled, detached fakes
         with opt.autocast():
-            loss_d_mr = self._discriminator_loss(self.d_mr, real_mr, self.pool_mr.query(fake_mr.detach()))
-            loss_d_ct = self._discriminator_loss(self.d_ct, real_ct, self.pool_ct.query(fake_ct.detach()))
+            # one helper for D_Y and D_X: real vs pooled, detached fakes
+            loss_d_mr = self.adversary.discriminator_loss(self._critic(self.d_mr), real_mr, replay(self.pool_mr, fake_mr.detach())[0]).loss
+            loss_d_ct = self.adversary.discriminator_loss(self._critic(self.d_ct), real_ct, replay(self.pool_ct, fake_ct.detach())[0]).loss
             loss_d = loss_d_mr + loss_d_ct
         opt.step("d", loss_d)
 
         return {
-            "loss_g": loss_g.detach(),
-            "loss_g_gan": loss_gan.detach(),
-            "loss_cycle": loss_cycle.detach(),
-            "loss_identity": loss_identity.detach(),
-            "loss_d": loss_d.detach(),
-            "loss_d_ct": loss_d_ct.detach(),
-            "loss_d_mr": loss_d_mr.detach(),
+            keys.LOSS_G: loss_g.detach(),
+            keys.LOSS_G_GAN: loss_gan.detach(),
+            keys.LOSS_CYCLE: loss_cycle.detach(),
+            keys.LOSS_IDENTITY: loss_identity.detach(),
+            keys.LOSS_D: loss_d.detach(),
+            f"{keys.LOSS_D}_ct": loss_d_ct.detach(),
+            f"{keys.LOSS_D}_mr": loss_d_mr.detach(),
         }
 
     @torch.no_grad()
@@ -194,10 +193,10 @@ class CycleGAN(Method):
         real_ct, real_mr = batch[keys.CT], batch[keys.MR]
         fake_mr, fake_ct = self.g_ct2mr(real_ct), self.g_mr2ct(real_mr)
         return {
-            "cycle_l1_ct": self.cycle_loss(self.g_mr2ct(fake_mr), real_ct).item(),
-            "cycle_l1_mr": self.cycle_loss(self.g_ct2mr(fake_ct), real_mr).item(),
-            "identity_l1_ct": self.identity_loss(self.g_mr2ct(real_ct), real_ct).item(),
-            "identity_l1_mr": self.identity_loss(self.g_ct2mr(real_mr), real_mr).item(),
+            f"{keys.CYCLE_L1}_ct": self.cycle_loss(self.g_mr2ct(fake_mr), real_ct).item(),
+            f"{keys.CYCLE_L1}_mr": self.cycle_loss(self.g_ct2mr(fake_ct), real_mr).item(),
+            f"{keys.IDENTITY_L1}_ct": self.identity_loss(self.g_mr2ct(real_ct), real_ct).item(),
+            f"{keys.IDENTITY_L1}_mr": self.identity_loss(self.g_ct2mr(real_mr), real_mr).item(),
         }
 
     @torch.no_grad()

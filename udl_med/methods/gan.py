@@ -11,33 +11,35 @@ GAN, Metz et al. 2017 (https://arxiv.org/abs/1611.02163); experience replay,
 Shrivastava et al. 2017 (https://arxiv.org/abs/1612.07828); conditional GAN, Mirza and
 Osindero 2014 (https://arxiv.org/abs/1411.1784); PacGAN, Lin et al. 2018
 (https://arxiv.org/abs/1712.04086); DeLiGAN's mixture latent, Gurumurthy et al. 2017
-(https://arxiv.org/abs/1706.02071). The facts and defaults collected from
-the papers are in ``shared/research/gans.md``.
+(https://arxiv.org/abs/1706.02071). The D-side pieces every adversarial method shares
+(the loss and its targets, gradient penalty, clipping, packing, replay) come from
+:mod:`udl_med.methods.adversarial`; this module keeps the keys, refusals and step of ``gan``.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from monai.utils import StrEnum
-from pydantic import Field, ValidationError, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import GANLoss, clip_weights, feature_matching_loss, gradient_penalty, set_requires_grad
+from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
+from udl_med.losses.unrolled import adam_eps, adam_moments, unroll_discriminator
+from udl_med.methods.adversarial import Adversary, CheckpointSwapConfig, DiscriminatorLoss, PackingConfig, UnrolledConfig
+from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, packed_discriminator, refuse, replay, score_metrics
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
-
-# d(x, labels) -> scores (B, 1): the discriminator, or a functional copy of it with other parameters
-Critic = Callable[[Tensor, Tensor | None], Tensor]
+from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from udl_med.nets.gan_wrappers import Flat, SwapHistory
+from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
+from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
 
 PREVIEW_IMAGES = 64  # samples in the preview grid
 PREVIEW_POINTS = 1024  # samples in the preview scatter plot
@@ -55,10 +57,8 @@ class GANObjective(StrEnum):
 
 
 WASSERSTEIN = (GANObjective.WGAN, GANObjective.WGAN_GP)
-# model.loss -> GANLoss mode (udl_med.losses.gan): the same names
-_GANLOSS_MODE = {o: o.value for o in GANObjective}
 
-# Per-loss defaults filled in for keys the config leaves out (gans.md):
+# Per-loss defaults filled in for keys the config leaves out, as each paper trains:
 _LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     # DCGAN: Adam 2e-4, beta1 0.5 (Radford et al. 2016, section 4)
     "minimax": {"optimizer": "adam", "lr": 2e-4, "d_steps": 1},
@@ -74,26 +74,6 @@ _ADAM_BETAS = {"wgan-gp": (0.0, 0.9)}
 _DCGAN_BETAS = (0.5, 0.999)
 
 
-class CheckpointSwapConfig(MethodConfig):
-    """``model.checkpoint_swap``: every ``every`` steps snapshot G and D; swap an old one in for ``duration`` steps."""
-
-    every: int = Field(..., ge=2, description="steps between snapshots (and swaps)")
-    duration: int = Field(..., ge=1, description="steps the old snapshot stays swapped in")
-    player: Literal["d", "g"] = Field("d", description="which network is swapped: the old D trains G, or the old G trains D")
-    keep: int = Field(5, ge=1, description="snapshots kept besides the newest; the swapped-in one is drawn among them")
-
-
-class UnrolledConfig(MethodConfig):
-    """``model.unrolled``: G's loss through ``steps`` simulated D updates (Metz et al. 2017)."""
-
-    steps: int = Field(..., ge=1, description="K, simulated D updates")
-    first_order: bool = Field(False, description="train G against D updated K times with G detached (no second derivatives)")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="inner steps: SGD, or Adam continuing from the D optimizer's moments")
-    lr: float | None = Field(
-        None, gt=0.0, description="inner step size (null: D's learning rate); SGD moves D by lr * grad, much less than Adam at the same lr"
-    )
-
-
 class LatentMixtureConfig(MethodConfig):
     """``model.latent_mixture``: z from N learned Gaussian components instead of N(0, I) (DeLiGAN, Gurumurthy et al. 2017)."""
 
@@ -102,20 +82,17 @@ class LatentMixtureConfig(MethodConfig):
     std_penalty: float = Field(0.0, ge=0.0, description="lambda of DeLiGAN's (1/N) sum ||1 - sigma_i||^2 in G's loss (0: off)")
 
 
-def _refuse(key: str, problem: str, value: Any) -> ValidationError:
-    """A validation error located at ``key`` (so the engine reports ``FILE: model.KEY: problem``)."""
-    error = PydanticCustomError("refused_combination", problem)
-    return ValidationError.from_exception_data("GANConfig", [InitErrorDetails(type=error, loc=tuple(key.split(".")), input=value)])
-
-
-class GANConfig(MethodConfig):
+class GANConfig(PackingConfig):
     """``model:`` section of a ``gan`` run; keys left out get the chosen loss's published defaults.
 
     ``null`` (or a missing key) for ``d_steps``, ``optimizer``, ``lr``, ``beta1``,
     ``beta2``, ``clip_value``, ``gp_weight``, ``g_norm``, ``d_norm`` means "the default
     of this loss and architecture" (see :class:`GAN`); the saved run config holds the
-    resolved values.
+    resolved values. ``label_smoothing`` and ``pack`` (and their refusals) come from
+    :class:`~udl_med.methods.adversarial.PackingConfig`.
     """
+
+    objective_key: ClassVar[str] = "loss"
 
     architecture: Literal["dcgan", "mlp"] = Field("dcgan", description="convolutional DCGAN nets, or MLPs (points, flattened images)")
     latent_dim: int = Field(100, ge=1, description="dimension of z ~ N(0, I)")
@@ -132,11 +109,9 @@ class GANConfig(MethodConfig):
         "separate", description="D sees real and fake in one batch (joint) or in two (separate, DCGAN's code)"
     )
     vbn_reference: int = Field(64, ge=1, description="|R|, size of the virtual batch norm reference batch")
-    label_smoothing: float = Field(1.0, gt=0.0, le=1.0, description="D's target for real data; 0.9 is one-sided label smoothing")
     feature_matching: bool = Field(False, description="G minimises ||E f(x) - E f(G(z))||^2 on a separate real batch")
     feature_matching_distance: Literal["l2", "l1"] = "l2"
     minibatch_kernels: int = Field(0, ge=0, description="B, minibatch discrimination kernels in D (0: off)")
-    pack: int = Field(1, ge=1, description="m, PacGAN packing: D scores m real or m fake items at once (1: off)")
     d_input_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to D's input")
     d_hidden_noise: float = Field(0.0, ge=0.0, description="std of Gaussian noise added to D's hidden layers")
     historical_averaging: float = Field(0.0, ge=0.0, description="weight of ||theta - mean theta||^2 for G and D (0: off)")
@@ -153,228 +128,67 @@ class GANConfig(MethodConfig):
     beta1: float | None = Field(None, ge=0.0, lt=1.0)
     beta2: float | None = Field(None, ge=0.0, lt=1.0)
 
+    @property
+    def adversarial_mode(self) -> GANMode:
+        return GANMode(self.loss.value)
+
     @model_validator(mode="before")
     @classmethod
     def _fill_defaults(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        loss = data.get("loss") or GANObjective.NON_SATURATING.value
-        defaults = _LOSS_DEFAULTS.get(str(getattr(loss, "value", loss)))
+        loss = str(getattr(data.get("loss"), "value", data.get("loss") or GANObjective.NON_SATURATING.value))
+        defaults = _LOSS_DEFAULTS.get(loss)
         if defaults is None:  # an unknown loss: let field validation name it
             return data
-        out = dict(data)
-        for key, value in defaults.items():
+        out, dcgan = dict(data), (data.get("architecture") or "dcgan") == "dcgan"
+        adam = (out.get("optimizer") or defaults["optimizer"]) == "adam"
+        betas = dict(zip(("beta1", "beta2"), _ADAM_BETAS.get(loss, _DCGAN_BETAS))) if adam else {}
+        # DCGAN: batch norm in both; WGAN-GP: no batch norm in the critic (Gulrajani et al., section 4); MLPs: none
+        norms = {"g_norm": "batch" if dcgan else "none", "d_norm": "batch" if dcgan and loss != "wgan-gp" else "none"}
+        for key, value in {**defaults, **betas, **norms}.items():
             if out.get(key) is None:
                 out[key] = value
-        if out.get("optimizer") == "adam":
-            for key, value in zip(("beta1", "beta2"), _ADAM_BETAS.get(str(getattr(loss, "value", loss)), _DCGAN_BETAS)):
-                if out.get(key) is None:
-                    out[key] = value
-        architecture = out.get("architecture") or "dcgan"
-        if out.get("g_norm") is None:
-            out["g_norm"] = "batch" if architecture == "dcgan" else "none"
-        if out.get("d_norm") is None:
-            # DCGAN: batch norm in both; WGAN-GP: no batch norm in the critic (Gulrajani et al., section 4)
-            out["d_norm"] = "batch" if architecture == "dcgan" and loss != "wgan-gp" else "none"
         return out
 
     @model_validator(mode="after")
     def _refuse_nonsense(self) -> GANConfig:
         loss = self.loss
-        if loss in WASSERSTEIN and self.label_smoothing != 1.0:
-            raise _refuse("label_smoothing", f"a Wasserstein critic (loss {loss.value}) has no target to smooth; use it with minimax, non-saturating or lsgan", self.label_smoothing)
         if loss == GANObjective.WGAN and self.gp_weight:
-            raise _refuse("gp_weight", "weight clipping (loss wgan) and a gradient penalty exclude each other; use loss wgan-gp for the penalty", self.gp_weight)
+            raise refuse("gp_weight", "weight clipping (loss wgan) and a gradient penalty exclude each other; use loss wgan-gp for the penalty", self.gp_weight)
         if loss != GANObjective.WGAN and self.clip_value is not None:
-            raise _refuse("clip_value", f"weight clipping belongs to loss wgan, not {loss.value}" + (" (it has the gradient penalty instead)" if loss == GANObjective.WGAN_GP else ""), self.clip_value)
+            raise refuse("clip_value", f"weight clipping belongs to loss wgan, not {loss.value}" + (" (it has the gradient penalty instead)" if loss == GANObjective.WGAN_GP else ""), self.clip_value)
         if loss not in WASSERSTEIN and self.gp_weight:
-            raise _refuse("gp_weight", f"the gradient penalty belongs to loss wgan-gp, not {loss.value}", self.gp_weight)
+            raise refuse("gp_weight", f"the gradient penalty belongs to loss wgan-gp, not {loss.value}", self.gp_weight)
         for key in ("g_norm", "d_norm"):
             if self.architecture == "dcgan" and getattr(self, key) == "layer":
-                raise _refuse(key, "layer norm is for architecture mlp; the DCGAN nets take batch, virtual_batch, instance or none", "layer")
+                raise refuse(key, "layer norm is for architecture mlp; the DCGAN nets take batch, virtual_batch, instance or none", "layer")
         if loss == GANObjective.WGAN_GP and self.d_norm in ("batch", "virtual_batch"):
-            raise _refuse("d_norm", f"{self.d_norm} norm makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp); use instance or none", self.d_norm)
+            raise refuse("d_norm", f"{self.d_norm} norm makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp); use instance or none", self.d_norm)
         if loss == GANObjective.WGAN_GP and self.minibatch_kernels:
-            raise _refuse("minibatch_kernels", "minibatch discrimination makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp)", self.minibatch_kernels)
+            raise refuse("minibatch_kernels", "minibatch discrimination makes a critic's output depend on the rest of the batch, which breaks the per-sample gradient penalty (loss wgan-gp)", self.minibatch_kernels)
         if self.optimizer == "rmsprop":
             for key in ("beta1", "beta2"):
                 if getattr(self, key) is not None:
-                    raise _refuse(key, "optimizer rmsprop has no betas (they are Adam's); leave them out or use optimizer adam", getattr(self, key))
+                    raise refuse(key, "optimizer rmsprop has no betas (they are Adam's); leave them out or use optimizer adam", getattr(self, key))
         if loss in WASSERSTEIN and self.feature_matching:
-            raise _refuse("feature_matching", f"feature matching replaces the generator's adversarial loss; with loss {loss.value} the critic's features are unconstrained, use minimax, non-saturating or lsgan", True)
+            raise refuse("feature_matching", f"feature matching replaces the generator's adversarial loss; with loss {loss.value} the critic's features are unconstrained, use minimax, non-saturating or lsgan", True)
         if self.unrolled is not None and self.feature_matching:
-            raise _refuse("unrolled", "unrolling differentiates D's adversarial loss; it cannot be combined with feature_matching", self.unrolled.model_dump())
+            raise refuse("unrolled", "unrolling differentiates D's adversarial loss; it cannot be combined with feature_matching", self.unrolled.model_dump())
         if self.unrolled is not None and loss == GANObjective.WGAN_GP and not self.unrolled.first_order:
-            raise _refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
+            raise refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
         if self.unrolled is not None and self.unrolled.optimizer == "adam" and self.optimizer != "adam":
-            raise _refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
+            raise refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
         if self.pack > 1:
-            if loss == GANObjective.WGAN_GP:
-                raise _refuse("pack", "the gradient penalty is per item, a packed critic scores groups of items; use pack with minimax, non-saturating, lsgan or wgan", self.pack)
             if self.conditional:
-                raise _refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
+                raise refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
             if self.d_norm == "virtual_batch":
-                raise _refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
+                raise refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
         if self.latent_mixture is not None and self.g_norm == "virtual_batch":
-            raise _refuse("latent_mixture", "virtual batch norm in G fixes its reference z once, but a learned mixture latent moves; use g_norm batch, instance, layer or none", self.latent_mixture.model_dump())
+            raise refuse("latent_mixture", "virtual batch norm in G fixes its reference z once, but a learned mixture latent moves; use g_norm batch, instance, layer or none", self.latent_mixture.model_dump())
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
-            raise _refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
+            raise refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
-
-
-class _Flat(nn.Module):
-    """An MLP generator or discriminator on flattened items: images ``(B, C, *spatial)`` or points ``(B, D)``.
-
-    The generator's output is reshaped to ``shape``; the discriminator's input is flattened.
-    """
-
-    def __init__(self, net: nn.Module, shape: tuple[int, ...], role: Literal["generator", "discriminator"]) -> None:
-        super().__init__()
-        self.net = net
-        self.shape = shape
-        self.role = role
-
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.role == "generator":
-            return self.net(x, labels).reshape(x.shape[0], *self.shape)
-        return self.net(x.flatten(1), labels)
-
-    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.net.forward_features(x.flatten(1), labels)
-
-    def set_reference(self, x: Tensor, labels: Tensor | None = None) -> None:
-        self.net.set_reference(x if self.role == "generator" else x.flatten(1), labels)
-
-
-class _Packed(nn.Module):
-    """PacGAN's packed discriminator (Lin et al. 2018): ``m`` consecutive items stacked as one input.
-
-    ``(B, C, *spatial)`` becomes ``(B / m, m * C, *spatial)`` (points ``(B, D)``: ``(B / m, m * D)``),
-    so D scores a group of ``m`` real or ``m`` fake items and can see that a group of fakes
-    lacks the variety of a group of real items. The inner D is built with ``m`` times the
-    input channels or features.
-    """
-
-    def __init__(self, net: nn.Module, pack: int) -> None:
-        super().__init__()
-        self.net = net
-        self.pack = pack
-
-    def _packed(self, x: Tensor) -> Tensor:
-        if x.shape[0] % self.pack:
-            raise ValueError(f"model.pack {self.pack} needs batches of a multiple of {self.pack} items (train.batch_size), got {x.shape[0]}")
-        return x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:])
-
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.net(self._packed(x), labels)
-
-    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.net.forward_features(self._packed(x), labels)
-
-
-class _SwapHistory(nn.Module):
-    """Snapshots for checkpoint swapping, kept in the state dict (extra state) so resume is exact.
-
-    ``snapshots``: ``[{"step", "weights", "optimizer"}]`` oldest first; ``live``: the
-    current network's weights and optimizer state while an old one is swapped in, with
-    ``until`` the global step at which it is restored.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.snapshots: list[dict[str, Any]] = []
-        self.live: dict[str, Any] | None = None
-        self.until = -1
-
-    def get_extra_state(self) -> Tensor:
-        """The history serialised into one uint8 tensor (state dicts stay tensor-valued, e.g. for EMA swaps)."""
-        buffer = io.BytesIO()
-        torch.save({"snapshots": self.snapshots, "live": self.live or {}, "until": self.until}, buffer)
-        return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
-
-    def set_extra_state(self, state: Tensor) -> None:
-        content = torch.load(io.BytesIO(state.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
-        self.snapshots = list(content["snapshots"])
-        self.live = content["live"] or None
-        self.until = int(content["until"])
-
-
-def adam_moments(disc: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, tuple[Tensor, Tensor, int]]:
-    """``{name: (exp_avg, exp_avg_sq, step)}`` of ``disc``'s parameters in an Adam ``optimizer`` (zeros before its first step)."""
-    state = optimizer.state if optimizer is not None else {}
-    out = {}
-    for name, p in disc.named_parameters():
-        s = state.get(p, {})
-        if "exp_avg" in s:
-            out[name] = (s["exp_avg"].detach(), s["exp_avg_sq"].detach(), int(float(s["step"])))
-        else:
-            out[name] = (torch.zeros_like(p), torch.zeros_like(p), 0)
-    return out
-
-
-def unroll_discriminator(
-    disc: nn.Module,
-    d_loss: Callable[[Critic], Tensor],
-    steps: int,
-    lr: float,
-    create_graph: bool,
-    clip_value: float | None = None,
-    adam: tuple[tuple[float, float], float, dict[str, tuple[Tensor, Tensor, int]]] | None = None,
-) -> dict[str, Tensor]:
-    """Parameters (and buffers) of ``disc`` after ``steps`` simulated updates on ``d_loss``.
-
-    Metz et al. 2017, eq. 5-6: ``theta_D^{k+1} = theta_D^k - lr * d L_D(theta_G, theta_D^k) / d theta_D^k``
-    (SGD), starting from copies of ``disc``'s current parameters (``disc`` itself is not
-    changed, its buffers are cloned). With ``adam = ((beta1, beta2), eps, moments)`` the
-    inner steps are Adam's instead, continuing from ``moments`` (:func:`adam_moments` of
-    the real D optimizer) with the moment updates inside the graph, as the authors'
-    code unrolls its optimizer. With ``create_graph`` the updates stay in the autograd
-    graph, so a loss evaluated at the result is differentiated through them (when
-    ``d_loss`` uses the generator's output without detaching it); without it every step
-    is detached (the first-order surrogate).
-
-    Args:
-        disc: the discriminator (a module ``(x, labels) -> scores``).
-        d_loss: maps a critic ``d(x, labels)`` to D's scalar loss.
-        steps: K, the number of simulated updates.
-        lr: the inner learning rate.
-        create_graph: differentiate through the updates (second order).
-        clip_value: clamp the parameters to ``[-c, c]`` after each update (WGAN).
-        adam: Adam's betas, eps and starting moments; None: SGD.
-
-    Returns:
-        ``{name: tensor}`` for :func:`torch.func.functional_call`.
-    """
-    params = {k: p.detach().clone().requires_grad_(True) for k, p in disc.named_parameters()}
-    buffers = {k: b.detach().clone() for k, b in disc.named_buffers()}
-    moments = None if adam is None else {k: (m.clone(), v.clone(), t) for k, (m, v, t) in adam[2].items()}
-    for _ in range(steps):
-        state = {**params, **buffers}
-
-        def critic(x: Tensor, labels: Tensor | None = None, state: dict[str, Tensor] = state) -> Tensor:
-            return functional_call(disc, state, (x, labels))
-
-        loss = d_loss(critic)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
-        updated = {}
-        for (name, p), g in zip(params.items(), grads):
-            if g is None:
-                new = p
-            elif moments is None:
-                new = p - lr * g
-            else:
-                (beta1, beta2), eps = adam[0], adam[1]
-                m, v, t = moments[name]
-                t += 1
-                m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
-                # clamp_min: no infinite derivative of sqrt at v = 0 (where g = 0 anyway)
-                new = p - lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).clamp_min(1e-30).sqrt() + eps)
-                moments[name] = (m, v, t) if create_graph else (m.detach(), v.detach(), t)
-            if clip_value is not None:
-                new = new.clamp(-clip_value, clip_value)
-            updated[name] = new if create_graph else new.detach().requires_grad_(True)
-        params = updated
-    return {**params, **buffers}
 
 
 @register("gan")
@@ -447,27 +261,25 @@ class GAN(Method):
             raise ConfigError("<config>", "model.architecture", "point data (spatial_dims 0) needs architecture: mlp")
         self.num_classes = data.num_classes if config.conditional else 0
         if config.conditional and data.num_classes < 2:
-            raise ConfigError(
-                "<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}"
-            )
+            raise ConfigError("<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}")
         self.generator, self.discriminator = self._build_nets(config, data)
-        self.gan_loss = GANLoss(_GANLOSS_MODE[config.loss], real_label=config.label_smoothing)
+        clip, joint = (config.clip_value if config.loss == GANObjective.WGAN else None), config.batch_norm_batches == "joint"
+        self.adversary = Adversary.from_config(config, clip_value=clip, joint=joint, feature_distance=config.feature_matching_distance)
         self.pool = ImagePool(config.replay)  # draws from the engine-seeded global RNG
+        self.normal_latent = StandardNormalLatent(config.latent_dim) if config.latent_mixture is None else None
         if config.historical_averaging > 0:
             self.g_average = HistoricalAverage(self.generator)
             self.d_average = HistoricalAverage(self.discriminator)
         if config.checkpoint_swap is not None:
-            self.swap_history = _SwapHistory()
-        # Placeholder VBN references of the final shapes, so that a fresh method's state dict
-        # has their keys (a model file with the real ones loads strictly); on_train_start sets them.
+            self.swap_history = SwapHistory()
+        # Placeholder VBN references of the final shapes (a model file's real ones load strictly); on_train_start sets them.
         r = config.vbn_reference
         placeholder_labels = torch.zeros(r, dtype=torch.long) if self.num_classes else None
         if config.g_norm == "virtual_batch":
             self.generator.set_reference(torch.zeros(r, config.latent_dim), placeholder_labels)
         if config.d_norm == "virtual_batch":
             self.discriminator.set_reference(torch.zeros(r, *self.item_shape), placeholder_labels)
-        fixed = torch.Generator().manual_seed(_FIXED_SEED)
-        n_fixed = PREVIEW_POINTS if self.points else PREVIEW_IMAGES
+        fixed, n_fixed = torch.Generator().manual_seed(_FIXED_SEED), PREVIEW_POINTS if self.points else PREVIEW_IMAGES
         # the fixed noise of previews and evaluation; with a mixture latent, eps and the components (z = mu_c + sigma_c eps)
         self.register_buffer("fixed_z", torch.randn(n_fixed, config.latent_dim, generator=fixed), persistent=False)
         components = torch.randint(config.latent_mixture.components, (n_fixed,), generator=fixed) if config.latent_mixture else torch.zeros(0, dtype=torch.long)
@@ -476,59 +288,28 @@ class GAN(Method):
         self.register_buffer("fixed_labels", labels, persistent=False)
 
     def _build_nets(self, config: GANConfig, data: DataSpec) -> tuple[nn.Module, nn.Module]:
-        d_kwargs: dict[str, Any] = dict(
-            num_classes=self.num_classes,
-            norm=config.d_norm,
-            minibatch_kernels=config.minibatch_kernels,
-            input_noise_std=config.d_input_noise,
-            hidden_noise_std=config.d_hidden_noise,
-        )
+        """G (with its mixture latent, if any) and D (packed, if ``pack`` > 1), DCGANs or MLPs."""
+        d_kwargs: dict[str, Any] = dict(norm=config.d_norm, minibatch_kernels=config.minibatch_kernels, input_noise_std=config.d_input_noise, hidden_noise_std=config.d_hidden_noise)
+        mixture, m = config.latent_mixture, config.pack
         if config.architecture == "mlp":
-            from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
-
             features = math.prod(self.item_shape)
-            g = MLPGenerator(
-                config.latent_dim,
-                features,
-                hidden=config.g_hidden,
-                num_classes=self.num_classes,
-                norm=config.g_norm,
-                output="linear" if self.points else "tanh",
-            )
-            d = MLPDiscriminator(features * config.pack, hidden=config.d_hidden, out_features=1, **d_kwargs)
-            d_flat = _Flat(d, (config.pack * self.item_shape[0], *self.item_shape[1:]), "discriminator")
-            return self._with_latent(_Flat(g, self.item_shape, "generator")), (_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
-        from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-
-        dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
-        try:
-            g = DCGANGenerator(
-                dims,
-                config.latent_dim,
-                c,
-                size,
-                **({} if config.g_channels is None else {"channels": config.g_channels}),
-                num_classes=self.num_classes,
-                norm=config.g_norm,
-            )
-        except ValueError as err:
-            raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
-        try:
-            d = DCGANDiscriminator(
-                dims, c * config.pack, size, **({} if config.d_channels is None else {"channels": config.d_channels}), out_features=1, **d_kwargs
-            )
-        except ValueError as err:
-            raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
-        return self._with_latent(g), (_Packed(d, config.pack) if config.pack > 1 else d)
-
-    def _with_latent(self, g: nn.Module) -> nn.Module:
-        """G, or G together with its learned mixture latent (``model.latent_mixture``): one module to train, average and save."""
-        mixture = self.config.latent_mixture
-        if mixture is None:
-            return g
-        from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator
-
-        return MixtureLatentGenerator(g, MixtureLatent(self.config.latent_dim, mixture.components, init_std=mixture.init_std))
+            g = MLPGenerator(config.latent_dim, features, hidden=config.g_hidden, num_classes=self.num_classes, norm=config.g_norm, output="linear" if self.points else "tanh")
+            g = Flat(g, self.item_shape, "generator")
+            d = MLPDiscriminator(features * m, hidden=config.d_hidden, out_features=1, num_classes=self.num_classes, **d_kwargs)
+            d = Flat(d, (m * self.item_shape[0], *self.item_shape[1:]), "discriminator")
+        else:
+            dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
+            try:
+                g = DCGANGenerator(dims, config.latent_dim, c, size, **_channels(config.g_channels), num_classes=self.num_classes, norm=config.g_norm)
+            except ValueError as err:
+                raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
+            try:
+                d = DCGANDiscriminator(dims, c * m, size, **_channels(config.d_channels), out_features=1, num_classes=self.num_classes, **d_kwargs)
+            except ValueError as err:
+                raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
+        if mixture is not None:  # G and its learned latent: one module to train, average and save
+            g = MixtureLatentGenerator(g, MixtureLatent(config.latent_dim, mixture.components, init_std=mixture.init_std))
+        return g, packed_discriminator(d, m)
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -537,9 +318,7 @@ class GAN(Method):
         g_lr, d_lr = cfg.g_lr or cfg.lr, cfg.d_lr or cfg.lr
 
         def build(params, lr: float) -> torch.optim.Optimizer:
-            if cfg.optimizer == "rmsprop":
-                return torch.optim.RMSprop(params, lr=lr)
-            return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+            return torch.optim.RMSprop(params, lr=lr) if cfg.optimizer == "rmsprop" else torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
 
         return {"g": build(self.generator.parameters(), g_lr), "d": build(self.discriminator.parameters(), d_lr)}
 
@@ -558,9 +337,8 @@ class GAN(Method):
             labels = reference[keys.LABEL].long() if self.num_classes else None
             self.discriminator.set_reference(reference[keys.IMAGE].float(), labels)
         if cfg.g_norm == "virtual_batch":
-            device = self.fixed_z.device
-            z = torch.randn(cfg.vbn_reference, cfg.latent_dim, generator=generator).to(device)
-            labels = torch.randint(self.num_classes, (cfg.vbn_reference,), generator=generator).to(device) if self.num_classes else None
+            z = self.prior.draw(cfg.vbn_reference, generator)
+            labels = torch.randint(self.num_classes, (cfg.vbn_reference,), generator=generator).to(z.device) if self.num_classes else None
             self.generator.set_reference(z, labels)
 
     def num_sample_classes(self) -> int:
@@ -573,75 +351,34 @@ class GAN(Method):
         labels = batch[keys.LABEL].long().to(x.device) if self.num_classes else None
         return x, labels
 
-    def _z(self, n: int, device: torch.device) -> Tensor:
-        """``n`` latents from the global RNG: N(0, I), or the learned mixture (differentiable in its parameters)."""
-        if self.config.latent_mixture is not None:
-            return self.generator.latent.draw(n)
-        return torch.randn(n, self.config.latent_dim, device=device)
+    @property
+    def prior(self) -> nn.Module:
+        """What draws z: G's learned mixture (trained, averaged and saved with G), or N(0, I)."""
+        return self.generator.latent if self.config.latent_mixture is not None else self.normal_latent
 
     def _fixed_latent(self, n: int) -> Tensor:
         """The first ``n`` fixed latents of previews and evaluation (through the current mixture, if any)."""
-        if self.config.latent_mixture is not None:
-            return self.generator.latent(self.fixed_z[:n], self.fixed_components[:n])
-        return self.fixed_z[:n]
+        return self.prior(self.fixed_z[:n], self.fixed_components[:n])
 
-    def _scores(self, d: Critic, real: Tensor, fake: Tensor, real_labels: Tensor | None, fake_labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        """D's scores of real and fake: one joint batch or two separate ones (``batch_norm_batches``)."""
-        if self.config.batch_norm_batches == "joint":
-            labels = None if real_labels is None else torch.cat([real_labels, fake_labels])
-            scores = d(torch.cat([real, fake]), labels)
-            return scores[: real.shape[0]], scores[real.shape[0] :]
-        return d(real, real_labels), d(fake, fake_labels)
-
-    def discriminator_loss(self, d: Critic, real: Tensor, fake: Tensor, real_labels: Tensor | None, fake_labels: Tensor | None) -> dict[str, Tensor]:
-        """D's loss (``"loss"``) and its parts for critic ``d``: the adversarial term and the gradient penalty.
-
-        A conditional critic scores the penalty's interpolates with the real labels (the
-        fakes share them, except those the replay pool swapped in).
-        """
-        real_scores, fake_scores = self._scores(d, real, fake, real_labels, fake_labels)
-        adversarial = self.gan_loss.discriminator_loss(real_scores, fake_scores)
-        out = {"adversarial": adversarial, "real_scores": real_scores.detach(), "fake_scores": fake_scores.detach()}
-        if self.config.loss == GANObjective.WGAN_GP and self.config.gp_weight:
-            penalty = gradient_penalty(lambda x: d(x, real_labels), real, fake)
-            out["gradient_penalty"] = penalty
-            adversarial = adversarial + self.config.gp_weight * penalty
-        out["loss"] = adversarial
-        return out
-
-    def _replay(self, fake: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Fakes (and their labels) from the experience-replay pool; a label rides along as one extra channel."""
-        if self.config.replay == 0:
-            return fake, labels
-        if labels is None:
-            return self.pool.query(fake), None
-        tag = labels.to(fake.dtype).reshape(-1, *([1] * (fake.ndim - 1))).expand(-1, 1, *fake.shape[2:])
-        mixed = self.pool.query(torch.cat([fake, tag], 1))
-        tags = mixed[:, -1]
-        return mixed[:, :-1], tags.reshape(tags.shape[0], -1)[:, 0].round().long()
-
-    def _d_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
+    def _d_step(self, batch: dict[str, Any], opt: Optimization) -> tuple[DiscriminatorLoss, Tensor]:
+        """One D step on real ``batch`` and fresh fakes (through the replay pool): D's loss parts and its whole loss."""
         cfg = self.config
         real, labels = self._real(batch)
         with torch.no_grad(), opt.autocast():
-            fake = self.generator(self._z(real.shape[0], real.device), labels)
-        fake, fake_labels = self._replay(fake.float(), labels)
+            fake = self.generator(self.prior.draw(real.shape[0]), labels)
+        fake, fake_labels = replay(self.pool, fake.float(), labels)
         with opt.autocast():
-            parts = self.discriminator_loss(self.discriminator, real, fake, labels, fake_labels)
-            loss = parts["loss"]
+            parts = self.adversary.discriminator_loss(self.discriminator, real, fake, labels, fake_labels)
+            loss = parts.loss
             if cfg.historical_averaging > 0:
                 loss = loss + cfg.historical_averaging * self.d_average.penalty(self.discriminator)
         opt.step("d", loss)
-        if cfg.loss == GANObjective.WGAN:
-            clip_weights(self.discriminator, cfg.clip_value)
+        self.adversary.after_discriminator_step(self.discriminator)
         if cfg.historical_averaging > 0:
             self.d_average.update(self.discriminator)
-        parts["loss"] = loss
-        return parts
+        return parts, loss
 
-    def generator_loss(
-        self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None
-    ) -> Tensor:
+    def generator_loss(self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None) -> Tensor:
         """G's loss on fresh fakes ``G(z, labels)`` (D frozen): adversarial, feature matching or unrolled.
 
         ``real`` and ``labels`` are the last D step's real batch (the unrolled inner steps
@@ -651,32 +388,33 @@ class GAN(Method):
         updates left it, so it combines with ``d_steps`` > 1.
         """
         cfg = self.config
-        fake = self.generator(self._z(real.shape[0], real.device), labels)
+        fake = self.generator(self.prior.draw(real.shape[0]), labels)
         if cfg.feature_matching:
             fm_real, fm_labels = self._real(fm_batch)
             with torch.no_grad():
                 _, real_features = self.discriminator.forward_features(fm_real, fm_labels)
             _, fake_features = self.discriminator.forward_features(fake, labels)
-            return feature_matching_loss(real_features.float(), fake_features.float(), distance=cfg.feature_matching_distance)
+            return self.adversary.feature_matching_loss(real_features, fake_features)
         if cfg.unrolled is None:
-            return self.gan_loss.generator_loss(self.discriminator(fake, labels))
+            return self.adversary.generator_loss(self.discriminator, fake, labels)
         second_order = not cfg.unrolled.first_order
         inner_fake = fake if second_order else fake.detach()
         state = unroll_discriminator(
             self.discriminator,
-            lambda d: self.discriminator_loss(d, real, inner_fake, labels, labels)["loss"],
+            lambda d: self.adversary.discriminator_loss(d, real, inner_fake, labels, labels).loss,
             cfg.unrolled.steps,
             cfg.unrolled.lr or cfg.d_lr or cfg.lr,
             create_graph=second_order,
-            clip_value=cfg.clip_value if cfg.loss == GANObjective.WGAN else None,
-            adam=None if cfg.unrolled.optimizer == "sgd" else ((cfg.beta1, cfg.beta2), _adam_eps(d_optimizer), adam_moments(self.discriminator, d_optimizer)),
+            clip_value=self.adversary.clip_value,
+            adam=None if cfg.unrolled.optimizer == "sgd" else ((cfg.beta1, cfg.beta2), adam_eps(d_optimizer), adam_moments(self.discriminator, d_optimizer)),
         )
-        return self.gan_loss.generator_loss(functional_call(self.discriminator, state, (fake, labels)))
+        return self.adversary.generator_loss(lambda x, y: functional_call(self.discriminator, state, (x, y)), fake, labels)
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         cfg = self.config
         if cfg.checkpoint_swap is not None:
-            self._checkpoint_swap(opt)
+            net, name = (self.discriminator, "d") if cfg.checkpoint_swap.player == "d" else (self.generator, "g")
+            checkpoint_swap(self.swap_history, net, name, opt, cfg.checkpoint_swap)
 
         # k discriminator steps, each on a fresh batch
         d_parts = []
@@ -693,59 +431,13 @@ class GAN(Method):
             if cfg.historical_averaging > 0:
                 loss_g = loss_g + cfg.historical_averaging * self.g_average.penalty(self.generator)
             if cfg.latent_mixture is not None and cfg.latent_mixture.std_penalty > 0:
-                loss_g = loss_g + cfg.latent_mixture.std_penalty * self.generator.latent.std_penalty()
+                loss_g = loss_g + cfg.latent_mixture.std_penalty * self.prior.std_penalty()
         opt.step("g", loss_g)
         set_requires_grad([self.discriminator], True)
         if cfg.historical_averaging > 0:
             self.g_average.update(self.generator)
 
-        out = {
-            keys.LOSS_G: loss_g.detach(),
-            keys.LOSS_D: torch.stack([p["loss"].detach() for p in d_parts]).mean(),
-            keys.D_REAL: torch.stack([p["real_scores"].float().mean() for p in d_parts]).mean(),
-            keys.D_FAKE: torch.stack([p["fake_scores"].float().mean() for p in d_parts]).mean(),
-        }
-        if "gradient_penalty" in d_parts[0]:
-            out[keys.GRADIENT_PENALTY] = torch.stack([p["gradient_penalty"].detach() for p in d_parts]).mean()
-        return out
-
-    # -- checkpoint swapping ------------------------------------------------------------
-
-    def _player(self) -> tuple[nn.Module, str]:
-        player = self.config.checkpoint_swap.player
-        return (self.discriminator, "d") if player == "d" else (self.generator, "g")
-
-    def _checkpoint_swap(self, opt: Optimization) -> None:
-        """At this step: restore the live network after a swap; every ``every`` steps snapshot it and swap an old one in.
-
-        Snapshots are taken at steps ``every, 2 every, ...``; from the second one on, each
-        of them swaps in a snapshot drawn among the ``keep`` older ones (weights and the
-        player's optimizer state) for ``duration`` steps, during which the opponent trains
-        against it and it trains too; then the current weights and optimizer state come
-        back and those ``duration`` updates of the player are discarded. A run that ends
-        inside a swap keeps the swapped-in network: end runs on a multiple of ``every``
-        or after ``duration`` more steps.
-        """
-        swap, history = self.config.checkpoint_swap, self.swap_history
-        net, name = self._player()
-        step = opt.global_step
-        if history.live is not None and step >= history.until:
-            net.load_state_dict(history.live["weights"])
-            opt.restore(history.live["optimizer"])
-            history.live, history.until = None, -1
-        if step == 0 or step % swap.every or history.live is not None:
-            return
-        current = {"step": step, "weights": _copy_state(net), "optimizer": opt.snapshot(name)}
-        older = history.snapshots[-swap.keep :]
-        if older:
-            # drawn from the step alone: every rank of a distributed run swaps in the same snapshot
-            pick = torch.Generator().manual_seed(step)
-            chosen = older[int(torch.randint(len(older), (), generator=pick).item())]
-            history.live = current
-            history.until = step + swap.duration
-            net.load_state_dict(chosen["weights"])
-            opt.restore(chosen["optimizer"])
-        history.snapshots = (history.snapshots + [current])[-(swap.keep + 1) :]
+        return {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts)}
 
     # -- what a trained model does ------------------------------------------------------
 
@@ -768,22 +460,14 @@ class GAN(Method):
         Raises:
             ValueError: ``label`` given to an unconditional model, or out of range.
         """
-        device = self.fixed_z.device
-        if self.config.latent_mixture is not None:
-            z = self.generator.latent.draw(n, generator)
-        else:
-            z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
-        labels = None
-        if self.num_classes:
-            if label is None:
-                labels = torch.randint(self.num_classes, (n,), generator=generator).to(device)
-            elif not 0 <= int(label) < self.num_classes:
-                raise ValueError(f"label {label} is out of range: the model has classes 0..{self.num_classes - 1}")
-            else:
-                labels = torch.full((n,), int(label), dtype=torch.long, device=device)
-        elif label is not None:
+        z, labels = self.prior.draw(n, generator), None
+        if not self.num_classes and label is not None:
             raise ValueError(f"method {self.name!r} was trained unconditionally (model.conditional: false): it cannot sample a given label")
-        return self._generate(z, labels)
+        if self.num_classes and label is not None and not 0 <= int(label) < self.num_classes:
+            raise ValueError(f"label {label} is out of range: the model has classes 0..{self.num_classes - 1}")
+        if self.num_classes:
+            labels = torch.randint(self.num_classes, (n,), generator=generator) if label is None else torch.full((n,), int(label), dtype=torch.long)
+        return self._generate(z, None if labels is None else labels.to(z.device))
 
     @torch.no_grad()
     def preview(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -804,22 +488,12 @@ class GAN(Method):
         n = min(real.shape[0], self.fixed_z.shape[0] - self.fixed_z.shape[0] % self.config.pack)
         fake_labels = labels[:n] if labels is not None else None
         fake = self._generate(self._fixed_latent(n), fake_labels)
-        real_scores = self.discriminator(real, labels).float()
-        fake_scores = self.discriminator(fake, fake_labels).float()
-        out = {keys.D_REAL: float(real_scores.mean()), keys.D_FAKE: float(fake_scores.mean())}
-        if self.config.loss in WASSERSTEIN:
-            out[keys.WASSERSTEIN] = out[keys.D_REAL] - out[keys.D_FAKE]  # the critic's estimate of W(p_data, p_g)
-        else:
-            out[keys.D_ACCURACY] = float(((real_scores > 0).float().mean() + (fake_scores < 0).float().mean()) / 2)
-        return out
+        return score_metrics(self.discriminator(real, labels), self.discriminator(fake, fake_labels), wasserstein=self.config.loss in WASSERSTEIN)
 
 
-def _adam_eps(optimizer: torch.optim.Optimizer | None) -> float:
-    return float(optimizer.param_groups[0]["eps"]) if optimizer is not None else 1e-8  # torch's Adam default
+def _channels(channels: tuple[int, ...] | None) -> dict[str, Any]:
+    """A DCGAN net's ``channels`` keyword, or none (the net's default) for null."""
+    return {} if channels is None else {"channels": channels}
 
 
-def _copy_state(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-__all__ = ["GAN", "GANConfig", "GANObjective", "adam_moments", "unroll_discriminator"]
+__all__ = ["GAN", "GANConfig", "GANObjective"]

@@ -33,15 +33,17 @@ from torch import Tensor, nn
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import GANLoss, GANMode, gradient_penalty, set_requires_grad
-from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.losses.gan import GANMode, set_requires_grad
+from udl_med.methods.adversarial import AdversarialConfig, Adversary
+from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
+from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.lapgan import LaplacianLevelDiscriminator, LaplacianLevelGenerator
 from udl_med.nets.pyramid import Upsampling, check_pyramid_size, gaussian_pyramid, upsample
 
 PREVIEW_PER_CLASS = 8
 
 
-class LAPGANConfig(MethodConfig):
+class LAPGANConfig(AdversarialConfig):
     """``model:`` section of a LAPGAN run.
 
     Attributes:
@@ -54,7 +56,8 @@ class LAPGANConfig(MethodConfig):
         fine_channels, fine_blocks, fine_noise_channels: width, residual units and noise planes of each ``G_k``.
         disc_channels: strided convolutions of each ``D_k``.
         norm: MONAI norm of the finer levels.
-        gan_mode: adversarial objective of every level; ``gp_weight``: WGAN-GP penalty weight.
+        gan_mode: adversarial objective of every level; ``gp_weight`` (WGAN-GP penalty weight) and
+            ``label_smoothing`` come from :class:`~udl_med.methods.adversarial.AdversarialConfig`.
         schedule, level_steps: which levels train when (see the module docstring).
         lr, beta1, beta2: Adam of every level (DCGAN's 2e-4, 0.5).
     """
@@ -71,7 +74,6 @@ class LAPGANConfig(MethodConfig):
     disc_channels: tuple[int, ...] = Field((32, 64), min_length=1)
     norm: str = "batch"
     gan_mode: GANMode = GANMode.VANILLA
-    gp_weight: float = Field(10.0, ge=0.0)
     schedule: Literal["joint", "alternate", "sequential"] = "joint"
     level_steps: int = Field(0, ge=0)
     lr: float = Field(2e-4, gt=0)
@@ -110,8 +112,6 @@ class LAPGAN(Method):
 
     def __init__(self, config: LAPGANConfig, data: DataSpec) -> None:
         super().__init__(config, data)
-        from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
-
         if data.spatial_dims not in (2, 3):
             raise ConfigError("<config>", "data.layout", f"LAPGAN needs 2D or 3D images, got spatial_dims {data.spatial_dims}")
         try:
@@ -138,7 +138,7 @@ class LAPGAN(Method):
         self.discriminators = nn.ModuleList(
             LaplacianLevelDiscriminator(dims, c, tuple(config.disc_channels), self.num_classes, config.norm) for _ in range(fine)
         )
-        self.gan_loss = GANLoss(config.gan_mode)
+        self.adversary = Adversary.from_config(config)
 
     # -- the pieces of each level -----------------------------------------------------
 
@@ -187,7 +187,7 @@ class LAPGAN(Method):
 
     def _critic(self, k: int, extra: tuple):
         d = self.level_modules(k)[1]
-        return lambda x: d(x, *extra)
+        return lambda x, labels=None: d(x, *extra)
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         x = batch[keys.IMAGE]  # (B, C, *spatial) in [-1, 1]
@@ -199,16 +199,14 @@ class LAPGAN(Method):
             with opt.autocast():
                 real, fake, extra = self._fake_and_conditioning(k, gauss, labels)
                 critic = self._critic(k, extra)
-                loss_d = self.gan_loss.discriminator_loss(critic(real), critic(fake.detach()))
-                if self.config.gan_mode == GANMode.WGAN_GP and self.config.gp_weight > 0:
-                    loss_d = loss_d + self.config.gp_weight * gradient_penalty(critic, real, fake.detach())
+                loss_d = self.adversary.discriminator_loss(critic, real, fake.detach()).loss
             opt.step(f"d{k}", loss_d)
             set_requires_grad([d], False)
             with opt.autocast():
-                loss_g = self.gan_loss.generator_loss(critic(fake))
+                loss_g = self.adversary.generator_loss(critic, fake)
             opt.step(f"g{k}", loss_g)
             set_requires_grad([d], True)
-            out[f"loss_g{k}"], out[f"loss_d{k}"] = loss_g.detach(), loss_d.detach()
+            out[f"{keys.LOSS_G}{k}"], out[f"{keys.LOSS_D}{k}"] = loss_g.detach(), loss_d.detach()
         return out
 
     # -- sampling -----------------------------------------------------------------------

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import GANLoss, GANMode, gradient_penalty, set_requires_grad
+from udl_med.losses.gan import GANMode, set_requires_grad
+from udl_med.methods.adversarial import Adversary
 from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
-from udl_med.methods.cyclegan import DIRECTIONS, AdversarialConfig, check_direction
+from udl_med.methods.cyclegan import DIRECTIONS, PatchGANConfig, check_direction
 from udl_med.nets.patch_discriminator import PatchGANDiscriminator, check_patch_input
 from udl_med.nets.resnet_generator import UNetGenerator
 
@@ -25,7 +26,7 @@ from udl_med.nets.resnet_generator import UNetGenerator
 _PAIRS = {"ct2mr": (keys.CT, keys.MR), "mr2ct": (keys.MR, keys.CT)}
 
 
-class Pix2PixConfig(AdversarialConfig):
+class Pix2PixConfig(PatchGANConfig):
     """``model:`` section of a pix2pix run. Defaults follow the paper."""
 
     direction: Literal["both", "ct2mr", "mr2ct"] = Field(
@@ -93,7 +94,7 @@ class Pix2Pix(Method):
                 for d in self.directions
             }
         )
-        self.gan_loss = GANLoss(config.gan_mode)
+        self.adversary = Adversary.from_config(config)
         self.l1_loss = nn.L1Loss()
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -103,14 +104,10 @@ class Pix2Pix(Method):
             "d": torch.optim.Adam(self.discriminators.parameters(), lr=self.config.lr, betas=betas),
         }
 
-    def _discriminator_loss(self, disc: nn.Module, source: Tensor, real: Tensor, fake: Tensor) -> Tensor:
-        """Conditional D: real pairs (x, y) vs fake pairs (x, G(x)), plus the WGAN-GP penalty."""
-        loss = self.gan_loss.discriminator_loss(disc(torch.cat([source, real], 1)), disc(torch.cat([source, fake], 1)))
-        if self.config.gan_mode == GANMode.WGAN_GP and self.config.gp_weight > 0:
-            loss = loss + self.config.gp_weight * gradient_penalty(
-                lambda y: disc(torch.cat([source, y], 1)), real, fake
-            )
-        return loss
+    def _critic(self, direction: str, source: Tensor):
+        """``(y, labels) -> D(x, y)``: the conditional PatchGAN of ``direction`` on pairs with source ``x``."""
+        disc = self.discriminators[direction]
+        return lambda y, labels=None: disc(torch.cat([source, y], 1))
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         pairs = {d: (batch[_PAIRS[d][0]], batch[_PAIRS[d][1]]) for d in self.directions}  # x, y: (B, C, *spatial)
@@ -122,7 +119,7 @@ class Pix2Pix(Method):
         # discriminators: D(x, y) real vs D(x, G(x)) fake, detached
         with opt.autocast():
             losses_d = {
-                d: self._discriminator_loss(self.discriminators[d], x, y, fakes[d].detach()) for d, (x, y) in pairs.items()
+                d: self.adversary.discriminator_loss(self._critic(d, x), y, fakes[d].detach()).loss for d, (x, y) in pairs.items()
             }
             loss_d = sum(losses_d.values())
         opt.step("d", loss_d)
@@ -131,19 +128,18 @@ class Pix2Pix(Method):
         set_requires_grad(list(self.discriminators.values()), False)
         with opt.autocast():
             losses_gan = {
-                d: self.gan_loss.generator_loss(self.discriminators[d](torch.cat([x, fakes[d]], 1)))
-                for d, (x, _) in pairs.items()
+                d: self.adversary.generator_loss(self._critic(d, x), fakes[d]) for d, (x, _) in pairs.items()
             }
             losses_l1 = {d: self.l1_loss(fakes[d].float(), y.float()) for d, (_, y) in pairs.items()}
             loss_g = sum(losses_gan.values()) + self.config.lambda_l1 * sum(losses_l1.values())
         opt.step("g", loss_g)
         set_requires_grad(list(self.discriminators.values()), True)
 
-        out = {"loss_g": loss_g.detach(), "loss_d": loss_d.detach()}
+        out = {keys.LOSS_G: loss_g.detach(), keys.LOSS_D: loss_d.detach()}
         for d in self.directions:
-            out[f"loss_l1_{d}"] = losses_l1[d].detach()
-            out[f"loss_g_gan_{d}"] = losses_gan[d].detach()
-            out[f"loss_d_{d}"] = losses_d[d].detach()
+            out[f"{keys.LOSS_L1}_{d}"] = losses_l1[d].detach()
+            out[f"{keys.LOSS_G_GAN}_{d}"] = losses_gan[d].detach()
+            out[f"{keys.LOSS_D}_{d}"] = losses_d[d].detach()
         return out
 
     @torch.no_grad()
@@ -152,7 +148,7 @@ class Pix2Pix(Method):
         out = {}
         for d in self.directions:
             x, y = batch[_PAIRS[d][0]], batch[_PAIRS[d][1]]
-            out[f"l1_{d}"] = self.l1_loss(self.generators[d](x), y).item()
+            out[f"{keys.L1}_{d}"] = self.l1_loss(self.generators[d](x), y).item()
         return out
 
     @torch.no_grad()

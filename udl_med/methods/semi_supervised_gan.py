@@ -43,10 +43,12 @@ from torch import Tensor
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import feature_matching_loss
 from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
+from udl_med.methods.adversarial import Adversary
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.nets.dcgan import DCGANGenerator
 from udl_med.nets.kplus1 import KPlusOneDiscriminator
+from udl_med.nets.mlp_gan import MLPGenerator
 
 DISCRIMINATOR = "discriminator"  # optimizer and submodule names
 GENERATOR = "generator"
@@ -152,16 +154,13 @@ class SemiSupervisedGAN(Method):
             minibatch_kernel_dims=config.minibatch_kernel_dims,
         )
         self.generator = None if config.supervised_only else self._build_generator(config, data)
-        self.loss = KPlusOneLoss()
+        self.loss = KPlusOneLoss()  # the supervised cross-entropy and the conditional entropy
+        self.adversary = Adversary(KPlusOneLoss())  # real-versus-generated on the K+1 logits; feature matching
 
     @staticmethod
     def _build_generator(config: SemiSupervisedGANConfig, data: DataSpec) -> torch.nn.Module:
         if data.spatial_dims == 0:
-            from udl_med.nets.mlp_gan import MLPGenerator
-
             return MLPGenerator(config.latent_dim, data.in_channels, hidden=config.g_hidden, norm="batch", output="tanh")
-        from udl_med.nets.dcgan import DCGANGenerator
-
         return DCGANGenerator(data.spatial_dims, config.latent_dim, data.in_channels, data.image_size, channels=config.g_channels, norm="batch")
 
     def _device(self) -> torch.device:
@@ -176,6 +175,10 @@ class SemiSupervisedGAN(Method):
         if self.generator is not None:
             opts[GENERATOR] = torch.optim.Adam(self.generator.parameters(), lr=c.g_lr or c.lr, betas=betas)
         return opts
+
+    def _critic(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D's K class logits ``(B, K)`` of ``x`` in training mode (noise on), as the adversary scores them."""
+        return self.discriminator.gan_logits(x)[0]
 
     def _z(self, n: int) -> Tensor:
         return torch.randn(n, self.config.latent_dim, device=self._device())
@@ -195,9 +198,8 @@ class SemiSupervisedGAN(Method):
         x_unl = batch[keys.UNLABELED_IMAGE]
         fake = self.generator(self._z(x_unl.shape[0]))
         with opt.autocast():
-            logits_unl, _ = d.gan_logits(x_unl)
-            logits_fake, _ = d.gan_logits(fake.detach())
-        unsup = self.loss.discriminator_loss(logits_unl, logits_fake)
+            parts = self.adversary.discriminator_loss(self._critic, x_unl, fake.detach())
+        unsup, logits_unl, logits_fake = parts.loss, parts.real_scores, parts.fake_scores
         loss_d = ce + c.unsupervised_weight * unsup
         if c.entropy_weight > 0:
             entropy = self.loss.conditional_entropy(logits_unl)  # the realness shift moves every logit alike: softmax unchanged
@@ -206,13 +208,13 @@ class SemiSupervisedGAN(Method):
             out[ENTROPY] = entropy.detach()
         opt.step(DISCRIMINATOR, loss_d)
         with opt.autocast():
-            logits_gen, features_fake = d.gan_logits(fake)
             if c.generator_objective == "feature_matching":
+                _, features_fake = d.gan_logits(fake)
                 with torch.no_grad():
                     _, features_real = d.forward_features(x_unl)
-                loss_g = feature_matching_loss(features_real.float(), features_fake.float())
+                loss_g = self.adversary.feature_matching_loss(features_real, features_fake)
             else:
-                loss_g = self.loss.generator_loss(logits_gen)
+                loss_g = self.adversary.generator_loss(self._critic, fake)
         opt.step(GENERATOR, loss_g)
         out.update(
             {

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from udl_med import keys
 from udl_med.errors import ConfigError
-from udl_med.losses.gan import GANLoss, GANMode, gradient_penalty, set_requires_grad
-from udl_med.methods.base import Capability, DataSpec, InitFrom, Method, MethodConfig, Optimization, register
+from udl_med.losses.gan import GANMode, set_requires_grad
+from udl_med.methods.adversarial import AdversarialConfig, Adversary
+from udl_med.methods.base import Capability, DataSpec, InitFrom, Method, Optimization, register
 from udl_med.methods.lapgan import PREVIEW_PER_CLASS, class_labels, dcgan_kwargs
 from udl_med.nets.pyramid import downsample, upsample
 from udl_med.nets.stackgan import ConditioningAugmentation, StageIIGenerator, kl_to_standard_normal
@@ -44,7 +45,7 @@ from udl_med.nets.stackgan import ConditioningAugmentation, StageIIGenerator, kl
 STAGE_FACTOR = 4  # stage II is 4x stage I
 
 
-class TwoStageGANConfig(MethodConfig):
+class TwoStageGANConfig(AdversarialConfig):
     """``model:`` section of a two-stage GAN run.
 
     Attributes:
@@ -57,7 +58,8 @@ class TwoStageGANConfig(MethodConfig):
         sample_modality: the modality :meth:`sample` draws when ``condition_modality``.
         stage1_steps: training steps of stage I before stage II starts (0 with ``stage1_model``).
         stage1_model: a ``two_stage_gan`` model folder whose stage I is loaded and frozen.
-        gan_mode, gp_weight, lr, beta1, beta2: adversarial objective and Adam of both stages.
+        gan_mode, lr, beta1, beta2: adversarial objective and Adam of both stages (``gp_weight`` and
+            ``label_smoothing`` come from :class:`~udl_med.methods.adversarial.AdversarialConfig`).
     """
 
     latent_dim: int = Field(64, ge=1)
@@ -75,7 +77,6 @@ class TwoStageGANConfig(MethodConfig):
     stage1_steps: int = Field(0, ge=0)
     stage1_model: str | None = None
     gan_mode: GANMode = GANMode.VANILLA
-    gp_weight: float = Field(10.0, ge=0.0)
     lr: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
@@ -126,7 +127,7 @@ class TwoStageGAN(Method):
         self.g2 = StageIIGenerator(dims, c, cond_dim, config.stage2_channels, config.stage2_blocks, config.stage2_norm)
         self.ca1 = ConditioningAugmentation(self.num_conditions, config.embed_dim) if ca else nn.Identity()
         self.ca2 = ConditioningAugmentation(self.num_conditions, config.embed_dim) if ca else nn.Identity()
-        self.gan_loss = GANLoss(config.gan_mode)
+        self.adversary = Adversary.from_config(config)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
@@ -182,20 +183,18 @@ class TwoStageGAN(Method):
     def _adversarial(self, opt: Optimization, stage: int, real: Tensor, fake: Tensor, kl: Tensor, cond: Tensor) -> dict[str, Tensor]:
         d = self.d1 if stage == 1 else self.d2
 
-        def critic(x: Tensor) -> Tensor:
+        def critic(x: Tensor, labels: Tensor | None = None) -> Tensor:
             return d(x, cond)
 
         with opt.autocast():
-            loss_d = self.gan_loss.discriminator_loss(critic(real), critic(fake.detach()))
-            if self.config.gan_mode == GANMode.WGAN_GP and self.config.gp_weight > 0:
-                loss_d = loss_d + self.config.gp_weight * gradient_penalty(critic, real, fake.detach())
+            loss_d = self.adversary.discriminator_loss(critic, real, fake.detach()).loss
         opt.step(f"d{stage}", loss_d)
         set_requires_grad([d], False)
         with opt.autocast():
-            loss_g = self.gan_loss.generator_loss(critic(fake)) + self.config.kl_weight * kl
+            loss_g = self.adversary.generator_loss(critic, fake) + self.config.kl_weight * kl
         opt.step(f"g{stage}", loss_g)
         set_requires_grad([d], True)
-        return {f"loss_g{stage}": loss_g.detach(), f"loss_d{stage}": loss_d.detach(), f"kl{stage}": kl.detach()}
+        return {f"{keys.LOSS_G}{stage}": loss_g.detach(), f"{keys.LOSS_D}{stage}": loss_d.detach(), f"{keys.KL}{stage}": kl.detach()}
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         x = batch[keys.IMAGE]  # (B, C, *size) in [-1, 1]

@@ -252,8 +252,4 @@ def encoder_feature_maps(encoder: Regressor, x: Tensor) -> list[Tensor]:
     return maps
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__ = ["Autoencoder", "Decoder", "REGRESSOR_CLASS", "check_geometry", "count_parameters", "encoder_feature_maps", "regressor_kwargs"]
+__all__ = ["Autoencoder", "Decoder", "REGRESSOR_CLASS", "check_geometry", "encoder_feature_maps", "regressor_kwargs"]

@@ -37,6 +37,8 @@ import torch
 from monai.networks.nets import Classifier, FullyConnectedNet
 from torch import Tensor, nn
 
+from udl_med.nets.minibatch_discrimination import MinibatchDiscrimination
+
 ARCHITECTURES = ("conv", "mlp")
 NORMS = {"none": None, "batch": "BATCH", "instance": "INSTANCE"}
 LEAKY_RELU = ["leakyrelu", {"negative_slope": 0.2}]
@@ -155,8 +157,6 @@ class KPlusOneDiscriminator(nn.Module):
         self.minibatch: nn.Module | None = None
         self.minibatch_out: nn.Linear | None = None
         if minibatch_kernels > 0:
-            from udl_med.nets.minibatch_discrimination import MinibatchDiscrimination
-
             self.minibatch = MinibatchDiscrimination(self.n_features, num_kernels=minibatch_kernels, kernel_dims=minibatch_kernel_dims)
             self.minibatch_out = nn.Linear(minibatch_kernels, 1)
 

@@ -1,4 +1,8 @@
-"""A learned Gaussian-mixture latent for GAN generators (DeLiGAN, Gurumurthy et al. 2017).
+"""Latent priors of GAN generators: N(0, I), or a learned Gaussian mixture (DeLiGAN, Gurumurthy et al. 2017).
+
+Both priors draw z the same way (:meth:`draw`: training noise from the global RNG on the
+prior's device, or reproducible noise from a CPU ``torch.Generator``) and map fixed noise
+to z (``prior(eps, component)``), so a method draws z in one place whichever prior it has.
 
 DeLiGAN: "Generative Adversarial Networks for Diverse and Limited Data", CVPR 2017
 (https://arxiv.org/abs/1706.02071). The latent is ``z = mu_c + sigma_c * eps`` with ``c``
@@ -67,6 +71,42 @@ class MixtureLatent(nn.Module):
         return ((1.0 - self.log_std.exp()) ** 2).sum(dim=1).mean()
 
 
+class StandardNormalLatent(nn.Module):
+    """``z ~ N(0, I)`` in ``latent_dim`` dimensions, with the interface of :class:`MixtureLatent`.
+
+    It has no parameters; an empty buffer follows the owner's ``.to(device)`` so that
+    :meth:`draw` knows where z goes (it is not saved in the state dict).
+
+    Args:
+        latent_dim: size of z.
+
+    Raises:
+        ValueError: ``latent_dim`` below 1.
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.latent_dim = int(latent_dim)
+        self.register_buffer("anchor", torch.empty(0), persistent=False)
+
+    def forward(self, eps: Tensor, component: Tensor | None = None) -> Tensor:
+        """z for fixed noise ``eps (B, latent_dim)``: ``eps`` itself (``component`` is ignored)."""
+        return eps
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` latents ``(n, latent_dim)`` on the buffer's device.
+
+        Without ``generator`` they are drawn on that device from its global RNG (the
+        training path); with one, on the CPU and then moved.
+        """
+        device = self.anchor.device
+        if generator is None:
+            return torch.randn(n, self.latent_dim, device=device)
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+
+
 class MixtureLatentGenerator(nn.Module):
     """A generator together with its learned latent, so that both train, average and save as one module.
 
@@ -82,4 +122,4 @@ class MixtureLatentGenerator(nn.Module):
         return self.net(z, labels)
 
 
-__all__ = ["MixtureLatent", "MixtureLatentGenerator"]
+__all__ = ["MixtureLatent", "MixtureLatentGenerator", "StandardNormalLatent"]
