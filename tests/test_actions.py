@@ -98,6 +98,12 @@ def test_the_command_line_calls_the_library_with_the_tables_names(monkeypatch: p
     assert calls[-1] == {"real": "r.csv", "synthetic": "s.csv", "heldout": "h.csv", "seeds": [4], "per_class_subjects": None, "steps": 300}
 
 
+def test_an_actions_signature_is_its_arguments_for_the_python_api() -> None:
+    signature = ACTIONS["sample"].signature
+    assert list(signature.parameters) == ["model", "n", "out", "label", "seed"]
+    assert signature.parameters["n"].default is inspect.Parameter.empty and signature.parameters["seed"].default == 0
+
+
 def test_an_action_refuses_an_unknown_argument() -> None:
     with pytest.raises(TypeError, match="unknown argument.*nn.*valid: out, n, shape"):
         ACTIONS["phantoms"](out="x", nn=3)

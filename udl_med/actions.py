@@ -19,6 +19,7 @@ import graph sees the edge, and ``udl-med --help`` imports no torch, MONAI or ML
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -113,6 +114,13 @@ class Action:
     @property
     def required(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.args if a.required)
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The keyword-only signature of :meth:`__call__` (what a Python API function ``udl_med.<name>`` shows)."""
+        return inspect.Signature(
+            [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=inspect.Parameter.empty if a.required else a.default) for a in self.args]
+        )
 
     def __call__(self, **kwargs: Any) -> dict[str, Any]:
         """Run the action: the library function with these keyword arguments (the others keep their defaults)."""
