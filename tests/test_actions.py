@@ -98,6 +98,22 @@ def test_the_command_line_calls_the_library_with_the_tables_names(monkeypatch: p
     assert calls[-1] == {"real": "r.csv", "synthetic": "s.csv", "heldout": "h.csv", "seeds": [4], "per_class_subjects": None, "steps": 300}
 
 
+def test_the_input_arguments_of_the_step_kinds() -> None:
+    inputs = {kind: action.inputs for kind, action in STEP_KINDS.items() if action.inputs}
+    assert inputs == {
+        "select": ("source",),
+        "train": ("config",),
+        "export": ("model",),
+        "encode": ("model", "input"),
+        "sample": ("model",),
+        "translate": ("model", "input"),
+        "fid": ("real", "fake"),
+        "probe": ("encoder", "data"),
+        "evaluate_translation": ("model", "source"),
+        "classify": ("model", "input"),
+    }
+
+
 def test_an_actions_signature_is_its_arguments_for_the_python_api() -> None:
     signature = ACTIONS["sample"].signature
     assert list(signature.parameters) == ["model", "n", "out", "label", "seed"]

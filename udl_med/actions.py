@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from udl_med.shipped import list_shipped, resolve_shipped
@@ -356,7 +356,7 @@ ACTIONS: dict[str, Action] = {
             "write a synthetic data set: NIfTI in physical units, manifest.csv, a PNG grid (atomic)",
             _synthesize,
             (
-                _MODEL,
+                replace(_MODEL, input=False),  # as before the table: a synthesize step's literal model path stays relative to the cwd
                 Arg("out", "the folder to create (must not exist or be empty)"),
                 Arg("n", "images in all (classes in turn for a conditional model)", int, None, group="count"),
                 Arg("n_per_class", "images per class (conditional models)", int, None, group="count"),
