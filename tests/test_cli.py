@@ -48,3 +48,9 @@ def test_missing_model_is_one_line_exit_2(tmp_path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(missing) in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_set_is_blamed_on_set_with_the_closest_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "gan-ring-best", "--set", "model.lossx=1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("udl-med train: error: --set on ") and line.endswith("gan-ring-best.yaml: model.lossx: unknown key; did you mean model.loss?")

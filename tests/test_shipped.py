@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from udl_med.cli import main
-from udl_med.engine.pipeline import load_pipeline
+from udl_med.pipeline import load_pipeline
 from udl_med.errors import ConfigError
 from udl_med.shipped import description, find_shipped, list_shipped, resolve_shipped, shipped_files
 

@@ -1,8 +1,9 @@
 """The ``udl-med`` command.
 
-Each command parses its arguments, calls one library function and prints the result.
-Heavy modules (torch, monai, mlflow) are imported inside the commands, so
-``udl-med --help`` is instant. A :class:`udl_med.errors.UserError` becomes one line
+The subcommands come from the one table of actions (:mod:`udl_med.actions`): each parses
+its arguments, calls its action's library function and prints the result. Heavy modules
+(torch, monai, mlflow) are imported only when an action runs, so ``udl-med --help`` is
+instant. A :class:`udl_med.errors.UserError` becomes one line
 on stderr and exit code 2; any other exception exits with code 1.
 """
 
@@ -12,8 +13,11 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
+
+from udl_med.actions import Action, Arg, commands
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -33,119 +37,68 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
         print(f"{key}: {value}")
 
 
-# --- commands ------------------------------------------------------------------------
+# --- parser: one subcommand per command of udl_med.actions.ACTIONS ---------------------
 
 
-def cmd_phantoms(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.data.phantoms import write_phantoms
-
-    return write_phantoms(args.out, n=args.n, shape=tuple(args.shape), seed=args.seed, fmt=args.format)
+def _shown(value: Any) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
 
 
-def cmd_info(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.data.io import describe
-
-    return describe(args.input)
-
-
-def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.data.io import convert
-
-    return convert(args.input, args.output)
+def _help(arg: Arg) -> str:
+    """The argument's help with its default (flags, required arguments and None defaults show none)."""
+    text = arg.help.replace("%", "%%")
+    if arg.required or arg.kind == "flag" or arg.default is None or arg.default in ((), ""):
+        return text
+    return f"{text} (default: {_shown(arg.default).replace('%', '%%')})"
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.engine.train import train_from_file
-    from udl_med.shipped import resolve_shipped
-
-    return train_from_file(resolve_shipped("configs", args.config), overrides=args.set, resume=args.resume)
-
-
-def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.sample import sample_to_dir
-
-    return sample_to_dir(args.model, n=args.n, out=args.out, label=args.label, seed=args.seed)
-
-
-def cmd_synthesize(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.synthesize import synthesize
-
-    return synthesize(args.model, args.out, n=args.n, n_per_class=args.n_per_class, like=args.like, seed=args.seed, overwrite=args.overwrite)
-
-
-def cmd_memorization(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.evaluation.memorization import memorization_check
-
-    return memorization_check(
-        args.synthetic, args.train, args.holdout, extractor=args.extractor, dims=args.dims, quantile=args.quantile, drop=args.drop, out=args.figure
-    )
+def _add_argument(parser: Any, arg: Arg) -> None:
+    options: dict[str, Any] = {"help": _help(arg)}
+    if arg.positional:
+        names = [arg.name]
+        if arg.flag:
+            options["metavar"] = arg.flag
+    else:
+        names = [arg.flag or "--" + arg.name.replace("_", "-")]
+        options["dest"] = arg.name
+        if arg.required and not arg.group:
+            options["required"] = True
+    if arg.kind == "flag":
+        options["action"] = "store_true"
+    else:
+        options["type"] = arg.type
+        if not arg.required:
+            options["default"] = list(arg.default) if isinstance(arg.default, tuple) else arg.default
+        if arg.kind == "append":
+            options["action"] = "append"
+        for key in ("nargs", "choices", "metavar"):
+            if getattr(arg, key) is not None:
+                options[key] = getattr(arg, key)
+    parser.add_argument(*names, **options)
 
 
-def cmd_augment_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.evaluation.utility import utility_step
-
-    return utility_step(
-        args.real, args.synthetic, args.heldout, seeds=args.seeds, per_class_subjects=args.per_class_subjects or None, steps=args.steps
-    )
-
-
-def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.encode import encode_to_file
-
-    return encode_to_file(args.model, args.input, out=args.out)
+def _run(action: Action, args: argparse.Namespace) -> dict[str, Any]:
+    """Call the action with the command line's values of its arguments."""
+    kwargs = {}
+    for arg in action.args:
+        if arg.cli:
+            value = getattr(args, arg.name)
+            kwargs[arg.name] = arg.parse(value) if arg.parse and value is not None else value
+    return action(**kwargs)
 
 
-def cmd_fid(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.evaluation.compare import compare_sets
-
-    return compare_sets(
-        args.real,
-        args.fake,
-        extractor=args.extractor,
-        dims=args.dims,
-        bootstrap=args.bootstrap,
-        kid_subset_size=args.kid_subset_size,
-        save_real_stats=args.save_stats,
-    )
-
-
-def cmd_translate(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.translate import translate_path
-
-    return translate_path(args.model, args.input, args.output, direction=args.direction)
-
-
-def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.classify import classify_to_file
-
-    return classify_to_file(args.model, args.input, out=args.out)
-
-
-def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.inference.export import export_model
-
-    return export_model(args.model, args.out, fmt=args.format)
-
-
-def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.engine.pipeline import run_pipeline
-
-    return run_pipeline(args.pipeline, overrides=args.set)
-
-
-def cmd_configs(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.shipped import list_shipped
-
-    return list_shipped()
-
-
-def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from udl_med.demo import run_demo
-
-    return run_demo(args.out)
-
-
-# --- parser --------------------------------------------------------------------------
+def add_command(sub: Any, name: str, action: Action) -> argparse.ArgumentParser:
+    """The subcommand ``name`` of ``action``: its arguments, ``--json``, and the call."""
+    p = sub.add_parser(name, help=action.help, description=action.help)
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    groups: dict[str, Any] = {}
+    for arg in action.args:
+        if arg.cli and arg.group and arg.group not in groups:
+            groups[arg.group] = p.add_mutually_exclusive_group(required=True)
+        if arg.cli:
+            _add_argument(groups[arg.group] if arg.group else p, arg)
+    p.set_defaults(func=partial(_run, action))
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,106 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Callable, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
-        p.set_defaults(func=func)
-        return p
-
-    p = add("phantoms", cmd_phantoms, "write synthetic subjects: paired CT and MR, tissue labels, lesion class")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--n", type=int, default=8, help="number of subjects")
-    p.add_argument("--shape", type=int, nargs=3, default=[48, 48, 24], metavar=("X", "Y", "Z"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti")
-
-    p = add("info", cmd_info, "validate a volume, DICOM series, folder or manifest and describe it")
-    p.add_argument("input")
-
-    p = add("convert", cmd_convert, "convert a volume or DICOM series to NIfTI, MHA, NRRD or a DICOM series")
-    p.add_argument("input")
-    p.add_argument("output", help="a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series")
-
-    overrides_help = "override a config value, e.g. --set train.steps=100 (repeatable)"
-    p = add("train", cmd_train, "train the method a YAML config names; tracked in MLflow")
-    p.add_argument("config", help="a config file, or the name of a shipped config (`udl-med configs`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-
-    p = add("sample", cmd_sample, "draw new images from a generative model, as NIfTI plus a PNG grid")
-    p.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a local model folder")
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
-    p.add_argument("--seed", type=int, default=0)
-
-    p = add("synthesize", cmd_synthesize, "write a synthetic data set: NIfTI in physical units, manifest.csv, a PNG grid (atomic)")
-    p.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a local model folder")
-    p.add_argument("--out", required=True, help="the folder to create (must not exist or be empty)")
-    count = p.add_mutually_exclusive_group(required=True)
-    count.add_argument("--n", type=int, default=None, help="images in all (classes in turn for a conditional model)")
-    count.add_argument("--n-per-class", type=int, default=None, help="images per class (conditional models)")
-    p.add_argument("--like", default=None, metavar="REFERENCE", help="a scan whose spacing, orientation, size and modality the images take")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier synthesize output in --out (only once the new one is complete)")
-
-    p = add("memorization", cmd_memorization, "flag synthetic images that are (near-)copies of training images")
-    p.add_argument("synthetic", help="synthetic images: folder, manifest or volume")
-    p.add_argument("train", help="the generator's training images")
-    p.add_argument("--holdout", required=True, help="real images the generator never saw (sets the distance scale)")
-    p.add_argument("--extractor", default="random", help="random | encoder:PATH | inception:PATH | ... (as udl-med fid)")
-    p.add_argument("--dims", default="2", choices=["2", "3"])
-    p.add_argument("--quantile", type=float, default=0.01, help="held-out quantile below which an image is flagged (default 1%%)")
-    p.add_argument("--drop", action="store_true", help="remove flagged images from the synthetic manifest")
-    p.add_argument("--figure", default=None, metavar="DIR", help="write DIR/memorization.png (closest synthetic images over their nearest training images)")
-
-    p = add("augment-eval", cmd_augment_eval, "does synthetic data help? the same classifier on real, real+synthetic, synthetic; tested on held-out real")
-    p.add_argument("real", help="labeled real items (the few labels are drawn from it)")
-    p.add_argument("synthetic", help="labeled synthetic items (udl-med synthesize output)")
-    p.add_argument("--heldout", required=True, help="labeled real items of other subjects: every arm's test set")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--per-class-subjects", type=int, default=2, help="real subjects per class to train on (0: all)")
-    p.add_argument("--steps", type=int, default=300, help="classifier steps, the same for every arm")
-
-    p = add("encode", cmd_encode, "write one latent vector per image to an .npz file")
-    p.add_argument("model")
-    p.add_argument("input")
-    p.add_argument("--out", required=True, help="FEATURES.npz")
-
-    p = add("fid", cmd_fid, "FID and KID (with confidence intervals) between two image sets")
-    p.add_argument("real", help="folder, manifest or saved statistics (.npz)")
-    p.add_argument("fake", help="folder, manifest or saved statistics (.npz)")
-    p.add_argument("--extractor", default="random", help="random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH")
-    p.add_argument("--dims", default="2", choices=["2", "2.5", "3"], help="slices, three middle planes, or volumes")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates for the 95%% intervals (0: none)")
-    p.add_argument("--kid-subset-size", type=int, default=None, help="KID subset size (default: min(1000, set sizes))")
-    p.add_argument("--save-stats", default=None, metavar="REAL_STATS.npz", help="save REAL's statistics for reuse as REAL")
-
-    p = add("translate", cmd_translate, "translate CT to MR or MR to CT, keeping the input's geometry")
-    p.add_argument("model")
-    p.add_argument("input", help="volume, DICOM series folder, folder of volumes, or manifest")
-    p.add_argument("output", help="a .nii.gz name, or a folder name for a DICOM series")
-    p.add_argument("--direction", choices=["ct2mr", "mr2ct"], default=None)
-
-    p = add("classify", cmd_classify, "predict a class per scan (mean of its slice or patch probabilities) into a CSV")
-    p.add_argument("model", help="a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI")
-    p.add_argument("input", help="volume, DICOM series folder, folder of volumes, or manifest")
-    p.add_argument("--out", required=True, help="PREDICTIONS.csv (written only when every image was read)")
-
-    p = add("export", cmd_export, "export a trained model: MONAI bundle, encoder weights, or TorchScript")
-    p.add_argument("model")
-    p.add_argument("out")
-    p.add_argument("--format", choices=["bundle", "classifier", "encoder", "torchscript"], default="encoder")
-
-    p = add("pipeline", cmd_pipeline, "run a multi-step pipeline as nested MLflow runs")
-    p.add_argument("pipeline", help="a pipeline file, or the name of a shipped pipeline (`udl-med configs`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
-
-    add("configs", cmd_configs, "list the shipped configs and pipelines with their one-line descriptions")
-
-    p = add("demo", cmd_demo, "make phantoms and train tiny models for every job, tracked in MLflow")
-    p.add_argument("--out", default="demo-out")
+    for name, action in commands().items():
+        add_command(sub, name, action)
     return parser
 
 

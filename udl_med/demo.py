@@ -1,6 +1,6 @@
 """`udl-med demo`: every job at tiny scale on phantoms, as one pipeline tracked in MLflow.
 
-The demo is an ordinary pipeline (see ``udl_med.engine.pipeline``) built here so that
+The demo is an ordinary pipeline (see ``udl_med.pipeline``) built here so that
 it needs no file besides the shipped configs (:mod:`udl_med.shipped`): it makes phantoms, pretrains an
 autoencoder and probes its exported encoder, samples a VAE and a tiny DCGAN and judges the
 samples with FID/KID, trains a K+1 semi-supervised GAN and its supervised-only baseline and
@@ -98,7 +98,7 @@ def demo_steps() -> list[dict[str, Any]]:
 
 def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
     """Run the demo into ``out`` (cleared first if an earlier demo made it); return a summary."""
-    from udl_med.engine.pipeline import PipelineConfig, run_pipeline_config
+    from udl_med.pipeline import PipelineConfig, run_pipeline_config
 
     out = Path(out)
     if out.exists():

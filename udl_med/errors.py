@@ -7,6 +7,8 @@ with code 2; every other exception exits with code 1.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -31,6 +33,12 @@ class ConfigError(UserError):
         self.key = key
         self.problem = problem
         super().__init__(f"{self.source}: {key}: {problem}")
+
+
+def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:
+    """``"; did you mean a or b?"`` with the known names closest to ``name`` (``prefix`` before each), or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
 
 
 class RunError(Exception):

@@ -8,14 +8,14 @@ import pytest
 
 from udl_med.data.manifest import list_images, write_manifest
 from udl_med.data.phantoms import write_phantoms
-from udl_med.engine.pipeline import select_step
+from udl_med.data.manifest import select_images
 
 
 def test_select_with_relative_paths_reads_back_the_same_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's case: phantoms in out/phantoms, the selection written to out/ct.csv, paths relative to the working directory."""
     monkeypatch.chdir(tmp_path)
     write_phantoms(Path("out/phantoms"), n=2, shape=(16, 16, 8), seed=0, fmt="nifti")
-    written = select_step("out/phantoms/manifest.csv", "out/ct.csv", modality="CT")
+    written = select_images("out/phantoms/manifest.csv", "out/ct.csv", modality="CT")
     images = [r.path.resolve() for r in list_images(written["manifest"])]
     expected = sorted((tmp_path / "out" / "phantoms").glob("sub-*/ct.nii.gz"))
     assert sorted(images) == expected

@@ -88,6 +88,40 @@ def test_override_errors(tmp_path: Path) -> None:
         apply_overrides({"a": 1}, ["a.b=2"], "x.yaml")
 
 
+@pytest.mark.parametrize(
+    ("bad", "closest"),
+    [
+        ({"train": {**BASE["train"], "stepz": 5}}, "train.steps"),
+        ({"model": {"latent_dimm": 4}}, "model.latent_dim"),
+        ({"data": {**BASE["data"], "layuot": "2d"}}, "data.layout"),
+        ({"trian": {}}, "train"),
+        ({"train": {**BASE["train"], "sample_eval": {"evry": 3}}}, "train.sample_eval.every"),
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_known_ones(tmp_path: Path, bad: dict, closest: str) -> None:
+    path = write(tmp_path, {**BASE, **bad})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.source == str(path) and f"unknown key; did you mean {closest}" in err.value.problem
+
+
+def test_a_bad_override_is_blamed_on_set(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    for override, key in [("model.latnt_dim=3", "model.latnt_dim"), ("train.steps=many", "train.steps"), ("trian.steps=3", "trian")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, [override])
+        assert err.value.source == f"--set on {path}" and err.value.key == key
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["model.latnt_dim=3"])
+    assert str(err.value) == f"--set on {path}: model.latnt_dim: unknown key; did you mean model.latent_dim?"
+    with pytest.raises(ConfigError) as err:  # the file's own mistake stays the file's, whatever else is set
+        load_config(write(tmp_path, {**BASE, "train": {"stepz": 3}}), ["train.batch_size=2", "model.latent_dim=3"])
+    assert err.value.source == str(path) and err.value.key == "train.stepz"
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.steps"])
+    assert err.value.source == f"--set on {path}"
+
+
 def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [unclosed\n")

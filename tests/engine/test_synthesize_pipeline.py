@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_synthesize_pipeline_tiny(tmp_path: Path, tracking_uri: str) -> None:
     import mlflow
 
-    from udl_med.engine.pipeline import run_pipeline
+    from udl_med.pipeline import run_pipeline
     from udl_med.evaluation.synthesis import QualityGateError, fid_gate_step
 
     work = tmp_path / "work"

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 import yaml
 
-from udl_med.engine.pipeline import load_pipeline, run_pipeline
+from udl_med.pipeline import load_pipeline, run_pipeline
 from udl_med.engine.train import train
 from udl_med.errors import ConfigError
 

@@ -110,7 +110,7 @@ def test_probe_step_compares_an_exported_encoder_with_random_init(phantom_dir: P
 def test_pretrain_encoder_pipeline_runs_each_step_as_a_nested_run(tmp_path: Path, tracking_uri: str) -> None:
     import yaml
 
-    from udl_med.engine.pipeline import run_pipeline
+    from udl_med.pipeline import run_pipeline
 
     pipeline = yaml.safe_load((ROOT / "pipelines" / "pretrain-encoder.yaml").read_text())
     train = next(step for step in pipeline["steps"] if step["name"] == "train")

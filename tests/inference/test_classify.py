@@ -136,12 +136,13 @@ def test_exported_classifier_gives_the_classify_probabilities(kplus1_model: Path
 
 def test_semi_supervised_pipeline_and_demo_steps_validate() -> None:
     from udl_med.demo import demo_steps
-    from udl_med.engine.pipeline import STEP_KINDS, load_pipeline
+    from udl_med.inference.classify import classify_to_file
+    from udl_med.pipeline import STEP_KINDS, load_pipeline
 
     root = Path(__file__).resolve().parents[2]
     pipeline = load_pipeline(root / "pipelines" / "semi-supervised.yaml")
     kinds = [s.run for s in pipeline.steps]
     assert kinds.count("train") == 2 and kinds.count("classify") == 2 and "export" in kinds
-    assert STEP_KINDS["classify"] == "udl_med.inference.classify:classify_to_file"
+    assert STEP_KINDS["classify"].function() is classify_to_file
     names = {s["name"] for s in demo_steps()}
     assert {"kplus1", "supervised_only", "kplus1_classify", "supervised_only_classify"} <= names

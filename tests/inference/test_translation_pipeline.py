@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from udl_med.data.io import read_image
-from udl_med.engine.pipeline import run_pipeline
+from udl_med.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,13 +20,13 @@ from typing import Any
 from udl_med import keys
 from udl_med.data.dicom import is_dicom_file, series_files
 from udl_med.data.formats import VOLUME_SUFFIXES, volume_suffix
-from udl_med.errors import InputError
+from udl_med.errors import ConfigError, InputError
 from udl_med.io_utils import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.csv"
 
-__all__ = ["ImageRecord", "SPLITS", "MANIFEST_NAME", "list_images", "parse_manifest", "write_manifest"]
+__all__ = ["ImageRecord", "SPLITS", "MANIFEST_NAME", "list_images", "parse_manifest", "write_manifest", "select_images"]
 
 
 @dataclass(frozen=True)
@@ -169,3 +169,27 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
             fields["image"] = str(absolute.resolve())
         writer.writerow([_cell(fields.get(c)) for c in columns])
     return atomic_write_text(path, buffer.getvalue())
+
+
+def select_images(source: str | Path, out: str | Path, modality: str | None = None, split: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """The pipeline step ``select``: a manifest of the images of ``source`` with that modality and split.
+
+    Args:
+        source: a manifest, a folder or one image (as :func:`list_images`).
+        out: the manifest CSV to write (:func:`write_manifest`: paths relative to it where
+            the images lie below its folder, else absolute).
+        modality, split: keep only images with this modality / split (None: any).
+        limit: keep at most this many images (None: all).
+
+    Returns:
+        ``manifest`` (the new CSV), ``first`` (its first image, e.g. a volume to translate)
+        and ``n``.
+
+    Raises:
+        ConfigError: no image of ``source`` matches.
+    """
+    records = [r for r in list_images(source) if (modality is None or r.modality == modality) and (split is None or r.split == split)][: limit or None]
+    if not records:
+        raise ConfigError(source, "select", f"no images with modality={modality} split={split}")
+    path = write_manifest(out, records)
+    return {"manifest": str(path), "first": str(records[0].path), "n": len(records)}

@@ -3,14 +3,16 @@
 A run config has the sections ``method``, ``seed``, ``data`` (the data engineer's
 :class:`udl_med.data.config.DataConfig`), ``model`` (the method's own ``Config``),
 ``train``, ``tracking`` and ``output_dir``. Unknown or mistyped keys are rejected with a
-message that names the file and the dotted key. ``--set key.path=value`` overrides
-are applied before validation; values are parsed as YAML (``--set train.steps=10``
-gives an int, ``--set data.size=[16,16]`` a list).
+message that names the file and the dotted key, and an unknown key with the closest
+known ones. ``--set key.path=value`` overrides are applied before validation; values
+are parsed as YAML (``--set train.steps=10`` gives an int, ``--set data.size=[16,16]``
+a list). An error in a key that an override gave is blamed on ``--set``.
 """
 
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
 from udl_med.data.config import DataConfig
-from udl_med.errors import ConfigError
+from udl_med.errors import ConfigError, did_you_mean
 from udl_med.methods.base import InitFrom, MethodConfig, get_method
 
 
@@ -100,13 +102,18 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
+def set_source(source: str | Path) -> str:
+    """Where a ``--set`` override of ``source`` is said to come from in error messages."""
+    return f"--set on {source}"
+
+
 def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(source, item, "an override must look like key.path=value")
+        raise ConfigError(set_source(source), item, "an override must look like key.path=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(source, key or item, "empty key in override")
+        raise ConfigError(set_source(source), key or item, "empty key in override")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -123,19 +130,70 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(source, ".".join(parts[: i + 1]), "is not a section, cannot set a key inside it")
+                raise ConfigError(set_source(source), ".".join(parts[: i + 1]), "is not a section, cannot set a key inside it")
             node = child
         node[parts[-1]] = value
     return out
 
 
-def _first_error(err: ValidationError, prefix: str = "") -> tuple[str, str]:
+def _holds(raw: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(raw, dict) or part not in raw:
+            return False
+        raw = raw[part]
+    return True
+
+
+def blame_overrides(err: ConfigError, overrides: list[str] | tuple[str, ...], raw: dict[str, Any]) -> ConfigError:
+    """``err`` said of ``--set`` when an override gave its key, else ``err`` itself.
+
+    An override gave the key when it set the key or a section holding it, or set a key
+    inside it that the file (``raw``, before the overrides) does not have.
+    """
+    if err.source.startswith(set_source("")):
+        return err
+    parts = err.key.split(".")
+    for item in overrides:
+        given = item.split("=", 1)[0].strip().split(".")
+        if parts[: len(given)] == given or (given[: len(parts)] == parts and not _holds(raw, parts)):
+            return ConfigError(set_source(err.source), err.key, err.problem)
+    return err
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]`` ...), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for inner in typing.get_args(annotation):
+        found = _model_in(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def known_keys(model: type[BaseModel], path: list[str | int]) -> list[str]:
+    """The keys of the section at ``path`` (list indices skipped) below ``model``; [] where it is not a model."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _first_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> tuple[str, str]:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     key = f"{prefix}{key}" if key else prefix.rstrip(".")
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key"
+        loc = list(first["loc"])
+        known = known_keys(model, loc[:-1]) if model is not None else []
+        section = key[: len(key) - len(str(loc[-1]))]
+        message = "unknown key" + did_you_mean(str(loc[-1]), known, section)
     elif first["type"] == "missing":
         message = "required key is missing"
     elif first["type"] == "value_error":
@@ -161,11 +219,11 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
     try:
         model = method_cls.Config(**model_raw)
     except ValidationError as err:
-        raise ConfigError(source, *_first_error(err, "model.")) from None
+        raise ConfigError(source, *_first_error(err, "model.", method_cls.Config)) from None
     try:
         run = RunConfig(**body, model=model)
     except ValidationError as err:
-        raise ConfigError(source, *_first_error(err)) from None
+        raise ConfigError(source, *_first_error(err, model=RunConfig)) from None
     try:
         model.check_run(run.train)  # model keys that depend on train: (model.pack vs train.batch_size)
     except ConfigError as err:
@@ -186,7 +244,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(path, "<file>", f"not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(path, "<root>", "a config must be a YAML mapping")
-    return validate_config(apply_overrides(raw, overrides, str(path)), str(path))
+    try:
+        return validate_config(apply_overrides(raw, overrides, str(path)), str(path))
+    except ConfigError as err:
+        raise blame_overrides(err, overrides, raw) from None
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -158,10 +158,10 @@ def phantom_ct_probe_items(folder: str | Path, n: int, seed: int, input_spec: di
     The labeled items of the K+1 and synthesis benchmarks: with ``roi: liver`` every slice
     through the liver, cropped around it (``input_spec`` sets the size and the CT window).
     """
+    from udl_med.data.manifest import select_images
     from udl_med.data.phantoms import write_phantoms
-    from udl_med.engine.pipeline import select_step
 
     folder = Path(folder)
     written = write_phantoms(folder, n=n, shape=(64, 64, 16), seed=seed)
-    ct = select_step(written["manifest"], str(folder / "ct.csv"), modality="CT")["manifest"]
+    ct = select_images(written["manifest"], str(folder / "ct.csv"), modality="CT")["manifest"]
     return probe_items(ct, input_spec, roi=roi)

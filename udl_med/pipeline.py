@@ -13,75 +13,43 @@ A pipeline YAML file::
         run: train
         with: {config: ae2d-phantom, set: ["data.source=${steps.phantoms.manifest}"]}   # a shipped config name or a path
 
-``run`` names a step kind (a library function ``fn(**params) -> dict``); a step refers
-to the work folder as ``${workdir}`` and to an earlier step's outputs as
+``run`` names a step kind: an action of :data:`udl_med.actions.ACTIONS` that is a step,
+whose library function ``fn(**with) -> dict`` runs the step; ``with`` holds the action's
+arguments (checked when the file loads: an unknown or missing one is a ConfigError). A
+step refers to the work folder as ``${workdir}`` and to an earlier step's outputs as
 ``${steps.<name>.<key>}``. ``--set steps.<name>.with.<key>=value`` overrides a step's
 parameter.
 
 Paths: ``udl-med pipeline NAME`` runs a shipped pipeline (:mod:`udl_med.shipped`). A
-step's input paths written in the file (``INPUT_PARAMS``: a train step's ``config``, a
-probe's ``data`` ...) resolve relative to the pipeline file, and a train step's
+step's input paths written in the file (the action's ``input`` arguments: a train step's
+``config``, a probe's ``data`` ...) resolve relative to the pipeline file, and a train step's
 ``config`` may be a shipped config name; values given with ``--set`` resolve against
 the working directory, like every path on the command line. Outputs (``workdir``,
 ``out``, ``output`` ...) are relative to the working directory.
 
-A ``train`` step is itself the nested run; every other step gets a nested
+A ``train`` step (``own_run``) is itself the nested run; every other step gets a nested
 run that records its parameters, numeric outputs as metrics and any ``artifacts``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from udl_med.engine.config import apply_overrides
-from udl_med.errors import ConfigError
+from udl_med.actions import Action, step_kinds
+from udl_med.engine.config import apply_overrides, blame_overrides, known_keys
+from udl_med.errors import ConfigError, did_you_mean
+from udl_med.shipped import resolve_shipped
 
 log = logging.getLogger(__name__)
 
-# Step kinds: "module:function", imported when a step of that kind runs.
-STEP_KINDS: dict[str, str] = {
-    "phantoms": "udl_med.data.phantoms:write_phantoms",
-    "select": "udl_med.engine.pipeline:select_step",
-    "train": "udl_med.engine.pipeline:train_step_kind",
-    "export": "udl_med.inference.export:export_model",
-    "encode": "udl_med.inference.encode:encode_to_file",
-    "sample": "udl_med.inference.sample:sample_to_dir",
-    "translate": "udl_med.inference.translate:translate_path",
-    "fid": "udl_med.evaluation.compare:compare_sets",
-    "probe": "udl_med.evaluation.probe:probe_step",
-    "evaluate_translation": "udl_med.evaluation.translation:evaluate_translation_step",
-    # synthesis (issue 15)
-    "lesion_slices": "udl_med.evaluation.utility:lesion_slices",
-    "synthesize": "udl_med.inference.synthesize:synthesize",
-    "fid_gate": "udl_med.evaluation.synthesis:fid_gate_step",
-    "memorization": "udl_med.evaluation.memorization:memorization_check",
-    "utility": "udl_med.evaluation.utility:utility_step",
-    # semi-supervised classification (issue 14)
-    "classify": "udl_med.inference.classify:classify_to_file",
-}
-
-# The parameters of each step kind that name existing inputs (resolved relative to the pipeline file).
-INPUT_PARAMS: dict[str, tuple[str, ...]] = {
-    "select": ("source",),
-    "train": ("config",),
-    "export": ("model",),
-    "encode": ("model", "input"),
-    "sample": ("model",),
-    "translate": ("model", "input"),
-    "fid": ("real", "fake"),
-    "probe": ("encoder", "data"),
-    "evaluate_translation": ("model", "source"),
-    "classify": ("model", "input"),
-}
+STEP_KINDS: dict[str, Action] = step_kinds()  # {kind: action}, from the one table of actions
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 
@@ -108,37 +76,6 @@ class PipelineConfig(BaseModel):
     workdir: str | None = None
     tracking: PipelineTracking = PipelineTracking()
     steps: list[StepConfig]
-
-
-def train_step_kind(config: str, set: list[str] | None = None, resume: bool = False) -> dict[str, Any]:  # noqa: A002
-    """The ``train`` step: ``udl-med train CONFIG|NAME --set ...``."""
-    from udl_med.engine.train import train_from_file
-    from udl_med.shipped import resolve_shipped
-
-    return train_from_file(resolve_shipped("configs", config), overrides=list(set or []), resume=resume)
-
-
-def select_step(source: str, out: str, modality: str | None = None, split: str | None = None, limit: int | None = None) -> dict[str, Any]:
-    """The ``select`` step: a manifest of the images of ``source`` with that modality and split.
-
-    Returns ``manifest`` (the new CSV, written by :func:`udl_med.data.manifest.write_manifest`:
-    paths relative to it where the images lie below its folder, else absolute), ``first``
-    (its first image, e.g. a volume to translate) and ``n``.
-    """
-    from udl_med.data.manifest import list_images, write_manifest
-
-    records = [
-        r for r in list_images(source) if (modality is None or r.modality == modality) and (split is None or r.split == split)
-    ][: limit or None]
-    if not records:
-        raise ConfigError(source, "select", f"no images with modality={modality} split={split}")
-    path = write_manifest(out, records)
-    return {"manifest": str(path), "first": str(records[0].path), "n": len(records)}
-
-
-def _step_function(kind: str) -> Callable[..., dict[str, Any]]:
-    module, _, name = STEP_KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _lookup(expr: str, context: dict[str, Any], source: str) -> Any:
@@ -172,22 +109,20 @@ def file_relative_inputs(pipeline: PipelineConfig, base: Path, source: str, from
     """The pipeline with the literal input paths of its steps resolved against ``base`` (the pipeline's folder).
 
     A value holding a ``${...}`` reference, a URI, an absolute path, or one given with
-    ``--set`` (``from_command_line``: ``(step, key)`` pairs) is left as it is; a train
-    step's ``config`` may also be a shipped config name.
+    ``--set`` (``from_command_line``: ``(step, key)`` pairs) is left as it is; an input
+    the action marks ``shipped`` (a train step's ``config``) may also be a shipped name.
     """
-    from udl_med.shipped import resolve_shipped
-
     steps = []
     for step in pipeline.steps:
         params = dict(step.with_)
-        for key in INPUT_PARAMS.get(step.run, ()):
-            value = params.get(key)
-            if not isinstance(value, str) or "${" in value or _is_uri(value) or (step.name, key) in from_command_line:
+        for arg in STEP_KINDS[step.run].args:
+            value = params.get(arg.name)
+            if not arg.input or not isinstance(value, str) or "${" in value or _is_uri(value) or (step.name, arg.name) in from_command_line:
                 continue
-            if step.run == "train" and key == "config":
-                params[key] = str(resolve_shipped("configs", value, base=base, source=source, key=f"steps.{step.name}.with.config"))
+            if arg.shipped:
+                params[arg.name] = str(resolve_shipped(arg.shipped, value, base=base, source=source, key=f"steps.{step.name}.with.{arg.name}"))
             elif not Path(value).is_absolute():
-                params[key] = str(base / value)
+                params[arg.name] = str(base / value)
         steps.append(step.model_copy(update={"with_": params}))
     return pipeline.model_copy(update={"steps": steps})
 
@@ -202,13 +137,35 @@ def _command_line_keys(overrides: list[str] | tuple[str, ...]) -> set[tuple[str,
     return keys
 
 
+def check_steps(pipeline: PipelineConfig, source: str) -> None:
+    """Every step's kind is a step action, its ``with`` keys that action's arguments, its required ones given, its name unique.
+
+    Raises:
+        ConfigError: naming ``steps.<name>.run`` or ``steps.<name>.with.<key>``, with the closest known names.
+    """
+    for step in pipeline.steps:
+        action = STEP_KINDS.get(step.run)
+        if action is None:
+            hint = did_you_mean(step.run, STEP_KINDS)
+            raise ConfigError(source, f"steps.{step.name}.run", f"unknown step kind {step.run!r}{hint}; valid: {', '.join(STEP_KINDS)}")
+        for key in step.with_:
+            if key not in action.names:
+                hint = did_you_mean(key, action.names, f"steps.{step.name}.with.")
+                raise ConfigError(source, f"steps.{step.name}.with.{key}", f"unknown argument of step kind {step.run!r}{hint}")
+        missing = [name for name in action.required if name not in step.with_]
+        if missing:
+            raise ConfigError(source, f"steps.{step.name}.with.{missing[0]}", f"required by step kind {step.run!r}")
+    names = [s.name for s in pipeline.steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(source, "steps", "step names must be unique")
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read and validate a pipeline file (or a shipped pipeline's name); ``steps.<name>.<key>`` overrides address steps by name.
 
-    Literal input paths of the steps are resolved relative to the file (see the module docstring).
+    Literal input paths of the steps are resolved relative to the file (see the module
+    docstring). An error in a key that an override gave is blamed on ``--set``.
     """
-    from udl_med.shipped import resolve_shipped
-
     path = resolve_shipped("pipelines", path, source=str(path))
     source = str(path)
     try:
@@ -217,29 +174,33 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ConfigError(source, "<file>", "not valid YAML") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
         raise ConfigError(source, "steps", "a pipeline needs a list of steps")
-    by_name = {str(s.get("name")): s for s in raw["steps"] if isinstance(s, dict)}
-    raw = apply_overrides({**raw, "steps": by_name}, overrides, source)
-    raw["steps"] = list(raw["steps"].values())
+    by_name = {**raw, "steps": {str(s.get("name")): s for s in raw["steps"] if isinstance(s, dict)}}
     try:
-        pipeline = PipelineConfig(**raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = list(first["loc"])
-        if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int):
-            loc[1] = raw["steps"][loc[1]].get("name", loc[1])
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(source, ".".join(str(p) for p in loc), message) from None
-    for step in pipeline.steps:
-        if step.run not in STEP_KINDS:
-            raise ConfigError(source, f"steps.{step.name}.run", f"unknown step kind {step.run!r}; valid: {', '.join(STEP_KINDS)}")
-    names = [s.name for s in pipeline.steps]
-    if len(set(names)) != len(names):
-        raise ConfigError(source, "steps", "step names must be unique")
+        raw = apply_overrides(by_name, overrides, source)
+        raw["steps"] = list(raw["steps"].values())
+        pipeline = _validate(raw, source)
+        check_steps(pipeline, source)
+    except ConfigError as err:
+        raise blame_overrides(err, overrides, by_name) from None
     return file_relative_inputs(pipeline, path.resolve().parent, source, _command_line_keys(overrides))
 
 
+def _validate(raw: dict[str, Any], source: str) -> PipelineConfig:
+    try:
+        return PipelineConfig(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = list(first["loc"])
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key" + did_you_mean(str(loc[-1]), known_keys(PipelineConfig, loc[:-1]))
+        if len(loc) > 1 and loc[0] == "steps" and isinstance(loc[1], int):
+            loc[1] = raw["steps"][loc[1]].get("name", loc[1])
+        raise ConfigError(source, ".".join(str(p) for p in loc), message) from None
+
+
 def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
-    import mlflow
+    import mlflow  # lazy: loading and checking a pipeline needs no MLflow
 
     mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
     metrics = {k: float(v) for k, v in outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -257,9 +218,12 @@ def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") -> dict[str, Any]:
-    import mlflow
+    """Run a validated pipeline (see :func:`check_steps`) under one parent MLflow run; return the run, work folder and step outputs."""
+    import mlflow  # lazy: loading and checking a pipeline needs no MLflow
 
-    from udl_med.engine.tracking import configure_tracking
+    from udl_med.engine.tracking import configure_tracking  # lazy: it imports MLflow
+
+    check_steps(pipeline, source)
 
     workdir = Path(pipeline.workdir or Path("runs") / pipeline.name)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -274,12 +238,12 @@ def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") ->
             for step in pipeline.steps:
                 params = resolve(step.with_, context, f"{source}: steps.{step.name}")
                 log.info("pipeline %s: step %s (%s)", pipeline.name, step.name, step.run)
-                function = _step_function(step.run)
-                if step.run == "train":
-                    outputs = function(**params)
+                action = STEP_KINDS[step.run]
+                if action.own_run:
+                    outputs = action(**params)
                 else:
                     with mlflow.start_run(run_name=step.name, nested=True) as child:
-                        outputs = function(**params)
+                        outputs = action(**params)
                         _log_step(outputs, params)
                         outputs = {**outputs, "run_id": child.info.run_id}
                 context["steps"][step.name] = outputs

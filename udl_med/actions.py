@@ -1,0 +1,578 @@
+"""The one table of actions: every ``udl-med`` command and every pipeline step kind, declared once.
+
+An :class:`Action` is one thing a user can do (nnU-Net v2's one entry point per action):
+its name, its arguments (:class:`Arg`: name, type, default, help, whether it names an
+input), whether it is a command, a pipeline step kind or both, and the library function
+it calls. :mod:`udl_med.cli` builds its subcommands from :data:`ACTIONS`,
+:mod:`udl_med.pipeline` its step kinds, so a new action is written here once.
+
+An argument's ``name`` is the library function's keyword, a pipeline step's ``with:``
+key and the keyword of :meth:`Action.__call__`; ``flag`` is only its spelling on the
+command line where that differs (``--format`` for ``fmt``). Arguments with
+``cli=False`` are pipeline and Python settings the command line does not offer. A test
+checks that every action's arguments are its library function's parameters, with the
+same defaults.
+
+``function`` is a small function that imports the library function and returns it: the
+import graph sees the edge, and ``udl-med --help`` imports no torch, MONAI or MLflow.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from udl_med.shipped import list_shipped, resolve_shipped
+
+__all__ = ["REQUIRED", "Arg", "Action", "ACTIONS", "commands", "step_kinds", "train_config"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # the default of an argument that must be given
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an action.
+
+    Args:
+        name: the library function's keyword (a step's ``with:`` key).
+        help: one line, without the default (the command line adds it).
+        type: parses one command-line string (None for ``kind="flag"``).
+        default: the library function's default; :data:`REQUIRED` if it has none.
+        positional: a positional argument on the command line.
+        flag: the command-line spelling where it is not ``--name-with-dashes`` (a
+            positional's shown name where it is not ``name``).
+        kind: ``value``; ``flag`` (``store_true``); ``append`` (repeatable, a list).
+        nargs, choices, metavar: as argparse's.
+        input: names an existing input (a path in a pipeline file resolves against the file).
+        shipped: the input may also name a shipped file of this kind (``configs``, ``pipelines``).
+        cli: offered on the command line (False: pipeline steps and Python only).
+        group: command line only: exactly one argument of each group must be given.
+        parse: turns the command-line value into the library's (e.g. ``0`` into None).
+    """
+
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = str
+    default: Any = REQUIRED
+    positional: bool = False
+    flag: str | None = None
+    kind: Literal["value", "flag", "append"] = "value"
+    nargs: int | str | None = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | tuple[str, ...] | None = None
+    input: bool = False
+    shipped: str | None = None
+    cli: bool = True
+    group: str | None = None
+    parse: Callable[[Any], Any] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action: a ``udl-med`` command (``command``), a pipeline step kind (``step``), or both.
+
+    Args:
+        name: the action's name: the step kind (``run: NAME``) and, later, the Python API's.
+        help: one line for ``udl-med --help`` and the command's description.
+        function: imports the library function and returns it.
+        args: the library function's parameters, in its order.
+        command: the subcommand's name (None: not a command).
+        step: a pipeline step kind.
+        own_run: as a step, the function opens its own MLflow run (``train``) instead of
+            being wrapped in a nested one.
+    """
+
+    name: str
+    help: str
+    function: Callable[[], Callable[..., dict[str, Any]]]
+    args: tuple[Arg, ...] = ()
+    command: str | None = None
+    step: bool = False
+    own_run: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The arguments that name existing inputs (relative paths in a pipeline file resolve against it)."""
+        return tuple(a.name for a in self.args if a.input)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.args if a.required)
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The keyword-only signature of :meth:`__call__` (what a Python API function ``udl_med.<name>`` shows)."""
+        return inspect.Signature(
+            [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=inspect.Parameter.empty if a.required else a.default) for a in self.args]
+        )
+
+    def __call__(self, **kwargs: Any) -> dict[str, Any]:
+        """Run the action: the library function with these keyword arguments (the others keep their defaults)."""
+        unknown = sorted(set(kwargs) - set(self.names))
+        if unknown:
+            raise TypeError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(self.names)}")
+        return self.function()(**kwargs)
+
+
+def _zero_is_none(value: int | None) -> int | None:
+    return value or None
+
+
+def train_config(config: str, set: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:  # noqa: A002 - the step's key
+    """``udl-med train CONFIG|NAME [--set key.path=value]... [--resume]``: a config file or a shipped config's name."""
+    from udl_med.engine.train import train_from_file  # lazy: keeps udl-med --help fast
+
+    return train_from_file(resolve_shipped("configs", config), overrides=list(set or ()), resume=resume)
+
+
+# --- where each action's library function lives -------------------------------------
+
+
+def _phantoms() -> Callable[..., dict[str, Any]]:
+    from udl_med.data.phantoms import write_phantoms  # lazy: keeps udl-med --help fast
+
+    return write_phantoms
+
+
+def _info() -> Callable[..., dict[str, Any]]:
+    from udl_med.data.inspect import describe  # lazy: keeps udl-med --help fast
+
+    return describe
+
+
+def _convert() -> Callable[..., dict[str, Any]]:
+    from udl_med.data.inspect import convert  # lazy: keeps udl-med --help fast
+
+    return convert
+
+
+def _select() -> Callable[..., dict[str, Any]]:
+    from udl_med.data.manifest import select_images  # lazy: keeps udl-med --help fast
+
+    return select_images
+
+
+def _train() -> Callable[..., dict[str, Any]]:
+    return train_config
+
+
+def _sample() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.sample import sample_to_dir  # lazy: keeps udl-med --help fast
+
+    return sample_to_dir
+
+
+def _synthesize() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.synthesize import synthesize  # lazy: keeps udl-med --help fast
+
+    return synthesize
+
+
+def _encode() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.encode import encode_to_file  # lazy: keeps udl-med --help fast
+
+    return encode_to_file
+
+
+def _translate() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.translate import translate_path  # lazy: keeps udl-med --help fast
+
+    return translate_path
+
+
+def _classify() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.classify import classify_to_file  # lazy: keeps udl-med --help fast
+
+    return classify_to_file
+
+
+def _export() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.export import export_model  # lazy: keeps udl-med --help fast
+
+    return export_model
+
+
+def _fid() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.compare import compare_sets  # lazy: keeps udl-med --help fast
+
+    return compare_sets
+
+
+def _memorization() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.memorization import memorization_check  # lazy: keeps udl-med --help fast
+
+    return memorization_check
+
+
+def _probe() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.probe import probe_step  # lazy: keeps udl-med --help fast
+
+    return probe_step
+
+
+def _evaluate_translation() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.translation import evaluate_translation_step  # lazy: keeps udl-med --help fast
+
+    return evaluate_translation_step
+
+
+def _lesion_slices() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.utility import lesion_slices  # lazy: keeps udl-med --help fast
+
+    return lesion_slices
+
+
+def _fid_gate() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.synthesis import fid_gate_step  # lazy: keeps udl-med --help fast
+
+    return fid_gate_step
+
+
+def _utility() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.utility import utility_step  # lazy: keeps udl-med --help fast
+
+    return utility_step
+
+
+def _pipeline() -> Callable[..., dict[str, Any]]:
+    from udl_med.pipeline import run_pipeline  # lazy: the pipeline module imports this table
+
+    return run_pipeline
+
+
+def _configs() -> Callable[..., dict[str, Any]]:
+    return list_shipped
+
+
+def _demo() -> Callable[..., dict[str, Any]]:
+    from udl_med.demo import run_demo  # lazy: the demo module imports the pipeline, which imports this table
+
+    return run_demo
+
+
+# --- arguments several actions share --------------------------------------------------
+
+_MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
+_IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
+_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
+_OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable)"
+_CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
+
+
+# --- the table ---------------------------------------------------------------------------
+
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        Action(
+            "phantoms",
+            "write synthetic subjects: paired CT and MR, tissue labels, lesion class",
+            _phantoms,
+            (
+                Arg("out", "output folder", positional=True),
+                Arg("n", "number of subjects", int, 8),
+                Arg("shape", "volume size in voxels", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
+                Arg("seed", "random seed", int, 0),
+                Arg("fmt", "file format", default="nifti", flag="--format", choices=("nifti", "dicom")),
+            ),
+            command="phantoms",
+            step=True,
+        ),
+        Action(
+            "info",
+            "validate a volume, DICOM series, folder or manifest and describe it",
+            _info,
+            (Arg("path", "a volume, DICOM series folder, folder of volumes, or manifest", positional=True, flag="input", input=True),),
+            command="info",
+        ),
+        Action(
+            "convert",
+            "convert a volume or DICOM series to NIfTI, MHA, NRRD or a DICOM series",
+            _convert,
+            (
+                Arg("input", "a volume file or a DICOM series folder", positional=True, input=True),
+                Arg("output", "a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series", positional=True),
+            ),
+            command="convert",
+        ),
+        Action(
+            "select",
+            "a manifest of the images of SOURCE with a modality and split",
+            _select,
+            (
+                Arg("source", "a manifest, a folder or one image", input=True),
+                Arg("out", "the manifest CSV to write"),
+                Arg("modality", "keep only this modality (CT or MR)", default=None),
+                Arg("split", "keep only this split (train, val or test)", default=None),
+                Arg("limit", "keep at most this many images", int, None),
+            ),
+            step=True,
+        ),
+        Action(
+            "train",
+            "train the method a YAML config names; tracked in MLflow",
+            _train,
+            (
+                Arg("config", "a config file, or the name of a shipped config (`udl-med configs`)", positional=True, input=True, shipped="configs"),
+                Arg("set", _OVERRIDES, default=(), kind="append", metavar="KEY.PATH=VALUE"),
+                Arg("resume", "continue from the run folder's last checkpoint", None, False, kind="flag"),
+            ),
+            command="train",
+            step=True,
+            own_run=True,
+        ),
+        Action(
+            "sample",
+            "draw new images from a generative model, as NIfTI plus a PNG grid",
+            _sample,
+            (
+                _MODEL,
+                Arg("n", "number of images", int),
+                Arg("out", "output folder"),
+                Arg("label", "class to generate (conditional models)", int, None),
+                Arg("seed", "random seed of the latent draws", int, 0),
+            ),
+            command="sample",
+            step=True,
+        ),
+        Action(
+            "synthesize",
+            "write a synthetic data set: NIfTI in physical units, manifest.csv, a PNG grid (atomic)",
+            _synthesize,
+            (
+                replace(_MODEL, input=False),  # as before the table: a synthesize step's literal model path stays relative to the cwd
+                Arg("out", "the folder to create (must not exist or be empty)"),
+                Arg("n", "images in all (classes in turn for a conditional model)", int, None, group="count"),
+                Arg("n_per_class", "images per class (conditional models)", int, None, group="count"),
+                Arg("like", "a scan whose spacing, orientation, size and modality the images take", default=None, metavar="REFERENCE"),
+                Arg("seed", "random seed of the latent draws", int, 0),
+                Arg("overwrite", "replace an earlier synthesize output in --out (only once the new one is complete)", None, False, kind="flag"),
+            ),
+            command="synthesize",
+            step=True,
+        ),
+        Action(
+            "memorization",
+            "flag synthetic images that are (near-)copies of training images",
+            _memorization,
+            (
+                Arg("synthetic", "synthetic images: folder, manifest or volume", positional=True),
+                Arg("train", "the generator's training images", positional=True),
+                Arg("holdout", "real images the generator never saw (sets the distance scale)"),
+                Arg("extractor", "random | encoder:PATH | inception:PATH | ... (as udl-med fid)", default="random"),
+                Arg("dims", "slices (2) or volumes (3)", default="2", choices=("2", "3")),
+                Arg("quantile", "held-out quantile below which an image is flagged", float, 0.01),
+                Arg("drop", "remove flagged images from the synthetic manifest", None, False, kind="flag"),
+                Arg(
+                    "out",
+                    "write DIR/memorization.png (closest synthetic images over their nearest training images)",
+                    default=None,
+                    flag="--figure",
+                    metavar="DIR",
+                ),
+                Arg("flips", "compare against flipped training images too", None, True, kind="flag", cli=False),
+            ),
+            command="memorization",
+            step=True,
+        ),
+        Action(
+            "utility",
+            "does synthetic data help? the same classifier on real, real+synthetic, synthetic; tested on held-out real",
+            _utility,
+            (
+                Arg("real", "labeled real items (the few labels are drawn from it)", positional=True),
+                Arg("synthetic", "labeled synthetic items (udl-med synthesize output)", positional=True),
+                Arg("heldout", "labeled real items of other subjects: every arm's test set"),
+                Arg("seeds", "one run of every arm per seed", int, (0, 1, 2), nargs="+"),
+                Arg("per_class_subjects", "real subjects per class to train on (0: all)", int, 2, parse=_zero_is_none),
+                Arg("steps", "classifier steps, the same for every arm", int, 300),
+                Arg("batch_size", "classifier batch size", int, 32, cli=False),
+                Arg("lr", "classifier learning rate", float, 1e-3, cli=False),
+                Arg("channels", "classifier channels per level", int, (8, 16, 32), nargs="+", cli=False),
+                Arg("ct_window", "CT window in HU (low high) normalised to [-1, 1]", float, _CT_WINDOW, nargs=2, cli=False),
+                Arg("real_split", "use only this manifest split of REAL", default=None, cli=False),
+                Arg("heldout_split", "use only this manifest split of HELDOUT", default=None, cli=False),
+            ),
+            command="augment-eval",
+            step=True,
+        ),
+        Action(
+            "encode",
+            "write one latent vector per image to an .npz file",
+            _encode,
+            (
+                _MODEL,
+                Arg("input", _IMAGES, positional=True, input=True),
+                Arg("out", "FEATURES.npz"),
+            ),
+            command="encode",
+            step=True,
+        ),
+        Action(
+            "fid",
+            "FID and KID (with confidence intervals) between two image sets",
+            _fid,
+            (
+                Arg("real", "folder, manifest or saved statistics (.npz)", positional=True, input=True),
+                Arg("fake", "folder, manifest or saved statistics (.npz)", positional=True, input=True),
+                Arg("extractor", _EXTRACTOR, default="random"),
+                Arg("dims", "slices (2), three middle planes (2.5), or volumes (3)", default="2", choices=("2", "2.5", "3")),
+                Arg("bootstrap", "bootstrap replicates for the 95% intervals (0: none)", int, 100),
+                Arg("kid_subset_size", "KID subset size (default: min(1000, set sizes))", int, None),
+                Arg("kid_subsets", "KID subsets", int, 100, cli=False),
+                Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0, cli=False),
+                Arg("batch_size", "images per extractor batch", int, 16, cli=False),
+                Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz"),
+            ),
+            command="fid",
+            step=True,
+        ),
+        Action(
+            "translate",
+            "translate CT to MR or MR to CT, keeping the input's geometry",
+            _translate,
+            (
+                _MODEL,
+                Arg("input", _IMAGES, positional=True, input=True),
+                Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True),
+                Arg("direction", "by default from each input's modality", default=None, choices=("ct2mr", "mr2ct")),
+                Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
+            ),
+            command="translate",
+            step=True,
+        ),
+        Action(
+            "classify",
+            "predict a class per scan (mean of its slice or patch probabilities) into a CSV",
+            _classify,
+            (
+                Arg("model", "a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI", positional=True, input=True),
+                Arg("input", _IMAGES, positional=True, input=True),
+                Arg("out", "PREDICTIONS.csv (written only when every image was read)"),
+            ),
+            command="classify",
+            step=True,
+        ),
+        Action(
+            "export",
+            "export a trained model: MONAI bundle, encoder weights, or TorchScript",
+            _export,
+            (
+                _MODEL,
+                Arg("out", "output folder", positional=True),
+                Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "torchscript")),
+            ),
+            command="export",
+            step=True,
+        ),
+        Action(
+            "probe",
+            "linear probe and fine-tuning of an exported encoder against the same architecture from random init",
+            _probe,
+            (
+                Arg("encoder", "a folder written by udl-med export --format encoder", input=True),
+                Arg("data", "labeled held-out images (manifest or folder), with subjects", input=True),
+                Arg("seed", "seed of the random initialisation, the folds and the fine-tuning subset", int, 0),
+                Arg("roi", "item selection", default="auto", choices=("auto", "liver", "whole")),
+                Arg("folds", "cross-validation folds of the linear probe", int, 5),
+                Arg("c", "inverse L2 strength of the logistic regression", float, 0.1),
+                Arg("label_fraction", "fraction of the subjects whose labels fine-tuning may use", float, 0.1),
+                Arg("finetune_steps", "fine-tuning steps", int, 300),
+                Arg("finetune_lr", "fine-tuning learning rate (AdamW; the head at 10x)", float, 1e-3),
+                Arg("batch_size", "fine-tuning batch size", int, 32),
+                Arg("split", "probe only the images of this manifest split", default=None),
+                Arg("quick", "a smoke-test setting: 3 folds and at most 50 fine-tuning steps", None, False, kind="flag"),
+            ),
+            step=True,
+        ),
+        Action(
+            "evaluate_translation",
+            "translate every paired subject of a split and score it against the truth (and a linear baseline)",
+            _evaluate_translation,
+            (
+                Arg("model", "a translation model: folder or MLflow URI", input=True),
+                Arg("source", "paired CT/MR images with subjects (manifest or folder)", input=True),
+                Arg("split", "the manifest split to evaluate (None: all)", default="test"),
+                Arg("directions", "ct2mr and/or mr2ct (default: every direction the model has)", default=None, nargs="+"),
+                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth)", default=None),
+                Arg("max_subjects", "evaluate at most this many subjects", int, None),
+            ),
+            step=True,
+        ),
+        Action(
+            "lesion_slices",
+            "write the class-showing CT slices of phantoms as one-slice volumes plus a manifest",
+            _lesion_slices,
+            (
+                Arg("source", "phantoms (manifest or folder)"),
+                Arg("out", "output folder"),
+                Arg("window", "CT window in HU (low high)", float, _CT_WINDOW, nargs=2),
+                Arg("min_liver_voxels", "a slice needs at least this many liver voxels", int, 16),
+                Arg("slice_axis", "the axis slices are cut across", int, 2),
+                Arg("split", "use only this manifest split", default=None),
+                Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids)", default=""),
+            ),
+            step=True,
+        ),
+        Action(
+            "fid_gate",
+            "FID and KID of FAKE against REAL with 95% intervals; fail above max_fid",
+            _fid_gate,
+            (
+                Arg("real", "folder, manifest or saved statistics (.npz)"),
+                Arg("fake", "folder, manifest or saved statistics (.npz)"),
+                Arg("max_fid", "fail above this FID (None: never)", float, None),
+                Arg("extractor", _EXTRACTOR, default="random"),
+                Arg("dims", "slices (2), three middle planes (2.5), or volumes (3)", default="2", choices=("2", "2.5", "3")),
+                Arg("bootstrap", "bootstrap replicates for the 95% intervals (0: none)", int, 100),
+                Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0),
+            ),
+            step=True,
+        ),
+        Action(
+            "pipeline",
+            "run a multi-step pipeline as nested MLflow runs",
+            _pipeline,
+            (
+                Arg("path", "a pipeline file, or the name of a shipped pipeline (`udl-med configs`)", positional=True, flag="pipeline", input=True, shipped="pipelines"),
+                Arg("overrides", _OVERRIDES, default=(), flag="--set", kind="append", metavar="KEY.PATH=VALUE"),
+            ),
+            command="pipeline",
+        ),
+        Action("configs", "list the shipped configs and pipelines with their one-line descriptions", _configs, command="configs"),
+        Action(
+            "demo",
+            "make phantoms and train tiny models for every job, tracked in MLflow",
+            _demo,
+            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out"),),
+            command="demo",
+        ),
+    )
+}
+
+
+def commands() -> dict[str, Action]:
+    """``{subcommand: action}`` of the actions that are ``udl-med`` commands, in table order."""
+    return {a.command: a for a in ACTIONS.values() if a.command}
+
+
+def step_kinds() -> dict[str, Action]:
+    """``{kind: action}`` of the actions that are pipeline step kinds."""
+    return {a.name: a for a in ACTIONS.values() if a.step}
+
