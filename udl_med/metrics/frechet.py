@@ -67,16 +67,23 @@ def _device(device: Device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
-def _tensor(x: Any, device: Device, name: str = "features", ndim: int = 2) -> torch.Tensor:
-    """``x`` (numpy or torch) as a float64 tensor on ``device``, checked for shape and finiteness."""
+def _tensor(x: Any, device: Device, name: str = "features", ndim: int = 2, check_finite: bool = True) -> torch.Tensor:
+    """``x`` (numpy or torch) as a float64 tensor on ``device``, checked for shape and (unless the
+    caller checks a reduction of it instead) finiteness."""
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     t = t.to(device=_device(device), dtype=torch.float64)
     if t.ndim != ndim:
         what = "a (samples, features) array" if ndim == 2 else f"{ndim} dimension(s)"
         raise MetricInputError(f"{name}: expected {what}, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise MetricInputError(f"{name}: contains NaN or infinite values")
+    if check_finite:
+        _require_finite(t, name)
     return t
+
+
+def _require_finite(values: torch.Tensor, name: str) -> None:
+    """NaN or infinity anywhere in a set shows in its column sums: one check of ``d`` numbers, not ``N d``."""
+    if not bool(torch.isfinite(values).all()):
+        raise MetricInputError(f"{name}: contains NaN or infinite values")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -95,8 +102,8 @@ def centred_factor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     n = x.shape[0]
     mean = x.mean(dim=0)
-    c = x - mean
-    return mean, (c[1:] + c[0] / (math.sqrt(n) - 1.0)) / math.sqrt(n - 1)
+    c = (x - mean).mul_(1.0 / math.sqrt(n - 1))
+    return mean, torch.add(c[1:], c[0], alpha=1.0 / (math.sqrt(n) - 1.0))
 
 
 def _scatter(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +155,14 @@ def features_factor(x: Any, name: str = "features") -> tuple[np.ndarray, np.ndar
     direction removed (``k = N - 1``) when ``N <= d`` (no ``d x d`` matrix is formed), else
     the covariance's Cholesky (or eigen-) factor (``k <= d``).
     """
-    t = _tensor(x, None, name)
+    t = _tensor(x, None, name, check_finite=False)
     require_samples(t.shape[0], 2, name)
     if t.shape[0] <= t.shape[1]:
         mean, f = centred_factor(t)
+        _require_finite(mean, name)
     else:
         mean, cov = _scatter(t)
+        _require_finite(mean, name)
         f = _psd_factor(cov)
     return _numpy(mean), _numpy(f)
 
@@ -163,18 +172,18 @@ def features_factor(x: Any, name: str = "features") -> tuple[np.ndarray, np.ndar
 
 @dataclass
 class _Side:
-    """One Gaussian's covariance as a factor ``f (k, d)`` or as the matrix ``cov (d, d)``."""
+    """One Gaussian's covariance as a factor ``f (k, d)`` or as the matrix ``cov (d, d)``, and its trace."""
 
     f: torch.Tensor | None = None
     cov: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.trace = float(self.f.square().sum()) if self.cov is None else float(torch.diagonal(self.cov).sum())
 
     def factor(self) -> torch.Tensor:
         if self.f is None:
             self.f = _psd_factor(self.cov)
         return self.f
-
-    def trace(self) -> float:
-        return float(self.f.square().sum()) if self.f is not None else float(torch.diagonal(self.cov).sum())
 
 
 def _gram(a: _Side, b: _Side) -> torch.Tensor | None:
@@ -222,8 +231,8 @@ def _trace_sqrt(a: _Side, b: _Side, scale_of: Any) -> tuple[float, str, str]:
 
 def _frechet(mu1: torch.Tensor, a: _Side, mu2: torch.Tensor, b: _Side) -> Frechet:
     diff = mu1 - mu2
-    base = float(diff @ diff) + a.trace() + b.trace()
-    floor = SCALE_FLOOR * (a.trace() + b.trace())
+    base = float(diff @ diff) + a.trace + b.trace
+    floor = SCALE_FLOOR * (a.trace + b.trace)
     trace, route, reason = _trace_sqrt(a, b, lambda tr: max(base - 2.0 * tr, floor))
     # The distance is a squared Wasserstein-2 distance, >= 0; only rounding makes it negative.
     return Frechet(max(base - 2.0 * trace, 0.0), route, reason)
@@ -248,12 +257,14 @@ def frechet_features(x1: Any, x2: Any, device: Device = None) -> Frechet:
     Raises:
         MetricInputError: fewer than 2 samples in a set, mismatched feature sizes, NaN.
     """
-    t1, t2 = _tensor(x1, device, "first set"), _tensor(x2, device, "second set")
+    t1, t2 = _tensor(x1, device, "first set", check_finite=False), _tensor(x2, device, "second set", check_finite=False)
     require_samples(t1.shape[0], 2, "first set")
     require_samples(t2.shape[0], 2, "second set")
     require_same_dim(t1.shape[1], t2.shape[1])
     mu1, a = _features_side(t1)
     mu2, b = _features_side(t2)
+    _require_finite(mu1, "first set")
+    _require_finite(mu2, "second set")
     return _frechet(mu1, a, mu2, b)
 
 
@@ -317,7 +328,7 @@ def trace_sqrt_product_factors(f1: Any, f2: Any) -> float:
     a, b = _tensor(f1, None, "factor"), _tensor(f2, None, "factor")
     require_same_dim(a.shape[1], b.shape[1])
     side_a, side_b = _Side(f=a), _Side(f=b)
-    scale = side_a.trace() + side_b.trace()
+    scale = side_a.trace + side_b.trace
     return _trace_sqrt(side_a, side_b, lambda tr: scale)[0]
 
 
@@ -326,5 +337,5 @@ def trace_sqrt_product(cov1: Any, cov2: Any) -> float:
     c1, c2 = _tensor(cov1, None, "covariance"), _tensor(cov2, None, "covariance")
     require_same_dim(c1.shape[-1], c2.shape[-1])
     a, b = _Side(cov=0.5 * (c1 + c1.T)), _Side(cov=0.5 * (c2 + c2.T))
-    scale = a.trace() + b.trace()
+    scale = a.trace + b.trace
     return _trace_sqrt(a, b, lambda tr: scale)[0]
