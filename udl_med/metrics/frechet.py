@@ -268,25 +268,49 @@ def frechet_features(x1: Any, x2: Any, device: Device = None) -> Frechet:
     return _frechet(mu1, a, mu2, b)
 
 
+def frechet_gaussians(
+    mu1: Any,
+    mu2: Any,
+    *,
+    cov1: Any = None,
+    factor1: Any = None,
+    cov2: Any = None,
+    factor2: Any = None,
+    device: Device = None,
+) -> Frechet:
+    """Fréchet distance between two Gaussians, each given by its mean ``(d,)`` and either its
+    covariance ``(d, d)`` or a factor ``(k, d)`` with ``factor^T factor = cov``; with its route.
+
+    Raises:
+        MetricInputError: mismatched sizes, NaN, or not exactly one of covariance and factor per side.
+    """
+    m1, m2 = _tensor(mu1, device, "mean", 1), _tensor(mu2, device, "mean", 1)
+    require_same_dim(m1.shape[0], m2.shape[0])
+    d = m1.shape[0]
+
+    def side(cov: Any, factor: Any, which: str) -> _Side:
+        if (cov is None) == (factor is None):
+            raise MetricInputError(f"Gaussian {which}: give its covariance or a factor of it, not {'both' if cov is not None else 'neither'}")
+        if factor is not None:
+            f = _tensor(factor, device, "factor")
+            require_same_dim(f.shape[1], d, "factor and mean sizes")
+            return _Side(f=f)
+        c = _tensor(cov, device, "covariance")
+        if c.shape != (d, d):
+            raise MetricInputError(f"covariance of shape {tuple(c.shape)} does not fit a mean of size {d}")
+        return _Side(cov=0.5 * (c + c.T))
+
+    return _frechet(m1, side(cov1, factor1, "1"), m2, side(cov2, factor2, "2"))
+
+
 def frechet_covariances(mu1: Any, cov1: Any, mu2: Any, cov2: Any, device: Device = None) -> Frechet:
     """Fréchet distance between ``N(mu1, cov1)`` and ``N(mu2, cov2)``, with its route."""
-    m1, m2 = _tensor(mu1, device, "mean", 1), _tensor(mu2, device, "mean", 1)
-    c1, c2 = _tensor(cov1, device, "covariance"), _tensor(cov2, device, "covariance")
-    require_same_dim(m1.shape[0], m2.shape[0])
-    for c in (c1, c2):
-        if c.shape != (m1.shape[0], m1.shape[0]):
-            raise MetricInputError(f"covariance of shape {tuple(c.shape)} does not fit a mean of size {m1.shape[0]}")
-    return _frechet(m1, _Side(cov=0.5 * (c1 + c1.T)), m2, _Side(cov=0.5 * (c2 + c2.T)))
+    return frechet_gaussians(mu1, mu2, cov1=cov1, cov2=cov2, device=device)
 
 
 def frechet_factors(mu1: Any, f1: Any, mu2: Any, f2: Any, device: Device = None) -> Frechet:
     """Fréchet distance between ``N(mu1, f1^T f1)`` and ``N(mu2, f2^T f2)``, with its route."""
-    m1, m2 = _tensor(mu1, device, "mean", 1), _tensor(mu2, device, "mean", 1)
-    a, b = _tensor(f1, device, "factor"), _tensor(f2, device, "factor")
-    require_same_dim(m1.shape[0], m2.shape[0])
-    require_same_dim(a.shape[1], m1.shape[0], "factor and mean sizes")
-    require_same_dim(b.shape[1], m1.shape[0], "factor and mean sizes")
-    return _frechet(m1, _Side(f=a), m2, _Side(f=b))
+    return frechet_gaussians(mu1, mu2, factor1=f1, factor2=f2, device=device)
 
 
 def frechet_distance_features(x1: Any, x2: Any, device: Device = None) -> float:
