@@ -12,10 +12,12 @@ difference between the two outputs, and peak resident memory of the job above th
 before it (ratio = peer / ours, goal >= 0.9), sampled every 5 ms in a fresh child process
 per side, since a process never returns freed memory.
 
-Ours includes loading the model from its folder (the peer is handed the generator
-loaded) and, on the CPU, runs the generator with its one-channel output convolution
-folded tap by tap (:mod:`udl_med.nets.cpu_inference`): oneDNN vectorises over output
-channels, so that layer alone took most of the peer's forward pass. The outputs agree to
+Both sides start from the model folder: the peer's job loads the generator too (with
+udl-med's loader, since its weights are in udl-med's format), so time and memory count
+the load on both sides, not on ours alone. On the CPU, ours runs the generator with its
+one-channel output convolution folded tap by tap (:mod:`udl_med.nets.cpu_inference`):
+oneDNN vectorises over output channels, so that layer alone took most of the peer's
+forward pass. The outputs agree to
 float32 rounding (the ``outputs_max_abs_diff`` field, in MR output units of 0 to 1000).
 
     .venv/bin/python benchmarks/translation_speed.py [--quick]
@@ -121,8 +123,8 @@ def _job(side: str, model_dir: Path, src: Path, dst: Path, roi: list[int], slice
         return lambda: translate_path(model_dir, src, dst, direction="ct2mr", progress=False)
     from udl_med.engine.model_io import load_model
 
-    generator = load_model(model_dir).method.g_ct2mr
-    return lambda: bare_monai(generator, src, dst, roi, slice_axis)
+    # the load is part of the job, as it is in ours (translate_path loads the model folder)
+    return lambda: bare_monai(load_model(model_dir).method.g_ct2mr, src, dst, roi, slice_axis)
 
 
 def child_peak_mb(side: str, model_dir: Path, src: Path, dst: Path, roi: list[int], slice_axis: int | None) -> float:
