@@ -62,7 +62,7 @@ import scipy.linalg
 import torch
 
 from udl_med.metrics.frechet import frechet_distance_features
-from udl_med.metrics.statistics import StreamingStats, frechet_stats
+from udl_med.metrics.statistics import FeatureStats, StreamingStats, frechet_stats
 
 D = 2048
 GOALS = {500: 100.0, 5000: 3.0}
@@ -91,13 +91,16 @@ def ours_fid(x1: np.ndarray, x2: np.ndarray) -> float:
     """udl-med: in memory below STREAM_FROM samples, streamed in chunks (moments only) from there."""
     if len(x1) < STREAM_FROM:
         return frechet_distance_features(x1, x2)
-    stats = []
-    for x in (x1, x2):
-        stream = StreamingStats(max_features=0)
-        for start in range(0, len(x), CHUNK):
-            stream.update(x[start : start + CHUNK])
-        stats.append(stream.compute())
-    return frechet_stats(*stats).distance
+    chunked = ((x[start : start + CHUNK] for start in range(0, len(x), CHUNK)) for x in (x1, x2))
+    return frechet_stats(*(streamed_stats(chunks) for chunks in chunked)).distance
+
+
+def streamed_stats(chunks) -> FeatureStats:
+    """Moments of a set handed over in chunks (no features kept)."""
+    stream = StreamingStats(max_features=0)
+    for chunk in chunks:
+        stream.update(chunk)
+    return stream.compute()
 
 
 def feature_chunks(n: int, seed: int, shift: float):
@@ -116,20 +119,20 @@ def _rss_bytes() -> int:
 
 
 def memory_child(side: str, n: int) -> None:
-    """Run one side on freshly generated chunks; print its peak memory above the start (MB)."""
+    """Run one side on freshly generated chunks; print its peak memory above the start (MB).
+
+    Both computations run once on tiny features first, so that the start includes the
+    linear-algebra libraries and thread pools (the same for both sides), not only the data.
+    """
+    small = make_features(40, 64, 0, 0.0), make_features(40, 64, 1, 0.05)
+    bound_fid(*small), frechet_distance_features(*small), frechet_stats(*(streamed_stats([x]) for x in small))
     start = _rss_bytes()
     sets = [feature_chunks(n, 10, 0.0), feature_chunks(n, 20, 0.05)]
     if side == "bound" or n < STREAM_FROM:  # in memory: every feature is held
         x1, x2 = (np.concatenate(list(chunks)) for chunks in sets)
         value = bound_fid(x1, x2) if side == "bound" else frechet_distance_features(x1, x2)
     else:  # streamed: one chunk at a time
-        stats = []
-        for chunks in sets:
-            stream = StreamingStats(max_features=0)
-            for chunk in chunks:
-                stream.update(chunk)
-            stats.append(stream.compute())
-        value = frechet_stats(*stats).distance
+        value = frechet_stats(*(streamed_stats(chunks) for chunks in sets)).distance
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
     print(json.dumps({"peak_mb": (peak - start) / 2**20, "fid": value}))
 
