@@ -203,3 +203,12 @@ def test_device_cpu_and_tensors_give_the_same_distance() -> None:
     assert frechet_distance_features(a, b, device="cpu") == pytest.approx(ref, rel=1e-12)
     tensors = torch.from_numpy(a), torch.from_numpy(b)
     assert frechet_distance_features(*tensors, device=torch.device("cpu")) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_missing_cuda_device_is_a_user_error() -> None:
+    rng = np.random.default_rng(14)
+    with pytest.raises(UserError, match="no such CUDA device"):
+        frechet_distance_features(rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), device="cuda")
+    with pytest.raises(UserError, match="not a torch device"):
+        frechet_distance_features(rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), device="gpu0")

@@ -63,15 +63,28 @@ class Frechet:
     reason: str = ""  # why the fallback was taken; empty on the fast route
 
 
-def _device(device: Device) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cpu")
+def resolve_device(device: Device) -> torch.device:
+    """``device`` as a torch device (None: CPU).
+
+    Raises:
+        MetricInputError: a name torch does not know, or an accelerator this machine lacks.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MetricInputError(f"device {device!r}: not a torch device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise MetricInputError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    return dev
 
 
 def _tensor(x: Any, device: Device, name: str = "features", ndim: int = 2, check_finite: bool = True) -> torch.Tensor:
     """``x`` (numpy or torch) as a float64 tensor on ``device``, checked for shape and (unless the
     caller checks a reduction of it instead) finiteness."""
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    t = t.to(device=_device(device), dtype=torch.float64)
+    t = t.to(device=resolve_device(device), dtype=torch.float64)
     if t.ndim != ndim:
         what = "a (samples, features) array" if ndim == 2 else f"{ndim} dimension(s)"
         raise MetricInputError(f"{name}: expected {what}, got shape {tuple(t.shape)}")

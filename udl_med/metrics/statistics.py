@@ -29,7 +29,7 @@ import torch
 from udl_med.errors import InputError
 from udl_med.io_utils import atomic_write
 from udl_med.metrics._checks import MetricInputError, as_features, require_same_dim, require_samples
-from udl_med.metrics.frechet import Device, Frechet, covariance_factor, features_factor, frechet_gaussians
+from udl_med.metrics.frechet import Device, Frechet, covariance_factor, features_factor, frechet_gaussians, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class StreamingStats:
         self.max_features = max_features
         self.seed = seed
         self.key = key
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)
         self.reset()
 
     def reset(self) -> None:
