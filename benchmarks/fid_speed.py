@@ -308,7 +308,7 @@ def run(sizes: list[int], peers: list[str], peer_sizes: list[int]) -> list[dict]
     rows = []
     for n in sizes:
         real, fake = features(n, seed=10, shift=0.0), features(n, seed=20, shift=0.05)
-        rows += against_bound(n, real, fake, rounds=5 if n <= 5000 else 2)
+        rows += against_bound(n, real, fake, rounds=15 if n <= 500 else 5 if n <= 5000 else 2)
         for peer_name, (peer_fn, how) in available.items():
             if n not in peer_sizes or (peer_name in SLOW_PEERS and n > 500):
                 continue
