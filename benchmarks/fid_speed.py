@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -118,6 +117,13 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: Linux keeps that across
+    ``execve``, so a child started by a parent holding the features would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def memory_child(side: str, n: int) -> None:
     """Run one side on freshly generated chunks; print its peak memory above the start (MB).
 
@@ -133,7 +139,7 @@ def memory_child(side: str, n: int) -> None:
         value = bound_fid(x1, x2) if side == "bound" else frechet_distance_features(x1, x2)
     else:  # streamed: one chunk at a time
         value = frechet_stats(*(streamed_stats(chunks) for chunks in sets)).distance
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    peak = _peak_rss_bytes()
     print(json.dumps({"peak_mb": (peak - start) / 2**20, "fid": value}))
 
 
