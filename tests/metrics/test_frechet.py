@@ -12,7 +12,10 @@ from udl_med.metrics.frechet import (
     covariance_factor,
     features_factor,
     frechet_distance,
+    Frechet,
+    frechet_covariances,
     frechet_distance_features,
+    frechet_features,
     trace_sqrt_product,
     trace_sqrt_product_factors,
 )
@@ -21,6 +24,13 @@ from udl_med.metrics.frechet import (
 def _scipy_trace(c1: np.ndarray, c2: np.ndarray) -> float:
     """The usual reference: trace of scipy's float64 matrix square root of the product."""
     return float(np.trace(scipy.linalg.sqrtm(c1 @ c2)).real)
+
+
+def _scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The textbook formula with scipy's matrix square root (the slow reference)."""
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2 * _scipy_trace(c1, c2))
 
 
 def _structured(rng: np.random.Generator, n: int, d: int, rank: int | None = None, shift: float = 0.0) -> np.ndarray:
@@ -118,27 +128,87 @@ def test_bad_inputs_raise_user_errors() -> None:
         frechet_distance_features(np.full((5, 4), np.nan), rng.standard_normal((5, 4)))
 
 
-def test_eigenvalue_route_checked_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large factor products use eigvalsh with an error bound; near-singular ones fall back to the SVD."""
+def _svd_route(monkeypatch: pytest.MonkeyPatch, fn, *args) -> Frechet:
+    """The same computation forced onto the SVD route (no error estimate is accepted)."""
     import udl_med.metrics.frechet as frechet
 
-    rng = np.random.default_rng(7)
-    d = 48
-    mixing = np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)  # well conditioned
-    a, b = rng.standard_normal((400, d)) @ mixing, rng.standard_normal((300, d)) @ mixing * 1.2 + 0.3
-    exact = frechet_distance_features(a, b)  # SVD route (48 <= SVD_MAX)
-    svd_calls = []
-    real_svd = frechet._nuclear_norm_svd
-    monkeypatch.setattr(frechet, "_nuclear_norm_svd", lambda m: svd_calls.append(m.shape) or real_svd(m))
-    monkeypatch.setattr(frechet, "SVD_MAX", 8)  # force the eigenvalue route at this small size
-    assert frechet_distance_features(a, b) == pytest.approx(exact, rel=1e-10)
-    assert svd_calls == []  # well conditioned: the bound accepted the eigenvalues
+    with monkeypatch.context() as m:
+        m.setattr(frechet, "RTOL", -1.0)
+        result = fn(*args)
+    assert result.route == "svd"
+    return result
 
-    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+
+# (N1, N2, d): more samples than dimensions (Cholesky route), fewer (centred factors), mixed.
+WELL_CONDITIONED = [(400, 300, 48), (30, 40, 64), (20, 300, 48)]
+
+
+@pytest.mark.parametrize("n1,n2,d", WELL_CONDITIONED)
+def test_fast_route_on_well_conditioned_features_equals_svd(monkeypatch: pytest.MonkeyPatch, n1: int, n2: int, d: int) -> None:
+    rng = np.random.default_rng(n1 + n2 + d)
+    mixing = np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)  # well conditioned
+    a, b = rng.standard_normal((n1, d)) @ mixing, rng.standard_normal((n2, d)) @ mixing * 1.2 + 0.3
+    fast = frechet_features(a, b)
+    assert fast.route == "eigh" and fast.reason == ""
+    svd = _svd_route(monkeypatch, frechet_features, a, b)
+    assert fast.distance == pytest.approx(svd.distance, rel=1e-10)
+    assert fast.distance == pytest.approx(_scipy_fid(a, b), rel=1e-6)  # sqrtm of a singular product (N < d) is the inexact one
+
+
+def _commuting(d: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T and their exact distance (equal means)."""
+    q, _ = np.linalg.qr(np.random.default_rng(d).standard_normal((d, d)))
+    return (q * a) @ q.T, (q * b) @ q.T, float(np.sum(a) + np.sum(b) - 2 * np.sqrt(a * b).sum())
+
+
+@pytest.mark.parametrize("kind", ["rank-deficient", "near-singular"])
+def test_rank_deficient_and_near_singular_take_the_svd(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    rng = np.random.default_rng(11)
+    d = 48
     w1, w2 = rng.uniform(0.5, 2.0, d), rng.uniform(0.5, 2.0, d)
-    w1[30:], w2[:20] = 0.0, 0.0  # supports overlap in 10 directions: F1 F2^T (30 x 28) has rank 10
-    c1, c2 = (q * w1) @ q.T, (q * w2) @ q.T
+    small = 0.0 if kind == "rank-deficient" else 1e-11  # exact zeros, or variances 1e-11 of the largest
+    w1[30:], w2[:20] = small, small  # supports overlap in 10 directions
+    c1, c2, expected = _commuting(d, w1, w2)
     mu = np.zeros(d)
-    expected = np.sum(w1) + np.sum(w2) - 2 * np.sqrt(w1 * w2).sum()
-    assert frechet_distance(mu, c1, mu, c2) == pytest.approx(expected, rel=1e-9)
-    assert svd_calls  # zero singular values eigvalsh cannot resolve: the bound refused, exact SVD
+    result = frechet_covariances(mu, c1, mu, c2)
+    assert result.route == "svd" and result.reason
+    assert result.distance == pytest.approx(expected, rel=1e-10)
+    assert result.distance == pytest.approx(_svd_route(monkeypatch, frechet_covariances, mu, c1, mu, c2).distance, rel=1e-10)
+    # Features of such a distribution (fewer directions than dimensions) also take the SVD.
+    x = rng.standard_normal((200, 30)) @ rng.standard_normal((30, d))
+    y = rng.standard_normal((150, 30)) @ rng.standard_normal((30, d))
+    if kind == "near-singular":
+        x, y = x + 1e-9 * rng.standard_normal(x.shape), y + 1e-9 * rng.standard_normal(y.shape)
+    feats = frechet_features(x, y)
+    assert feats.route == "svd"
+    assert feats.distance == pytest.approx(_scipy_fid(x, y), rel=1e-6)
+
+
+def test_well_conditioned_covariances_take_the_fast_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(12)
+    d = 40
+    w1, w2 = rng.uniform(0.5, 2.0, d), rng.uniform(0.2, 3.0, d)
+    c1, c2, expected = _commuting(d, w1, w2)
+    mu1, mu2 = np.zeros(d), np.full(d, 0.1)
+    fast = frechet_covariances(mu1, c1, mu2, c2)
+    assert fast.route == "eigh"
+    assert fast.distance == pytest.approx(expected + 0.01 * d, rel=1e-10)
+    assert fast.distance == pytest.approx(_svd_route(monkeypatch, frechet_covariances, mu1, c1, mu2, c2).distance, rel=1e-10)
+
+
+def test_device_cpu_and_tensors_give_the_same_distance() -> None:
+    rng = np.random.default_rng(13)
+    a, b = rng.standard_normal((60, 16)), rng.standard_normal((50, 16)) + 0.2
+    ref = frechet_distance_features(a, b)
+    assert frechet_distance_features(a, b, device="cpu") == pytest.approx(ref, rel=1e-12)
+    tensors = torch.from_numpy(a), torch.from_numpy(b)
+    assert frechet_distance_features(*tensors, device=torch.device("cpu")) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_missing_cuda_device_is_a_user_error() -> None:
+    rng = np.random.default_rng(14)
+    with pytest.raises(UserError, match="no such CUDA device"):
+        frechet_distance_features(rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), device="cuda")
+    with pytest.raises(UserError, match="not a torch device"):
+        frechet_distance_features(rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), device="gpu0")

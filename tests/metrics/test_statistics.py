@@ -67,7 +67,7 @@ def test_small_matrix_path_used_when_complete() -> None:
     """Few samples in many dimensions: FID from stats equals the exact covariance form."""
     x, y = _features(2, 20, 64, offset=0.0), _features(3, 30, 64, offset=0.5)
     sx, sy = FeatureStats.from_features(x), FeatureStats.from_features(y)
-    assert sx.complete and sx.factor().shape == (20, 64)
+    assert sx.complete and sx.factor().shape == (19, 64)  # centred rows less the centring's null direction
     exact = frechet_distance(sx.mean, sx.cov, sy.mean, sy.cov)
     assert frechet_distance_stats(sx, sy) == pytest.approx(exact, rel=1e-8)
 
@@ -108,3 +108,35 @@ def test_bad_files(tmp_path: Path) -> None:
         load_stats(tmp_path / "junk.npz")
     with pytest.raises(UserError, match="at least 2"):
         StreamingStats().compute()
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_streamed_fid_equals_in_memory_fid(device: str | None) -> None:
+    """More samples than dimensions, moments only (no features kept), torch chunks: the same FID."""
+    import torch
+
+    from udl_med.metrics.frechet import frechet_features
+    from udl_med.metrics.statistics import frechet_stats
+
+    x, y = _features(5, 300, 16, offset=50.0), _features(6, 200, 16, offset=50.5)
+    streams = [StreamingStats(max_features=0, device=device) for _ in range(2)]
+    for stream, data in zip(streams, (x, y)):
+        for chunk in np.array_split(data, 7):
+            stream.update(torch.from_numpy(chunk))
+    sx, sy = (s.compute() for s in streams)
+    assert sx.features is None and sx.n == 300
+    np.testing.assert_allclose(sx.cov, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-11, atol=1e-11 * np.abs(sx.cov).max())
+    streamed, in_memory = frechet_stats(sx, sy, device=device), frechet_features(x, y)
+    assert streamed.route == in_memory.route == "eigh"
+    assert streamed.distance == pytest.approx(in_memory.distance, rel=1e-10)
+
+
+def test_streaming_rejects_nan_and_size_changes() -> None:
+    stream = StreamingStats()
+    stream.update(np.ones((3, 4)))
+    with pytest.raises(UserError, match="differ"):
+        stream.update(np.ones((3, 5)))
+    bad = np.ones((3, 4))
+    bad[1, 2] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        stream.update(bad)

@@ -2,7 +2,9 @@
 
 A set of any size fits in memory: :class:`StreamingStats` merges each chunk's mean and
 scatter into running float64 totals (Chan, Golub and LeVeque's pairwise update, stable
-where the textbook sum-of-squares formula cancels), and keeps the features themselves
+where the textbook sum-of-squares formula cancels) with one in-place GEMM per chunk, on
+any torch device, so the moments cost one ``d x d`` float64 matrix plus the chunk (FID-50k
+never holds the 50,000 features), and keeps the features themselves
 only up to ``max_features`` rows, as a uniform reservoir sample beyond that (Vitter's
 algorithm R). The kept features serve KID, the bootstrap, and the fast small-matrix
 trace of the Fréchet distance when they are the whole set.
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from udl_med.errors import InputError
 from udl_med.io_utils import atomic_write
 from udl_med.metrics._checks import MetricInputError, as_features, require_same_dim, require_samples
-from udl_med.metrics.frechet import covariance_factor, features_factor, frechet_distance_from_factors
+from udl_med.metrics.frechet import Device, Frechet, covariance_factor, features_factor, frechet_gaussians, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -94,54 +98,63 @@ class StreamingStats:
 
     Args:
         max_features: feature rows kept (all of them up to this count, then a uniform
-            reservoir sample of this size).
+            reservoir sample of this size); 0 keeps none (moments only: FID, no KID).
         seed: seeds the reservoir sampling.
         key: stored in the computed :class:`FeatureStats`.
+        device: torch device the float64 moments accumulate on (default CPU); chunks on
+            it (e.g. an extractor's output on a GPU) are not copied to the host for them.
     """
 
-    def __init__(self, max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0, key: StatsKey | None = None) -> None:
+    def __init__(self, max_features: int = DEFAULT_MAX_FEATURES, seed: int = 0, key: StatsKey | None = None, device: Device = None) -> None:
         if max_features < 0:
             raise ValueError(f"max_features must be >= 0, got {max_features}")
         self.max_features = max_features
         self.seed = seed
         self.key = key
+        self.device = resolve_device(device)
         self.reset()
 
     def reset(self) -> None:
         self.n = 0
-        self._mean: np.ndarray | None = None
-        self._scatter: np.ndarray | None = None  # sum of outer products of centred rows, float64
+        self._mean: torch.Tensor | None = None  # (d,) float64
+        self._scatter: torch.Tensor | None = None  # (d, d) float64: sum of outer products of centred rows
         self._kept: list[np.ndarray] = []  # chunks while n <= max_features
         self._reservoir: np.ndarray | None = None
         self._rng = np.random.default_rng(self.seed)
 
     def update(self, features: Any) -> None:
-        """Add a chunk of features ``(B, d)`` (numpy array or torch tensor)."""
-        if hasattr(features, "detach"):
-            features = features.detach().cpu().numpy()
-        chunk = np.asarray(features)
+        """Add a chunk of features ``(B, d)`` (numpy array or torch tensor, any device).
+
+        Raises:
+            MetricInputError: not 2-D, a feature size that differs from earlier chunks, NaN.
+        """
+        chunk = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
         if chunk.ndim != 2:
             raise MetricInputError(f"features: expected (batch, features), got shape {tuple(chunk.shape)}")
         if chunk.shape[0] == 0:
             return
         if self._mean is not None:
             require_same_dim(self._mean.shape[0], chunk.shape[1])
-        x = as_features(chunk)
-        self._merge_moments(x)
-        self._keep(chunk if np.issubdtype(chunk.dtype, np.floating) else x)
+        self._merge_moments(chunk.to(device=self.device, dtype=torch.float64))
+        if self.max_features:
+            kept = chunk.cpu().numpy()
+            self._keep(kept if np.issubdtype(kept.dtype, np.floating) else kept.astype(np.float64))
 
-    def _merge_moments(self, x: np.ndarray) -> None:
-        n_b = x.shape[0]
-        mean_b = x.mean(axis=0)
-        centred = x - mean_b
-        scatter_b = centred.T @ centred
+    def _merge_moments(self, x: torch.Tensor) -> None:
+        """Chan et al.: ``scatter += C_b^T C_b + (n_a n_b / n) delta delta^T`` as one in-place GEMM
+        of the chunk's centred rows with the scaled mean difference appended as a last row."""
+        n_b, d = x.shape
+        mean_b = x.mean(dim=0)
+        if not bool(torch.isfinite(mean_b).all()):  # NaN or inf anywhere in the chunk shows in its mean
+            raise MetricInputError("features: contains NaN or infinite values")
         if self._mean is None:
-            self.n, self._mean, self._scatter = n_b, mean_b, scatter_b
-            return
+            self._mean = torch.zeros(d, dtype=torch.float64, device=self.device)
+            self._scatter = torch.zeros(d, d, dtype=torch.float64, device=self.device)
         n_a, n = self.n, self.n + n_b
         delta = mean_b - self._mean
-        self._mean = self._mean + delta * (n_b / n)
-        self._scatter = self._scatter + scatter_b + np.outer(delta, delta) * (n_a * n_b / n)
+        rows = torch.cat([x - mean_b, (delta * math.sqrt(n_a * n_b / n)).unsqueeze(0)])  # (n_b + 1, d)
+        self._scatter.addmm_(rows.T, rows)
+        self._mean.add_(delta, alpha=n_b / n)
         self.n = n
 
     def _keep(self, chunk: np.ndarray) -> None:
@@ -176,8 +189,8 @@ class StreamingStats:
             kept = np.concatenate(self._kept, axis=0)
         else:
             kept = None
-        cov = self._scatter / (self.n - 1)
-        return FeatureStats(n=self.n, mean=self._mean.copy(), cov=cov, features=kept, key=self.key)
+        cov = (self._scatter / (self.n - 1)).cpu().numpy()
+        return FeatureStats(n=self.n, mean=self._mean.cpu().numpy(), cov=cov, features=kept, key=self.key)
 
 
 def check_comparable(a: FeatureStats, b: FeatureStats, names: tuple[str, str] = ("real", "fake")) -> None:
@@ -196,10 +209,30 @@ def check_comparable(a: FeatureStats, b: FeatureStats, names: tuple[str, str] = 
     require_same_dim(a.dim, b.dim, f"feature sizes of {names[0]} and {names[1]}")
 
 
-def frechet_distance_stats(a: FeatureStats, b: FeatureStats) -> float:
-    """Fréchet distance between two statistics, with the small-matrix trace where features allow."""
+def frechet_stats(a: FeatureStats, b: FeatureStats, device: Device = None) -> Frechet:
+    """Fréchet distance between two statistics, with its route: from the features' small factor
+    where they are complete and fewer than the dimensions, else from the covariance.
+
+    Raises:
+        MetricInputError: statistics that are not comparable (see :func:`check_comparable`).
+    """
     check_comparable(a, b)
-    return frechet_distance_from_factors(a.mean, a.factor(), b.mean, b.factor())
+
+    small_a, small_b = a.complete and a.n <= a.dim, b.complete and b.n <= b.dim
+    return frechet_gaussians(
+        a.mean,
+        b.mean,
+        cov1=None if small_a else a.cov,
+        factor1=a.factor() if small_a else None,
+        cov2=None if small_b else b.cov,
+        factor2=b.factor() if small_b else None,
+        device=device,
+    )
+
+
+def frechet_distance_stats(a: FeatureStats, b: FeatureStats, device: Device = None) -> float:
+    """Fréchet distance between two statistics (see :func:`frechet_stats`)."""
+    return frechet_stats(a, b, device).distance
 
 
 def save_stats(stats: FeatureStats, path: str | Path, keep_features: bool = True) -> Path:
