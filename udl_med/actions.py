@@ -439,6 +439,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0, cli=False),
                 Arg("batch_size", "images per extractor batch", int, 16, cli=False),
                 Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz"),
+                Arg("device", "torch device of the statistics and the distance: cpu (default), cuda, cuda:1 (float64)", default=None),
             ),
             command="fid",
             step=True,

@@ -115,6 +115,16 @@ def test_cli_fid(phantoms: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     single.mkdir()
     write_image(torch.zeros(1, 24, 24, 1), single / "one.nii.gz")
     assert "at least 2" in fails(str(single), str(phantoms["mr_b"]))
+    assert "nonsense" in fails(str(phantoms["ct_a"]), str(phantoms["mr_b"]), "--device", "nonsense")
+
+
+def test_cli_fid_device_gives_the_same_figure(phantoms: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device cpu`` (explicit) is the default's figure; the device reaches the statistics."""
+    figures = []
+    for extra in ([], ["--device", "cpu"]):
+        assert main(["fid", str(phantoms["ct_a"]), str(phantoms["mr_b"]), "--json", "--bootstrap", "0", *extra]) == 0
+        figures.append(_last_json(capsys.readouterr().out)["fid"])
+    assert figures[0] == pytest.approx(figures[1], rel=1e-12) and figures[0] > 0
 
 
 def _stats(phantoms: dict[str, Path], tmp_path: Path) -> Path:

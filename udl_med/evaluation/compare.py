@@ -114,6 +114,7 @@ def set_statistics(
     max_features: int = DEFAULT_MAX_FEATURES,
     default_modality: str | None = None,
     seed: int = 0,
+    device: str | None = None,
 ) -> FeatureStats:
     """Feature statistics of an image set (or the saved statistics ``source.npz``).
 
@@ -125,7 +126,7 @@ def set_statistics(
         return load_stats(source)
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, spatial_dims)
-    stats = StreamingStats(max_features=max_features, seed=seed, key=extractor.key(layout))
+    stats = StreamingStats(max_features=max_features, seed=seed, key=extractor.key(layout), device=device)
     _features_of_images(iter_normalised(source, default_modality), extractor, layout, stats, batch_size)
     if stats.n < 2:
         raise InputError(source, f"{stats.n} {layout} view(s) with foreground; at least 2 are needed for FID")
@@ -143,6 +144,7 @@ def compare_sets(
     seed: int = 0,
     batch_size: int = 16,
     save_real_stats: str | Path | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """FID and KID between image sets REAL and FAKE (folders, manifests, volumes or ``.npz``).
 
@@ -153,6 +155,7 @@ def compare_sets(
         bootstrap: bootstrap replicates for the 95% intervals; 0 for none.
         kid_subset_size: KID subset size; None: min(1000, n_real, n_fake).
         save_real_stats: write REAL's statistics (with features) to this ``.npz`` for reuse.
+        device: torch device of the statistics and the Fréchet distance (default CPU).
 
     Returns:
         ``fid``, ``fid_ci_low``, ``fid_ci_high``, ``kid``, ``kid_std``, ``kid_ci_low``,
@@ -168,11 +171,11 @@ def compare_sets(
     needs_images = not (str(real).endswith(".npz") and str(fake).endswith(".npz"))
     net = build_extractor(extractor, spatial_dims) if needs_images else None
     modality = set_modality(real) or set_modality(fake)
-    real_stats = set_statistics(real, net, dims, batch_size, default_modality=modality, seed=seed)
-    fake_stats = set_statistics(fake, net, dims, batch_size, default_modality=modality, seed=seed + 1)
+    real_stats = set_statistics(real, net, dims, batch_size, default_modality=modality, seed=seed, device=device)
+    fake_stats = set_statistics(fake, net, dims, batch_size, default_modality=modality, seed=seed + 1, device=device)
     if save_real_stats is not None:
         save_stats(real_stats, save_real_stats)
-    result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed)
+    result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed, device=device)
     key = real_stats.key
     result.update(extractor=key.extractor if key else extractor, dims=str(dims))
     if net is not None and net.num_classes and layout == "2d" and fake_stats.features is not None:

@@ -28,10 +28,9 @@ from torch import Tensor
 from udl_med.errors import UserError
 from udl_med.metrics.bootstrap import bootstrap_ci
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
-from udl_med.metrics.frechet import frechet_distance_from_factors
 from udl_med.metrics.inception_score import inception_score
 from udl_med.metrics.kid import KID_SUBSETS, KernelMatrices
-from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, check_comparable
+from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, check_comparable, frechet_distance_stats
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +102,7 @@ def compare_stats(
     kid_subset_size: int | None = None,
     kid_subsets: int = KID_SUBSETS,
     seed: int = 0,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """FID, KID and their bootstrap intervals between two feature statistics.
 
@@ -113,7 +113,7 @@ def compare_stats(
     """
     check_comparable(real, fake)
     result: dict[str, Any] = {
-        "fid": frechet_distance_from_factors(real.mean, real.factor(), fake.mean, fake.factor()),
+        "fid": frechet_distance_stats(real, fake, device=device),
         "fid_ci_low": None,
         "fid_ci_high": None,
         "kid": None,
