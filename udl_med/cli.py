@@ -142,10 +142,21 @@ def cmd_configs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.demo import run_demo
 
-    return run_demo(args.out)
+    return run_demo(args.out, privacy=args.privacy)
 
 
 # --- parser --------------------------------------------------------------------------
+
+PRIVACY_HELP = (
+    "what MLflow receives: standard (as configured) or strict (paths hashed, previews of real scans withheld); "
+    "UDL_MED_PRIVACY=strict sets strict for a whole site"
+)
+
+
+def add_privacy(p: argparse.ArgumentParser) -> None:
+    """``--privacy standard|strict`` on the commands that log to MLflow (issue 27; see udl_med/engine/privacy.py)."""
+    p.add_argument("--privacy", choices=["standard", "strict"], default=None, help=PRIVACY_HELP)
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a config file, or the name of a shipped config (`udl-med configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    add_privacy(p)
 
     p = add("sample", cmd_sample, "draw new images from a generative model, as NIfTI plus a PNG grid")
     p.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a local model folder")
@@ -250,11 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pipeline", cmd_pipeline, "run a multi-step pipeline as nested MLflow runs")
     p.add_argument("pipeline", help="a pipeline file, or the name of a shipped pipeline (`udl-med configs`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=overrides_help)
+    add_privacy(p)
 
     add("configs", cmd_configs, "list the shipped configs and pipelines with their one-line descriptions")
 
     p = add("demo", cmd_demo, "make phantoms and train tiny models for every job, tracked in MLflow")
     p.add_argument("--out", default="demo-out")
+    add_privacy(p)
     return parser
 
 
@@ -272,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     terminate_as_interrupt()  # SIGTERM cleans up half-written files as Ctrl-C does
     try:
-        result = args.func(args)
+        from udl_med.engine.privacy import forced  # lazy: keeps --help fast (issue 27: --privacy)
+
+        with forced(getattr(args, "privacy", None)):
+            result = args.func(args)
     except UserError as err:
         print(f"udl-med {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,6 +99,7 @@ class PipelineTracking(BaseModel):
 
     uri: str | None = None
     experiment: str = "udl-med"
+    privacy: Literal["standard", "strict"] = "standard"  # issue 27: udl_med/engine/privacy.py
 
 
 class PipelineConfig(BaseModel):
@@ -238,18 +239,6 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     return file_relative_inputs(pipeline, path.resolve().parent, source, _command_line_keys(overrides))
 
 
-def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
-    import mlflow
-
-    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-    metrics = {k: float(v) for k, v in outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    if metrics:
-        mlflow.log_metrics(metrics)
-    for path in outputs.get("artifacts", []) or []:
-        if Path(path).is_file():
-            mlflow.log_artifact(str(path))
-
-
 def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """``udl-med pipeline PIPELINE.yaml|NAME``: run the steps in order under one parent MLflow run."""
     pipeline = load_pipeline(path, overrides)
@@ -259,18 +248,21 @@ def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
 def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") -> dict[str, Any]:
     import mlflow
 
-    from udl_med.engine.tracking import configure_tracking
+    from udl_med.engine.privacy import Scrubber, forced
+    from udl_med.engine.tracking import configure_tracking, log_step, source_tags
 
     workdir = Path(pipeline.workdir or Path("runs") / pipeline.name)
     workdir.mkdir(parents=True, exist_ok=True)
     uri = configure_tracking(pipeline.tracking.uri)
+    scrub = Scrubber(pipeline.tracking.privacy)  # privacy (issue 27): what the runs log
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # nested training runs use the pipeline's store
     mlflow.set_experiment(pipeline.tracking.experiment)
     context: dict[str, Any] = {"workdir": str(workdir), "steps": {}}
     try:
-        with mlflow.start_run(run_name=pipeline.name) as parent:
-            mlflow.set_tag("udl_med.pipeline", pipeline.name)
+        # privacy (issue 27): nested train steps run in the pipeline's mode; names and params scrubbed
+        with forced(scrub.mode), mlflow.start_run(run_name=scrub.text(pipeline.name), tags=source_tags(scrub)) as parent:
+            mlflow.set_tag("udl_med.pipeline", scrub.text(pipeline.name))
             for step in pipeline.steps:
                 params = resolve(step.with_, context, f"{source}: steps.{step.name}")
                 log.info("pipeline %s: step %s (%s)", pipeline.name, step.name, step.run)
@@ -278,9 +270,9 @@ def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") ->
                 if step.run == "train":
                     outputs = function(**params)
                 else:
-                    with mlflow.start_run(run_name=step.name, nested=True) as child:
+                    with mlflow.start_run(run_name=scrub.text(step.name), nested=True, tags=source_tags(scrub)) as child:
                         outputs = function(**params)
-                        _log_step(outputs, params)
+                        log_step(step.run, outputs, params, scrub)
                         outputs = {**outputs, "run_id": child.info.run_id}
                 context["steps"][step.name] = outputs
             status = {"run_id": parent.info.run_id, "workdir": str(workdir), "tracking_uri": uri}
