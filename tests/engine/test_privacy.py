@@ -284,3 +284,24 @@ def test_the_site_setting_and_the_flag(tmp_path: Path, monkeypatch: pytest.Monke
     assert not Scrubber().strict and privacy.ENV_VAR not in os.environ
     assert Scrubber("strict").keep_preview("samples") and not Scrubber("strict").keep_preview("reconstruction")
     assert Scrubber().keep_preview("input")
+
+
+def test_train_privacy_flag_hashes_the_logged_config(phantom_manifest: Path, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import json
+
+    from udl_med.cli import main
+
+    from .test_train import ae_config
+
+    monkeypatch.chdir(tmp_path)  # the salt is made in the working directory
+    monkeypatch.delenv(privacy.ENV_VAR, raising=False)
+    config = tmp_path / "ae.yaml"
+    config.write_text(yaml.safe_dump(ae_config(phantom_manifest, tmp_path / "run", tracking_uri, steps=2, eval_every=2, checkpoint_every=2)))
+    assert main(["train", str(config), "--privacy", "strict", "--json"]) == 0
+    run = mlflow.MlflowClient(tracking_uri).get_run(json.loads(capsys.readouterr().out.splitlines()[-1])["run_id"])
+    assert run.data.params["data.source"].startswith("path#") and run.data.params["output_dir"].startswith("path#")
+    assert run.data.params["tracking.privacy"] == "strict" and (tmp_path / privacy.SALT_FILE).is_file()
+    assert privacy.ENV_VAR not in os.environ  # the flag holds for that command only
+    monkeypatch.setenv(privacy.ENV_VAR, "loose")
+    assert main(["train", str(config), "--set", "output_dir=run2"]) == 2  # a bad site setting: one line, exit 2
+    assert "UDL_MED_PRIVACY" in capsys.readouterr().err
