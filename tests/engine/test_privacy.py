@@ -286,6 +286,19 @@ def test_the_site_setting_and_the_flag(tmp_path: Path, monkeypatch: pytest.Monke
     assert Scrubber().keep_preview("input")
 
 
+def test_the_config_key_is_validated(phantom_manifest: Path, tmp_path: Path) -> None:
+    from udl_med.engine.config import validate_config
+    from udl_med.errors import ConfigError
+
+    from .test_train import ae_config
+
+    config = ae_config(phantom_manifest, tmp_path / "run", "sqlite:///unused.db")
+    assert validate_config(config).tracking.privacy == "standard"
+    config["tracking"]["privacy"] = "loose"
+    with pytest.raises(ConfigError, match="tracking.privacy"):
+        validate_config(config)
+
+
 def test_train_privacy_flag_hashes_the_logged_config(phantom_manifest: Path, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import json
 

@@ -272,7 +272,3 @@ class Scrubber:
             content["config"] = self.config(content["config"])
         atomic_torch_save(content, target)
         return target
-
-    def subject(self, text: str) -> str:
-        """A manifest's ``subject`` as logged (hashed in strict mode)."""
-        return self._label(text) if self.strict and text else text
