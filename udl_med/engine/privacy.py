@@ -35,6 +35,7 @@ import contextlib
 import csv
 import hashlib
 import hmac
+import io
 import os
 import re
 import secrets
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from udl_med.errors import UserError
+from udl_med.io_utils import atomic_write_text
 
 STANDARD, STRICT = "standard", "strict"
 MODES = (STANDARD, STRICT)
@@ -235,8 +237,7 @@ class Scrubber:
         if suffix in (".yaml", ".yml"):
             import yaml
 
-            target.write_text(yaml.safe_dump(self.value(yaml.safe_load(path.read_text())), sort_keys=False))
-            return target
+            return atomic_write_text(target, yaml.safe_dump(self.value(yaml.safe_load(path.read_text())), sort_keys=False))
         if suffix in (".pt", ".pth"):
             return self._torch_file(path, target)
         return path
@@ -250,11 +251,11 @@ class Scrubber:
             for column in HASHED_COLUMNS:
                 if row.get(column):
                     row[column] = self.path(row[column], base=path.parent) if column == "image" else self._label(row[column])
-        with target.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        return target
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(target, text.getvalue())
 
     def _label(self, text: str) -> str:
         """A name that is not a path (a subject ID): its salted hash alone."""
