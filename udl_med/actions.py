@@ -134,11 +134,18 @@ def _zero_is_none(value: int | None) -> int | None:
     return value or None
 
 
-def train_config(config: str, set: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict[str, Any]:  # noqa: A002 - the step's key
-    """``udl-med train CONFIG|NAME [--set key.path=value]... [--resume]``: a config file or a shipped config's name."""
+def train_config(
+    config: str,
+    set: list[str] | tuple[str, ...] = (),  # noqa: A002 - the step's key
+    resume: bool = False,
+    privacy: str | None = None,
+) -> dict[str, Any]:
+    """``udl-med train CONFIG|NAME [--set key.path=value]... [--resume] [--privacy strict]``: a config file or a shipped config's name."""
+    from udl_med.engine.privacy import forced  # lazy: keeps udl-med --help fast
     from udl_med.engine.train import train_from_file  # lazy: keeps udl-med --help fast
 
-    return train_from_file(resolve_shipped("configs", config), overrides=list(set or ()), resume=resume)
+    with forced(privacy):
+        return train_from_file(resolve_shipped("configs", config), overrides=list(set or ()), resume=resume)
 
 
 # --- where each action's library function lives -------------------------------------
@@ -268,6 +275,13 @@ def _demo() -> Callable[..., dict[str, Any]]:
 
 # --- arguments several actions share --------------------------------------------------
 
+_PRIVACY = Arg(
+    "privacy",
+    "what MLflow receives: standard (as configured) or strict (paths hashed, previews of real scans withheld); "
+    "UDL_MED_PRIVACY=strict sets strict for a whole site",
+    default=None,
+    choices=("standard", "strict"),
+)
 _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
 _EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
@@ -332,6 +346,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("config", "a config file, or the name of a shipped config (`udl-med configs`)", positional=True, input=True, shipped="configs"),
                 Arg("set", _OVERRIDES, default=(), kind="append", metavar="KEY.PATH=VALUE"),
                 Arg("resume", "continue from the run folder's last checkpoint", None, False, kind="flag"),
+                _PRIVACY,
             ),
             command="train",
             step=True,
@@ -553,6 +568,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("path", "a pipeline file, or the name of a shipped pipeline (`udl-med configs`)", positional=True, flag="pipeline", input=True, shipped="pipelines"),
                 Arg("overrides", _OVERRIDES, default=(), flag="--set", kind="append", metavar="KEY.PATH=VALUE"),
+                _PRIVACY,
             ),
             command="pipeline",
         ),
@@ -561,7 +577,7 @@ ACTIONS: dict[str, Action] = {
             "demo",
             "make phantoms and train tiny models for every job, tracked in MLflow",
             _demo,
-            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out"),),
+            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out"), _PRIVACY),
             command="demo",
         ),
     )

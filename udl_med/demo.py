@@ -96,8 +96,12 @@ def demo_steps() -> list[dict[str, Any]]:
     ]
 
 
-def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
-    """Run the demo into ``out`` (cleared first if an earlier demo made it); return a summary."""
+def run_demo(out: str | Path = "demo-out", privacy: str | None = None) -> dict[str, Any]:
+    """Run the demo into ``out`` (cleared first if an earlier demo made it); return a summary.
+
+    ``privacy``: ``strict`` logs as :mod:`udl_med.engine.privacy` says (paths hashed,
+    previews of real scans withheld); None or ``standard``: as the site's ``UDL_MED_PRIVACY`` says.
+    """
     from udl_med.pipeline import PipelineConfig, run_pipeline_config
 
     out = Path(out)
@@ -107,7 +111,7 @@ def run_demo(out: str | Path = "demo-out") -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     atomic_write_text(out / MARKER, "made by udl-med demo; cleared by the next demo\n")
-    pipeline = PipelineConfig(name="demo", workdir=str(out), tracking={"experiment": "udl-med-demo"}, steps=demo_steps())
+    pipeline = PipelineConfig(name="demo", workdir=str(out), tracking={"experiment": "udl-med-demo", "privacy": privacy or "standard"}, steps=demo_steps())
     result = run_pipeline_config(pipeline, source="udl-med demo")
     uri = result["tracking_uri"]
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

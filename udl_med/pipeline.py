@@ -37,7 +37,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -67,6 +67,7 @@ class PipelineTracking(BaseModel):
 
     uri: str | None = None
     experiment: str = "udl-med"
+    privacy: Literal["standard", "strict"] = "standard"  # issue 27: udl_med/engine/privacy.py
 
 
 class PipelineConfig(BaseModel):
@@ -199,42 +200,39 @@ def _validate(raw: dict[str, Any], source: str) -> PipelineConfig:
         raise ConfigError(source, ".".join(str(p) for p in loc), message) from None
 
 
-def _log_step(outputs: dict[str, Any], params: dict[str, Any]) -> None:
-    import mlflow  # lazy: loading and checking a pipeline needs no MLflow
+def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = (), privacy: str | None = None) -> dict[str, Any]:
+    """``udl-med pipeline PIPELINE.yaml|NAME``: run the steps in order under one parent MLflow run.
 
-    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-    metrics = {k: float(v) for k, v in outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    if metrics:
-        mlflow.log_metrics(metrics)
-    for path in outputs.get("artifacts", []) or []:
-        if Path(path).is_file():
-            mlflow.log_artifact(str(path))
+    ``privacy="strict"`` makes every run at least strict (see :mod:`udl_med.engine.privacy`).
+    """
+    from udl_med.engine.privacy import forced  # lazy: loading and checking a pipeline needs no MLflow
 
-
-def run_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """``udl-med pipeline PIPELINE.yaml|NAME``: run the steps in order under one parent MLflow run."""
     pipeline = load_pipeline(path, overrides)
-    return run_pipeline_config(pipeline, source=str(path))
+    with forced(privacy):
+        return run_pipeline_config(pipeline, source=str(path))
 
 
 def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") -> dict[str, Any]:
     """Run a validated pipeline (see :func:`check_steps`) under one parent MLflow run; return the run, work folder and step outputs."""
     import mlflow  # lazy: loading and checking a pipeline needs no MLflow
 
-    from udl_med.engine.tracking import configure_tracking  # lazy: it imports MLflow
+    from udl_med.engine.privacy import Scrubber, forced  # lazy: loading and checking a pipeline needs neither
+    from udl_med.engine.tracking import configure_tracking, log_step, source_tags  # lazy: it imports MLflow
 
     check_steps(pipeline, source)
 
     workdir = Path(pipeline.workdir or Path("runs") / pipeline.name)
     workdir.mkdir(parents=True, exist_ok=True)
     uri = configure_tracking(pipeline.tracking.uri)
+    scrub = Scrubber(pipeline.tracking.privacy)  # privacy (issue 27): what the runs log
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # nested training runs use the pipeline's store
     mlflow.set_experiment(pipeline.tracking.experiment)
     context: dict[str, Any] = {"workdir": str(workdir), "steps": {}}
     try:
-        with mlflow.start_run(run_name=pipeline.name) as parent:
-            mlflow.set_tag("udl_med.pipeline", pipeline.name)
+        # privacy (issue 27): nested train steps run in the pipeline's mode; names and params scrubbed
+        with forced(scrub.mode), mlflow.start_run(run_name=scrub.text(pipeline.name), tags=source_tags(scrub)) as parent:
+            mlflow.set_tag("udl_med.pipeline", scrub.text(pipeline.name))
             for step in pipeline.steps:
                 params = resolve(step.with_, context, f"{source}: steps.{step.name}")
                 log.info("pipeline %s: step %s (%s)", pipeline.name, step.name, step.run)
@@ -242,9 +240,9 @@ def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") ->
                 if action.own_run:
                     outputs = action(**params)
                 else:
-                    with mlflow.start_run(run_name=step.name, nested=True) as child:
+                    with mlflow.start_run(run_name=scrub.text(step.name), nested=True, tags=source_tags(scrub)) as child:
                         outputs = action(**params)
-                        _log_step(outputs, params)
+                        log_step(step.run, outputs, params, scrub)
                         outputs = {**outputs, "run_id": child.info.run_id}
                 context["steps"][step.name] = outputs
             status = {"run_id": parent.info.run_id, "workdir": str(workdir), "tracking_uri": uri}

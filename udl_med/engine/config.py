@@ -67,6 +67,7 @@ class TrackingConfig(_Section):
     run_name: str | None = None
     log_model: bool = True  # log the model in MLflow's pytorch flavour (pt2) as well as our files
     enabled: bool = True  # false: no MLflow run (in-process fits: tests, benchmarks, probes)
+    privacy: Literal["standard", "strict"] = "standard"  # strict: paths hashed, previews of real scans withheld (engine/privacy.py)
 
 
 class RunConfig(_Section):

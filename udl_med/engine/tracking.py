@@ -4,6 +4,9 @@ The store is ``tracking.uri`` if the config sets it, else ``MLFLOW_TRACKING_URI`
 MLflow's SQLite default: ``mlflow.db`` (and ``mlruns/`` for artifacts) in the working
 directory. Only rank 0 tracks; other processes get a :class:`NullTracker`.
 Nothing read from DICOM headers is ever logged: only the config, metrics and images.
+What a run logs goes through its privacy mode's :class:`~udl_med.engine.privacy.Scrubber`
+(``tracking.privacy``, ``--privacy``, ``UDL_MED_PRIVACY``): in strict mode paths are
+hashed and previews of real scans withheld (:mod:`udl_med.engine.privacy`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -21,6 +26,7 @@ import mlflow
 from mlflow.entities import Metric
 
 from udl_med.engine.config import flatten
+from udl_med.engine.privacy import Scrubber
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -100,12 +106,20 @@ class MetricWriter:
 class Tracker:
     """Logs one run (or one nested step of a pipeline) to MLflow."""
 
-    def __init__(self, uri: str | None, experiment: str, run_name: str, run_id: str | None = None, nested: bool = False):
+    def __init__(
+        self, uri: str | None, experiment: str, run_name: str, run_id: str | None = None, nested: bool = False, privacy: str | None = None
+    ):
         self.uri = configure_tracking(uri)
+        self.scrub = Scrubber(privacy)
         parent = mlflow.active_run()
         if run_id is None and parent is None:
             mlflow.set_experiment(experiment)  # a step of a pipeline stays in the pipeline's experiment
-        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested or parent is not None)
+        self.run = mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else self.scrub.text(run_name),
+            nested=nested or parent is not None,
+            tags=source_tags(self.scrub) if run_id is None else None,
+        )
         self.run_id = self.run.info.run_id
         self._client = mlflow.MlflowClient()
         self._pending: list[Metric] = []
@@ -113,6 +127,7 @@ class Tracker:
         self._last_flush = time.monotonic()
 
     def log_config(self, config: dict[str, Any]) -> None:
+        config = self.scrub.config(config)
         params = {k: _param_value(v) for k, v in flatten(config).items()}
         existing = mlflow.get_run(self.run_id).data.params
         new = {k: v for k, v in params.items() if k not in existing}  # a resumed run keeps its params
@@ -144,7 +159,16 @@ class Tracker:
         self._last_flush = time.monotonic()
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        """Log a file (in strict mode a checkpoint's or manifest's rewritten copy: see :meth:`Scrubber.artifact`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(self.scrub.artifact(Path(path), Path(tmp))), artifact_path=folder)
+
+    def log_preview(self, name: str, path: Path) -> None:
+        """Log a training preview under ``previews/``, unless the privacy mode withholds previews called ``name``."""
+        if self.scrub.keep_preview(name):
+            mlflow.log_artifact(str(path), artifact_path="previews")
+        else:
+            warn_once(f"preview:{name}", "privacy %s: preview %r (of real scans) not logged; it is in the run folder", self.scrub.mode, name)
 
     def log_model(self, model_folder: Path, example_module: Any = None, example_input: Any = None, pytorch_flavour: bool = True) -> None:
         """Log the model folder as the run's ``model``, in MLflow's pytorch flavour where possible.
@@ -154,8 +178,24 @@ class Tracker:
         exported, or the MLflow in use is older than 3 (whose ``log_model`` lacks these
         arguments), the model folder is logged as plain artifacts under ``model/`` so that
         ``runs:/<id>/model`` still works for every udl-med command; the reason is shown as
-        a warning once per process.
+        a warning once per process. In strict privacy mode the model file's config has its
+        paths hashed and the input example is zeros of the real batch's shape.
         """
+        if self.scrub.strict:
+            import numpy as np
+
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "model"
+                folder.mkdir()
+                for path in sorted(p for p in Path(model_folder).iterdir() if p.is_file()):
+                    if self.scrub.artifact(path, folder) == path:  # not rewritten: copied as it is
+                        shutil.copy2(path, folder)
+                example = None if example_input is None else np.zeros_like(example_input)
+                self._log_model(folder, example_module, example, pytorch_flavour)
+            return
+        self._log_model(model_folder, example_module, example_input, pytorch_flavour)
+
+    def _log_model(self, model_folder: Path, example_module: Any, example_input: Any, pytorch_flavour: bool) -> None:
         if pytorch_flavour and example_module is not None and mlflow_major() < PT2_MLFLOW_MAJOR:
             warn_once(
                 "mlflow<3",
@@ -191,6 +231,32 @@ class Tracker:
         self.flush()
         self._writer.close()  # every metric is stored before the run is marked ended
         mlflow.end_run(status=status)
+
+
+def source_tags(scrub: Scrubber) -> dict[str, str] | None:
+    """In strict mode, MLflow's ``mlflow.source.name`` (the program's path) hashed like every path."""
+    return {"mlflow.source.name": scrub.text(sys.argv[0] or "python")} if scrub.strict else None
+
+
+def log_step(kind: str, outputs: dict[str, Any], params: dict[str, Any], scrub: Scrubber | None = None) -> None:
+    """Log a pipeline step into the active (nested) run: its params, numeric outputs as metrics, its ``artifacts``.
+
+    Through ``scrub`` (the pipeline's privacy mode): in strict mode paths are hashed and
+    images are logged only for steps that draw from the prior (:data:`~udl_med.engine.privacy.PRIOR_STEPS`).
+    """
+    scrub = scrub or Scrubber()
+    mlflow.log_params({k: _param_value(scrub.value(v)) for k, v in params.items()})
+    metrics = {k: float(v) for k, v in outputs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if metrics:
+        mlflow.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in outputs.get("artifacts", []) or []:
+            if not Path(path).is_file():
+                continue
+            if scrub.keep_step_artifact(kind, Path(path)):
+                mlflow.log_artifact(str(scrub.artifact(Path(path), Path(tmp))))
+            else:
+                warn_once(f"step:{kind}:{Path(path).name}", "privacy %s: %s of step kind %r (of real scans) not logged", scrub.mode, Path(path).name, kind)
 
 
 class NullTracker:

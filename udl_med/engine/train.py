@@ -242,7 +242,11 @@ class Trainer:
         start, mlflow_run_id = self._restore()
         main = self.process.is_main
         tracked = main and cfg.tracking.enabled
-        tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id) if tracked else NullTracker()
+        tracker = (
+            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # privacy: issue 27
+            if tracked
+            else NullTracker()
+        )
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / RUN_INFO_NAME, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
@@ -358,7 +362,7 @@ class Trainer:
                 save_scatter(images, path, centres=getattr(self.train_set, "centres", None))
             else:
                 save_grid(images, path)
-            tracker.log_artifact(path, "previews")
+            tracker.log_preview(name, path)  # privacy (issue 27): strict mode withholds previews of real scans
         return metrics
 
     def _evaluate_samples(self, tracker, step: int) -> dict[str, float]:
