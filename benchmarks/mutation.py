@@ -1,0 +1,150 @@
+"""Mutation testing: the fraction of mutmut's mutants that the tests kill, one row per package.
+
+A test that stays green when the code it tests is changed tests nothing. mutmut
+(https://github.com/boxed/mutmut, version 3) changes one thing at a time in the code
+(``+`` to ``-``, ``<`` to ``<=``, a constant, a keyword argument dropped, a string, a
+returned value to None, ...) and runs the tests that call the changed function; a
+mutant is *killed* when one of them fails (or times out). The packages and the tests
+each may use are ``[tool.mutmut.packages.*]`` in ``pyproject.toml``; each runs in its own
+scratch copy, ``build/mutation/PACKAGE/`` (mutmut works in ``mutants/`` under the copy),
+with mutmut's shared keys from ``[tool.mutmut]`` plus the package's globs
+(``only_mutate``) and tests (its test selection).
+
+Row: ``ours`` is ``(killed + timed out) / (mutants - skipped)``: a survivor, and a
+mutant no selected test reaches, count against us. The peer is the goal of issue 26,
+0.9. The survivors and their diffs go to ``build/mutation/PACKAGE/survivors.txt``; the
+README (Mutation testing) lists those that are equivalent, with why.
+
+Not part of CI: it takes tens of minutes per package on two cores (``elapsed_s`` in
+each row).
+
+    .venv/bin/python benchmarks/mutation.py                  # run every package, print rows
+    .venv/bin/python benchmarks/mutation.py --package losses # one package
+    .venv/bin/python benchmarks/mutation.py --report         # rows of the last runs, no rerun
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "mutation"
+GOAL = 0.9
+
+
+def packages() -> dict[str, dict[str, list[str]]]:
+    """``{name: {"mutate": globs, "tests": pytest arguments}}`` from ``pyproject.toml``."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return config["packages"]
+
+
+def _mutmut() -> str:
+    """The mutmut of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("mutmut")
+    if not exe.exists():
+        raise SystemExit("mutmut is not installed: pip install -e '.[dev]'")
+    return str(exe)
+
+
+def prepare(name: str, spec: dict[str, list[str]]) -> Path:
+    """A fresh scratch copy of the repository's files whose [tool.mutmut] selects package ``name``."""
+    work = BUILD / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    pyproject = (work / "pyproject.toml").read_text()
+    extra = f"only_mutate = {json.dumps(spec['mutate'])}\npytest_add_cli_args_test_selection = {json.dumps(spec['tests'])}\n"
+    (work / "pyproject.toml").write_text(pyproject.replace("[tool.mutmut]\n", "[tool.mutmut]\n" + extra, 1))
+    return work
+
+
+def run(name: str, spec: dict[str, list[str]], jobs: int) -> float:
+    """Run mutmut on package ``name``; the seconds it took."""
+    work = prepare(name, spec)
+    env = {**os.environ, "MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first itself
+    start = time.perf_counter()
+    with open(work / "mutmut.log", "w") as log:
+        subprocess.run([_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    elapsed = time.perf_counter() - start
+    (work / "elapsed_s").write_text(f"{elapsed:.0f}\n")
+    return elapsed
+
+
+def report(name: str) -> dict | None:
+    """The JSON row of package ``name``'s last run (None if it never ran), and its survivors file."""
+    work = BUILD / name
+    if not (work / "mutants").exists():
+        return None
+    env = {**os.environ}
+    env.pop("PYTHONPATH", None)
+    subprocess.run([_mutmut(), "export-cicd-stats"], cwd=work, env=env, check=True, capture_output=True)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    tested = stats["total"] - stats["skipped"]
+    killed = stats["killed"] + stats["timeout"]
+    fraction = killed / tested if tested else 0.0
+    results = subprocess.run([_mutmut(), "results"], cwd=work, env=env, check=True, capture_output=True, text=True).stdout
+    survivors = [line.split(":")[0].strip() for line in results.splitlines() if line.strip().endswith(("survived", "no tests"))]
+    with open(work / "survivors.txt", "w") as out:
+        for mutant in survivors:
+            diff = subprocess.run([_mutmut(), "show", mutant], cwd=work, env=env, capture_output=True, text=True).stdout
+            out.write(f"### {mutant}\n{diff}\n")
+    elapsed = (work / "elapsed_s").read_text().strip() if (work / "elapsed_s").exists() else None
+    return {
+        "benchmark": "mutation",
+        "case": name,
+        "metric": "killed_fraction",
+        "ours": round(fraction, 4),
+        "peer_name": "goal of issue 26",
+        "peer": GOAL,
+        "ratio": round(fraction / GOAL, 4),
+        "goal": f">= {GOAL}",
+        "meets_goal": fraction >= GOAL,
+        "mutants": tested,
+        "killed": stats["killed"],
+        "timeout": stats["timeout"],
+        "survived": stats["survived"],
+        "no_tests": stats["no_tests"],
+        "suspicious": stats["suspicious"],
+        "elapsed_s": None if elapsed is None else int(elapsed),
+        "tests": packages()[name]["tests"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", action="append", help="only these packages (repeatable); default: all of [tool.mutmut.packages]")
+    parser.add_argument("--report", action="store_true", help="print the rows of the last runs without running mutmut")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
+    args = parser.parse_args()
+    specs = packages()
+    names = args.package or list(specs)
+    unknown = sorted(set(names) - set(specs))
+    if unknown:
+        raise SystemExit(f"unknown package {unknown[0]!r}: choose from {', '.join(specs)}")
+    for name in names:
+        if not args.report:
+            run(name, specs[name], args.jobs)
+        row = report(name)
+        if row is not None:
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
