@@ -152,3 +152,19 @@ def test_historical_average_pulls_the_parameters_towards_the_running_mean() -> N
         opt.step()
         # gradient 2 (theta - mean): each SGD step shrinks the distance by (1 - 2 lr)
         assert distance() == pytest.approx(start * (1 - 2 * lr) ** step, rel=1e-4)
+
+
+def test_checkpoint_keys_and_defaults_are_the_documented_ones() -> None:
+    """The names a saved run holds (renaming them breaks loading older model files) and the papers' defaults."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    avg = HistoricalAverage(net)
+    assert set(avg.state_dict()) == {"mean__0__weight", "mean__0__bias", "count"}
+    assert avg.count.dtype == torch.long and avg.penalty(net).dtype == torch.float32
+    with pytest.raises(ValueError, match="^module has no parameters to average$"):
+        HistoricalAverage(torch.nn.ReLU())
+    with pytest.raises(ValueError, match="^module's parameters differ from those HistoricalAverage was built for$"):
+        avg.penalty(torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False)))
+    assert ImagePool().pool_size == 50  # CycleGAN's
+    pool = ImagePool(2)
+    pool.query(torch.ones(2, 1, 3, 3))
+    assert pool.get_extra_state().shape == (2, 1, 3, 3) and ImagePool(2).get_extra_state().shape == (0,)
