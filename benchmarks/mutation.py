@@ -21,6 +21,13 @@ each row).
     .venv/bin/python benchmarks/mutation.py                  # run every package, print rows
     .venv/bin/python benchmarks/mutation.py --package losses # one package
     .venv/bin/python benchmarks/mutation.py --report         # rows of the last runs, no rerun
+    .venv/bin/python benchmarks/mutation.py --resume         # new tests: rerun only what was not killed
+
+``--resume`` keeps a package's scratch copy and its verdicts, copies the repository's
+current ``tests/`` into it, and reruns only the mutants that survived, had no tests, or
+never ran (a run cut off). That is sound while the mutated source and ``[tool.mutmut]``
+are unchanged and tests are only added or sharpened: a killed mutant stays killed.
+Its seconds are added to the row as ``resume_s``.
 """
 
 from __future__ import annotations
@@ -74,14 +81,55 @@ def prepare(name: str, spec: dict[str, list[str]]) -> Path:
     return work
 
 
+def _env() -> dict[str, str]:
+    env = {**os.environ, "MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first itself
+    return env
+
+
+_SHOW = """
+import sys
+import mutmut.__main__ as m
+for name in sys.argv[1:]:
+    found = m.find_mutant(name)
+    print(f"### {name}: {m.status_by_exit_code[found.exit_code_by_key[name]]}")
+    print(m.get_diff_for_mutant(name, path=found.path))
+"""
+
+
+def verdicts(work: Path) -> dict[str, str]:
+    """``{mutant: status}`` of every mutant of the scratch copy ``work`` ("not checked" before it ran)."""
+    out = subprocess.run([_mutmut(), "results", "--all", "true"], cwd=work, env=_env(), check=True, capture_output=True, text=True).stdout
+    return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def resume(name: str, jobs: int) -> float:
+    """Rerun package ``name``'s mutants that were not killed, with the repository's current tests; the seconds."""
+    work = BUILD / name
+    if not (work / "mutants").exists():
+        raise SystemExit(f"--resume: package {name!r} never ran (build/mutation/{name}/mutants is missing)")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "tests"], cwd=ROOT, check=True, capture_output=True)
+    for rel in filter(None, files.stdout.decode().split("\0")):
+        if (ROOT / rel).is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, work / rel)
+    pending = [m for m, status in verdicts(work).items() if status in ("survived", "no tests", "not checked")]
+    start = time.perf_counter()
+    if pending:
+        with open(work / "mutmut.log", "a") as log:
+            subprocess.run([_mutmut(), "run", "--max-children", str(jobs), *pending], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, check=False)
+    elapsed = time.perf_counter() - start
+    with open(work / "resume_s", "a") as out:
+        out.write(f"{elapsed:.0f}\n")
+    return elapsed
+
+
 def run(name: str, spec: dict[str, list[str]], jobs: int) -> float:
     """Run mutmut on package ``name``; the seconds it took."""
     work = prepare(name, spec)
-    env = {**os.environ, "MPLBACKEND": "Agg", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first itself
     start = time.perf_counter()
     with open(work / "mutmut.log", "w") as log:
-        subprocess.run([_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        subprocess.run([_mutmut(), "run", "--max-children", str(jobs)], cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT, check=False)
     elapsed = time.perf_counter() - start
     (work / "elapsed_s").write_text(f"{elapsed:.0f}\n")
     return elapsed
@@ -99,12 +147,9 @@ def report(name: str) -> dict | None:
     tested = stats["total"] - stats["skipped"]
     killed = stats["killed"] + stats["timeout"]
     fraction = killed / tested if tested else 0.0
-    results = subprocess.run([_mutmut(), "results"], cwd=work, env=env, check=True, capture_output=True, text=True).stdout
-    survivors = [line.split(":")[0].strip() for line in results.splitlines() if line.strip().endswith(("survived", "no tests"))]
-    with open(work / "survivors.txt", "w") as out:
-        for mutant in survivors:
-            diff = subprocess.run([_mutmut(), "show", mutant], cwd=work, env=env, capture_output=True, text=True).stdout
-            out.write(f"### {mutant}\n{diff}\n")
+    survivors = [m for m, status in verdicts(work).items() if status in ("survived", "no tests")]
+    with open(work / "survivors.txt", "w") as out:  # one process: `mutmut show` per mutant takes seconds each
+        subprocess.run([sys.executable, "-c", _SHOW, *survivors], cwd=work, env=env, stdout=out, check=True)
     elapsed = (work / "elapsed_s").read_text().strip() if (work / "elapsed_s").exists() else None
     return {
         "benchmark": "mutation",
@@ -123,6 +168,7 @@ def report(name: str) -> dict | None:
         "no_tests": stats["no_tests"],
         "suspicious": stats["suspicious"],
         "elapsed_s": None if elapsed is None else int(elapsed),
+        "resume_s": sum(int(x) for x in (work / "resume_s").read_text().split()) if (work / "resume_s").exists() else 0,
         "tests": packages()[name]["tests"],
     }
 
@@ -131,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", action="append", help="only these packages (repeatable); default: all of [tool.mutmut.packages]")
     parser.add_argument("--report", action="store_true", help="print the rows of the last runs without running mutmut")
+    parser.add_argument("--resume", action="store_true", help="rerun only the mutants not killed, with the current tests (see above)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
     args = parser.parse_args()
     specs = packages()
@@ -139,7 +186,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown package {unknown[0]!r}: choose from {', '.join(specs)}")
     for name in names:
-        if not args.report:
+        if args.resume:
+            resume(name, args.jobs)
+        elif not args.report:
             run(name, specs[name], args.jobs)
         row = report(name)
         if row is not None:

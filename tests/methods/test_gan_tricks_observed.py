@@ -171,3 +171,214 @@ def test_feature_matching_distance_is_what_g_minimises(distance: str, monkeypatc
     assert len(seen) == 1 and out[keys.LOSS_G] == pytest.approx(seen[0], rel=1e-5)
     a, b = torch.tensor([[0.0, 3.0]]), torch.tensor([[2.0, 0.0]])
     assert float(method.adversary.feature_matching_loss(a, b)) == pytest.approx({"l2": 6.5, "l1": 2.5}[distance])
+
+
+# --- The adversarial module and the GAN wrappers, called directly (their mutmut survivors) ---
+
+from udl_med.errors import ConfigError  # noqa: E402
+from udl_med.losses.gan import GANMode  # noqa: E402
+from udl_med.losses.image_pool import ImagePool  # noqa: E402
+from udl_med.methods import adversarial as adv  # noqa: E402
+from udl_med.nets.gan_wrappers import Flat, Packed, SwapHistory  # noqa: E402
+
+
+class _Recorder(nn.Module):
+    """A net that records the inputs and labels it was called with and scores by the sum of the input."""
+
+    def __init__(self, out: int = 1) -> None:
+        super().__init__()
+        self.out = out
+        self.calls: list[tuple[str, torch.Size, object]] = []
+
+    def forward(self, x, labels=None):
+        self.calls.append(("forward", x.shape, labels))
+        return x.flatten(1).sum(1, keepdim=True).expand(-1, self.out)
+
+    def forward_features(self, x, labels=None):
+        self.calls.append(("features", x.shape, labels))
+        return x.flatten(1).sum(1, keepdim=True), x.flatten(1)
+
+    def set_reference(self, x, labels=None):
+        self.calls.append(("reference", x.shape, labels))
+
+
+def test_flat_and_packed_pass_labels_and_shapes_on() -> None:
+    labels = torch.tensor([1, 0, 1, 0])
+    x = torch.randn(4, 3, 2, 2)
+    gen = Flat(_Recorder(out=12), (3, 2, 2), "generator")
+    assert gen(torch.randn(4, 12), labels).shape == (4, 3, 2, 2)
+    gen.set_reference(torch.randn(4, 12, 1, 1), labels)  # G's reference is z as given, not flattened
+    assert [(c[0], tuple(c[1])) for c in gen.net.calls] == [("forward", (4, 12)), ("reference", (4, 12, 1, 1))]
+    assert all(c[2] is labels for c in gen.net.calls)
+    disc = Flat(_Recorder(), (3, 2, 2), "discriminator")
+    disc(x, labels), disc.forward_features(x, labels), disc.set_reference(x, labels)
+    assert [(c[0], tuple(c[1])) for c in disc.net.calls] == [("forward", (4, 12)), ("features", (4, 12)), ("reference", (4, 12))]
+    assert all(c[2] is labels for c in disc.net.calls)
+    packed = Packed(_Recorder(), 2)
+    packed(x, labels), packed.forward_features(x, labels)
+    assert [(c[0], tuple(c[1])) for c in packed.net.calls] == [("forward", (2, 6, 2, 2)), ("features", (2, 6, 2, 2))]
+    assert all(c[2] is labels for c in packed.net.calls)
+    assert Packed(_Recorder(), 1)(x).shape == (4, 1)  # pack 1 is allowed: every item on its own
+    with pytest.raises(ValueError, match="pack must be >= 1, got 0"):
+        Packed(_Recorder(), 0)
+    with pytest.raises(ValueError, match=r"multiple of 3 items \(train.batch_size\), got 4$"):
+        Packed(_Recorder(), 3)(x)
+    assert isinstance(adv.packed_discriminator(_Recorder(), 2), Packed)
+    assert not isinstance(adv.packed_discriminator(_Recorder(), 1), Packed)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def test_swap_history_round_trips_and_refuses_arbitrary_pickles() -> None:
+    history = SwapHistory()
+    history.snapshots, history.live, history.until = [{"step": 3, "weights": {"w": torch.ones(2)}, "optimizer": {}}], None, -1
+    other = SwapHistory()
+    other.set_extra_state(history.get_extra_state())
+    assert other.snapshots[0]["step"] == 3 and torch.equal(other.snapshots[0]["weights"]["w"], torch.ones(2))
+    assert other.live is None and other.until == -1
+    import io
+    import pickle
+
+    buffer = io.BytesIO()
+    torch.save({"snapshots": [_Evil()], "live": {}, "until": 0}, buffer)
+    with pytest.raises(pickle.UnpicklingError):  # weights_only: a checkpoint cannot run code when it loads
+        other.set_extra_state(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+
+
+def test_refuse_locates_the_key_and_either_lists_the_choices() -> None:
+    error = adv.refuse("unrolled.steps", "too many", 7)
+    assert error.title == "MethodConfig"
+    (detail,) = error.errors()
+    assert detail["type"] == "refused_combination" and detail["loc"] == ("unrolled", "steps") and detail["input"] == 7
+    assert detail["msg"] == "too many"
+    assert adv.refuse("pack", "p", 1, title="GANConfig").title == "GANConfig"
+    assert adv._either(["lsgan"]) == "lsgan"
+    assert adv._either(["minimax", "non-saturating", "lsgan"]) == "minimax, non-saturating or lsgan"
+    assert adv._either(["a", "b"]) == "a or b"
+
+
+class _WganGp(adv.PackingConfig):
+    gan_mode: GANMode = GANMode.WGAN_GP
+
+
+class _Minimax(adv.PackingConfig):
+    gan_mode: GANMode = GANMode.MINIMAX
+
+
+def test_check_run_names_the_config_key_and_from_config_keeps_a_zero_penalty() -> None:
+    class Train:
+        batch_size = 6
+
+    with pytest.raises(ConfigError) as caught:
+        _Minimax(pack=4).check_run(Train())
+    assert caught.value.source == "<config>" and caught.value.key == "model.pack"
+    assert str(caught.value) == "<config>: model.pack: 4 must divide train.batch_size (6): D scores groups of 4 items"
+    _Minimax(pack=3).check_run(Train())
+    assert adv.Adversary.from_config(_WganGp(gp_weight=0.0)).gp_weight == 0.0
+    assert adv.Adversary.from_config(_WganGp(gp_weight=2.5)).gp_weight == 2.5
+    assert adv.Adversary.from_config(_Minimax(gp_weight=2.5)).gp_weight == 0.0
+
+
+def _critic(calls: list) -> object:
+    weight = torch.tensor([1.0, -2.0, 0.5])
+
+    def critic(x, labels=None):
+        calls.append((x.shape[0], labels))
+        return (x.flatten(1) * weight).sum(1, keepdim=True).tanh()  # non-linear: its gradient depends on x
+
+    return critic
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_the_adversary_hands_each_batch_its_own_labels(joint: bool) -> None:
+    real, fake = torch.randn(3, 3), torch.randn(3, 3)
+    real_labels, fake_labels = torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0])
+    calls: list = []
+    adversary = adv.Adversary(GANLoss(GANMode.WGAN_GP), gp_weight=0.5, joint=joint)
+    parts = adversary.discriminator_loss(_critic(calls), real, fake, real_labels, fake_labels)
+    if joint:
+        assert calls[0][0] == 6 and torch.equal(calls[0][1], torch.tensor([0, 1, 1, 1, 1, 0]))
+    else:
+        assert calls[0][0] == 3 and calls[0][1] is real_labels and calls[1][0] == 3 and calls[1][1] is fake_labels
+    assert parts.gradient_penalty is not None  # a weight below 1 still turns the penalty on
+    assert parts.loss.item() == pytest.approx((parts.adversarial + 0.5 * parts.gradient_penalty).item())
+    calls.clear()
+    adversary.generator_loss(_critic(calls), fake, fake_labels)
+    assert calls == [(3, fake_labels)]
+
+
+def test_clipping_after_the_d_step_and_the_logged_penalty() -> None:
+    net = nn.Linear(3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.5, -0.02, 0.003]]))
+    adv.Adversary(GANLoss(GANMode.WGAN), clip_value=0.01).after_discriminator_step(net)
+    assert torch.equal(net.weight, torch.tensor([[0.01, -0.01, 0.003]]))
+    adv.Adversary(GANLoss(GANMode.WGAN)).after_discriminator_step(net)  # no clip value: untouched
+    assert torch.equal(net.weight, torch.tensor([[0.01, -0.01, 0.003]]))
+    scores = torch.zeros(2, 1)
+    steps = [(adv.DiscriminatorLoss(torch.tensor(1.0), torch.tensor(1.0), scores, scores, torch.tensor(g)), torch.tensor(1.0)) for g in (1.0, 3.0)]
+    assert adv.discriminator_logs(steps)[keys.GRADIENT_PENALTY].item() == 2.0
+
+
+def test_score_metrics_count_a_zero_score_as_wrong_both_ways() -> None:
+    real, fake = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5, -1.0])
+    out = adv.score_metrics(real, fake, wasserstein=False)
+    assert out[keys.D_ACCURACY] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert out[keys.D_REAL] == 0.5 and out[keys.D_FAKE] == pytest.approx(-1 / 6)
+    assert adv.score_metrics(real, fake, wasserstein=True)[keys.WASSERSTEIN] == pytest.approx(0.5 + 1 / 6)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 2, 2), (6, 4)])
+def test_replay_keeps_each_fake_with_its_label(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    pool = ImagePool(8)
+    seen: dict[float, int] = {}
+    for step in range(6):
+        fake = torch.randn(*shape)
+        labels = torch.randint(0, 5, (shape[0],))
+        for row, label in zip(fake, labels):
+            seen[float(row.flatten()[0])] = int(label)
+        out, out_labels = adv.replay(pool, fake, labels)
+        assert out.shape == fake.shape and out.dtype == fake.dtype and out_labels.dtype == torch.long
+        for row, label in zip(out, out_labels):
+            assert seen[float(row.flatten()[0])] == int(label)  # a replayed fake comes back with the class it was made for
+
+
+class _Opt:
+    def __init__(self) -> None:
+        self.global_step = 0
+        self.restored: list = []
+
+    def snapshot(self, *names: str) -> dict:
+        return {"at": self.global_step}
+
+    def restore(self, snapshot: dict) -> None:
+        self.restored.append(snapshot["at"])
+
+
+def _swap_run(seed: int, keep: int = 3, steps: int = 40) -> tuple[list[int], SwapHistory]:
+    torch.manual_seed(seed)
+    net, history, opt = nn.Linear(1, 1, bias=False), SwapHistory(), _Opt()
+    swap = adv.CheckpointSwapConfig(every=2, duration=1, keep=keep)
+    chosen = []
+    for step in range(steps):
+        opt.global_step = step
+        with torch.no_grad():
+            net.weight.fill_(step)
+        adv.checkpoint_swap(history, net, "d", opt, swap)
+        if history.live is not None:
+            chosen.append(int(net.weight.item()))
+        assert len(history.snapshots) <= keep + 1
+    return chosen, history
+
+
+def test_checkpoint_swap_draws_by_the_step_alone_and_keeps_keep_plus_one() -> None:
+    chosen, history = _swap_run(0)
+    assert len(history.snapshots) == 4 and [s["step"] for s in history.snapshots] == [32, 34, 36, 38]
+    assert history.live is None and history.until == -1
+    assert len(set(chosen)) > 3  # several snapshots drawn
+    for seed in range(1, 6):  # every rank draws the same whatever its global random state
+        assert _swap_run(seed)[0] == chosen
