@@ -51,8 +51,8 @@ GOAL = 0.9
 PENDING = ("survived", "no tests", "not checked", "check was interrupted by user")  # what --resume reruns
 
 
-def packages() -> dict[str, dict[str, list[str]]]:
-    """``{name: {"mutate": globs, "tests": pytest arguments}}`` from ``pyproject.toml``."""
+def packages() -> dict[str, dict]:
+    """``{name: {"mutate": globs, "tests": pytest arguments[, "sample": N]}}`` from ``pyproject.toml``."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     return config["packages"]
 
@@ -235,8 +235,8 @@ def main() -> None:
     for name in names:
         if args.resume:
             resume(name, args.jobs)
-        elif args.sample:
-            sample_run(name, specs[name], args.jobs, args.sample, args.sample_seed)
+        elif args.sample or specs[name].get("sample"):
+            sample_run(name, specs[name], args.jobs, args.sample or specs[name]["sample"], args.sample_seed)
         elif not args.report:
             run(name, specs[name], args.jobs)
         row = report(name)
