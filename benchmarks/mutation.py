@@ -233,11 +233,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown package {unknown[0]!r}: choose from {', '.join(specs)}")
     for name in names:
-        if args.resume:
+        if args.report:
+            pass
+        elif args.resume:
             resume(name, args.jobs)
         elif args.sample or specs[name].get("sample"):
             sample_run(name, specs[name], args.jobs, args.sample or specs[name]["sample"], args.sample_seed)
-        elif not args.report:
+        else:
             run(name, specs[name], args.jobs)
         row = report(name)
         if row is not None:
