@@ -79,10 +79,15 @@ def prepare(name: str, spec: dict[str, list[str]]) -> Path:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
-    pyproject = (work / "pyproject.toml").read_text()
+    _configure(work, spec)
+    return work
+
+
+def _configure(work: Path, spec: dict) -> None:
+    """The scratch copy's pyproject.toml: the repository's, with the package's globs and tests in [tool.mutmut]."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
     extra = f"only_mutate = {json.dumps(spec['mutate'])}\npytest_add_cli_args_test_selection = {json.dumps(spec['tests'])}\n"
     (work / "pyproject.toml").write_text(pyproject.replace("[tool.mutmut]\n", "[tool.mutmut]\n" + extra, 1))
-    return work
 
 
 def _env() -> dict[str, str]:
@@ -107,11 +112,17 @@ def verdicts(work: Path) -> dict[str, str]:
     return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
 
 
-def resume(name: str, jobs: int) -> float:
-    """Rerun package ``name``'s mutants that were not killed, with the repository's current tests; the seconds."""
+def resume(name: str, spec: dict, jobs: int) -> float:
+    """Rerun package ``name``'s mutants that were not killed, with the repository's current tests; the seconds.
+
+    The scratch copy takes the repository's [tool.mutmut] again: a changed timeout reruns
+    the timed-out mutants too (mutmut resets those verdicts itself); a changed test
+    selection makes mutmut start over.
+    """
     work = BUILD / name
     if not (work / "mutants").exists():
         raise SystemExit(f"--resume: package {name!r} never ran (build/mutation/{name}/mutants is missing)")
+    _configure(work, spec)
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "tests"], cwd=ROOT, check=True, capture_output=True)
     for rel in filter(None, files.stdout.decode().split("\0")):
         if (ROOT / rel).is_file():
@@ -236,7 +247,7 @@ def main() -> None:
         if args.report:
             pass
         elif args.resume:
-            resume(name, args.jobs)
+            resume(name, specs[name], args.jobs)
         elif args.sample or specs[name].get("sample"):
             sample_run(name, specs[name], args.jobs, args.sample or specs[name]["sample"], args.sample_seed)
         else:
