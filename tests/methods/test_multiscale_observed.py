@@ -141,3 +141,66 @@ def test_two_stage_wgan_gp_puts_the_gradient_penalty_in_d_loss(stage: int, monke
     assert float(p.loss.detach()) == pytest.approx(float(p.adversarial.detach()) + 2.0 * float(p.gradient_penalty.detach()), rel=1e-5)
     assert float(out[f"{keys.LOSS_D}{stage}"]) == pytest.approx(float(p.loss.detach()), rel=1e-6)
     assert opt.stepped == [f"d{stage}", f"g{stage}"]
+
+
+# --- refusals, word for word (issue 26's mutants of lapgan.py and two_stage_gan.py) ---
+
+from udl_med.errors import ConfigError  # noqa: E402
+from udl_med.methods.lapgan import class_labels  # noqa: E402
+
+
+def _refusal(build, *args, **kwargs) -> tuple[str, str, str]:
+    with pytest.raises(ConfigError) as caught:
+        build(*args, **kwargs)
+    return caught.value.source, caught.value.key, caught.value.problem
+
+
+def test_lapgan_refusals_name_the_key_and_the_problem() -> None:
+    def lapgan(spec: DataSpec, **kw) -> LAPGAN:
+        return LAPGAN(LAPGANConfig(**{"levels": 2, **LAP, **kw}), spec)
+
+    flat = DataSpec(spatial_dims=0, in_channels=2, image_size=(), num_classes=0)
+    assert _refusal(lapgan, flat) == ("<config>", "data.layout", "LAPGAN needs 2D or 3D images, got spatial_dims 0")
+    square = DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=0)
+    source, key, problem = _refusal(lapgan, square, levels=6)
+    assert (source, key) == ("<config>", "model.levels") and problem.startswith("does not fit data.size: ")
+    assert _refusal(lapgan, square, conditional=True) == ("<config>", "model.conditional", "needs class labels: set data.labeled: true (a manifest with labels)")
+    labeled = DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=3)
+    source, key, problem = _refusal(lapgan, labeled, coarse_channels=(8, 8, 8, 8))
+    assert (source, key) == ("<config>", "model.coarse_channels") and problem.startswith("coarsest level (4, 4): ")
+
+
+def test_lapgan_class_labels() -> None:
+    assert class_labels(3, 0, None, None) is None
+    assert torch.equal(class_labels(3, 4, 3, None), torch.full((3,), 3))
+    with pytest.raises(ValueError) as caught:
+        class_labels(3, 4, 4, None)
+    assert str(caught.value) == "label must be in [0, 3], got 4"
+    with pytest.raises(ValueError) as caught:
+        class_labels(3, 0, 1, None)
+    assert str(caught.value) == "this model is unconditional: it cannot sample a given label"
+    drawn = class_labels(200, 4, None, torch.Generator().manual_seed(0))
+    assert drawn.shape == (200,) and set(drawn.tolist()) == {0, 1, 2, 3}
+
+
+def test_two_stage_refusals_name_the_key_and_the_problem() -> None:
+    def two(spec: DataSpec, **kw) -> TwoStageGAN:
+        return TwoStageGAN(TwoStageGANConfig(**{**TWO, "stage1_steps": 1, **kw}), spec)
+
+    def spec(size=(8, 8), classes=3, dims=2) -> DataSpec:
+        return DataSpec(spatial_dims=dims, in_channels=1, image_size=size, num_classes=classes)
+
+    assert _refusal(two, spec((), dims=0)) == ("<config>", "data.layout", "needs 2D or 3D images, got spatial_dims 0")
+    assert _refusal(two, spec((8, 6))) == ("<config>", "data.size", "must divide by 4 (stage I is 1/4), got [8, 6]")
+    assert _refusal(two, spec(classes=0)) == ("<config>", "data.labeled", "the two-stage GAN is conditional: set data.labeled: true")
+    assert _refusal(two, spec(), stage1_model="runs/x/model") == ("<config>", "model.stage1_steps", "must be 0 when model.stage1_model gives a trained stage I")
+    assert _refusal(two, spec(), stage1_steps=0) == ("<config>", "model.stage1_steps", "stage I needs training: set stage1_steps > 0 or model.stage1_model")
+    modalities = ", ".join(keys.MODALITIES)
+    assert _refusal(two, spec(), condition_modality=True, sample_modality="PET") == ("<config>", "model.sample_modality", f"must be one of {modalities}")
+    source, key, problem = _refusal(two, spec(), stage1_channels=(8, 8, 8))
+    assert (source, key) == ("<config>", "model.stage1_channels") and problem.startswith("stage I at (2, 2): ")
+    source, key, problem = _refusal(two, spec(), disc2_channels=(4, 4, 4, 4, 4))
+    assert (source, key) == ("<config>", "model.disc2_channels") and problem.startswith("stage II at (8, 8): ")
+    (key, init), = two(spec(), stage1_steps=0, stage1_model="runs/x/model").init_from()
+    assert key == "model.stage1_model" and init.method == "two_stage_gan" and tuple(init.modules) == ("g1", "ca1")
+    assert two(spec()).init_from() == ()
