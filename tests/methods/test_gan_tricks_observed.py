@@ -382,3 +382,44 @@ def test_checkpoint_swap_draws_by_the_step_alone_and_keeps_keep_plus_one() -> No
     assert len(set(chosen)) > 3  # several snapshots drawn
     for seed in range(1, 6):  # every rank draws the same whatever its global random state
         assert _swap_run(seed)[0] == chosen
+
+
+def test_gan_refusals_name_the_key_and_the_problem() -> None:
+    from tests.methods.test_gan import spec as gan_spec
+
+    def refusal(model: dict, data) -> tuple[str, str, str]:
+        with pytest.raises(ConfigError) as caught:
+            build(model, data)
+        return caught.value.source, caught.value.key, caught.value.problem
+
+    assert refusal(TINY_DCGAN, gan_spec(0)) == ("<config>", "model.architecture", "point data (spatial_dims 0) needs architecture: mlp")
+    assert refusal({**TINY_DCGAN, "conditional": True}, gan_spec(2, num_classes=1)) == (
+        "<config>",
+        "model.conditional",
+        "needs labeled data with at least 2 classes (set data.labeled: true); the data has 1",
+    )
+    source, key, problem = refusal({**TINY_DCGAN, "g_channels": [16, 8, 8, 8, 8]}, gan_spec(2))
+    assert (source, key) == ("<config>", "model.g_channels") and problem.startswith("does not fit data.size [16, 16]: ")
+    source, key, problem = refusal({**TINY_DCGAN, "d_channels": [8, 8, 8, 8, 8]}, gan_spec(2))
+    assert (source, key) == ("<config>", "model.d_channels") and problem.startswith("does not fit data.size [16, 16]: ")
+
+
+def test_a_conditional_vbn_generator_keeps_its_reference_labels() -> None:
+    from tests.methods.test_gan import spec as gan_spec
+
+    data = gan_spec(2, num_classes=3)
+    method = build({**TINY_MLP, "conditional": True, "g_norm": "virtual_batch", "d_norm": "virtual_batch", "vbn_reference": 4}, data)
+    seen: list = []
+    for net in (method.generator.net, method.discriminator.net):
+        original = net.set_reference
+        net.set_reference = lambda x, labels=None, original=original: (seen.append(labels), original(x, labels))
+    reference = random_batch_of(data, 4)
+    method.on_train_start(reference, torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and all(labels is not None and labels.shape == (4,) for labels in seen)
+    assert any(torch.equal(labels, reference[keys.LABEL]) for labels in seen)  # D's reference: the real items' labels
+
+
+def random_batch_of(data, n: int) -> dict:
+    from tests.methods.test_gan import random_batch
+
+    return random_batch(data, n)
