@@ -423,3 +423,14 @@ def random_batch_of(data, n: int) -> dict:
     from tests.methods.test_gan import random_batch
 
     return random_batch(data, n)
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_g_norm_and_d_norm_reach_the_dcgan_nets(norm: str) -> None:
+    from tests.methods.test_gan import spec as gan_spec
+
+    method = build({**TINY_DCGAN, "g_norm": norm, "d_norm": norm}, gan_spec(2))
+    for net in (method.generator, method.discriminator):
+        kinds = {type(m).__name__ for m in net.modules()}
+        assert not any("BatchNorm" in k for k in kinds), kinds
+        assert any("InstanceNorm" in k for k in kinds) == (norm == "instance"), kinds
