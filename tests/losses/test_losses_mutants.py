@@ -117,3 +117,15 @@ def test_the_pool_follows_its_modules_dtype() -> None:
     other = ImagePool(4)
     other.set_extra_state(pool.get_extra_state())
     assert len(other.images) == 3 and torch.equal(torch.cat(other.images), torch.cat(pool.images))
+
+
+def test_noise_is_drawn_in_the_inputs_dtype() -> None:
+    from udl_med.losses.corruption import Corruption
+    from udl_med.losses.elbo import reparameterize
+
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    noisy = Corruption("gaussian", level=0.5)(x, torch.Generator().manual_seed(0))
+    expected = 0.5 * torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert noisy.dtype == torch.float64 and torch.allclose(noisy, expected, rtol=0, atol=1e-15)
+    z = reparameterize(x, x, torch.Generator().manual_seed(1))
+    assert z.dtype == torch.float64 and torch.equal(z, torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
