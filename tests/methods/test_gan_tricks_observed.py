@@ -313,11 +313,11 @@ def test_the_adversary_hands_each_batch_its_own_labels(joint: bool) -> None:
 def test_clipping_after_the_d_step_and_the_logged_penalty() -> None:
     net = nn.Linear(3, 1)
     with torch.no_grad():
-        net.weight.copy_(torch.tensor([[0.5, -0.02, 0.003]]))
-    adv.Adversary(GANLoss(GANMode.WGAN), clip_value=0.01).after_discriminator_step(net)
-    assert torch.equal(net.weight, torch.tensor([[0.01, -0.01, 0.003]]))
+        net.weight.copy_(torch.tensor([[0.5, -0.04, 0.003]]))
+    adv.Adversary(GANLoss(GANMode.WGAN), clip_value=0.02).after_discriminator_step(net)  # not clip_weights' default 0.01
+    assert torch.equal(net.weight, torch.tensor([[0.02, -0.02, 0.003]]))
     adv.Adversary(GANLoss(GANMode.WGAN)).after_discriminator_step(net)  # no clip value: untouched
-    assert torch.equal(net.weight, torch.tensor([[0.01, -0.01, 0.003]]))
+    assert torch.equal(net.weight, torch.tensor([[0.02, -0.02, 0.003]]))
     scores = torch.zeros(2, 1)
     steps = [(adv.DiscriminatorLoss(torch.tensor(1.0), torch.tensor(1.0), scores, scores, torch.tensor(g)), torch.tensor(1.0)) for g in (1.0, 3.0)]
     assert adv.discriminator_logs(steps)[keys.GRADIENT_PENALTY].item() == 2.0
