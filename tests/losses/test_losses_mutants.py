@@ -129,3 +129,10 @@ def test_noise_is_drawn_in_the_inputs_dtype() -> None:
     assert noisy.dtype == torch.float64 and torch.allclose(noisy, expected, rtol=0, atol=1e-15)
     z = reparameterize(x, x, torch.Generator().manual_seed(1))
     assert z.dtype == torch.float64 and torch.equal(z, torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+
+
+def test_elbo_beta_defaults_to_1() -> None:
+    out, target = torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2)
+    mu, logvar = torch.tensor([[1.0, -1.0]]), torch.zeros(1, 2)
+    terms = ELBOLoss()(out, target, mu, logvar)
+    assert terms.kl.item() == pytest.approx(1.0) and terms.loss.item() == pytest.approx(1.0)
