@@ -30,7 +30,7 @@ from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
 from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
-from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
+from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
 from udl_med.errors import ConfigError, RunError
@@ -274,6 +274,7 @@ class Trainer:
             return report
         finally:
             tracker.end(status)
+            leave_distributed(status == "FINISHED")
 
     def _loop(self, tracker, loader, eval_batches, start: int, batches_per_epoch: int) -> dict[str, Any]:
         cfg, train = self.config, self.config.train
