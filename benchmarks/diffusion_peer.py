@@ -16,9 +16,12 @@ import it (MONAI's attention blocks need the optional ``einops``; ``pip install 
   (2, 4, 8), nested (the 6 are among the 12, the 12 among the 24) and fixed (sorted ids),
   so every seed and every generator sees the same subjects.
 - **Budget**: per (subjects, seed) the conditional DCGAN trains ``--gan-steps`` (1500, the
-  synthesis benchmark's length) at batch 16 and its wall time is measured; the diffusion
-  model then trains at batch 16 for exactly that long (``--budget-s`` fixes it instead).
-  LAPGAN (``--gans``) trains the same steps; its own time is reported.
+  synthesis benchmark's length) at batch 16 and its time is measured; the diffusion
+  model then trains at batch 16 for exactly that long (``--budget-s`` fixes it instead,
+  ``--budget-multiplier`` scales it). Everything runs on one thread, and times are this
+  process's CPU time (``time.process_time``), which on one thread is the wall time of an
+  idle machine: on the shared machine other jobs would otherwise shift the budget between
+  the two sides. LAPGAN (``--gans``) trains the same steps; its own time is reported.
 - **Diffusion settings** (chosen on tuning seed 100 at 12 subjects, never reported; see
   :data:`DIFFUSION`): UNet channels (16, 32, 32), one residual block per level, no
   attention in the down/up path (the mid block has MONAI's one attention layer), class
@@ -36,8 +39,8 @@ held-out crops:
 - ``utility`` (at ``--utility-subjects``, default 12): the synthesis benchmark's arm, the
   same MONAI classifier trained on the real training crops vs real + synthetic, scored on
   the held-out crops (balanced accuracy);
-- ``samples_per_s``: samples per second of each generator measured side by side in this
-  process on the same threads (GAN: one forward pass per sample; DDIM: ``ddim_steps``
+- ``samples_per_s``: samples per CPU second of each generator measured side by side in this
+  process on the same thread (GAN: one forward pass per sample; DDIM: ``ddim_steps``
   UNet evaluations).
 
 Rows (DESIGN.md): ``benchmark, case, metric, ours, peer_name, peer, ratio, goal,
@@ -134,9 +137,9 @@ def train_diffusion(images: Tensor, labels: np.ndarray, seconds: float, seed: in
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
     g = torch.Generator().manual_seed(seed)
     y_all = torch.as_tensor(labels, dtype=torch.long)
-    steps, start = 0, time.perf_counter()
+    steps, start = 0, time.process_time()
     net.train()
-    while time.perf_counter() - start < seconds:
+    while time.process_time() - start < seconds:
         idx = torch.randint(len(images), (BATCH,), generator=g)
         x0, y = images[idx], y_all[idx]  # (B, 1, 32, 32) in [-1, 1], (B,)
         noise = torch.randn(x0.shape, generator=g)
@@ -151,7 +154,7 @@ def train_diffusion(images: Tensor, labels: np.ndarray, seconds: float, seed: in
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
-    return ema, steps, time.perf_counter() - start
+    return ema, steps, time.process_time() - start
 
 
 @torch.no_grad()
@@ -188,9 +191,9 @@ def train_gan(name: str, real: Any, held: Any, steps: int, seed: int, out: Path)
         "train": {"steps": steps, "batch_size": BATCH, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
         "tracking": {"enabled": False}, "output_dir": str(out),
     }
-    start = time.perf_counter()
+    start = time.process_time()
     report = train(config, datasets=(TensorItems(real.images, real.labels), TensorItems(held.images, held.labels)))
-    wall = time.perf_counter() - start
+    wall = time.process_time() - start
     return load_model(report["model_dir"]).method, wall
 
 
@@ -201,15 +204,15 @@ def gan_sample(method: Any, counts: list[int], seed: int) -> Tensor:
 
 
 def timed(fn: Any, min_seconds: float = 1.0) -> tuple[Any, float]:
-    """Run ``fn`` until ``min_seconds`` have passed (at least once); its first result and the mean time per call."""
-    calls, start = 0, time.perf_counter()
+    """Run ``fn`` until ``min_seconds`` of CPU time have passed (at least once); its first result and the mean CPU time per call."""
+    calls, start = 0, time.process_time()
     result = None
     while True:
         value = fn()
         result = value if result is None else result
         calls += 1
-        if time.perf_counter() - start >= min_seconds:
-            return result, (time.perf_counter() - start) / calls
+        if time.process_time() - start >= min_seconds:
+            return result, (time.process_time() - start) / calls
 
 
 # --- judging ------------------------------------------------------------------------------------
@@ -289,9 +292,9 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
             if budget is None:
                 raise SystemExit("--budget-s is needed when cdcgan is not among --gans (its wall time is the default budget)")
             net, steps, wall = train_diffusion(real.images, real.labels, budget, seed, settings)
-            begin = time.perf_counter()
+            begin = time.process_time()
             fake = ddim_sample(net, counts, 1000 + seed, settings)
-            sample_s = time.perf_counter() - begin
+            sample_s = time.process_time() - begin
             if grids is not None and seed == args.first_seed:
                 save_grid(torch.cat([fake[c * args.per_class : c * args.per_class + 8] for c in range(NUM_CLASSES)]), grids / f"diffusion_{n_subjects}subjects.png", nrow=8)
             record("diffusion", {"train_wall_s": wall, "train_steps": steps, "samples_per_s": len(fake) / sample_s, **judge(fake, counts, real, held, extractor, held_features, seed, utility)})

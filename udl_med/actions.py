@@ -543,6 +543,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("slice_axis", "the axis slices are cut across", int, 2),
                 Arg("split", "use only this manifest split", default=None),
                 Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids)", default=""),
+                Arg("crop", "in-plane size of a liver-centred crop of every slice (None: whole slices)", int, None, nargs=2),
             ),
             step=True,
         ),
