@@ -302,8 +302,24 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
                 "%d subjects, seed %d (%.0f s): %s", n_subjects, seed, time.perf_counter() - start,
                 {g: {k: round(v[-1], 4) for k, v in m.items()} for g, m in cell.items()},
             )
+            if args.raw:  # every finished cell at once: a long run stopped early still has its rows (--rows-from)
+                with open(args.raw, "a") as f:
+                    f.write(json.dumps({"subjects": n_subjects, "seed": seed, "values": {g: {k: v[-1] for k, v in m.items()} for g, m in cell.items()}}) + "\n")
     logging.info("total %.0f s", time.perf_counter() - t0)
     return per
+
+
+def read_raw(path: Path) -> tuple[dict[str, dict[str, dict[str, list[float]]]], list[int]]:
+    """The per-seed values of a ``--raw`` file, as :func:`run` returns them, and the seeds."""
+    per: dict[str, dict[str, dict[str, list[float]]]] = {}
+    seeds: set[int] = set()
+    for line in path.read_text().splitlines():
+        cell = json.loads(line)
+        seeds.add(cell["seed"])
+        for g, values in cell["values"].items():
+            for k, v in values.items():
+                per.setdefault(str(cell["subjects"]), {}).setdefault(g, {}).setdefault(k, []).append(v)
+    return per, sorted(seeds)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -361,7 +377,7 @@ def rows(per: dict[str, dict[str, dict[str, list[float]]]], seeds: list[int], se
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, nargs="+", default=[6, 12, 24], choices=[3, 6, 9, 12, 15, 18, 21, 24], help="training subjects (a multiple of 3)")
+    parser.add_argument("--subjects", type=int, nargs="+", default=[6, 12, 24], choices=[6, 9, 12, 15, 18, 21, 24], help="training subjects (a multiple of 3)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (100 is the tuning seed: never reported)")
     parser.add_argument("--gans", nargs="+", default=["cdcgan", "lapgan"], choices=sorted(UTILITY_GENERATORS))
@@ -375,7 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the rows to this JSON-lines file")
     parser.add_argument("--grids", default=None, help="sample grids (first seed) per generator and subject count")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--raw", default=None, help="append every finished (subjects, seed) cell's values to this JSON-lines file")
+    parser.add_argument("--rows-from", default=None, help="print the rows of a --raw file (complete cells only) and exit")
     args = parser.parse_args(argv)
+    setting = {"gan_steps": args.gan_steps, "budget_s": args.budget_s, "budget_multiplier": args.budget_multiplier, "ddim_steps": args.ddim_steps, "per_class": args.per_class}
+    if args.rows_from:
+        per, seeds = read_raw(Path(args.rows_from))
+        print("\n".join(json.dumps(r) for r in rows(per, seeds, setting)))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("udl_med.engine", "udl_med.data", "udl_med.evaluation.utility", "udl_med.inference", "udl_med.metrics"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -390,7 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         grids.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         per = run(args, Path(tmp), grids)
-    setting = {"gan_steps": args.gan_steps, "budget_s": args.budget_s, "budget_multiplier": args.budget_multiplier, "ddim_steps": args.ddim_steps, "per_class": args.per_class}
     lines = [json.dumps(r) for r in rows(per, list(range(args.first_seed, args.first_seed + args.seeds)), setting)]
     print("\n".join(lines))
     if args.out:
