@@ -123,4 +123,15 @@ def run_demo(out: str | Path = "demo-out", privacy: str | None = None) -> dict[s
     }
     shown = ("linear_probe/", "finetune/", "chance", ".fid", ".kid", "eval/recon_mse", "eval/mean_image_mse", "memorization.rate", "translate.translated", "_classify.accuracy")
     summary.update({k: v for k, v in result.items() if any(part in k for part in shown) and "_ci_" not in k})
+    summary["kplus1_vs_supervised_only"] = kplus1_side_by_side(result)
     return summary
+
+
+def kplus1_side_by_side(result: dict[str, Any]) -> dict[str, Any]:
+    """The K+1 classifier next to the same discriminator on the labels alone, on the held-out subjects."""
+    out: dict[str, Any] = {}
+    for metric in ("accuracy", "balanced_accuracy", "macro_auc"):
+        k, s = result.get(f"kplus1_classify.{metric}"), result.get(f"supervised_only_classify.{metric}")
+        if k is not None and s is not None:
+            out[metric] = {"kplus1": round(float(k), 4), "supervised_only": round(float(s), 4), "gain": round(float(k) - float(s), 4)}
+    return out
