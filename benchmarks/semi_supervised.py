@@ -74,7 +74,9 @@ PHANTOM_MODEL = {
     "input_noise_std": 0.1,  # the lesions differ from the liver by 0.2-0.5 in the soft-tissue window
     "hidden_noise_std": 0.2,
     "lr": 0.001,
-    "entropy_weight": 1.0,
+    # tuning seeds 100-104, 2 subjects per class: the entropy term on, K+1 11.4% mean but worse than the labels
+    # alone on seed 101 (12.1 vs 10.1); off (as for digits), 12.3% and worse on no tuning seed
+    "entropy_weight": 0.0,
     "consistency_weight": 5.0,
     "consistency_rampup_steps": 250,
 }
@@ -293,14 +295,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds, 5 phantom seeds")
+    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds")
     parser.add_argument("--cases", nargs="+", default=["digits", "phantoms"], choices=["digits", "phantoms"])
     parser.add_argument("--seeds", type=int, nargs="+", help="these seeds for every case (e.g. the tuning seeds 100-104)")
     parser.add_argument("--digits-seeds", type=int, default=5, help="seeds 0..N-1 (--full: 10)")
     parser.add_argument("--per-class", type=int, nargs="+", default=[3, 5, 10, 20], help="digits labels per class")
     parser.add_argument("--digits-steps", type=int, default=DIGITS_STEPS)
     parser.add_argument("--digits-hidden", type=int, nargs="+", help="the digits D's hidden sizes (default 500 250 250)")
-    parser.add_argument("--phantom-seeds", type=int, default=3, help="seeds 0..N-1 (--full: 5)")
+    parser.add_argument("--phantom-seeds", type=int, default=5, help="seeds 0..N-1")
     parser.add_argument("--phantom-per-class", type=int, nargs="+", default=[2, 5], help="labeled phantom subjects per class")
     parser.add_argument("--phantom-steps", type=int, default=PHANTOM_STEPS)
     parser.add_argument("--phantom-train", type=int, default=60, help="training phantom subjects")
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
     args = parser.parse_args(argv)
     if args.full:
-        args.digits_seeds, args.phantom_seeds = 10, 5
+        args.digits_seeds = 10
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(1)
