@@ -87,7 +87,7 @@ def demo_steps() -> list[dict[str, Any]]:
         # Semi-supervised: a K+1 GAN from the labels of 2 subjects per class and the other
         # training slices unlabeled, next to the same discriminator on the labels alone,
         # both classifying the held-out subjects (scan accuracy: mean of slice probabilities).
-        _train("kplus1", "kplus1-2d-lesion.yaml", 300, ["train.batch_size=16", "train.eval_every=150", "train.checkpoint_every=150"]),
+        _train("kplus1", "kplus1-2d-lesion.yaml", 300, ["train.batch_size=16", "train.eval_every=150", "train.checkpoint_every=150", "model.consistency_rampup_steps=75"]),
         _train("supervised_only", "kplus1-2d-lesion.yaml", 300, ["train.batch_size=16", "train.eval_every=150", "train.checkpoint_every=150", "model.unsupervised_weight=0"]),
         {"name": "kplus1_classify", "run": "classify", "with": {"model": "${steps.kplus1.model_dir}", "input": "${steps.heldout.manifest}", "out": "${workdir}/kplus1_predictions.csv"}},
         {"name": "supervised_only_classify", "run": "classify", "with": {"model": "${steps.supervised_only.model_dir}", "input": "${steps.heldout.manifest}", "out": "${workdir}/supervised_only_predictions.csv"}},
