@@ -28,8 +28,8 @@ mean test errors over seeds, ``*_std`` (population std), ``*_worst`` (the worst 
 ``ratio = peer / ours``, the per-seed errors. Goals (vs the labels-only arm): K+1 mean
 error at most 0.7x, worse on no seed, std no larger; (digits) below LabelSpreading's mean.
 
-    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 3 seeds
-    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds, phantoms 5 seeds
+    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 5 seeds (about 55 min at --jobs 2 on the shared 2-core machine)
+    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds
     .venv/bin/python benchmarks/semi_supervised.py --cases digits --per-class 5 --seeds 100 101 102 103 104   # tuning seeds
 
 ``--jobs`` runs that many trainings at once (default 2, one thread each).
