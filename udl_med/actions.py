@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from udl_med.io_utils import check_writable
 from udl_med.shipped import list_shipped, resolve_shipped
 
 __all__ = ["REQUIRED", "Arg", "Action", "ACTIONS", "commands", "step_kinds", "train_config"]
@@ -56,6 +57,8 @@ class Arg:
         cli: offered on the command line (False: pipeline steps and Python only).
         group: command line only: exactly one argument of each group must be given.
         parse: turns the command-line value into the library's (e.g. ``0`` into None).
+        output: names an output: ``file``, ``folder`` or ``path`` (either); checked to be
+            writable before the action does any work (:func:`udl_med.io_utils.check_writable`).
     """
 
     name: str
@@ -73,6 +76,7 @@ class Arg:
     cli: bool = True
     group: str | None = None
     parse: Callable[[Any], Any] | None = None
+    output: Literal["file", "folder", "path"] | None = None
 
     @property
     def required(self) -> bool:
@@ -116,6 +120,11 @@ class Action:
         return tuple(a.name for a in self.args if a.required)
 
     @property
+    def outputs(self) -> tuple[str, ...]:
+        """The arguments that name outputs (checked to be writable before the action runs)."""
+        return tuple(a.name for a in self.args if a.output)
+
+    @property
     def signature(self) -> inspect.Signature:
         """The keyword-only signature of :meth:`__call__` (what a Python API function ``udl_med.<name>`` shows)."""
         return inspect.Signature(
@@ -127,6 +136,9 @@ class Action:
         unknown = sorted(set(kwargs) - set(self.names))
         if unknown:
             raise TypeError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(self.names)}")
+        for arg in self.args:  # an output that cannot be written is refused before any work
+            if arg.output and kwargs.get(arg.name) is not None:
+                check_writable(kwargs[arg.name], arg.output)
         return self.function()(**kwargs)
 
 
@@ -299,7 +311,7 @@ ACTIONS: dict[str, Action] = {
             "write synthetic subjects: paired CT and MR, tissue labels, lesion class",
             _phantoms,
             (
-                Arg("out", "output folder", positional=True),
+                Arg("out", "output folder", positional=True, output="folder"),
                 Arg("n", "number of subjects", int, 8),
                 Arg("shape", "volume size in voxels", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
                 Arg("seed", "random seed", int, 0),
@@ -321,7 +333,7 @@ ACTIONS: dict[str, Action] = {
             _convert,
             (
                 Arg("input", "a volume file or a DICOM series folder", positional=True, input=True),
-                Arg("output", "a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series", positional=True),
+                Arg("output", "a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series", positional=True, output="path"),
             ),
             command="convert",
         ),
@@ -331,7 +343,7 @@ ACTIONS: dict[str, Action] = {
             _select,
             (
                 Arg("source", "a manifest, a folder or one image", input=True),
-                Arg("out", "the manifest CSV to write"),
+                Arg("out", "the manifest CSV to write", output="file"),
                 Arg("modality", "keep only this modality (CT or MR)", default=None),
                 Arg("split", "keep only this split (train, val or test)", default=None),
                 Arg("limit", "keep at most this many images", int, None),
@@ -354,14 +366,15 @@ ACTIONS: dict[str, Action] = {
         ),
         Action(
             "sample",
-            "draw new images from a generative model, as NIfTI plus a PNG grid",
+            "draw new images (or 2D points) from a generative model, as NIfTI plus a PNG grid (points: CSV plus a scatter plot)",
             _sample,
             (
                 _MODEL,
                 Arg("n", "number of images", int),
-                Arg("out", "output folder"),
+                Arg("out", "output folder", output="folder"),
                 Arg("label", "class to generate (conditional models)", int, None),
-                Arg("seed", "random seed of the latent draws", int, 0),
+                Arg("seed", "random seed of the latent draws (default: a fresh seed, logged and printed)", int, None),
+                Arg("overwrite", "replace an earlier sample output in --out (only the files its sample.json lists)", None, False, kind="flag"),
             ),
             command="sample",
             step=True,
@@ -372,7 +385,7 @@ ACTIONS: dict[str, Action] = {
             _synthesize,
             (
                 replace(_MODEL, input=False),  # as before the table: a synthesize step's literal model path stays relative to the cwd
-                Arg("out", "the folder to create (must not exist or be empty)"),
+                Arg("out", "the folder to create (must not exist or be empty)", output="folder"),
                 Arg("n", "images in all (classes in turn for a conditional model)", int, None, group="count"),
                 Arg("n_per_class", "images per class (conditional models)", int, None, group="count"),
                 Arg("like", "a scan whose spacing, orientation, size and modality the images take", default=None, metavar="REFERENCE"),
@@ -400,6 +413,7 @@ ACTIONS: dict[str, Action] = {
                     default=None,
                     flag="--figure",
                     metavar="DIR",
+                    output="folder",
                 ),
                 Arg("flips", "compare against flipped training images too", None, True, kind="flag", cli=False),
             ),
@@ -434,7 +448,7 @@ ACTIONS: dict[str, Action] = {
             (
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("out", "FEATURES.npz"),
+                Arg("out", "FEATURES.npz", output="file"),
             ),
             command="encode",
             step=True,
@@ -453,7 +467,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("kid_subsets", "KID subsets", int, 100, cli=False),
                 Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0, cli=False),
                 Arg("batch_size", "images per extractor batch", int, 16, cli=False),
-                Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz"),
+                Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz", output="file"),
                 Arg("device", "torch device of the statistics and the distance: cpu (default), cuda, cuda:1 (float64)", default=None),
             ),
             command="fid",
@@ -466,7 +480,7 @@ ACTIONS: dict[str, Action] = {
             (
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True),
+                Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True, output="path"),
                 Arg("direction", "by default from each input's modality", default=None, choices=("ct2mr", "mr2ct")),
                 Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
             ),
@@ -480,7 +494,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("model", "a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI", positional=True, input=True),
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("out", "PREDICTIONS.csv (written only when every image was read)"),
+                Arg("out", "PREDICTIONS.csv (written only when every image was read)", output="file"),
             ),
             command="classify",
             step=True,
@@ -491,7 +505,7 @@ ACTIONS: dict[str, Action] = {
             _export,
             (
                 _MODEL,
-                Arg("out", "output folder", positional=True),
+                Arg("out", "output folder", positional=True, output="folder"),
                 Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "torchscript")),
             ),
             command="export",
@@ -526,7 +540,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("source", "paired CT/MR images with subjects (manifest or folder)", input=True),
                 Arg("split", "the manifest split to evaluate (None: all)", default="test"),
                 Arg("directions", "ct2mr and/or mr2ct (default: every direction the model has)", default=None, nargs="+"),
-                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth)", default=None),
+                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth)", default=None, output="folder"),
                 Arg("max_subjects", "evaluate at most this many subjects", int, None),
             ),
             step=True,
@@ -537,7 +551,7 @@ ACTIONS: dict[str, Action] = {
             _lesion_slices,
             (
                 Arg("source", "phantoms (manifest or folder)"),
-                Arg("out", "output folder"),
+                Arg("out", "output folder", output="folder"),
                 Arg("window", "CT window in HU (low high)", float, _CT_WINDOW, nargs=2),
                 Arg("min_liver_voxels", "a slice needs at least this many liver voxels", int, 16),
                 Arg("slice_axis", "the axis slices are cut across", int, 2),
@@ -577,7 +591,7 @@ ACTIONS: dict[str, Action] = {
             "demo",
             "make phantoms and train tiny models for every job, tracked in MLflow",
             _demo,
-            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out"), _PRIVACY),
+            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out", output="folder"), _PRIVACY),
             command="demo",
         ),
     )
