@@ -290,14 +290,14 @@ def _demo() -> Callable[..., dict[str, Any]]:
 _PRIVACY = Arg(
     "privacy",
     "what MLflow receives: standard (as configured) or strict (paths hashed, previews of real scans withheld); "
-    "UDL_MED_PRIVACY=strict sets strict for a whole site",
+    "UDL_MED_PRIVACY=strict sets strict for a whole site (default: the config's tracking.privacy, standard)",
     default=None,
     choices=("standard", "strict"),
 )
 _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
 _EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
-_OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable)"
+_OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable; default: none, the file as it is)"
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
 
@@ -313,9 +313,9 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("out", "output folder", positional=True, output="folder"),
                 Arg("n", "number of subjects", int, 8),
-                Arg("shape", "volume size in voxels", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
-                Arg("seed", "random seed", int, 0),
-                Arg("fmt", "file format", default="nifti", flag="--format", choices=("nifti", "dicom")),
+                Arg("shape", "volume size in voxels, each at least 8", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
+                Arg("seed", "random seed: the same seed writes the same voxels", int, 0),
+                Arg("fmt", "file format: NIfTI volumes or DICOM series folders", default="nifti", flag="--format", choices=("nifti", "dicom")),
             ),
             command="phantoms",
             step=True,
@@ -344,9 +344,9 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("source", "a manifest, a folder or one image", input=True),
                 Arg("out", "the manifest CSV to write", output="file"),
-                Arg("modality", "keep only this modality (CT or MR)", default=None),
-                Arg("split", "keep only this split (train, val or test)", default=None),
-                Arg("limit", "keep at most this many images", int, None),
+                Arg("modality", "keep only this modality (CT or MR) (default: every modality)", default=None),
+                Arg("split", "keep only this split (train, val or test) (default: every split)", default=None),
+                Arg("limit", "keep at most this many images (default: all)", int, None),
             ),
             step=True,
         ),
@@ -370,9 +370,9 @@ ACTIONS: dict[str, Action] = {
             _sample,
             (
                 _MODEL,
-                Arg("n", "number of images", int),
+                Arg("n", "number of images (or points) to draw", int),
                 Arg("out", "output folder", output="folder"),
-                Arg("label", "class to generate (conditional models)", int, None),
+                Arg("label", "class to generate, for conditional models (default: none; unconditional models take no label)", int, None),
                 Arg("seed", "random seed of the latent draws (default: a fresh seed, logged and printed)", int, None),
                 Arg("overwrite", "replace an earlier sample output in --out (only the files its sample.json lists)", None, False, kind="flag"),
             ),
@@ -386,9 +386,9 @@ ACTIONS: dict[str, Action] = {
             (
                 replace(_MODEL, input=False),  # as before the table: a synthesize step's literal model path stays relative to the cwd
                 Arg("out", "the folder to create (must not exist or be empty)", output="folder"),
-                Arg("n", "images in all (classes in turn for a conditional model)", int, None, group="count"),
-                Arg("n_per_class", "images per class (conditional models)", int, None, group="count"),
-                Arg("like", "a scan whose spacing, orientation, size and modality the images take", default=None, metavar="REFERENCE"),
+                Arg("n", "images in all, classes in turn for a conditional model (give --n or --n-per-class)", int, None, group="count"),
+                Arg("n_per_class", "images per class, for conditional models (give --n or --n-per-class)", int, None, group="count"),
+                Arg("like", "a scan whose spacing, orientation, size and modality the images take (default: the training data's spacing and the model's size)", default=None, metavar="REFERENCE"),
                 Arg("seed", "random seed of the latent draws", int, 0),
                 Arg("overwrite", "replace an earlier synthesize output in --out (only once the new one is complete)", None, False, kind="flag"),
             ),
@@ -409,7 +409,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("drop", "remove flagged images from the synthetic manifest", None, False, kind="flag"),
                 Arg(
                     "out",
-                    "write DIR/memorization.png (closest synthetic images over their nearest training images)",
+                    "write DIR/memorization.png (closest synthetic images over their nearest training images) (default: no figure)",
                     default=None,
                     flag="--figure",
                     metavar="DIR",
@@ -435,8 +435,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("lr", "classifier learning rate", float, 1e-3, cli=False),
                 Arg("channels", "classifier channels per level", int, (8, 16, 32), nargs="+", cli=False),
                 Arg("ct_window", "CT window in HU (low high) normalised to [-1, 1]", float, _CT_WINDOW, nargs=2, cli=False),
-                Arg("real_split", "use only this manifest split of REAL", default=None, cli=False),
-                Arg("heldout_split", "use only this manifest split of HELDOUT", default=None, cli=False),
+                Arg("real_split", "use only this manifest split of REAL (default: every split)", default=None, cli=False),
+                Arg("heldout_split", "use only this manifest split of HELDOUT (default: every split)", default=None, cli=False),
             ),
             command="augment-eval",
             step=True,
@@ -467,7 +467,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("kid_subsets", "KID subsets", int, 100, cli=False),
                 Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0, cli=False),
                 Arg("batch_size", "images per extractor batch", int, 16, cli=False),
-                Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz", output="file"),
+                Arg("save_real_stats", "save REAL's statistics for reuse as REAL (default: not saved)", default=None, flag="--save-stats", metavar="REAL_STATS.npz", output="file"),
                 Arg("device", "torch device of the statistics and the distance: cpu (default), cuda, cuda:1 (float64)", default=None),
             ),
             command="fid",
@@ -481,7 +481,7 @@ ACTIONS: dict[str, Action] = {
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
                 Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True, output="path"),
-                Arg("direction", "by default from each input's modality", default=None, choices=("ct2mr", "mr2ct")),
+                Arg("direction", "ct2mr or mr2ct (default: from each input's modality, else the model's only direction)", default=None, choices=("ct2mr", "mr2ct")),
                 Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
             ),
             command="translate",
@@ -526,7 +526,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("finetune_steps", "fine-tuning steps", int, 300),
                 Arg("finetune_lr", "fine-tuning learning rate (AdamW; the head at 10x)", float, 1e-3),
                 Arg("batch_size", "fine-tuning batch size", int, 32),
-                Arg("split", "probe only the images of this manifest split", default=None),
+                Arg("split", "probe only the images of this manifest split (default: every split)", default=None),
                 Arg("quick", "a smoke-test setting: 3 folds and at most 50 fine-tuning steps", None, False, kind="flag"),
             ),
             step=True,
@@ -540,8 +540,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("source", "paired CT/MR images with subjects (manifest or folder)", input=True),
                 Arg("split", "the manifest split to evaluate (None: all)", default="test"),
                 Arg("directions", "ct2mr and/or mr2ct (default: every direction the model has)", default=None, nargs="+"),
-                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth)", default=None, output="folder"),
-                Arg("max_subjects", "evaluate at most this many subjects", int, None),
+                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth) (default: none written)", default=None, output="folder"),
+                Arg("max_subjects", "evaluate at most this many subjects (default: all)", int, None),
             ),
             step=True,
         ),
@@ -555,8 +555,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("window", "CT window in HU (low high)", float, _CT_WINDOW, nargs=2),
                 Arg("min_liver_voxels", "a slice needs at least this many liver voxels", int, 16),
                 Arg("slice_axis", "the axis slices are cut across", int, 2),
-                Arg("split", "use only this manifest split", default=None),
-                Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids)", default=""),
+                Arg("split", "use only this manifest split (default: every split)", default=None),
+                Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids) (default: none)", default=""),
             ),
             step=True,
         ),
@@ -567,7 +567,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("real", "folder, manifest or saved statistics (.npz)"),
                 Arg("fake", "folder, manifest or saved statistics (.npz)"),
-                Arg("max_fid", "fail above this FID (None: never)", float, None),
+                Arg("max_fid", "fail above this FID (default: never fail)", float, None),
                 Arg("extractor", _EXTRACTOR, default="random"),
                 Arg("dims", "slices (2), three middle planes (2.5), or volumes (3)", default="2", choices=("2", "2.5", "3")),
                 Arg("bootstrap", "bootstrap replicates for the 95% intervals (0: none)", int, 100),

@@ -3,7 +3,8 @@
 The loop is a few hooks around ``method.train_step(batch, opt)``: it owns seeding and
 determinism, the device and mixed precision, the data order, learning-rate schedules,
 EMA, evaluation with PNG previews, atomic checkpoints and exact resume, a stop on a
-non-finite loss, a checkpoint on Ctrl-C / SIGTERM, a progress bar, distributed data
+non-finite loss, a checkpoint on Ctrl-C / SIGTERM (then :class:`~udl_med.errors.Interrupted`:
+exit 130), a progress bar (hidden by ``TQDM_DISABLE=1``; log lines print above it), distributed data
 parallel training under torchrun, and MLflow tracking. A method never edits it.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
@@ -33,8 +35,8 @@ from udl_med.engine.data_order import collate_plain, fixed_batches, reference_ba
 from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
-from udl_med.errors import ConfigError, RunError
-from udl_med.io_utils import atomic_write_text
+from udl_med.errors import ConfigError, Interrupted, RunError
+from udl_med.io_utils import atomic_write_text, check_writable, progress_disabled
 from udl_med.methods.base import Capability, Method, get_method
 
 log = logging.getLogger(__name__)
@@ -238,6 +240,8 @@ class Trainer:
 
         cfg = self.config
         self._rng_to_restore = None
+        if self.process.is_main:
+            check_writable(self.run_dir, "folder")  # before the data is read and the networks built
         self._build()
         start, mlflow_run_id = self._restore()
         main = self.process.is_main
@@ -272,6 +276,9 @@ class Trainer:
             report = self._loop(tracker, loader, eval_batches, start, batches_per_epoch)
             status = "FINISHED"
             return report
+        except (Interrupted, KeyboardInterrupt):
+            status = "KILLED"  # MLflow's status of a run stopped by the user
+            raise
         finally:
             tracker.end(status)
 
@@ -281,7 +288,9 @@ class Trainer:
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         stop = StopRequest()
-        progress = tqdm(total=train.steps, initial=start, desc=cfg.run_name, disable=not self.process.is_main, mininterval=0.5, dynamic_ncols=True)
+        progress = tqdm(
+            total=train.steps, initial=start, desc=cfg.run_name, disable=progress_disabled(not self.process.is_main), mininterval=0.5, dynamic_ncols=True
+        )
         batches = iter(loader)
         step = start
         drawn = start * self.batches_per_step  # loader batches consumed: the data position
@@ -292,7 +301,7 @@ class Trainer:
             return to_device(next(batches), self.device)
 
         self.method.train()
-        with stop.installed(), progress:
+        with stop.installed(), progress, logging_redirect_tqdm():  # log lines above the bar, not glued to it
             while step < train.steps:
                 batch = draw()
                 self.opt.begin_step(step, draw, self.batches_per_step - 1)
@@ -331,7 +340,7 @@ class Trainer:
                 if step % train.checkpoint_every == 0 or step == train.steps or stop.requested:
                     self._save_checkpoint(step, tracker.run_id)
                 if stop.requested:
-                    raise RunError(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
+                    raise Interrupted(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
         model_dir = self._finish(tracker, eval_batches)
         report = {"run_id": tracker.run_id, "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step}
         if train.sample_eval and train.sample_eval.keep_best and math.isfinite(self.best_fid):
