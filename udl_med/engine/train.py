@@ -34,6 +34,7 @@ from udl_med.engine.config import RunConfig, apply_overrides, load_config, valid
 from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
 from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
+from udl_med.engine.store import store_errors
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
 from udl_med.errors import ConfigError, Interrupted, RunError
 from udl_med.io_utils import atomic_write_text, check_writable, progress_disabled
@@ -246,11 +247,12 @@ class Trainer:
         start, mlflow_run_id = self._restore()
         main = self.process.is_main
         tracked = main and cfg.tracking.enabled
-        tracker = (
-            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # privacy: issue 27
-            if tracked
-            else NullTracker()
-        )
+        with store_errors(cfg.tracking.uri or "the default MLflow store"):  # one line, exit 2
+            tracker = (
+                Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # privacy: issue 27
+                if tracked
+                else NullTracker()
+            )
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / RUN_INFO_NAME, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
