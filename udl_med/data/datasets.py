@@ -399,6 +399,8 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     records = _select(all_records, cfg, split)
     if not records:
         raise InputError(cfg.source, f"no images in split {split!r}" + (f" with modality {cfg.modality}" if cfg.modality else ""))
+    if cfg.modality is not None and cfg.pairing == "none" and any(r.modality is None for r in records):
+        log.info("%s: images whose manifest and file say no modality are taken as %s (data.modality)", cfg.source, cfg.modality)
     base = _build_base(cfg, records)
     volumes = _scan(cfg, base, records)
     if not volumes:
