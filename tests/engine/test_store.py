@@ -61,3 +61,23 @@ def test_sqlite_paths() -> None:
     assert sqlite_path("sqlite:///mlflow.db") == Path("mlflow.db")
     assert sqlite_path("sqlite:////tmp/s/mlflow.db") == Path("/tmp/s/mlflow.db")
     assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("http://host:5000") is None
+
+
+def test_an_existing_store_in_a_read_only_folder_is_opened_without_the_lock(tmp_path: Path, monkeypatch) -> None:
+    """Models are read from shared stores mounted read-only: no lock file can be written there, none is needed."""
+    from udl_med.engine import store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store.prepare_store(uri)
+    store._prepared.discard(uri)
+
+    def read_only(path: Path) -> None:
+        raise store.UserError(f"{path.parent}: read-only file system")
+
+    monkeypatch.setattr(store, "check_writable", read_only)
+    (tmp_path / "mlflow.db.lock").unlink(missing_ok=True)
+    store.prepare_store(uri)  # no error
+    assert not (tmp_path / "mlflow.db.lock").exists()
+    missing = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    with pytest.raises(store.StoreError, match="read-only file system"):
+        store.prepare_store(missing)

@@ -89,13 +89,16 @@ def prepare_store(uri: str) -> None:
     import mlflow  # lazy: the engine's tracking imports it anyway; keeps this module light
 
     path = sqlite_path(uri)
+    locked = path is not None
     if path is not None:
         try:
             check_writable(path)
         except UserError as err:
-            raise StoreError(uri, str(err)) from None
+            if not path.is_file():
+                raise StoreError(uri, str(err)) from None
+            locked = False  # an existing store in a read-only folder: read models from it, nobody can be creating it there
     try:
-        with store_lock(uri):
+        with store_lock(uri) if locked else nullcontext():
             mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # opens it: tables and migrations
     except StoreError:
         raise
