@@ -87,3 +87,63 @@ def test_two_nodes_with_a_c10d_rendezvous_train_as_two_local_processes(phantom_m
     assert a.keys() == b.keys() and len(a) > 4
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def _workers(agent_pid: int) -> dict[int, int]:
+    """rank -> pid of the workers a torchrun agent started (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) != agent_pid:
+            continue
+        rank = next((v.split(b"=", 1)[1] for v in env if v.startswith(b"RANK=")), None)
+        if rank is not None:
+            found[int(rank)] = int(entry.name)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
+    """SIGTERM reaching rank 1 alone (SLURM signals tasks, not always all at once): both ranks stop, rank 0 checkpoints."""
+    import signal
+    import time
+
+    from udl_med.engine.checkpoint import load_checkpoint
+
+    cfg = ae_config(phantom_manifest, tmp_path / "run", tracking_uri, steps=100000, batch_size=4, eval_every=100000, checkpoint_every=100000, log_every=1)
+    cfg["tracking"]["experiment"] = "engine-ddp-signal"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "udl_med.cli", "train", str(path)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = mlflow.MlflowClient(tracking_uri)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # training has begun: rank 0 has logged a few steps
+            experiment = client.get_experiment_by_name("engine-ddp-signal")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3:
+                break
+            assert agent.poll() is None, agent.communicate()[1][-3000:]
+            time.sleep(0.5)
+        workers = _workers(agent.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert "stopped by SIGTERM at step" in err and "stopped by a signal to another rank at step" in err, err[-3000:]
+    steps = {int(line.split("at step ")[1].split(";")[0]) for line in err.splitlines() if "stopped by" in line and "at step " in line}
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert len(steps) == 1 and state["step"] == steps.pop() >= 3  # the same step on both ranks, and the checkpoint's

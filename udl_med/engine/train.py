@@ -32,7 +32,7 @@ from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
 from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
-from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed, leave_distributed
+from udl_med.engine.distributed import ProcessInfo, all_mean, any_rank, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.store import store_errors
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
@@ -340,10 +340,12 @@ class Trainer:
                     last_eval = self._evaluate(tracker, eval_batches, step)
                 if train.sample_eval and (step % train.sample_eval.every == 0 or step == train.steps):
                     last_eval.update(self._evaluate_samples(tracker, step))
-                if step % train.checkpoint_every == 0 or step == train.steps or stop.requested:
+                stopping = any_rank(stop.requested is not None, self.device)  # every rank stops at the same step
+                if step % train.checkpoint_every == 0 or step == train.steps or stopping:
                     self._save_checkpoint(step, tracker.run_id)
-                if stop.requested:
-                    raise Interrupted(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
+                if stopping:
+                    by = stop.requested or "a signal to another rank"
+                    raise Interrupted(f"stopped by {by} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
         model_dir = self._finish(tracker, eval_batches)
         report = {"run_id": tracker.run_id, "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step}
         if train.sample_eval and train.sample_eval.keep_best and math.isfinite(self.best_fid):
