@@ -48,6 +48,7 @@ __all__ = ["Alignment", "NearCopies", "alignment_grid", "near_copy_distance"]
 ANGLES = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # 2D: residual at most 1.25 degrees
 ANGLES_3D = (-10.0, -5.0, 5.0, 10.0)  # about each axis: 8 flips x 13 rotations
 MAX_SHIFT = {2: 4, 3: 2}
+SHORTLIST = {2: 24, 3: 64}
 EPS = 1e-8
 PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (32 MB of float64)
 
@@ -212,7 +213,7 @@ def near_copy_distance(
     angles: tuple[float, ...] | None = None,
     flips: bool = True,
     blur: float = 1.0,
-    shortlist: int = 24,
+    shortlist: int | None = None,
     chunk: int = 32,
 ) -> NearCopies:
     """Nearest reference of each query image up to flips, rotations, shifts and intensity affine changes.
@@ -224,7 +225,8 @@ def near_copy_distance(
         angles: rotation angles in degrees (default ``ANGLES`` in 2D, ``ANGLES_3D`` about each axis in 3D).
         flips: search flips along every subset of axes.
         blur: Gaussian sigma in voxels applied to both sets first (0: none).
-        shortlist: (reference, alignment) pairs kept per query for the full-resolution search.
+        shortlist: (reference, alignment) pairs kept per query for the full-resolution search
+            (default 24 in 2D, 64 in 3D: the spectrum of a 3D patch changes more when a shift fills in a few slices).
         chunk: queries per block.
 
     Returns:
@@ -234,13 +236,15 @@ def near_copy_distance(
         query, reference = query[:, 0], reference[:, 0]
     d = _check(query, reference)
     max_shift = MAX_SHIFT[d] if max_shift is None else int(max_shift)
-    if min(query.shape[1:]) <= 2 * max_shift + 2:
-        raise ValueError(f"images of size {tuple(query.shape[1:])} are too small for shifts of {max_shift}")
+    # the query window leaves out the voxels a translation fills in, and those whose blur saw them
+    margin = max_shift + (math.ceil(1.5 * blur) if blur > 0 else 0)
+    if min(query.shape[1:]) <= 2 * margin + 2:
+        raise ValueError(f"images of size {tuple(query.shape[1:])} are too small for shifts of {max_shift} with blur {blur}")
     grid = alignment_grid(d, angles, flips)
     n_align, m = len(grid), len(reference)
     ref = _blur(reference.float(), blur)  # float32 search; the final NCC in float64
     ref_spec = _spectrum(ref).float()  # (M, F)
-    shortlist = max(1, min(shortlist, m * n_align))
+    shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
     indices, dists, aligns = [], [], []
     for q in query.float().split(chunk):
         b = len(q)
@@ -254,9 +258,9 @@ def near_copy_distance(
         a_idx, r_idx = top // m, top % m  # (B, T)
         used, where = torch.unique(r_idx, return_inverse=True)  # references this block needs
         # 3. every shift at full resolution on the shortlisted (reference, alignment) pairs
-        qf = _standardise(_crop(qv, max_shift, d).double().reshape(b, n_align, -1))  # (B, A, P)
-        pair_q = qf[rows[:, None], a_idx].reshape(b * shortlist, *[s - 2 * max_shift for s in q.shape[1:]])
-        fine = _ncc_shifts(pair_q, ref[used].double(), where.reshape(-1), max_shift)  # (B*T, S)
+        qf = _standardise(_crop(qv, margin, d).double().reshape(b, n_align, -1))  # (B, A, P)
+        pair_q = qf[rows[:, None], a_idx].reshape(b * shortlist, *[s - 2 * margin for s in q.shape[1:]])
+        fine = _ncc_shifts(pair_q, ref[used].double(), where.reshape(-1), margin, max_shift)  # (B*T, S)
         fine, fine_s = fine.max(1)
         fine, fine_s = fine.reshape(b, shortlist), fine_s.reshape(b, shortlist)
         best = fine.argmax(1)
@@ -270,8 +274,8 @@ def near_copy_distance(
     return NearCopies(torch.cat(indices), torch.cat(dists).clamp(0.0, 2.0), aligns)
 
 
-def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int) -> Tensor:
-    """NCC of each standardised crop ``(P, *w)`` with ``refs[which]`` at every offset in ``[-margin, margin]^d``: ``(P, S)``.
+def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int, shift: int) -> Tensor:
+    """NCC of each standardised crop ``(P, *w)`` (taken at ``margin``) with ``refs[which]`` at every offset in ``[-shift, shift]^d``: ``(P, S)``.
 
     The cross-correlations come from FFTs (no window is materialised); the window norms
     of the references from box sums.
@@ -285,10 +289,10 @@ def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int) -> Tens
     pool = F.avg_pool2d if d == 2 else F.avg_pool3d
     mean = pool(refs[:, None], window, stride=1)[:, 0] * n  # window sums (U, *S)
     sq = pool(refs[:, None] ** 2, window, stride=1)[:, 0] * n
-    norm = (sq - mean**2 / n).clamp_min(0.0).sqrt().reshape(len(refs), -1)  # (U, S)
-    out = torch.empty(len(crops), (2 * margin + 1) ** d, dtype=torch.float64)
+    keep = (slice(None),) + (slice(margin - shift, margin + shift + 1),) * d
+    norm = (sq - mean**2 / n).clamp_min(0.0).sqrt()[keep].reshape(len(refs), -1)  # (U, S)
+    out = torch.empty(len(crops), (2 * shift + 1) ** d, dtype=torch.float64)
     step = max(1, PAIR_ELEMENTS // math.prod(size))
-    keep = (slice(None),) + (slice(0, 2 * margin + 1),) * d
     for lo in range(0, len(crops), step):
         c = crops[lo : lo + step]
         c_f = torch.fft.rfftn(c, s=size, dim=dims)  # crop at the origin, zero-padded
