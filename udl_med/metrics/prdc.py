@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from udl_med.metrics._checks import MetricInputError, as_features, require_same_dim, require_samples
-from udl_med.metrics.bootstrap import Interval, _percentiles
+from udl_med.metrics.bootstrap import Interval, percentile_interval
 
 __all__ = ["PRDC", "PRDCResult", "kth_neighbour_radii", "prdc", "prdc_bootstrap"]
 
@@ -224,7 +224,7 @@ def prdc_bootstrap(
 def _shifted_interval(values: Tensor, bounded: bool, level: float) -> Interval:
     """Percentile interval of ``values[1:]`` shifted by their bias against ``values[0]``, clipped."""
     reps = values[1:].numpy()
-    iv = _percentiles(reps - (reps.mean() - float(values[0])), level)
+    iv = percentile_interval(reps - (reps.mean() - float(values[0])), level)
     high = min(iv.high, 1.0) if bounded else iv.high
     return Interval(max(iv.low, 0.0), high)
 
