@@ -36,13 +36,11 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from udl_med.data.phantoms import make_phantom
 from udl_med.metrics.calibration import DEFAULT_RATE, calibrate, clopper_pearson, subject_scores
@@ -69,16 +67,11 @@ def _group(draw: int, first: int, n: int, dims: int) -> tuple[torch.Tensor, list
 
 
 def _rotate(x: torch.Tensor, degrees: float, axis: int) -> torch.Tensor:
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    if x.ndim == 2:
-        theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]])
-    else:
-        m = torch.eye(3)
-        i, j = [a for a in range(3) if a != axis]
-        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-        theta = torch.cat([m, torch.zeros(3, 1)], 1)
-    grid = F.affine_grid(theta[None], [1, 1, *x.shape], align_corners=False)
-    return F.grid_sample(x[None, None], grid, padding_mode="border", align_corners=False)[0, 0]
+    """Rotate in voxel space about the centre (scipy, linear, edge values fill in): not the detector's own code."""
+    from scipy.ndimage import rotate
+
+    axes = (0, 1) if x.ndim == 2 else tuple(a for a in range(3) if a != axis)
+    return torch.from_numpy(rotate(x.numpy(), degrees, axes=axes, reshape=False, order=1, mode="nearest")).to(x.dtype)
 
 
 def _translate(x: torch.Tensor, shift: list[int]) -> torch.Tensor:

@@ -91,7 +91,7 @@ def test_the_alignment_that_matched_is_reported() -> None:
 
 
 def test_grid_and_bad_input() -> None:
-    assert len(alignment_grid(2)) == 4 * 9 and len(alignment_grid(3)) == 8 * 13
+    assert len(alignment_grid(2)) == 4 * 9 and len(alignment_grid(3)) == 8 * 25
     assert alignment_grid(2, flips=False, angles=()) == [((), 0.0, -1)]
     train = _images(4, 0, 2, 32)
     with pytest.raises(ValueError, match="sizes differ"):

@@ -22,7 +22,8 @@ minimised over exactly those changes:
 Search, per query, in two stages (chunked: memory does not grow with the sets): the
 low-frequency magnitude spectra of the blurred images, which no shift changes, rank every
 (reference, alignment) pair, and the ``shortlist`` best pairs are searched over every
-shift at full resolution (cross-correlations by FFT, in float64). The spectrum cannot
+shift at full resolution (cross-correlations by FFT, in float32); the winner's NCC is
+computed again directly in float64 (an exact copy is at 0 to 1e-12). The spectrum cannot
 tell a flip along one axis from the flip along the others (a real image's magnitude
 spectrum is point-symmetric), so the shortlist keeps several. The returned alignment is
 the one that matched: the rotation and flips applied to the query, and the shift of the
@@ -46,11 +47,12 @@ from torch import Tensor
 __all__ = ["Alignment", "NearCopies", "alignment_grid", "near_copy_distance"]
 
 ANGLES = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # 2D: residual at most 1.25 degrees
-ANGLES_3D = (-10.0, -5.0, 5.0, 10.0)  # about each axis: 8 flips x 13 rotations
+ANGLES_3D = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # about each axis: 8 flips x 25 rotations
 MAX_SHIFT = {2: 4, 3: 2}
 SHORTLIST = {2: 24, 3: 64}
 EPS = 1e-8
-PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (32 MB of float64)
+PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (16 MB of float32)
+VARIANT_ELEMENTS = 1 << 24  # voxels of aligned query copies per block (64 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,26 @@ def alignment_grid(spatial_dims: int, angles: tuple[float, ...] | None = None, f
     return [(f, a, axis) for f in flip_sets for a, axis in rotations]
 
 
-def _rotation_matrix(spatial_dims: int, angle: float, axis: int) -> Tensor:
-    """Affine ``theta`` for ``affine_grid``: rotation by ``angle`` degrees (normalised coordinates)."""
+def _rotation_theta(size: tuple[int, ...], angle: float, axis: int) -> Tensor:
+    """Affine ``theta`` for ``affine_grid`` (align_corners=False) of a rotation by ``angle`` degrees in voxel space.
+
+    ``axis`` is the spatial axis (0-based, tensor order) rotated about in 3D. ``affine_grid``
+    works in normalised coordinates ``n = v / (S / 2)`` (``v`` centred voxel coordinates,
+    ``S`` the size; grid axes run last spatial axis first), so the voxel rotation ``R`` is
+    ``D^-1 R D`` with ``D = diag(S / 2)``: a true rotation of a non-cubic patch, as an
+    augmentation in millimetres on isotropic voxels makes it.
+    """
+    d = len(size)
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    if spatial_dims == 2:
-        return torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=torch.float64)
-    m = torch.eye(3, dtype=torch.float64)
-    i, j = [a for a in range(3) if a != axis]
+    half = torch.tensor([size[d - 1 - g] / 2.0 for g in range(d)], dtype=torch.float64)  # grid order: x = last axis
+    m = torch.eye(d, dtype=torch.float64)
+    if d == 2:
+        i, j = 0, 1
+    else:
+        i, j = [d - 1 - a for a in range(3) if a != axis][::-1]  # the plane of the two other axes, in grid order
     m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-    return torch.cat([m, torch.zeros(3, 1, dtype=torch.float64)], 1)
+    m = m * half[None, :] / half[:, None]  # D^-1 R D
+    return torch.cat([m, torch.zeros(d, 1, dtype=torch.float64)], 1)
 
 
 def _variants(x: Tensor, grid: list[tuple[tuple[int, ...], float, int]]) -> Tensor:
@@ -128,7 +141,7 @@ def _variants(x: Tensor, grid: list[tuple[tuple[int, ...], float, int]]) -> Tens
         if not angle:
             rotated[(angle, axis)] = x
             continue
-        theta = _rotation_matrix(d, angle, axis).to(x.dtype)[None]
+        theta = _rotation_theta(tuple(x.shape[1:]), angle, axis).to(x.dtype)[None]
         where = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False).expand(len(x), *([-1] * (d + 1)))
         rotated[(angle, axis)] = F.grid_sample(x[:, None], where, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
     out = [rotated[(angle, axis)].flip([a + 1 for a in flips]) if flips else rotated[(angle, axis)] for flips, angle, axis in grid]
@@ -214,7 +227,7 @@ def near_copy_distance(
     flips: bool = True,
     blur: float = 1.0,
     shortlist: int | None = None,
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> NearCopies:
     """Nearest reference of each query image up to flips, rotations, shifts and intensity affine changes.
 
@@ -227,7 +240,8 @@ def near_copy_distance(
         blur: Gaussian sigma in voxels applied to both sets first (0: none).
         shortlist: (reference, alignment) pairs kept per query for the full-resolution search
             (default 24 in 2D, 64 in 3D: the spectrum of a 3D patch changes more when a shift fills in a few slices).
-        chunk: queries per block.
+        chunk: queries per block (default: as many as keep the block's aligned copies under
+            ``VARIANT_ELEMENTS`` voxels).
 
     Returns:
         :class:`NearCopies` (index into ``reference``, distance in [0, 2], alignment).
@@ -245,6 +259,9 @@ def near_copy_distance(
     ref = _blur(reference.float(), blur)  # float32 search; the final NCC in float64
     ref_spec = _spectrum(ref).float()  # (M, F)
     shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
+    if chunk is None:
+        chunk = max(1, VARIANT_ELEMENTS // (n_align * math.prod(query.shape[1:])))
+    window = [s - 2 * margin for s in query.shape[1:]]
     indices, dists, aligns = [], [], []
     for q in query.float().split(chunk):
         b = len(q)
@@ -257,21 +274,28 @@ def near_copy_distance(
         top = score.topk(shortlist, dim=1).indices
         a_idx, r_idx = top // m, top % m  # (B, T)
         used, where = torch.unique(r_idx, return_inverse=True)  # references this block needs
-        # 3. every shift at full resolution on the shortlisted (reference, alignment) pairs
-        qf = _standardise(_crop(qv, margin, d).double().reshape(b, n_align, -1))  # (B, A, P)
-        pair_q = qf[rows[:, None], a_idx].reshape(b * shortlist, *[s - 2 * margin for s in q.shape[1:]])
-        fine = _ncc_shifts(pair_q, ref[used].double(), where.reshape(-1), margin, max_shift)  # (B*T, S)
+        # 2. every shift at full resolution on the shortlisted (reference, alignment) pairs (float32)
+        crops = _crop(qv, margin, d)[rows[:, None], a_idx].reshape(b * shortlist, -1)  # (B*T, P)
+        pair_q = _standardise(crops).reshape(b * shortlist, *window)
+        fine = _ncc_shifts(pair_q, ref[used], where.reshape(-1), margin, max_shift)  # (B*T, S)
         fine, fine_s = fine.max(1)
         fine, fine_s = fine.reshape(b, shortlist), fine_s.reshape(b, shortlist)
         best = fine.argmax(1)
-        indices.append(r_idx[rows, best])
-        dists.append(1.0 - fine[rows, best])
+        # 3. the winner's NCC again, in float64
         for i in range(b):
-            flips_i, angle, axis = grid[int(a_idx[i, best[i]])]
-            aligns.append(Alignment(tuple(flips_i), float(angle), int(axis), _shift_of(int(fine_s[i, best[i]]), max_shift, d)))
+            t = int(best[i])
+            flips_i, angle, axis = grid[int(a_idx[i, t])]
+            shift = _shift_of(int(fine_s[i, t]), max_shift, d)
+            r = int(r_idx[i, t])
+            at = tuple(slice(margin + s, margin + s + w) for s, w in zip(shift, window))
+            ncc = (_standardise(_crop(qv[i, int(a_idx[i, t])], margin, d).double().reshape(1, -1))
+                   * _standardise(ref[r][at].double().reshape(1, -1))).sum()
+            indices.append(r)
+            dists.append(float(1.0 - ncc))
+            aligns.append(Alignment(tuple(flips_i), float(angle), int(axis), shift))
     if not indices:
         return NearCopies(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), [])
-    return NearCopies(torch.cat(indices), torch.cat(dists).clamp(0.0, 2.0), aligns)
+    return NearCopies(torch.tensor(indices, dtype=torch.long), torch.tensor(dists, dtype=torch.float64).clamp(0.0, 2.0), aligns)
 
 
 def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int, shift: int) -> Tensor:
@@ -287,11 +311,12 @@ def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int, shift: 
     ref_f = torch.fft.rfftn(refs, dim=dims)
     n = float(math.prod(window))
     pool = F.avg_pool2d if d == 2 else F.avg_pool3d
-    mean = pool(refs[:, None], window, stride=1)[:, 0] * n  # window sums (U, *S)
-    sq = pool(refs[:, None] ** 2, window, stride=1)[:, 0] * n
+    r64 = refs.double()
+    mean = pool(r64[:, None], window, stride=1)[:, 0] * n  # window sums (U, *S), float64: no cancellation
+    sq = pool(r64[:, None] ** 2, window, stride=1)[:, 0] * n
     keep = (slice(None),) + (slice(margin - shift, margin + shift + 1),) * d
-    norm = (sq - mean**2 / n).clamp_min(0.0).sqrt()[keep].reshape(len(refs), -1)  # (U, S)
-    out = torch.empty(len(crops), (2 * shift + 1) ** d, dtype=torch.float64)
+    norm = (sq - mean**2 / n).clamp_min(0.0).sqrt()[keep].reshape(len(refs), -1).to(refs.dtype)  # (U, S)
+    out = torch.empty(len(crops), (2 * shift + 1) ** d, dtype=refs.dtype)
     step = max(1, PAIR_ELEMENTS // math.prod(size))
     for lo in range(0, len(crops), step):
         c = crops[lo : lo + step]
