@@ -50,11 +50,12 @@ from torch import Tensor
 from udl_med.metrics._checks import MetricInputError, as_features, require_same_dim, require_samples
 from udl_med.metrics.bootstrap import Interval, percentile_interval
 
-__all__ = ["PRDC", "PRDCResult", "kth_neighbour_radii", "prdc", "prdc_bootstrap"]
+__all__ = ["PRDC", "PRDCResult", "PRDC_KEYS", "kth_neighbour_radii", "prdc", "prdc_bootstrap", "prdc_report"]
 
 K_PR = 3  # Kynkäänniemi et al. 2019
 K_DC = 5  # Naeem et al. 2020
 CHUNK_ELEMENTS = 1 << 22  # distance entries per block (32 MB of float64)
+PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
 
 @dataclass(frozen=True)
@@ -232,3 +233,24 @@ def _shifted_interval(values: Tensor, bounded: bool, level: float) -> Interval:
 def prdc(real: Any, fake: Any, k_pr: int = K_PR, k_dc: int = K_DC, chunk_elements: int = CHUNK_ELEMENTS) -> PRDC:
     """Precision, recall, density and coverage of ``fake`` against ``real`` features (no intervals)."""
     return prdc_bootstrap(real, fake, k_pr, k_dc, 0, chunk_elements=chunk_elements).values
+
+
+def prdc_report(real: Any, fake: Any, n_boot: int = 0, seed: int = 0, level: float = 0.95, k_pr: int = K_PR, k_dc: int = K_DC) -> dict[str, float | None]:
+    """Flat report keys: ``precision``, ``recall``, ``density``, ``coverage``, each with ``<key>_ci_low`` / ``<key>_ci_high``.
+
+    The intervals are None without bootstrap (``n_boot`` 0); every key is None when a set
+    has too few samples for its k (``k_dc + 1`` real, ``k_pr + 1`` generated), so that a
+    report from tiny sets keeps its other numbers.
+    """
+    out: dict[str, float | None] = {}
+    for key in PRDC_KEYS:
+        out[key] = out[f"{key}_ci_low"] = out[f"{key}_ci_high"] = None
+    n_real, n_fake = len(real), len(fake)
+    if n_real < max(k_pr, k_dc) + 1 or n_fake < k_pr + 1:
+        return out
+    result = prdc_bootstrap(real, fake, k_pr, k_dc, n_boot, level, seed)
+    for key in PRDC_KEYS:
+        out[key] = getattr(result.values, key)
+        if result.intervals is not None:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = result.intervals[key].low, result.intervals[key].high
+    return out
