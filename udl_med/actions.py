@@ -284,7 +284,7 @@ _PRIVACY = Arg(
 )
 _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
-_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
+_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | swav:PATH | medicalnet:PATH"
 _OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable)"
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 

@@ -150,8 +150,8 @@ def compare_sets(
     """FID and KID between image sets REAL and FAKE (folders, manifests, volumes or ``.npz``).
 
     Args:
-        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``
-            or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
+        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``,
+            ``swav:PATH`` or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
         dims: ``"2"`` (slices), ``"2.5"`` (three middle planes, averaged) or ``"3"`` (volumes).
         bootstrap: bootstrap replicates for the 95% intervals; 0 for none.
         kid_subset_size: KID subset size; None: min(1000, n_real, n_fake).
