@@ -7,10 +7,12 @@ at least 99) and 100 new subjects. 2D: 4 slices through the liver per subject (6
 way a memorising generator or a leaked augmentation changes them, 8 per kind per draw:
 exact; a flip along each axis and along all axes; translations of 1-4 pixels (2D) or 1-2
 voxels (3D) in a random direction (the background fills in); rotations of 2-10 degrees
-(3D: about a random axis); an intensity affine change (x 1.03 + 10 HU); Gaussian noise of
+(3D: about a random axis; scipy.ndimage.rotate in voxel space, not the detector's own
+rotation code); an intensity affine change (x 1.03 + 10 HU); Gaussian noise of
 1% of the range. The check: the near-copy distance (``udl_med.metrics.nearcopy``) to
 the training scans, thresholded by the per-subject split-conformal calibration
-(``udl_med.metrics.calibration``) at the default rate of 1%. 5 draws of subjects.
+(``udl_med.metrics.calibration``) at the default rate of 1%. 5 draws of subjects (0-4;
+the detector's settings were chosen on draws 100 and 101, which are never reported).
 
 Rows:
 
@@ -119,8 +121,9 @@ def _mifid(train: torch.Tensor, fake: torch.Tensor, dims: int) -> float:
 
 def memorisation_rows(dims: int, draws: int) -> list[dict]:
     detected: dict[str, list[bool]] = defaultdict(list)
+    per_draw: dict[str, list[float]] = defaultdict(list)  # detection rate of every draw: the worst is reported
     new_subject_alarms = new_subjects = new_scan_alarms = new_scans = 0
-    stated, intervals, mifid_rows = [], [], []
+    stated, intervals, mifid_rows, alarm_rates = [], [], [], []
     t0 = time.perf_counter()
     for draw in range(draws):
         train, _ = _group(draw, 0, N_TRAIN, dims)
@@ -133,12 +136,16 @@ def memorisation_rows(dims: int, draws: int) -> list[dict]:
         d_new = near_copy_distance(new, train).distance.numpy()
         _, subject_min = subject_scores(d_new, new_ids)
         new_subject_alarms += int(cal.flag(subject_min).sum())
+        alarm_rates.append(float(cal.flag(subject_min).mean()))
         new_subjects += len(subject_min)
         new_scan_alarms += int(cal.flag(d_new).sum())
         new_scans += len(d_new)
         found = near_copy_distance(copies, train)
-        for kind, flagged in zip(kinds, cal.flag(found.distance.numpy())):
+        hits = cal.flag(found.distance.numpy())
+        for kind, flagged in zip(kinds, hits):
             detected[kind].append(bool(flagged))
+        for kind in dict.fromkeys(kinds):
+            per_draw[kind].append(float(np.mean([h for k, h in zip(kinds, hits) if k == kind])))
         if draw == 0:
             mifid_rows.append((_mifid(train, new, dims), _mifid(train, torch.cat([new, copies]), dims), float(cal.flag(found.distance.numpy()).mean())))
     seconds = time.perf_counter() - t0
@@ -147,14 +154,14 @@ def memorisation_rows(dims: int, draws: int) -> list[dict]:
     for kind, hits in detected.items():
         rate = float(np.mean(hits))
         goal = 1.0 if kind.split()[0] in EXACT_KINDS else 0.95
-        rows.append({"benchmark": "memorization", "case": case, "metric": f"detection/{kind}", "ours": rate, "n": len(hits),
+        rows.append({"benchmark": "memorization", "case": case, "metric": f"detection/{kind}", "ours": rate, "n": len(hits), "worst_draw": min(per_draw[kind]),
                      "peer_name": None, "peer": None, "ratio": None, "goal": goal, "meets_goal": rate >= goal})
     measured = new_subject_alarms / new_subjects
     low, high = clopper_pearson(new_subject_alarms, new_subjects)
     stated_rate = float(np.mean(stated))
     stated_low, stated_high = float(np.mean([i[0] for i in intervals])), float(np.mean([i[1] for i in intervals]))
     rows.append({"benchmark": "memorization", "case": case, "metric": "false_alarm/new_subjects", "ours": measured,
-                 "interval": [low, high], "per_scan": new_scan_alarms / new_scans, "n_subjects": new_subjects,
+                 "interval": [low, high], "worst_draw": max(alarm_rates), "per_scan": new_scan_alarms / new_scans, "n_subjects": new_subjects,
                  "stated_rate": stated_rate, "stated_interval": [stated_low, stated_high], "requested_rate": DEFAULT_RATE,
                  "n_calibration_subjects": N_CALIB, "peer_name": None, "peer": None, "ratio": None,
                  "goal": "inside the stated interval and <= 0.02",

@@ -52,7 +52,9 @@ MAX_SHIFT = {2: 4, 3: 2}
 SHORTLIST = {2: 24, 3: 64}
 EPS = 1e-8
 PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (16 MB of float32)
-VARIANT_ELEMENTS = 1 << 24  # voxels of aligned query copies per block (64 MB of float32)
+VARIANT_ELEMENTS = 1 << 24  # voxels of rotated queries and shortlisted crops per block (64 MB of float32)
+REFINE = 3  # best pairs whose rotation is refined
+REFINE_STEPS = (-1.25, -0.625, 0.625, 1.25)  # degrees about the grid angle: half the grid's step and less
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ def _rotation_theta(size: tuple[int, ...], angle: float, axis: int) -> Tensor:
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     half = torch.tensor([size[d - 1 - g] / 2.0 for g in range(d)], dtype=torch.float64)  # grid order: x = last axis
     m = torch.eye(d, dtype=torch.float64)
+    if not angle:
+        return torch.cat([m, torch.zeros(d, 1, dtype=torch.float64)], 1)
     if d == 2:
         i, j = 0, 1
     else:
@@ -128,24 +132,26 @@ def _rotation_theta(size: tuple[int, ...], angle: float, axis: int) -> Tensor:
     return torch.cat([m, torch.zeros(d, 1, dtype=torch.float64)], 1)
 
 
-def _variants(x: Tensor, grid: list[tuple[tuple[int, ...], float, int]]) -> Tensor:
-    """``x (B, *sp)`` under every alignment of ``grid``: ``(B, A, *sp)``.
+def _rotate(x: Tensor, rotations: list[tuple[float, int]], margin: int = 0) -> Tensor:
+    """``x (B, *sp)`` under each rotation ``(angle in degrees, spatial axis in 3D)`` about its centre: ``(B, R, *sp)``.
 
-    Each rotation (about the image centre, bilinear, border padding) is computed once, then flipped.
+    Bilinear, border padding; one ``grid_sample`` call for all of them. With ``margin`` only
+    the central window (less ``margin`` on every side) is sampled: ``(B, R, *window)``.
     """
-    d = x.ndim - 1
-    rotated: dict[tuple[float, int], Tensor] = {}
-    for _, angle, axis in grid:
-        if (angle, axis) in rotated:
-            continue
+    b, sp, d = len(x), tuple(x.shape[1:]), x.ndim - 1
+    theta = torch.stack([_rotation_theta(sp, angle, axis) for angle, axis in rotations]).to(x.dtype)  # (R, d, d + 1)
+    grid = F.affine_grid(theta, [len(rotations), 1, *sp], align_corners=False)  # (R, *sp, d)
+    if margin:
+        grid = grid[(slice(None),) + (slice(margin, -margin),) * d]
+    out_sp = tuple(grid.shape[1:-1])
+    grid = grid[None].expand(b, *grid.shape).reshape(b * len(rotations), *grid.shape[1:])
+    src = x[:, None, None].expand(b, len(rotations), 1, *sp).reshape(b * len(rotations), 1, *sp)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.reshape(b, len(rotations), *out_sp)
+    for r, (angle, _) in enumerate(rotations):
         if not angle:
-            rotated[(angle, axis)] = x
-            continue
-        theta = _rotation_theta(tuple(x.shape[1:]), angle, axis).to(x.dtype)[None]
-        where = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False).expand(len(x), *([-1] * (d + 1)))
-        rotated[(angle, axis)] = F.grid_sample(x[:, None], where, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
-    out = [rotated[(angle, axis)].flip([a + 1 for a in flips]) if flips else rotated[(angle, axis)] for flips, angle, axis in grid]
-    return torch.stack(out, 1)
+            out[:, r] = _crop(x, margin, d)  # the identity exactly
+    return out
 
 
 def _blur(x: Tensor, sigma: float) -> Tensor:
@@ -203,20 +209,48 @@ def _check(query: Tensor, reference: Tensor) -> int:
     return query.ndim - 1
 
 
-def _spectrum(x: Tensor) -> Tensor:
-    """Shift-invariant descriptor of ``x (B, *sp)``: the low-frequency magnitude spectrum, standardised ``(B, F)``.
-
-    Computed at half resolution in float32 (the half of the spectrum kept is what the pooling preserves).
-    """
+def _low_magnitudes(x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Low-frequency magnitude spectrum of ``x (B, *sp)`` at half resolution (float32): ``(B, *K)`` and, per axis
+    but the last, the negation map of the kept frequencies (``k -> -k``: what a flip along that axis does)."""
     d = x.ndim - 1
     dims = tuple(range(1, d + 1))
     x = _pool(x.float(), 2) if min(x.shape[1:]) >= 16 else x.float()
     mag = torch.fft.rfftn(x - x.mean(dims, keepdim=True), dim=dims).abs()
-    keep = tuple(torch.cat([torch.arange(0, s // 4 + 1), torch.arange(s - s // 4, s)]).unique() for s in x.shape[1:-1])
-    for axis, idx in enumerate(keep):
+    negate = []
+    for axis, s in enumerate(x.shape[1:-1]):
+        idx = torch.cat([torch.arange(0, s // 4 + 1), torch.arange(s - s // 4, s)]).unique()  # symmetric under k -> -k
+        where = {int(v): i for i, v in enumerate(idx)}
+        negate.append(torch.tensor([where[(-int(v)) % s] for v in idx]))
         mag = mag.index_select(1 + axis, idx)
-    mag = mag[..., : x.shape[-1] // 4 + 1]
-    return _standardise(mag.reshape(len(x), -1))
+    return mag[..., : x.shape[-1] // 4 + 1], negate
+
+
+def _spectrum(x: Tensor) -> Tensor:
+    """Shift-invariant descriptor of ``x (B, *sp)``: the low-frequency magnitude spectrum, standardised ``(B, F)``."""
+    return _standardise(_low_magnitudes(x)[0].reshape(len(x), -1))
+
+
+def _flipped_spectra(rotated: Tensor, grid: list[tuple[tuple[int, ...], float, int]], rotation_of: list[int]) -> Tensor:
+    """Descriptors ``(B, A, F)`` of every alignment of ``grid`` from the rotated images ``(B, R, *sp)`` alone.
+
+    A flip along axis j maps the magnitude spectrum ``|X(k)|`` to ``|X(k with k_j -> -k_j)|``; the
+    spectrum of a real image is point-symmetric, so a flip along the last axis (the half
+    ``rfftn`` keeps) equals the flip along all the others. Each rotation is transformed once.
+    """
+    b, r = rotated.shape[:2]
+    d = rotated.ndim - 2
+    mag, negate = _low_magnitudes(rotated.reshape(b * r, *rotated.shape[2:]))
+    mag = mag.reshape(b, r, *mag.shape[1:])
+    out = []
+    for (flips, _, _), rot in zip(grid, rotation_of):
+        m = mag[:, rot]
+        axes = set(flips)
+        if d - 1 in axes:
+            axes = set(range(d)) - axes
+        for a in sorted(axes):
+            m = m.index_select(1 + a, negate[a])
+        out.append(m.reshape(b, -1))
+    return _standardise(torch.stack(out, 1))
 
 
 def near_copy_distance(
@@ -255,47 +289,82 @@ def near_copy_distance(
     if min(query.shape[1:]) <= 2 * margin + 2:
         raise ValueError(f"images of size {tuple(query.shape[1:])} are too small for shifts of {max_shift} with blur {blur}")
     grid = alignment_grid(d, angles, flips)
+    rotations = list(dict.fromkeys((angle, axis) for _, angle, axis in grid))
+    flip_sets = list(dict.fromkeys(f for f, _, _ in grid))
+    rotation_of = [rotations.index((angle, axis)) for _, angle, axis in grid]
+    flips_of = torch.tensor([flip_sets.index(f) for f, _, _ in grid])
+    rotation_idx = torch.tensor(rotation_of)
     n_align, m = len(grid), len(reference)
     ref = _blur(reference.float(), blur)  # float32 search; the final NCC in float64
-    ref_spec = _spectrum(ref).float()  # (M, F)
+    ref_spec = _spectrum(ref)  # (M, F)
     shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
     if chunk is None:
-        chunk = max(1, VARIANT_ELEMENTS // (n_align * math.prod(query.shape[1:])))
+        chunk = max(1, VARIANT_ELEMENTS // ((len(rotations) + shortlist) * math.prod(query.shape[1:])))
     window = [s - 2 * margin for s in query.shape[1:]]
     indices, dists, aligns = [], [], []
     for q in query.float().split(chunk):
         b = len(q)
         rows = torch.arange(b)
-        qv = _variants(_blur(q, blur), grid)  # (B, A, *sp)
-        flat = qv.reshape(b * n_align, *qv.shape[2:])
+        qb = _blur(q, blur)
+        rotated = _rotate(qb, rotations)  # (B, R, *sp)
         # 1. (reference, alignment) pairs ranked by the shift-invariant low-frequency spectra
-        spec = _spectrum(flat).reshape(b, n_align, -1)
+        spec = _flipped_spectra(rotated, grid, rotation_of)  # (B, A, F)
         score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
         top = score.topk(shortlist, dim=1).indices
         a_idx, r_idx = top // m, top % m  # (B, T)
-        used, where = torch.unique(r_idx, return_inverse=True)  # references this block needs
         # 2. every shift at full resolution on the shortlisted (reference, alignment) pairs (float32)
-        crops = _crop(qv, margin, d)[rows[:, None], a_idx].reshape(b * shortlist, -1)  # (B*T, P)
-        pair_q = _standardise(crops).reshape(b * shortlist, *window)
-        fine = _ncc_shifts(pair_q, ref[used], where.reshape(-1), margin, max_shift)  # (B*T, S)
-        fine, fine_s = fine.max(1)
+        crops = _crop(rotated, margin, d)[rows[:, None], rotation_idx[a_idx]].reshape(b * shortlist, *window)
+        pair_flips = flips_of[a_idx].reshape(-1)
+        for k, fl in enumerate(flip_sets):
+            sel = (pair_flips == k).nonzero().squeeze(1)
+            if fl and len(sel):
+                crops[sel] = crops[sel].flip([a + 1 for a in fl])
+        fine, fine_s = _best_shifts(crops, ref, r_idx.reshape(-1), margin, max_shift)
         fine, fine_s = fine.reshape(b, shortlist), fine_s.reshape(b, shortlist)
-        best = fine.argmax(1)
-        # 3. the winner's NCC again, in float64
+        # 3. the angle refined about the best few pairs, then the winner's NCC again in float64
         for i in range(b):
-            t = int(best[i])
-            flips_i, angle, axis = grid[int(a_idx[i, t])]
-            shift = _shift_of(int(fine_s[i, t]), max_shift, d)
-            r = int(r_idx[i, t])
-            at = tuple(slice(margin + s, margin + s + w) for s, w in zip(shift, window))
-            ncc = (_standardise(_crop(qv[i, int(a_idx[i, t])], margin, d).double().reshape(1, -1))
-                   * _standardise(ref[r][at].double().reshape(1, -1))).sum()
+            order = fine[i].argsort(descending=True)[:REFINE]
+            cands = [(float(fine[i, t]), int(r_idx[i, t]), grid[int(a_idx[i, t])], int(fine_s[i, t])) for t in order]
+            best = max(cands + _refined(qb[i], cands, ref, margin, max_shift, d), key=lambda c: c[0])
+            _, r, (flips_i, angle, axis), s_best = best
+            shift = _shift_of(s_best, max_shift, d)
+            view = _rotate(qb[i : i + 1], [(angle, axis)], margin)[0, 0]
+            view = view.flip(list(flips_i)) if flips_i else view
+            at = tuple(slice(margin + t, margin + t + w) for t, w in zip(shift, window))
+            ncc = (_standardise(view.double().reshape(1, -1)) * _standardise(ref[r][at].double().reshape(1, -1))).sum()
             indices.append(r)
             dists.append(float(1.0 - ncc))
             aligns.append(Alignment(tuple(flips_i), float(angle), int(axis), shift))
     if not indices:
         return NearCopies(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), [])
     return NearCopies(torch.tensor(indices, dtype=torch.long), torch.tensor(dists, dtype=torch.float64).clamp(0.0, 2.0), aligns)
+
+
+def _best_shifts(crops: Tensor, ref: Tensor, which: Tensor, margin: int, max_shift: int) -> tuple[Tensor, Tensor]:
+    """Best NCC over shifts of each crop ``(P, *w)`` against ``ref[which]``, and the shift's index: ``((P,), (P,))``."""
+    used, where = torch.unique(which, return_inverse=True)  # the references these crops need
+    flat = _standardise(crops.reshape(len(crops), -1)).reshape(crops.shape)
+    return _ncc_shifts(flat, ref[used], where, margin, max_shift).max(1)
+
+
+def _refined(
+    image: Tensor, cands: list[tuple[float, int, tuple[tuple[int, ...], float, int], int]], ref: Tensor, margin: int, max_shift: int, d: int
+) -> list[tuple[float, int, tuple[tuple[int, ...], float, int], int]]:
+    """The candidates' rotations moved by ``REFINE_STEPS`` degrees (about each axis where the angle is 0 in 3D), searched over every shift."""
+    trials = []
+    for _, r, (flips_i, angle, axis), _ in cands:
+        axes = [axis] if angle or d == 2 else list(range(3))
+        for ax in axes:
+            for step in REFINE_STEPS:
+                trials.append((r, (flips_i, angle + step, ax if d == 3 else -1)))
+    if not trials:
+        return []
+    views = _rotate(image[None], [(angle, axis) for _, (_, angle, axis) in trials], margin)[0]  # (T, *w)
+    for k, (_, (flips_i, _, _)) in enumerate(trials):
+        if flips_i:
+            views[k] = views[k].flip(list(flips_i))
+    fine, fine_s = _best_shifts(views, ref, torch.tensor([r for r, _ in trials]), margin, max_shift)
+    return [(float(f), r, alignment, int(s)) for f, s, (r, alignment) in zip(fine, fine_s, trials)]
 
 
 def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int, shift: int) -> Tensor:
@@ -310,12 +379,14 @@ def _ncc_shifts(crops: Tensor, refs: Tensor, which: Tensor, margin: int, shift: 
     window = crops.shape[1:]
     ref_f = torch.fft.rfftn(refs, dim=dims)
     n = float(math.prod(window))
-    pool = F.avg_pool2d if d == 2 else F.avg_pool3d
-    r64 = refs.double()
-    mean = pool(r64[:, None], window, stride=1)[:, 0] * n  # window sums (U, *S), float64: no cancellation
-    sq = pool(r64[:, None] ** 2, window, stride=1)[:, 0] * n
+    sums, squares = refs.double(), refs.double() ** 2  # window sums by running sums, float64: no cancellation
+    for a, w in enumerate(window):
+        lo, count = margin - shift, 2 * shift + 1
+        pad = [0, 0] * (d - 1 - a) + [1, 0]
+        sums, squares = (F.pad(v.cumsum(1 + a), pad) for v in (sums, squares))
+        sums, squares = (v.narrow(1 + a, lo + w, count) - v.narrow(1 + a, lo, count) for v in (sums, squares))
+    norm = (squares - sums**2 / n).clamp_min(0.0).sqrt().reshape(len(refs), -1).to(refs.dtype)  # (U, S)
     keep = (slice(None),) + (slice(margin - shift, margin + shift + 1),) * d
-    norm = (sq - mean**2 / n).clamp_min(0.0).sqrt()[keep].reshape(len(refs), -1).to(refs.dtype)  # (U, S)
     out = torch.empty(len(crops), (2 * shift + 1) ** d, dtype=refs.dtype)
     step = max(1, PAIR_ELEMENTS // math.prod(size))
     for lo in range(0, len(crops), step):
