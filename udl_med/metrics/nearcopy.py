@@ -49,7 +49,7 @@ __all__ = ["Alignment", "NearCopies", "alignment_grid", "near_copy_distance"]
 ANGLES = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # 2D: residual at most 1.25 degrees
 ANGLES_3D = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # about each axis: 8 flips x 25 rotations
 MAX_SHIFT = {2: 4, 3: 2}
-SHORTLIST = {2: 24, 3: 64}
+SHORTLIST = {2: 24, 3: 128}
 EPS = 1e-8
 PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (16 MB of float32)
 VARIANT_ELEMENTS = 1 << 24  # voxels of rotated queries and shortlisted crops per block (64 MB of float32)
@@ -273,7 +273,7 @@ def near_copy_distance(
         flips: search flips along every subset of axes.
         blur: Gaussian sigma in voxels applied to both sets first (0: none).
         shortlist: (reference, alignment) pairs kept per query for the full-resolution search
-            (default 24 in 2D, 64 in 3D: the spectrum of a 3D patch changes more when a shift fills in a few slices).
+            (default 24 in 2D, 128 in 3D: the spectrum of a 3D patch changes more when a shift fills in a few slices).
         chunk: queries per block (default: as many as keep the block's aligned copies under
             ``VARIANT_ELEMENTS`` voxels).
 
