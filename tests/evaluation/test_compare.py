@@ -87,7 +87,11 @@ def test_compare_tensors(spatial_dims: int) -> None:
     fake = torch.rand(10, 1, *[16] * spatial_dims, generator=g) * 2 - 1
     r = compare_tensors(real, fake, bootstrap=10)
     assert r["n_real"] == 12 and r["n_fake"] == 10 and r["dims"] == str(spatial_dims)
-    assert compare_tensors(real, real, bootstrap=0)["fid"] == pytest.approx(0.0, abs=1e-9)
+    for key in ("precision", "recall", "density", "coverage"):  # PRDC beside FID in 2D and 3D, with intervals
+        assert r[key] is not None and r[f"{key}_ci_low"] <= r[key] <= r[f"{key}_ci_high"]
+    same = compare_tensors(real, real, bootstrap=0)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0 and same["precision_ci_low"] is None
 
 
 def _last_json(out: str) -> dict:
