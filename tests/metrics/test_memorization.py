@@ -156,3 +156,20 @@ def test_images_of_another_size_spacing_or_modality_are_refused(tmp_path: Path, 
 
     code = main(["memorization", *args, "--resample", "--too-few", "refuse"])  # 40 subjects cannot state 1%
     assert code == 2 and "99 are needed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"synthetic": torch.zeros(2, 4, 4)}, "synthetic images must be a non-empty (N, 1, *spatial) batch, got (2, 4, 4)"),
+        ({"train": torch.zeros(0, 1, 4, 4)}, "train images must be a non-empty (N, 1, *spatial) batch, got (0, 1, 4, 4)"),
+        ({"holdout": torch.zeros(2, 2, 4, 4)}, "holdout images must be a non-empty (N, 1, *spatial) batch, got (2, 2, 4, 4)"),
+        ({"holdout": torch.zeros(2, 1, 4, 5)}, "image sizes differ: synthetic (4, 4), train (4, 4), holdout (4, 5)"),
+        ({"too_few": "ignore"}, "too_few must be 'refuse' or 'warn', got 'ignore'"),
+    ],
+)
+def test_memorization_tensors_refuses_bad_batches_with_one_message(change: dict, message: str) -> None:
+    args = {"synthetic": torch.zeros(2, 1, 4, 4), "train": torch.zeros(3, 1, 4, 4), "holdout": torch.zeros(2, 1, 4, 4), **change}
+    with pytest.raises(UserError) as caught:
+        memorization_tensors(**args)
+    assert str(caught.value) == message
