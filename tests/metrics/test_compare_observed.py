@@ -19,6 +19,7 @@ from udl_med.metrics import compare
 from udl_med.metrics.bootstrap import bootstrap_ci
 from udl_med.metrics.inception_score import inception_score
 from udl_med.metrics.kid import KID_SUBSETS, KernelMatrices
+from udl_med.metrics.prdc import prdc_report
 from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StatsKey, frechet_distance_stats
 
 
@@ -199,9 +200,11 @@ def test_compare_tensors_is_compare_stats_of_the_batches() -> None:
     extractor = _Extractor()
     got = compare.compare_tensors(real, fake, extractor, bootstrap=9, kid_subset_size=10, seed=4)
     stats = [compare.tensor_statistics(x, extractor, layout="2d") for x in (real, fake)]
-    assert got == {**compare.compare_stats(*stats, 9, 10, KID_SUBSETS, 4), "extractor": "stand-in", "dims": "2"}
+    prdc = prdc_report(stats[0].features, stats[1].features, n_boot=9, seed=4)
+    assert got == {**compare.compare_stats(*stats, 9, 10, KID_SUBSETS, 4), "extractor": "stand-in", "dims": "2", **prdc}
     default = compare.compare_tensors(real, fake, extractor)
-    assert default == {**compare.compare_stats(*stats, 100, None, KID_SUBSETS, 0), "extractor": "stand-in", "dims": "2"}
+    prdc = prdc_report(stats[0].features, stats[1].features, n_boot=100, seed=0)
+    assert default == {**compare.compare_stats(*stats, 100, None, KID_SUBSETS, 0), "extractor": "stand-in", "dims": "2", **prdc}
     volumes = compare.compare_tensors(real[:, :, None], fake[:, :, None], extractor, bootstrap=0)
     assert volumes["dims"] == "3"
     with pytest.raises(UserError) as caught:

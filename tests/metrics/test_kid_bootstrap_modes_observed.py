@@ -161,10 +161,10 @@ def test_bootstrap_refusals(kwargs: dict, message: str) -> None:
 
 
 def test_percentiles_of_nothing_are_nan() -> None:
-    got = bs._percentiles(np.arange(101.0), 0.9)
+    got = bs.percentile_interval(np.arange(101.0), 0.9)
     assert (got.low, got.high) == (pytest.approx(5.0), pytest.approx(95.0))
-    assert bs._percentiles(np.array([np.nan, 4.0]), 0.9) == bs.Interval(4.0, 4.0)
-    empty = bs._percentiles(np.array([np.nan]), 0.9)
+    assert bs.percentile_interval(np.array([np.nan, 4.0]), 0.9) == bs.Interval(4.0, 4.0)
+    empty = bs.percentile_interval(np.array([np.nan]), 0.9)
     assert isinstance(empty.low, float) and isinstance(empty.high, float) and math.isnan(empty.low) and math.isnan(empty.high)
 
 
