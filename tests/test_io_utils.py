@@ -39,7 +39,14 @@ def temporaries(folder: Path) -> list[Path]:
 
 
 def start_slow_writer(target: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT (xdist workers, background shells ignore it), and Python
+    # then installs no KeyboardInterrupt handler: give the writer the default, as a terminal would.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert proc.stdout.readline().strip() == "half"  # the writer is mid-way
     return proc
 

@@ -296,7 +296,7 @@ _PRIVACY = Arg(
 )
 _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
-_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
+_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | swav:PATH | medicalnet:PATH"
 _OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable; default: none, the file as it is)"
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
@@ -402,10 +402,16 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("synthetic", "synthetic images: folder, manifest or volume", positional=True),
                 Arg("train", "the generator's training images", positional=True),
-                Arg("holdout", "real images the generator never saw (sets the distance scale)"),
-                Arg("extractor", "random | encoder:PATH | inception:PATH | ... (as udl-med fid)", default="random"),
+                Arg("holdout", "real images of subjects not in TRAIN: calibrate the threshold (one score per subject)"),
                 Arg("dims", "slices (2) or volumes (3)", default="2", choices=("2", "3")),
-                Arg("quantile", "held-out quantile below which an image is flagged", float, 0.01),
+                Arg("rate", "false-alarm rate per new subject the threshold is calibrated to", float, 0.01),
+                Arg(
+                    "too_few",
+                    "too few held-out subjects for --rate: warn (calibrate at the smallest rate they can state) or refuse (exit 2)",
+                    default="warn",
+                    choices=("warn", "refuse"),
+                ),
+                Arg("resample", "resample images of another size or spacing to the training images' instead of refusing them", None, False, kind="flag"),
                 Arg("drop", "remove flagged images from the synthetic manifest", None, False, kind="flag"),
                 Arg(
                     "out",

@@ -71,3 +71,6 @@ LOSS_L1 = "loss_l1"  # pix2pix's L1 to the paired target, before its weight
 CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
 IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
 L1 = "l1"  # held-out L1 of a translation against its paired target
+
+# Precision, recall, density, coverage of generated samples (train.sample_eval, udl-med fid; metrics/prdc.py).
+PRDC = ("precision", "recall", "density", "coverage")  # Kynkaanniemi et al. 2019 (k = 3), Naeem et al. 2020 (k = 5)

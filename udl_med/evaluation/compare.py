@@ -35,6 +35,7 @@ from udl_med.metrics.compare import (
 )
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
 from udl_med.metrics.kid import KID_SUBSETS
+from udl_med.metrics.prdc import prdc_report
 from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, load_stats, save_stats
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,8 @@ def compare_sets(
     """FID and KID between image sets REAL and FAKE (folders, manifests, volumes or ``.npz``).
 
     Args:
-        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``
-            or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
+        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``,
+            ``swav:PATH`` or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
         dims: ``"2"`` (slices), ``"2.5"`` (three middle planes, averaged) or ``"3"`` (volumes).
         bootstrap: bootstrap replicates for the 95% intervals; 0 for none.
         kid_subset_size: KID subset size; None: min(1000, n_real, n_fake).
@@ -193,8 +194,11 @@ def compare_sets(
     Returns:
         ``fid``, ``fid_ci_low``, ``fid_ci_high``, ``kid``, ``kid_std``, ``kid_ci_low``,
         ``kid_ci_high``, ``n_real``, ``n_fake`` (feature vectors), ``feature_dim``,
-        ``kid_subset_size``, ``extractor``, ``dims``; with a class head (``inception``)
-        and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
+        ``kid_subset_size``, ``extractor``, ``dims``; ``precision``, ``recall``,
+        ``density``, ``coverage`` (:mod:`udl_med.metrics.prdc`; k = 3 and 5) with
+        ``<key>_ci_low`` / ``<key>_ci_high`` (None without bootstrap; all None for
+        statistics saved without features or sets smaller than k + 1); with a class head
+        (``inception``) and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
 
     Raises:
         UserError: bad paths or images, too few samples, mismatched statistics or feature
@@ -213,6 +217,10 @@ def compare_sets(
     result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed, device=device)
     key = real_stats.key
     result.update(extractor=key.extractor if key else extractor, dims=str(dims))
+    if real_stats.features is not None and fake_stats.features is not None:
+        result.update(prdc_report(real_stats.features, fake_stats.features, n_boot=bootstrap, seed=seed))
+    else:
+        result.update(prdc_report([], []))
     if net is not None and net.num_classes and layout == "2d" and fake_stats.features is not None:
         result.update(fake_inception_score(fake_stats, net))
     return result
