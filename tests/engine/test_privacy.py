@@ -137,7 +137,7 @@ def tiny_pipeline(tmp: Path, manifest: Path, mode: str) -> PipelineConfig:
     ct = str(manifest.parent / "sub-000" / "ct")
 
     def train_step(name: str) -> dict[str, Any]:
-        return {"name": name, "run": "train", "with": {"config": str(tmp / f"{name}.yaml"), "set": [f"data.source={manifest}", f"output_dir=${{workdir}}/{name}"]}}
+        return {"name": name, "run": "train", "with": {"config": str(tmp / f"{name}.yaml"), "set": [f"data.source={manifest}", f"output_dir=${{workdir}}/{name}", f"tracking.run_name={name}"]}}
 
     steps = [
         train_step("vae"),

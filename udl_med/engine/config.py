@@ -259,7 +259,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         config = validate_config(final, str(path))
     except ConfigError as err:
         raise blame_overrides(err, overrides, raw) from None
-    if config.tracking.run_name is not None and _tracking(raw).get("run_name") != config.tracking.run_name:
+    if any(item.split("=", 1)[0].strip() == "tracking.run_name" for item in overrides):
         return config  # named by --set
     name = run_name_for(config, base=_tracking(raw).get("run_name") or path.stem, own_data=_data_identity(raw) == _data_identity(final))
     return config.model_copy(update={"tracking": config.tracking.model_copy(update={"run_name": name})})
