@@ -379,6 +379,8 @@ class Adversary(nn.Module):
         transformed with each item's draw.
         """
         n = real.shape[0]
+        if self.augment is None and not self.joint:  # as they are, one call each
+            return self._call(critic, real, real_labels, condition), self._call(critic, fake, fake_labels, condition)
         both = None if condition is None else torch.cat([condition, condition])
         seen, seen_condition = self.view(torch.cat([real, fake]), both)
         real_c, fake_c = (None, None) if seen_condition is None else (seen_condition[:n], seen_condition[n:])

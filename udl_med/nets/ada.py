@@ -125,38 +125,55 @@ class AdaptiveAugment(nn.Module):
         return torch.rand(b, device=device) < self.p.to(device=device, dtype=torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x (B, C, *spatial)`` with every transform of the policy applied to each item with probability ``p``."""
+        """``x (B, C, *spatial)`` with every transform of the policy applied to each item with probability ``p``.
+
+        A transform whose draw hits no item is skipped (at ``p = 0`` the pipeline costs a
+        few random draws).
+        """
         b, nd, size, dev = x.shape[0], x.ndim - 2, x.shape[2:], x.device
+        if float(self.p) == 0.0:
+            return x
+        per_item = (b,) + (1,) * (x.ndim - 1)
         if "flip" in self.policy:
-            flips = torch.zeros(b, nd, dtype=torch.bool, device=dev)
-            flips[:, 0] = self._applied(b, dev) & (torch.rand(b, device=dev) < 0.5)
-            x = flip(x, flips)
+            hit = self._applied(b, dev) & (torch.rand(b, device=dev) < 0.5)
+            if hit.any():
+                flips = torch.zeros(b, nd, dtype=torch.bool, device=dev)
+                flips[:, 0] = hit
+                x = flip(x, flips)
         if "translation" in self.policy:
-            limit = torch.tensor([int(s * TRANSLATION_RATIO + 0.5) for s in size], device=dev)
-            shift = torch.floor(torch.rand(b, nd, device=dev) * (2 * limit + 1)).long() - limit
-            x = translate(x, shift * self._applied(b, dev)[:, None], reflect=True)
-        if "scaling" in self.policy or "rotation" in self.policy:
-            scale = torch.ones(b, device=dev)
-            angle = torch.zeros(b, device=dev)
-            if "scaling" in self.policy:
-                scale = torch.where(self._applied(b, dev), torch.exp2(torch.randn(b, device=dev) * SCALE_STD), scale)
-            if "rotation" in self.policy:
-                drawn = (torch.rand(b, device=dev) * 2 - 1) * math.radians(ROTATION_DEGREES)
-                angle = torch.where(self._applied(b, dev), drawn, angle)
+            hit = self._applied(b, dev)
+            if hit.any():
+                limit = torch.tensor([int(s * TRANSLATION_RATIO + 0.5) for s in size], device=dev)
+                shift = torch.floor(torch.rand(b, nd, device=dev) * (2 * limit + 1)).long() - limit
+                x = translate(x, shift * hit[:, None], reflect=True)
+        scale, angle = torch.ones(b, device=dev), torch.zeros(b, device=dev)
+        if "scaling" in self.policy:
+            hit = self._applied(b, dev)
+            if hit.any():
+                scale = torch.where(hit, torch.exp2(torch.randn(b, device=dev) * SCALE_STD), scale)
+        if "rotation" in self.policy:
+            hit = self._applied(b, dev)
+            if hit.any():
+                angle = torch.where(hit, (torch.rand(b, device=dev) * 2 - 1) * math.radians(ROTATION_DEGREES), angle)
+        if bool((scale != 1).any() or (angle != 0).any()):
             x = affine_resample(x, scale, angle)
         if "intensity" in self.policy:
             hit_b, hit_c = self._applied(b, dev), self._applied(b, dev)
-            brightness = torch.where(hit_b, torch.randn(b, device=dev) * BRIGHTNESS_STD, torch.zeros(b, device=dev))
-            contrast = torch.where(hit_c, torch.exp2(torch.randn(b, device=dev) * CONTRAST_STD), torch.ones(b, device=dev))
-            x = torch.where((hit_b | hit_c).reshape((b,) + (1,) * (x.ndim - 1)), intensity(x, brightness, contrast), x)  # items missed stay bit-exact
+            if (hit_b | hit_c).any():
+                brightness = torch.where(hit_b, torch.randn(b, device=dev) * BRIGHTNESS_STD, torch.zeros(b, device=dev))
+                contrast = torch.where(hit_c, torch.exp2(torch.randn(b, device=dev) * CONTRAST_STD), torch.ones(b, device=dev))
+                x = torch.where((hit_b | hit_c).reshape(per_item), intensity(x, brightness, contrast), x)  # items missed stay bit-exact
         if "noise" in self.policy:
-            sigma = torch.where(self._applied(b, dev), torch.randn(b, device=dev).abs() * NOISE_STD, torch.zeros(b, device=dev))
-            x = x + sigma.to(x).reshape((b,) + (1,) * (x.ndim - 1)) * torch.randn_like(x)
-        if "cutout" in self.policy:
-            box = [int(s * CUTOUT_RATIO + 0.5) for s in size]
-            centre = torch.floor(torch.rand(b, nd, device=dev) * torch.tensor(size, device=dev)).long()
             hit = self._applied(b, dev)
-            x = torch.where(hit.reshape((b,) + (1,) * (x.ndim - 1)), cutout(x, centre, box), x)
+            if hit.any():
+                sigma = torch.where(hit, torch.randn(b, device=dev).abs() * NOISE_STD, torch.zeros(b, device=dev))
+                x = x + sigma.to(x).reshape(per_item) * torch.randn_like(x)
+        if "cutout" in self.policy:
+            hit = self._applied(b, dev)
+            if hit.any():
+                box = [int(s * CUTOUT_RATIO + 0.5) for s in size]
+                centre = torch.floor(torch.rand(b, nd, device=dev) * torch.tensor(size, device=dev)).long()
+                x = torch.where(hit.reshape(per_item), cutout(x, centre, box), x)
         return x
 
     # -- the controller ---------------------------------------------------------------
