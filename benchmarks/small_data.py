@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -129,6 +130,8 @@ def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int,
         "train": {"steps": steps, "batch_size": 16, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
         "tracking": {"enabled": False}, "output_dir": str(out),
     }
+    if out.exists():  # a fresh run every time: the benchmark's work folder is scratch
+        shutil.rmtree(out)
     start = time.perf_counter()
     report = fit(config, datasets=(TensorItems(train.images, train.labels, CLASSES), TensorItems(held.images, held.labels, CLASSES)))
     return load_model(report["model_dir"]).method, time.perf_counter() - start
@@ -328,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     subjects, generators, arms, steps = args.subjects, args.generators, args.arms, args.steps
     if args.tune:
-        seeds, subjects, arms = [TUNING_SEEDS + i for i in range(args.seeds)], [6], list(ARMS)
+        seeds, subjects = [TUNING_SEEDS + i for i in range(args.seeds)], [6]
+        arms = list(ARMS) if args.arms == list(DEFAULT_ARMS) else arms  # every arm unless --arms names some
     if args.full:
         subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
     out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps)
