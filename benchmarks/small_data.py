@@ -34,7 +34,7 @@ augmented GAN's FID at most 0.6x the plain GAN's with higher recall; memorisatio
 most 1%; augmentation at most 15% of step time; the utility gain at 12 subjects larger
 than the seed spread.
 
-    .venv/bin/python benchmarks/small_data.py [--subjects 6 12] [--generators cdcgan lapgan] [--arms plain diffaugment ada] [--seeds 3] [--steps 600] [--out rows.jsonl] [--grids DIR]
+    .venv/bin/python benchmarks/small_data.py [--subjects 6 12] [--generators cdcgan lapgan] [--arms plain diffaugment ada] [--seeds 3] [--steps 1500] [--out rows.jsonl] [--grids DIR]
     .venv/bin/python benchmarks/small_data.py --tune            # the tuning seeds (100+): every arm, 6 subjects
     .venv/bin/python benchmarks/small_data.py --full            # 6, 12 and 24 subjects, both generators, 1500 steps
 """
@@ -215,7 +215,7 @@ def _row(case: str, metric: str, ours: float, ours_std: float, peer_name: str, p
     return {"benchmark": BENCH, "case": case, "metric": metric, "ours": ours, "ours_std": ours_std, "peer_name": peer_name, "peer": peer, "ratio": ratio, "goal": goal, "meets_goal": meets, **extra}
 
 
-LOWER_IS_BETTER = ("fid_random", "fid_encoder", "kid_random", "memorization_rate")
+LOWER_IS_BETTER = ("fid_random", "fid_encoder", "kid_random", "memorization_rate", "train_seconds")
 
 
 def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", nargs="+", default=["cdcgan"], choices=sorted(GENERATORS))
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=sorted(ARMS))
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds 0 .. N-1 (reported)")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
