@@ -119,8 +119,8 @@ def test_the_input_arguments_of_the_step_kinds() -> None:
 
 def test_an_actions_signature_is_its_arguments_for_the_python_api() -> None:
     signature = ACTIONS["sample"].signature
-    assert list(signature.parameters) == ["model", "n", "out", "label", "seed"]
-    assert signature.parameters["n"].default is inspect.Parameter.empty and signature.parameters["seed"].default == 0
+    assert list(signature.parameters) == ["model", "n", "out", "label", "seed", "overwrite"]
+    assert signature.parameters["n"].default is inspect.Parameter.empty and signature.parameters["seed"].default is None
 
 
 def test_an_action_refuses_an_unknown_argument() -> None:

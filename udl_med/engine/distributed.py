@@ -72,3 +72,12 @@ def all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(names, t.tolist(), strict=True))
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (a signal reaches the ranks at different steps)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
