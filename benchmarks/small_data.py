@@ -12,9 +12,9 @@ held-out crops (classes in turn), and is scored:
   ``fid_encoder``: FID with the encoder of an autoencoder udl-med trains on the same
   training crops (the run's own data, ``udl-med export --format encoder``);
 - ``precision`` / ``recall`` (k = 3) and ``density`` / ``coverage`` (k = 5) on the
-  random extractor's features (Kynkäänniemi et al. 2019, Naeem et al. 2020), computed
-  with the authors' ``prdc`` package (a dev dependency; udl_med.metrics.prdc where it
-  has landed);
+  random extractor's features (Kynkäänniemi et al. 2019, Naeem et al. 2020),
+  :func:`udl_med.metrics.prdc.prdc` (the rows on file were computed with the authors'
+  ``prdc`` package before it landed; the two agree);
 - ``memorization_rate``: :func:`udl_med.metrics.memorization.memorization_tensors`;
 - at 12 subjects, ``utility``: the same MONAI classifier trained on real crops and on
   real + synthetic crops (:func:`udl_med.evaluation.utility.utility_tensors`), balanced
@@ -86,16 +86,10 @@ def _features(extractor: Any, images: torch.Tensor) -> np.ndarray:
 
 def prdc_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
     """Precision and recall (k = 3), density and coverage (k = 5) of fake features against real ones."""
-    try:  # h-memo2's implementation, once it is on main
-        from udl_med.metrics.prdc import prdc as ours  # type: ignore[attr-defined]
+    from udl_med.metrics.prdc import prdc  # the rows on file came from the prdc package; both give the same values (checked)
 
-        pr, dc = ours(real, fake, k=3), ours(real, fake, k=5)
-        return {"precision": float(pr["precision"]), "recall": float(pr["recall"]), "density": float(dc["density"]), "coverage": float(dc["coverage"])}
-    except Exception:  # noqa: BLE001 - fall back to the reference package
-        from prdc import compute_prdc
-
-        pr, dc = compute_prdc(real, fake, nearest_k=3), compute_prdc(real, fake, nearest_k=5)
-        return {"precision": float(pr["precision"]), "recall": float(pr["recall"]), "density": float(dc["density"]), "coverage": float(dc["coverage"])}
+    values = prdc(real, fake, k_pr=3, k_dc=5)
+    return {"precision": float(values.precision), "recall": float(values.recall), "density": float(values.density), "coverage": float(values.coverage)}
 
 
 def encoder_extractor(train: Any, workdir: Path, steps: int) -> Any:
