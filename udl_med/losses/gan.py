@@ -113,8 +113,9 @@ class GANLoss(nn.Module):
         self.fake_label = float(fake_label)
         if self.mode in WASSERSTEIN_MODES | {GANMode.HINGE} and (self.real_label != 1.0 or self.fake_label != 0.0):
             raise ValueError(
-                f"real_label={real_label} / fake_label={fake_label}: {self.mode.value} "
-                "has no targets, label smoothing does not apply"
+                f"real_label={real_label} / fake_label={fake_label}: "
+                + (f"a Wasserstein critic ({self.mode.value})" if self.mode in WASSERSTEIN_MODES else "the hinge loss")
+                + " has no targets, label smoothing does not apply"
             )
 
     def _against(self, scores: Tensor, target: float) -> Tensor:
