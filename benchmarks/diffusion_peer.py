@@ -14,7 +14,7 @@ import it (MONAI's attention blocks need the optional ``einops``; ``pip install 
   per class, and 24 held-out phantoms of seed 1, subjects ``heldout-*``).
 - **Training subjects**: 6, 12 and 24 of the training phantoms, the same number per class
   (2, 4, 8), nested (the 6 are among the 12, the 12 among the 24) and drawn once
-  (:func:`training_subjects`, the rule of ``small_data_common.py``), so every seed, every
+  (``small_data_common.training_subjects``, imported), so every seed, every
   generator and the GAN arms of ``benchmarks/small_data.py`` see the same subjects.
 - **Budget**: per (subjects, seed) the conditional DCGAN trains ``--gan-steps`` (1500, the
   synthesis benchmark's length) at batch 16 and its time is measured; the diffusion
@@ -74,6 +74,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from small_data_common import training_subjects  # noqa: E402  (issue 22's one rule for the nested, class-balanced subjects)
 from synthesis import UTILITY_GENERATORS, liver_crops  # noqa: E402  (the synthesis benchmark's crops and generators)
 
 BENCH = "diffusion_peer"
@@ -99,38 +100,6 @@ DIFFUSION = DiffusionSettings()
 
 
 # --- data -----------------------------------------------------------------------------------
-
-
-SUBJECT_SEED = 22  # benchmarks/small_data_common.py's one draw of the nested subsets
-
-
-def training_subjects(items: Any, n: int) -> list[str]:
-    """``n`` training subjects, ``n // 3`` per class, nested, drawn once from ``SUBJECT_SEED``: the GAN arms' subjects.
-
-    The rule of ``small_data_common.training_subjects`` (issue 22 part 1, benchmarks/small_data.py),
-    which is used where it is importable; this copy keeps the benchmark running before that
-    file is merged, and picks the same subjects.
-    """
-    try:
-        from small_data_common import training_subjects as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(items, n)
-    classes: dict[str, int] = {}
-    for subject, label in zip(items.subjects.tolist(), items.labels.tolist()):
-        classes[subject] = max(classes.get(subject, 0), int(label))
-    labels = sorted(set(classes.values()))
-    if n % len(labels):
-        raise ValueError(f"n={n} must be a multiple of the {len(labels)} classes (class-balanced subsets)")
-    rng = np.random.default_rng(SUBJECT_SEED)
-    chosen: list[str] = []
-    for label in labels:
-        pool = sorted(s for s, c in classes.items() if c == label)
-        if n // len(labels) > len(pool):
-            raise ValueError(f"n={n} needs {n // len(labels)} subjects of class {label}; there are {len(pool)}")
-        chosen += [pool[i] for i in rng.permutation(len(pool))][: n // len(labels)]
-    return sorted(chosen)
 
 
 def subject_subset(items: Any, n_subjects: int) -> Any:

@@ -72,5 +72,10 @@ CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
 IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
 L1 = "l1"  # held-out L1 of a translation against its paired target
 
+# Log keys of the D side every adversarial method shares (methods/adversarial.py).
+ADA_P = "ada_p"  # ADA's augmentation probability p after the step
+ADA_RT = "ada_rt"  # ADA's overfitting heuristic r_t = E[sign(D(x_real))] at the last adjustment of p
+R1 = "r1_penalty"  # E ||grad_x D(x)||^2 on real data before its weight, at the steps R1 is due
+
 # Precision, recall, density, coverage of generated samples (train.sample_eval, udl-med fid; metrics/prdc.py).
 PRDC = ("precision", "recall", "density", "coverage")  # Kynkaanniemi et al. 2019 (k = 3), Naeem et al. 2020 (k = 5)

@@ -25,8 +25,9 @@ def test_mode_parsing_lists_valid_values() -> None:
     assert parse_gan_mode(GANMode.WGAN_GP) is GANMode.WGAN_GP
     assert parse_gan_mode("non-saturating") is GANMode.NON_SATURATING
     assert parse_gan_mode("wgan") is GANMode.WGAN
-    with pytest.raises(ValueError, match="lsgan, vanilla, non-saturating, minimax, wgan, wgan-gp"):
-        parse_gan_mode("hinge")
+    assert parse_gan_mode("hinge") is GANMode.HINGE
+    with pytest.raises(ValueError, match="lsgan, vanilla, non-saturating, minimax, wgan, wgan-gp, hinge"):
+        parse_gan_mode("bogus")
     with pytest.raises(ValueError, match="reduction"):
         GANLoss("lsgan", reduction="max")
 

@@ -28,7 +28,7 @@ def test_registered_with_paper_defaults() -> None:
     assert (cfg.lr, cfg.beta1, cfg.norm, cfg.num_res_blocks) == (2e-4, 0.5, "instance", 9)
     assert Capability.TRANSLATE in cls.capabilities and cls.batch_keys == (keys.CT, keys.MR)
     with pytest.raises(ValidationError, match="lsgan"):
-        cls.Config(gan_mode="hinge")
+        cls.Config(gan_mode="relativistic")
     with pytest.raises(ValidationError):
         cls.Config(lambda_cyc=5)  # unknown key
     with pytest.raises(ConfigError, match="model.disc_layers"):

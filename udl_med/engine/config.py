@@ -236,6 +236,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
         raise ConfigError(source, *_first_error(err, model=RunConfig)) from None
     try:
         model.check_run(run.train)  # model keys that depend on train: (model.pack vs train.batch_size)
+        model.check_data(run.data)  # data keys the method refuses (data.augment with an adversarial method)
     except ConfigError as err:
         raise ConfigError(source, err.key, err.problem) from None
     return run

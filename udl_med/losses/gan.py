@@ -17,6 +17,10 @@ and the discriminator's objectives:
   "Wasserstein GAN" (https://arxiv.org/abs/1701.07875): critic loss
   ``mean(D(fake)) - mean(D(real))``, generator loss ``-mean(D(fake))``; call
   :func:`clip_weights` on the critic after each of its steps.
+- ``hinge``: the hinge loss, Lim & Ye 2017, "Geometric GAN"
+  (https://arxiv.org/abs/1705.02894), Miyato et al. 2018 (SN-GAN): D minimises
+  ``E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]``, G minimises ``-E[D(G(z))]``; no targets,
+  and D's loss is not halved.
 - ``wgan-gp``: Wasserstein critic with gradient penalty, Gulrajani et al. 2017,
   "Improved Training of Wasserstein GANs" (https://arxiv.org/abs/1704.00028); add
   :func:`gradient_penalty` to the critic's loss.
@@ -56,6 +60,7 @@ class GANMode(StrEnum):
     MINIMAX = "minimax"
     WGAN = "wgan"
     WGAN_GP = "wgan-gp"
+    HINGE = "hinge"
 
 
 #: the modes whose discriminator is a Wasserstein critic (no targets, no sigmoid)
@@ -106,10 +111,11 @@ class GANLoss(nn.Module):
         self.reduction = _check_reduction(reduction)
         self.real_label = float(real_label)
         self.fake_label = float(fake_label)
-        if self.mode in WASSERSTEIN_MODES and (self.real_label != 1.0 or self.fake_label != 0.0):
+        if self.mode in WASSERSTEIN_MODES | {GANMode.HINGE} and (self.real_label != 1.0 or self.fake_label != 0.0):
             raise ValueError(
-                f"real_label={real_label} / fake_label={fake_label}: a Wasserstein critic ({self.mode.value}) "
-                "has no targets, label smoothing does not apply"
+                f"real_label={real_label} / fake_label={fake_label}: "
+                + (f"a Wasserstein critic ({self.mode.value})" if self.mode in WASSERSTEIN_MODES else "the hinge loss")
+                + " has no targets, label smoothing does not apply"
             )
 
     def _against(self, scores: Tensor, target: float) -> Tensor:
@@ -125,10 +131,10 @@ class GANLoss(nn.Module):
         """The generator's loss given the discriminator's scores of generated images ``(B, ...)``.
 
         ``lsgan``: ``(D(G(z)) - 1)^2``; ``vanilla``/``non-saturating``: ``-log D(G(z))``;
-        ``minimax``: ``log(1 - D(G(z)))``; ``wgan``/``wgan-gp``: ``-D(G(z))``. The
+        ``minimax``: ``log(1 - D(G(z)))``; ``wgan``/``wgan-gp``/``hinge``: ``-D(G(z))``. The
         targets are 1 and 0 whatever ``real_label``/``fake_label`` say.
         """
-        if self.mode in WASSERSTEIN_MODES:
+        if self.mode in WASSERSTEIN_MODES or self.mode == GANMode.HINGE:
             return _reduce(-fake_scores.float(), self.reduction)
         if self.mode == GANMode.MINIMAX:
             # minimise log(1 - sigmoid(s)) = -BCE(s, 0)
@@ -141,7 +147,11 @@ class GANLoss(nn.Module):
         Both ``(B, ...)`` of the same shape when ``reduction="none"``. Real scores are
         compared with ``real_label``, fake ones with ``fake_label``. For ``wgan-gp`` add
         :func:`gradient_penalty` yourself; for ``wgan`` call :func:`clip_weights` after the step.
+        ``hinge``: ``relu(1 - D(x)) + relu(1 + D(G(z)))``, each term reduced on its own.
         """
+        if self.mode == GANMode.HINGE:
+            real, fake = F.relu(1.0 - real_scores.float()), F.relu(1.0 + fake_scores.float())
+            return real + fake if self.reduction == "none" else _reduce(real, self.reduction) + _reduce(fake, self.reduction)
         if self.mode in WASSERSTEIN_MODES:
             if self.reduction == "none":
                 return fake_scores.float() - real_scores.float()
@@ -157,6 +167,8 @@ class GANLoss(nn.Module):
 
         Uses ``real_label``/``fake_label``; for the generator use :meth:`generator_loss`.
         """
+        if self.mode == GANMode.HINGE:
+            return _reduce(F.relu(1.0 - scores.float()) if target_is_real else F.relu(1.0 + scores.float()), self.reduction)
         if self.mode in WASSERSTEIN_MODES:
             return _reduce(-scores.float() if target_is_real else scores.float(), self.reduction)
         return _reduce(self._against(scores, self.real_label if target_is_real else self.fake_label), self.reduction)

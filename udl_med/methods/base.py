@@ -64,6 +64,13 @@ class MethodConfig(BaseModel):
         the engine puts the config file in its place. The default accepts everything.
         """
 
+    def check_data(self, data: Any) -> None:
+        """Refuse keys of the run's ``data:`` section this method cannot train with (``ConfigError`` naming ``data.KEY``), called when the run config loads.
+
+        The default accepts everything; the adversarial methods refuse ``data.augment``
+        (:meth:`udl_med.methods.adversarial.DiscriminatorSideConfig.check_data`).
+        """
+
 
 class InitFrom(BaseModel):
     """Weights of a trained model copied into submodules of a new run before its first step.

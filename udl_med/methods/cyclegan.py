@@ -7,7 +7,7 @@ Cycle-Consistent Adversarial Networks" (https://arxiv.org/abs/1703.10593).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -17,7 +17,7 @@ from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import CycleConsistencyLoss, GANMode, IdentityLoss, set_requires_grad
 from udl_med.losses.image_pool import ImagePool
-from udl_med.methods.adversarial import AdversarialConfig, Adversary, replay
+from udl_med.methods.adversarial import AdversarialConfig, Adversary, discriminator_network, replay
 from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
 from udl_med.nets.patch_discriminator import PatchGANDiscriminator, check_patch_input
 from udl_med.nets.resnet_generator import ResNetGenerator
@@ -33,7 +33,10 @@ def check_direction(direction: str, available: tuple[str, ...] = DIRECTIONS) -> 
 
 
 class PatchGANConfig(AdversarialConfig):
-    """What every PatchGAN translation method shares: discriminator, Adam, and the adversarial keys (``gp_weight``, ``label_smoothing``)."""
+    """What every PatchGAN translation method shares: discriminator, Adam, and the adversarial keys (``gp_weight``, ``label_smoothing``, ``d_augment``, R1, spectral norm)."""
+
+    # a translator is conditional: an augmented item (pix2pix's pair under one draw, a CycleGAN domain's scan) is still a right input for its output
+    data_augment_allowed: ClassVar[str | None] = "a translator maps each input to its own output; paired items share one draw"
 
     disc_channels: int = Field(64, ge=1, description="discriminator first-layer filters (ndf)")
     disc_layers: int = Field(3, ge=1, description="PatchGAN strided layers (3: 70x70 patches)")
@@ -114,8 +117,8 @@ class CycleGAN(Method):
             return ResNetGenerator(**self.generator_kwargs)
 
         def discriminator() -> PatchGANDiscriminator:
-            return PatchGANDiscriminator(
-                dims, c, channels=config.disc_channels, num_layers=config.disc_layers, norm=config.norm
+            return discriminator_network(
+                PatchGANDiscriminator(dims, c, channels=config.disc_channels, num_layers=config.disc_layers, norm=config.norm), config
             )
 
         self.g_ct2mr, self.g_mr2ct = generator(), generator()
@@ -172,8 +175,9 @@ class CycleGAN(Method):
         # discriminators: real vs pooled, detached fakes
         with opt.autocast():
             # one helper for D_Y and D_X: real vs pooled, detached fakes
-            loss_d_mr = self.adversary.discriminator_loss(self._critic(self.d_mr), real_mr, replay(self.pool_mr, fake_mr.detach())[0]).loss
-            loss_d_ct = self.adversary.discriminator_loss(self._critic(self.d_ct), real_ct, replay(self.pool_ct, fake_ct.detach())[0]).loss
+            step = getattr(opt, "global_step", None)
+            loss_d_mr = self.adversary.discriminator_loss(self._critic(self.d_mr), real_mr, replay(self.pool_mr, fake_mr.detach())[0], step=step).loss
+            loss_d_ct = self.adversary.discriminator_loss(self._critic(self.d_ct), real_ct, replay(self.pool_ct, fake_ct.detach())[0], step=step).loss
             loss_d = loss_d_mr + loss_d_ct
         opt.step("d", loss_d)
 
@@ -185,6 +189,7 @@ class CycleGAN(Method):
             keys.LOSS_D: loss_d.detach(),
             f"{keys.LOSS_D}_ct": loss_d_ct.detach(),
             f"{keys.LOSS_D}_mr": loss_d_mr.detach(),
+            **self.adversary.logs(),
         }
 
     @torch.no_grad()

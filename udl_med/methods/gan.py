@@ -34,7 +34,7 @@ from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
 from udl_med.losses.unrolled import adam_eps, adam_moments, unroll_discriminator
 from udl_med.methods.adversarial import Adversary, CheckpointSwapConfig, DiscriminatorLoss, PackingConfig, UnrolledConfig
-from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, packed_discriminator, refuse, replay, score_metrics
+from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, discriminator_network, packed_discriminator, refuse, replay, score_metrics
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
 from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.gan_wrappers import Flat, SwapHistory
@@ -54,6 +54,7 @@ class GANObjective(StrEnum):
     LSGAN = "lsgan"
     WGAN = "wgan"
     WGAN_GP = "wgan-gp"
+    HINGE = "hinge"
 
 
 WASSERSTEIN = (GANObjective.WGAN, GANObjective.WGAN_GP)
@@ -68,6 +69,8 @@ _LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "wgan": {"optimizer": "rmsprop", "lr": 5e-5, "d_steps": 5, "clip_value": 0.01},
     # WGAN-GP: Adam 1e-4, betas (0, 0.9), n_critic 5, lambda 10 (Gulrajani et al. 2017, algorithm 1)
     "wgan-gp": {"optimizer": "adam", "lr": 1e-4, "d_steps": 5, "gp_weight": 10.0},
+    # hinge: as the DCGAN-style nets of SN-GAN, Adam 2e-4, betas (0.5, 0.999), n_dis 1 (Miyato et al. 2018, table 1, setting C)
+    "hinge": {"optimizer": "adam", "lr": 2e-4, "d_steps": 1},
 }
 # Adam's betas when the config leaves them out (only when the optimizer is Adam)
 _ADAM_BETAS = {"wgan-gp": (0.0, 0.9)}
@@ -309,7 +312,7 @@ class GAN(Method):
                 raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
         if mixture is not None:  # G and its learned latent: one module to train, average and save
             g = MixtureLatentGenerator(g, MixtureLatent(config.latent_dim, mixture.components, init_std=mixture.init_std))
-        return g, packed_discriminator(d, m)
+        return g, packed_discriminator(discriminator_network(d, config), m)
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -368,7 +371,7 @@ class GAN(Method):
             fake = self.generator(self.prior.draw(real.shape[0]), labels)
         fake, fake_labels = replay(self.pool, fake.float(), labels)
         with opt.autocast():
-            parts = self.adversary.discriminator_loss(self.discriminator, real, fake, labels, fake_labels)
+            parts = self.adversary.discriminator_loss(self.discriminator, real, fake, labels, fake_labels, step=getattr(opt, "global_step", None))
             loss = parts.loss
             if cfg.historical_averaging > 0:
                 loss = loss + cfg.historical_averaging * self.d_average.penalty(self.discriminator)
@@ -437,7 +440,7 @@ class GAN(Method):
         if cfg.historical_averaging > 0:
             self.g_average.update(self.generator)
 
-        return {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts)}
+        return {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts), **self.adversary.logs()}
 
     # -- what a trained model does ------------------------------------------------------
 

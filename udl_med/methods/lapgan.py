@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANMode, set_requires_grad
-from udl_med.methods.adversarial import AdversarialConfig, Adversary
+from udl_med.methods.adversarial import AdversarialConfig, Adversary, discriminator_network
 from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
 from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.lapgan import LaplacianLevelDiscriminator, LaplacianLevelGenerator
@@ -108,6 +108,7 @@ class LAPGAN(Method):
     Config = LAPGANConfig
     batch_keys = (keys.IMAGE,)
     capabilities = frozenset({Capability.SAMPLE})
+    ema_modules = ("coarse_generator", "generators")  # train.ema_decay: samples from G's averaged weights
     inference_modules = ("coarse_generator", "generators")
 
     def __init__(self, config: LAPGANConfig, data: DataSpec) -> None:
@@ -127,7 +128,7 @@ class LAPGAN(Method):
         coarse = dcgan_kwargs(config.coarse_channels, config.coarse_norm)
         try:
             self.coarse_generator = DCGANGenerator(dims, config.latent_dim, c, self.sizes[-1], num_classes=self.num_classes, **coarse)
-            self.coarse_discriminator = DCGANDiscriminator(dims, c, self.sizes[-1], num_classes=self.num_classes, **coarse)
+            self.coarse_discriminator = discriminator_network(DCGANDiscriminator(dims, c, self.sizes[-1], num_classes=self.num_classes, **coarse), config)
         except ValueError as err:
             raise ConfigError("<config>", "model.coarse_channels", f"coarsest level {self.sizes[-1]}: {err}") from None
         fine = config.levels - 1
@@ -136,7 +137,7 @@ class LAPGAN(Method):
             for _ in range(fine)
         )
         self.discriminators = nn.ModuleList(
-            LaplacianLevelDiscriminator(dims, c, tuple(config.disc_channels), self.num_classes, config.norm) for _ in range(fine)
+            discriminator_network(LaplacianLevelDiscriminator(dims, c, tuple(config.disc_channels), self.num_classes, config.norm), config) for _ in range(fine)
         )
         self.adversary = Adversary.from_config(config)
 
@@ -174,20 +175,23 @@ class LAPGAN(Method):
         shape = (like.shape[0], self.config.fine_noise_channels, *like.shape[2:])
         return torch.randn(shape, generator=generator).to(like.device) if generator is not None else torch.randn(shape, device=like.device)
 
-    def _fake_and_conditioning(self, k: int, gauss: list[Tensor], labels: Tensor | None) -> tuple[Tensor, Tensor, tuple]:
-        """``(real sample, fake sample, D's extra inputs)`` of level ``k`` on a real Gaussian pyramid."""
+    def _fake_and_conditioning(self, k: int, gauss: list[Tensor], labels: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(real sample, fake sample, the coarse image D_k sees beside them)`` of level ``k`` on a real Gaussian pyramid (None at the coarsest)."""
         if k == self.levels - 1:
             real = gauss[k]
             z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
-            return real, self.coarse_generator(z, labels), (labels,)
+            return real, self.coarse_generator(z, labels), None
         coarse = upsample(gauss[k + 1], self.config.upsampling)  # l_k from the REAL coarser level
         real = gauss[k] - coarse  # h_k
         fake = self.generators[k](coarse, self._noise(coarse), labels)
-        return real, fake, (coarse, labels)
+        return real, fake, coarse
 
-    def _critic(self, k: int, extra: tuple):
+    def _critic(self, k: int, labels: Tensor | None):
+        """D_k as the adversary calls it: ``(x, _, coarse) -> D_k(x, coarse, labels)`` (the coarse image comes through the adversary, augmented with ``x``)."""
         d = self.level_modules(k)[1]
-        return lambda x, labels=None: d(x, *extra)
+        if k == self.levels - 1:
+            return lambda x, _labels=None: d(x, labels)
+        return lambda x, _labels, coarse: d(x, coarse, labels)
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         x = batch[keys.IMAGE]  # (B, C, *spatial) in [-1, 1]
@@ -197,17 +201,17 @@ class LAPGAN(Method):
         for k in self.levels_at(int(getattr(opt, "global_step", 0))):
             g, d = self.level_modules(k)
             with opt.autocast():
-                real, fake, extra = self._fake_and_conditioning(k, gauss, labels)
-                critic = self._critic(k, extra)
-                loss_d = self.adversary.discriminator_loss(critic, real, fake.detach()).loss
+                real, fake, coarse = self._fake_and_conditioning(k, gauss, labels)
+                critic = self._critic(k, labels)
+                loss_d = self.adversary.discriminator_loss(critic, real, fake.detach(), condition=coarse, step=getattr(opt, "global_step", None)).loss
             opt.step(f"d{k}", loss_d)
             set_requires_grad([d], False)
             with opt.autocast():
-                loss_g = self.adversary.generator_loss(critic, fake)
+                loss_g = self.adversary.generator_loss(critic, fake, condition=coarse)
             opt.step(f"g{k}", loss_g)
             set_requires_grad([d], True)
             out[f"{keys.LOSS_G}{k}"], out[f"{keys.LOSS_D}{k}"] = loss_g.detach(), loss_d.detach()
-        return out
+        return {**out, **self.adversary.logs()}
 
     # -- sampling -----------------------------------------------------------------------
 

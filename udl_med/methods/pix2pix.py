@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANMode, set_requires_grad
-from udl_med.methods.adversarial import Adversary
+from udl_med.methods.adversarial import Adversary, discriminator_network
 from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
 from udl_med.methods.cyclegan import DIRECTIONS, PatchGANConfig, check_direction
 from udl_med.nets.patch_discriminator import PatchGANDiscriminator, check_patch_input
@@ -88,8 +88,8 @@ class Pix2Pix(Method):
         self.generators = nn.ModuleDict({d: UNetGenerator(**self.generator_kwargs) for d in self.directions})
         self.discriminators = nn.ModuleDict(
             {
-                d: PatchGANDiscriminator(
-                    dims, 2 * c, channels=config.disc_channels, num_layers=config.disc_layers, norm=config.norm
+                d: discriminator_network(
+                    PatchGANDiscriminator(dims, 2 * c, channels=config.disc_channels, num_layers=config.disc_layers, norm=config.norm), config
                 )
                 for d in self.directions
             }
@@ -104,10 +104,10 @@ class Pix2Pix(Method):
             "d": torch.optim.Adam(self.discriminators.parameters(), lr=self.config.lr, betas=betas),
         }
 
-    def _critic(self, direction: str, source: Tensor):
-        """``(y, labels) -> D(x, y)``: the conditional PatchGAN of ``direction`` on pairs with source ``x``."""
+    def _critic(self, direction: str):
+        """``(y, labels, x) -> D(x, y)``: the conditional PatchGAN of ``direction`` on a pair (the adversary passes the source ``x``, augmented with ``y``)."""
         disc = self.discriminators[direction]
-        return lambda y, labels=None: disc(torch.cat([source, y], 1))
+        return lambda y, labels, source: disc(torch.cat([source, y], 1))
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         pairs = {d: (batch[_PAIRS[d][0]], batch[_PAIRS[d][1]]) for d in self.directions}  # x, y: (B, C, *spatial)
@@ -119,7 +119,8 @@ class Pix2Pix(Method):
         # discriminators: D(x, y) real vs D(x, G(x)) fake, detached
         with opt.autocast():
             losses_d = {
-                d: self.adversary.discriminator_loss(self._critic(d, x), y, fakes[d].detach()).loss for d, (x, y) in pairs.items()
+                d: self.adversary.discriminator_loss(self._critic(d), y, fakes[d].detach(), condition=x, step=getattr(opt, "global_step", None)).loss
+                for d, (x, y) in pairs.items()
             }
             loss_d = sum(losses_d.values())
         opt.step("d", loss_d)
@@ -128,7 +129,7 @@ class Pix2Pix(Method):
         set_requires_grad(list(self.discriminators.values()), False)
         with opt.autocast():
             losses_gan = {
-                d: self.adversary.generator_loss(self._critic(d, x), fakes[d]) for d, (x, _) in pairs.items()
+                d: self.adversary.generator_loss(self._critic(d), fakes[d], condition=x) for d, (x, _) in pairs.items()
             }
             losses_l1 = {d: self.l1_loss(fakes[d].float(), y.float()) for d, (_, y) in pairs.items()}
             loss_g = sum(losses_gan.values()) + self.config.lambda_l1 * sum(losses_l1.values())
@@ -140,7 +141,7 @@ class Pix2Pix(Method):
             out[f"{keys.LOSS_L1}_{d}"] = losses_l1[d].detach()
             out[f"{keys.LOSS_G_GAN}_{d}"] = losses_gan[d].detach()
             out[f"{keys.LOSS_D}_{d}"] = losses_d[d].detach()
-        return out
+        return {**out, **self.adversary.logs()}
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:

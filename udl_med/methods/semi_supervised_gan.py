@@ -43,7 +43,7 @@ step a labeled batch (``image``, ``label``) and an unlabeled batch
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -53,8 +53,8 @@ from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.consistency import consistency_loss, sigmoid_rampup
 from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
-from udl_med.methods.adversarial import Adversary
-from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.methods.adversarial import Adversary, DiscriminatorSideConfig
+from udl_med.methods.base import Capability, DataSpec, Method, Optimization, register
 from udl_med.nets.dcgan import DCGANGenerator
 from udl_med.nets.kplus1 import KPlusOneDiscriminator
 from udl_med.nets.mlp_gan import MLPGenerator
@@ -65,7 +65,7 @@ ENTROPY = "entropy"  # metric: conditional entropy of the class softmax on the u
 CONSISTENCY = "consistency"  # metric: the Pi-model consistency loss on the unlabeled batch
 
 
-class SemiSupervisedGANConfig(MethodConfig):
+class SemiSupervisedGANConfig(DiscriminatorSideConfig):
     """The ``model:`` section of a ``semi_supervised_gan`` run.
 
     Attributes:
@@ -95,6 +95,9 @@ class SemiSupervisedGANConfig(MethodConfig):
             the labeled cross-entropy plus the consistency term (needs ``consistency_weight > 0``).
         lr, g_lr, beta1: Adam (paper: 3e-3, beta1 0.5); ``g_lr`` defaults to ``lr``.
     """
+
+    # D-side augmentation (d_augment, ADA) and R1 come from DiscriminatorSideConfig; the labeled cross-entropy sees its batch unaugmented
+    spectral_norm_refusal: ClassVar[str | None] = "the exported classifier is a stock MONAI network loaded strictly; spectral normalisation renames its weights"
 
     discriminator: Literal["auto", "conv", "mlp"] = "auto"
     d_channels: tuple[int, ...] = (32, 64, 128)
@@ -182,7 +185,7 @@ class SemiSupervisedGAN(Method):
         )
         self.generator = self._build_generator(config, data) if config.uses_generator else None
         self.loss = KPlusOneLoss()  # the supervised cross-entropy and the conditional entropy
-        self.adversary = Adversary(KPlusOneLoss())  # real-versus-generated on the K+1 logits; feature matching
+        self.adversary = Adversary.from_config(config, KPlusOneLoss())  # real-versus-generated on the K+1 logits; feature matching; d_augment, R1
 
     @staticmethod
     def _build_generator(config: SemiSupervisedGANConfig, data: DataSpec) -> torch.nn.Module:
@@ -227,7 +230,7 @@ class SemiSupervisedGAN(Method):
         if self.generator is not None:
             fake = self.generator(self._z(x_unl.shape[0]))
             with opt.autocast():
-                parts = self.adversary.discriminator_loss(self._critic, x_unl, fake.detach())
+                parts = self.adversary.discriminator_loss(self._critic, x_unl, fake.detach(), step=getattr(opt, "global_step", None))
             unsup, logits_unl, logits_fake = parts.loss, parts.real_scores, parts.fake_scores
             loss_d = loss_d + c.unsupervised_weight * unsup
             if c.entropy_weight > 0:
@@ -264,6 +267,7 @@ class SemiSupervisedGAN(Method):
                 keys.GENERATOR: loss_g.detach(),
                 keys.D_REAL: real_probability(logits_unl.detach()).mean(),
                 keys.D_FAKE: real_probability(logits_fake.detach()).mean(),
+                **self.adversary.logs(),
             }
         )
         return out

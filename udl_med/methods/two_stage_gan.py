@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANMode, set_requires_grad
-from udl_med.methods.adversarial import AdversarialConfig, Adversary
+from udl_med.methods.adversarial import AdversarialConfig, Adversary, discriminator_network
 from udl_med.methods.base import Capability, DataSpec, InitFrom, Method, Optimization, register
 from udl_med.methods.lapgan import PREVIEW_PER_CLASS, class_labels, dcgan_kwargs
 from udl_med.nets.pyramid import downsample, upsample
@@ -89,6 +89,7 @@ class TwoStageGAN(Method):
     Config = TwoStageGANConfig
     batch_keys = (keys.IMAGE, keys.LABEL)
     capabilities = frozenset({Capability.SAMPLE})
+    ema_modules = ("g1", "ca1", "g2", "ca2")  # train.ema_decay: samples from G's averaged weights
     inference_modules = ("g1", "ca1", "g2", "ca2")
     stage1_modules = ("g1", "ca1", "d1")
 
@@ -117,11 +118,11 @@ class TwoStageGAN(Method):
         s1 = dcgan_kwargs(config.stage1_channels, config.stage1_norm)
         try:
             self.g1 = DCGANGenerator(dims, config.latent_dim + (cond_dim if ca else 0), c, self.low_size, num_classes=0 if ca else self.num_conditions, **s1)
-            self.d1 = DCGANDiscriminator(dims, c, self.low_size, num_classes=self.num_conditions, **s1)
+            self.d1 = discriminator_network(DCGANDiscriminator(dims, c, self.low_size, num_classes=self.num_conditions, **s1), config)
         except ValueError as err:
             raise ConfigError("<config>", "model.stage1_channels", f"stage I at {self.low_size}: {err}") from None
         try:
-            self.d2 = DCGANDiscriminator(dims, c, tuple(data.image_size), num_classes=self.num_conditions, **dcgan_kwargs(config.disc2_channels, config.stage2_norm))
+            self.d2 = discriminator_network(DCGANDiscriminator(dims, c, tuple(data.image_size), num_classes=self.num_conditions, **dcgan_kwargs(config.disc2_channels, config.stage2_norm)), config)
         except ValueError as err:
             raise ConfigError("<config>", "model.disc2_channels", f"stage II at {tuple(data.image_size)}: {err}") from None
         self.g2 = StageIIGenerator(dims, c, cond_dim, config.stage2_channels, config.stage2_blocks, config.stage2_norm)
@@ -187,14 +188,14 @@ class TwoStageGAN(Method):
             return d(x, cond)
 
         with opt.autocast():
-            loss_d = self.adversary.discriminator_loss(critic, real, fake.detach()).loss
+            loss_d = self.adversary.discriminator_loss(critic, real, fake.detach(), step=getattr(opt, "global_step", None)).loss
         opt.step(f"d{stage}", loss_d)
         set_requires_grad([d], False)
         with opt.autocast():
             loss_g = self.adversary.generator_loss(critic, fake) + self.config.kl_weight * kl
         opt.step(f"g{stage}", loss_g)
         set_requires_grad([d], True)
-        return {f"{keys.LOSS_G}{stage}": loss_g.detach(), f"{keys.LOSS_D}{stage}": loss_d.detach(), f"{keys.KL}{stage}": kl.detach()}
+        return {f"{keys.LOSS_G}{stage}": loss_g.detach(), f"{keys.LOSS_D}{stage}": loss_d.detach(), f"{keys.KL}{stage}": kl.detach(), **self.adversary.logs()}
 
     def train_step(self, batch: dict[str, Any], opt: Optimization) -> dict[str, Tensor]:
         x = batch[keys.IMAGE]  # (B, C, *size) in [-1, 1]

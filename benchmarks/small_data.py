@@ -1,0 +1,342 @@
+"""Small data: conditional DCGAN and LAPGAN with and without augmentation of what D sees (issue 22, GAN arms).
+
+The data are the liver-centred 32 x 32 CT crops of the synthesis benchmark
+(:mod:`small_data_common`: soft-tissue window -200..300 HU, 3 lesion classes) of 6, 12
+or 24 training phantoms (class-balanced, nested), judged against the crops of 24
+held-out phantoms. Per generator (``cdcgan``: ``gan`` conditional DCGAN; ``lapgan``:
+conditional LAPGAN, 2 levels), arm and seed a generator trains with the engine
+(``train()``, in memory, no MLflow, one thread), draws as many crops as there are
+held-out crops (classes in turn), and is scored:
+
+- ``fid_random`` / ``kid_random``: FID/KID with the seeded random extractor;
+  ``fid_encoder``: FID with the encoder of an autoencoder udl-med trains on the same
+  training crops (the run's own data, ``udl-med export --format encoder``);
+- ``precision`` / ``recall`` (k = 3) and ``density`` / ``coverage`` (k = 5) on the
+  random extractor's features (Kynkäänniemi et al. 2019, Naeem et al. 2020),
+  :func:`udl_med.metrics.prdc.prdc` (the rows on file were computed with the authors'
+  ``prdc`` package before it landed; the two agree);
+- ``memorization_rate``: :func:`udl_med.metrics.memorization.memorization_tensors`;
+- at 12 subjects, ``utility``: the same MONAI classifier trained on real crops and on
+  real + synthetic crops (:func:`udl_med.evaluation.utility.utility_tensors`), balanced
+  accuracy on the held-out crops.
+
+Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
+(translation, cutout, intensity); ``ada`` (the safe pipeline, target 0.6); with
+``--tune`` also ``ada_r1`` (ADA + R1, gamma 1, every 16 steps) and ``diffaugment_sn``
+(DiffAugment + spectral norm of D). Settings are chosen on the tuning seeds
+(``--tune``, seeds 100+) and reported on fresh seeds (0, 1, 2): mean, standard
+deviation and the worst seed. The step-time cost of augmentation is measured side by
+side on one batch (interleaved, after warm-up).
+
+Rows: ``benchmark, case, metric, ours, peer_name, peer, ratio, goal, meets_goal`` plus
+``ours_std``, ``worst`` and ``per_seed``. Goals (issue 22): at 6 subjects the best
+augmented GAN's FID at most 0.6x the plain GAN's with higher recall; memorisation at
+most 1%; augmentation at most 15% of step time; the utility gain at 12 subjects larger
+than the seed spread.
+
+    .venv/bin/python benchmarks/small_data.py [--subjects 6 12] [--generators cdcgan lapgan] [--arms plain diffaugment ada] [--seeds 3] [--steps 1500] [--out rows.jsonl] [--grids DIR]
+    .venv/bin/python benchmarks/small_data.py --tune            # the tuning seeds (100+): every arm, 6 subjects
+    .venv/bin/python benchmarks/small_data.py --full            # 6, 12 and 24 subjects, both generators, 1500 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from small_data_common import SUBJECT_COUNTS, small_data_split  # noqa: E402
+
+BENCH = "small_data"
+GENERATORS: dict[str, dict[str, Any]] = {
+    "cdcgan": {"method": "gan", "model": {"architecture": "dcgan", "latent_dim": 64, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "conditional": True}},
+    "lapgan": {
+        "method": "lapgan",
+        "model": {"levels": 2, "latent_dim": 64, "coarse_channels": [64, 32], "fine_channels": 16, "fine_blocks": 1, "disc_channels": [16, 32, 64], "conditional": True},
+    },
+}
+ARMS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "diffaugment": {"d_augment": "diffaugment"},
+    "ada": {"d_augment": "ada"},
+    "ada_r1": {"d_augment": "ada", "r1_weight": 1.0},
+    "diffaugment_sn": {"d_augment": "diffaugment", "spectral_norm": True},
+}
+DEFAULT_ARMS = ("plain", "diffaugment", "ada")
+TUNING_SEEDS = 100  # tuning seeds are 100, 101, ...: never reported
+CLASSES = 3
+
+
+def _features(extractor: Any, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([extractor(images[i : i + 64]) for i in range(0, len(images), 64)]).double().numpy()
+
+
+def prdc_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """Precision and recall (k = 3), density and coverage (k = 5) of fake features against real ones."""
+    from udl_med.metrics.prdc import prdc  # the rows on file came from the prdc package; both give the same values (checked)
+
+    values = prdc(real, fake, k_pr=3, k_dc=5)
+    return {"precision": float(values.precision), "recall": float(values.recall), "density": float(values.density), "coverage": float(values.coverage)}
+
+
+def encoder_extractor(train: Any, workdir: Path, steps: int) -> Any:
+    """FID's second extractor: the encoder of an autoencoder trained (seed 0) on the training crops, exported and loaded as ``encoder:DIR``."""
+    from udl_med.data.memory import TensorItems
+    from udl_med.engine.train import train as fit
+    from udl_med.inference.export import export_model
+    from udl_med.metrics.extractors import build_extractor
+
+    folder = workdir / "encoder"
+    if not (folder / "encoder.json").exists():
+        config = {
+            "method": "autoencoder", "seed": 0, "data": {"kind": "memory"},
+            "model": {"architecture": "conv", "latent_dim": 32, "channels": [8, 16, 32], "strides": [2, 2, 2], "num_res_units": 0, "loss": "l2", "lr": 0.003},
+            "train": {"steps": steps, "batch_size": 16, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
+            "tracking": {"enabled": False}, "output_dir": str(workdir / "ae"),
+        }
+        report = fit(config, datasets=(TensorItems(train.images), TensorItems(train.images[:16])))
+        export_model(report["model_dir"], str(folder), fmt="encoder")
+    return build_extractor(f"encoder:{folder}", 2)
+
+
+def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int, seed: int, out: Path) -> tuple[Any, float]:
+    """Train one generator of ``arm`` on ``train``; return the method (loaded from its model folder) and the training seconds."""
+    from udl_med.data.memory import TensorItems
+    from udl_med.engine.model_io import load_model
+    from udl_med.engine.train import train as fit
+
+    spec = GENERATORS[generator]
+    config = {
+        "method": spec["method"], "seed": seed, "data": {"kind": "memory"}, "model": {**spec["model"], **ARMS[arm]},
+        "train": {"steps": steps, "batch_size": 16, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
+        "tracking": {"enabled": False}, "output_dir": str(out),
+    }
+    if out.exists():  # a fresh run every time: the benchmark's work folder is scratch
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    report = fit(config, datasets=(TensorItems(train.images, train.labels, CLASSES), TensorItems(held.images, held.labels, CLASSES)))
+    return load_model(report["model_dir"]).method, time.perf_counter() - start
+
+
+def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """``n`` crops, classes in turn (as many per class as the held-out set has, rounded), and their labels."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    per = [n // CLASSES + (c < n % CLASSES) for c in range(CLASSES)]
+    with torch.no_grad():
+        fake = torch.cat([method.sample(m, g, label=c) for c, m in enumerate(per)])
+    return fake, np.repeat(np.arange(CLASSES), per)
+
+
+def score(fake: torch.Tensor, train: Any, held: Any, extractors: dict[str, Any], seed: int) -> dict[str, float]:
+    """FID/KID (random, encoder), PRDC (random features), memorisation rate."""
+    from udl_med.metrics.compare import compare_tensors
+    from udl_med.metrics.memorization import memorization_tensors
+
+    out: dict[str, float] = {}
+    for name, extractor in extractors.items():
+        result = compare_tensors(held.images, fake, extractor, bootstrap=0, seed=seed)
+        out[f"fid_{name}"] = float(result["fid"])
+        if name == "random":
+            out["kid_random"] = float(result["kid"])
+    out.update(prdc_metrics(_features(extractors["random"], held.images), _features(extractors["random"], fake)))
+    out["memorization_rate"] = float(memorization_tensors(fake, train.images, held.images, extractors["random"])["rate"])
+    return out
+
+
+def step_cost(generator: str, arms: list[str], repeats: int = 5, steps: int = 10) -> dict[str, float]:
+    """Seconds per training step of each arm on one batch of 16 crops, interleaved ``repeats`` times (median)."""
+    from udl_med.methods.base import DataSpec, get_method
+
+    class Opt:  # the engine's optimisation object, reduced to what a step uses
+        def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+            self.optimizers, self.global_step = optimizers, 0
+
+        def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+            self.optimizers[name].zero_grad(set_to_none=True)
+            loss.backward(retain_graph=retain_graph)
+            self.optimizers[name].step()
+
+        def autocast(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def optimizer(self, name: str) -> torch.optim.Optimizer:
+            return self.optimizers[name]
+
+    spec = GENERATORS[generator]
+    data = DataSpec(spatial_dims=2, in_channels=1, image_size=(32, 32), num_classes=CLASSES)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(16, 1, 32, 32, generator=g) * 2 - 1, "label": torch.arange(16) % CLASSES}
+    runs = {}
+    for arm in arms:
+        torch.manual_seed(0)
+        cls = get_method(spec["method"])
+        method = cls(cls.Config(**spec["model"], **{**ARMS[arm], **({"ada_p": 0.5, "ada_target": None} if ARMS[arm].get("d_augment") == "ada" else {})}), data)
+        opt = Opt(method.configure_optimizers())
+        for _ in range(2):
+            method.train_step(batch, opt)
+        runs[arm] = (method, opt)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for _ in range(repeats):
+        for arm, (method, opt) in runs.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                opt.global_step = i + 1
+                method.train_step(batch, opt)
+            times[arm].append((time.perf_counter() - start) / steps)
+    return {arm: statistics.median(v) for arm, v in times.items()}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _row(case: str, metric: str, ours: float, ours_std: float, peer_name: str, peer: float | None, ratio: float | None, goal: str, meets: bool | None, **extra: Any) -> dict[str, Any]:
+    return {"benchmark": BENCH, "case": case, "metric": metric, "ours": ours, "ours_std": ours_std, "peer_name": peer_name, "peer": peer, "ratio": ratio, "goal": goal, "meets_goal": meets, **extra}
+
+
+LOWER_IS_BETTER = ("fid_random", "fid_encoder", "kid_random", "memorization_rate", "train_seconds")
+
+
+def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mean, spread and worst seed of every metric; the goals against the plain arm of the same generator and subject count."""
+    out = []
+    for (n, generator, arm), metrics in sorted(per.items()):
+        case = f"{n}_subjects/{generator}/{arm}"
+        plain = per.get((n, generator, "plain"))
+        for metric, values in metrics.items():
+            mean, sd = _stats(values)
+            worst = max(values) if metric in LOWER_IS_BETTER else min(values)
+            goal, meets, peer, ratio, peer_name = "(reported)", None, None, None, ""
+            if plain is not None and arm != "plain" and metric in plain:
+                peer_name, peer = "plain", statistics.fmean(plain[metric])
+                ratio = (peer / mean if mean else None) if metric in LOWER_IS_BETTER else (mean / peer if peer else None)
+                if metric == "fid_random" and n == 6:
+                    goal, meets = "<= 0.6x plain", mean <= 0.6 * peer
+                if metric == "recall" and n == 6:
+                    goal, meets = "> plain", mean > peer
+            if metric == "memorization_rate":
+                goal, meets = "<= 1%", mean <= 0.01
+            out.append(_row(case, metric, mean, sd, peer_name, peer, ratio, goal, meets, worst=worst, per_seed=values, seeds=seeds, **setting))
+    return out
+
+
+def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """Real + synthetic against real only at 12 subjects, per generator and arm; the goal: a gain larger than the seed spread."""
+    out = []
+    real, real_sd = _stats(util["real"])
+    out.append(_row("12_subjects/utility/real_only", "balanced_accuracy", real, real_sd, "chance", 1 / CLASSES, None, "(reported)", None, per_seed=util["real"], seeds=seeds, **setting))
+    for name, values in util.items():
+        if name == "real":
+            continue
+        mean, sd = _stats(values)
+        gains = [v - r for v, r in zip(values, util["real"])]
+        gain, gain_sd = _stats(gains)
+        spread = max(sd, real_sd)
+        out.append(
+            _row(f"12_subjects/utility/{name}", "balanced_accuracy_real_plus_synthetic", mean, sd, "real_only", real, mean / real if real else None,
+                 "gain > seed spread", gain > spread, gain=gain, gain_std=gain_sd, worst=min(values), per_seed=values, seeds=seeds, **setting)
+        )
+    return out
+
+
+def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int) -> list[dict[str, Any]]:
+    from udl_med.data.preview import save_grid
+    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, utility_tensors
+    from udl_med.metrics.extractors import build_extractor
+
+    per: dict[tuple[int, str, str], dict[str, list[float]]] = {}
+    util: dict[str, list[float]] = {}
+    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)
+    setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
+    t0 = time.perf_counter()
+    for n in subjects:
+        train, held = small_data_split(workdir / "crops", n)
+        extractors = {"random": build_extractor("random", 2), "encoder": encoder_extractor(train, workdir / f"ae-{n}", steps=300)}
+        logging.info("%d subjects: %d training crops, %d held-out (%.0f s)", n, len(train.labels), len(held.labels), time.perf_counter() - t0)
+        for seed in seeds:
+            for generator in generators:
+                for arm in arms:
+                    method, seconds = train_generator(generator, arm, train, held, steps, seed, workdir / f"runs/{n}-{generator}-{arm}-{seed}")
+                    fake, labels = draw(method, len(held.labels), seed)
+                    metrics = score(fake, train, held, extractors, seed)
+                    metrics["train_seconds"] = seconds
+                    for key, value in metrics.items():
+                        per.setdefault((n, generator, arm), {}).setdefault(key, []).append(value)
+                    if grids is not None and seed == seeds[0]:
+                        picks = torch.cat([fake[labels == c][:8] for c in range(CLASSES)])
+                        save_grid(picks, grids / f"{n}subj_{generator}_{arm}_seed{seed}.png", nrow=8)
+                        if arm == arms[0]:
+                            real_picks = torch.cat([train.images[torch.as_tensor(train.labels == c)][:8] for c in range(CLASSES)])
+                            save_grid(real_picks, grids / f"{n}subj_real.png", nrow=8)
+                    if utility and n == 12:
+                        synthetic = LabeledItems(fake, labels, np.asarray([f"syn{i}" for i in range(len(labels))]))
+                        first = len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
+                        result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,
+                                                 arms=("real", "real_plus_synthetic") if first else ("real_plus_synthetic",))
+                        if first:
+                            util.setdefault("real", []).append(result["real/balanced_accuracy"])
+                        util.setdefault(f"{generator}/{arm}", []).append(result["real_plus_synthetic/balanced_accuracy"])
+                    logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
+    out = rows(per, seeds, setting)
+    if util:
+        out += utility_rows(util, seeds, setting)
+    for generator in generators:
+        cost = step_cost(generator, arms)
+        for arm in arms:
+            if arm != "plain":
+                share = cost[arm] / cost["plain"] - 1
+                out.append(_row(f"step_time/{generator}/{arm}", "augmentation_share_of_step", share, 0.0, "plain_step_seconds", cost["plain"], None, "<= 15%", share <= 0.15, step_seconds=cost[arm]))
+    out.append(_row("total", "wall_seconds", time.perf_counter() - t0, 0.0, "", None, None, "default run < 1800 s on 2 cores", None))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subjects", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--generators", nargs="+", default=["cdcgan"], choices=sorted(GENERATORS))
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=sorted(ARMS))
+    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds 0 .. N-1 (reported)")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--classifier-steps", type=int, default=300)
+    parser.add_argument("--no-utility", action="store_true")
+    parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
+    parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--grids", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(1)
+    seeds = list(range(args.seeds))
+    subjects, generators, arms, steps = args.subjects, args.generators, args.arms, args.steps
+    if args.tune:
+        seeds, subjects = [TUNING_SEEDS + i for i in range(args.seeds)], [6]
+        arms = list(ARMS) if args.arms == list(DEFAULT_ARMS) else arms  # every arm unless --arms names some
+    if args.full:
+        subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
+    out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps)
+    lines = [json.dumps(row) for row in out]
+    print("\n".join(lines))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
