@@ -102,9 +102,8 @@ class VAEMethod(ReconstructionMethod):
         """``n`` codes of the prior ``N(0, I)``: ``(n, latent_dim)`` on the CPU."""
         return torch.randn((n, self.config.latent_dim), generator=generator)
 
-    @torch.no_grad()
     def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Images ``(B, C, *spatial)`` in [-1, 1] decoded from codes ``z`` ``(B, latent_dim)``."""
+        """Images ``(B, C, *spatial)`` in [-1, 1] decoded from codes ``z`` ``(B, latent_dim)`` (differentiable in ``z``)."""
         if labels is not None:
             raise ValueError(f"method {self.name!r} is unconditional: it cannot decode a given label")
         return self.recon_loss.to_image(self.net.decode(z.to(next(self.parameters()).device, torch.float32))).clamp(-1, 1)
@@ -119,7 +118,7 @@ class VAEMethod(ReconstructionMethod):
         """Decode ``z ~ N(0, I)``: ``(n, C, *spatial)`` in [-1, 1]."""
         if label is not None:
             raise ValueError(f"method {self.name!r} is unconditional: it cannot sample a given label")
-        return self.decode_latent(self.draw_latent(n, generator))
+        return self.decode_latent(self.draw_latent(n, generator))  # no_grad: the decorator
 
     @torch.no_grad()
     def traversal(self, x: Tensor | None = None) -> Tensor:
