@@ -140,7 +140,7 @@ def describe(model: str | Path, data: str | Path, roi: str = "auto", n_prior: in
     run_name = (loaded.config.get("tracking") or {}).get("run_name")
     figures = {
         "model": str(model),
-        "name": run_name or Path(str(model)).name,
+        "name": run_name or _folder_name(model),
         "method": method.name,
         "latent_dim": int(codes.shape[1]),
         "view": view,
@@ -156,6 +156,12 @@ def describe(model: str | Path, data: str | Path, roi: str = "auto", n_prior: in
     if variances is not None:
         arrays["variances"] = variances
     return {**figures, "arrays": arrays}
+
+
+def _folder_name(model: str | Path) -> str:
+    """A run's name from its model folder: ``runs/NAME/model`` -> NAME."""
+    path = Path(str(model))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def _fmt(value: float | None) -> str:
