@@ -60,3 +60,4 @@ LOSS_D = "loss_d"  # discriminator / critic loss, mean over the step's D steps
 GRADIENT_PENALTY = "gradient_penalty"  # WGAN-GP penalty before its weight
 WASSERSTEIN = "wasserstein"  # held-out critic estimate E f(x) - E f(G(z))
 D_ACCURACY = "d_accuracy"  # held-out share of real scored > 0 and fakes scored < 0
+INFO = "info"  # InfoGAN: the mutual-information loss L_I of Q on fresh fakes (before its weight)

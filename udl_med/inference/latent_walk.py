@@ -58,30 +58,13 @@ PROJECTION_RESTARTS = 4
 
 @runtime_checkable
 class LatentGenerator(Protocol):
-    """A method that decodes codes of a prior (the VAE; the GAN through :func:`latent_generator`)."""
+    """A method that decodes codes of a prior (the VAE, the GAN)."""
 
     latent_dim: int
 
     def draw_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
 
     def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor: ...
-
-
-class _GANLatent:
-    """The GAN's G and latent prior seen as a :class:`LatentGenerator`."""
-
-    def __init__(self, method: Any) -> None:
-        self.method = method
-        self.latent_dim = int(method.config.latent_dim)
-
-    def draw_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        if self.method.config.latent_mixture is not None:
-            return self.method.generator.latent.draw(n, generator).cpu()
-        return torch.randn(n, self.latent_dim, generator=generator)
-
-    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        device = self.method.fixed_z.device
-        return self.method._generate(z.to(device, torch.float32), None if labels is None else labels.to(device))
 
 
 def latent_generator(method: Any) -> LatentGenerator:
@@ -92,8 +75,6 @@ def latent_generator(method: Any) -> LatentGenerator:
     """
     if isinstance(method, LatentGenerator):
         return method
-    if method.name == "gan":
-        return _GANLatent(method)
     raise UserError(f"method {method.name!r} has no latent space to decode; interpolation and arithmetic work on vae and gan models")
 
 

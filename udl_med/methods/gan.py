@@ -34,7 +34,9 @@ from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss, clip_weights, feature_matching_loss, gradient_penalty, set_requires_grad
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
+from udl_med.losses.info import info_loss
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.methods.info_codes import InfoCodesConfig, info_refusal, sample_codes, with_codes
 
 # d(x, labels) -> scores (B, 1): the discriminator, or a functional copy of it with other parameters
 Critic = Callable[[Tensor, Tensor | None], Tensor]
@@ -144,6 +146,7 @@ class GANConfig(MethodConfig):
     checkpoint_swap: CheckpointSwapConfig | None = None
     unrolled: UnrolledConfig | None = None
     conditional: bool = Field(False, description="G and D see the manifest's label (needs data.labeled: true)")
+    info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
     gp_weight: float | None = Field(None, ge=0.0, description="lambda, gradient-penalty weight (loss wgan-gp)")
     optimizer: Literal["adam", "rmsprop"] | None = None
@@ -217,6 +220,9 @@ class GANConfig(MethodConfig):
                 raise _refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
         if self.latent_mixture is not None and self.g_norm == "virtual_batch":
             raise _refuse("latent_mixture", "virtual batch norm in G fixes its reference z once, but a learned mixture latent moves; use g_norm batch, instance, layer or none", self.latent_mixture.model_dump())
+        refusal = info_refusal(self)
+        if refusal is not None:
+            raise _refuse(refusal[0], refusal[1], self.info_codes.model_dump())
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
             raise _refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
@@ -450,6 +456,7 @@ class GAN(Method):
             raise ConfigError(
                 "<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}"
             )
+        self.g_input_dim = config.latent_dim + (config.info_codes.width if config.info_codes else 0)
         self.generator, self.discriminator = self._build_nets(config, data)
         self.gan_loss = GANLoss(_GANLOSS_MODE[config.loss], real_label=config.label_smoothing)
         self.pool = ImagePool(config.replay)  # draws from the engine-seeded global RNG
@@ -474,6 +481,13 @@ class GAN(Method):
         self.register_buffer("fixed_components", components, persistent=False)
         labels = torch.arange(n_fixed) % self.num_classes if self.num_classes else torch.zeros(0, dtype=torch.long)
         self.register_buffer("fixed_labels", labels, persistent=False)
+        codes = torch.zeros(n_fixed, 0)
+        if config.info_codes is not None:  # the categorical code in turn along a row of the preview grid
+            drawn = sample_codes(config.info_codes, n_fixed, fixed)
+            if config.info_codes.categorical:
+                drawn = type(drawn)(torch.arange(n_fixed) % config.info_codes.categorical, drawn.continuous)
+            codes = drawn.as_input(config.info_codes.categorical)
+        self.register_buffer("fixed_codes", codes, persistent=False)
 
     def _build_nets(self, config: GANConfig, data: DataSpec) -> tuple[nn.Module, nn.Module]:
         d_kwargs: dict[str, Any] = dict(
@@ -488,7 +502,7 @@ class GAN(Method):
 
             features = math.prod(self.item_shape)
             g = MLPGenerator(
-                config.latent_dim,
+                self.g_input_dim,
                 features,
                 hidden=config.g_hidden,
                 num_classes=self.num_classes,
@@ -497,14 +511,14 @@ class GAN(Method):
             )
             d = MLPDiscriminator(features * config.pack, hidden=config.d_hidden, out_features=1, **d_kwargs)
             d_flat = _Flat(d, (config.pack * self.item_shape[0], *self.item_shape[1:]), "discriminator")
-            return self._with_latent(_Flat(g, self.item_shape, "generator")), (_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
+            return self._with_latent(_Flat(g, self.item_shape, "generator")), self._with_info(_Packed(d_flat, config.pack) if config.pack > 1 else d_flat)
         from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
         dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
         try:
             g = DCGANGenerator(
                 dims,
-                config.latent_dim,
+                self.g_input_dim,
                 c,
                 size,
                 **({} if config.g_channels is None else {"channels": config.g_channels}),
@@ -519,7 +533,22 @@ class GAN(Method):
             )
         except ValueError as err:
             raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
-        return self._with_latent(g), (_Packed(d, config.pack) if config.pack > 1 else d)
+        return self._with_latent(g), self._with_info(_Packed(d, config.pack) if config.pack > 1 else d)
+
+    def _with_info(self, d: nn.Module) -> nn.Module:
+        """D, or D with InfoGAN's Q head on its body features (``model.info_codes``)."""
+        info = self.config.info_codes
+        if info is None:
+            return d
+        from udl_med.nets.info_head import InfoDiscriminator, InfoHead
+
+        was_training = d.training
+        d.eval()
+        with torch.no_grad():  # the width of D's body features, from one dry pass
+            probe_labels = torch.zeros(2, dtype=torch.long) if self.num_classes else None
+            width = d.forward_features(torch.zeros(2, *self.item_shape), probe_labels)[1].flatten(1).shape[1]
+        d.train(was_training)
+        return InfoDiscriminator(d, InfoHead(width, info.categorical, info.continuous, hidden=info.q_hidden))
 
     def _with_latent(self, g: nn.Module) -> nn.Module:
         """G, or G together with its learned mixture latent (``model.latent_mixture``): one module to train, average and save."""
@@ -573,17 +602,28 @@ class GAN(Method):
         labels = batch[keys.LABEL].long().to(x.device) if self.num_classes else None
         return x, labels
 
-    def _z(self, n: int, device: torch.device) -> Tensor:
-        """``n`` latents from the global RNG: N(0, I), or the learned mixture (differentiable in its parameters)."""
+    def _z(self, n: int, device: torch.device) -> tuple[Tensor, Any]:
+        """``n`` latents from the global RNG: N(0, I), or the learned mixture (differentiable in its parameters).
+
+        With InfoGAN codes, G's input is ``[z, c]`` and the codes ``c`` come back too (else None).
+        """
         if self.config.latent_mixture is not None:
-            return self.generator.latent.draw(n)
-        return torch.randn(n, self.config.latent_dim, device=device)
+            return self.generator.latent.draw(n), None
+        z = torch.randn(n, self.config.latent_dim, device=device)
+        if self.config.info_codes is None:
+            return z, None
+        codes = sample_codes(self.config.info_codes, n, device=device)
+        return with_codes(z, codes, self.config.info_codes), codes
+
+    def info_terms(self, fake: Tensor, codes: Any, labels: Tensor | None) -> Any:
+        """InfoGAN's :class:`~udl_med.losses.info.InfoTerms` of Q's prediction of ``codes`` from ``fake``."""
+        return info_loss(self.discriminator.predict_codes(fake, labels), codes, self.config.info_codes.categorical)
 
     def _fixed_latent(self, n: int) -> Tensor:
         """The first ``n`` fixed latents of previews and evaluation (through the current mixture, if any)."""
         if self.config.latent_mixture is not None:
             return self.generator.latent(self.fixed_z[:n], self.fixed_components[:n])
-        return self.fixed_z[:n]
+        return torch.cat([self.fixed_z[:n], self.fixed_codes[:n]], 1)
 
     def _scores(self, d: Critic, real: Tensor, fake: Tensor, real_labels: Tensor | None, fake_labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """D's scores of real and fake: one joint batch or two separate ones (``batch_norm_batches``)."""
@@ -624,11 +664,16 @@ class GAN(Method):
         cfg = self.config
         real, labels = self._real(batch)
         with torch.no_grad(), opt.autocast():
-            fake = self.generator(self._z(real.shape[0], real.device), labels)
-        fake, fake_labels = self._replay(fake.float(), labels)
+            z, codes = self._z(real.shape[0], real.device)
+            fresh = self.generator(z, labels)
+        fake, fake_labels = self._replay(fresh.float(), labels)
         with opt.autocast():
             parts = self.discriminator_loss(self.discriminator, real, fake, labels, fake_labels)
             loss = parts["loss"]
+            if codes is not None:  # Q (and D's body) learn to read the codes of fresh fakes
+                info = self.info_terms(fresh.float(), codes, labels)
+                parts["info"] = info.loss.detach()
+                loss = loss + cfg.info_codes.weight * info.loss
             if cfg.historical_averaging > 0:
                 loss = loss + cfg.historical_averaging * self.d_average.penalty(self.discriminator)
         opt.step("d", loss)
@@ -651,7 +696,18 @@ class GAN(Method):
         updates left it, so it combines with ``d_steps`` > 1.
         """
         cfg = self.config
-        fake = self.generator(self._z(real.shape[0], real.device), labels)
+        z, codes = self._z(real.shape[0], real.device)
+        fake = self.generator(z, labels)
+        if codes is not None:  # InfoGAN: G also makes its codes readable by Q (D and Q frozen)
+            loss = self._adversarial_generator_loss(fake, real, labels, fm_batch, d_optimizer)
+            return loss + cfg.info_codes.weight * self.info_terms(fake, codes, labels).loss
+        return self._adversarial_generator_loss(fake, real, labels, fm_batch, d_optimizer)
+
+    def _adversarial_generator_loss(
+        self, fake: Tensor, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None, d_optimizer: torch.optim.Optimizer | None
+    ) -> Tensor:
+        """G's adversarial (feature matching, unrolled) loss of ``fake``."""
+        cfg = self.config
         if cfg.feature_matching:
             fm_real, fm_labels = self._real(fm_batch)
             with torch.no_grad():
@@ -705,6 +761,8 @@ class GAN(Method):
             keys.D_REAL: torch.stack([p["real_scores"].float().mean() for p in d_parts]).mean(),
             keys.D_FAKE: torch.stack([p["fake_scores"].float().mean() for p in d_parts]).mean(),
         }
+        if "info" in d_parts[0]:
+            out[keys.INFO] = torch.stack([p["info"] for p in d_parts]).mean()
         if "gradient_penalty" in d_parts[0]:
             out[keys.GRADIENT_PENALTY] = torch.stack([p["gradient_penalty"].detach() for p in d_parts]).mean()
         return out
@@ -759,20 +817,41 @@ class GAN(Method):
             self.generator.train(was_training)
         return out if self.points else out.clamp(-1, 1)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
-        """``n`` samples ``G(z[, label])``, z ~ N(0, I) (or the learned mixture) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
+    @property
+    def latent_dim(self) -> int:
+        """Width of G's input: z, then the InfoGAN codes (if any)."""
+        return self.g_input_dim
 
-        A conditional model draws class ``label`` (uniform random classes when None).
-
-        Raises:
-            ValueError: ``label`` given to an unconditional model, or out of range.
-        """
+    def draw_latent(self, n: int, generator: torch.Generator | None = None, code: str | None = None) -> Tensor:
+        """``n`` inputs of G from the prior (z, and InfoGAN codes with the values ``code`` fixes): ``(n, latent_dim)``."""
         device = self.fixed_z.device
         if self.config.latent_mixture is not None:
             z = self.generator.latent.draw(n, generator)
         else:
             z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
+        if self.config.info_codes is None:
+            if code is not None:
+                raise ValueError("the model has no InfoGAN codes (model.info_codes); --code needs a model trained with them")
+            return z
+        return with_codes(z, sample_codes(self.config.info_codes, n, generator, code, device=device), self.config.info_codes)
+
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``G(z[, labels])`` in eval mode, clamped to [-1, 1]; differentiable in ``z``."""
+        return self._generate(z.to(self.fixed_z.device, torch.float32), None if labels is None else labels.to(self.fixed_z.device))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None, code: str | None = None) -> Tensor:
+        """``n`` samples ``G(z[, label])``, z ~ N(0, I) (or the learned mixture) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
+
+        A conditional model draws class ``label`` (uniform random classes when None); an
+        InfoGAN model fixes the codes ``code`` names (:func:`udl_med.methods.info_codes.parse_code`).
+
+        Raises:
+            ValueError: ``label`` given to an unconditional model, or out of range; ``code``
+                for a model without codes, or not fitting them.
+        """
+        device = self.fixed_z.device
+        z = self.draw_latent(n, generator, code)
         labels = None
         if self.num_classes:
             if label is None:

@@ -37,4 +37,35 @@ class InfoHead(nn.Module):
         return self.net(features.flatten(1).float())
 
 
-__all__ = ["InfoHead"]
+
+
+
+class InfoDiscriminator(nn.Module):
+    """D with InfoGAN's Q head on its body: scores as D, and :meth:`predict_codes` from the same features.
+
+    Args:
+        net: the discriminator, with ``forward(x, labels)`` and ``forward_features(x, labels)
+            -> (scores, features)``.
+        head: the :class:`InfoHead` reading ``features``.
+    """
+
+    def __init__(self, net: nn.Module, head: InfoHead) -> None:
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(x, labels)
+
+    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.net.forward_features(x, labels)
+
+    def predict_codes(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Q's output ``(B, K + 2N)`` for images ``x``."""
+        return self.head(self.net.forward_features(x, labels)[1])
+
+    def scores_and_codes(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """D's scores and Q's output from one pass through D's body."""
+        scores, features = self.net.forward_features(x, labels)
+        return scores, self.head(features)
+__all__ = ["InfoDiscriminator", "InfoHead"]
