@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sample(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.inference.sample import sample_to_dir
 
-    return sample_to_dir(args.model, n=args.n, out=args.out, label=args.label, seed=args.seed)
+    return sample_to_dir(args.model, n=args.n, out=args.out, label=args.label, seed=args.seed, code=args.code)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,6 +93,46 @@ def cmd_encode(args: argparse.Namespace) -> dict[str, Any]:
     from udl_med.inference.encode import encode_to_file
 
     return encode_to_file(args.model, args.input, out=args.out)
+
+
+def cmd_latent(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.evaluation.latent import latent_picture
+
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    return latent_picture(args.model, args.data, args.out, compare=args.compare, roi=args.roi, n_prior=args.n_prior, class_names=names)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.inference.latent_walk import interpolate_to_dir
+
+    kinds = ("linear", "slerp") if args.kind == "both" else (args.kind,)
+    return interpolate_to_dir(
+        args.model, args.out, args.steps, source_from=args.source_from, source_to=args.source_to,
+        label_from=args.from_class, label_to=args.to_class, kinds=kinds, seed=args.seed,
+    )
+
+
+def _named_sets(pairs: Sequence[str]) -> dict[str, str]:
+    from udl_med.errors import UserError
+
+    sets = {}
+    for pair in pairs:
+        name, sep, source = pair.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise UserError(f"--codes {pair!r}: write NAME=CODES.npz[:ROWS] or NAME=SCANS")
+        sets[name.strip()] = source.strip()
+    return sets
+
+
+def cmd_arithmetic(args: argparse.Namespace) -> dict[str, Any]:
+    from udl_med.errors import UserError
+    from udl_med.inference.latent_walk import arithmetic_to_dir, draw_to_dir
+
+    if args.draw is not None:
+        return draw_to_dir(args.model, args.out, args.draw, seed=args.seed, label=args.label)
+    if args.expr is None:
+        raise UserError("give --expr \"A - B + C\" with --codes for its sets, or --draw N to draw codes to pick from")
+    return arithmetic_to_dir(args.model, args.out, args.expr, _named_sets(args.codes), variants=args.variants, noise=args.noise, label=args.label, seed=args.seed)
 
 
 def cmd_fid(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--label", type=int, default=None, help="class to generate (conditional models)")
+    p.add_argument("--code", default=None, metavar="SPEC", help="InfoGAN codes (model.info_codes): the categorical value, then continuous ones, e.g. 1,0.5 (_ leaves one random)")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("synthesize", cmd_synthesize, "write a synthetic data set: NIfTI in physical units, manifest.csv, a PNG grid (atomic)")
@@ -221,6 +262,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("input")
     p.add_argument("--out", required=True, help="FEATURES.npz")
+
+    model_help = "runs:/<id>/model, models:/<name>/<version>, or a local model folder"
+    p = add("latent", cmd_latent, "draw a model's latent space: codes of a labeled manifest by class, KL to the prior, silhouette, reconstruction, prior FID")
+    p.add_argument("model", help=model_help + " (a model with an encoder: VAE, autoencoders, DBN)")
+    p.add_argument("data", help="a labeled manifest (column label) or folder")
+    p.add_argument("--out", required=True, help="folder for latent.png, latent.json, codes_<i>.npz")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="more models drawn beside MODEL in one figure")
+    p.add_argument("--roi", choices=["auto", "liver", "whole"], default="auto", help="liver-centred items where label maps exist (auto), or every item of each image (whole)")
+    p.add_argument("--n-prior", type=int, default=256, help="prior samples for the FID (models that sample)")
+    p.add_argument("--class-names", default=None, metavar="A,B,C", help="legend names of the classes 0, 1, ... (e.g. none,hypo,hyper)")
+
+    p = add("interpolate", cmd_interpolate, "walk between two codes (linear and spherical) of a VAE or (conditional) GAN: NIfTI per step and a PNG strip")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, required=True, help="codes along the path, both ends included")
+    p.add_argument("--from", dest="source_from", default=None, metavar="A", help="CODES.npz[:ROW] or a scan (encoded, or projected for a GAN); default: a prior code")
+    p.add_argument("--to", dest="source_to", default=None, metavar="B", help="as --from")
+    p.add_argument("--from-class", type=int, default=None, help="class at the start (conditional GANs)")
+    p.add_argument("--to-class", type=int, default=None, help="class at the end (conditional GANs; default: --from-class)")
+    p.add_argument("--kind", choices=["both", "linear", "slerp"], default="both")
+    p.add_argument("--seed", type=int, default=0, help="prior codes and the projection's starts")
+
+    p = add("arithmetic", cmd_arithmetic, "latent vector arithmetic over named sets of codes, each averaged first, e.g. \"hyper - none + none_other\"")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--out", required=True)
+    p.add_argument("--expr", default=None, help="set names joined by + and -")
+    p.add_argument("--codes", action="append", default=[], metavar="NAME=SOURCE", help="a set: CODES.npz[:ROWS] (e.g. picks/codes.npz:3,17,40) or scans (repeatable)")
+    p.add_argument("--draw", type=int, default=None, metavar="N", help="instead: draw N prior codes and their images to pick sets from")
+    p.add_argument("--variants", type=int, default=4, help="results written: the result and noisy copies")
+    p.add_argument("--noise", type=float, default=0.25, help="std of the copies' Gaussian noise")
+    p.add_argument("--label", type=int, default=None, help="class of a conditional GAN's results")
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("fid", cmd_fid, "FID and KID (with confidence intervals) between two image sets")
     p.add_argument("real", help="folder, manifest or saved statistics (.npz)")
