@@ -119,7 +119,7 @@ def as_volume(x: Tensor, spatial_dims: int, slice_axis: int) -> Tensor:
     return x[None]
 
 
-def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0) -> dict[str, Any]:
+def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0, code: str | None = None) -> dict[str, Any]:
     """Draw ``n`` samples from ``model`` and write them into ``out`` (see the module docstring).
 
     Args:
@@ -128,12 +128,13 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         out: output folder (created).
         label: class to generate, for conditional models.
         seed: seed of the sampling generator: the same seed gives the same samples.
+        code: InfoGAN codes to fix (``model.info_codes``; see :func:`udl_med.methods.info_codes.parse_code`).
 
     Returns:
         ``{"out", "n", "manifest", "grid", "modality", "spacing", "artifacts"}``.
 
     Raises:
-        UserError: ``n < 1``, or a model that cannot sample.
+        UserError: ``n < 1``, a model that cannot sample, or ``code`` for a model without InfoGAN codes.
     """
     from monai.data import MetaTensor
 
@@ -153,6 +154,9 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         method.check_sample_label(label)
     except ValueError as err:
         raise UserError(f"{loaded.source}: {err}") from None
+    if code is not None and getattr(method.config, "info_codes", None) is None:
+        raise UserError(f"{loaded.source}: --code needs a model trained with InfoGAN codes (model.info_codes); method {method.name!r} has none")
+    codes = {} if code is None else {"code": code}
     space = sample_space(loaded)
     geometry, modality = space.geometry, space.modality
     out = Path(out)
@@ -164,7 +168,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
     while written < n:
         count = min(SAMPLE_BATCH, n - written)
         try:
-            batch = method.sample(count, generator=generator, label=label).detach().float().cpu()
+            batch = method.sample(count, generator=generator, label=label, **codes).detach().float().cpu()
         except ValueError as err:  # e.g. a label out of range
             raise UserError(f"{loaded.source}: {err}") from None
         if len(previews) < 64:
