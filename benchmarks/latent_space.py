@@ -27,12 +27,12 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
   one-to-one matching) against the same measure for an arbitrary split of a plain GAN's z
   (terciles of z_0). Goal: at least 0.2 above it.
 
-Figures (seed 0) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
+Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
 mean; last row: results), ``infogan_codes.png`` (one row per code value).
 
-    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--phantoms 24] [--vae-steps 600] [--gan-steps 1200] [--out rows.jsonl] [--figures DIR]
+    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-steps 600] [--gan-steps 1200] [--out rows.jsonl] [--figures DIR]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def crops(workdir: Path, n: int) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int) -> dict[str, dict[str, Any]]:
+def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedule: str = "constant") -> dict[str, dict[str, Any]]:
     """Train the three VAE variants; their figures on ``held`` and their panels' data."""
     from udl_med.data.memory import TensorItems
     from udl_med.engine.fit import fit_in_memory
@@ -82,13 +82,19 @@ def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int) -> dict
 
     out = {}
     for name, weights in VAE_VARIANTS.items():
-        method = fit_in_memory("vae", {**VAE_MODEL, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed).method.eval()
+        method = fit_in_memory(
+            "vae", {**VAE_MODEL, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed, train={"lr_schedule": schedule}
+        ).method.eval()
         codes, variances = encode_codes(method, held.images)
         recon, mean_image = reconstruction_errors(method, held.images)
+        train_codes, train_variances = encode_codes(method, train.images)
         out[name] = {
             "recon_mse": recon,
             "mean_image_mse": mean_image,
+            "recon_mse_train": reconstruction_errors(method, train.images)[0],
+            "kl_to_prior_train": aggregate_kl(train_codes, train_variances),
             "kl_to_prior": aggregate_kl(codes, variances),
+            "kl_term": float(np.mean(0.5 * (codes**2 + variances - 1 - np.log(variances)).sum(1))),  # the ELBO's KL term, mean over items
             "silhouette": silhouette(codes, held.labels),
             "fid_prior": prior_fid(method, held.images, 2, n_prior),
             "codes": codes,
@@ -189,32 +195,65 @@ def _row(case: str, metric: str, ours: list[float], peer_name: str, peer: list[f
 
 
 def rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """The benchmark's rows; each goal row also holds its per-seed ratios and the worst seed's (``worst_seed_ratio``)."""
     out = []
-    v = {name: {m: [s[name][m] for s in per["vae"]] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior")} for name in VAE_VARIANTS}
+    if per["vae"]:
+        out += vae_rows(per["vae"], setting)
+    if per["arithmetic"]:
+        out += gan_rows(per, setting)
+    return out
+
+
+def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    v = {name: {m: [s[name][m] for s in per] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior", "recon_mse_train", "kl_to_prior_train", "kl_term")} for name in VAE_VARIANTS}
     mean = {name: {m: _stats(vals)[0] for m, vals in metrics.items()} for name, metrics in v.items()}
     r, k, b = mean["recon_only"], mean["kl_only"], mean["both"]
+    seeds = range(len(per))
     best_other = min(k["recon_mse"], b["recon_mse"])
-    out.append(_row("vae/recon_only", "recon_mse", v["recon_only"]["recon_mse"], "min(kl_only, both)", best_other, best_other / r["recon_mse"], "lowest recon_mse of the three", r["recon_mse"] < best_other, **setting))
-    out.append(_row("vae/recon_only", "kl_to_prior", v["recon_only"]["kl_to_prior"], "10x both", 10 * b["kl_to_prior"], r["kl_to_prior"] / (10 * b["kl_to_prior"]), ">= 10x the combined model's KL", r["kl_to_prior"] >= 10 * b["kl_to_prior"]))
-    out.append(_row("vae/kl_only", "kl_to_prior", v["kl_only"]["kl_to_prior"], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k["kl_to_prior"] if k["kl_to_prior"] else None, f"near 0 (< {KL_NEAR_ZERO} nats)", k["kl_to_prior"] < KL_NEAR_ZERO))
-    out.append(_row("vae/kl_only", "recon_mse", v["kl_only"]["recon_mse"], "mean_image", v["kl_only"]["mean_image_mse"], k["recon_mse"] / k["mean_image_mse"], "no better than the mean image", k["recon_mse"] >= 0.95 * k["mean_image_mse"]))
+    # per seed: how much lower recon-only's error is than the better other model's (> 1: lower)
+    recon_ratio = [min(v["kl_only"]["recon_mse"][i], v["both"]["recon_mse"][i]) / v["recon_only"]["recon_mse"][i] for i in seeds]
+    out.append(_row("vae/recon_only", "recon_mse", v["recon_only"]["recon_mse"], "min(kl_only, both)", best_other, best_other / r["recon_mse"], "lowest recon_mse of the three",
+                    r["recon_mse"] < best_other, per_seed_ratio=recon_ratio, worst_seed_ratio=min(recon_ratio), **setting))
+    kl_ratio = [v["recon_only"]["kl_to_prior"][i] / (10 * v["both"]["kl_to_prior"][i]) for i in seeds]
+    out.append(_row("vae/recon_only", "kl_to_prior", v["recon_only"]["kl_to_prior"], "10x both", 10 * b["kl_to_prior"], r["kl_to_prior"] / (10 * b["kl_to_prior"]),
+                    ">= 10x the combined model's KL", r["kl_to_prior"] >= 10 * b["kl_to_prior"], per_seed_ratio=kl_ratio, worst_seed_ratio=min(kl_ratio)))
+    out.append(_row("vae/kl_only", "kl_to_prior", v["kl_only"]["kl_to_prior"], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k["kl_to_prior"] if k["kl_to_prior"] else None,
+                    f"near 0 (< {KL_NEAR_ZERO} nats)", k["kl_to_prior"] < KL_NEAR_ZERO, worst_seed=max(v["kl_only"]["kl_to_prior"])))
+    mean_ratio = [v["kl_only"]["recon_mse"][i] / v["kl_only"]["mean_image_mse"][i] for i in seeds]
+    out.append(_row("vae/kl_only", "recon_mse", v["kl_only"]["recon_mse"], "mean_image", v["kl_only"]["mean_image_mse"], k["recon_mse"] / k["mean_image_mse"],
+                    "no better than the mean image", k["recon_mse"] >= 0.95 * k["mean_image_mse"], per_seed_ratio=mean_ratio, worst_seed_ratio=min(mean_ratio)))
     best_fid = min(r["fid_prior"], k["fid_prior"])
-    out.append(_row("vae/both", "fid_prior", v["both"]["fid_prior"], "min(recon_only, kl_only)", best_fid, best_fid / b["fid_prior"], "best prior-sample FID of the three", b["fid_prior"] < best_fid))
+    fid_ratio = [min(v["recon_only"]["fid_prior"][i], v["kl_only"]["fid_prior"][i]) / v["both"]["fid_prior"][i] for i in seeds]
+    out.append(_row("vae/both", "fid_prior", v["both"]["fid_prior"], "min(recon_only, kl_only)", best_fid, best_fid / b["fid_prior"], "best prior-sample FID of the three",
+                    b["fid_prior"] < best_fid, per_seed_ratio=fid_ratio, worst_seed_ratio=min(fid_ratio)))
     for name in VAE_VARIANTS:
         for metric in ("silhouette", "fid_prior", "kl_to_prior", "recon_mse"):
             if not (name == "recon_only" and metric in ("recon_mse", "kl_to_prior")) and not (name == "kl_only" and metric in ("kl_to_prior", "recon_mse")) and not (name == "both" and metric == "fid_prior"):
                 out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
+    for name in VAE_VARIANTS:  # the ELBO's own KL term (mean per-item KL(q(z|x) || p(z))), beside the aggregate's
+        out.append(_row(f"vae/{name}", "kl_term", v[name]["kl_term"], "", None, None, "(reported)", None))
+    for name in ("recon_only", "both"):  # the same measures on the training crops (the VAEs overfit 120 crops)
+        for metric in ("recon_mse_train", "kl_to_prior_train"):
+            out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
+    return out
+
+
+def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
     a = per["arithmetic"]
     rate, base, untouched = [s["arithmetic_rate"] for s in a], [s["base_rate"] for s in a], [s["untouched_rate"] for s in a]
     rm, bm, um = _stats(rate)[0], _stats(base)[0], _stats(untouched)[0]
     out.append(_row("arithmetic/gan_unlabeled", "hyper_rate_of_hyper_minus_none_plus_none", rate, "base_rate", base, rm / 0.7 if rm == rm else None, ">= 0.7", rm >= 0.7 if rm == rm else False,
-                    hyper_pool=[s["n_hyper_pool"] for s in a], class_shares=[[round(float(x), 3) for x in s["class_shares"]] for s in a]))
-    out.append(_row("arithmetic/gan_unlabeled", "hyper_rate_of_untouched_codes", untouched, "base_rate", base, None, "<= the base rate", um <= bm if um == um else False))
+                    worst_seed=min(rate), hyper_pool=[s["n_hyper_pool"] for s in a], class_shares=[[round(float(x), 3) for x in s["class_shares"]] for s in a], **setting))
+    out.append(_row("arithmetic/gan_unlabeled", "hyper_rate_of_untouched_codes", untouched, "base_rate", base, None, "<= the base rate", um <= bm if um == um else False,
+                    worst_seed_margin=min(b_ - u for b_, u in zip(base, untouched))))
     i = per["info"]
     info, plain = [s["info_agreement"] for s in i], [s["plain_agreement"] for s in i]
     im, pm = _stats(info)[0], _stats(plain)[0]
+    margins = [x - y for x, y in zip(info, plain)]
     out.append(_row("infogan/categorical3", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
-                    info_class_shares=[s["info_class_shares"] for s in i]))
+                    per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i]))
     c = per["classifier"]
     out.append(_row("classifier/real_crops", "balanced_accuracy_heldout", c, "chance", 1 / 3, None, "(the judge of the arithmetic and InfoGAN rows)", None))
     return out
@@ -262,16 +301,22 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     train, held = crops(workdir, args.phantoms)
     logging.info("crops: %d training (classes %s), %d held out", len(train.labels), np.bincount(train.labels).tolist(), len(held.labels))
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
-    for seed in range(args.seeds):
-        vae = vae_case(train, held, args.vae_steps, seed, args.n_prior)
-        per["vae"].append({k: {m: x for m, x in f.items() if m != "codes"} for k, f in vae.items()})
+    info_codes = {"categorical": 3, "continuous": args.info_continuous, "weight": args.info_weight}
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
+    for seed in seeds:
+        vae = None
+        if "vae" in args.parts:
+            vae = vae_case(train, held, args.vae_steps, seed, args.n_prior, args.vae_schedule)
+            per["vae"].append({k: {m: x for m, x in f.items() if m != "codes"} for k, f in vae.items()})
+            if "gan" not in args.parts:
+                continue
         classifier = train_classifier(train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
         per["classifier"].append(score(classifier, held)["balanced_accuracy"])
         images = TensorItems(train.images)
         gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
         arithmetic = arithmetic_case(gan, classifier, args.pool, args.trials, seed)
         per["arithmetic"].append(arithmetic)
-        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": {"categorical": 3, "weight": 1.0}}, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
+        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
         info = info_case(info_gan, gan, classifier, args.per_code, seed)
         per["info"].append(info)
         logging.info(
@@ -279,15 +324,23 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             seed, per["classifier"][-1], arithmetic["arithmetic_rate"], arithmetic["base_rate"], arithmetic["untouched_rate"], arithmetic["n_hyper_pool"],
             info["info_agreement"], info["plain_agreement"], time.perf_counter() - t0,
         )
-        if seed == 0 and args.figures:
+        if seed == seeds[0] and args.figures and vae is not None:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
-    setting = {"seeds": args.seeds, "phantoms": args.phantoms, "vae_steps": args.vae_steps, "gan_steps": args.gan_steps, "wall_s": round(time.perf_counter() - t0)}
+    setting = {
+        "seeds": list(seeds), "phantoms": args.phantoms, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps,
+        "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
+    }
     return rows(per, setting)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-start", type=int, default=10, help="first seed (settings were chosen on seeds 100-101, never reported)")
+    parser.add_argument("--parts", default="vae,gan", help="vae and/or gan (arithmetic and InfoGAN), comma-separated")
+    parser.add_argument("--vae-schedule", default="constant", choices=["constant", "cosine"], help="the VAEs' learning-rate schedule")
+    parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the 3-valued categorical one")
+    parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--gan-steps", type=int, default=1200)
@@ -297,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=50, help="arithmetic trials (three codes per set each)")
     parser.add_argument("--per-code", type=int, default=200, help="InfoGAN samples per categorical value")
     parser.add_argument("--out", default=None, help="also write the rows to this JSON-lines file")
-    parser.add_argument("--figures", default=None, help="write the figures of seed 0 here")
+    parser.add_argument("--figures", default=None, help="write the figures of the first seed here")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
+    args.parts = {p.strip() for p in args.parts.split(",")}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("udl_med.engine", "udl_med.data", "udl_med.evaluation", "udl_med.inference", "udl_med.metrics"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

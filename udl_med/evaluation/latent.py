@@ -62,13 +62,11 @@ PRIOR_SEED = 20_231
 @runtime_checkable
 class PosteriorEncoder(Protocol):
     """A method whose encoder gives a Gaussian posterior (the VAE)."""
-
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 def _items(loaded: Any, data: str | Path, roi: str) -> Any:
     """The model's probe items of ``data``, of the run's modality when it has one."""
-
     spec = loaded.run_config.data.model_dump(mode="json")
     modality = spec.get("modality")
     records = list_images(data)
@@ -111,7 +109,6 @@ def reconstruction_errors(method: Any, items: Tensor) -> tuple[float | None, flo
 
 def prior_fid(method: Any, items: Tensor, spatial_dims: int, n: int, extractor: str = "random") -> float | None:
     """FID of ``n`` prior samples against ``items`` (None for a model that does not sample)."""
-
     if Capability.SAMPLE not in method.capabilities or n < 2:
         return None
     net = build_extractor(extractor, spatial_dims)

@@ -20,7 +20,6 @@ COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 @dataclass(frozen=True)
 class Panel:
     """One scatter: ``xy`` ``(N, 2)`` points, ``labels`` ``(N,)`` class indices, ``lines`` of title text."""
-
     xy: np.ndarray
     labels: np.ndarray
     lines: tuple[str, ...]

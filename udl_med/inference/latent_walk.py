@@ -70,7 +70,6 @@ PROJECTION_RESTARTS = 4
 @runtime_checkable
 class LatentGenerator(Protocol):
     """A method that decodes codes of a prior (the VAE, the GAN)."""
-
     latent_dim: int
 
     def draw_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
@@ -90,14 +89,12 @@ def latent_generator(method: Any) -> LatentGenerator:
 
 
 def _has_encoder(method: Any) -> bool:
-
     return Capability.ENCODE in method.capabilities
 
 
 @dataclass(frozen=True)
 class Codes:
     """Codes ``(N, D)`` of one source, the items they came from (scans) and the projection errors (GAN)."""
-
     z: Tensor
     items: Tensor | None = None
     projection_mse: Tensor | None = None
@@ -128,7 +125,6 @@ def _npz_codes(spec: str, name: str | None = None) -> Tensor:
 
 def scan_items(loaded: Any, source: str | Path) -> tuple[Tensor, list[str]]:
     """The middle item ``(C, *size)`` of every image of ``source``, cut as in training; and the image paths."""
-
     records = list_images(source)
     if not records:
         raise InputError(source, "no images found")
@@ -141,7 +137,6 @@ def scan_items(loaded: Any, source: str | Path) -> tuple[Tensor, list[str]]:
 
 def codes_of_items(loaded: Any, items: Tensor, seed: int = 0, steps: int = PROJECTION_STEPS, restarts: int = PROJECTION_RESTARTS, labels: Tensor | None = None) -> Codes:
     """Codes of model inputs ``items``: the encoder's (posterior mean), or a GAN's projection."""
-
     method = loaded.method
     if _has_encoder(method):
         with torch.no_grad():

@@ -64,7 +64,6 @@ def aggregate_kl(codes: Any, variances: Any | None = None) -> float:
 
 def silhouette(codes: Any, labels: Any) -> float | None:
     """Mean silhouette of ``codes`` ``(N, D)`` grouped by ``labels`` ``(N,)``; None with fewer than 2 classes."""
-
     x = as_features(codes, "codes")
     y = np.asarray(labels).reshape(-1)
     if y.shape[0] != x.shape[0]:
