@@ -29,9 +29,11 @@ std ``noise``, as DCGAN adds noise to the result): ``DIR/result_00.nii.gz``...,
 ``DIR/result.npz`` and ``DIR/arithmetic.png``, one row per set (its first members and
 the decoded mean) and a last row of results.
 
-NIfTI files are in physical units (:func:`udl_med.inference.sample.to_physical`) with the
-spacing of the first scan given, else of the training data; 2D results are one-slice
-volumes across the run's ``slice_axis``, as ``udl-med sample`` writes them.
+NIfTI files are in physical units (:func:`udl_med.inference.sample.to_physical`) on the
+grid of the first scan's item (:func:`item_geometry`: its spacing, direction and the
+item's origin, resized spacing for ``crop: resize`` runs), else with the training data's
+spacing; 2D results are one-slice volumes across the run's ``slice_axis``, as ``udl-med
+sample`` writes them.
 """
 
 from __future__ import annotations
@@ -176,13 +178,66 @@ def load_codes(loaded: Any, spec: str | Path, name: str | None = None, seed: int
 # -- writing --------------------------------------------------------------------------------
 
 
+def item_geometry(loaded: Any, reference: str | Path) -> Geometry:
+    """The physical grid of the middle item :func:`scan_items` cuts from ``reference``.
+
+    Spacing and direction are the scan's; a ``crop: resize`` run scales the spacing of the
+    resized axes by scan size / item size (and moves the origin half a new voxel in, as
+    ``align_corners=False`` does); a centre crop, a 3-D patch or a 2-D slice moves the
+    origin to the item's first voxel. Padding of scans smaller than the item is symmetric.
+    """
+    cfg = item_config(loaded.run_config.data, reference)
+    image = read_image(reference)
+    scan = Geometry.from_meta(image.meta) or Geometry.identity(3)
+    if scan.ndim != 3:
+        return Geometry.create(tuple(scan.spacing) + (1.0,), (0.0, 0.0, 0.0), np.eye(3))
+    shape = np.asarray(image.shape[-3:], np.float64)
+    cut = image_items(cfg, reference, None)
+    position = cut.positions[len(cut.positions) // 2]
+    spacing = np.asarray(scan.spacing, np.float64)
+    start = np.zeros(3)  # the item's first voxel centre, in the scan's (padded) voxel indices
+    size = np.asarray(cfg.size, np.float64)
+    if cfg.layout == "3d":
+        prepared = np.asarray(cut.volume_shape[1:], np.float64)
+        axes = [0, 1, 2]
+        if cfg.crop == "resize":
+            scale = prepared / size
+            start = 0.5 * scale - 0.5
+            spacing = spacing * scale
+        else:
+            grids = [_patch_starts(int(n), int(s)) for n, s in zip(prepared, size)]
+            counts = [len(g) for g in grids]
+            index = np.unravel_index(position, counts)
+            start = np.asarray([grids[a][index[a]] for a in axes], np.float64)
+    else:
+        axes = [a for a in range(3) if a != cfg.slice_axis]
+        prepared = np.asarray(cut.volume_shape[1:], np.float64)  # (P, Q) after padding
+        start[cfg.slice_axis] = position
+        if cfg.crop == "resize":
+            scale = prepared / size
+            start[axes] = 0.5 * scale - 0.5
+            spacing[axes] = spacing[axes] * scale
+        else:
+            start[axes] = (prepared - size) // 2
+        shape = shape[axes]
+    padded_by = (np.asarray(cut.volume_shape[1:], np.float64) - shape) // 2  # SpatialPad's symmetric padding, before
+    start[axes] = start[axes] - padded_by
+    origin = np.asarray(scan.origin, np.float64) + scan.direction_matrix @ (np.asarray(scan.spacing, np.float64) * start)
+    return Geometry.create(spacing, origin, scan.direction_matrix)
+
+
+def _patch_starts(n: int, size: int) -> list[int]:
+    """Patch starts along one axis, as :func:`udl_med.inference.encode.image_items` cuts 3-D patches."""
+    if n <= size:
+        return [0]
+    count = math.ceil(n / size)
+    return sorted({round(i * (n - size) / (count - 1)) for i in range(count)})
+
+
 def _writer(loaded: Any, reference: str | None):
-    """A function writing one image ``(C, *spatial)`` in [-1, 1] as NIfTI: the training geometry, or the first scan's spacing."""
+    """A function writing one image ``(C, *spatial)`` in [-1, 1] as NIfTI: the reference scan's item grid, else the training geometry."""
     space = sample_space(loaded)
-    geometry = space.geometry
-    if reference is not None:
-        spacing = tuple(float(s) for s in read_image(reference).meta["spacing"])[:3]
-        geometry = Geometry.create(spacing, (0.0, 0.0, 0.0), np.eye(3))
+    geometry = space.geometry if reference is None else item_geometry(loaded, reference)
 
     def write(x: Tensor, path: Path) -> Path:
         volume = to_physical(as_volume(x.float().cpu(), loaded.data_spec.spatial_dims, space.slice_axis), space.modality, space.ct_window)
