@@ -18,8 +18,9 @@ against all held-out real items:
 - ``fid_random`` / ``kid_random``: FID/KID with the seeded random extractor;
   ``fid_encoder``: FID with the encoder of an autoencoder pretrained by udl-med on the
   training slices (``udl-med export --format encoder``), 2D only;
-- ``memorization``: :func:`udl_med.metrics.memorization.memorization_tensors` (random
-  extractor, flips, 1% held-out quantile in either space), the fraction flagged;
+- ``memorization``: :func:`udl_med.metrics.memorization.memorization_tensors` (near-copy
+  distance, threshold calibrated per held-out subject at 1%, or at the smallest rate the
+  held-out subjects can state), the fraction flagged;
 - ``utility``: :func:`udl_med.evaluation.utility.utility_tensors` for the conditional 2D
   generators: the same MONAI classifier trained on the real training slices (all of
   them: the few labeled scans the generator also saw), on real + synthetic, and on
@@ -208,7 +209,7 @@ def run(
                 fid = compare_tensors(real_fid[ex_name], fake, ex, bootstrap=0, seed=seed)
                 record(name, f"fid_{ex_name}", fid["fid"])
                 record(name, f"kid_{ex_name}", fid["kid"])
-            mem = memorization_tensors(fake, real_train.images, real_held.images, extractors["random"])
+            mem = memorization_tensors(fake, real_train.images, real_held.images, real_held.subjects.tolist(), too_few="warn")
             record(name, "memorization", mem["rate"])
             record(name, "memorization_stated_rate", mem["stated_rate"])
             if counts is not None:
@@ -239,7 +240,7 @@ def run(
                 fid = compare_tensors(vol_held, fake, random3, bootstrap=0, seed=seed)
                 record(name, "fid_random", fid["fid"])
                 record(name, "kid_random", fid["kid"])
-                record(name, "memorization", memorization_tensors(fake, vol_train, vol_held, random3)["rate"])
+                record(name, "memorization", memorization_tensors(fake, vol_train, vol_held, too_few="warn")["rate"])
                 logging.info("seed %d %s: %s (%.0f s)", seed, name, {k: round(v[-1], 4) for k, v in per[name].items()}, time.perf_counter() - start)
     logging.info("total %.0f s; training wall per generator: %s", time.perf_counter() - t0, {k: round(v) for k, v in wall.items()})
     return rows(per, seeds, steps, steps3d)
@@ -342,7 +343,7 @@ def utility_case(
                 rec.setdefault(arm, []).append(util[f"{arm}/balanced_accuracy"])
                 rec.setdefault(f"{arm}_accuracy", []).append(util[f"{arm}/accuracy"])
             rec.setdefault("fid_random", []).append(compare_tensors(held.images, fake, extractor, bootstrap=0, seed=seed)["fid"])
-            rec.setdefault("memorization", []).append(memorization_tensors(fake, real.images, held.images, extractor)["rate"])
+            rec.setdefault("memorization", []).append(memorization_tensors(fake, real.images, held.images, held.subjects.tolist(), too_few="warn")["rate"])
             logging.info(
                 "utility seed %d %s: real %.3f, %s (%.0f s)", seed, name, per["real"]["balanced_accuracy"][i], {k: round(v[-1], 4) for k, v in rec.items()}, time.perf_counter() - start
             )
@@ -393,19 +394,19 @@ def planted_copies(workdir: Path, seed: int = 0) -> list[dict[str, Any]]:
     """
     from udl_med.data.phantoms import write_phantoms
     from udl_med.evaluation.utility import labeled_items, lesion_slices
-    from udl_med.metrics.extractors import build_extractor
     from udl_med.metrics.memorization import memorization_tensors
 
-    items = {}
+    items, subjects = {}, {}
     for name, n, s in (("train", 24, 0), ("heldout", 24, 1), ("new", 12, 2)):
         ph = write_phantoms(workdir / f"planted-{name}", n=n, shape=(64, 64, 16), seed=s)
-        items[name] = labeled_items(lesion_slices(ph["manifest"], workdir / f"planted-{name}-slices", window=WINDOW)["manifest"], WINDOW).images
+        labeled = labeled_items(lesion_slices(ph["manifest"], workdir / f"planted-{name}-slices", window=WINDOW)["manifest"], WINDOW)
+        items[name], subjects[name] = labeled.images, labeled.subjects.tolist()
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(items["train"]), generator=g)[:30]
     copies = items["train"][pick]
     kinds = {"exact": copies[:10], "flipped": copies[10:20].flip(-1), "noisy": (copies[20:] + 0.02 * torch.randn(copies[20:].shape, generator=g)).clamp(-1, 1)}
     synthetic = torch.cat([items["new"], *kinds.values()])
-    result = memorization_tensors(synthetic, items["train"], items["heldout"], build_extractor("random", 2))
+    result = memorization_tensors(synthetic, items["train"], items["heldout"], subjects["heldout"], too_few="warn")
     flagged = set(result["flagged_index"])
     n_new = len(items["new"])
     out = []

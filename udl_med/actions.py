@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from udl_med.io_utils import check_writable
 from udl_med.shipped import list_shipped, resolve_shipped
 
 __all__ = ["REQUIRED", "Arg", "Action", "ACTIONS", "commands", "step_kinds", "train_config"]
@@ -56,6 +57,8 @@ class Arg:
         cli: offered on the command line (False: pipeline steps and Python only).
         group: command line only: exactly one argument of each group must be given.
         parse: turns the command-line value into the library's (e.g. ``0`` into None).
+        output: names an output: ``file``, ``folder`` or ``path`` (either); checked to be
+            writable before the action does any work (:func:`udl_med.io_utils.check_writable`).
     """
 
     name: str
@@ -73,6 +76,7 @@ class Arg:
     cli: bool = True
     group: str | None = None
     parse: Callable[[Any], Any] | None = None
+    output: Literal["file", "folder", "path"] | None = None
 
     @property
     def required(self) -> bool:
@@ -116,6 +120,11 @@ class Action:
         return tuple(a.name for a in self.args if a.required)
 
     @property
+    def outputs(self) -> tuple[str, ...]:
+        """The arguments that name outputs (checked to be writable before the action runs)."""
+        return tuple(a.name for a in self.args if a.output)
+
+    @property
     def signature(self) -> inspect.Signature:
         """The keyword-only signature of :meth:`__call__` (what a Python API function ``udl_med.<name>`` shows)."""
         return inspect.Signature(
@@ -127,6 +136,9 @@ class Action:
         unknown = sorted(set(kwargs) - set(self.names))
         if unknown:
             raise TypeError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; valid: {', '.join(self.names)}")
+        for arg in self.args:  # an output that cannot be written is refused before any work
+            if arg.output and kwargs.get(arg.name) is not None:
+                check_writable(kwargs[arg.name], arg.output)
         return self.function()(**kwargs)
 
 
@@ -296,14 +308,14 @@ def _demo() -> Callable[..., dict[str, Any]]:
 _PRIVACY = Arg(
     "privacy",
     "what MLflow receives: standard (as configured) or strict (paths hashed, previews of real scans withheld); "
-    "UDL_MED_PRIVACY=strict sets strict for a whole site",
+    "UDL_MED_PRIVACY=strict sets strict for a whole site (default: the config's tracking.privacy, standard)",
     default=None,
     choices=("standard", "strict"),
 )
 _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local model folder", positional=True, input=True)
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
-_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
-_OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable)"
+_EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | swav:PATH | medicalnet:PATH"
+_OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable; default: none, the file as it is)"
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
 
@@ -317,11 +329,11 @@ ACTIONS: dict[str, Action] = {
             "write synthetic subjects: paired CT and MR, tissue labels, lesion class",
             _phantoms,
             (
-                Arg("out", "output folder", positional=True),
+                Arg("out", "output folder", positional=True, output="folder"),
                 Arg("n", "number of subjects", int, 8),
-                Arg("shape", "volume size in voxels", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
-                Arg("seed", "random seed", int, 0),
-                Arg("fmt", "file format", default="nifti", flag="--format", choices=("nifti", "dicom")),
+                Arg("shape", "volume size in voxels, each at least 8", int, (48, 48, 24), nargs=3, metavar=("X", "Y", "Z"), parse=tuple),
+                Arg("seed", "random seed: the same seed writes the same voxels", int, 0),
+                Arg("fmt", "file format: NIfTI volumes or DICOM series folders", default="nifti", flag="--format", choices=("nifti", "dicom")),
             ),
             command="phantoms",
             step=True,
@@ -339,7 +351,7 @@ ACTIONS: dict[str, Action] = {
             _convert,
             (
                 Arg("input", "a volume file or a DICOM series folder", positional=True, input=True),
-                Arg("output", "a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series", positional=True),
+                Arg("output", "a .nii.gz/.nii/.mha/.nrrd name, or a folder name for a DICOM series", positional=True, output="path"),
             ),
             command="convert",
         ),
@@ -349,10 +361,10 @@ ACTIONS: dict[str, Action] = {
             _select,
             (
                 Arg("source", "a manifest, a folder or one image", input=True),
-                Arg("out", "the manifest CSV to write"),
-                Arg("modality", "keep only this modality (CT or MR)", default=None),
-                Arg("split", "keep only this split (train, val or test)", default=None),
-                Arg("limit", "keep at most this many images", int, None),
+                Arg("out", "the manifest CSV to write", output="file"),
+                Arg("modality", "keep only this modality (CT or MR) (default: every modality)", default=None),
+                Arg("split", "keep only this split (train, val or test) (default: every split)", default=None),
+                Arg("limit", "keep at most this many images (default: all)", int, None),
             ),
             step=True,
         ),
@@ -372,14 +384,15 @@ ACTIONS: dict[str, Action] = {
         ),
         Action(
             "sample",
-            "draw new images from a generative model, as NIfTI plus a PNG grid",
+            "draw new images (or 2D points) from a generative model, as NIfTI plus a PNG grid (points: CSV plus a scatter plot)",
             _sample,
             (
                 _MODEL,
-                Arg("n", "number of images", int),
-                Arg("out", "output folder"),
-                Arg("label", "class to generate (conditional models)", int, None),
-                Arg("seed", "random seed of the latent draws", int, 0),
+                Arg("n", "number of images (or points) to draw", int),
+                Arg("out", "output folder", output="folder"),
+                Arg("label", "class to generate, for conditional models (default: none; unconditional models take no label)", int, None),
+                Arg("seed", "random seed of the latent draws (default: a fresh seed, logged and printed)", int, None),
+                Arg("overwrite", "replace an earlier sample output in --out (only the files its sample.json lists)", None, False, kind="flag"),
                 Arg(
                     "code",
                     "InfoGAN codes (model.info_codes): the categorical value, then continuous ones, e.g. 1,0.5 (_ leaves one random)",
@@ -456,10 +469,10 @@ ACTIONS: dict[str, Action] = {
             _synthesize,
             (
                 replace(_MODEL, input=False),  # as before the table: a synthesize step's literal model path stays relative to the cwd
-                Arg("out", "the folder to create (must not exist or be empty)"),
-                Arg("n", "images in all (classes in turn for a conditional model)", int, None, group="count"),
-                Arg("n_per_class", "images per class (conditional models)", int, None, group="count"),
-                Arg("like", "a scan whose spacing, orientation, size and modality the images take", default=None, metavar="REFERENCE"),
+                Arg("out", "the folder to create (must not exist or be empty)", output="folder"),
+                Arg("n", "images in all, classes in turn for a conditional model (give --n or --n-per-class)", int, None, group="count"),
+                Arg("n_per_class", "images per class, for conditional models (give --n or --n-per-class)", int, None, group="count"),
+                Arg("like", "a scan whose spacing, orientation, size and modality the images take (default: the training data's spacing and the model's size)", default=None, metavar="REFERENCE"),
                 Arg("seed", "random seed of the latent draws", int, 0),
                 Arg("overwrite", "replace an earlier synthesize output in --out (only once the new one is complete)", None, False, kind="flag"),
             ),
@@ -473,17 +486,24 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("synthetic", "synthetic images: folder, manifest or volume", positional=True),
                 Arg("train", "the generator's training images", positional=True),
-                Arg("holdout", "real images the generator never saw (sets the distance scale)"),
-                Arg("extractor", "random | encoder:PATH | inception:PATH | ... (as udl-med fid)", default="random"),
+                Arg("holdout", "real images of subjects not in TRAIN: calibrate the threshold (one score per subject)"),
                 Arg("dims", "slices (2) or volumes (3)", default="2", choices=("2", "3")),
-                Arg("quantile", "held-out quantile below which an image is flagged", float, 0.01),
+                Arg("rate", "false-alarm rate per new subject the threshold is calibrated to", float, 0.01),
+                Arg(
+                    "too_few",
+                    "too few held-out subjects for --rate: warn (calibrate at the smallest rate they can state) or refuse (exit 2)",
+                    default="warn",
+                    choices=("warn", "refuse"),
+                ),
+                Arg("resample", "resample images of another size or spacing to the training images' instead of refusing them", None, False, kind="flag"),
                 Arg("drop", "remove flagged images from the synthetic manifest", None, False, kind="flag"),
                 Arg(
                     "out",
-                    "write DIR/memorization.png (closest synthetic images over their nearest training images)",
+                    "write DIR/memorization.png (closest synthetic images over their nearest training images) (default: no figure)",
                     default=None,
                     flag="--figure",
                     metavar="DIR",
+                    output="folder",
                 ),
                 Arg("flips", "compare against flipped training images too", None, True, kind="flag", cli=False),
             ),
@@ -502,11 +522,11 @@ ACTIONS: dict[str, Action] = {
                 Arg("per_class_subjects", "real subjects per class to train on (0: all)", int, 2, parse=_zero_is_none),
                 Arg("steps", "classifier steps, the same for every arm", int, 300),
                 Arg("batch_size", "classifier batch size", int, 32, cli=False),
-                Arg("lr", "classifier learning rate", float, 1e-3, cli=False),
+                Arg("lr", "classifier learning rate", float, 1e-3),
                 Arg("channels", "classifier channels per level", int, (8, 16, 32), nargs="+", cli=False),
-                Arg("ct_window", "CT window in HU (low high) normalised to [-1, 1]", float, _CT_WINDOW, nargs=2, cli=False),
-                Arg("real_split", "use only this manifest split of REAL", default=None, cli=False),
-                Arg("heldout_split", "use only this manifest split of HELDOUT", default=None, cli=False),
+                Arg("ct_window", "CT window in HU (low high) normalised to [-1, 1]; liver crops: -200 300", float, _CT_WINDOW, nargs=2),
+                Arg("real_split", "use only this manifest split of REAL (default: every split)", default=None, cli=False),
+                Arg("heldout_split", "use only this manifest split of HELDOUT (default: every split)", default=None, cli=False),
             ),
             command="augment-eval",
             step=True,
@@ -518,7 +538,7 @@ ACTIONS: dict[str, Action] = {
             (
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("out", "FEATURES.npz"),
+                Arg("out", "FEATURES.npz", output="file"),
             ),
             command="encode",
             step=True,
@@ -537,7 +557,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("kid_subsets", "KID subsets", int, 100, cli=False),
                 Arg("seed", "random seed of the extractor, subsets and bootstrap", int, 0, cli=False),
                 Arg("batch_size", "images per extractor batch", int, 16, cli=False),
-                Arg("save_real_stats", "save REAL's statistics for reuse as REAL", default=None, flag="--save-stats", metavar="REAL_STATS.npz"),
+                Arg("save_real_stats", "save REAL's statistics for reuse as REAL (default: not saved)", default=None, flag="--save-stats", metavar="REAL_STATS.npz", output="file"),
                 Arg("device", "torch device of the statistics and the distance: cpu (default), cuda, cuda:1 (float64)", default=None),
             ),
             command="fid",
@@ -550,8 +570,8 @@ ACTIONS: dict[str, Action] = {
             (
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True),
-                Arg("direction", "by default from each input's modality", default=None, choices=("ct2mr", "mr2ct")),
+                Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True, output="path"),
+                Arg("direction", "ct2mr or mr2ct (default: from each input's modality, else the model's only direction)", default=None, choices=("ct2mr", "mr2ct")),
                 Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
             ),
             command="translate",
@@ -564,7 +584,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("model", "a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI", positional=True, input=True),
                 Arg("input", _IMAGES, positional=True, input=True),
-                Arg("out", "PREDICTIONS.csv (written only when every image was read)"),
+                Arg("out", "PREDICTIONS.csv (written only when every image was read)", output="file"),
             ),
             command="classify",
             step=True,
@@ -575,7 +595,7 @@ ACTIONS: dict[str, Action] = {
             _export,
             (
                 _MODEL,
-                Arg("out", "output folder", positional=True),
+                Arg("out", "output folder", positional=True, output="folder"),
                 Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "torchscript")),
             ),
             command="export",
@@ -596,7 +616,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("finetune_steps", "fine-tuning steps", int, 300),
                 Arg("finetune_lr", "fine-tuning learning rate (AdamW; the head at 10x)", float, 1e-3),
                 Arg("batch_size", "fine-tuning batch size", int, 32),
-                Arg("split", "probe only the images of this manifest split", default=None),
+                Arg("split", "probe only the images of this manifest split (default: every split)", default=None),
                 Arg("quick", "a smoke-test setting: 3 folds and at most 50 fine-tuning steps", None, False, kind="flag"),
             ),
             step=True,
@@ -610,8 +630,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("source", "paired CT/MR images with subjects (manifest or folder)", input=True),
                 Arg("split", "the manifest split to evaluate (None: all)", default="test"),
                 Arg("directions", "ct2mr and/or mr2ct (default: every direction the model has)", default=None, nargs="+"),
-                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth)", default=None),
-                Arg("max_subjects", "evaluate at most this many subjects", int, None),
+                Arg("out_dir", "where to write side-by-side PNGs (input, output, truth) (default: none written)", default=None, output="folder"),
+                Arg("max_subjects", "evaluate at most this many subjects (default: all)", int, None),
             ),
             step=True,
         ),
@@ -621,12 +641,13 @@ ACTIONS: dict[str, Action] = {
             _lesion_slices,
             (
                 Arg("source", "phantoms (manifest or folder)"),
-                Arg("out", "output folder"),
+                Arg("out", "output folder", output="folder"),
                 Arg("window", "CT window in HU (low high)", float, _CT_WINDOW, nargs=2),
                 Arg("min_liver_voxels", "a slice needs at least this many liver voxels", int, 16),
                 Arg("slice_axis", "the axis slices are cut across", int, 2),
-                Arg("split", "use only this manifest split", default=None),
-                Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids)", default=""),
+                Arg("split", "use only this manifest split (default: every split)", default=None),
+                Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids) (default: none)", default=""),
+                Arg("crop", "in-plane size (X Y) of a liver-centred crop of every slice (default: whole slices)", int, None, nargs=2),
             ),
             step=True,
         ),
@@ -637,7 +658,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("real", "folder, manifest or saved statistics (.npz)"),
                 Arg("fake", "folder, manifest or saved statistics (.npz)"),
-                Arg("max_fid", "fail above this FID (None: never)", float, None),
+                Arg("max_fid", "fail above this FID (default: never fail)", float, None),
                 Arg("extractor", _EXTRACTOR, default="random"),
                 Arg("dims", "slices (2), three middle planes (2.5), or volumes (3)", default="2", choices=("2", "2.5", "3")),
                 Arg("bootstrap", "bootstrap replicates for the 95% intervals (0: none)", int, 100),
@@ -661,7 +682,7 @@ ACTIONS: dict[str, Action] = {
             "demo",
             "make phantoms and train tiny models for every job, tracked in MLflow",
             _demo,
-            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out"), _PRIVACY),
+            (Arg("out", "output folder (cleared first if an earlier demo made it)", default="demo-out", output="folder"), _PRIVACY),
             command="demo",
         ),
     )

@@ -4,7 +4,11 @@ The subcommands come from the one table of actions (:mod:`udl_med.actions`): eac
 its arguments, calls its action's library function and prints the result. Heavy modules
 (torch, monai, mlflow) are imported only when an action runs, so ``udl-med --help`` is
 instant. A :class:`udl_med.errors.UserError` becomes one line
-on stderr and exit code 2; any other exception exits with code 1.
+on stderr and exit code 2, and so does an error of the file system a user fixes (a
+read-only folder, a full disk, a path under a file: :data:`udl_med.io_utils.WRITE_ERRNOS`)
+should one get past the checks made before the work; Ctrl-C (SIGINT) and SIGTERM exit
+with 130 (128 + SIGINT, as shells do), a run interrupted in ``train`` after writing its
+checkpoint too; any other exception exits with code 1.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from udl_med.actions import Action, Arg, commands
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
@@ -101,12 +106,23 @@ def add_command(sub: Any, name: str, action: Action) -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("udl-med")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="udl-med",
         description="Unsupervised deep learning for CT/MR: RBM/DBN, autoencoders, VAEs, GANs, on MONAI.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"udl-med {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, action in commands().items():
         add_command(sub, name, action)
@@ -122,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         force=True,  # each call logs to the current stderr (main() may be called several times in one process)
     )
-    from udl_med.errors import RunError, UserError
-    from udl_med.io_utils import terminate_as_interrupt
+    from udl_med.errors import Interrupted, RunError, UserError
+    from udl_med.io_utils import WRITE_ERRNOS, target_of, terminate_as_interrupt
 
     terminate_as_interrupt()  # SIGTERM cleans up half-written files as Ctrl-C does
     try:
@@ -131,12 +147,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"udl-med {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as err:
+        print(f"udl-med {args.command}: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RunError as err:
         print(f"udl-med {args.command}: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"udl-med {args.command}: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS or not err.filename:
+            raise
+        print(f"udl-med {args.command}: error: {target_of(err.filename)}: {err.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _print_result(result or {}, args.json)
     return EXIT_OK
 

@@ -25,6 +25,15 @@ class InputError(UserError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutputError(UserError):
+    """An output that cannot be written; the message names the path and why (found before any work)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class ConfigError(UserError):
     """A bad configuration; the message names the file and the dotted key."""
 
@@ -46,3 +55,7 @@ class RunError(Exception):
 
     The message is one line that says what happened and what was kept.
     """
+
+
+class Interrupted(RunError):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM after saving what it can; the command exits with 130."""

@@ -14,12 +14,18 @@ and the next :func:`atomic_write` of the same target removes the temporaries of
 processes that no longer run. The ``udl-med`` command turns SIGTERM into the same
 clean-up path as Ctrl-C (:func:`terminate_as_interrupt`).
 
+Outputs are checked before any work (:func:`check_writable`, called by
+:meth:`udl_med.actions.Action.__call__` for every argument marked ``output``): a
+read-only folder, a path under a file, or a file where a folder is needed is refused
+with one line naming the path, so that no command computes for minutes and then fails.
+
 The temporary keeps the target's suffix (``.nii.gz``, ``.png``, ``.npz`` ...), since
 SimpleITK, Pillow and NumPy choose the format from the name.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -27,7 +33,9 @@ import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from udl_med.errors import OutputError
 
 TEMP_MARK = ".tmp-"
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
@@ -41,7 +49,17 @@ __all__ = [
     "temporary_name",
     "stale_temporaries",
     "terminate_as_interrupt",
+    "check_writable",
+    "target_of",
+    "progress_disabled",
+    "WRITE_ERRNOS",
 ]
+
+# errors of the file system that a user fixes (a read-only or full disk, a path under a file)
+WRITE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT}
+)
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)" + re.escape(TEMP_MARK) + r"\d+-[0-9a-f]{8}")
 
 
 def _suffix(name: str) -> str:
@@ -56,6 +74,63 @@ def temporary_name(path: Path) -> Path:
     """A fresh hidden name beside ``path`` with the same suffix: ``.NAME.tmp-<pid>-<random>SUFFIX``."""
     suffix = _suffix(path.name)
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def target_of(path: str | Path) -> Path:
+    """The path a temporary (``.NAME.tmp-<pid>-<random>SUFFIX``, or a file in a temporary folder) stands for."""
+    parts = []
+    for part in Path(path).parts:
+        match = _TEMPORARY.match(part)
+        parts.append(match.group("name") if match else part)
+    return Path(*parts)
+
+
+def check_writable(path: str | Path, kind: Literal["file", "folder", "path"] = "file") -> Path:
+    """Raise :class:`~udl_med.errors.OutputError` now if ``path`` could not be written later.
+
+    Args:
+        path: the output: a file (its folder is created when written), a folder (created),
+            or ``path``: either (e.g. a ``.nii.gz`` name or a DICOM series folder name).
+        kind: ``file``, ``folder`` or ``path``.
+
+    Checks that no part of the path above it is a file, that a ``folder`` output is not
+    a file and a ``file`` output not a folder, and writes (and removes) a hidden probe
+    file in the nearest existing folder: the one test a read-only mount, missing
+    permissions (also under ACLs) and a full quota all answer. Nothing is created.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputError(path, "exists and is a file, not a folder")
+    if kind == "file" and path.is_dir():
+        raise OutputError(path, "is a folder; give a file name")
+    folder = path if kind != "file" and path.is_dir() else path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(path, f"cannot be written: {folder} is a file, not a folder")
+    probe = folder / f".{path.name or 'out'}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}.probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        raise OutputError(path, f"cannot be written: {folder}: {err.strerror or err}") from None
+    os.close(fd)
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+    return path
+
+
+def progress_disabled(off: bool = False) -> bool:
+    """Whether a progress bar is hidden: ``off`` (the caller's reason), or ``TQDM_DISABLE`` set true.
+
+    tqdm reads ``TQDM_DISABLE`` only when the caller passes no ``disable=``; udl-med's
+    bars pass one, so they ask here (as tqdm parses it: ``1``, ``true``, ``yes``, ``on``).
+    """
+    return off or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _alive(pid: int) -> bool:
@@ -121,6 +196,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _discard(tmp: Path) -> None:
+    """Remove a temporary if it can be removed; a failing clean-up never hides the error that caused it."""
+    try:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary name beside ``path``, fsync it, rename it over ``path``.
 
@@ -144,7 +230,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)  # never raises: the writer's own error is the one to see
         raise
     _fsync_dir(path.parent)
     return path
@@ -194,7 +280,7 @@ def atomic_folder(folder: str | Path, write: Callable[[Path], Any], replace: Cal
         else:
             os.rename(tmp, folder)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
     _fsync_dir(folder.parent)
     return folder

@@ -72,3 +72,6 @@ CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
 IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
 L1 = "l1"  # held-out L1 of a translation against its paired target
 INFO = "info"  # InfoGAN: the mutual-information loss L_I of Q on fresh fakes (before its weight)
+
+# Precision, recall, density, coverage of generated samples (train.sample_eval, udl-med fid; metrics/prdc.py).
+PRDC = ("precision", "recall", "density", "coverage")  # Kynkaanniemi et al. 2019 (k = 3), Naeem et al. 2020 (k = 5)

@@ -11,6 +11,7 @@ with their one-line descriptions: the first comment line of each file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,33 @@ def shipped_files(kind: str) -> dict[str, Path]:
 
 
 def description(path: Path) -> str:
-    """The first comment line of a YAML file, without the ``#`` (empty if it has none before the first key)."""
+    """The first sentence of a YAML file's first comment paragraph, whole, without the ``#``.
+
+    A paragraph runs over consecutive comment lines up to an empty comment line, a
+    command line (``udl-med ...``), a ``Label: ...`` line, or the first key; a sentence ends at ``.``, ``!`` or ``?`` followed by a capital letter, a
+    backtick or the paragraph's end (empty if the file starts with no comment).
+    """
+    lines: list[str] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         text = line.strip()
-        if not text:
-            continue
         if not text.startswith("#"):
-            return ""
+            if text or lines:
+                break
+            continue
         body = text.lstrip("#").strip()
-        if body:
-            return body
-    return ""
+        if not body or (lines and _NEW_ITEM.match(body)):
+            if lines:
+                break
+            continue
+        lines.append(body)
+        if body[-1] in ".!?":  # a sentence that ends with its line ends the description
+            break
+    paragraph = " ".join(lines)
+    return _SENTENCE_END.split(paragraph, maxsplit=1)[0].strip()
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`])")
+_NEW_ITEM = re.compile(r"^(udl-med|torchrun|python)\s|^[A-Z][A-Za-z]*( [a-z]+)?: ")  # a command line or "Sample: ..." after the description
 
 
 def list_shipped() -> dict[str, Any]:

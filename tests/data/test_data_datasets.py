@@ -174,9 +174,11 @@ def test_folder_of_volumes_without_manifest(phantom_dir: Path, tmp_path: Path) -
 
     for sub in ("sub-000", "sub-001"):
         shutil.copy(phantom_dir / sub / "ct.nii.gz", tmp_path / f"{sub}_ct.nii.gz")
-    ds = build_dataset(DataConfig(source=str(tmp_path), modality="CT"), "train")  # modality from the file header
+    ds = build_dataset(DataConfig(source=str(tmp_path), modality="CT"), None)  # modality from the file header
     assert {r.path.name for r in ds.records} == {"sub-000_ct.nii.gz", "sub-001_ct.nii.gz"}
     assert ds[0][keys.MODALITY] == "CT"
+    train, val = (build_dataset(DataConfig(source=str(tmp_path), modality="CT"), s) for s in ("train", "val"))
+    assert len(train.records) == len(val.records) == 1 and train.records[0].path != val.records[0].path  # split by image (no subject column)
 
 
 def test_config_is_strict() -> None:

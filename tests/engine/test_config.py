@@ -133,3 +133,33 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_train_blames_a_bad_override_on_set() -> None:
+    """``train(config_dict, overrides)`` (the Python entry) blames the override, not the dict."""
+    from udl_med.engine.train import train
+
+    with pytest.raises(ConfigError) as err:
+        train(BASE, ["model.latnt_dim=3"])
+    assert err.value.source == "--set on <config>" and err.value.key == "model.latnt_dim"
+    assert "did you mean model.latent_dim" in err.value.problem
+
+
+def test_run_names_come_from_the_config_and_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, BASE)
+    assert load_config(path).run_name == "run" and load_config(path).run_dir == Path("runs/run")  # the file's name, not the method's
+    assert load_config(path, ["data.size=[16, 16]"]).run_name == "run"  # the same data, cut differently
+    mni = load_config(path, ["data.source=/scans/mni/manifest.csv"])
+    assert mni.run_name == "run-mni" and mni.run_dir == Path("runs/run-mni")  # other data: named after it, another folder
+    assert load_config(path, ["data.source=/scans/brain t1.nii.gz"]).run_name == "run-brain_t1"
+    assert load_config(path, ["data.source=/scans/dicom/"]).run_name == "run-dicom"
+    named = write(tmp_path, {**BASE, "tracking": {"run_name": "ae2d-phantom"}})
+    assert load_config(named).run_name == "ae2d-phantom"
+    assert load_config(named, ["data.source=/scans/mni"]).run_name == "ae2d-phantom-mni"
+    assert load_config(named, ["data.source=/scans/mni", "tracking.run_name=mine"]).run_name == "mine"  # --set wins
+    strict = load_config(named, ["data.source=/scans/JohnDoe", "tracking.privacy=strict"]).run_name
+    assert strict.startswith("ae2d-phantom-data-") and "JohnDoe" not in strict  # a folder may name a patient
+    points = write(tmp_path, {**BASE, "method": "gan", "data": {"kind": "points", "points": {"mixture": "ring"}}, "model": {"architecture": "mlp"}})
+    assert load_config(points).run_name == "run"
+    assert load_config(points, ["data.points.mixture=grid"]).run_name == "run-points-grid"

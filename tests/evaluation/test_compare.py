@@ -55,11 +55,15 @@ def test_views() -> None:
 def test_compare_sets_tells_modalities_apart(phantoms: dict[str, Path], tmp_path: Path) -> None:
     same = compare_sets(phantoms["ct_a"], phantoms["ct_a"], bootstrap=20)
     assert same["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0  # every sample sits in its own ball
     ct_ct = compare_sets(phantoms["ct_a"], phantoms["ct_b"], bootstrap=20)
     ct_mr = compare_sets(phantoms["ct_a"], phantoms["mr_b"], bootstrap=20, save_real_stats=tmp_path / "ct_a.npz")
     assert ct_ct["fid"] < ct_mr["fid"] and ct_ct["kid"] < ct_mr["kid"]
     assert ct_mr["fid_ci_low"] <= ct_mr["fid"] <= ct_mr["fid_ci_high"]
     assert ct_mr["kid_ci_low"] <= ct_mr["kid"] <= ct_mr["kid_ci_high"]
+    assert ct_ct["precision"] > ct_mr["precision"] and ct_ct["coverage"] > ct_mr["coverage"]
+    for key in ("precision", "recall", "density", "coverage"):
+        assert ct_mr[f"{key}_ci_low"] <= ct_mr[key] <= ct_mr[f"{key}_ci_high"], key
     assert ct_mr["n_real"] > 3 and ct_mr["n_fake"] > 3  # several slices per volume
     assert (ct_mr["extractor"], ct_mr["dims"], ct_mr["feature_dim"]) == ("random", "2", 480)
 
@@ -83,7 +87,11 @@ def test_compare_tensors(spatial_dims: int) -> None:
     fake = torch.rand(10, 1, *[16] * spatial_dims, generator=g) * 2 - 1
     r = compare_tensors(real, fake, bootstrap=10)
     assert r["n_real"] == 12 and r["n_fake"] == 10 and r["dims"] == str(spatial_dims)
-    assert compare_tensors(real, real, bootstrap=0)["fid"] == pytest.approx(0.0, abs=1e-9)
+    for key in ("precision", "recall", "density", "coverage"):  # PRDC beside FID in 2D and 3D, with intervals
+        assert r[key] is not None and r[f"{key}_ci_low"] <= r[key] <= r[f"{key}_ci_high"]
+    same = compare_tensors(real, real, bootstrap=0)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0 and same["precision_ci_low"] is None
 
 
 def _last_json(out: str) -> dict:
@@ -95,12 +103,15 @@ def test_cli_fid(phantoms: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     result = _last_json(capsys.readouterr().out)
     for key in ("fid", "kid", "fid_ci_low", "fid_ci_high", "kid_ci_low", "kid_ci_high", "n_real", "n_fake"):
         assert isinstance(result[key], (int, float)), key
+    for key in ("precision", "recall", "density", "coverage"):
+        assert 0.0 <= result[f"{key}_ci_low"] <= result[key] <= result[f"{key}_ci_high"], key
 
     def fails(*argv: str) -> str:
         assert main(["fid", *argv]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "Traceback" not in err
-        return err
+        lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]  # log lines (set counts, modality warning) may precede it
+        assert len(lines) == 1 and "Traceback" not in err
+        return lines[0]
 
     assert "does not exist" in fails(str(tmp_path / "nothing"), str(phantoms["ct_a"]))
     weights = tmp_path / "weights.pth"

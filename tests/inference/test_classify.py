@@ -146,3 +146,13 @@ def test_semi_supervised_pipeline_and_demo_steps_validate() -> None:
     assert STEP_KINDS["classify"].function() is classify_to_file
     names = {s["name"] for s in demo_steps()}
     assert {"kplus1", "supervised_only", "kplus1_classify", "supervised_only_classify"} <= names
+    # both learn from and are judged on liver-centred crops (on whole slices neither arm learned)
+    steps = {s["name"]: s for s in demo_steps()}
+    assert steps["kplus1_crops"]["run"] == "lesion_slices" and steps["kplus1_crops"]["with"]["crop"] == [16, 16]
+    for arm in ("kplus1", "supervised_only"):
+        assert steps[arm]["with"]["config"].endswith("kplus1-2d-liver-crops.yaml")
+        assert "data.source=${steps.kplus1_crops.manifest}" in steps[arm]["with"]["set"]
+        assert steps[f"{arm}_classify"]["with"]["input"] == "${steps.kplus1_heldout_crops.manifest}"
+    by_name = {s.name: s for s in pipeline.steps}
+    assert by_name["crops"].run == "lesion_slices" and str(by_name["train"].with_["config"]).endswith("kplus1-2d-liver-crops.yaml")
+    assert by_name["classify"].with_["input"] == "${steps.heldout_crops.manifest}"

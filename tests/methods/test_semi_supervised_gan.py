@@ -241,3 +241,65 @@ def test_few_labels_plus_unlabeled_beat_labels_alone(tmp_path) -> None:
         }
         accuracy[weight] = train(config, datasets=(train_set, test_set))["eval/accuracy"]
     assert accuracy[1.0] > accuracy[0.0] + 0.03, accuracy
+
+
+def test_consistency_term_with_the_gan_its_ramp_and_the_consistency_only_baseline() -> None:
+    from udl_med.losses.consistency import consistency_loss
+
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    batch = _batch(spec)
+    small = {"d_hidden": (8,), "g_hidden": (8, 8), "latent_dim": 4}
+    outs = {}
+    for weight, ramp, step in ((0.0, 0, 0), (3.0, 0, 0), (3.0, 40, 20)):
+        torch.manual_seed(3)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, consistency_weight=weight, consistency_rampup_steps=ramp), spec)
+        opt = HandOpt(method.configure_optimizers())
+        opt.global_step = step
+        torch.manual_seed(4)
+        outs[(weight, ramp)] = method.train_step(batch, opt)
+    assert "consistency" not in outs[(0.0, 0)]
+    full = float(outs[(3.0, 0)]["consistency"])
+    assert 0 < full < 2  # squared difference of two softmaxes, summed over classes
+    # same networks and noise for the GAN terms: the D loss differs by exactly the weighted consistency loss
+    assert float(outs[(3.0, 0)][keys.LOSS]) == pytest.approx(float(outs[(0.0, 0)][keys.LOSS]) + 3.0 * full, rel=1e-5)
+    # half way through the ramp the weight is 3 exp(-5 / 4)
+    ramped = float(outs[(3.0, 40)]["consistency"])
+    assert float(outs[(3.0, 40)][keys.LOSS]) == pytest.approx(float(outs[(0.0, 0)][keys.LOSS]) + 3.0 * math.exp(-1.25) * ramped, rel=1e-5)
+
+    # consistency only: no generator; the loss is CE + w * consistency of two noisy passes over the unlabeled batch
+    torch.manual_seed(5)
+    alone = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, consistency_weight=2.0, consistency_only=True), spec)
+    assert alone.generator is None and set(alone.configure_optimizers()) == {"discriminator"}
+    d = alone.discriminator
+    torch.manual_seed(6)
+    logits_lab = d(batch[keys.IMAGE])
+    student, teacher = d(batch[keys.UNLABELED_IMAGE]), d(batch[keys.UNLABELED_IMAGE])
+    expected = F.cross_entropy(logits_lab, batch[keys.LABEL]) + 2.0 * consistency_loss(student, teacher)
+    opt = HandOpt(alone.configure_optimizers())
+    torch.manual_seed(6)
+    out = alone.train_step(batch, opt)
+    assert opt.stepped == ["discriminator"] and keys.UNSUPERVISED not in out
+    assert float(out[keys.LOSS]) == pytest.approx(float(expected), rel=1e-5)
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="consistency_only"):
+        SemiSupervisedGANConfig(consistency_only=True)
+
+
+def test_labels_only_arm_ignores_every_unlabeled_term() -> None:
+    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy and consistency weights."""
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    batch = _batch(spec)
+    other = {**batch, keys.UNLABELED_IMAGE: batch[keys.UNLABELED_IMAGE] * 0 + 5.0}
+    results = []
+    for b in (batch, other):
+        torch.manual_seed(7)
+        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0)
+        method = SemiSupervisedGAN(config, spec)
+        torch.manual_seed(8)
+        out = method.train_step(b, HandOpt(method.configure_optimizers()))
+        results.append((out, [p.detach().clone() for p in method.discriminator.parameters()]))
+        assert method.generator is None and set(out) == {keys.CE, keys.ACCURACY, keys.LOSS}
+    # the loss is the labeled cross-entropy alone, and the step is the same with any unlabeled batch
+    assert float(results[0][0][keys.LOSS]) == pytest.approx(float(results[0][0][keys.CE]))
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))

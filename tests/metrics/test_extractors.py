@@ -181,6 +181,36 @@ def test_radimagenet_checkpoint_maps_onto_monai_resnet(tmp_path: Path) -> None:
         build_extractor(f"radimagenet:{tmp_path / 'notop.pth'}#sha256={sha256_file(tmp_path / 'notop.pth')}")
 
 
+def test_swav_checkpoint_loads_without_its_heads_and_only_when_pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _randomise(radimagenet_resnet50(), seed=3)
+    published = {f"module.{k}": v for k, v in source.state_dict().items()}  # swav_800ep_pretrain.pth.tar: DataParallel names
+    published.update({
+        "module.projection_head.0.weight": torch.zeros(2048, 2048), "module.projection_head.1.running_mean": torch.zeros(2048),
+        "module.projection_head.3.weight": torch.zeros(128, 2048), "module.prototypes.weight": torch.zeros(3000, 128),
+    })
+    path = tmp_path / "swav_800ep_pretrain.pth.tar"
+    torch.save(published, path)
+    digest = sha256_file(path)
+    with pytest.raises(InputError, match=f"not a known swav release.*swav:PATH#sha256={digest}"):
+        build_extractor(f"swav:{path}")
+    extractor = build_extractor(f"swav:{path}#sha256={digest}")
+    assert (extractor.name, extractor.feature_dim, extractor.weights_sha256) == ("swav", 2048, digest)
+    x = torch.rand(2, 1, 48, 40) * 2 - 1
+    prepared = extractor.preprocessing(x)
+    assert prepared.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(extractor(x), source(prepared))
+    monkeypatch.setenv(env_var("swav"), digest)
+    torch.testing.assert_close(build_extractor(f"swav:{path}")(x), source(prepared))  # pinned in the environment
+    with pytest.raises(UserError, match="2D"):
+        build_extractor(f"swav:{path}", spatial_dims=3)
+    torch.save({k: v for k, v in published.items() if "layer4" not in k}, tmp_path / "cut.pth")
+    monkeypatch.setenv(env_var("swav"), sha256_file(tmp_path / "cut.pth"))
+    with pytest.raises(InputError, match="not the SwAV ResNet-50"):
+        build_extractor(f"swav:{tmp_path / 'cut.pth'}")
+    with pytest.raises(InputError, match="not found.*nothing is downloaded"):
+        build_extractor(f"swav:{tmp_path / 'missing.pth.tar'}")
+
+
 def test_medicalnet_checkpoint_maps_onto_monai_resnet(tmp_path: Path) -> None:
     source = _randomise(medicalnet_resnet("basic", [1, 1, 1, 1], "B", False), seed=2)
     state = source.state_dict()

@@ -1,92 +1,175 @@
-"""Memorisation check: planted copies (exact, flipped, slightly noisy) are flagged; new real images are not."""
+"""Memorisation check: planted near-copies are flagged at a calibrated rate; new images are not; images of another kind are refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from udl_med.metrics.memorization import memorization_tensors, nearest, with_flips
+from udl_med.errors import UserError
+from udl_med.metrics.memorization import memorization_tensors
 
 
-def _images(n: int, seed: int, spatial_dims: int = 2, size: int = 16) -> torch.Tensor:
-    """Random 'anatomies': a blurred noise field plus a disc of random centre and radius, in [-1, 1]."""
+def _images(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    """Smooth random 'anatomies' ``(n, 1, size, size)`` in [-1, 1]: blurred noise inside a disc, flat background."""
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, 1, *([size] * spatial_dims), generator=g)
-    kernel = torch.ones(1, 1, *([3] * spatial_dims)) / 3**spatial_dims
-    conv = F.conv2d if spatial_dims == 2 else F.conv3d
-    field = conv(conv(noise, kernel, padding=1), kernel, padding=1)
-    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, size)] * spatial_dims, indexing="ij"))
-    centre = torch.rand(n, spatial_dims, generator=g) - 0.5
-    radius = 0.3 + 0.4 * torch.rand(n, generator=g)
-    dist = (grid[None] - centre.view(n, spatial_dims, *([1] * spatial_dims))).pow(2).sum(1, keepdim=True).sqrt()
-    disc = (dist < radius.view(n, *([1] * (spatial_dims + 1)))).float()
-    return (0.6 * disc + 0.5 * field - 0.3).clamp(-1, 1)
+    x = torch.randn(n, 1, size, size, generator=g)
+    kernel = torch.ones(1, 1, 5, 5) / 25
+    x = F.conv2d(F.conv2d(x, kernel, padding=2), kernel, padding=2)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, size)] * 2, indexing="ij"))
+    body = (grid.pow(2).sum(0) < 0.7).float()
+    return (body * (0.2 + 0.3 * x / x.std()) - (1 - body)).clamp(-1, 1)
 
 
-def test_flips_and_nearest() -> None:
-    x = torch.arange(8.0).view(2, 1, 2, 2)
-    flipped, index = with_flips(x)
-    assert flipped.shape == (8, 1, 2, 2) and index.tolist() == [0, 1] * 4
-    d, where = nearest(x.flip(-1)[:1], flipped)
-    assert d[0] == 0 and index[where[0]] == 0
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    out = torch.full_like(x, -1.0)
+    out[..., max(0, dy) : x.shape[-2] + min(0, dy), max(0, dx) : x.shape[-1] + min(0, dx)] = x[
+        ..., max(0, -dy) : x.shape[-2] - max(0, dy), max(0, -dx) : x.shape[-1] - max(0, dx)
+    ]
+    return out
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_planted_copies_are_flagged_and_new_real_images_are_not(spatial_dims: int) -> None:
-    size, n_new = (16, 60) if spatial_dims == 2 else (8, 30)
-    train = _images(120, 0, spatial_dims, size)
-    holdout = _images(200, 1, spatial_dims, size)
-    new = _images(n_new, 2, spatial_dims, size)  # new real images: what a good generator would make
+def test_planted_near_copies_are_flagged_and_new_images_are_not() -> None:
+    train, holdout, new = _images(40, 0), _images(60, 1), _images(30, 2)
     g = torch.Generator().manual_seed(3)
-    copies = train[:5]
-    flipped = train[5:10].flip(-1)
-    noisy = (train[10:15] + 0.02 * torch.randn(train[10:15].shape, generator=g)).clamp(-1, 1)
-    synthetic = torch.cat([new, copies, flipped, noisy])
-    result = memorization_tensors(synthetic, train, holdout, "random", quantile=0.01)
-    planted = set(range(n_new, n_new + 15))
+    planted = torch.cat([
+        train[:3],  # exact
+        train[3:6].flip(-1),  # flipped
+        _shift(train[6:9], 3, -2),  # shifted
+        (train[9:12] + 0.02 * torch.randn(train[9:12].shape, generator=g)),  # noisy
+        1.1 * train[12:15] + 0.05,  # intensity affine
+    ])
+    result = memorization_tensors(torch.cat([new, planted]), train, holdout, rate=0.05)
     flagged = set(result["flagged_index"])
-    assert planted <= flagged  # every exact, flipped and noisy copy
-    false_alarms = len(flagged - planted) / n_new
-    assert false_alarms <= 0.05  # new real images: about the 1% per space the rule allows
-    assert result["rate"] == pytest.approx(len(flagged) / len(synthetic))
-    assert result["holdout_rate"] <= 0.05  # the two-fold false-alarm estimate on held-out real images
-    assert result["stated_rate"] == pytest.approx(2 * 0.01)  # two spaces, 1% each
-    assert result["synthetic"].intensity[n_new] == pytest.approx(0.0, abs=1e-5)
+    assert set(range(30, 45)) <= flagged  # every planted copy
+    assert len(flagged - set(range(30, 45))) <= 2  # new images: about the stated rate
+    n, k = 60, int((60 + 1) * 0.05)
+    assert result["stated_rate"] == pytest.approx(k / (n + 1)) and result["n_calibration_subjects"] == n
+    low, high = result["stated_rate_interval"]
+    assert 0 < low < result["stated_rate"] < high < 0.2
+    assert result["rate"] == pytest.approx(len(flagged) / 45) and result["warning"] is None
+    nearest = result["nearest"]
+    assert nearest.index[30:33].tolist() == [0, 1, 2] and nearest.distance[30:33].max() < 1e-9
+    assert nearest.alignments[33].flips == (1,)
 
 
-def test_without_flips_a_flipped_copy_can_escape() -> None:
-    train, holdout = _images(80, 0), _images(80, 1)
-    flipped = train[:5].flip(-1)
-    with_f = memorization_tensors(flipped, train, holdout, "random")
-    without = memorization_tensors(flipped, train, holdout, "random", flips=False)
-    assert with_f["rate"] == 1.0 and without["rate"] < 1.0
+def test_per_subject_calibration_and_too_few_subjects() -> None:
+    train, holdout, synthetic = _images(20, 0), _images(30, 1), _images(5, 2)
+    # 30 images of 10 subjects: 10 scores, and 1% needs 99 subjects
+    subjects = [i // 3 for i in range(30)]
+    with pytest.raises(UserError, match="99 are needed"):
+        memorization_tensors(synthetic, train, holdout, subjects, rate=0.01)
+    warned = memorization_tensors(synthetic, train, holdout, subjects, rate=0.01, too_few="warn")
+    assert warned["n_calibration_subjects"] == 10 and warned["stated_rate"] == pytest.approx(1 / 11)
+    assert "99 are needed" in warned["warning"]
+    # one score per subject: the threshold is the smallest subject score, not the smallest image distance
+    from udl_med.metrics.nearcopy import near_copy_distance
+
+    d = near_copy_distance(holdout, train).distance.numpy()
+    per_subject = np.array([d[i : i + 3].min() for i in range(0, 30, 3)])
+    assert warned["threshold"] == pytest.approx(per_subject.min())
 
 
-def test_memorization_check_on_files_with_drop(tmp_path: Path) -> None:
+def _write_set(folder: Path, images: torch.Tensor, prefix: str, spacing: float = 1.0, modality: str = "CT", synthetic: bool = False) -> None:
     from monai.data import MetaTensor
 
-    from udl_med.cli import main
-    from udl_med.data.io import list_images, write_image
+    from udl_med.data.geometry import Geometry
+    from udl_med.data.io import write_image
     from udl_med.inference.synthesize import write_synthetic_manifest
 
-    def write_set(folder: Path, images: torch.Tensor, synthetic: bool = False) -> None:
-        rows = []
-        for i, x in enumerate(images):
-            hu = (x[0].unsqueeze(-1) + 1) / 2 * 2000 - 1000  # a one-slice CT volume, default window
-            write_image(MetaTensor(hu[None], meta={"modality": "CT"}), folder / f"img_{i:03d}.nii.gz")
-            rows.append({"image": f"img_{i:03d}.nii.gz", "label": 0, "modality": "CT", "subject": f"s{i}", "synthetic": int(synthetic)})
-        write_synthetic_manifest(folder / "manifest.csv", rows)
+    rows = []
+    geometry = Geometry.create((spacing, spacing, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    for i, x in enumerate(images):
+        hu = (x[0].unsqueeze(-1) + 1) / 2 * 2000 - 1000  # a one-slice CT volume, default window
+        name = f"{prefix}_{i:03d}.nii.gz"
+        write_image(MetaTensor(hu[None], meta={**geometry.as_meta(), "modality": modality}), folder / name)
+        rows.append({"image": name, "label": 0, "modality": modality, "subject": f"{prefix}{i}", "synthetic": int(synthetic)})
+    write_synthetic_manifest(folder / "manifest.csv", rows)
 
-    train, holdout = _images(60, 0), _images(60, 1)
-    synthetic = torch.cat([_images(20, 2), train[:3]])
-    for name, images in (("train", train), ("holdout", holdout), ("synth", synthetic)):
-        write_set(tmp_path / name, images, name == "synth")
-    code = main(["memorization", str(tmp_path / "synth"), str(tmp_path / "train"), "--holdout", str(tmp_path / "holdout"), "--drop", "--figure", str(tmp_path / "fig"), "--json"])
+
+def _sets(tmp_path: Path, synthetic: torch.Tensor) -> list[str]:
+    _write_set(tmp_path / "train", _images(40, 0), "train")
+    _write_set(tmp_path / "holdout", _images(40, 1), "held")
+    _write_set(tmp_path / "synth", synthetic, "syn", synthetic=True)
+    return [str(tmp_path / "synth"), str(tmp_path / "train"), "--holdout", str(tmp_path / "holdout")]
+
+
+def test_memorization_command_flags_copies_names_their_alignment_and_drops_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from udl_med.cli import main
+    from udl_med.data.io import list_images
+
+    train = _images(40, 0)
+    synthetic = torch.cat([_images(12, 2), train[:2], _shift(train[2:3], -2, 3).flip(-2)])
+    args = _sets(tmp_path, synthetic)
+    code = main(["memorization", *args, "--rate", "0.05", "--drop", "--figure", str(tmp_path / "fig"), "--json"])
     assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    flagged = {Path(f["image"]).name: f for f in result["flagged"]}
+    assert {"syn_012.nii.gz", "syn_013.nii.gz", "syn_014.nii.gz"} <= set(flagged)
+    moved = flagged["syn_014.nii.gz"]
+    assert Path(moved["nearest_train"]).name == "train_002.nii.gz" and moved["distance"] < 0.01
+    assert moved["alignment"]["flips"] == [0] and "flip" in moved["alignment"]["text"]
+    assert result["stated_rate"] == pytest.approx(2 / 41) and result["n_calibration_subjects"] == 40
+    assert len(result["stated_rate_interval"]) == 2 and result["requested_rate"] == 0.05
     kept = {r.path.name for r in list_images(tmp_path / "synth" / "manifest.csv")}
-    assert not kept & {"img_020.nii.gz", "img_021.nii.gz", "img_022.nii.gz"}  # the copies are dropped
-    assert len(kept) >= 18
+    assert not kept & {"syn_012.nii.gz", "syn_013.nii.gz", "syn_014.nii.gz"} and len(kept) >= 10
     assert (tmp_path / "fig" / "memorization.png").is_file()
+
+
+def test_images_of_another_size_spacing_or_modality_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from udl_med.cli import main
+
+    args = _sets(tmp_path, _images(6, 2))
+    import csv
+    import shutil
+
+    from udl_med.inference.synthesize import write_synthetic_manifest
+
+    _write_set(tmp_path / "small", _images(1, 5, size=24), "odd")  # a 24x24 slice among 32x32 ones
+    shutil.copy(tmp_path / "small" / "odd_000.nii.gz", tmp_path / "synth" / "odd_000.nii.gz")
+    with (tmp_path / "synth" / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    write_synthetic_manifest(tmp_path / "synth" / "manifest.csv", rows + [{**rows[0], "image": "odd_000.nii.gz", "subject": "odd0"}])
+    code = main(["memorization", *args, "--rate", "0.05", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "odd_000.nii.gz" in err and "size 24x24 differs" in err and "--resample" in err
+    assert main(["memorization", *args, "--rate", "0.05", "--resample", "--json"]) == 0
+    capsys.readouterr()
+
+    _write_set(tmp_path / "coarse", _images(6, 2), "coarse", spacing=2.0)
+    code = main(["memorization", str(tmp_path / "coarse"), *args[1:], "--rate", "0.05"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "coarse_000.nii.gz" in err and "spacing" in err
+
+    _write_set(tmp_path / "mr", _images(6, 2), "mr", modality="MR")
+    code = main(["memorization", str(tmp_path / "mr"), *args[1:], "--rate", "0.05", "--resample"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "mr_000.nii.gz" in err and "modality MR differs" in err
+
+    code = main(["memorization", args[0], args[1], "--holdout", args[1], "--rate", "0.05"])
+    assert code == 2 and "also a training subject" in capsys.readouterr().err
+
+    code = main(["memorization", *args, "--resample", "--too-few", "refuse"])  # 40 subjects cannot state 1%
+    assert code == 2 and "99 are needed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"synthetic": torch.zeros(2, 4, 4)}, "synthetic images must be a non-empty (N, 1, *spatial) batch, got (2, 4, 4)"),
+        ({"train": torch.zeros(0, 1, 4, 4)}, "train images must be a non-empty (N, 1, *spatial) batch, got (0, 1, 4, 4)"),
+        ({"holdout": torch.zeros(2, 2, 4, 4)}, "holdout images must be a non-empty (N, 1, *spatial) batch, got (2, 2, 4, 4)"),
+        ({"holdout": torch.zeros(2, 1, 4, 5)}, "image sizes differ: synthetic (4, 4), train (4, 4), holdout (4, 5)"),
+        ({"too_few": "ignore"}, "too_few must be 'refuse' or 'warn', got 'ignore'"),
+    ],
+)
+def test_memorization_tensors_refuses_bad_batches_with_one_message(change: dict, message: str) -> None:
+    args = {"synthetic": torch.zeros(2, 1, 4, 4), "train": torch.zeros(3, 1, 4, 4), "holdout": torch.zeros(2, 1, 4, 4), **change}
+    with pytest.raises(UserError) as caught:
+        memorization_tensors(**args)
+    assert str(caught.value) == message

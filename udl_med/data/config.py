@@ -44,6 +44,10 @@ class DataConfig(BaseModel):
         labels_seed: the seed that chooses those subjects.
         split: the training split of the manifest (``None``: every image).
         eval_split: the split used for evaluation batches.
+        split_fractions: train, val and test fractions of the subjects when the source
+            has no ``split`` column (:mod:`udl_med.data.split`: split by subject).
+        split_seed: the seed of that split (the same for every run by default, so that
+            runs are judged on the same held-out subjects).
         ct_window: CT clip window in HU mapped to [-1, 1] (see ``udl_med.data.normalize``).
         mr_percentiles: MR percentiles mapped to -1 and 1.
         cache: keep the normalised volumes in memory (MONAI ``CacheDataset``).
@@ -74,6 +78,8 @@ class DataConfig(BaseModel):
     labels_seed: int = 0
     split: str | None = "train"
     eval_split: str | None = "val"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
     ct_window: tuple[float, float] = CT_WINDOW  # the one default (udl_med.data.normalize)
     mr_percentiles: tuple[float, float] = MR_PERCENTILES
     cache: bool = True
@@ -94,6 +100,8 @@ class DataConfig(BaseModel):
             raise ValueError(f"size values must be positive, got {list(self.size)}")
         if not self.ct_window[0] < self.ct_window[1]:
             raise ValueError(f"ct_window must be (low, high) with low < high, got {list(self.ct_window)}")
+        if any(f < 0 for f in self.split_fractions) or self.split_fractions[0] <= 0:
+            raise ValueError(f"split_fractions (train, val, test) must be non-negative with train > 0, got {list(self.split_fractions)}")
         lo, hi = self.mr_percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"mr_percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")

@@ -37,6 +37,7 @@ from udl_med.data.geometry import Geometry
 from udl_med.data.io import ImageRecord, list_images, read_image
 from udl_med.data.semi_supervised import SemiSupervisedItems, manifest_file, semi_supervised_records, subject_of
 from udl_med.data.spec import DataSpec, TrainingGeometry
+from udl_med.data.split import assign_subject_splits
 from udl_med.data.transforms import unwrap_user_error, volume_transform
 from udl_med.errors import ConfigError, InputError
 
@@ -254,11 +255,14 @@ def _patches_per_volume(shape: Sequence[int], size: Sequence[int]) -> int:
 # --- building ------------------------------------------------------------------------
 
 
+def source_records(cfg: DataConfig) -> list[ImageRecord]:
+    """The images of ``cfg.source``, split by subject when it has no ``split`` column (:mod:`udl_med.data.split`)."""
+    return assign_subject_splits(list_images(cfg.source), cfg.split_fractions, cfg.split_seed, str(cfg.source))
+
+
 def _select(records: list[ImageRecord], cfg: DataConfig, split: str | None) -> list[ImageRecord]:
-    if split is not None and any(r.split for r in records):
+    if split is not None and any(r.split for r in records):  # without any split (one subject): every image, as split.py warned
         records = [r for r in records if r.split == split]
-    elif split is not None:
-        log.warning("%s has no split column: every image is used for split %r", cfg.source, split)
     if cfg.modality is not None:
         records = [r for r in records if r.modality in (None, cfg.modality)]
     if cfg.labeled:
@@ -340,7 +344,7 @@ def _halves(cts: list[_Volume], mrs: list[_Volume]) -> tuple[list[_Volume], list
 
 def _semi_supervised_dataset(cfg: DataConfig, split: str | None) -> Dataset:
     """The training set (``split == cfg.split``) or the labeled evaluation set of a semi-supervised run."""
-    records, labeled_records, k = semi_supervised_records(cfg, list_images(cfg.source), split)
+    records, labeled_records, k = semi_supervised_records(cfg, source_records(cfg), split)
     where = manifest_file(cfg.source)
     base = _build_base(cfg, records)
     volumes = _scan(cfg, base, records)
@@ -385,7 +389,7 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     """
     if cfg.semi_supervised:  # labeled + unlabeled items (udl_med.data.semi_supervised)
         return _semi_supervised_dataset(cfg, split)
-    all_records = list_images(cfg.source)
+    all_records = source_records(cfg)
     num_classes = 0
     if cfg.labeled:
         labels = [r.label for r in all_records if r.label is not None]
@@ -395,6 +399,8 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     records = _select(all_records, cfg, split)
     if not records:
         raise InputError(cfg.source, f"no images in split {split!r}" + (f" with modality {cfg.modality}" if cfg.modality else ""))
+    if cfg.modality is not None and cfg.pairing == "none" and any(r.modality is None for r in records):
+        log.info("%s: images whose manifest and file say no modality are taken as %s (data.modality)", cfg.source, cfg.modality)
     base = _build_base(cfg, records)
     volumes = _scan(cfg, base, records)
     if not volumes:

@@ -28,11 +28,14 @@ class ReadImaged(MapTransform):
     """Dictionary transform: :func:`udl_med.data.io.read_image` on ``keys``; fills ``modality``.
 
     The manifest's modality wins over the file's; a file that says otherwise is an error.
+    An image that says none (a NIfTI from elsewhere has no modality field) gets
+    ``unstated``: the run's ``data.modality``, which says what the images are.
     """
 
-    def __init__(self, keys_: Sequence[str] | str = keys.IMAGE, modality_key: str = keys.MODALITY) -> None:
+    def __init__(self, keys_: Sequence[str] | str = keys.IMAGE, modality_key: str = keys.MODALITY, unstated: str | None = None) -> None:
         super().__init__(keys_)
         self.modality_key = modality_key
+        self.unstated = unstated or ""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -41,7 +44,7 @@ class ReadImaged(MapTransform):
             listed, found = d.get(self.modality_key), image.meta.get("modality")
             if listed and found and listed != found:
                 raise InputError(d[key], f"the manifest says modality {listed} but the file says {found}")
-            d[self.modality_key] = listed or found or ""
+            d[self.modality_key] = listed or found or self.unstated
             d[key] = image
         return d
 
@@ -100,7 +103,7 @@ def volume_transform(cfg: DataConfig) -> Compose:
         for a, s in zip(others, cfg.size):
             pad_size[a] = s
     chain = [
-        ReadImaged(keys.IMAGE),
+        ReadImaged(keys.IMAGE, unstated=cfg.modality if cfg.pairing == "none" else None),
         NormalizeModalityd(keys.IMAGE, ct_window=cfg.ct_window, mr_percentiles=cfg.mr_percentiles, modality_key=keys.MODALITY),
     ]
     if cfg.crop != "resize":

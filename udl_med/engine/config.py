@@ -7,11 +7,20 @@ message that names the file and the dotted key, and an unknown key with the clos
 known ones. ``--set key.path=value`` overrides are applied before validation; values
 are parsed as YAML (``--set train.steps=10`` gives an int, ``--set data.size=[16,16]``
 a list). An error in a key that an override gave is blamed on ``--set``.
+
+The run name (MLflow's run name, and ``runs/<name>`` when ``output_dir`` is not set) is
+``tracking.run_name``, else the config file's name; when ``--set`` gives the run other
+data than the file names (``data.source``, ``data.kind`` or ``data.points``), the data's
+name is appended (:func:`run_name_for`): ``ae2d-phantom`` on ``scans/mni/manifest.csv``
+is ``ae2d-phantom-mni``, so a run on your scans is neither called after the phantoms nor
+written over the phantom run's folder. In strict privacy mode the data's name is a
+salted hash (``ae2d-phantom-data-1a2b3c4d5e6f``), since folder names can name patients.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -246,9 +255,62 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise ConfigError(path, "<root>", "a config must be a YAML mapping")
     try:
-        return validate_config(apply_overrides(raw, overrides, str(path)), str(path))
+        final = apply_overrides(raw, overrides, str(path))
+        config = validate_config(final, str(path))
     except ConfigError as err:
         raise blame_overrides(err, overrides, raw) from None
+    if config.tracking.run_name is not None and _tracking(raw).get("run_name") != config.tracking.run_name:
+        return config  # named by --set
+    name = run_name_for(config, base=_tracking(raw).get("run_name") or path.stem, own_data=_data_identity(raw) == _data_identity(final))
+    return config.model_copy(update={"tracking": config.tracking.model_copy(update={"run_name": name})})
+
+
+def _tracking(raw: dict[str, Any]) -> dict[str, Any]:
+    section = raw.get("tracking")
+    return section if isinstance(section, dict) else {}
+
+
+def _data_identity(raw: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a run's data this data: kind, source, the point mixture (not how it is cut or cropped)."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    points = data.get("points") if isinstance(data.get("points"), dict) else {}
+    return (data.get("kind") or "scans", data.get("source"), tuple(sorted((k, str(v)) for k, v in points.items() if v is not None)))
+
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".csv")
+
+
+def data_name(config: RunConfig) -> str:
+    """A short name of a run's data: the folder of a manifest, a folder's or file's name, the point mixture."""
+    data = config.data
+    if data.kind == "points":
+        points = data.points
+        return f"points-{points.mixture}" if points is not None else "points"
+    if data.kind == "memory" or not data.source:
+        return "memory"
+    path = Path(str(data.source).rstrip("/\\"))
+    name = path.name
+    if name.lower() == "manifest.csv" or (path.suffix.lower() == ".csv" and path.parent.name and path.stem.lower() == "manifest"):
+        name = path.parent.name or path.resolve().parent.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "data"
+
+
+def run_name_for(config: RunConfig, base: str, own_data: bool) -> str:
+    """``base`` for the config's own data; ``base-<data name>`` (strict privacy: ``base-data-<hash>``) for other data."""
+    if own_data:
+        return base
+    from udl_med.engine.privacy import Scrubber  # lazy: the salt file is read only when the name needs it
+
+    scrub = Scrubber(config.tracking.privacy)
+    if scrub.strict and config.data.kind == "scans" and config.data.source:
+        digest = re.search(r"#(\w+)", scrub.path(str(config.data.source)))
+        return f"{base}-data-{digest.group(1) if digest else 'hidden'}"
+    name = data_name(config)
+    return base if name.lower() in base.lower() else f"{base}-{name}"
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

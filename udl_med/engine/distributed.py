@@ -33,6 +33,19 @@ def init_distributed(device_type: str) -> ProcessInfo:
     return ProcessInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def leave_distributed(succeeded: bool) -> None:
+    """Wait for every rank (after a clean run) and close the group.
+
+    A rank that exits while gloo's threads still serve the group aborts the
+    interpreter (SIGABRT, "terminate called without an active exception").
+    """
+    if not dist.is_initialized():
+        return
+    if succeeded:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def choose_device(requested: str, process: ProcessInfo) -> torch.device:
     """``auto`` takes CUDA when there is one (this process's local GPU), else the CPU."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
@@ -59,3 +72,12 @@ def all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(names, t.tolist(), strict=True))
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (a signal reaches the ranks at different steps)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

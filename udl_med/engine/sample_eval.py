@@ -1,9 +1,11 @@
-"""Judging a generative method while it trains: FID and KID of its samples against held-out data.
+"""Judging a generative method while it trains: FID, KID, precision, recall, density and coverage of its samples.
 
 The real statistics are computed once, from the first ``n`` evaluation items; every
 evaluation then draws ``n`` samples from the same fixed seed, so two evaluations differ
 only by what the method learnt. Images go through the configured feature extractor
 (``random`` by default); point data ``(N, D)`` is compared on its raw coordinates.
+Precision and recall (k = 3) tell fidelity from diversity where FID mixes them; density
+and coverage (k = 5) are their outlier-robust forms (:mod:`udl_med.metrics.prdc`).
 """
 
 from __future__ import annotations
@@ -72,8 +74,13 @@ class SampleEvaluator:
 
     @torch.no_grad()
     def __call__(self, method: Method) -> dict[str, float]:
-        """``{"fid", "kid"}`` of ``config.n`` fresh samples (the method in eval mode)."""
+        """``fid``, ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` of ``config.n`` fresh samples (the method in eval mode)."""
         from udl_med.metrics.compare import compare_stats
+        from udl_med.metrics.prdc import prdc_report
 
-        result: dict[str, Any] = compare_stats(self.real, self._stats(draw_samples(method, self.config.n)), bootstrap=0)
-        return {keys.FID: float(result["fid"]), keys.KID: float(result["kid"])}
+        fake = self._stats(draw_samples(method, self.config.n))
+        result: dict[str, Any] = compare_stats(self.real, fake, bootstrap=0)
+        out = {keys.FID: float(result["fid"]), keys.KID: float(result["kid"])}
+        shares = prdc_report(self.real.features, fake.features)  # None where n is below k + 1
+        out.update({key: float(shares[key]) for key in keys.PRDC if shares[key] is not None})
+        return out

@@ -27,6 +27,7 @@ from mlflow.entities import Metric
 
 from udl_med.engine.config import flatten
 from udl_med.engine.privacy import Scrubber
+from udl_med.engine.store import prepare_store
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -58,6 +59,7 @@ def configure_tracking(uri: str | None) -> str:
     """Point MLflow at ``uri``, ``MLFLOW_TRACKING_URI`` or the SQLite default; return the URI used."""
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    prepare_store(chosen)  # created and migrated once, under a file lock: parallel runs on a fresh store (engine/store.py)
     mlflow.set_tracking_uri(chosen)
     return chosen
 

@@ -3,7 +3,8 @@
 The loop is a few hooks around ``method.train_step(batch, opt)``: it owns seeding and
 determinism, the device and mixed precision, the data order, learning-rate schedules,
 EMA, evaluation with PNG previews, atomic checkpoints and exact resume, a stop on a
-non-finite loss, a checkpoint on Ctrl-C / SIGTERM, a progress bar, distributed data
+non-finite loss, a checkpoint on Ctrl-C / SIGTERM (then :class:`~udl_med.errors.Interrupted`:
+exit 130), a progress bar (hidden by ``TQDM_DISABLE=1``; log lines print above it), distributed data
 parallel training under torchrun, and MLflow tracking. A method never edits it.
 """
 
@@ -25,16 +26,18 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
-from udl_med.engine.config import RunConfig, apply_overrides, load_config, validate_config
+from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
 from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
-from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
+from udl_med.engine.distributed import ProcessInfo, all_mean, any_rank, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
+from udl_med.engine.store import store_errors
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
-from udl_med.errors import ConfigError, RunError
-from udl_med.io_utils import atomic_write_text
+from udl_med.errors import ConfigError, Interrupted, RunError
+from udl_med.io_utils import atomic_write_text, check_writable, progress_disabled
 from udl_med.methods.base import Capability, Method, get_method
 
 log = logging.getLogger(__name__)
@@ -238,15 +241,18 @@ class Trainer:
 
         cfg = self.config
         self._rng_to_restore = None
+        if self.process.is_main:
+            check_writable(self.run_dir, "folder")  # before the data is read and the networks built
         self._build()
         start, mlflow_run_id = self._restore()
         main = self.process.is_main
         tracked = main and cfg.tracking.enabled
-        tracker = (
-            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # privacy: issue 27
-            if tracked
-            else NullTracker()
-        )
+        with store_errors(cfg.tracking.uri or "the default MLflow store"):  # one line, exit 2
+            tracker = (
+                Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # strict mode hashes paths and withholds previews
+                if tracked
+                else NullTracker()
+            )
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / RUN_INFO_NAME, json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
@@ -272,8 +278,12 @@ class Trainer:
             report = self._loop(tracker, loader, eval_batches, start, batches_per_epoch)
             status = "FINISHED"
             return report
+        except (Interrupted, KeyboardInterrupt):
+            status = "KILLED"  # MLflow's status of a run stopped by the user
+            raise
         finally:
             tracker.end(status)
+            leave_distributed(status == "FINISHED")
 
     def _loop(self, tracker, loader, eval_batches, start: int, batches_per_epoch: int) -> dict[str, Any]:
         cfg, train = self.config, self.config.train
@@ -281,7 +291,9 @@ class Trainer:
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         stop = StopRequest()
-        progress = tqdm(total=train.steps, initial=start, desc=cfg.run_name, disable=not self.process.is_main, mininterval=0.5, dynamic_ncols=True)
+        progress = tqdm(
+            total=train.steps, initial=start, desc=cfg.run_name, disable=progress_disabled(not self.process.is_main), mininterval=0.5, dynamic_ncols=True
+        )
         batches = iter(loader)
         step = start
         drawn = start * self.batches_per_step  # loader batches consumed: the data position
@@ -292,7 +304,7 @@ class Trainer:
             return to_device(next(batches), self.device)
 
         self.method.train()
-        with stop.installed(), progress:
+        with stop.installed(), progress, logging_redirect_tqdm():  # log lines above the bar, not glued to it
             while step < train.steps:
                 batch = draw()
                 self.opt.begin_step(step, draw, self.batches_per_step - 1)
@@ -328,10 +340,12 @@ class Trainer:
                     last_eval = self._evaluate(tracker, eval_batches, step)
                 if train.sample_eval and (step % train.sample_eval.every == 0 or step == train.steps):
                     last_eval.update(self._evaluate_samples(tracker, step))
-                if step % train.checkpoint_every == 0 or step == train.steps or stop.requested:
+                stopping = any_rank(stop.requested is not None, self.device)  # every rank stops at the same step
+                if step % train.checkpoint_every == 0 or step == train.steps or stopping:
                     self._save_checkpoint(step, tracker.run_id)
-                if stop.requested:
-                    raise RunError(f"stopped by {stop.requested} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
+                if stopping:
+                    by = stop.requested or "a signal to another rank"
+                    raise Interrupted(f"stopped by {by} at step {step}; checkpoint written to {self.checkpoint_path}, continue with --resume")
         model_dir = self._finish(tracker, eval_batches)
         report = {"run_id": tracker.run_id, "run_dir": str(self.run_dir), "model_dir": str(model_dir), "steps": step}
         if train.sample_eval and train.sample_eval.keep_best and math.isfinite(self.best_fid):
@@ -362,7 +376,7 @@ class Trainer:
                 save_scatter(images, path, centres=getattr(self.train_set, "centres", None))
             else:
                 save_grid(images, path)
-            tracker.log_preview(name, path)  # privacy (issue 27): strict mode withholds previews of real scans
+            tracker.log_preview(name, path)  # strict privacy withholds previews of real scans
         return metrics
 
     def _evaluate_samples(self, tracker, step: int) -> dict[str, float]:
@@ -430,7 +444,10 @@ def train(
     """
     if overrides or not isinstance(config, RunConfig):
         raw = config.to_dict() if isinstance(config, RunConfig) else config
-        config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
+        try:
+            config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
+        except ConfigError as err:
+            raise blame_overrides(err, overrides, raw) from None
     return Trainer(config, resume=resume, datasets=datasets).run()
 
 

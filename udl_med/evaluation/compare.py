@@ -13,6 +13,7 @@ fits in memory; the measures themselves are :mod:`udl_med.metrics.compare`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from udl_med.metrics.compare import (
 )
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
 from udl_med.metrics.kid import KID_SUBSETS
+from udl_med.metrics.prdc import prdc_report
 from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, load_stats, save_stats
 
 logger = logging.getLogger(__name__)
@@ -56,13 +58,42 @@ def _modality_of(records: list[Any]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def iter_normalised(source: str | Path, default_modality: str | None = None) -> Iterator[tuple[str, Tensor]]:
-    """Yield ``(path, image (1, *spatial) in [-1, 1])`` for every image of ``source``."""
+def iter_normalised(source: str | Path, default_modality: str | None = None, seen: Counter | None = None) -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(path, image (1, *spatial) in [-1, 1])`` for every image of ``source``.
+
+    ``seen`` counts the images per modality, as the manifest or the file says (``None``:
+    neither says; ``default_modality`` is then used to normalise, but not counted).
+    """
     for record in list_images(source):
         image = read_image(record.path)
-        modality = record.modality or image.meta.get("modality") or default_modality
+        said = record.modality or image.meta.get("modality") or None
+        if seen is not None:
+            seen[said] += 1
+        modality = said or default_modality
         tensor, _ = normalize(image.as_tensor(), modality)
         yield str(record.path), tensor
+
+
+def _counts(seen: Counter) -> str:
+    return ", ".join(f"{n} {m or 'without a modality'}" for m, n in sorted(seen.items(), key=lambda kv: (kv[0] is None, str(kv[0]))))
+
+
+def warn_modalities(real: str | Path, real_seen: Counter, fake: str | Path, fake_seen: Counter) -> bool:
+    """Warn (and return True) when REAL and FAKE hold different modalities, as far as their manifests or files say.
+
+    FID between CT and MR measures the modality gap, not the generator; a set that does
+    not say its modality is not judged.
+    """
+    real_known = {m for m in real_seen if m}
+    fake_known = {m for m in fake_seen if m}
+    if not real_known or not fake_known or real_known == fake_known:
+        return False
+    logger.warning(
+        "REAL and FAKE differ in modality (REAL %s: %s; FAKE %s: %s): FID then measures the modality gap too; "
+        "compare sets of one modality (a manifest with only those rows)",
+        real, _counts(real_seen), fake, _counts(fake_seen),
+    )  # fmt: skip
+    return True
 
 
 def set_modality(source: str | Path) -> str | None:
@@ -73,7 +104,7 @@ def set_modality(source: str | Path) -> str | None:
 
 
 def _features_of_images(
-    images: Iterator[tuple[str, Tensor]], extractor: FeatureExtractor, layout: str, stats: StreamingStats, batch_size: int
+    images: Iterator[tuple[str, Tensor]], extractor: FeatureExtractor, layout: str, stats: StreamingStats, batch_size: int, name: str = "images"
 ) -> None:
     size = extractor.preprocessing.size
     pending: list[Tensor] = []
@@ -83,7 +114,7 @@ def _features_of_images(
             stats.update(extractor(torch.stack(pending)))
             pending.clear()
 
-    n_images = 0
+    n_images = n_views = 0
     for path, image in images:
         try:
             views = image_views(image, layout)
@@ -101,9 +132,11 @@ def _features_of_images(
                 if len(pending) >= batch_size:
                     flush()
         n_images += 1
+        n_views += 1 if layout == "2.5d" else len(views)
         if n_images % 50 == 0:
-            logger.info("embedded %d images (%d feature vectors)", n_images, stats.n + len(pending))
+            logger.info("%s: %d images read so far, %d %s views with foreground", name, n_images, n_views, layout)
     flush()
+    logger.info("%s: %d images, %d %s views with foreground: %d feature vectors", name, n_images, n_views, layout, stats.n)
 
 
 def set_statistics(
@@ -115,8 +148,9 @@ def set_statistics(
     default_modality: str | None = None,
     seed: int = 0,
     device: str | None = None,
+    seen: Counter | None = None,
 ) -> FeatureStats:
-    """Feature statistics of an image set (or the saved statistics ``source.npz``).
+    """Feature statistics of an image set (or the saved statistics ``source.npz``); ``seen`` counts its modalities.
 
     Raises:
         UserError: unreadable images, no usable slices, or an extractor/dims mismatch.
@@ -127,7 +161,7 @@ def set_statistics(
     if isinstance(extractor, str):
         extractor = build_extractor(extractor, spatial_dims)
     stats = StreamingStats(max_features=max_features, seed=seed, key=extractor.key(layout), device=device)
-    _features_of_images(iter_normalised(source, default_modality), extractor, layout, stats, batch_size)
+    _features_of_images(iter_normalised(source, default_modality, seen), extractor, layout, stats, batch_size, name=str(source))
     if stats.n < 2:
         raise InputError(source, f"{stats.n} {layout} view(s) with foreground; at least 2 are needed for FID")
     return stats.compute()
@@ -149,8 +183,8 @@ def compare_sets(
     """FID and KID between image sets REAL and FAKE (folders, manifests, volumes or ``.npz``).
 
     Args:
-        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``
-            or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
+        extractor: ``random``, ``encoder:PATH``, ``inception:PATH``, ``radimagenet:PATH``,
+            ``swav:PATH`` or ``medicalnet:PATH`` (see :func:`udl_med.metrics.extractors.build_extractor`).
         dims: ``"2"`` (slices), ``"2.5"`` (three middle planes, averaged) or ``"3"`` (volumes).
         bootstrap: bootstrap replicates for the 95% intervals; 0 for none.
         kid_subset_size: KID subset size; None: min(1000, n_real, n_fake).
@@ -160,8 +194,11 @@ def compare_sets(
     Returns:
         ``fid``, ``fid_ci_low``, ``fid_ci_high``, ``kid``, ``kid_std``, ``kid_ci_low``,
         ``kid_ci_high``, ``n_real``, ``n_fake`` (feature vectors), ``feature_dim``,
-        ``kid_subset_size``, ``extractor``, ``dims``; with a class head (``inception``)
-        and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
+        ``kid_subset_size``, ``extractor``, ``dims``; ``precision``, ``recall``,
+        ``density``, ``coverage`` (:mod:`udl_med.metrics.prdc`; k = 3 and 5) with
+        ``<key>_ci_low`` / ``<key>_ci_high`` (None without bootstrap; all None for
+        statistics saved without features or sets smaller than k + 1); with a class head
+        (``inception``) and 2D slices also ``inception_score`` and ``inception_score_std`` of FAKE.
 
     Raises:
         UserError: bad paths or images, too few samples, mismatched statistics or feature
@@ -171,13 +208,19 @@ def compare_sets(
     needs_images = not (str(real).endswith(".npz") and str(fake).endswith(".npz"))
     net = build_extractor(extractor, spatial_dims) if needs_images else None
     modality = set_modality(real) or set_modality(fake)
-    real_stats = set_statistics(real, net, dims, batch_size, default_modality=modality, seed=seed, device=device)
-    fake_stats = set_statistics(fake, net, dims, batch_size, default_modality=modality, seed=seed + 1, device=device)
+    real_seen, fake_seen = Counter(), Counter()
+    real_stats = set_statistics(real, net, dims, batch_size, default_modality=modality, seed=seed, device=device, seen=real_seen)
+    fake_stats = set_statistics(fake, net, dims, batch_size, default_modality=modality, seed=seed + 1, device=device, seen=fake_seen)
+    warn_modalities(real, real_seen, fake, fake_seen)
     if save_real_stats is not None:
         save_stats(real_stats, save_real_stats)
     result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, kid_subsets, seed, device=device)
     key = real_stats.key
     result.update(extractor=key.extractor if key else extractor, dims=str(dims))
+    if real_stats.features is not None and fake_stats.features is not None:
+        result.update(prdc_report(real_stats.features, fake_stats.features, n_boot=bootstrap, seed=seed))
+    else:
+        result.update(prdc_report([], []))
     if net is not None and net.num_classes and layout == "2d" and fake_stats.features is not None:
         result.update(fake_inception_score(fake_stats, net))
     return result

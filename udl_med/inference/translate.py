@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from udl_med.errors import InputError, UserError
+from udl_med.io_utils import progress_disabled
 from udl_med.inference.translation_setup import (
     DIRECTIONS,
     MR_OUTPUT_RANGE,
@@ -155,7 +156,7 @@ def translate_path(
     available = translator.directions
     translated, skipped, failures, outputs = 0, 0, [], []
     rows: list[dict[str, Any]] = []
-    for record in tqdm(records, desc="volumes", unit="vol", disable=not progress):
+    for record in tqdm(records, desc="volumes", unit="vol", disable=progress_disabled(not progress)):
         # a volume of the other modality (per the manifest, or else its file) is skipped, not a failure
         if record.modality is not None and direction_for(record.modality, direction, available) is None:
             skipped += 1

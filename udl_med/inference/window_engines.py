@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from udl_med.data.normalize import denormalize
 from udl_med.errors import InputError
+from udl_med.io_utils import progress_disabled
 from udl_med.inference.translation_setup import SOURCE, TARGET, TranslationSetup, input_params, output_params, to_unit
 
 SLICE_PIXELS = 2**20  # pixels per chunk of slices (2D models): 4 slices of 512 x 512
@@ -86,7 +87,7 @@ def translate_slices(volume: Tensor, job: WindowJob) -> Tensor:
     n, c = slices.shape[0], setup.context
     out = torch.empty(slices.shape, dtype=torch.float32)
     chunk = max(1, min(n, SLICE_PIXELS // max(1, slices.shape[1] * slices.shape[2])))
-    for s0 in tqdm(range(0, n, chunk), desc="translate", unit="chunk", disable=not job.progress, leave=False):
+    for s0 in tqdm(range(0, n, chunk), desc="translate", unit="chunk", disable=progress_disabled(not job.progress), leave=False):
         s1 = min(n, s0 + chunk)
         idx = torch.arange(s0 - c, s1 + c).clamp_(0, n - 1)
         block = to_unit(slices.index_select(0, idx), job.params_in)  # (s1 - s0 + 2c, P, Q)

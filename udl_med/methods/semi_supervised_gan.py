@@ -14,7 +14,12 @@ exp(l_k)``. One step (:mod:`udl_med.losses.kplus1`):
   same size; plus ``entropy_weight`` times the conditional entropy of the class softmax on
   the unlabeled batch when set (Dai et al. 2017, "Good Semi-supervised Learning that
   Requires a Bad GAN": confident on real data, boundaries pushed into the low-density
-  regions the generator fills; 0, the paper's objective, by default);
+  regions the generator fills; 0, the paper's objective, by default); plus
+  ``consistency_weight`` times the Pi-model consistency loss (Laine & Aila 2017,
+  :mod:`udl_med.losses.consistency`): the class softmax of the noisy pass over the
+  unlabeled batch against a second noisy pass, with a sigmoid ramp-up over
+  ``consistency_rampup_steps``. Measured on digits (README, tuning seeds 100-104): the
+  K+1 game plus this term beat either alone;
 - generator (optimizer ``generator``): feature matching (default; the squared distance
   between the batch means of D's last hidden layer on the unlabeled batch and on
   ``G(z)``, best for classification in the paper) or ``non_saturating``
@@ -22,7 +27,10 @@ exp(l_k)``. One step (:mod:`udl_med.losses.kplus1`):
   better samples, a worse classifier in the paper).
 
 ``unsupervised_weight: 0`` is the supervised-only baseline: the same discriminator, the
-same steps and labeled batches, no generator. Evaluation uses the engine's averaged
+same steps and labeled batches, no generator, no unlabeled term (``entropy_weight`` and
+``consistency_weight`` ignored). ``consistency_only: true`` is the non-GAN baseline on the
+same discriminator: the labeled cross-entropy plus the consistency term, no generator, so
+that the gain of the GAN game itself shows. Evaluation uses the engine's averaged
 weights when ``train.ema_decay`` is set (``ema_modules = ("discriminator",)``; the
 paper evaluates with averaged parameters), and the model file keeps only the
 discriminator. Images: 2D slices, 2.5D stacks and 3D patches (DCGAN generator, conv
@@ -43,6 +51,7 @@ from torch import Tensor
 
 from udl_med import keys
 from udl_med.errors import ConfigError
+from udl_med.losses.consistency import consistency_loss, sigmoid_rampup
 from udl_med.losses.kplus1 import KPlusOneLoss, class_probabilities, real_probability
 from udl_med.methods.adversarial import Adversary
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
@@ -53,6 +62,7 @@ from udl_med.nets.mlp_gan import MLPGenerator
 DISCRIMINATOR = "discriminator"  # optimizer and submodule names
 GENERATOR = "generator"
 ENTROPY = "entropy"  # metric: conditional entropy of the class softmax on the unlabeled batch
+CONSISTENCY = "consistency"  # metric: the Pi-model consistency loss on the unlabeled batch
 
 
 class SemiSupervisedGANConfig(MethodConfig):
@@ -76,6 +86,13 @@ class SemiSupervisedGANConfig(MethodConfig):
         entropy_rampup_steps: the entropy weight grows linearly from 0 over this many
             steps (0: full weight from the start), so that D is not asked to be confident
             before the labels have shaped its classes.
+        consistency_weight: weight of the Pi-model consistency loss on the unlabeled batch
+            (0: off). Digits, 3-5 labels per class, tuning seeds 100-104: 5 took K+1's mean
+            error from 7.0 / 6.9% to 7.0 / 5.6% (README).
+        consistency_rampup_steps: the consistency weight follows ``exp(-5 (1 - t)^2)``,
+            ``t = step / consistency_rampup_steps`` (0: full weight from the start).
+        consistency_only: the non-GAN baseline: no generator and no K+1 unsupervised loss,
+            the labeled cross-entropy plus the consistency term (needs ``consistency_weight > 0``).
         lr, g_lr, beta1: Adam (paper: 3e-3, beta1 0.5); ``g_lr`` defaults to ``lr``.
     """
 
@@ -96,6 +113,9 @@ class SemiSupervisedGANConfig(MethodConfig):
     unsupervised_weight: float = Field(1.0, ge=0.0)
     entropy_weight: float = Field(0.0, ge=0.0)
     entropy_rampup_steps: int = Field(0, ge=0)
+    consistency_weight: float = Field(0.0, ge=0.0)
+    consistency_rampup_steps: int = Field(0, ge=0)
+    consistency_only: bool = False
     lr: float = Field(3e-3, gt=0)
     g_lr: float | None = Field(None, gt=0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
@@ -108,11 +128,18 @@ class SemiSupervisedGANConfig(MethodConfig):
                 raise ValueError(f"{name} must be one or more positive sizes, got {list(value)}")
         if self.d_kernel_size < 1 or self.d_kernel_size % 2 == 0:
             raise ValueError(f"d_kernel_size must be odd, got {self.d_kernel_size}")
+        if self.consistency_only and self.consistency_weight == 0:
+            raise ValueError("consistency_only needs consistency_weight > 0 (it is the consistency baseline)")
         return self
 
     @property
     def supervised_only(self) -> bool:
-        return self.unsupervised_weight == 0
+        """The labels-only arm: no generator, no unlabeled term."""
+        return self.unsupervised_weight == 0 and not self.consistency_only
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.unsupervised_weight > 0 and not self.consistency_only
 
 
 @register("semi_supervised_gan")
@@ -153,7 +180,7 @@ class SemiSupervisedGAN(Method):
             minibatch_kernels=config.minibatch_kernels,
             minibatch_kernel_dims=config.minibatch_kernel_dims,
         )
-        self.generator = None if config.supervised_only else self._build_generator(config, data)
+        self.generator = self._build_generator(config, data) if config.uses_generator else None
         self.loss = KPlusOneLoss()  # the supervised cross-entropy and the conditional entropy
         self.adversary = Adversary(KPlusOneLoss())  # real-versus-generated on the K+1 logits; feature matching
 
@@ -191,22 +218,36 @@ class SemiSupervisedGAN(Method):
             logits_lab = d(x_lab)
         ce = self.loss.supervised(logits_lab, labels)
         out: dict[str, Tensor | float] = {keys.CE: ce.detach(), keys.ACCURACY: (logits_lab.argmax(1) == labels).float().mean().detach()}
-        if self.generator is None:
+        if c.supervised_only:
             opt.step(DISCRIMINATOR, ce)
             out[keys.LOSS] = ce.detach()
             return out
         x_unl = batch[keys.UNLABELED_IMAGE]
-        fake = self.generator(self._z(x_unl.shape[0]))
-        with opt.autocast():
-            parts = self.adversary.discriminator_loss(self._critic, x_unl, fake.detach())
-        unsup, logits_unl, logits_fake = parts.loss, parts.real_scores, parts.fake_scores
-        loss_d = ce + c.unsupervised_weight * unsup
-        if c.entropy_weight > 0:
-            entropy = self.loss.conditional_entropy(logits_unl)  # the realness shift moves every logit alike: softmax unchanged
-            ramp = min(1.0, opt.global_step / c.entropy_rampup_steps) if c.entropy_rampup_steps else 1.0
-            loss_d = loss_d + c.entropy_weight * ramp * entropy
-            out[ENTROPY] = entropy.detach()
+        loss_d = ce
+        if self.generator is not None:
+            fake = self.generator(self._z(x_unl.shape[0]))
+            with opt.autocast():
+                parts = self.adversary.discriminator_loss(self._critic, x_unl, fake.detach())
+            unsup, logits_unl, logits_fake = parts.loss, parts.real_scores, parts.fake_scores
+            loss_d = loss_d + c.unsupervised_weight * unsup
+            if c.entropy_weight > 0:
+                entropy = self.loss.conditional_entropy(logits_unl)  # the realness shift moves every logit alike: softmax unchanged
+                ramp = min(1.0, opt.global_step / c.entropy_rampup_steps) if c.entropy_rampup_steps else 1.0
+                loss_d = loss_d + c.entropy_weight * ramp * entropy
+                out[ENTROPY] = entropy.detach()
+        else:
+            with opt.autocast():
+                logits_unl = d(x_unl)
+        if c.consistency_weight > 0:
+            with torch.no_grad(), opt.autocast():
+                teacher = d(x_unl)  # a second pass with its own noise: the Pi-model's target
+            consistency = consistency_loss(logits_unl, teacher)  # the realness shift leaves the softmax unchanged
+            loss_d = loss_d + c.consistency_weight * sigmoid_rampup(opt.global_step, c.consistency_rampup_steps) * consistency
+            out[CONSISTENCY] = consistency.detach()
         opt.step(DISCRIMINATOR, loss_d)
+        if self.generator is None:
+            out[keys.LOSS] = loss_d.detach()
+            return out
         with opt.autocast():
             if c.generator_objective == "feature_matching":
                 _, features_fake = d.gan_logits(fake)

@@ -46,7 +46,8 @@ class BootstrapResult:
     level: float
 
 
-def _percentiles(values: np.ndarray, level: float) -> Interval:
+def percentile_interval(values: np.ndarray, level: float) -> Interval:
+    """Central ``level`` percentile interval of the finite ``values`` (NaN, NaN if none); shared by FID, KID and PRDC."""
     tail = 50.0 * (1.0 - level)
     values = values[np.isfinite(values)]  # tiny sets can resample a single sample: no pairs
     if values.size == 0:
@@ -95,6 +96,6 @@ def bootstrap_ci(
         mu_y, f_y = features_factor(y[iy])
         fids[b] = frechet_distance_from_factors(mu_x, f_x, mu_y, f_y)
     observed = frechet_distance_from_factors(*features_factor(x), *features_factor(y))
-    fid = _percentiles(fids - (fids.mean() - observed), level)
+    fid = percentile_interval(fids - (fids.mean() - observed), level)
     kids = mmd2_weighted(kernels.kxx, kernels.kyy, kernels.kxy, cx, cy)
-    return BootstrapResult(Interval(max(fid.low, 0.0), fid.high), _percentiles(kids, level), n_boot, level)
+    return BootstrapResult(Interval(max(fid.low, 0.0), fid.high), percentile_interval(kids, level), n_boot, level)

@@ -30,6 +30,7 @@ from udl_med.metrics.bootstrap import bootstrap_ci
 from udl_med.metrics.extractors import FeatureExtractor, build_extractor
 from udl_med.metrics.inception_score import inception_score
 from udl_med.metrics.kid import KID_SUBSETS, KernelMatrices
+from udl_med.metrics.prdc import prdc_report
 from udl_med.metrics.statistics import DEFAULT_MAX_FEATURES, FeatureStats, StreamingStats, check_comparable, frechet_distance_stats
 
 logger = logging.getLogger(__name__)
@@ -155,10 +156,10 @@ def compare_tensors(
     kid_subset_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """FID and KID between in-memory images ``(N, C, *spatial)`` in [-1, 1] (one view each).
+    """FID, KID, precision, recall, density and coverage between in-memory images ``(N, C, *spatial)`` in [-1, 1] (one view each).
 
     For the demo and for evaluation inside training: 2D batches use a 2D extractor,
-    3D batches a 3D one.
+    3D batches a 3D one. The PRDC keys are those of :func:`udl_med.metrics.prdc.prdc_report`.
     """
     if real.ndim != fake.ndim or real.ndim not in (4, 5):
         raise UserError(f"images must both be (N, C, H, W) or (N, C, D, H, W), got {tuple(real.shape)} and {tuple(fake.shape)}")
@@ -168,6 +169,7 @@ def compare_tensors(
     real_stats, fake_stats = tensor_statistics(real, net, layout=layout), tensor_statistics(fake, net, layout=layout)
     result = compare_stats(real_stats, fake_stats, bootstrap, kid_subset_size, KID_SUBSETS, seed)
     result.update(extractor=net.name, dims=str(spatial_dims))
+    result.update(prdc_report(real_stats.features, fake_stats.features, n_boot=bootstrap, seed=seed))
     return result
 
 

@@ -1,165 +1,130 @@
-"""Memorisation check: are synthetic images copies of training images?
+"""Memorisation check: which synthetic images are near-copies of training images, at a stated false-alarm rate?
 
-For every synthetic image ``s`` the distance to its nearest training image is measured
-in two spaces: the feature space of an extractor (``random``, ``encoder:PATH``, ... as
-for FID) and intensity (root-mean-square difference of the normalised images, [-1, 1]
-scale). The training set is augmented with its flips along every spatial axis (and all
-axes at once), so that a flipped copy is as close as a copy. The scale of "close" comes
-from real data the generator never saw: the nearest-training distances of held-out real
-images. A synthetic image is **flagged** when it is closer to the training set than the
-``quantile`` (1%) quantile of the held-out distances in EITHER space.
+**Measure.** For every image, the near-copy distance to its nearest training image
+(:func:`udl_med.metrics.nearcopy.near_copy_distance`: one minus the normalised
+cross-correlation, maximised over flips along every axis, rotations up to 10 degrees,
+shifts up to 4 pixels in 2D and 2 voxels in 3D; invariant to intensity affine changes,
+robust to noise). 0 is a copy, about 1 an unrelated image.
+
+**Threshold.** Calibrated on held-out real images of subjects that are not in training
+(:mod:`udl_med.metrics.calibration`): one score per held-out subject (its smallest
+distance), and the split-conformal order statistic at the requested ``rate``. A synthetic
+image is **flagged** when its distance is below the threshold.
+
+**Guarantee.** A new real subject, exchangeable with the held-out ones, has any of its
+images flagged with probability ``stated_rate = k / (n + 1) <= rate`` (``n`` held-out
+subjects, ``k = floor((n + 1) * rate)``); given this calibration set the rate is itself
+uncertain, ``stated_rate_interval`` its 95% interval. With fewer than ``ceil(1 / rate) - 1``
+held-out subjects no threshold can state ``rate``: :func:`memorization_tensors` refuses,
+or with ``too_few="warn"`` calibrates at the smallest rate the subjects can state
+(``1 / (n + 1)``), says so in ``warning`` and logs it; the stated rate is then that one.
 
 What the numbers mean:
 
-- ``rate``: fraction of synthetic images flagged. A generator that makes new images
-  like held-out real ones has about ``quantile`` to ``2 * quantile`` flagged (by chance,
-  per space); much more means it reproduces training images.
-- ``stated_rate``: what the rule flags among new real images by construction,
-  ``2 * max(quantile, 1 / (n_holdout + 1))`` (two spaces; a held-out set of ``n``
-  images cannot resolve quantiles below ``1 / (n + 1)``).
-- ``holdout_rate``: the same rule applied to held-out real images, calibrated on the
-  other half of the held-out set (two-fold, averaged): the measured false-alarm rate on
-  new real images (with half-size calibration sets), for comparison with ``rate``.
-- ``flagged``: every flagged image with both distances and its nearest training image.
+- ``rate``: share of synthetic images flagged. A generator that makes new images has
+  about ``stated_rate`` or less flagged (per image; the guarantee is per subject); much
+  more means it reproduces training images.
+- ``flagged_index``, ``distance``, ``nearest``, ``alignments``: per synthetic image, the
+  nearest training image and the alignment that matched.
 
-The distances are in units of the held-out distribution, so thresholds adapt to the
-data; a held-out set of ``n`` images resolves quantiles down to about ``1 / n``. This
-module measures in-memory images (:func:`memorization_tensors`); reading image sets,
-the ``memorization`` command and ``--drop`` are :mod:`udl_med.evaluation.memorization`.
+Pure measure on in-memory tensors; reading image sets, the ``memorization`` command,
+geometry checks and ``--drop`` are :mod:`udl_med.evaluation.memorization`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from udl_med.errors import UserError
+from udl_med.metrics.calibration import DEFAULT_RATE, CalibrationError, calibrate, subject_scores, subjects_needed
+from udl_med.metrics.nearcopy import NearCopies, near_copy_distance
 
-DEFAULT_QUANTILE = 0.01
-CHUNK = 256
+log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_RATE", "MEASURE", "memorization_tensors"]
 
-def with_flips(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` and its flips along each spatial axis and all axes: ``(images (F*N, ...), original index (F*N,))``."""
-    axes = list(range(2, x.ndim))
-    variants = [x] + [x.flip(a) for a in axes] + ([x.flip(axes)] if len(axes) > 1 else [])
-    index = torch.arange(x.shape[0]).repeat(len(variants))
-    return torch.cat(variants), index
+MEASURE = "near-copy NCC (flips, rotations <= 10 deg, shifts <= 4 px / 2 voxels)"
 
 
-def nearest(query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    """Euclidean distance of each query row to its nearest reference row, and that row: ``((N,), (N,))``."""
-    dists, where = [], []
-    ref = reference.flatten(1).double()
-    for chunk in query.flatten(1).double().split(CHUNK):
-        d = torch.cdist(chunk, ref)
-        m = d.min(dim=1)
-        dists.append(m.values)
-        where.append(m.indices)
-    return torch.cat(dists).float(), torch.cat(where)
-
-
-def _features(extractor: Any, x: Tensor) -> Tensor:
-    return torch.cat([extractor(b) for b in x.split(64)]) if len(x) else x.new_zeros((0, extractor.feature_dim))
-
-
-@dataclass(frozen=True)
-class Distances:
-    """Nearest-training distances of a set: ``feature`` and ``intensity`` (RMS), ``(N,)`` each, and the nearest training view."""
-
-    feature: np.ndarray
-    intensity: np.ndarray
-    nearest: np.ndarray
-
-
-class NearestTraining:
-    """The training views (with flips) in both spaces; measures any set against them."""
-
-    def __init__(self, train: Tensor, extractor: Any, flips: bool = True) -> None:
-        images, self.index = with_flips(train) if flips else (train, torch.arange(len(train)))
-        self.extractor = extractor
-        self.images = images
-        self.features = _features(extractor, images)
-        self.voxels = float(np.prod(train.shape[1:]))
-
-    def distances(self, x: Tensor) -> Distances:
-        feature, _ = nearest(_features(self.extractor, x), self.features)
-        intensity, where = nearest(x, self.images)
-        return Distances(feature.numpy(), (intensity / self.voxels**0.5).numpy(), self.index[where].numpy())
-
-
-def thresholds(holdout: Distances, quantile: float) -> tuple[float, float]:
-    """(feature, intensity) thresholds: the ``quantile`` quantiles of held-out nearest-training distances."""
-    return float(np.quantile(holdout.feature, quantile)), float(np.quantile(holdout.intensity, quantile))
-
-
-def flag(d: Distances, limits: tuple[float, float]) -> np.ndarray:
-    """Boolean ``(N,)``: closer than either threshold."""
-    return (d.feature < limits[0]) | (d.intensity < limits[1])
-
-
-def holdout_false_alarm_rate(holdout: Distances, quantile: float, seed: int = 0) -> float:
-    """Two-fold estimate of how often the rule flags NEW real images (calibrate on one half, apply to the other)."""
-    n = len(holdout.feature)
-    if n < 4:
-        return float("nan")
-    order = np.random.default_rng(seed).permutation(n)
-    halves = (order[: n // 2], order[n // 2 :])
-    rates = []
-    for calib, test in (halves, halves[::-1]):
-        part = lambda idx: Distances(holdout.feature[idx], holdout.intensity[idx], holdout.nearest[idx])  # noqa: E731
-        rates.append(float(flag(part(test), thresholds(part(calib), quantile)).mean()))
-    return float(np.mean(rates))
-
-
-def stated_rate(quantile: float, n_holdout: int) -> float:
-    """The rate at which the rule flags new real images: ``quantile`` per space (resolved to ``1/(n+1)``), two spaces."""
-    return min(1.0, 2.0 * max(quantile, 1.0 / (n_holdout + 1)))
+def _check(name: str, x: Tensor) -> None:
+    if x.ndim not in (4, 5) or len(x) == 0 or x.shape[1] != 1:
+        raise UserError(f"{name} images must be a non-empty (N, 1, *spatial) batch, got {tuple(x.shape)}")
 
 
 def memorization_tensors(
-    synthetic: Tensor, train: Tensor, holdout: Tensor, extractor: Any = "random", quantile: float = DEFAULT_QUANTILE, flips: bool = True
+    synthetic: Tensor,
+    train: Tensor,
+    holdout: Tensor,
+    holdout_subjects: Sequence[Any] | None = None,
+    rate: float = DEFAULT_RATE,
+    too_few: Literal["refuse", "warn"] = "refuse",
+    flips: bool = True,
+    level: float = 0.95,
 ) -> dict[str, Any]:
-    """The check on in-memory images ``(N, C, *spatial)`` in [-1, 1] (see the module docstring).
+    """The check on in-memory images ``(N, 1, *spatial)`` in [-1, 1] (see the module docstring).
+
+    Args:
+        synthetic, train, holdout: image batches of one size.
+        holdout_subjects: the subject of every held-out image (None: each image its own subject).
+        rate: requested false-alarm rate per new subject.
+        too_few: with too few held-out subjects for ``rate``: ``refuse`` (raise) or ``warn``
+            (calibrate at the smallest rate they can state).
+        flips: search flips too.
+        level: level of ``stated_rate_interval``.
 
     Returns:
-        ``rate``, ``rate_feature``, ``rate_intensity``, ``holdout_rate``, ``stated_rate``, ``threshold_feature``,
-        ``threshold_intensity``, ``quantile``, ``n_synthetic``, ``n_train``, ``n_holdout``,
-        ``flagged_index`` (indices into ``synthetic``), and the distances ``synthetic`` /
-        ``holdout`` (:class:`Distances`).
-    """
-    from udl_med.metrics.extractors import build_extractor
+        ``rate``, ``n_flagged``, ``threshold``, ``requested_rate``, ``stated_rate``,
+        ``stated_rate_interval``, ``level``, ``n_calibration_subjects``, ``n_synthetic``,
+        ``n_train``, ``n_holdout``, ``measure``, ``warning`` (None or a sentence),
+        ``flagged_index`` (indices into ``synthetic``) and ``nearest`` (the
+        :class:`~udl_med.metrics.nearcopy.NearCopies` of ``synthetic``).
 
-    if not 0.0 < quantile < 0.5:
-        raise UserError(f"quantile must be in (0, 0.5), got {quantile}")
+    Raises:
+        UserError: empty or mismatched batches, a bad rate, or (``too_few="refuse"``) too few
+            held-out subjects for ``rate`` (the message says how many are needed).
+    """
     for name, x in (("synthetic", synthetic), ("train", train), ("holdout", holdout)):
-        if x.ndim not in (4, 5) or len(x) == 0:
-            raise UserError(f"{name} images must be a non-empty (N, C, *spatial) batch, got {tuple(x.shape)}")
+        _check(name, x)
     if not synthetic.shape[1:] == train.shape[1:] == holdout.shape[1:]:
-        raise UserError(f"image sizes differ: synthetic {tuple(synthetic.shape[1:])}, train {tuple(train.shape[1:])}, holdout {tuple(holdout.shape[1:])}")
-    net = build_extractor(extractor, synthetic.ndim - 2) if isinstance(extractor, str) else extractor
-    reference = NearestTraining(train, net, flips)
-    d_hold, d_syn = reference.distances(holdout), reference.distances(synthetic)
-    limits = thresholds(d_hold, quantile)
-    flagged = flag(d_syn, limits)
+        raise UserError(f"image sizes differ: synthetic {tuple(synthetic.shape[2:])}, train {tuple(train.shape[2:])}, holdout {tuple(holdout.shape[2:])}")
+    if too_few not in ("refuse", "warn"):
+        raise UserError(f"too_few must be 'refuse' or 'warn', got {too_few!r}")
+    subjects = list(range(len(holdout))) if holdout_subjects is None else list(holdout_subjects)
+    held = near_copy_distance(holdout, train, flips=flips)
+    _, scores = subject_scores(held.distance.numpy(), subjects)
+    warning = None
+    try:
+        cal = calibrate(scores, rate, level)
+    except CalibrationError:
+        if too_few == "refuse" or not 0.0 < rate < 1.0 or len(scores) == 0:
+            raise
+        cal = calibrate(scores, 1.0 / (len(scores) + 1), level)
+        warning = (
+            f"{len(scores)} held-out subject(s) cannot state a false-alarm rate of {rate:g} ({subjects_needed(rate)} are "
+            f"needed); calibrated at {cal.calibrated_rate:.3g} instead"
+        )
+        log.warning("memorisation: %s", warning)
+    found: NearCopies = near_copy_distance(synthetic, train, flips=flips)
+    flagged = cal.flag(found.distance.numpy())
     return {
         "rate": float(flagged.mean()),
-        "rate_feature": float((d_syn.feature < limits[0]).mean()),
-        "rate_intensity": float((d_syn.intensity < limits[1]).mean()),
-        "holdout_rate": holdout_false_alarm_rate(d_hold, quantile),
-        "stated_rate": stated_rate(quantile, len(holdout)),
-        "threshold_feature": limits[0],
-        "threshold_intensity": limits[1],
-        "quantile": quantile,
+        "n_flagged": int(flagged.sum()),
+        "threshold": cal.threshold,
+        "requested_rate": float(rate),
+        "stated_rate": cal.calibrated_rate,
+        "stated_rate_interval": list(cal.interval),
+        "level": cal.level,
+        "n_calibration_subjects": cal.n_subjects,
         "n_synthetic": int(len(synthetic)),
         "n_train": int(len(train)),
         "n_holdout": int(len(holdout)),
-        "extractor": getattr(net, "name", str(extractor)),
+        "measure": MEASURE,
+        "warning": warning,
         "flagged_index": np.flatnonzero(flagged).tolist(),
-        "synthetic": d_syn,
-        "holdout": d_hold,
+        "nearest": found,
     }

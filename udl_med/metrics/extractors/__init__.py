@@ -4,6 +4,7 @@
 - ``encoder:PATH``: an encoder folder written by ``udl-med export --format encoder``.
 - ``inception:PATH``: the FID InceptionV3 (pt_inception-2015-12-05), 2D.
 - ``radimagenet:PATH``: the RadImageNet ResNet-50 (PyTorch release), 2D.
+- ``swav:PATH``: the SwAV ResNet-50 (ImageNet, self-supervised; ``swav_800ep_pretrain.pth.tar``), 2D.
 - ``medicalnet:PATH``: a MedicalNet 3D ResNet (10 to 200), 3D.
 
 Published weights are files on disk, checked against known SHA-256 digests; append
@@ -18,7 +19,7 @@ from udl_med.errors import UserError
 from udl_med.metrics.extractors.base import FeatureExtractor, Preprocessing
 from udl_med.metrics.extractors.weights import KNOWN_SHA256, parse_weight_spec
 
-EXTRACTOR_NAMES = ("random", "encoder", "inception", "radimagenet", "medicalnet")
+EXTRACTOR_NAMES = ("random", "encoder", "inception", "radimagenet", "swav", "medicalnet")
 
 __all__ = ["EXTRACTOR_NAMES", "FeatureExtractor", "KNOWN_SHA256", "Preprocessing", "build_extractor"]
 
@@ -53,12 +54,16 @@ def build_extractor(spec: str, spatial_dims: int = 2) -> FeatureExtractor:
         from udl_med.metrics.extractors.resnets import radimagenet_from_file
 
         extractor = radimagenet_from_file(*parse_weight_spec(name, rest))
+    elif name == "swav":
+        from udl_med.metrics.extractors.resnets import swav_from_file
+
+        extractor = swav_from_file(*parse_weight_spec(name, rest))
     elif name == "medicalnet":
         from udl_med.metrics.extractors.resnets import medicalnet_from_file
 
         extractor = medicalnet_from_file(*parse_weight_spec(name, rest))
     else:
-        raise UserError(f"unknown extractor {name!r}; valid: random, encoder:PATH, inception:PATH, radimagenet:PATH, medicalnet:PATH")
+        raise UserError(f"unknown extractor {name!r}; valid: random, encoder:PATH, inception:PATH, radimagenet:PATH, swav:PATH, medicalnet:PATH")
     if extractor.spatial_dims != spatial_dims:
         raise UserError(f"extractor {extractor.name} takes {extractor.spatial_dims}D images, not {spatial_dims}D (check --dims)")
     return extractor

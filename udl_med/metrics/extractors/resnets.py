@@ -1,4 +1,4 @@
-"""Published medical ResNets on MONAI's ``ResNet``: RadImageNet ResNet-50 (2D), MedicalNet (3D).
+"""Published ResNets on MONAI's ``ResNet``: RadImageNet and SwAV ResNet-50 (2D), MedicalNet (3D).
 
 - **RadImageNet** (Mei et al., "RadImageNet: an open radiologic deep learning research
   dataset for effective transfer learning", Radiology: AI 2022): a ResNet-50 trained on
@@ -9,6 +9,16 @@
   224 x 224, grey repeated to RGB, [0, 1] then ImageNet mean/std. The Keras-converted
   ``RadImageNet-ResNet50_notop.pth`` (convolution biases, Keras v1 strides) is another
   network and is refused with a message.
+- **SwAV** (Caron et al., "Unsupervised learning of visual features by contrasting
+  cluster assignments", NeurIPS 2020): a ResNet-50 trained without labels on ImageNet.
+  Its release ``swav_800ep_pretrain.pth.tar`` (facebookresearch/swav, the weights
+  ``torch.hub`` loads for ``resnet50``) is a state dict in torchvision's names under
+  ``module.``, plus the training heads ``projection_head.*`` and ``prototypes.*``, which
+  are dropped. SwAV's stem pads by 1 and then convolves with padding 2: the same as
+  torchvision's padding 3, so it is the torchvision ResNet-50. Input as RadImageNet's
+  (224 x 224, grey to RGB, ImageNet mean/std). Woodland et al. (MICCAI 2024) found FD
+  on SwAV features agreed with radiologists' rankings of medical generative models where
+  FD on RadImageNet features did not.
 - **MedicalNet / Med3D** (Chen et al., "Med3D: Transfer learning for 3D medical image
   analysis", 2019, https://arxiv.org/abs/1904.00625): 3D ResNets 10-200 trained for
   segmentation on 8 or 23 datasets; files ``{"state_dict": {"module.conv1.weight", ...}}``
@@ -161,6 +171,20 @@ def radimagenet_from_file(path: Path, pinned_sha256: str | None = None) -> ResNe
     _load_strict(network, state, path, "RadImageNet ResNet-50")
     preprocessing = Preprocessing(size=RADIMAGENET_SIZE, channels=3, intensity="imagenet")
     return ResNetExtractor("radimagenet", network, 2, preprocessing, digest)
+
+
+def swav_from_file(path: Path, pinned_sha256: str | None = None) -> ResNetExtractor:
+    """``swav:PATH``: check the hash, drop the SwAV heads, load strictly.
+
+    Raises:
+        InputError: wrong hash, unreadable file, or not a ResNet-50 in torchvision's names.
+    """
+    digest = verify_weights("swav", path, pinned_sha256)
+    state = {k: v for k, v in load_state_dict(path).items() if not k.startswith(("projection_head.", "prototypes.", "fc."))}
+    network = radimagenet_resnet50()  # the torchvision ResNet-50 (see the module docstring)
+    _load_strict(network, state, path, "SwAV ResNet-50 (torchvision names)")
+    preprocessing = Preprocessing(size=RADIMAGENET_SIZE, channels=3, intensity="imagenet")
+    return ResNetExtractor("swav", network, 2, preprocessing, digest)
 
 
 def medicalnet_from_file(path: Path, pinned_sha256: str | None = None) -> ResNetExtractor:

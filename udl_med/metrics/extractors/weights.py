@@ -22,7 +22,8 @@ from udl_med.errors import InputError, UserError
 # pt_inception-2015-12-05-6726825d.pth (95,628,359 bytes; the digest's prefix is in its
 # name, the full digest pinned by torch-fidelity and many evaluation scripts); MedicalNet's
 # resnet_50.pth from the official MedicalNet_pytorch_files archive (184,885,051 bytes, as
-# recorded publicly). No RadImageNet digest is published: pin the file you have.
+# recorded publicly). No RadImageNet or SwAV digest is published: pin the file you have
+# (its SHA-256 is printed when it is refused).
 KNOWN_SHA256: dict[str, dict[str, str]] = {
     "inception": {
         "pt_inception-2015-12-05-6726825d.pth": "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
@@ -31,6 +32,7 @@ KNOWN_SHA256: dict[str, dict[str, str]] = {
         "resnet_50.pth": "5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84",
     },
     "radimagenet": {},
+    "swav": {},
 }
 
 _PIN = re.compile(r"^(?P<path>.*?)(?:#sha256=(?P<digest>[0-9a-fA-F]*))?$")

@@ -1,0 +1,102 @@
+"""Near-copy distance: every kind of near-copy is found, with its source and alignment; new images stay far."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udl_med.metrics.nearcopy import alignment_grid, near_copy_distance
+
+
+def _images(n: int, seed: int, d: int, size: int) -> torch.Tensor:
+    """Smooth random 'anatomies' ``(n, *[size] * d)``: blurred noise inside a disc, on a flat background."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, *([size] * d), generator=g)
+    conv, k = (F.conv2d, 5) if d == 2 else (F.conv3d, 3)
+    kernel = torch.ones(1, 1, *([k] * d)) / k**d
+    x = conv(conv(x, kernel, padding=k // 2), kernel, padding=k // 2)[:, 0]
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, size)] * d, indexing="ij"))
+    body = (grid.pow(2).sum(0) < 0.7).float()
+    return body * (0.3 + x / x.std()) - (1 - body)
+
+
+def _rotate(x: torch.Tensor, degrees: float, axis: int = -1) -> torch.Tensor:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    d = x.ndim - 1
+    if d == 2:
+        theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]])
+    else:
+        m = torch.eye(3)
+        i, j = [a for a in range(3) if a != axis]
+        m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+        theta = torch.cat([m, torch.zeros(3, 1)], 1)
+    grid = F.affine_grid(theta[None].expand(len(x), -1, -1), [len(x), 1, *x.shape[1:]], align_corners=False)
+    return F.grid_sample(x[:, None], grid, padding_mode="border", align_corners=False)[:, 0]
+
+
+def _shift(x: torch.Tensor, shift: tuple[int, ...]) -> torch.Tensor:
+    """Translate (not wrap): the image moves by ``shift``, the background fills in."""
+    out = torch.full_like(x, -1.0)
+    src = tuple(slice(max(0, -s), x.shape[1 + a] - max(0, s)) for a, s in enumerate(shift))
+    dst = tuple(slice(max(0, s), x.shape[1 + a] - max(0, -s)) for a, s in enumerate(shift))
+    out[(slice(None),) + dst] = x[(slice(None),) + src]
+    return out
+
+
+def _kinds(src: torch.Tensor, d: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(9)
+    far = 4 if d == 2 else 2
+    kinds = {
+        "exact": src,
+        "affine": 1.4 * src - 0.2,
+        "noise": src + 0.03 * torch.randn(src.shape, generator=g),
+        "shift": _shift(src, (far, -far, far)[:d]),
+        "flip all": src.flip(list(range(1, d + 1))),
+    }
+    for a in range(d):
+        kinds[f"flip {a}"] = src.flip(a + 1)
+    if d == 2:
+        kinds.update({"rotate 4": _rotate(src, 4.0), "rotate -10": _rotate(src, -10.0), "rotate 6 + shift 3": _shift(_rotate(src, 6.0), (3, -2))})
+    else:
+        kinds.update({"rotate 5 about 0": _rotate(src, 5.0, 0), "rotate -10 about 2": _rotate(src, -10.0, 2)})
+    return kinds
+
+
+@pytest.mark.parametrize("d,size", [(2, 32), (3, 16)])
+def test_every_kind_of_near_copy_is_closer_than_any_new_image(d: int, size: int) -> None:
+    train = _images(30, 0, d, size)
+    new = _images(20, 1, d, size)
+    new_dist = near_copy_distance(new, train).distance
+    assert new_dist.min() > 0.05  # unrelated images: far
+    src = train[[3, 17]]
+    for name, copies in _kinds(src, d).items():
+        found = near_copy_distance(copies, train, chunk=1)
+        assert found.index.tolist() == [3, 17], name
+        assert found.distance.max() < new_dist.min() / 3, (name, found.distance.tolist())
+    exact = near_copy_distance(src, train).distance
+    assert exact.abs().max() < 1e-9
+
+
+def test_the_alignment_that_matched_is_reported() -> None:
+    train = _images(10, 0, 2, 32)
+    flipped = near_copy_distance(train[[4]].flip(2), train).alignments[0]
+    assert flipped.flips == (1,) and flipped.angle == 0 and flipped.shift == (0, 0)
+    moved = near_copy_distance(_shift(train[[4]], (3, -2)), train).alignments[0]
+    assert moved.shift == (-3, 2) and moved.flips == () and "shift [-3, 2]" in moved.describe()
+    turned = near_copy_distance(_rotate(train[[4]], 7.5), train).alignments[0]
+    assert turned.angle == -7.5 and turned.as_dict()["text"] == "rotate -7.5 deg"
+
+
+def test_grid_and_bad_input() -> None:
+    assert len(alignment_grid(2)) == 4 * 9 and len(alignment_grid(3)) == 8 * 25
+    assert alignment_grid(2, flips=False, angles=()) == [((), 0.0, -1)]
+    train = _images(4, 0, 2, 32)
+    with pytest.raises(ValueError, match="sizes differ"):
+        near_copy_distance(_images(2, 1, 2, 24), train)
+    with pytest.raises(ValueError, match="too small"):
+        near_copy_distance(train[:, :9, :9], train[:, :9, :9])
+    with_channel = near_copy_distance(train[:2, None], train[:, None])
+    assert with_channel.index.tolist() == [0, 1]
