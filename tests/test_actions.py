@@ -109,6 +109,9 @@ def test_the_input_arguments_of_the_step_kinds() -> None:
         "export": ("model",),
         "encode": ("model", "input"),
         "sample": ("model",),
+        "latent": ("model", "data"),
+        "interpolate": ("model",),
+        "arithmetic": ("model",),
         "translate": ("model", "input"),
         "fid": ("real", "fake"),
         "probe": ("encoder", "data"),
@@ -119,7 +122,7 @@ def test_the_input_arguments_of_the_step_kinds() -> None:
 
 def test_an_actions_signature_is_its_arguments_for_the_python_api() -> None:
     signature = ACTIONS["sample"].signature
-    assert list(signature.parameters) == ["model", "n", "out", "label", "seed", "overwrite"]
+    assert list(signature.parameters) == ["model", "n", "out", "label", "seed", "overwrite", "code"]
     assert signature.parameters["n"].default is inspect.Parameter.empty and signature.parameters["seed"].default is None
 
 

@@ -11,7 +11,7 @@ from udl_med.cli import build_parser, main
 
 COMMANDS = [
     "phantoms", "info", "convert", "train", "sample", "encode", "fid", "translate", "export", "pipeline", "demo", "configs",
-    "classify", "synthesize", "memorization", "augment-eval",
+    "classify", "synthesize", "memorization", "augment-eval", "latent", "interpolate", "arithmetic",
 ]
 
 

@@ -197,6 +197,24 @@ def _sample() -> Callable[..., dict[str, Any]]:
     return sample_to_dir
 
 
+def _latent() -> Callable[..., dict[str, Any]]:
+    from udl_med.evaluation.latent import latent_picture  # lazy: keeps udl-med --help fast
+
+    return latent_picture
+
+
+def _interpolate() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.latent_walk import interpolate_to_dir  # lazy: keeps udl-med --help fast
+
+    return interpolate_to_dir
+
+
+def _arithmetic() -> Callable[..., dict[str, Any]]:
+    from udl_med.inference.latent_walk import arithmetic_to_dir  # lazy: keeps udl-med --help fast
+
+    return arithmetic_to_dir
+
+
 def _synthesize() -> Callable[..., dict[str, Any]]:
     from udl_med.inference.synthesize import synthesize  # lazy: keeps udl-med --help fast
 
@@ -375,8 +393,74 @@ ACTIONS: dict[str, Action] = {
                 Arg("label", "class to generate, for conditional models (default: none; unconditional models take no label)", int, None),
                 Arg("seed", "random seed of the latent draws (default: a fresh seed, logged and printed)", int, None),
                 Arg("overwrite", "replace an earlier sample output in --out (only the files its sample.json lists)", None, False, kind="flag"),
+                Arg(
+                    "code",
+                    "InfoGAN codes (model.info_codes): the categorical value, then continuous ones, e.g. 1,0.5 (_ leaves one random; default: all random)",
+                    default=None,
+                    metavar="SPEC",
+                ),
             ),
             command="sample",
+            step=True,
+        ),
+        Action(
+            "latent",
+            "draw a model's latent space: codes of a labeled manifest by class, KL to the prior, silhouette, reconstruction, prior FID",
+            _latent,
+            (
+                replace(_MODEL, help=_MODEL.help + " (a model with an encoder: VAE, autoencoders, DBN)"),
+                Arg("data", "a labeled manifest (column label) or folder", positional=True, input=True),
+                Arg("out", "folder for latent.png, latent.json, codes_<i>.npz", output="folder"),
+                Arg("compare", "more models drawn beside MODEL in one figure (default: MODEL alone)", default=(), nargs="+", metavar="RUN"),
+                Arg("roi", "liver-centred items where label maps exist (auto), or every item of each image (whole)", default="auto", choices=("auto", "liver", "whole")),
+                Arg("n_prior", "prior samples for the FID (models that sample)", int, 256),
+                Arg("extractor", "feature extractor of the prior FID: " + _EXTRACTOR, default="random"),
+                Arg("class_names", "legend names of the classes 0, 1, ... (e.g. none,hypo,hyper; default: the class numbers)", default=None, metavar="A,B,C"),
+            ),
+            command="latent",
+            step=True,
+        ),
+        Action(
+            "interpolate",
+            "walk between two codes (linear and spherical) of a VAE or (conditional) GAN: NIfTI per step and a PNG strip",
+            _interpolate,
+            (
+                _MODEL,
+                Arg("out", "output folder", output="folder"),
+                Arg("steps", "codes along the path, both ends included", int),
+                Arg("source_from", "CODES.npz[:ROW] or a scan (encoded, or projected for a GAN); default: a prior code", default=None, flag="--from", metavar="A"),
+                Arg("source_to", "as --from (default: a prior code)", default=None, flag="--to", metavar="B"),
+                Arg("label_from", "class at the start (conditional GANs; default: none)", int, None, flag="--from-class"),
+                Arg("label_to", "class at the end (conditional GANs; default: --from-class)", int, None, flag="--to-class"),
+                Arg("kind", "linear, spherical (slerp) or both paths", default="both", choices=("both", "linear", "slerp")),
+                Arg("seed", "random seed of the prior codes and the projection's starts", int, 0),
+            ),
+            command="interpolate",
+            step=True,
+        ),
+        Action(
+            "arithmetic",
+            'latent vector arithmetic over named sets of codes, each averaged first, e.g. "hyper - none + none_other"',
+            _arithmetic,
+            (
+                _MODEL,
+                Arg("out", "output folder", output="folder"),
+                Arg("expression", "set names joined by + and - (default: none: then --draw)", default=None, flag="--expr"),
+                Arg(
+                    "sets",
+                    "a set: NAME=CODES.npz[:ROWS] (e.g. hyper=picks/codes.npz:3,17,40) or NAME=SCANS (repeatable; default: none)",
+                    default=(),
+                    flag="--codes",
+                    kind="append",
+                    metavar="NAME=SOURCE",
+                ),
+                Arg("draw", "instead: draw N prior codes and their images to pick sets from (default: none)", int, None, metavar="N"),
+                Arg("variants", "results written: the result and noisy copies", int, 4),
+                Arg("noise", "std of the copies' Gaussian noise", float, 0.25),
+                Arg("label", "class of a conditional GAN's results (default: none)", int, None),
+                Arg("seed", "random seed of the noise, the projection's starts and the drawn codes", int, 0),
+            ),
+            command="arithmetic",
             step=True,
         ),
         Action(

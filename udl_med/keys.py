@@ -71,6 +71,7 @@ LOSS_L1 = "loss_l1"  # pix2pix's L1 to the paired target, before its weight
 CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
 IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
 L1 = "l1"  # held-out L1 of a translation against its paired target
+INFO = "info"  # InfoGAN: the mutual-information loss L_I of Q on fresh fakes (before its weight)
 
 # Log keys of the D side every adversarial method shares (methods/adversarial.py).
 ADA_P = "ada_p"  # ADA's augmentation probability p after the step

@@ -215,7 +215,7 @@ def _write_points(folder: Path, points: Tensor, mixture: Any | None) -> tuple[li
 
 
 def sample_to_dir(
-    model: str, n: int, out: str | Path, label: int | None = None, seed: int | None = None, overwrite: bool = False
+    model: str, n: int, out: str | Path, label: int | None = None, seed: int | None = None, overwrite: bool = False, code: str | None = None
 ) -> dict[str, Any]:
     """Draw ``n`` samples from ``model`` and write them into the new folder ``out`` (see the module docstring).
 
@@ -230,6 +230,7 @@ def sample_to_dir(
             training previews, which use seed 0).
         overwrite: replace an earlier ``udl-med sample`` output in ``out``: only the
             files its ``sample.json`` lists, once the new samples are complete.
+        code: InfoGAN codes to fix (``model.info_codes``; see :func:`udl_med.methods.info_codes.parse_code`).
 
     Returns:
         ``{"out", "n", "kind", "seed", "grid", "modality", "spacing", "manifest", "artifacts"}``
@@ -237,7 +238,7 @@ def sample_to_dir(
         the manifest and spacing, and ``mode_coverage`` when the model's mixture is known.
 
     Raises:
-        UserError: ``n < 1``, an ``out`` that is not empty, or a model that cannot sample.
+        UserError: ``n < 1``, an ``out`` that is not empty, a model that cannot sample, or ``code`` for a model without InfoGAN codes.
     """
     from udl_med.engine.model_io import load_model
     from udl_med.io_utils import atomic_folder
@@ -255,6 +256,9 @@ def sample_to_dir(
         method.check_sample_label(label)
     except ValueError as err:
         raise UserError(f"{loaded.source}: {err}") from None
+    if code is not None and getattr(method.config, "info_codes", None) is None:
+        raise UserError(f"{loaded.source}: --code needs a model trained with InfoGAN codes (model.info_codes); method {method.name!r} has none")
+    codes = {} if code is None else {"code": code}
     if seed is None:
         seed = secrets.randbelow(2**31)
         log.info("sampling with seed %d (pass --seed %d to draw the same samples again)", seed, seed)
@@ -269,7 +273,7 @@ def sample_to_dir(
         while done < n:
             count = min(SAMPLE_BATCH, n - done)
             try:
-                batch = method.sample(count, generator=generator, label=label).detach().float().cpu()
+                batch = method.sample(count, generator=generator, label=label, **codes).detach().float().cpu()
             except ValueError as err:  # e.g. a label out of range
                 raise UserError(f"{loaded.source}: {err}") from None
             done += count

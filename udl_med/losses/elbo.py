@@ -10,6 +10,11 @@ estimated with one reparameterised sample ``z = mu + exp(logvar / 2) * eps``. Th
 reconstruction term is the per-sample sum of :class:`ReconstructionLoss` over all voxels
 (a Gaussian decoder with variance 1/2 up to a constant for L2, a Bernoulli decoder for
 BCE); the KL term is summed over all latent axes. Both are averaged over the batch.
+
+``recon_weight`` (default 1) multiplies the reconstruction term: with ``beta = 0`` the
+loss is reconstruction only, with ``recon_weight = 0`` KL only (the lecture's pictures of
+the latent space under each term alone, after J. Jordan's "Intuitively understanding
+variational autoencoders"); both 1 is the ELBO.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
 
 @dataclass(frozen=True)
 class ELBOTerms:
-    """The batch-mean loss ``recon + beta * kl`` and its two terms."""
+    """The batch-mean loss ``recon_weight * recon + beta * kl`` and its two (unweighted) terms."""
 
     loss: Tensor
     recon: Tensor
@@ -51,21 +56,27 @@ class ELBOLoss(nn.Module):
 
     Args:
         kind: reconstruction likelihood, ``"l2"``, ``"l1"`` (Laplace) or ``"bce"`` (Bernoulli).
-        beta: weight of the KL term (1 is the ELBO itself).
+        beta: weight of the KL term (1 is the ELBO itself; 0: reconstruction only).
+        recon_weight: weight of the reconstruction term (1 is the ELBO itself; 0: KL only).
 
     Raises:
-        ValueError: a negative ``beta`` or an unknown ``kind``.
+        ValueError: a negative ``beta`` or ``recon_weight``, both zero, or an unknown ``kind``.
     """
 
-    def __init__(self, kind: str | ReconstructionKind = "l2", beta: float = 1.0) -> None:
+    def __init__(self, kind: str | ReconstructionKind = "l2", beta: float = 1.0, recon_weight: float = 1.0) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be non-negative, got {beta}")
+        if recon_weight < 0:
+            raise ValueError(f"recon_weight must be non-negative, got {recon_weight}")
+        if beta == 0 and recon_weight == 0:
+            raise ValueError("beta and recon_weight are both 0: the loss would be zero")
         self.beta = beta
+        self.recon_weight = recon_weight
         self.reconstruction = ReconstructionLoss(kind, reduction="sum")
 
     def forward(self, output: Tensor, target: Tensor, mu: Tensor, logvar: Tensor) -> ELBOTerms:
         """``output``/``target``: ``(B, C, H, W[, D])``; ``mu``/``logvar``: ``(B, latent)``."""
         recon = self.reconstruction(output, target)
         kl = gaussian_kl(mu, logvar).mean()
-        return ELBOTerms(loss=recon + self.beta * kl, recon=recon, kl=kl)
+        return ELBOTerms(loss=self.recon_weight * recon + self.beta * kl, recon=recon, kl=kl)

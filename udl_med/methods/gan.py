@@ -32,12 +32,15 @@ from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
+from udl_med.losses.info import InfoTerms, info_loss
 from udl_med.losses.unrolled import adam_eps, adam_moments, unroll_discriminator
 from udl_med.methods.adversarial import Adversary, CheckpointSwapConfig, DiscriminatorLoss, PackingConfig, UnrolledConfig
 from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, discriminator_network, packed_discriminator, refuse, replay, score_metrics
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
+from udl_med.methods.info_codes import InfoCodesConfig, info_refusal, parse_code
 from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.gan_wrappers import Flat, SwapHistory
+from udl_med.nets.info_head import InfoCodesLatent, InfoDiscriminator, InfoHead
 from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
 from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
 
@@ -122,6 +125,7 @@ class GANConfig(PackingConfig):
     checkpoint_swap: CheckpointSwapConfig | None = None
     unrolled: UnrolledConfig | None = None
     conditional: bool = Field(False, description="G and D see the manifest's label (needs data.labeled: true)")
+    info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
     gp_weight: float | None = Field(None, ge=0.0, description="lambda, gradient-penalty weight (loss wgan-gp)")
     optimizer: Literal["adam", "rmsprop"] | None = None
@@ -189,6 +193,9 @@ class GANConfig(PackingConfig):
                 raise refuse("pack", "virtual batch norm's reference batch is of single items; use d_norm batch, instance or none with pack", self.pack)
         if self.latent_mixture is not None and self.g_norm == "virtual_batch":
             raise refuse("latent_mixture", "virtual batch norm in G fixes its reference z once, but a learned mixture latent moves; use g_norm batch, instance, layer or none", self.latent_mixture.model_dump())
+        refusal = info_refusal(self)
+        if refusal is not None:
+            raise refuse(refusal[0], refusal[1], self.info_codes.model_dump())
         if self.checkpoint_swap is not None and self.checkpoint_swap.duration >= self.checkpoint_swap.every:
             raise refuse("checkpoint_swap.duration", f"must be shorter than checkpoint_swap.every ({self.checkpoint_swap.every})", self.checkpoint_swap.duration)
         return self
@@ -229,6 +236,10 @@ class GAN(Method):
                               learning rate) (Metz eq. 5-6); unrolled.optimizer: adam continues
                               D's Adam moments inside the graph, as the authors' code
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
+        info_codes            InfoGAN (Chen et al. 2016): G(z, c) with codes c (categorical K,
+                              continuous N) drawn with z by the prior; Q on D's body predicts c;
+                              weight lambda of L_I, the negative MI lower bound (eq. 5), in D's
+                              (with Q) and G's steps
 
     Defaults per loss (keys left out): minimax / non-saturating / lsgan: Adam(2e-4,
     betas (0.5, 0.999)), k = 1 (DCGAN); wgan: RMSprop(5e-5), k = 5, c = 0.01; wgan-gp:
@@ -265,11 +276,18 @@ class GAN(Method):
         self.num_classes = data.num_classes if config.conditional else 0
         if config.conditional and data.num_classes < 2:
             raise ConfigError("<config>", "model.conditional", f"needs labeled data with at least 2 classes (set data.labeled: true); the data has {data.num_classes}")
+        info = config.info_codes
+        self.g_input_dim = config.latent_dim + (info.width if info is not None else 0)
         self.generator, self.discriminator = self._build_nets(config, data)
         clip, joint = (config.clip_value if config.loss == GANObjective.WGAN else None), config.batch_norm_batches == "joint"
         self.adversary = Adversary.from_config(config, clip_value=clip, joint=joint, feature_distance=config.feature_matching_distance)
         self.pool = ImagePool(config.replay)  # draws from the engine-seeded global RNG
-        self.normal_latent = StandardNormalLatent(config.latent_dim) if config.latent_mixture is None else None
+        if config.latent_mixture is not None:
+            self.normal_latent = None
+        elif info is not None:
+            self.normal_latent = InfoCodesLatent(config.latent_dim, info.categorical, info.continuous)
+        else:
+            self.normal_latent = StandardNormalLatent(config.latent_dim)
         if config.historical_averaging > 0:
             self.g_average = HistoricalAverage(self.generator)
             self.d_average = HistoricalAverage(self.discriminator)
@@ -284,7 +302,12 @@ class GAN(Method):
             self.discriminator.set_reference(torch.zeros(r, *self.item_shape), placeholder_labels)
         fixed, n_fixed = torch.Generator().manual_seed(_FIXED_SEED), PREVIEW_POINTS if self.points else PREVIEW_IMAGES
         # the fixed noise of previews and evaluation; with a mixture latent, eps and the components (z = mu_c + sigma_c eps)
-        self.register_buffer("fixed_z", torch.randn(n_fixed, config.latent_dim, generator=fixed), persistent=False)
+        if info is not None:  # G's whole input, the categorical code in turn along a row of the preview grid
+            fixed_cat = torch.arange(n_fixed) % info.categorical if info.categorical else None
+            fixed_z = self.normal_latent.draw(n_fixed, fixed, categorical=fixed_cat)
+        else:
+            fixed_z = torch.randn(n_fixed, config.latent_dim, generator=fixed)
+        self.register_buffer("fixed_z", fixed_z, persistent=False)
         components = torch.randint(config.latent_mixture.components, (n_fixed,), generator=fixed) if config.latent_mixture else torch.zeros(0, dtype=torch.long)
         self.register_buffer("fixed_components", components, persistent=False)
         labels = torch.arange(n_fixed) % self.num_classes if self.num_classes else torch.zeros(0, dtype=torch.long)
@@ -296,14 +319,14 @@ class GAN(Method):
         mixture, m = config.latent_mixture, config.pack
         if config.architecture == "mlp":
             features = math.prod(self.item_shape)
-            g = MLPGenerator(config.latent_dim, features, hidden=config.g_hidden, num_classes=self.num_classes, norm=config.g_norm, output="linear" if self.points else "tanh")
+            g = MLPGenerator(self.g_input_dim, features, hidden=config.g_hidden, num_classes=self.num_classes, norm=config.g_norm, output="linear" if self.points else "tanh")
             g = Flat(g, self.item_shape, "generator")
             d = MLPDiscriminator(features * m, hidden=config.d_hidden, out_features=1, num_classes=self.num_classes, **d_kwargs)
             d = Flat(d, (m * self.item_shape[0], *self.item_shape[1:]), "discriminator")
         else:
             dims, c, size = data.spatial_dims, data.in_channels, tuple(data.image_size)
             try:
-                g = DCGANGenerator(dims, config.latent_dim, c, size, **_channels(config.g_channels), num_classes=self.num_classes, norm=config.g_norm)
+                g = DCGANGenerator(dims, self.g_input_dim, c, size, **_channels(config.g_channels), num_classes=self.num_classes, norm=config.g_norm)
             except ValueError as err:
                 raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
             try:
@@ -312,7 +335,20 @@ class GAN(Method):
                 raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
         if mixture is not None:  # G and its learned latent: one module to train, average and save
             g = MixtureLatentGenerator(g, MixtureLatent(config.latent_dim, mixture.components, init_std=mixture.init_std))
-        return g, packed_discriminator(discriminator_network(d, config), m)
+        return g, self._with_info(packed_discriminator(discriminator_network(d, config), m))
+
+    def _with_info(self, d: nn.Module) -> nn.Module:
+        """D, or D with InfoGAN's Q head on its body features (``model.info_codes``; pack is 1 then)."""
+        info = self.config.info_codes
+        if info is None:
+            return d
+        was_training = d.training
+        d.eval()
+        with torch.no_grad():  # the width of D's body features, from one dry pass
+            probe_labels = torch.zeros(2, dtype=torch.long) if self.num_classes else None
+            width = d.forward_features(torch.zeros(2, *self.item_shape), probe_labels)[1].flatten(1).shape[1]
+        d.train(was_training)
+        return InfoDiscriminator(d, InfoHead(width, info.categorical, info.continuous, hidden=info.q_hidden))
 
     # -- engine hooks ------------------------------------------------------------------
 
@@ -356,30 +392,39 @@ class GAN(Method):
 
     @property
     def prior(self) -> nn.Module:
-        """What draws z: G's learned mixture (trained, averaged and saved with G), or N(0, I)."""
+        """What draws G's input: G's learned mixture (trained, averaged and saved with G), N(0, I), or z with InfoGAN codes."""
         return self.generator.latent if self.config.latent_mixture is not None else self.normal_latent
+
+    def info_terms(self, fake: Tensor, latent: Tensor, labels: Tensor | None) -> InfoTerms:
+        """InfoGAN's :class:`~udl_med.losses.info.InfoTerms`: Q's prediction from ``fake`` of the codes in G's input ``latent``."""
+        return info_loss(self.discriminator.predict_codes(fake, labels), self.prior.codes(latent), self.config.info_codes.categorical)
 
     def _fixed_latent(self, n: int) -> Tensor:
         """The first ``n`` fixed latents of previews and evaluation (through the current mixture, if any)."""
         return self.prior(self.fixed_z[:n], self.fixed_components[:n])
 
-    def _d_step(self, batch: dict[str, Any], opt: Optimization) -> tuple[DiscriminatorLoss, Tensor]:
-        """One D step on real ``batch`` and fresh fakes (through the replay pool): D's loss parts and its whole loss."""
+    def _d_step(self, batch: dict[str, Any], opt: Optimization) -> tuple[DiscriminatorLoss, Tensor, Tensor | None]:
+        """One D step on real ``batch`` and fresh fakes (through the replay pool): D's loss parts, its whole loss, and L_I (InfoGAN, else None)."""
         cfg = self.config
         real, labels = self._real(batch)
         with torch.no_grad(), opt.autocast():
-            fake = self.generator(self.prior.draw(real.shape[0]), labels)
-        fake, fake_labels = replay(self.pool, fake.float(), labels)
+            latent = self.prior.draw(real.shape[0])
+            fresh = self.generator(latent, labels)
+        fake, fake_labels = replay(self.pool, fresh.float(), labels)
+        info = None
         with opt.autocast():
             parts = self.adversary.discriminator_loss(self.discriminator, real, fake, labels, fake_labels, step=getattr(opt, "global_step", None))
             loss = parts.loss
+            if cfg.info_codes is not None:  # Q and D's body learn to read the codes of the fresh fakes
+                info = self.info_terms(fresh.float(), latent, labels).loss
+                loss = loss + cfg.info_codes.weight * info
             if cfg.historical_averaging > 0:
                 loss = loss + cfg.historical_averaging * self.d_average.penalty(self.discriminator)
         opt.step("d", loss)
         self.adversary.after_discriminator_step(self.discriminator)
         if cfg.historical_averaging > 0:
             self.d_average.update(self.discriminator)
-        return parts, loss
+        return parts, loss, info
 
     def generator_loss(self, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None = None, d_optimizer: torch.optim.Optimizer | None = None) -> Tensor:
         """G's loss on fresh fakes ``G(z, labels)`` (D frozen): adversarial, feature matching or unrolled.
@@ -390,8 +435,18 @@ class GAN(Method):
         steps continue (zeros when None). Unrolling starts from D as the step's k real D
         updates left it, so it combines with ``d_steps`` > 1.
         """
+        latent = self.prior.draw(real.shape[0])
+        fake = self.generator(latent, labels)
+        loss = self._adversarial_generator_loss(fake, real, labels, fm_batch, d_optimizer)
+        if self.config.info_codes is not None:  # InfoGAN: G makes its codes readable by Q (D and Q frozen)
+            loss = loss + self.config.info_codes.weight * self.info_terms(fake, latent, labels).loss
+        return loss
+
+    def _adversarial_generator_loss(
+        self, fake: Tensor, real: Tensor, labels: Tensor | None, fm_batch: dict[str, Any] | None, d_optimizer: torch.optim.Optimizer | None
+    ) -> Tensor:
+        """G's adversarial loss of ``fake``: the plain one, feature matching, or unrolled."""
         cfg = self.config
-        fake = self.generator(self.prior.draw(real.shape[0]), labels)
         if cfg.feature_matching:
             fm_real, fm_labels = self._real(fm_batch)
             with torch.no_grad():
@@ -420,10 +475,12 @@ class GAN(Method):
             checkpoint_swap(self.swap_history, net, name, opt, cfg.checkpoint_swap)
 
         # k discriminator steps, each on a fresh batch
-        d_parts = []
+        d_parts, infos = [], []
         for i in range(cfg.d_steps):
             d_batch = batch if i == 0 else opt.next_batch()
-            d_parts.append(self._d_step(d_batch, opt))
+            parts, loss_d, info = self._d_step(d_batch, opt)
+            d_parts.append((parts, loss_d))
+            infos.append(info)
         last_real, last_labels = self._real(d_batch)
 
         # one generator step, D frozen
@@ -440,7 +497,10 @@ class GAN(Method):
         if cfg.historical_averaging > 0:
             self.g_average.update(self.generator)
 
-        return {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts), **self.adversary.logs()}
+        logs = {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts), **self.adversary.logs()}
+        if cfg.info_codes is not None:
+            logs[keys.INFO] = torch.stack([i.detach() for i in infos]).mean()
+        return logs
 
     # -- what a trained model does ------------------------------------------------------
 
@@ -454,16 +514,38 @@ class GAN(Method):
             self.generator.train(was_training)
         return out if self.points else out.clamp(-1, 1)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
-        """``n`` samples ``G(z[, label])``, z ~ N(0, I) (or the learned mixture) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
+    @property
+    def latent_dim(self) -> int:
+        """Width of G's input: z, then the InfoGAN codes (if any)."""
+        return self.g_input_dim
 
-        A conditional model draws class ``label`` (uniform random classes when None).
+    def draw_latent(self, n: int, generator: torch.Generator | None = None, code: str | None = None) -> Tensor:
+        """``n`` inputs of G from the prior ``(n, latent_dim)``: z, and InfoGAN codes with the values ``code`` fixes.
 
         Raises:
-            ValueError: ``label`` given to an unconditional model, or out of range.
+            ValueError: ``code`` for a model without codes, or not fitting them (:func:`~udl_med.methods.info_codes.parse_code`).
         """
-        z, labels = self.prior.draw(n, generator), None
+        if code is None:
+            return self.prior.draw(n, generator)
+        categorical, continuous = parse_code(code, self.config.info_codes)
+        return self.prior.draw(n, generator, categorical=categorical, continuous=continuous)
+
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``G(z[, labels])`` in eval mode, clamped to [-1, 1]; differentiable in ``z``."""
+        return self._generate(z.to(self.fixed_z.device, torch.float32), None if labels is None else labels.to(self.fixed_z.device))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None, code: str | None = None) -> Tensor:
+        """``n`` samples ``G(z[, label])``, z ~ N(0, I) (or the learned mixture) from ``generator``: ``(n, C, *spatial)`` in [-1, 1] or points ``(n, D)``.
+
+        A conditional model draws class ``label`` (uniform random classes when None); an
+        InfoGAN model fixes the codes ``code`` names (:func:`udl_med.methods.info_codes.parse_code`).
+
+        Raises:
+            ValueError: ``label`` given to an unconditional model, or out of range; ``code``
+                for a model without codes, or not fitting them.
+        """
+        z, labels = self.draw_latent(n, generator, code), None
         if not self.num_classes and label is not None:
             raise ValueError(f"method {self.name!r} was trained unconditionally (model.conditional: false): it cannot sample a given label")
         if self.num_classes and label is not None and not 0 <= int(label) < self.num_classes:

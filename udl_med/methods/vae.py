@@ -8,7 +8,11 @@ the KL term is that of Higgins et al., "beta-VAE", ICLR 2017. One step maximises
 with ``q(z|x) = N(mu, diag(sigma^2))`` from the encoder, ``z = mu + sigma * eps`` (the
 reparameterisation trick) and ``p(z) = N(0, I)``. Code names: ``mu``/``logvar`` =
 ``mu``/``log sigma^2``, ``recon`` = ``-E_q[log p(x|z)]`` (up to a constant), ``kl`` =
-``KL(q || p)``, ``beta`` = ``config.beta``; both terms are logged. :meth:`sample` decodes
+``KL(q || p)``, ``beta`` = ``config.beta``; both terms are logged. ``config.recon_weight``
+multiplies the reconstruction term, so the lecture's three latent pictures can be trained:
+reconstruction only (``beta: 0``), KL only (``recon_weight: 0``), both (the defaults);
+``configs/vae2d-latent-{recon,kl,both}.yaml`` are the three, and ``udl-med latent`` draws
+them. :meth:`sample` decodes
 ``z ~ p(z)``; :meth:`traversal` decodes a code with one latent coordinate swept at a time,
 one row per latent direction. :meth:`encode` (and the exported encoder) give ``mu``.
 """
@@ -22,6 +26,7 @@ from pydantic import Field
 from torch import Tensor
 
 from udl_med import keys
+from udl_med.errors import ConfigError
 from udl_med.losses.elbo import ELBOLoss
 from udl_med.methods.autoencoder import AutoencoderConfig, ReconstructionMethod, mse_per_batch
 from udl_med.methods.base import Capability, DataSpec, Optimization, register
@@ -33,7 +38,8 @@ class VAEConfig(AutoencoderConfig):
     """An :class:`AutoencoderConfig` plus the ELBO weight and the traversal grid.
 
     Attributes:
-        beta: weight of the KL term (1: the ELBO; > 1: a beta-VAE).
+        beta: weight of the KL term (1: the ELBO; > 1: a beta-VAE; 0: reconstruction only).
+        recon_weight: weight of the reconstruction term (1: the ELBO; 0: KL only).
         traversal_dims: latent directions in the traversal grid (those with the largest
             mean KL on the preview batch), one row each, with as many columns.
         traversal_range: each direction is swept over ``mu_j +- traversal_range``.
@@ -41,6 +47,7 @@ class VAEConfig(AutoencoderConfig):
 
     latent_dim: int = Field(16, ge=1)
     beta: float = Field(1.0, ge=0.0)
+    recon_weight: float = Field(1.0, ge=0.0)
     traversal_dims: int = Field(8, ge=1)
     traversal_range: float = Field(3.0, gt=0.0)
 
@@ -56,7 +63,9 @@ class VAEMethod(ReconstructionMethod):
 
     def __init__(self, config: VAEConfig, data: DataSpec) -> None:
         super().__init__(config, data)
-        self.elbo = ELBOLoss(config.loss, beta=config.beta)
+        if config.beta == 0 and config.recon_weight == 0:
+            raise ConfigError("<config>", "model.recon_weight", "and model.beta are both 0: nothing to train")
+        self.elbo = ELBOLoss(config.loss, beta=config.beta, recon_weight=config.recon_weight)
 
     def reconstruct_output(self, x: Tensor) -> Tensor:
         """Deterministic reconstruction: decode the posterior mean."""
@@ -66,7 +75,7 @@ class VAEMethod(ReconstructionMethod):
         x = self.images(batch)  # (B, C, *spatial)
         with opt.autocast():
             out = self.net(x)  # z = mu + sigma * eps, decoded
-        terms = self.elbo(out.output, x, out.mu, out.logvar)  # recon + beta * kl
+        terms = self.elbo(out.output, x, out.mu, out.logvar)  # recon_weight * recon + beta * kl
         opt.step(self.optimizer_name, terms.loss)
         return {keys.LOSS: terms.loss.detach(), keys.RECON: terms.recon.detach(), keys.KL: terms.kl.detach()}
 
@@ -85,13 +94,31 @@ class VAEMethod(ReconstructionMethod):
             keys.MEAN_IMAGE_MSE: mse_per_batch(mean_image, x),
         }
 
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def draw_latent(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` codes of the prior ``N(0, I)``: ``(n, latent_dim)`` on the CPU."""
+        return torch.randn((n, self.config.latent_dim), generator=generator)
+
+    def decode_latent(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images ``(B, C, *spatial)`` in [-1, 1] decoded from codes ``z`` ``(B, latent_dim)`` (differentiable in ``z``)."""
+        if labels is not None:
+            raise ValueError(f"method {self.name!r} is unconditional: it cannot decode a given label")
+        return self.recon_loss.to_image(self.net.decode(z.to(next(self.parameters()).device, torch.float32))).clamp(-1, 1)
+
+    @torch.no_grad()
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``mu`` and ``logvar`` of ``q(z | x)``, each ``(B, latent_dim)``."""
+        return self.net.posterior(x.to(next(self.parameters()).device, torch.float32))
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, label: int | None = None) -> Tensor:
         """Decode ``z ~ N(0, I)``: ``(n, C, *spatial)`` in [-1, 1]."""
         if label is not None:
             raise ValueError(f"method {self.name!r} is unconditional: it cannot sample a given label")
-        z = torch.randn((n, self.config.latent_dim), generator=generator)
-        return self.recon_loss.to_image(self.net.decode(z.to(next(self.parameters()).device))).clamp(-1, 1)
+        return self.decode_latent(self.draw_latent(n, generator))  # no_grad: the decorator
 
     @torch.no_grad()
     def traversal(self, x: Tensor | None = None) -> Tensor:

@@ -71,6 +71,9 @@ def one_hot_labels(
 ) -> Tensor | None:
     """One-hot ``(B, num_classes)`` of ``labels`` ``(B,)``; ``None`` for an unconditional network.
 
+    Float ``labels`` ``(B, num_classes)`` are class weights, used as they are (a soft label,
+    e.g. halfway between two classes when interpolating a conditional generator).
+
     Raises:
         ValueError: labels missing for a conditional network, given to an unconditional
             one, of the wrong shape or out of range.
@@ -81,6 +84,8 @@ def one_hot_labels(
         return None
     if labels is None:
         raise ValueError(f"labels (B,) are required: the network is conditional (num_classes={num_classes})")
+    if labels.is_floating_point() and tuple(labels.shape) == (batch, num_classes):
+        return labels.to(device, dtype)
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
     labels = labels.long()
