@@ -20,6 +20,7 @@ import graph sees the edge, and ``udl-med --help`` imports no torch, MONAI or ML
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -286,6 +287,17 @@ _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local mo
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
 _EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | medicalnet:PATH"
 _OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable)"
+_DEVICE = Arg("device", "torch device the network runs on: cpu, cuda, cuda:1 (default: cpu)", default=None)
+_RESAMPLE = Arg(
+    "resample",
+    "refuse a scan whose spacing (over 1.5x) or orientation differs from the model's training scans "
+    "instead of resampling it",
+    None,
+    True,
+    kind="flag",
+    flag="--no-resample",
+    parse=operator.not_,
+)
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
 
@@ -362,6 +374,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("out", "output folder"),
                 Arg("label", "class to generate (conditional models)", int, None),
                 Arg("seed", "random seed of the latent draws", int, 0),
+                _DEVICE,
             ),
             command="sample",
             step=True,
@@ -378,6 +391,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("like", "a scan whose spacing, orientation, size and modality the images take", default=None, metavar="REFERENCE"),
                 Arg("seed", "random seed of the latent draws", int, 0),
                 Arg("overwrite", "replace an earlier synthesize output in --out (only once the new one is complete)", None, False, kind="flag"),
+                _DEVICE,
             ),
             command="synthesize",
             step=True,
@@ -435,6 +449,8 @@ ACTIONS: dict[str, Action] = {
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
                 Arg("out", "FEATURES.npz"),
+                _DEVICE,
+                _RESAMPLE,
             ),
             command="encode",
             step=True,
@@ -469,6 +485,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True),
                 Arg("direction", "by default from each input's modality", default=None, choices=("ct2mr", "mr2ct")),
                 Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
+                replace(_DEVICE, help="torch device the network runs on: cpu, cuda, cuda:1 (default: cuda when there is one)"),
+                _RESAMPLE,
             ),
             command="translate",
             step=True,
@@ -481,6 +499,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("model", "a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI", positional=True, input=True),
                 Arg("input", _IMAGES, positional=True, input=True),
                 Arg("out", "PREDICTIONS.csv (written only when every image was read)"),
+                _DEVICE,
+                _RESAMPLE,
             ),
             command="classify",
             step=True,

@@ -142,12 +142,12 @@ class UdlMedModel(PythonModel):
                 direction = params.get("direction") or tuple(getattr(method, "directions", ("ct2mr",)))[0]
                 return method.translate(x, direction).detach().float().cpu().numpy()
             logits = method.classify(x).detach().float()
-            return _probabilities(logits).cpu().numpy()
+            return probabilities(logits).cpu().numpy()
 
 
-def _probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """Class probabilities from a classifier's output: softmax of logits (rows already summing to 1 stay)."""
-    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(scores.sum(1), torch.ones(len(scores)), atol=1e-4):
+def probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(B, K)`` from a classifier's output: softmax of logits (rows of probabilities stay as they are)."""
+    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(scores.sum(1), torch.ones_like(scores[:, 0]), atol=1e-4):
         return scores
     return torch.softmax(scores, dim=1)
 

@@ -1,22 +1,26 @@
 """A scan onto the model's training grid, and a result back onto the scan's exact grid.
 
-A model file keeps the spacing and orientation of its training scans
+A model file keeps the spacing and orientation of its first training scan
 (:class:`udl_med.data.spec.TrainingGeometry`). ``translate``, ``encode`` and ``classify``
-resample each input to them with MONAI (:class:`monai.transforms.Orientation` to the
-training axis codes, then :class:`monai.transforms.Spacing` to the training spacing,
-bilinear, border padding) before the network sees it; ``translate`` resamples its output
-back onto the input's grid (:class:`monai.transforms.SpatialResample` to the input's
-affine and shape) and writes it with the input's own geometry and meta, so spacing,
-origin, direction and shape are the input's exactly.
+compare each input with it. An input whose axis codes (``LPS``, ``RAS`` ...) are the
+training ones and whose every spacing the network sees is within a factor
+:data:`MAX_SPACING_RATIO` (1.5) of the training spacing is used as it is: the training
+scans themselves vary that much (the phantoms by up to 1.35x), and the network was
+trained on them at their own spacing. Any other input is resampled with MONAI
+(:class:`monai.transforms.Orientation` to the training axis codes, then
+:class:`monai.transforms.Spacing` to the training spacing, bilinear, border padding)
+before the network sees it; ``translate`` resamples its output back onto the input's
+grid (:class:`monai.transforms.SpatialResample` to the input's affine and shape) and
+writes it with the input's own geometry and meta, so spacing, origin, direction and
+shape are the input's exactly. A 0.2 mm scan given to a 1 mm model is resampled; a
+1.1 mm scan is not.
 
-For 2D and 2.5D models only the in-plane spacing is matched: the spacing across the
-slice axis stays the input's (a slice model never sees it). An input already on the
-training grid (the same axis codes, spacings within 0.1 %) is passed through untouched.
+For 2D and 2.5D models only the in-plane spacing counts: the spacing across the slice
+axis stays the input's (a slice model never sees it).
 
-With resampling off (``resample=False``, ``--no-resample``) the input is used as it is,
-unless it differs from the training grid by more than :data:`MAX_SPACING_RATIO` in a
-spacing the model sees, or in orientation: then it is refused with a
-:class:`~udl_med.errors.UserError` (exit code 2) that names both grids.
+With resampling off (``resample=False``, ``--no-resample``) an input that would be
+resampled is refused with a :class:`~udl_med.errors.UserError` (exit code 2) that names
+both grids.
 """
 
 from __future__ import annotations
@@ -34,8 +38,7 @@ from udl_med.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MAX_SPACING_RATIO = 1.25  # with resampling off, a spacing further than this factor from training's is refused
-SAME_SPACING_RTOL = 1e-3  # spacings this close count as equal: no resampling
+MAX_SPACING_RATIO = 1.5  # a seen spacing further than this factor from training's is resampled (refused without resampling)
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # our affines are RAS (as MONAI's ITKReader builds them)
 _ITK_KEYS = ("spacing", "origin", "direction")  # stale once MONAI resamples; the affine is the truth then
 
@@ -59,7 +62,7 @@ class GridPlan:
         input_codes: the input's axis codes.
         input_spacing: the input's spacing in the training axis order (mm).
         ratio: the largest factor between a seen input spacing and the target's.
-        same: the input is on the training grid already.
+        same: the input is close enough to the training grid to be used as it is.
     """
 
     codes: str
@@ -84,7 +87,7 @@ def plan_grid(image: MetaTensor, kept: Any) -> GridPlan:
     if kept.slice_axis is not None:
         target[kept.slice_axis] = spacing_in[kept.slice_axis]
     ratio = max(max(spacing_in[a] / target[a], target[a] / spacing_in[a]) for a in seen)
-    same = input_codes == codes and all(abs(spacing_in[a] - target[a]) <= SAME_SPACING_RTOL * target[a] for a in seen)
+    same = input_codes == codes and ratio <= MAX_SPACING_RATIO
     return GridPlan(codes, tuple(target), input_codes, tuple(spacing_in), float(ratio), same)
 
 
@@ -110,14 +113,11 @@ def to_model_grid(image: Any, kept: Any, resample: bool = True, source: Any = "<
     if plan.same:
         return image, False
     if not resample:
-        if plan.input_codes != plan.codes or plan.ratio > MAX_SPACING_RATIO:
-            raise UserError(
-                f"{source}: its grid ({_shown(plan.input_spacing)} mm, {plan.input_codes}) differs from the model's training grid "
-                f"({_shown(plan.spacing)} mm, {plan.codes}) by {plan.ratio:.2f}x (more than {MAX_SPACING_RATIO}x, or another orientation); "
-                "leave resampling on (drop --no-resample) or resample the scan first"
-            )
-        log.warning("%s: spacing %s mm used as it is (training: %s mm); resampling is off", source, _shown(plan.input_spacing), _shown(plan.spacing))
-        return image, False
+        raise UserError(
+            f"{source}: its grid ({_shown(plan.input_spacing)} mm, {plan.input_codes}) differs from the model's training grid "
+            f"({_shown(plan.spacing)} mm, {plan.codes}) by {plan.ratio:.2f}x (more than {MAX_SPACING_RATIO}x) or in orientation; "
+            "leave resampling on (drop --no-resample) or resample the scan first"
+        )
     log.info(
         "%s: resampled from %s mm (%s) to the model's %s mm (%s)", source, _shown(plan.input_spacing), plan.input_codes, _shown(plan.spacing), plan.codes
     )

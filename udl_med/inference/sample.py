@@ -119,7 +119,7 @@ def as_volume(x: Tensor, spatial_dims: int, slice_axis: int) -> Tensor:
     return x[None]
 
 
-def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0) -> dict[str, Any]:
+def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Draw ``n`` samples from ``model`` and write them into ``out`` (see the module docstring).
 
     Args:
@@ -128,6 +128,8 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
         out: output folder (created).
         label: class to generate, for conditional models.
         seed: seed of the sampling generator: the same seed gives the same samples.
+        device: where the network runs (default: the CPU); the latents are drawn on the
+            CPU, so the samples do not depend on it beyond floating-point rounding.
 
     Returns:
         ``{"out", "n", "manifest", "grid", "modality", "spacing", "artifacts"}``.
@@ -145,7 +147,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
 
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     method = loaded.method
     if Capability.SAMPLE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot sample")

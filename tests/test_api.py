@@ -1,0 +1,158 @@
+"""The Python API (``import udl_med``): load_model and its operations on tensors and MetaTensors, train, fid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.data import MetaTensor
+
+import udl_med
+from tests.inference.translationkit import tiny_model
+from udl_med.data.geometry import Geometry
+from udl_med.data.io import read_image
+from udl_med.errors import UserError
+
+TINY_DCGAN = {"architecture": "dcgan", "latent_dim": 8, "g_channels": [16, 8], "d_channels": [8, 16]}
+
+
+def _config(method: str, model: dict[str, Any], manifest: Path, out: Path, **data: Any) -> dict[str, Any]:
+    return {
+        "method": method,
+        "seed": 0,
+        "data": {"source": str(manifest), "layout": "2d", "size": [16, 16], "modality": "CT", **data},
+        "model": model,
+        "train": {"steps": 1, "batch_size": 4, "eval_every": 100, "checkpoint_every": 100, "eval_items": 4, "threads": 1},
+        "tracking": {"enabled": False},
+        "output_dir": str(out),
+    }
+
+
+@pytest.fixture(scope="module")
+def gan(tmp_path_factory, phantom_manifest: Path) -> udl_med.Model:
+    report = udl_med.train(_config("gan", TINY_DCGAN, phantom_manifest, tmp_path_factory.mktemp("gan")))
+    return udl_med.load_model(report["model_dir"])
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory, phantom_manifest: Path) -> str:
+    """A VAE trained through a config FILE and overrides, as ``udl-med train FILE --set ...``."""
+    folder = tmp_path_factory.mktemp("vae")
+    path = folder / "vae.yaml"
+    path.write_text(yaml.safe_dump(_config("vae", {"latent_dim": 4, "channels": [8, 16], "strides": [2, 2]}, phantom_manifest, folder / "run")))
+    report = udl_med.train(path, overrides=["train.steps=2", "model.latent_dim=6"])
+    assert report["steps"] == 2
+    return report["model_dir"]
+
+
+@pytest.fixture(scope="module")
+def cyclegan_dir(tmp_path_factory, phantom_manifest: Path, tracking_uri: str) -> str:
+    return tiny_model(tmp_path_factory, phantom_manifest, tracking_uri, "2d", steps=2)["model_dir"]
+
+
+def test_import_udl_med_stays_light() -> None:
+    code = "import sys, udl_med; print(sorted(m for m in ('torch', 'monai', 'mlflow') if m in sys.modules)); print(udl_med.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "[]"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        udl_med.nope  # noqa: B018
+    assert {"load_model", "train", "fid", "Model"} <= set(dir(udl_med))
+
+
+def test_a_gan_samples_volumes_with_the_training_geometry(gan: udl_med.Model, phantom_manifest: Path) -> None:
+    assert gan.name == "gan" and gan.operations == ("sample",)
+    volumes = gan.sample(3, seed=1)
+    assert len(volumes) == 3 and all(isinstance(v, MetaTensor) and v.shape == (1, 16, 16, 1) for v in volumes)
+    kept = gan.geometry
+    geometry = Geometry.from_ras_affine(volumes[0].affine.numpy())
+    assert np.allclose(geometry.spacing, kept.spacing) and np.allclose(geometry.direction, kept.direction)
+    low, high = kept.ct_window
+    assert all(low - 1e-3 <= float(v.min()) and float(v.max()) <= high + 1e-3 for v in volumes)  # HU
+    again, other = gan.sample(3, seed=1), gan.sample(3, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(volumes, again)) and not torch.equal(volumes[0], other[0])
+    with pytest.raises(UserError, match="method 'gan' cannot encode; it can: sample"):
+        gan.encode(torch.zeros(1, 16, 16, 4))
+    with pytest.raises(UserError, match="cannot translate"):
+        gan.translate(torch.zeros(1, 16, 16, 4))
+
+
+def test_a_vae_encodes_a_scan_as_the_encode_command_does(vae_dir: str, phantom_dir: Path, tmp_path: Path) -> None:
+    model = udl_med.load_model(vae_dir)
+    assert model.operations == ("sample", "encode") and model.method.config.latent_dim == 6  # the override
+    ct = phantom_dir / "sub-001" / "ct.nii.gz"
+    udl_med.encode(vae_dir, ct, out=tmp_path / "f.npz")  # the command's function, with its arguments
+    expected = np.load(tmp_path / "f.npz")["features"][0]
+    for given in (ct, read_image(ct)):  # a path, a MetaTensor
+        assert torch.allclose(model.encode(given), torch.as_tensor(expected), atol=1e-5)
+    other = model.encode(phantom_dir / "sub-004" / "ct.nii.gz")
+    assert not torch.allclose(other, torch.as_tensor(expected), atol=1e-3)
+
+
+def _finer(image: MetaTensor, factor: float) -> MetaTensor:
+    """``image`` resampled onto a grid ``factor`` times finer in-plane (MONAI), as a scan of another scanner."""
+    from monai.transforms import Spacing
+
+    spacing = Geometry.from_meta(image.meta).spacing
+    out = Spacing(pixdim=(spacing[0] / factor, spacing[1] / factor, spacing[2]), mode="bilinear")(image)
+    for key in ("spacing", "origin", "direction"):
+        out.meta.pop(key, None)
+    geometry = Geometry.from_ras_affine(out.affine.numpy())
+    return MetaTensor(out.as_tensor(), affine=out.affine, meta={**geometry.as_meta(), "modality": image.meta["modality"]})
+
+
+def test_translate_keeps_the_inputs_geometry_and_resamples_a_foreign_grid(cyclegan_dir: str, phantom_dir: Path, tmp_path: Path) -> None:
+    model = udl_med.load_model(cyclegan_dir)
+    assert model.operations == ("translate",)
+    mr = read_image(phantom_dir / "sub-000" / "mr.nii.gz")
+    sct = model.translate(mr)  # the direction from the image's modality
+    assert sct.meta["modality"] == "CT" and sct.shape == mr.shape and torch.equal(sct.affine, mr.affine)
+    udl_med.translate(cyclegan_dir, phantom_dir / "sub-000" / "mr.nii.gz", tmp_path / "sct.nii.gz", progress=False)
+    assert torch.allclose(sct.as_tensor(), read_image(tmp_path / "sct.nii.gz").as_tensor(), atol=1e-3)
+
+    fine = _finer(mr, 3.0)  # 3x finer in-plane: far from the training grid
+    out = model.translate(fine)
+    assert out.shape == fine.shape and Geometry.from_meta(out.meta).close_to(Geometry.from_meta(fine.meta))
+    assert torch.equal(out.affine, fine.affine)
+    # resampled to the training grid and back, the result is the native translation, finer
+    coarse_again = _finer(out, 1 / 3.0).as_tensor()[0]
+    body = mr.as_tensor()[0] > float(mr.as_tensor().mean())
+    n = min(coarse_again.shape[0], body.shape[0]), min(coarse_again.shape[1], body.shape[1])
+    diff = (coarse_again[: n[0], : n[1]] - sct.as_tensor()[0, : n[0], : n[1]]).abs()[body[: n[0], : n[1]]]
+    unresampled = udl_med.load_model(cyclegan_dir).translate(fine.as_tensor())  # plain tensor: taken as is
+    assert float(diff.median()) < 0.5 * float((unresampled - out.as_tensor()).abs().mean()) + 1e-6
+    with pytest.raises(UserError, match="3.00x.*drop --no-resample"):
+        model.translate(fine, resample=False)
+
+
+def test_a_foreign_grid_with_resampling_off_exits_2(cyclegan_dir: str, phantom_dir: Path, tmp_path: Path, capsys) -> None:
+    from udl_med.cli import main
+    from udl_med.data.writers import write_image
+
+    write_image(_finer(read_image(phantom_dir / "sub-000" / "mr.nii.gz"), 2.0), tmp_path / "fine.nii.gz")
+    args = ["translate", cyclegan_dir, str(tmp_path / "fine.nii.gz"), str(tmp_path / "o.nii.gz")]
+    assert main([*args, "--no-resample"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differs from the model's training grid" in err[0] and not (tmp_path / "o.nii.gz").exists()
+    assert main([*args, "--device", "cpu"]) == 0
+    out, fine = read_image(tmp_path / "o.nii.gz"), read_image(tmp_path / "fine.nii.gz")
+    assert out.shape == fine.shape and Geometry.from_meta(out.meta).close_to(Geometry.from_meta(fine.meta))
+
+
+def test_fid_and_a_bad_device(gan: udl_med.Model, phantom_dir: Path, tmp_path: Path, capsys) -> None:
+    from udl_med.cli import main
+
+    result = udl_med.fid(phantom_dir / "manifest.csv", phantom_dir / "manifest.csv", bootstrap=0)  # positional, as the command
+    assert result["fid"] == pytest.approx(0.0, abs=1e-6) and result["n_real"] == result["n_fake"] > 0
+    with pytest.raises(TypeError):
+        udl_med.fid(phantom_dir, phantom_dir, nonsense=1)
+    model_dir = gan.source
+    assert main(["sample", model_dir, "--n", "1", "--out", str(tmp_path / "s"), "--device", "tpu9"]) == 2
+    assert "device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["encode", model_dir, str(phantom_dir), "--out", str(tmp_path / "f.npz"), "--device", "cuda"]) == 2
