@@ -124,8 +124,8 @@ def test_translate_keeps_the_inputs_geometry_and_resamples_a_foreign_grid(cycleg
     body = mr.as_tensor()[0] > float(mr.as_tensor().mean())
     n = min(coarse_again.shape[0], body.shape[0]), min(coarse_again.shape[1], body.shape[1])
     diff = (coarse_again[: n[0], : n[1]] - sct.as_tensor()[0, : n[0], : n[1]]).abs()[body[: n[0], : n[1]]]
-    unresampled = udl_med.load_model(cyclegan_dir).translate(fine.as_tensor())  # plain tensor: taken as is
-    assert float(diff.median()) < 0.5 * float((unresampled - out.as_tensor()).abs().mean()) + 1e-6
+    unresampled = model.translate(fine.as_tensor(), direction="mr2ct")  # a plain tensor: taken as it is
+    assert float(diff.mean()) < 0.1 * float((unresampled - out.as_tensor()).abs().mean())  # 0 HU against 236 HU here
     with pytest.raises(UserError, match="3.00x.*drop --no-resample"):
         model.translate(fine, resample=False)
 
