@@ -507,12 +507,12 @@ ACTIONS: dict[str, Action] = {
         ),
         Action(
             "export",
-            "export a trained model: MONAI bundle, encoder weights, or TorchScript",
+            "export a trained model: MONAI bundle, encoder weights, a GAN's generator, or TorchScript",
             _export,
             (
                 _MODEL,
                 Arg("out", "output folder", positional=True),
-                Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "torchscript")),
+                Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "generator", "torchscript")),
             ),
             command="export",
             step=True,
