@@ -156,3 +156,30 @@ def test_fid_and_a_bad_device(gan: udl_med.Model, phantom_dir: Path, tmp_path: P
     assert "device" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["encode", model_dir, str(phantom_dir), "--out", str(tmp_path / "f.npz"), "--device", "cuda"]) == 2
+
+
+def test_a_classifier_classifies_a_scan_as_the_classify_command_does(phantom_dir: Path, tmp_path: Path) -> None:
+    import csv
+
+    config = _config(
+        "semi_supervised_gan",
+        {"d_channels": [4, 8], "g_channels": [8, 4], "latent_dim": 8},
+        phantom_dir / "manifest.csv",
+        tmp_path / "run",
+        semi_supervised=True,
+        labels_per_class=1,
+        crop="center",
+    )
+    config["train"]["steps"] = 3
+    model_dir = udl_med.train(config)["model_dir"]
+    model = udl_med.load_model(model_dir)
+    assert model.operations == ("classify",)
+    udl_med.classify(model_dir, phantom_dir / "manifest.csv", out=tmp_path / "p.csv")
+    rows = {Path(r["image"]).name + r["subject"]: r for r in csv.DictReader((tmp_path / "p.csv").open())}
+    for subject in ("sub-000", "sub-003"):
+        probs = model.classify(read_image(phantom_dir / subject / "ct.nii.gz"))
+        row = rows["ct.nii.gz" + subject]
+        expected = torch.tensor([float(row[f"prob_{k}"]) for k in range(len(probs))])
+        assert probs.shape == (3,) and torch.allclose(probs, expected, atol=1e-5) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(UserError, match="'semi_supervised_gan' cannot sample; it can: classify"):
+        model.sample(1)
