@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from udl_med.nets.exported import probabilities
+
 ARTIFACT = "udl_med"  # the artifact key (and folder) of the udl-med model folder
 OPERATIONS = ("sample", "encode", "translate", "classify")
 CODE_FILE = Path(__file__).with_name("mlflow_entry.py")  # what mlflow.pyfunc.log_model saves as the model's code
@@ -143,13 +145,6 @@ class UdlMedModel(PythonModel):
                 return method.translate(x, direction).detach().float().cpu().numpy()
             logits = method.classify(x).detach().float()
             return probabilities(logits).cpu().numpy()
-
-
-def probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """Class probabilities ``(B, K)`` from a classifier's output: softmax of logits (rows of probabilities stay as they are)."""
-    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(scores.sum(1), torch.ones_like(scores[:, 0]), atol=1e-4):
-        return scores
-    return torch.softmax(scores, dim=1)
 
 
 def signature() -> Any:

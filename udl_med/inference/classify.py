@@ -56,7 +56,7 @@ def classify_items(classify, items: Tensor, batch: int = ITEM_BATCH, device: tor
     A classifier that returns logits (``finetune_classifier``, ``dbn``) has them turned
     into probabilities with a softmax; one that returns probabilities keeps them.
     """
-    from udl_med.engine.mlflow_model import probabilities
+    from udl_med.nets.exported import probabilities
 
     out = []
     for i in range(0, len(items), batch):
