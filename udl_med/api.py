@@ -113,7 +113,7 @@ class Model:
         Raises:
             UserError: ``n < 1``, a label the model does not know, a model that cannot sample.
         """
-        from udl_med.inference.sample import as_volume, sample_space, to_physical
+        from udl_med.inference.sample import as_volume, draw, sample_space, to_physical
 
         self._require("sample")
         if n < 1:
@@ -128,7 +128,7 @@ class Model:
         else:
             generator.manual_seed(int(seed))
         with torch.no_grad():
-            batch = self.method.sample(n, generator=generator, label=label).detach().float().cpu()
+            batch = torch.cat(list(draw(self.method, n, generator, label, self.source)))  # as `udl-med sample` draws
         if not self._scans():
             return batch
         space = sample_space(self.loaded)

@@ -27,6 +27,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -119,6 +120,26 @@ def as_volume(x: Tensor, spatial_dims: int, slice_axis: int) -> Tensor:
     return x[None]
 
 
+def draw(method: Any, n: int, generator: torch.Generator, label: int | None = None, source: str = "") -> Iterator[Tensor]:
+    """``n`` samples of ``method`` in batches of :data:`SAMPLE_BATCH`, ``(b, C, *spatial)`` in [-1, 1] on the CPU.
+
+    ``udl-med sample`` and :meth:`udl_med.api.Model.sample` both draw through this, so
+    the same seed gives them the same images.
+
+    Raises:
+        UserError: the method refuses the label (e.g. out of range).
+    """
+    drawn = 0
+    while drawn < n:
+        count = min(SAMPLE_BATCH, n - drawn)
+        try:
+            batch = method.sample(count, generator=generator, label=label)
+        except ValueError as err:  # e.g. a label out of range
+            raise UserError(f"{source}: {err}" if source else str(err)) from None
+        yield batch.detach().float().cpu()
+        drawn += count
+
+
 def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None, seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Draw ``n`` samples from ``model`` and write them into ``out`` (see the module docstring).
 
@@ -163,12 +184,7 @@ def sample_to_dir(model: str, n: int, out: str | Path, label: int | None = None,
     width = max(4, len(str(n - 1)))
     rows, previews = [], []
     written = 0
-    while written < n:
-        count = min(SAMPLE_BATCH, n - written)
-        try:
-            batch = method.sample(count, generator=generator, label=label).detach().float().cpu()
-        except ValueError as err:  # e.g. a label out of range
-            raise UserError(f"{loaded.source}: {err}") from None
+    for batch in draw(method, n, generator, label, loaded.source):
         if len(previews) < 64:
             previews.extend(batch[: 64 - len(previews)])
         for x in batch:
