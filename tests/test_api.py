@@ -186,3 +186,24 @@ def test_a_classifier_classifies_a_scan_as_the_classify_command_does(phantom_dir
         assert probs.shape == (3,) and torch.allclose(probs, expected, atol=1e-5) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(UserError, match="'semi_supervised_gan' cannot sample; it can: classify"):
         model.sample(1)
+
+
+def test_the_public_api_is_documented_and_typed() -> None:
+    import inspect
+
+    for name in udl_med.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(udl_med, name)
+        assert inspect.getdoc(obj), name
+        functions = [obj] if not inspect.isclass(obj) else [f for n, f in vars(obj).items() if not n.startswith("_") and callable(f)]
+        for function in functions:
+            signature = inspect.signature(function)
+            assert inspect.getdoc(function), f"{name}.{function.__name__}"
+            assert signature.return_annotation is not inspect.Signature.empty, f"{name}.{function.__name__}"
+            for parameter in signature.parameters.values():
+                if parameter.name not in ("self", "args", "kwargs"):
+                    assert parameter.annotation is not inspect.Parameter.empty, f"{name}({parameter.name})"
+    doc = inspect.getdoc(udl_med.translate)
+    assert "udl-med translate" in doc and "direction: ``ct2mr`` or ``mr2ct``" in doc
+    assert list(inspect.signature(udl_med.encode).parameters)[:3] == ["model", "input", "out"]

@@ -74,6 +74,7 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """The torch device the network is on (``load_model(..., device=)``)."""
         return next(self.method.parameters()).device
 
     def __repr__(self) -> str:
@@ -297,20 +298,60 @@ def train(
 def _action_function(name: str, public: str) -> Callable[..., dict[str, Any]]:
     """``udl_med.<public>``: the action ``name`` as a Python function (its required arguments positional too)."""
     action = ACTIONS[name]
-    required = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in action.args if a.required]
-    optional = [p for p in action.signature.parameters.values() if p.default is not inspect.Parameter.empty]
-    signature = inspect.Signature(required + optional)
+    hints = _type_hints(action.function())
+    required = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints.get(a.name, Any)) for a in action.args if a.required]
+    optional = [p.replace(annotation=hints.get(p.name, Any)) for p in action.signature.parameters.values() if p.default is not inspect.Parameter.empty]
+    signature = inspect.Signature(required + optional, return_annotation=dict[str, Any])
 
     def call(*args: Any, **kwargs: Any) -> dict[str, Any]:
         bound = signature.bind(*args, **kwargs)
         return action(**bound.arguments)
 
     call.__name__ = call.__qualname__ = public
+    call.__module__ = __name__
     call.__signature__ = signature  # type: ignore[attr-defined]
-    lines = [f"{action.help}.", "", f"The ``udl-med {action.command or name}`` action's library function; its arguments:", ""]
-    lines += [f"    {a.name}: {a.help}" for a in action.args]
+    call.__annotations__ = {**{p.name: p.annotation for p in signature.parameters.values()}, "return": dict[str, Any]}
+    shell = f"``udl-med {action.command}``" if action.command else f"the pipeline step ``run: {name}``"
+    documented = _documented_args(action.function())
+    lines = [f"{action.help[:1].upper()}{action.help[1:]}.", "", f"What {shell} runs; returns its ``--json`` report as a dictionary.", "", "Args:"]
+    for a in action.args:
+        text = documented.get(a.name) or (a.help + ("" if a.required or "default:" in a.help else f" (default: {a.default!r})"))
+        lines.append(f"    {a.name}: {text}")
     call.__doc__ = "\n".join(lines)
     return call
+
+
+def _documented_args(function: Callable[..., Any]) -> dict[str, str]:
+    """``name -> text`` from the ``Args:`` section of ``function``'s docstring (continuation lines joined)."""
+    found: dict[str, str] = {}
+    current = None
+    section = False
+    for line in inspect.getdoc(function).splitlines() if function.__doc__ else []:
+        stripped = line.strip()
+        if stripped == "Args:":
+            section = True
+            continue
+        if not section:
+            continue
+        if stripped and not line.startswith(" "):  # the next section
+            break
+        head, sep, rest = stripped.partition(": ")
+        if line.startswith("    ") and not line.startswith("     ") and sep and head.isidentifier():
+            current = head
+            found[current] = rest.strip()
+        elif current and stripped:
+            found[current] += " " + stripped
+    return found
+
+
+def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The parameter annotations of ``function``, resolved where they can be (else as written)."""
+    import typing
+
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # an annotation that names a type only imported for type checking
+        return {k: v for k, v in getattr(function, "__annotations__", {}).items()}
 
 
 # The actions offered as ``udl_med.<name>`` (name -> action), besides load_model and train.
