@@ -207,3 +207,62 @@ def test_the_public_api_is_documented_and_typed() -> None:
     doc = inspect.getdoc(udl_med.translate)
     assert "udl-med translate" in doc and "direction: ``ct2mr`` or ``mr2ct``" in doc
     assert list(inspect.signature(udl_med.encode).parameters)[:3] == ["model", "input", "out"]
+
+
+def test_an_input_in_another_orientation_is_translated_on_the_training_axes_and_comes_back_on_its_own(cyclegan_dir: str, phantom_dir: Path) -> None:
+    from monai.transforms import Orientation
+
+    from udl_med.inference.model_grid import axcodes
+
+    model = udl_med.load_model(cyclegan_dir)
+    mr = read_image(phantom_dir / "sub-002" / "mr.nii.gz")
+    native = model.translate(mr)
+    codes = axcodes(mr.affine)
+    other = "".join({"L": "R", "R": "L", "P": "A", "A": "P", "I": "S", "S": "I"}[c] for c in codes[:2]) + codes[2]  # in-plane flips
+    flipped = Orientation(axcodes=other, labels=(("L", "R"), ("P", "A"), ("I", "S")))(mr)
+    flipped = MetaTensor(flipped.as_tensor(), affine=flipped.affine, meta={**Geometry.from_ras_affine(flipped.affine.numpy()).as_meta(), "modality": "MR"})
+    assert axcodes(flipped.affine) == other != codes
+    out = model.translate(flipped)
+    assert torch.equal(out.affine, flipped.affine) and out.shape == flipped.shape and out.meta["modality"] == "CT"
+    # reoriented, not resampled: the network sees the native array, and the result is the native one, flipped
+    assert torch.allclose(out.as_tensor().flip(1, 2), native.as_tensor(), atol=1e-2)
+    with pytest.raises(UserError, match="orientation"):
+        model.translate(flipped, resample=False)
+
+
+def test_encode_and_the_encode_command_resample_a_foreign_grid(vae_dir: str, phantom_dir: Path, tmp_path: Path, capsys) -> None:
+    import logging
+    import sys
+
+    from udl_med.cli import main
+
+    logging.basicConfig(stream=sys.stderr, force=True)  # not an earlier test's closed capture (main() installed it)
+    from udl_med.data.writers import write_image
+
+    model = udl_med.load_model(vae_dir)
+    ct = read_image(phantom_dir / "sub-001" / "ct.nii.gz")
+    native, fine = model.encode(ct), _finer(ct, 3.0)
+    other = model.encode(phantom_dir / "sub-004" / "ct.nii.gz")
+    resampled = model.encode(fine)
+    as_is = _items_as_is(model, fine)
+    # resampled to the training grid, the fine scan encodes close to the native one; taken as it is, not
+    assert float((resampled - native).norm()) < 0.5 * float((as_is - native).norm())
+    assert float((resampled - native).norm()) < float((other - native).norm())
+    with pytest.raises(UserError, match="differs from the model's training grid"):
+        model.encode(fine, resample=False)
+    write_image(fine, tmp_path / "fine.nii.gz")
+    capsys.readouterr()
+    assert main(["encode", vae_dir, str(tmp_path / "fine.nii.gz"), "--out", str(tmp_path / "f.npz"), "--no-resample"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "f.npz").exists()
+    assert main(["encode", vae_dir, str(tmp_path / "fine.nii.gz"), "--out", str(tmp_path / "f.npz")]) == 0
+    assert torch.allclose(torch.as_tensor(np.load(tmp_path / "f.npz")["features"][0]), resampled, atol=1e-3)
+
+
+def _items_as_is(model: udl_med.Model, image: MetaTensor) -> torch.Tensor:
+    """What encode gives ``image`` on its own grid (as a model without a training geometry would)."""
+    from udl_med.inference.encode import image_items, item_config
+    from udl_med.nets.exported import encode_items
+
+    items = image_items(item_config(model.config.data, "<image>"), image, image.meta["modality"]).items
+    with torch.no_grad():
+        return encode_items(model.method.encode, items).mean(0)

@@ -6,10 +6,11 @@ compare each input with it. An input whose axis codes (``LPS``, ``RAS`` ...) are
 training ones and whose every spacing the network sees is within a factor
 :data:`MAX_SPACING_RATIO` (1.5) of the training spacing is used as it is: the training
 scans themselves vary that much (the phantoms by up to 1.35x), and the network was
-trained on them at their own spacing. Any other input is resampled with MONAI
-(:class:`monai.transforms.Orientation` to the training axis codes, then
-:class:`monai.transforms.Spacing` to the training spacing, bilinear, border padding)
-before the network sees it; ``translate`` resamples its output back onto the input's
+trained on them at their own spacing. Any other input is brought onto the training grid
+with MONAI before the network sees it: :class:`monai.transforms.Orientation` to the
+training axis codes (a permutation and flips, no interpolation), then, where a seen
+spacing is off by more than the factor, :class:`monai.transforms.Spacing` to the
+training spacing (bilinear, border padding); ``translate`` resamples its output back onto the input's
 grid (:class:`monai.transforms.SpatialResample` to the input's affine and shape) and
 writes it with the input's own geometry and meta, so spacing, origin, direction and
 shape are the input's exactly. A 0.2 mm scan given to a 1 mm model is resampled; a
@@ -118,12 +119,20 @@ def to_model_grid(image: Any, kept: Any, resample: bool = True, source: Any = "<
             f"({_shown(plan.spacing)} mm, {plan.codes}) by {plan.ratio:.2f}x (more than {MAX_SPACING_RATIO}x) or in orientation; "
             "leave resampling on (drop --no-resample) or resample the scan first"
         )
+    spacing_too = plan.ratio > MAX_SPACING_RATIO
     log.info(
-        "%s: resampled from %s mm (%s) to the model's %s mm (%s)", source, _shown(plan.input_spacing), plan.input_codes, _shown(plan.spacing), plan.codes
+        "%s: %s from %s mm (%s) to the model's %s mm (%s)",
+        source,
+        "resampled" if spacing_too else "reoriented (no interpolation)",
+        _shown(plan.input_spacing),
+        plan.input_codes,
+        _shown(plan.spacing) if spacing_too else _shown(plan.input_spacing),
+        plan.codes,
     )
     with torch.no_grad():
         out = Orientation(axcodes=plan.codes, labels=_RAS_LABELS)(image)
-        out = Spacing(pixdim=plan.spacing, mode="bilinear", padding_mode="border")(out)
+        if spacing_too:  # within the factor, the spacing stays the input's (as for an input in the training orientation)
+            out = Spacing(pixdim=plan.spacing, mode="bilinear", padding_mode="border")(out)
     for key in _ITK_KEYS:
         out.meta.pop(key, None)
     return out, True
