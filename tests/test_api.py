@@ -154,6 +154,23 @@ def test_fid_and_a_bad_device(gan: udl_med.Model, phantom_dir: Path, tmp_path: P
     assert result["fid"] == pytest.approx(0.0, abs=1e-6) and result["n_real"] == result["n_fake"] > 0
     with pytest.raises(TypeError):
         udl_med.fid(phantom_dir, phantom_dir, nonsense=1)
+    # images in memory: the API's samples score as the sample command's files do
+    udl_med.sample(gan.source, 6, tmp_path / "synth", seed=4)
+    by_files = udl_med.fid(phantom_dir / "manifest.csv", tmp_path / "synth", bootstrap=0, kid_subset_size=4)
+    in_memory = udl_med.fid(phantom_dir / "manifest.csv", gan.sample(6, seed=4), bootstrap=0, kid_subset_size=4)
+    assert in_memory["fid"] == pytest.approx(by_files["fid"], rel=1e-4) and in_memory["n_fake"] == by_files["n_fake"] > 0
+    import csv
+
+    rows = list(csv.DictReader((phantom_dir / "manifest.csv").open()))
+    real = []
+    for row in rows:
+        image = read_image(phantom_dir / row["image"])
+        image.meta["modality"] = row["modality"]
+        real.append(image)
+    assert udl_med.fid(real, phantom_dir / "manifest.csv", bootstrap=0)["fid"] == pytest.approx(0.0, abs=1e-3)
+    for bad in ([], [np.zeros((1, 4, 4))], torch.zeros(4)):
+        with pytest.raises(UserError, match="image"):
+            udl_med.fid(bad, phantom_dir, bootstrap=0)
     model_dir = gan.source
     assert main(["sample", model_dir, "--n", "1", "--out", str(tmp_path / "s"), "--device", "tpu9"]) == 2
     assert "device" in capsys.readouterr().err

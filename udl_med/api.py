@@ -27,7 +27,7 @@ be on the model's training grid already.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +368,61 @@ ACTION_FUNCTIONS: dict[str, str] = {
     "run_pipeline": "pipeline",
 }
 
-fid = _action_function("fid", "fid")
+_fid_files = _action_function("fid", "fid")
+ImageSet = str | Path | Sequence[Tensor]
+
+
+def fid(real: ImageSet, fake: ImageSet, **options: Any) -> dict[str, Any]:
+    """FID and KID between two image sets, as ``udl-med fid`` computes them; returns its ``--json`` report.
+
+    ``real`` and ``fake``: a folder, a manifest or saved statistics (``.npz``), or images
+    in memory: a list of ``(1, X, Y[, Z])`` tensors in physical units (MetaTensors, e.g.
+    from :meth:`Model.sample`, keep their geometry and ``modality`` meta), written to a
+    temporary folder (NIfTI and a manifest, removed afterwards) so that they are read
+    exactly as files are. The other arguments are the command's options.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="udl-med-fid-") as tmp:
+        return _fid_files(_as_image_set(real, Path(tmp) / "real"), _as_image_set(fake, Path(tmp) / "fake"), **options)
+
+
+def _as_image_set(images: ImageSet, folder: Path) -> str | Path:
+    """A folder/manifest/.npz as it is; images in memory written under ``folder`` with a manifest (its path returned)."""
+    if isinstance(images, str | Path):
+        return images
+    if isinstance(images, Tensor) and not isinstance(images, MetaTensor) and images.ndim >= 4:
+        images = list(images)  # a batch (N, 1, X, Y[, Z])
+    if isinstance(images, Tensor) or not isinstance(images, Sequence) or len(images) == 0:
+        raise UserError("an image set is a folder, a manifest, a .npz of statistics, or a non-empty list of (1, X, Y[, Z]) images")
+    from udl_med.data.manifest import write_manifest
+    from udl_med.data.writers import write_image
+
+    rows = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Tensor):
+            raise UserError(f"image {i} of the set is a {type(image).__name__}, not a tensor")
+        image = _as_image(image)
+        modality = image.meta.get("modality") if isinstance(image, MetaTensor) else None
+        name = f"image_{i:05d}.nii.gz"
+        write_image(image, folder / name)
+        rows.append({"image": name, "modality": modality or "", "subject": f"image-{i:05d}"})
+    return write_manifest(folder / "manifest.csv", rows)
+
+
+fid.__signature__ = inspect.signature(_fid_files).replace(  # type: ignore[attr-defined]
+    parameters=[p.replace(annotation=ImageSet) if p.name in ("real", "fake") else p for p in inspect.signature(_fid_files).parameters.values()]
+)
+fid.__doc__ = "\n    ".join(
+    [
+        (fid.__doc__ or "").rstrip(),
+        "",
+        *[line for line in (_fid_files.__doc__ or "").splitlines() if line.startswith(("Args:", "    "))],
+        "",
+        "Raises:",
+        "    UserError: an empty list, or an item that is not an image tensor; bad options as the command's.",
+    ]
+)
 for _public, _name in ACTION_FUNCTIONS.items():
     if _public != "fid":
         globals()[_public] = _action_function(_name, _public)
