@@ -1,6 +1,6 @@
 """Every method: its run logs an MLflow pyfunc model whose ``predict`` does what the method does,
 and ``udl_med.load_model`` gives the same results as the method's command (sample, encode,
-translate, classify), with the geometry kept.
+translate, classify), with the geometry kept; the commands and the API read ``runs:/``.
 
 One shipped config per method, trained for a few steps on the test phantoms.
 """
@@ -78,7 +78,8 @@ def test_every_method_logs_an_mlflow_model_and_the_api_does_what_the_command_doe
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{report['run_id']}/model")
     loaded = load_model(report["model_dir"])
     reference, spec = loaded.method, loaded.data_spec
-    model = udl_med.load_model(f"runs:/{report['run_id']}/model")
+    uri = f"runs:/{report['run_id']}/model"  # what the commands and the API are given
+    model = udl_med.load_model(uri)
     expected_ops = {str(c.value) for c in reference.capabilities}
     assert set(model.operations) == set(pyfunc.unwrap_python_model().operations) == expected_ops, method
     assert model.name == method and model.geometry is not None
@@ -93,7 +94,7 @@ def test_every_method_logs_an_mlflow_model_and_the_api_does_what_the_command_doe
         seeded = reference.sample(1, generator=torch.Generator().manual_seed(4)).detach().float()[0].numpy()
         assert np.allclose(images[2], seeded, atol=1e-5)
         # the command with --seed 3 --n 1 writes what predict([3]) draws, in physical units
-        out = udl_med.sample(report["model_dir"], 1, tmp_path / "s", seed=3)
+        out = udl_med.sample(uri, 1, tmp_path / "s", seed=3)
         written = read_image(Path(out["out"]) / "sample_0000.nii.gz")
         space = sample_space(loaded)
         physical = to_physical(as_volume(torch.as_tensor(images[0]), spec.spatial_dims, space.slice_axis), space.modality, space.ct_window)
@@ -111,7 +112,7 @@ def test_every_method_logs_an_mlflow_model_and_the_api_does_what_the_command_doe
             assert np.allclose(codes, reference.encode(items).detach().float().flatten(1).numpy(), atol=1e-5)
         codes = pyfunc.predict(items.numpy(), params={"operation": "encode"})
         assert codes.shape[0] == 3 and np.allclose(codes, reference.encode(items).detach().float().flatten(1).numpy(), atol=1e-5)
-        udl_med.encode(report["model_dir"], ct, tmp_path / "f.npz")
+        udl_med.encode(uri, ct, tmp_path / "f.npz")
         features = np.load(tmp_path / "f.npz")["features"][0]
         assert torch.allclose(model.encode(scan), torch.as_tensor(features), atol=1e-4), method
         done.add("encode")
@@ -121,7 +122,7 @@ def test_every_method_logs_an_mlflow_model_and_the_api_does_what_the_command_doe
         probs = pyfunc.predict(items.numpy(), params={"operation": "classify"})
         assert np.allclose(probs, probabilities(reference.classify(items).detach().float()).numpy(), atol=1e-5)
         assert np.allclose(probs.sum(1), 1, atol=1e-5)
-        udl_med.classify(report["model_dir"], ct, tmp_path / "p.csv")
+        udl_med.classify(uri, ct, tmp_path / "p.csv")
         row = next(csv.DictReader((tmp_path / "p.csv").open()))
         api = model.classify(scan)
         assert torch.allclose(api, torch.tensor([float(row[f"prob_{k}"]) for k in range(len(api))]), atol=1e-5), method
@@ -132,7 +133,7 @@ def test_every_method_logs_an_mlflow_model_and_the_api_does_what_the_command_doe
         for direction in reference.directions:
             out = pyfunc.predict(items.numpy(), params={"direction": direction})
             assert np.allclose(out, reference.translate(items, direction).detach().numpy(), atol=1e-5)
-        udl_med.translate(report["model_dir"], ct, tmp_path / "mr.nii.gz", progress=False)
+        udl_med.translate(uri, ct, tmp_path / "mr.nii.gz", progress=False)
         by_command = read_image(tmp_path / "mr.nii.gz")
         api = model.translate(scan)
         assert api.meta["modality"] == "MR" and torch.equal(api.affine, scan.affine) and api.shape == scan.shape
