@@ -101,6 +101,10 @@ class UdlMedModel(PythonModel):
     """The pyfunc model of a udl-med run (see the module docstring)."""
 
     loaded: Any = None
+    # predict takes ints, seed lists, DataFrames and arrays (the module docstring), so it has
+    # no type hints for MLflow to validate against; this tells MLflow not to look for them
+    # (and not to warn at every import that they are missing)
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from udl_med.engine.model_io import load_model
