@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,10 @@ def export_generator(loaded: Any, out: Path) -> dict[str, Any]:
         z = torch.randn(b, latent_dim)
         return (z, torch.arange(b) % method.num_classes) if method.num_classes else (z,)
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # G's input checks (z's shape, the labels' range) read tensors as Python values: the
+        # trace keeps no check, which is all they would do; batch sizes are checked below
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example(2), check_trace=False)
         for b in (2, 5):  # a batch size other than the traced one too
             args = example(b)
