@@ -16,6 +16,7 @@ import pytest
 from udl_med.io_utils import TEMP_MARK, atomic_folder, atomic_write, atomic_write_text, stale_temporaries, temporary_name
 
 PACKAGE = Path(__file__).resolve().parents[1] / "udl_med"
+EXIT_WAIT_S = 120  # generous: on a loaded machine an interpreter is slow to exit after a signal
 
 SLOW_WRITER = r"""
 import sys, time
@@ -50,7 +51,7 @@ def test_a_terminated_writer_leaves_the_old_file_and_no_temporary(tmp_path: Path
     proc = start_slow_writer(target)
     assert len(temporaries(tmp_path)) == 1  # the half-written file is a temporary, not the target
     proc.send_signal(sig)
-    proc.wait(timeout=30)
+    proc.wait(timeout=EXIT_WAIT_S)
     assert proc.returncode != 0
     assert target.read_text() == "old\n"
     assert temporaries(tmp_path) == []
@@ -60,7 +61,7 @@ def test_a_killed_writer_leaves_no_partial_file_and_its_temporary_is_swept(tmp_p
     target = tmp_path / "volume.nii.gz"
     proc = start_slow_writer(target)
     proc.kill()  # SIGKILL: no clean-up can run in the writer
-    proc.wait(timeout=30)
+    proc.wait(timeout=EXIT_WAIT_S)
     assert not target.exists()  # never half a file under the real name
     left = temporaries(tmp_path)
     assert len(left) == 1 and left[0].name.startswith(".volume.nii.gz.tmp-") and left[0].name.endswith(".nii.gz")
@@ -79,7 +80,7 @@ def test_a_live_writers_temporary_is_not_swept(tmp_path: Path) -> None:
         assert len(temporaries(tmp_path)) == 1
     finally:
         proc.kill()
-        proc.wait(timeout=30)
+        proc.wait(timeout=EXIT_WAIT_S)
 
 
 def test_a_failing_writer_keeps_the_old_file(tmp_path: Path) -> None:

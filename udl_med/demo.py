@@ -3,7 +3,8 @@
 The demo is an ordinary pipeline (see ``udl_med.pipeline``) built here so that
 it needs no file besides the shipped configs (:mod:`udl_med.shipped`): it makes phantoms, pretrains an
 autoencoder and probes its exported encoder, samples a VAE and a tiny DCGAN and judges the
-samples with FID/KID, trains a K+1 semi-supervised GAN and its supervised-only baseline and
+samples with FID/KID, synthesizes liver-centred CT crops per class with a tiny LAPGAN and
+checks them for copies of training crops, trains a K+1 semi-supervised GAN and its supervised-only baseline and
 classifies held-out subjects with both, trains a small CycleGAN and translates a held-out CT to MR, and trains an RBM.
 Each step is a nested MLflow run under one ``demo`` run.
 """
@@ -53,6 +54,7 @@ def _train(name: str, config: str, steps: int, extra: list[str] | None = None) -
 def demo_steps() -> list[dict[str, Any]]:
     """The demo pipeline's steps, smallest settings that still show each job working."""
     fid = {"real": "${steps.real_ct.manifest}", "dims": "2"}
+    crops = {"source": "${workdir}/phantoms/manifest.csv", "window": [-200, 300], "crop": [32, 32]}
     return [
         {"name": "phantoms", "run": "phantoms", "with": {"out": "${workdir}/phantoms", "n": 24, "shape": [48, 48, 24], "seed": 0, "fmt": "nifti"}},
         {"name": "real_ct", "run": "select", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/real_ct.csv", "modality": "CT", "split": "test"}},
@@ -73,11 +75,13 @@ def demo_steps() -> list[dict[str, Any]]:
         _train("dcgan", "dcgan-tiny.yaml", 400, ["train.sample_eval=null"]),
         {"name": "dcgan_samples", "run": "sample", "with": {"model": "${steps.dcgan.model_dir}", "n": 64, "out": "${workdir}/dcgan_samples"}},
         {"name": "fid_dcgan", "run": "fid", "with": {**fid, "fake": "${workdir}/dcgan_samples", "extractor": "random"}},
-        # Job 2, class-conditional: a tiny LAPGAN on the slices that show their lesion class,
-        # a synthetic set per class, and the check that it holds no copies of training slices.
-        {"name": "lesion_slices", "run": "lesion_slices", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/lesion_slices", "split": "train"}},
-        {"name": "heldout_slices", "run": "lesion_slices", "with": {"source": "${workdir}/phantoms/manifest.csv", "out": "${workdir}/heldout_slices", "split": "test"}},
-        _train("lapgan", "lapgan-tiny.yaml", 200, ["data.source=${steps.lesion_slices.manifest}", "data.eval_split=null"]),
+        # Job 2, class-conditional, as `udl-med pipeline synthesize` does it: a tiny LAPGAN on
+        # liver-centred 32x32 crops of the slices that show their lesion class (soft-tissue
+        # window -200..300 HU: where synthetic data helps), a synthetic set per class, and the
+        # check that it holds no copies of training crops.
+        {"name": "lesion_slices", "run": "lesion_slices", "with": {**crops, "out": "${workdir}/lesion_slices", "split": "train"}},
+        {"name": "heldout_slices", "run": "lesion_slices", "with": {**crops, "out": "${workdir}/heldout_slices", "split": "test"}},
+        _train("lapgan", "lapgan-tiny.yaml", 200, ["data.source=${steps.lesion_slices.manifest}", "data.eval_split=null", "data.ct_window=[-200, 300]"]),
         {"name": "synthetic", "run": "synthesize", "with": {"model": "${steps.lapgan.model_dir}", "out": "${workdir}/synthetic", "n_per_class": 16, "overwrite": True}},
         {"name": "memorization", "run": "memorization", "with": {"synthetic": "${steps.synthetic.out}", "train": "${steps.lesion_slices.manifest}", "holdout": "${steps.heldout_slices.manifest}", "out": "${workdir}/memorization"}},
         # Job 3: translate CT to MR with a CycleGAN trained on unpaired halves.

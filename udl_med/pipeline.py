@@ -67,7 +67,7 @@ class PipelineTracking(BaseModel):
 
     uri: str | None = None
     experiment: str = "udl-med"
-    privacy: Literal["standard", "strict"] = "standard"  # issue 27: udl_med/engine/privacy.py
+    privacy: Literal["standard", "strict"] = "standard"  # strict: paths hashed, previews of real scans withheld (engine/privacy.py)
 
 
 class PipelineConfig(BaseModel):
@@ -224,13 +224,13 @@ def run_pipeline_config(pipeline: PipelineConfig, source: str = "<pipeline>") ->
     workdir = Path(pipeline.workdir or Path("runs") / pipeline.name)
     workdir.mkdir(parents=True, exist_ok=True)
     uri = configure_tracking(pipeline.tracking.uri)
-    scrub = Scrubber(pipeline.tracking.privacy)  # privacy (issue 27): what the runs log
+    scrub = Scrubber(pipeline.tracking.privacy)  # what the runs log, by privacy mode
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri  # nested training runs use the pipeline's store
     mlflow.set_experiment(pipeline.tracking.experiment)
     context: dict[str, Any] = {"workdir": str(workdir), "steps": {}}
     try:
-        # privacy (issue 27): nested train steps run in the pipeline's mode; names and params scrubbed
+        # nested train steps run in the pipeline's mode; names and params scrubbed
         with forced(scrub.mode), mlflow.start_run(run_name=scrub.text(pipeline.name), tags=source_tags(scrub)) as parent:
             mlflow.set_tag("udl_med.pipeline", scrub.text(pipeline.name))
             for step in pipeline.steps:

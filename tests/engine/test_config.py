@@ -133,3 +133,13 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 
 def test_flatten() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_train_blames_a_bad_override_on_set() -> None:
+    """``train(config_dict, overrides)`` (the Python entry) blames the override, not the dict."""
+    from udl_med.engine.train import train
+
+    with pytest.raises(ConfigError) as err:
+        train(BASE, ["model.latnt_dim=3"])
+    assert err.value.source == "--set on <config>" and err.value.key == "model.latnt_dim"
+    assert "did you mean model.latent_dim" in err.value.problem

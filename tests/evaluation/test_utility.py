@@ -78,3 +78,42 @@ def test_lesion_slices_show_their_class(phantom_manifest) -> None:
         assert image.shape[-1] == 1 and float(image.min()) >= -250 and float(image.max()) <= 250
         items = utility.labeled_items(result["manifest"])
         assert items.images.shape[1:] == (1, 32, 32) and set(items.labels) <= {0, 1, 2}
+
+
+def test_lesion_slices_crop_is_liver_centred_and_keeps_its_place(phantom_manifest, tmp_path) -> None:
+    """``crop``: items of the asked size, centred on the liver, each with the physical origin of its first voxel."""
+    from udl_med.data.geometry import Geometry
+    from udl_med.data.io import list_images, read_image
+    from udl_med.data.phantoms import TISSUES
+
+    result = utility.lesion_slices(phantom_manifest, tmp_path / "crops", window=(-200.0, 300.0), crop=[16, 12])
+    whole = utility.lesion_slices(phantom_manifest, tmp_path / "slices", window=(-200.0, 300.0))
+    assert result["n"] == whole["n"] and result["per_class"] == whole["per_class"]  # the same slices, cropped
+    liver_values = (TISSUES.index("liver"), TISSUES.index("lesion"))
+    volumes = {r.subject: r.path for r in list_images(phantom_manifest) if r.modality == "CT"}
+    checked = 0
+    for record in list_images(result["manifest"]):
+        item = read_image(record.path)
+        assert tuple(item.shape) == (1, 16, 12, 1) and -200 <= float(item.min()) and float(item.max()) <= 300
+        volume = read_image(volumes[record.subject])
+        vg, ig = Geometry.from_meta(volume.meta), Geometry.from_meta(item.meta)
+        # the item's origin is a voxel of the volume: find it, and the item equals the volume there
+        index = np.linalg.solve(vg.lps_affine()[:3, :3], np.asarray(ig.origin) - np.asarray(vg.origin))
+        i, j, k = (int(round(v)) for v in index)
+        assert np.allclose(index, (i, j, k), atol=1e-4) and np.allclose(ig.spacing, vg.spacing)
+        expected = np.clip(volume[0, i : i + 16, j : j + 12, k].numpy(), -200, 300)
+        assert np.allclose(item[0, :, :, 0].numpy(), expected, atol=1e-3)
+        # centred on the liver where the slice leaves room
+        tissue = read_image(volumes[record.subject].parent / "tissue.nii.gz")[0, :, :, k].numpy()
+        ci, cj = (c.mean() for c in np.nonzero(np.isin(tissue, liver_values)))
+        assert abs(i + 8 - ci) <= 1 or i in (0, 32 - 16)
+        assert abs(j + 6 - cj) <= 1 or j in (0, 32 - 12)
+        checked += 1
+    assert checked == result["n"]
+
+
+def test_lesion_slices_refuses_a_crop_larger_than_a_slice(phantom_manifest, tmp_path) -> None:
+    from udl_med.errors import InputError
+
+    with pytest.raises(InputError, match="crop"):
+        utility.lesion_slices(phantom_manifest, tmp_path / "crops", crop=[64, 16])

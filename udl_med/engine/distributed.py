@@ -33,6 +33,19 @@ def init_distributed(device_type: str) -> ProcessInfo:
     return ProcessInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def leave_distributed(succeeded: bool) -> None:
+    """Wait for every rank (after a clean run) and close the group.
+
+    A rank that exits while gloo's threads still serve the group aborts the
+    interpreter (SIGABRT, "terminate called without an active exception").
+    """
+    if not dist.is_initialized():
+        return
+    if succeeded:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def choose_device(requested: str, process: ProcessInfo) -> torch.device:
     """``auto`` takes CUDA when there is one (this process's local GPU), else the CPU."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):

@@ -1,4 +1,4 @@
-"""What may leave the site through tracking: the privacy mode of every logged run (issue 27).
+"""What may leave the site through tracking: the privacy mode of every logged run.
 
 Two modes, ``standard`` (the default: runs are logged as they always were) and
 ``strict``. A run is strict when any of these says so (the strictest wins, so a site's

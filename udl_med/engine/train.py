@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
-from udl_med.engine.config import RunConfig, apply_overrides, load_config, validate_config
+from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
 from udl_med.engine.data_order import fixed_batches, reference_batch, step_loader
-from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed
+from udl_med.engine.distributed import ProcessInfo, all_mean, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
 from udl_med.errors import ConfigError, RunError
@@ -215,7 +215,7 @@ class Trainer:
         main = self.process.is_main
         tracked = main and cfg.tracking.enabled
         tracker = (
-            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # privacy: issue 27
+            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.run_name, run_id=mlflow_run_id, privacy=cfg.tracking.privacy)  # strict mode hashes paths and withholds previews
             if tracked
             else NullTracker()
         )
@@ -246,6 +246,7 @@ class Trainer:
             return report
         finally:
             tracker.end(status)
+            leave_distributed(status == "FINISHED")
 
     def _loop(self, tracker, loader, eval_batches, start: int, batches_per_epoch: int) -> dict[str, Any]:
         cfg, train = self.config, self.config.train
@@ -334,7 +335,7 @@ class Trainer:
                 save_scatter(images, path, centres=getattr(self.train_set, "centres", None))
             else:
                 save_grid(images, path)
-            tracker.log_preview(name, path)  # privacy (issue 27): strict mode withholds previews of real scans
+            tracker.log_preview(name, path)  # strict privacy withholds previews of real scans
         return metrics
 
     def _evaluate_samples(self, tracker, step: int) -> dict[str, float]:
@@ -396,7 +397,10 @@ def train(
     """
     if overrides or not isinstance(config, RunConfig):
         raw = config.to_dict() if isinstance(config, RunConfig) else config
-        config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
+        try:
+            config = validate_config(apply_overrides(raw, overrides, "<config>"), "<config>")
+        except ConfigError as err:
+            raise blame_overrides(err, overrides, raw) from None
     return Trainer(config, resume=resume, datasets=datasets).run()
 
 

@@ -56,6 +56,7 @@ def lesion_slices(
     slice_axis: int = 2,
     split: str | None = None,
     subject_prefix: str = "",
+    crop: list[int] | tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Write the class-showing CT slices of phantoms as one-slice volumes plus a manifest (see the module docstring).
 
@@ -63,7 +64,16 @@ def lesion_slices(
     ``sub-000, ...``, and the utility check refuses held-out subjects that share an id with
     training subjects.
 
+    ``crop``: the in-plane size of a liver-centred crop of every slice (centred on the
+    slice's liver and lesion voxels, shifted to stay inside the slice), the item where
+    synthetic data helps (README: synthesis); None keeps the whole slice. Every item keeps
+    its place in the scanner: its origin is the physical position of its first voxel.
+
     Returns ``manifest``, ``n``, ``per_class`` (slice counts) and ``n_subjects``.
+
+    Raises:
+        InputError: no CT images, no label or label map, no slice through the liver, or a
+            crop larger than a slice.
     """
     from monai.data import MetaTensor
 
@@ -72,6 +82,10 @@ def lesion_slices(
     from udl_med.data.phantoms import TISSUES
     from udl_med.io_utils import atomic_folder
 
+    if crop is not None:
+        crop = [int(c) for c in crop]
+        if len(crop) != 2 or min(crop) < 1:
+            raise UserError(f"lesion_slices crop must be two positive sizes (in-plane), got {crop}")
     liver_value, lesion_value = TISSUES.index("liver"), TISSUES.index("lesion")
     records = [r for r in list_images(source) if r.modality == "CT" and (split is None or r.split == split)]
     if not records:
@@ -89,15 +103,30 @@ def lesion_slices(
             geometry = Geometry.from_meta(image.meta)
             ct = image[0].numpy()
             tissue = read_image(tissue_path)[0].numpy()
+            plane = [a for a in range(ct.ndim) if a != slice_axis]
+            if crop is not None and any(c > ct.shape[a] for c, a in zip(crop, plane)):
+                raise InputError(record.path, f"crop {list(crop)} is larger than a slice {[ct.shape[a] for a in plane]}")
             for k in range(ct.shape[slice_axis]):
                 t = np.take(tissue, k, axis=slice_axis)
-                if ((t == liver_value) | (t == lesion_value)).sum() < min_liver_voxels:
+                liver = (t == liver_value) | (t == lesion_value)
+                if liver.sum() < min_liver_voxels:
                     continue
                 if record.label and not (t == lesion_value).any():
                     continue
-                hu = np.clip(np.expand_dims(np.take(ct, k, axis=slice_axis), slice_axis), *window)
+                hu = np.take(ct, k, axis=slice_axis)
+                start = [0, 0]
+                if crop is not None:
+                    centre = [int(round(c.mean())) for c in np.nonzero(liver)]
+                    start = [min(max(c - s // 2, 0), n - s) for c, s, n in zip(centre, crop, hu.shape)]
+                    hu = hu[start[0] : start[0] + crop[0], start[1] : start[1] + crop[1]]
+                hu = np.clip(np.expand_dims(hu, slice_axis), *window)
                 name = f"{record.subject}_z{k:03d}.nii.gz"
-                meta = {**geometry.as_meta(), "modality": "CT"} if geometry is not None else {"modality": "CT"}
+                first = np.zeros(ct.ndim)  # the item's first voxel, as an index into the volume
+                first[slice_axis], first[plane] = k, start
+                if geometry is not None:
+                    origin = geometry.lps_affine() @ np.append(first, 1.0)
+                    item_geometry = Geometry.create(geometry.spacing, origin[: ct.ndim], geometry.direction)
+                meta = {**item_geometry.as_meta(), "modality": "CT"} if geometry is not None else {"modality": "CT"}
                 write_image(MetaTensor(torch.as_tensor(hu[None], dtype=torch.float32), meta=meta), folder / name)
                 rows.append({"image": name, "label": record.label, "modality": "CT", "subject": f"{subject_prefix}{record.subject}", "split": record.split})
                 counts[record.label] = counts.get(record.label, 0) + 1
