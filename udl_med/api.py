@@ -169,8 +169,8 @@ class Model:
         self._require("encode")
         with torch.no_grad():
             if not self._scans():
-                return encode_items(self.method.encode, torch.as_tensor(x).float())
-            return encode_items(self.method.encode, self._items(x, resample)).mean(0)
+                return encode_items(self.method.encode, torch.as_tensor(x).float(), device=self.device)
+            return encode_items(self.method.encode, self._items(x, resample), device=self.device).mean(0)
 
     def classify(self, x: ImageLike | Tensor, resample: bool = True) -> Tensor:
         """Class probabilities of one scan, as ``udl-med classify`` computes them (the mean over its slices or patches).

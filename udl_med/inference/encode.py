@@ -151,16 +151,22 @@ def save_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def encode_records(
-    encode: Callable[[Tensor], Tensor], data: Any, records: Sequence[Any], kept: Any = None, resample: bool = True
+    encode: Callable[[Tensor], Tensor],
+    data: Any,
+    records: Sequence[Any],
+    kept: Any = None,
+    resample: bool = True,
+    device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Mean feature vector of every record's items: ``(N, F)`` and the item count of each.
 
-    ``kept``: the model's training geometry; each image is resampled to it first (``resample``).
+    ``kept``: the model's training geometry; each image is resampled to it first
+    (``resample``). ``device``: where the network is (the items are moved there).
     """
     features, counts = [], []
     for record in records:
         cut = image_items(item_config(data, record.path), on_model_grid(record.path, kept, resample), record.modality)
-        codes = encode_items(encode, cut.items)
+        codes = encode_items(encode, cut.items, device=device)
         features.append(codes.mean(0).numpy())
         counts.append(len(cut.items))
     return np.stack(features).astype(np.float32), counts
@@ -193,7 +199,7 @@ def encode_to_file(
     if Capability.ENCODE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot encode")
     records = _records(input)
-    features, counts = encode_records(method.encode, loaded.run_config.data, records, loaded.data_spec.geometry, resample)
+    features, counts = encode_records(method.encode, loaded.run_config.data, records, loaded.data_spec.geometry, resample, next(method.parameters()).device)
     save_npz(
         out,
         {

@@ -95,9 +95,9 @@ def load_encoder(folder: str | Path, pretrained: bool = True, seed: int | None =
 
 
 @torch.no_grad()
-def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH) -> Tensor:
-    """``encode`` over ``items`` ``(N, C, *size)`` in batches: ``(N, F)`` on the CPU."""
-    out = [encode(items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
+def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH, device: torch.device | str | None = None) -> Tensor:
+    """``encode`` over ``items`` ``(N, C, *size)`` in batches (moved to ``device`` where given): ``(N, F)`` on the CPU."""
+    out = [encode(items[i : i + batch].to(device) if device is not None else items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
     return torch.cat(out)
 
 
