@@ -20,6 +20,7 @@ import graph sees the edge, and ``udl-med --help`` imports no torch, MONAI or ML
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -316,6 +317,17 @@ _MODEL = Arg("model", "runs:/<id>/model, models:/<name>/<version>, or a local mo
 _IMAGES = "volume, DICOM series folder, folder of volumes, or manifest"
 _EXTRACTOR = "random | encoder:PATH | inception:PATH | radimagenet:PATH | swav:PATH | medicalnet:PATH"
 _OVERRIDES = "override a config value, e.g. --set train.steps=100 (repeatable; default: none, the file as it is)"
+_DEVICE = Arg("device", "torch device the network runs on: cpu, cuda, cuda:1 (default: cpu)", default=None)
+_RESAMPLE = Arg(
+    "resample",
+    "refuse a scan whose spacing (over 1.5x) or orientation differs from the model's training scans "
+    "instead of resampling it (default: resample it to the training grid)",
+    None,
+    True,
+    kind="flag",
+    flag="--no-resample",
+    parse=operator.not_,
+)
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
 
@@ -399,6 +411,7 @@ ACTIONS: dict[str, Action] = {
                     default=None,
                     metavar="SPEC",
                 ),
+                _DEVICE,
             ),
             command="sample",
             step=True,
@@ -475,6 +488,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("like", "a scan whose spacing, orientation, size and modality the images take (default: the training data's spacing and the model's size)", default=None, metavar="REFERENCE"),
                 Arg("seed", "random seed of the latent draws", int, 0),
                 Arg("overwrite", "replace an earlier synthesize output in --out (only once the new one is complete)", None, False, kind="flag"),
+                _DEVICE,
             ),
             command="synthesize",
             step=True,
@@ -539,6 +553,8 @@ ACTIONS: dict[str, Action] = {
                 _MODEL,
                 Arg("input", _IMAGES, positional=True, input=True),
                 Arg("out", "FEATURES.npz", output="file"),
+                _DEVICE,
+                _RESAMPLE,
             ),
             command="encode",
             step=True,
@@ -573,6 +589,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("output", "a .nii.gz name, or a folder name for a DICOM series", positional=True, output="path"),
                 Arg("direction", "ct2mr or mr2ct (default: from each input's modality, else the model's only direction)", default=None, choices=("ct2mr", "mr2ct")),
                 Arg("progress", "show progress bars", None, True, kind="flag", cli=False),
+                replace(_DEVICE, help="torch device the network runs on: cpu, cuda, cuda:1 (default: cuda when there is one)"),
+                _RESAMPLE,
             ),
             command="translate",
             step=True,
@@ -585,18 +603,20 @@ ACTIONS: dict[str, Action] = {
                 Arg("model", "a model that classifies (e.g. semi_supervised_gan): folder or MLflow URI", positional=True, input=True),
                 Arg("input", _IMAGES, positional=True, input=True),
                 Arg("out", "PREDICTIONS.csv (written only when every image was read)", output="file"),
+                _DEVICE,
+                _RESAMPLE,
             ),
             command="classify",
             step=True,
         ),
         Action(
             "export",
-            "export a trained model: MONAI bundle, encoder weights, or TorchScript",
+            "export a trained model: MONAI bundle, encoder weights, a GAN's generator, or TorchScript",
             _export,
             (
                 _MODEL,
                 Arg("out", "output folder", positional=True, output="folder"),
-                Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "torchscript")),
+                Arg("fmt", "what to write", default="encoder", flag="--format", choices=("bundle", "classifier", "encoder", "generator", "torchscript")),
             ),
             command="export",
             step=True,

@@ -1,4 +1,4 @@
-"""MLflow older than 3: the model folder is logged instead of the pt2 pytorch flavour, with one warning per process."""
+"""MLflow older than 3: the model folder is logged instead of the pyfunc model, with one warning per process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import logging
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
-import torch
 
 from udl_med.engine import tracking
 
@@ -17,7 +15,7 @@ def test_older_mlflow_falls_back_with_one_warning(tmp_path: Path, tracking_uri: 
     monkeypatch.setattr(tracking.mlflow, "__version__", "2.16.2")
     monkeypatch.setattr(tracking, "_warned", set())
     calls = []
-    monkeypatch.setattr(mlflow.pytorch, "log_model", lambda *a, **k: calls.append(k))  # must not be tried
+    monkeypatch.setattr(mlflow.pyfunc, "log_model", lambda *a, **k: calls.append(k))  # must not be tried
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "udl_med_model.pt").write_bytes(b"weights")
@@ -25,7 +23,7 @@ def test_older_mlflow_falls_back_with_one_warning(tmp_path: Path, tracking_uri: 
     with caplog.at_level(logging.WARNING, logger="udl_med.engine.tracking"):
         for name in ("first", "second"):
             tracker = tracking.Tracker(tracking_uri, "fallback-tests", name)
-            tracker.log_model(folder, torch.nn.Linear(2, 2), np.zeros((1, 2), np.float32))
+            tracker.log_model(folder)
             tracker.end()
             run_ids.append(tracker.run_id)
     assert calls == []
@@ -36,5 +34,5 @@ def test_older_mlflow_falls_back_with_one_warning(tmp_path: Path, tracking_uri: 
         assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/udl_med_model.pt"]
 
 
-def test_the_installed_mlflow_is_new_enough_for_the_pt2_flavour() -> None:
-    assert tracking.mlflow_major() >= tracking.PT2_MLFLOW_MAJOR
+def test_the_installed_mlflow_is_new_enough_for_the_pyfunc_model() -> None:
+    assert tracking.mlflow_major() >= tracking.PYFUNC_MLFLOW_MAJOR

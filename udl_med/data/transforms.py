@@ -25,7 +25,7 @@ __all__ = ["ReadImaged", "SliceFirstd", "volume_transform", "unwrap_user_error"]
 
 
 class ReadImaged(MapTransform):
-    """Dictionary transform: :func:`udl_med.data.io.read_image` on ``keys``; fills ``modality``.
+    """Dictionary transform: :func:`udl_med.data.io.read_image` on ``keys`` (a MetaTensor passes as it is); fills ``modality``.
 
     The manifest's modality wins over the file's; a file that says otherwise is an error.
     An image that says none (a NIfTI from elsewhere has no modality field) gets
@@ -40,7 +40,7 @@ class ReadImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = read_image(d[key])
+            image = d[key] if isinstance(d[key], torch.Tensor) else read_image(d[key])  # an image read (and resampled) already
             listed, found = d.get(self.modality_key), image.meta.get("modality")
             if listed and found and listed != found:
                 raise InputError(d[key], f"the manifest says modality {listed} but the file says {found}")

@@ -74,7 +74,7 @@ class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = "udl-med"
     run_name: str | None = None
-    log_model: bool = True  # log the model in MLflow's pytorch flavour (pt2) as well as our files
+    log_model: bool = True  # log the model as an MLflow pyfunc model (engine/mlflow_model.py); false: our files only
     enabled: bool = True  # false: no MLflow run (in-process fits: tests, benchmarks, probes)
     privacy: Literal["standard", "strict"] = "standard"  # strict: paths hashed, previews of real scans withheld (engine/privacy.py)
 

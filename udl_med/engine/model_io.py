@@ -19,7 +19,7 @@ import torch
 
 from udl_med import keys
 from udl_med.engine.checkpoint import atomic_torch_save
-from udl_med.errors import ConfigError, InputError
+from udl_med.errors import ConfigError, InputError, UserError
 from udl_med.data.spec import DataSpec
 from udl_med.methods.base import InitFrom, Method, get_method
 
@@ -120,8 +120,33 @@ def load_inference_state(method: Method, state: dict[str, torch.Tensor], modules
     method.load_state_dict(state, strict=False)
 
 
-def load_model(model: str | Path) -> LoadedModel:
-    """Rebuild the trained method that ``model`` names (folder or MLflow URI), eval mode, CPU."""
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device (None: the CPU).
+
+    Raises:
+        UserError: a name torch does not know, or a CUDA/MPS device this machine lacks.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"unknown device {device!r} ({str(err).splitlines()[0]}); e.g. cpu, cuda, cuda:1") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {device!r} is not available on this machine ({torch.cuda.device_count()} CUDA device(s))")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r} is not available on this machine")
+    return chosen
+
+
+def load_model(model: str | Path, device: str | torch.device | None = None) -> LoadedModel:
+    """Rebuild the trained method that ``model`` names (folder or MLflow URI), eval mode, on ``device`` (default: CPU).
+
+    Raises:
+        InputError: no model there, or an unreadable model file.
+        UserError: a device this machine does not have.
+    """
+    where = resolve_device(device)
     folder = resolve_model_folder(str(model))
     path = _find_model_file(folder) if folder.is_dir() else (folder if folder.name == keys.MODEL_FILE else None)
     if path is None:
@@ -139,7 +164,7 @@ def load_model(model: str | Path) -> LoadedModel:
     data_spec = DataSpec(**content["data_spec"])
     method = method_cls(config.model, data_spec)
     load_inference_state(method, content["state_dict"], tuple(content.get("modules", ())), path)
-    method.eval()
+    method.eval().to(where)
     return LoadedModel(method=method, config=content["config"], data_spec=data_spec, source=str(model), folder=path.parent, validated=config)
 
 

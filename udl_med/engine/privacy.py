@@ -23,7 +23,7 @@ In strict mode a :class:`Scrubber` rewrites what is logged:
   translations, traversals around a real scan's code), are withheld: only previews drawn
   from the prior (:data:`PRIOR_PREVIEWS`) and the artifacts of the steps that only draw
   from the prior (:data:`PRIOR_STEPS`) are logged;
-- the model's input example (for MLflow's signature) is zeros of a real batch's shape.
+- no input example is logged with the MLflow model (in either mode).
 
 DICOM header strings never reach the store in either mode: nothing read from a header
 is logged; tests/engine/test_privacy.py searches a whole store for them.

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LENGTH = 6000
 FLUSH_SECONDS = 2.0
 MAX_METRICS_PER_BATCH = 1000
-PT2_MLFLOW_MAJOR = 3  # log_model(name=..., serialization_format="pt2") are MLflow 3 arguments
+PYFUNC_MLFLOW_MAJOR = 3  # log_model(name=...) is an MLflow 3 argument
 _warned: set[str] = set()
 
 
@@ -172,62 +173,53 @@ class Tracker:
         else:
             warn_once(f"preview:{name}", "privacy %s: preview %r (of real scans) not logged; it is in the run folder", self.scrub.mode, name)
 
-    def log_model(self, model_folder: Path, example_module: Any = None, example_input: Any = None, pytorch_flavour: bool = True) -> None:
-        """Log the model folder as the run's ``model``, in MLflow's pytorch flavour where possible.
+    def log_model(self, model_folder: Path, as_mlflow_model: bool = True) -> None:
+        """Log the model folder as the run's ``model``: an MLflow pyfunc model (:mod:`udl_med.engine.mlflow_model`).
 
-        The pytorch flavour is saved with ``serialization_format="pt2"`` (``torch.export``,
-        no pickle) with our model file as an extra file; if the network cannot be
-        exported, or the MLflow in use is older than 3 (whose ``log_model`` lacks these
-        arguments), the model folder is logged as plain artifacts under ``model/`` so that
-        ``runs:/<id>/model`` still works for every udl-med command; the reason is shown as
-        a warning once per process. In strict privacy mode the model file's config has its
-        paths hashed and the input example is zeros of the real batch's shape.
+        The pyfunc model is saved from code (no pickle) with the udl-med model folder as
+        its artifact, so ``mlflow.pyfunc.load_model("runs:/<id>/model")`` predicts what
+        the method's command does and ``runs:/<id>/model`` works as MODEL in every udl-med
+        command. With ``as_mlflow_model`` false (``tracking.log_model: false``), or an
+        MLflow older than 3, the folder is logged as plain artifacts under ``model/``
+        (every command still reads it); the MLflow version is then named in one warning
+        per process. In strict privacy mode the model file's config has its paths hashed.
+        No input example is logged.
         """
         if self.scrub.strict:
-            import numpy as np
-
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp) / "model"
                 folder.mkdir()
                 for path in sorted(p for p in Path(model_folder).iterdir() if p.is_file()):
                     if self.scrub.artifact(path, folder) == path:  # not rewritten: copied as it is
                         shutil.copy2(path, folder)
-                example = None if example_input is None else np.zeros_like(example_input)
-                self._log_model(folder, example_module, example, pytorch_flavour)
+                self._log_model(folder, as_mlflow_model)
             return
-        self._log_model(model_folder, example_module, example_input, pytorch_flavour)
+        self._log_model(Path(model_folder), as_mlflow_model)
 
-    def _log_model(self, model_folder: Path, example_module: Any, example_input: Any, pytorch_flavour: bool) -> None:
-        if pytorch_flavour and example_module is not None and mlflow_major() < PT2_MLFLOW_MAJOR:
+    def _log_model(self, model_folder: Path, as_mlflow_model: bool) -> None:
+        if as_mlflow_model and mlflow_major() < PYFUNC_MLFLOW_MAJOR:
             warn_once(
                 "mlflow<3",
-                "MLflow %s cannot log the pytorch flavour with torch.export (needs MLflow >= %d); "
+                "MLflow %s cannot log the pyfunc model from code (needs MLflow >= %d); "
                 "logging the udl-med model folder as the run's `model` instead (every udl-med command reads it)",
                 mlflow.__version__,
-                PT2_MLFLOW_MAJOR,
+                PYFUNC_MLFLOW_MAJOR,
             )
-            pytorch_flavour = False
-        if pytorch_flavour and example_module is not None and example_input is not None:
-            try:
-                from mlflow import pytorch as mlflow_pytorch
+            as_mlflow_model = False
+        if not as_mlflow_model:
+            mlflow.log_artifacts(str(model_folder), artifact_path="model")
+            return
+        from udl_med.engine.mlflow_model import ARTIFACT, CODE_FILE, signature
 
-                mlflow_pytorch.log_model(
-                    example_module,
-                    name="model",
-                    input_example=example_input,
-                    serialization_format="pt2",
-                    extra_files=[str(p) for p in sorted(model_folder.iterdir()) if p.is_file()],
-                    pip_requirements=["torch", "monai", "udl-med"],
-                )
-                return
-            except Exception as err:  # torch.export cannot trace every network
-                warn_once(
-                    f"pt2:{type(example_module).__name__}:{type(err).__name__}",
-                    "pytorch flavour not logged (%s: %s); logging the model folder instead",
-                    type(err).__name__,
-                    str(err).splitlines()[0] if str(err) else "",
-                )
-        mlflow.log_artifacts(str(model_folder), artifact_path="model")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)  # none, on purpose (privacy)
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(CODE_FILE),
+                artifacts={ARTIFACT: str(model_folder)},
+                signature=signature(),
+                pip_requirements=["torch", "monai", "udl-med"],
+            )
 
     def end(self, status: str = "FINISHED") -> None:
         self.flush()

@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from udl_med import keys
 from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
-from udl_med.engine.data_order import collate_plain, fixed_batches, reference_batch, step_loader
+from udl_med.engine.data_order import fixed_batches, reference_batch, step_loader
 from udl_med.engine.distributed import ProcessInfo, all_mean, any_rank, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
 from udl_med.engine.store import store_errors
@@ -113,33 +112,6 @@ class StopRequest:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-def _example_for_mlflow(method: Method, batch: dict[str, Any]) -> tuple[nn.Module | None, np.ndarray | None]:
-    """A module and input for MLflow's pt2 pytorch flavour: the encoder or the ct2mr translator."""
-    image = batch.get(keys.IMAGE, batch.get(keys.CT))
-    if not isinstance(image, torch.Tensor):
-        return None, None
-
-    class Encode(nn.Module):
-        def __init__(self, m: Method) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m.encode(x)
-
-    class Translate(Encode):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.m.translate(x, "ct2mr")
-
-    if Capability.TRANSLATE in method.capabilities:
-        module: nn.Module = Translate(method)
-    elif Capability.ENCODE in method.capabilities:
-        module = Encode(method)
-    else:
-        return None, None
-    return module.eval(), image[:2].detach().cpu().float().numpy()
 
 
 class Trainer:
@@ -421,13 +393,7 @@ class Trainer:
             state = torch.load(best, map_location="cpu", weights_only=True)["model"]
         save_model(model_dir, self.method, self.config.to_dict(), state, self.config.train.steps)
         tracker.log_artifact(self.checkpoint_path, "checkpoints")
-        module, example = (None, None)
-        if self.config.tracking.log_model and self.config.tracking.enabled:
-            cpu_method = get_method(self.config.method)(self.config.model, self.spec)
-            cpu_method.load_state_dict({k: v.cpu() for k, v in state.items()})
-            batch = eval_batches[0] if eval_batches else collate_plain([self.train_set[0]])
-            module, example = _example_for_mlflow(cpu_method.eval(), batch)
-        tracker.log_model(model_dir, module, example, pytorch_flavour=self.config.tracking.log_model)
+        tracker.log_model(model_dir, as_mlflow_model=self.config.tracking.log_model)
         return model_dir
 
 

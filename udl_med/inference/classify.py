@@ -7,6 +7,10 @@ the model was trained on: every foreground slice across the run's ``slice_axis``
 2D/2.5D models, a grid of foreground patches for 3D models, centre-cropped). The
 model's ``classify`` gives class probabilities per item.
 
+Geometry: each image is first resampled to the spacing and orientation the model was
+trained on (:mod:`udl_med.inference.model_grid`, MONAI); ``--no-resample`` uses it as it
+is and refuses a large mismatch (exit code 2).
+
 **Pooling.** A scan's probabilities are the mean of its items' probabilities (the
 foreground slices or patches), and its predicted class is their argmax. A lesion seen on
 a few slices moves the mean less than it would move a maximum, but the mean is calibrated
@@ -46,17 +50,33 @@ __all__ = ["classify_to_file", "classify_items", "scan_probabilities", "classifi
 
 
 @torch.no_grad()
-def classify_items(classify, items: Tensor, batch: int = ITEM_BATCH) -> Tensor:
-    """``classify`` over ``items`` ``(N, C, *size)`` in batches: probabilities ``(N, K)`` on the CPU."""
-    return torch.cat([classify(items[i : i + batch]).detach().float().cpu() for i in range(0, len(items), batch)])
+def classify_items(classify, items: Tensor, batch: int = ITEM_BATCH, device: torch.device | str | None = None) -> Tensor:
+    """``classify`` over ``items`` ``(N, C, *size)`` in batches (on ``device``): probabilities ``(N, K)`` on the CPU.
+
+    A classifier that returns logits (``finetune_classifier``, ``dbn``) has them turned
+    into probabilities with a softmax; one that returns probabilities keeps them.
+    """
+    from udl_med.nets.exported import probabilities
+
+    out = []
+    for i in range(0, len(items), batch):
+        x = items[i : i + batch]
+        out.append(probabilities(classify(x if device is None else x.to(device)).detach().float()).cpu())
+    return torch.cat(out)
 
 
-def scan_probabilities(classify, data: dict[str, Any], record: Any) -> tuple[np.ndarray, int]:
-    """Mean item probabilities ``(K,)`` of one image and its item count (see the module docstring)."""
-    from udl_med.inference.encode import image_items, item_config
+def scan_probabilities(
+    classify, data: dict[str, Any], record: Any, kept: Any = None, resample: bool = True, device: torch.device | str | None = None
+) -> tuple[np.ndarray, int]:
+    """Mean item probabilities ``(K,)`` of one image and its item count (see the module docstring).
 
-    cut = image_items(item_config(data, record.path), record.path, record.modality)
-    probs = classify_items(classify, cut.items)
+    ``record``: a manifest record (``path``, ``modality``); ``kept``: the model's training
+    geometry, which the image is resampled to first (``resample``).
+    """
+    from udl_med.inference.encode import image_items, item_config, on_model_grid
+
+    cut = image_items(item_config(data, record.path), on_model_grid(record.path, kept, resample), record.modality)
+    probs = classify_items(classify, cut.items, device=device)
     return probs.mean(0).numpy(), len(cut.items)
 
 
@@ -77,8 +97,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
     return out
 
 
-def classify_to_file(model: str, input: str | Path, out: str | Path) -> dict[str, Any]:  # noqa: A002
+def classify_to_file(
+    model: str, input: str | Path, out: str | Path, device: str | None = None, resample: bool = True  # noqa: A002
+) -> dict[str, Any]:
     """Classify every image of ``input`` with ``model``; write ``out`` (.csv). See the module docstring.
+
+    Each image is first resampled to the model's training spacing and orientation
+    (:mod:`udl_med.inference.model_grid`); ``resample=False`` uses it as it is, and
+    refuses a large mismatch. ``device``: where the network runs (default: the CPU).
 
     Returns:
         ``{"out", "n_images", "num_classes", "method"}``, plus ``n_labeled``,
@@ -97,7 +123,7 @@ def classify_to_file(model: str, input: str | Path, out: str | Path) -> dict[str
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise UserError(f"{out}: the predictions file must end in .csv")
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     method = loaded.method
     if Capability.CLASSIFY not in method.capabilities or not hasattr(method, "classify"):
         raise UserError(f"{loaded.source}: method {method.name!r} cannot classify")
@@ -112,7 +138,7 @@ def classify_to_file(model: str, input: str | Path, out: str | Path) -> dict[str
         raise InputError(input, "no images found" + (f" with the model's modality {modality}" if skipped else ""))
     rows, probs, labels = [], [], []
     for record in records:
-        p, n_items = scan_probabilities(method.classify, data, record)
+        p, n_items = scan_probabilities(method.classify, data, record, loaded.data_spec.geometry, resample, next(method.parameters()).device)
         probs.append(p)
         labels.append(record.label)
         rows.append((record, p, n_items))

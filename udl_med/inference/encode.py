@@ -9,6 +9,10 @@ volume for 3D models, keeping those with foreground. Items are centre-cropped to
 training size (or resized, for runs trained with ``crop: resize``). The method's
 ``encode`` maps every item to a vector, and an image's vector is the mean over its items.
 
+Geometry: each image is first resampled to the spacing and orientation the model was
+trained on (:mod:`udl_med.inference.model_grid`, MONAI); ``--no-resample`` uses it as it
+is and refuses a large mismatch (exit code 2).
+
 ``FEATURES.npz`` holds ``features`` ``(N, F)`` float32, ``paths`` ``(N,)``, ``modality``,
 ``subject``, ``label`` (-1 where the manifest has none) and ``n_items`` per image.
 """
@@ -67,12 +71,30 @@ def _starts(n: int, size: int) -> list[int]:
     return sorted({round(i * (n - size) / (count - 1)) for i in range(count)})
 
 
-def image_items(cfg: Any, path: str | Path, modality: str | None) -> ImageItems:
+def on_model_grid(image: Any, kept: Any, resample: bool = True) -> Any:
+    """``image`` (a path or a ``(1, X, Y, Z)`` MetaTensor) on the model's training grid (:mod:`udl_med.inference.model_grid`).
+
+    A path stays a path when the model keeps no training geometry (nothing to match).
+
+    Raises:
+        InputError: an unreadable image. UserError: a refused mismatch (resampling off).
+    """
+    if kept is None:
+        return image
+    from udl_med.data.io import read_image
+    from udl_med.inference.model_grid import to_model_grid
+
+    source = image if isinstance(image, str | Path) else getattr(image, "meta", {}).get("filename_or_obj", "<image>")
+    loaded = image if isinstance(image, torch.Tensor) else read_image(image)
+    return to_model_grid(loaded, kept, resample, source)[0]
+
+
+def image_items(cfg: Any, path: str | Path | Tensor, modality: str | None) -> ImageItems:
     """Cut one image into model inputs, as described in the module docstring.
 
     Args:
         cfg: a :class:`udl_med.data.config.DataConfig` (see :func:`item_config`).
-        path: the image.
+        path: the image: a path, or a ``(1, X, Y[, Z])`` (Meta)Tensor in physical units.
         modality: ``CT``, ``MR`` or None (then the file's own).
 
     Raises:
@@ -81,7 +103,7 @@ def image_items(cfg: Any, path: str | Path, modality: str | None) -> ImageItems:
     from udl_med.data.datasets import FOREGROUND_LEVEL
     from udl_med.data.transforms import volume_transform
 
-    d = volume_transform(cfg)({keys.IMAGE: str(path), keys.MODALITY: modality or ""})
+    d = volume_transform(cfg)({keys.IMAGE: path if isinstance(path, Tensor) else str(path), keys.MODALITY: modality or ""})
     vol: Tensor = d[keys.IMAGE]
     size = tuple(cfg.size)
     if cfg.layout == "3d":
@@ -129,20 +151,35 @@ def save_npz(out: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def encode_records(
-    encode: Callable[[Tensor], Tensor], data: Any, records: Sequence[Any]
+    encode: Callable[[Tensor], Tensor],
+    data: Any,
+    records: Sequence[Any],
+    kept: Any = None,
+    resample: bool = True,
+    device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Mean feature vector of every record's items: ``(N, F)`` and the item count of each."""
+    """Mean feature vector of every record's items: ``(N, F)`` and the item count of each.
+
+    ``kept``: the model's training geometry; each image is resampled to it first
+    (``resample``). ``device``: where the network is (the items are moved there).
+    """
     features, counts = [], []
     for record in records:
-        cut = image_items(item_config(data, record.path), record.path, record.modality)
-        codes = encode_items(encode, cut.items)
+        cut = image_items(item_config(data, record.path), on_model_grid(record.path, kept, resample), record.modality)
+        codes = encode_items(encode, cut.items, device=device)
         features.append(codes.mean(0).numpy())
         counts.append(len(cut.items))
     return np.stack(features).astype(np.float32), counts
 
 
-def encode_to_file(model: str, input: str | Path, out: str | Path) -> dict[str, Any]:  # noqa: A002
+def encode_to_file(
+    model: str, input: str | Path, out: str | Path, device: str | None = None, resample: bool = True  # noqa: A002
+) -> dict[str, Any]:
     """Encode every image of ``input`` with ``model``; write ``out`` (.npz). See the module docstring.
+
+    Each image is first resampled to the model's training spacing and orientation
+    (:mod:`udl_med.inference.model_grid`); ``resample=False`` uses it as it is, and
+    refuses a large mismatch. ``device``: where the network runs (default: the CPU).
 
     Returns:
         ``{"out", "n_images", "n_features", "method"}``.
@@ -157,12 +194,12 @@ def encode_to_file(model: str, input: str | Path, out: str | Path) -> dict[str, 
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"{out}: the features file must end in .npz")
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     method = loaded.method
     if Capability.ENCODE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot encode")
     records = _records(input)
-    features, counts = encode_records(method.encode, loaded.run_config.data, records)
+    features, counts = encode_records(method.encode, loaded.run_config.data, records, loaded.data_spec.geometry, resample, next(method.parameters()).device)
     save_npz(
         out,
         {

@@ -7,11 +7,11 @@ from typing import Any
 
 from udl_med.errors import UserError
 
-EXPORT_FORMATS = ("bundle", "classifier", "encoder", "torchscript")
+EXPORT_FORMATS = ("bundle", "classifier", "encoder", "generator", "torchscript")
 
 
 def export_model(model: str, out: str | Path, fmt: str = "encoder") -> dict[str, Any]:
-    """Export MODEL to OUT as a MONAI bundle, encoder or classifier weights, or a TorchScript network.
+    """Export MODEL to OUT as a MONAI bundle, encoder or classifier weights, a GAN's generator, or a TorchScript network.
 
     Raises:
         UserError: unknown format, or a model that cannot be exported in that format.
@@ -25,6 +25,10 @@ def export_model(model: str, out: str | Path, fmt: str = "encoder") -> dict[str,
         from udl_med.inference.export_encoder import export_encoder
 
         return export_encoder(loaded, Path(out))
+    if fmt == "generator":
+        from udl_med.inference.export_generator import export_generator
+
+        return export_generator(loaded, Path(out))
     if fmt == "classifier":
         from udl_med.inference.export_classifier import export_classifier
 

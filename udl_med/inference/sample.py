@@ -41,6 +41,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -134,6 +135,27 @@ def as_volume(x: Tensor, spatial_dims: int, slice_axis: int) -> Tensor:
     return x[None]
 
 
+def draw(method: Any, n: int, generator: torch.Generator, label: int | None = None, source: str = "", code: str | None = None) -> Iterator[Tensor]:
+    """``n`` samples of ``method`` in batches of :data:`SAMPLE_BATCH`, ``(b, C, *spatial)`` in [-1, 1] on the CPU.
+
+    ``udl-med sample`` and :meth:`udl_med.api.Model.sample` both draw through this, so
+    the same seed gives them the same images. ``code``: InfoGAN codes to fix (None: all drawn).
+
+    Raises:
+        UserError: the method refuses the label (e.g. out of range).
+    """
+    codes = {} if code is None else {"code": code}
+    drawn = 0
+    while drawn < n:
+        count = min(SAMPLE_BATCH, n - drawn)
+        try:
+            batch = method.sample(count, generator=generator, label=label, **codes)
+        except ValueError as err:  # e.g. a label out of range
+            raise UserError(f"{source}: {err}" if source else str(err)) from None
+        yield batch.detach().float().cpu()
+        drawn += count
+
+
 SAMPLE_RECORD = "sample.json"  # what a sample run wrote: kind, files, model, seed (the folder's own manifest)
 POINTS_FILE = "points.csv"
 
@@ -215,7 +237,7 @@ def _write_points(folder: Path, points: Tensor, mixture: Any | None) -> tuple[li
 
 
 def sample_to_dir(
-    model: str, n: int, out: str | Path, label: int | None = None, seed: int | None = None, overwrite: bool = False, code: str | None = None
+    model: str, n: int, out: str | Path, label: int | None = None, seed: int | None = None, overwrite: bool = False, code: str | None = None, device: str | None = None
 ) -> dict[str, Any]:
     """Draw ``n`` samples from ``model`` and write them into the new folder ``out`` (see the module docstring).
 
@@ -231,6 +253,8 @@ def sample_to_dir(
         overwrite: replace an earlier ``udl-med sample`` output in ``out``: only the
             files its ``sample.json`` lists, once the new samples are complete.
         code: InfoGAN codes to fix (``model.info_codes``; see :func:`udl_med.methods.info_codes.parse_code`).
+        device: where the network runs (default: the CPU); the latents are drawn on the
+            CPU, so the samples do not depend on it beyond floating-point rounding.
 
     Returns:
         ``{"out", "n", "kind", "seed", "grid", "modality", "spacing", "manifest", "artifacts"}``
@@ -248,7 +272,7 @@ def sample_to_dir(
         raise UserError(f"--n must be at least 1, got {n}")
     out = Path(out)
     replacing = check_out(out, overwrite)
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     method = loaded.method
     if Capability.SAMPLE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot sample")
@@ -258,7 +282,6 @@ def sample_to_dir(
         raise UserError(f"{loaded.source}: {err}") from None
     if code is not None and getattr(method.config, "info_codes", None) is None:
         raise UserError(f"{loaded.source}: --code needs a model trained with InfoGAN codes (model.info_codes); method {method.name!r} has none")
-    codes = {} if code is None else {"code": code}
     if seed is None:
         seed = secrets.randbelow(2**31)
         log.info("sampling with seed %d (pass --seed %d to draw the same samples again)", seed, seed)
@@ -268,25 +291,14 @@ def sample_to_dir(
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, Any] = {}
 
-    def draw() -> Any:
-        done = 0
-        while done < n:
-            count = min(SAMPLE_BATCH, n - done)
-            try:
-                batch = method.sample(count, generator=generator, label=label, **codes).detach().float().cpu()
-            except ValueError as err:  # e.g. a label out of range
-                raise UserError(f"{loaded.source}: {err}") from None
-            done += count
-            yield batch
-
     def write(folder: Path) -> None:
         if points:
-            files, coverage = _write_points(folder, torch.cat(list(draw())), mixture)
+            files, coverage = _write_points(folder, torch.cat(list(draw(method, n, generator, label, loaded.source, code))), mixture)
             result.update(kind="points", points=str(out / POINTS_FILE), grid=str(out / "samples.png"))
             if coverage:
                 result["mode_coverage"] = coverage
         else:
-            files = _write_images(folder, loaded, method, space, draw(), n, label, generator)
+            files = _write_images(folder, loaded, method, space, draw(method, n, generator, label, loaded.source, code), n, label, generator)
             result.update(kind="images", manifest=str(out / "manifest.csv"), grid=str(out / "samples.png"))
             result.update(modality=space.modality, spacing=list(space.geometry.spacing))
         result["artifacts"] = [str(out / f) for f in files if f.endswith(".png")]

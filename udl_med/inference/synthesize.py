@@ -112,6 +112,7 @@ def synthesize(
     like: str | Path | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic data set drawn from ``model`` into ``out`` (see the module docstring).
 
@@ -124,6 +125,8 @@ def synthesize(
         seed: seed of the one sampling generator.
         overwrite: replace an existing earlier synthesize output (a folder whose manifest
             has the ``synthetic`` column), once the new one is complete (pipelines re-run).
+        device: where the network runs (default: the CPU); the samples do not depend on it
+            beyond floating-point rounding (the latents are drawn on the CPU).
 
     Returns:
         ``out, n, per_class, manifest, grid, modality, spacing, size, model, seed, artifacts``.
@@ -144,7 +147,7 @@ def synthesize(
     replacing = overwrite and _is_synthetic_folder(out)
     if out.exists() and not replacing and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty folder; choose another --out or remove it")
-    loaded = load_model(model)
+    loaded = load_model(model, device=device)
     method = loaded.method
     if Capability.SAMPLE not in method.capabilities:
         raise UserError(f"{loaded.source}: method {method.name!r} cannot sample")

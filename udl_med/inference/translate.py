@@ -52,7 +52,7 @@ from udl_med.inference.window_engines import SLICE_PIXELS, SW_OVERLAP, WINDOW_VO
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "translate_path", "translate_image", "Translator", "load_translator", "TranslationSetup", "resolve_direction",
+    "translate_path", "translate_image", "translate_volume", "Translator", "load_translator", "TranslationSetup", "resolve_direction",
     "direction_for", "input_params", "output_params", "to_unit", "windows_per_batch",
     "DIRECTIONS", "SOURCE", "TARGET", "MR_OUTPUT_RANGE", "PERCENTILE_SAMPLE", "SLICE_PIXELS", "SW_OVERLAP", "WINDOW_VOXELS",
 ]
@@ -66,10 +66,13 @@ def _translate_one(
     modality: str | None,
     progress: bool,
     skip_other: bool = False,
+    resample: bool = True,
 ) -> dict[str, Any] | None:
     """Translate ``src`` into ``dst`` (a path, or a function of the direction).
 
-    With ``skip_other``, return None for a volume of the other modality.
+    With ``skip_other``, return None for a volume of the other modality. The volume is
+    resampled to the model's training grid and the result back to the input's
+    (:func:`translate_volume`).
     """
     from udl_med.data.formats import image_kind
     from udl_med.data.readers import read_image
@@ -84,11 +87,30 @@ def _translate_one(
         return None
     direction = resolve_direction(direction, modality, available, src)
     start = time.perf_counter()
-    out = translate_image(translator, image, direction, translator.setup, progress=progress)
+    out = translate_volume(translator, image, direction, progress=progress, resample=resample, source=src)
     del image
     dst = dst if isinstance(dst, Path) else dst(direction)
     write_image(out, dst)
     return {"input": str(src), "output": str(dst), "direction": direction, "shape": list(out.shape[1:]), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def translate_volume(translator: Translator, image: Any, direction: str, progress: bool = False, resample: bool = True, source: Any = "<image>") -> Any:
+    """Translate one image ``(1, X, Y[, Z])`` (physical units, geometry in its meta) with the input's exact geometry.
+
+    The image is resampled to the model's training spacing and orientation
+    (:func:`udl_med.inference.model_grid.to_model_grid`) when it differs, translated
+    (:func:`translate_image`), and the result resampled back onto the input's grid
+    (:func:`~udl_med.inference.model_grid.back_to`). ``resample=False`` translates the
+    image as it is and refuses a large mismatch.
+
+    Raises:
+        UserError: a refused mismatch; InputError: a 2D image given to a 3D model.
+    """
+    from udl_med.inference.model_grid import back_to, to_model_grid
+
+    grid, moved = to_model_grid(image, translator.geometry, resample, source)
+    out = translate_image(translator, grid, direction, translator.setup, progress=progress)
+    return back_to(out, image) if moved else out
 
 
 def _output_for(record_path: Path, base: Path, out_dir: Path, direction_tag: str) -> Path:
@@ -114,8 +136,10 @@ def translate_path(
     output: str | Path,
     direction: str | None = None,
     progress: bool = True,
+    device: str | None = None,
+    resample: bool = True,
 ) -> dict[str, Any]:
-    """``udl-med translate MODEL INPUT OUTPUT [--direction ct2mr|mr2ct]``.
+    """``udl-med translate MODEL INPUT OUTPUT [--direction ct2mr|mr2ct] [--device D] [--no-resample]``.
 
     Args:
         model: ``runs:/<id>/model``, ``models:/<name>/<version>`` or a local model folder.
@@ -125,6 +149,10 @@ def translate_path(
             mirrors the input's layout (``<name>_<direction>`` per volume).
         direction: ``ct2mr`` or ``mr2ct``; by default from each input's modality.
         progress: show progress bars.
+        device: where the network runs (default: CUDA when there is one, else the CPU).
+        resample: resample each volume to the model's training spacing and orientation
+            and the result back (default); False translates it as it is and refuses a
+            large mismatch (:mod:`udl_med.inference.model_grid`).
 
     Returns:
         One volume: input, output, direction, shape, seconds. A collection: counts of
@@ -145,13 +173,13 @@ def translate_path(
     single = len(records) == 1 and records[0].path == input_path and input_path.suffix.lower() != ".csv"
     if single:
         image_kind(out_path)
-        translator = load_translator(model)
-        result = _translate_one(translator, input_path, out_path, direction, records[0].modality, progress)
+        translator = load_translator(model, device)
+        result = _translate_one(translator, input_path, out_path, direction, records[0].modality, progress, resample=resample)
         return {**(result or {}), "method": translator.name}
 
     if image_kind(out_path) != "dicom" or out_path.is_file():
         raise InputError(out_path, "a folder or manifest input needs an output folder name (no file suffix)")
-    translator = load_translator(model)
+    translator = load_translator(model, device)
     base = input_path.parent if input_path.is_file() else input_path
     available = translator.directions
     translated, skipped, failures, outputs = 0, 0, [], []
@@ -166,7 +194,7 @@ def translate_path(
             def dst(d: str, record_path: Path = record.path) -> Path:
                 return _output_for(record_path, base, out_path, d)
 
-            result = _translate_one(translator, record.path, dst, direction, record.modality, progress=False, skip_other=True)
+            result = _translate_one(translator, record.path, dst, direction, record.modality, progress=False, skip_other=True, resample=resample)
             if result is None:
                 skipped += 1
                 continue

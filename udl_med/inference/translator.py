@@ -29,10 +29,13 @@ class Translator(torch.nn.Module):
         config: the validated :class:`~udl_med.engine.config.RunConfig` of the run.
         setup: what inference repeats from training (:class:`TranslationSetup`).
         directions: the directions it translates.
+        geometry: the spacing and orientation of its training scans
+            (:class:`~udl_med.data.spec.TrainingGeometry`), or None.
     """
 
-    def __init__(self, method: Any, config: Any) -> None:
+    def __init__(self, method: Any, config: Any, geometry: Any = None) -> None:
         super().__init__()
+        self.geometry = geometry  # the training grid (TrainingGeometry), None for models without one
         self.name: str = method.name
         self.config = config
         self.setup = TranslationSetup.from_config(config)
@@ -44,23 +47,28 @@ class Translator(torch.nn.Module):
         return self.generators[direction](x)
 
 
-def load_translator(model: str | Path) -> Translator:
-    """The :class:`Translator` of a ``cyclegan`` or ``pix2pix`` model (folder or MLflow URI): eval mode, on CUDA when there is one.
+def load_translator(model: str | Path, device: str | None = None) -> Translator:
+    """The :class:`Translator` of a ``cyclegan`` or ``pix2pix`` model (folder or MLflow URI), eval mode.
+
+    On ``device``; by default on CUDA when there is one, else the CPU.
 
     Raises:
         InputError: no model there.
-        UserError: the method cannot translate.
+        UserError: the method cannot translate, or a device this machine lacks.
     """
     from udl_med.engine.model_io import load_model
     from udl_med.methods.base import Capability
 
+    from udl_med.engine.model_io import resolve_device
+
+    where = resolve_device(device if device is not None else ("cuda" if torch.cuda.is_available() else None))
     loaded = load_model(model)
     if Capability.TRANSLATE not in loaded.method.capabilities:
         raise UserError(f"{model}: method {loaded.method.name!r} cannot translate (use a cyclegan or pix2pix model)")
-    translator = Translator(loaded.method, loaded.run_config).eval()
+    translator = Translator(loaded.method, loaded.run_config, loaded.data_spec.geometry).eval()
     del loaded  # the discriminators go with the method
-    if torch.cuda.is_available():
-        translator.to("cuda")
+    if where.type != "cpu":
+        translator.to(where)
     else:
         from udl_med.nets.cpu_inference import fold_narrow_convolutions
 

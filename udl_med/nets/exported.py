@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from udl_med import keys
 from udl_med.errors import InputError, UserError
 
-__all__ = ["MONAI_NETS", "ITEM_BATCH", "ExportedEncoder", "build_encoder", "encode_items", "load_encoder", "read_encoder_spec"]
+__all__ = ["MONAI_NETS", "ITEM_BATCH", "ExportedEncoder", "build_encoder", "encode_items", "load_encoder", "probabilities", "read_encoder_spec"]
 
 MONAI_NETS = "monai.networks.nets"
 ITEM_BATCH = 64  # items per forward pass
@@ -95,7 +95,14 @@ def load_encoder(folder: str | Path, pretrained: bool = True, seed: int | None =
 
 
 @torch.no_grad()
-def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH) -> Tensor:
-    """``encode`` over ``items`` ``(N, C, *size)`` in batches: ``(N, F)`` on the CPU."""
-    out = [encode(items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
+def encode_items(encode: Callable[[Tensor], Tensor], items: Tensor, batch: int = ITEM_BATCH, device: torch.device | str | None = None) -> Tensor:
+    """``encode`` over ``items`` ``(N, C, *size)`` in batches (moved to ``device`` where given): ``(N, F)`` on the CPU."""
+    out = [encode(items[i : i + batch].to(device) if device is not None else items[i : i + batch]).detach().float().flatten(1).cpu() for i in range(0, len(items), batch)]
     return torch.cat(out)
+
+
+def probabilities(scores: Tensor) -> Tensor:
+    """Class probabilities ``(B, K)`` from a classifier's output: softmax of logits (rows of probabilities stay as they are)."""
+    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(scores.sum(1), torch.ones_like(scores[:, 0]), atol=1e-4):
+        return scores
+    return torch.softmax(scores, dim=1)
