@@ -142,3 +142,24 @@ def test_layer_map_orders_the_design():
     assert layer_of("udl_med.inference.sample") < layer_of("udl_med.evaluation.probe")
     assert layer_of("udl_med.evaluation.probe") < layer_of("udl_med.actions") < layer_of("udl_med")
     assert layer_of("udl_med.pipeline") == layer_of("udl_med.cli")
+
+
+def imports_inside_functions_without_a_reason() -> list[str]:
+    """``file:line`` of each import inside a function whose line carries no ``# lazy:`` reason."""
+    missing = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    span = lines[inner.lineno - 1 : inner.end_lineno]
+                    if not any("# lazy:" in line for line in span):
+                        missing.append(f"{path.relative_to(PACKAGE_ROOT.parent)}:{inner.lineno}")
+    return missing
+
+
+def test_imports_inside_functions_say_why_they_are_lazy() -> None:
+    """Imports belong at module level; one inside a function keeps a heavy or optional package off the start-up path and says so."""
+    assert imports_inside_functions_without_a_reason() == []

@@ -27,6 +27,8 @@ be on the model's training grid already.
 from __future__ import annotations
 
 import inspect
+import tempfile
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,20 @@ from monai.data import MetaTensor
 from torch import Tensor
 
 from udl_med.actions import ACTIONS, train_config
+from udl_med.data.io import read_image
+from udl_med.data.manifest import write_manifest
+from udl_med.data.writers import write_image
+from udl_med.engine.mlflow_model import operations
+from udl_med.engine.model_io import load_model as load
+from udl_med.engine.privacy import forced
+from udl_med.engine.train import train as train_run
 from udl_med.errors import UserError
+from udl_med.inference.classify import classify_items
+from udl_med.inference.encode import image_items, item_config, on_model_grid
+from udl_med.inference.sample import as_volume, draw, sample_space, to_physical
+from udl_med.inference.translate import resolve_direction, translate_image, translate_volume
+from udl_med.inference.translator import Translator
+from udl_med.nets.exported import encode_items
 
 __all__ = ["Model", "load_model", "train", "fid", "ACTION_FUNCTIONS"]
 
@@ -61,8 +76,6 @@ class Model:
     """
 
     def __init__(self, loaded: Any) -> None:
-        from udl_med.engine.mlflow_model import operations
-
         self.loaded = loaded
         self.method = loaded.method
         self.name: str = loaded.method.name
@@ -114,8 +127,6 @@ class Model:
         Raises:
             UserError: ``n < 1``, a label the model does not know, a model that cannot sample.
         """
-        from udl_med.inference.sample import as_volume, draw, sample_space, to_physical
-
         self._require("sample")
         if n < 1:
             raise UserError(f"n must be at least 1, got {n}")
@@ -144,8 +155,6 @@ class Model:
 
     def _items(self, x: ImageLike, resample: bool) -> Tensor:
         """The model inputs of one scan ``x``, cut as ``udl-med encode`` cuts them (after resampling)."""
-        from udl_med.inference.encode import image_items, item_config, on_model_grid
-
         image = _as_image(x)
         kept = self.geometry if isinstance(image, MetaTensor) and _has_geometry(image) else None
         source = str(x) if isinstance(x, str | Path) else "<image>"
@@ -164,8 +173,6 @@ class Model:
         Returns:
             ``(F,)`` float32 on the CPU (in-memory models: ``(B, F)``).
         """
-        from udl_med.nets.exported import encode_items
-
         self._require("encode")
         with torch.no_grad():
             if not self._scans():
@@ -180,8 +187,6 @@ class Model:
         Returns:
             ``(K,)`` probabilities on the CPU (in-memory models: ``(B, K)``).
         """
-        from udl_med.inference.classify import classify_items
-
         self._require("classify")
         if not self._scans():
             return classify_items(self.method.classify, torch.as_tensor(x).float(), device=self.device)
@@ -205,8 +210,6 @@ class Model:
             A MetaTensor ``(1, X, Y[, Z])`` in the target's units (CT in HU) with the
             input's affine, shape and meta, and the target ``modality``.
         """
-        from udl_med.inference.translate import resolve_direction, translate_image, translate_volume
-
         self._require("translate")
         translator = self._translator_module()
         image = _as_image(x)
@@ -220,8 +223,6 @@ class Model:
 
     def _translator_module(self) -> Any:
         if self._translator is None:
-            from udl_med.inference.translator import Translator
-
             self._translator = Translator(self.method, self.config, self.geometry).eval()
         return self._translator
 
@@ -229,8 +230,6 @@ class Model:
 def _as_image(x: ImageLike) -> Tensor:
     """A path read (:func:`udl_med.data.io.read_image`), a tensor made channel-first float32 ``(1, *spatial)``."""
     if isinstance(x, str | Path):
-        from udl_med.data.io import read_image
-
         return read_image(x)
     if not isinstance(x, Tensor):
         x = torch.as_tensor(x)
@@ -262,8 +261,6 @@ def load_model(uri_or_path: str | Path, device: str | None = None) -> Model:
     Raises:
         InputError: no model there. UserError: a device this machine lacks.
     """
-    from udl_med.engine.model_io import load_model as load
-
     return Model(load(uri_or_path, device=device))
 
 
@@ -288,8 +285,6 @@ def train(
         if datasets is not None:
             raise UserError("datasets= needs a config dictionary or RunConfig (data.kind: memory), not a file")
         return train_config(str(config), set=list(overrides), resume=resume, privacy=privacy)
-    from udl_med.engine.privacy import forced
-    from udl_med.engine.train import train as train_run
 
     with forced(privacy):
         return train_run(config, overrides=list(overrides), resume=resume, datasets=datasets)
@@ -346,8 +341,6 @@ def _documented_args(function: Callable[..., Any]) -> dict[str, str]:
 
 def _type_hints(function: Callable[..., Any]) -> dict[str, Any]:
     """The parameter annotations of ``function``, resolved where they can be (else as written)."""
-    import typing
-
     try:
         return typing.get_type_hints(function)
     except Exception:  # an annotation that names a type only imported for type checking
@@ -381,8 +374,6 @@ def fid(real: ImageSet, fake: ImageSet, **options: Any) -> dict[str, Any]:
     temporary folder (NIfTI and a manifest, removed afterwards) so that they are read
     exactly as files are. The other arguments are the command's options.
     """
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="udl-med-fid-") as tmp:
         return _fid_files(_as_image_set(real, Path(tmp) / "real"), _as_image_set(fake, Path(tmp) / "fake"), **options)
 
@@ -395,8 +386,6 @@ def _as_image_set(images: ImageSet, folder: Path) -> str | Path:
         images = list(images)  # a batch (N, 1, X, Y[, Z])
     if isinstance(images, Tensor) or not isinstance(images, Sequence) or len(images) == 0:
         raise UserError("an image set is a folder, a manifest, a .npz of statistics, or a non-empty list of (1, X, Y[, Z]) images")
-    from udl_med.data.manifest import write_manifest
-    from udl_med.data.writers import write_image
 
     rows = []
     for i, image in enumerate(images):

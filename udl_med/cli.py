@@ -19,9 +19,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from udl_med.actions import Action, Arg, commands
+from udl_med.errors import Interrupted, RunError, UserError
+from udl_med.io_utils import WRITE_ERRNOS, target_of, terminate_as_interrupt
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -108,8 +111,6 @@ def add_command(sub: Any, name: str, action: Action) -> argparse.ArgumentParser:
 
 def _version() -> str:
     """The installed distribution's version (the source tree's when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("udl-med")
     except PackageNotFoundError:
@@ -138,8 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         force=True,  # each call logs to the current stderr (main() may be called several times in one process)
     )
-    from udl_med.errors import Interrupted, RunError, UserError
-    from udl_med.io_utils import WRITE_ERRNOS, target_of, terminate_as_interrupt
 
     terminate_as_interrupt()  # SIGTERM cleans up half-written files as Ctrl-C does
     try:

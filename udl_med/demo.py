@@ -18,6 +18,8 @@ from typing import Any
 
 from udl_med.errors import UserError
 from udl_med.io_utils import atomic_write_text
+from udl_med.pipeline import PipelineConfig, run_pipeline_config
+from udl_med.shipped import find_shipped
 
 log = logging.getLogger(__name__)
 MARKER = ".udl-med-demo"  # the demo only ever clears a folder it made itself
@@ -26,8 +28,6 @@ KPLUS1_STEPS = 400  # the K+1 pair (the benchmark trains 1,000; 400 and 1,000 me
 
 def _config(name: str) -> str:
     """A shipped config (package data in a wheel, ``configs/`` in a checkout)."""
-    from udl_med.shipped import find_shipped
-
     path = find_shipped("configs", name)
     if path is None:
         raise UserError(f"{name}: demo config missing from the shipped configs (`udl-med configs` lists them)")
@@ -114,8 +114,6 @@ def run_demo(out: str | Path = "demo-out", privacy: str | None = None) -> dict[s
     ``privacy``: ``strict`` logs as :mod:`udl_med.engine.privacy` says (paths hashed,
     previews of real scans withheld); None or ``standard``: as the site's ``UDL_MED_PRIVACY`` says.
     """
-    from udl_med.pipeline import PipelineConfig, run_pipeline_config
-
     out = Path(out)
     if out.exists():
         if not (out / MARKER).exists():

@@ -11,6 +11,7 @@ with their one-line descriptions: the first comment line of each file.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,6 @@ def resolve_shipped(kind: str, value: str | Path, base: Path | None = None, sour
     found = find_shipped(kind, str(value))
     if found is not None:
         return found
-    import difflib
 
     names = list(shipped_files(kind))
     what = "config" if kind == "configs" else "pipeline"

@@ -38,13 +38,13 @@ _AUGMENT_STREAM = 0x61756720  # separates augmentation draws from the crop's, wh
 
 
 def _transforms() -> Any:
-    import monai.transforms
+    import monai.transforms  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     return monai.transforms
 
 
 def _dictionary_transforms() -> list[str]:
-    from monai.transforms import MapTransform
+    from monai.transforms import MapTransform  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     mt = _transforms()
     return sorted(n for n in dir(mt) if isinstance(getattr(mt, n), type) and issubclass(getattr(mt, n), MapTransform))
@@ -76,7 +76,7 @@ def check_step(step: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: naming the transform (and the closest valid names) or the argument (and the valid ones).
     """
-    from monai.transforms import MapTransform
+    from monai.transforms import MapTransform  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     (name, args), = step.items()
     cls = getattr(_transforms(), name, None)
@@ -103,7 +103,7 @@ def build_augment(steps: Sequence[Mapping[str, Mapping[str, Any]]], image_keys: 
     """The MONAI ``Compose`` of ``steps`` on ``image_keys``, or None for no steps."""
     if not steps:
         return None
-    from monai.transforms import Compose
+    from monai.transforms import Compose  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     mt = _transforms()
     chain = [getattr(mt, name)(keys=list(image_keys), **dict(args)) for step in steps for name, args in step.items()]

@@ -32,6 +32,7 @@ from monai.data import Dataset as MonaiDataset
 from torch.utils.data import Dataset
 
 from udl_med import keys
+from udl_med.data.augment import augment_item, build_augment
 from udl_med.data.config import DataConfig
 from udl_med.data.geometry import Geometry
 from udl_med.data.io import ImageRecord, list_images, read_image
@@ -90,8 +91,6 @@ class UdlDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self._item(i)
         if self.augment is not None:
-            from udl_med.data.augment import augment_item
-
             item = augment_item(self.augment, item, self.image_keys, self._seed, i)
         return item
 
@@ -429,8 +428,6 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     if augment is None:
         augment = split == cfg.split and (cfg.eval_split is None or split != cfg.eval_split)
     if augment and cfg.augment:
-        from udl_med.data.augment import build_augment
-
         dataset.augment = build_augment(cfg.augment, dataset.image_keys)
         before = {k: tuple(dataset._item(0)[k].shape) for k in dataset.image_keys}
         after = {k: tuple(v.shape) for k, v in dataset[0].items() if k in dataset.image_keys}

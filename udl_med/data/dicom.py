@@ -101,8 +101,8 @@ class DicomVolume:
 
 
 def _dcmread(path: Path, stop_before_pixels: bool = False):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    import pydicom  # lazy: pydicom is only needed for DICOM
+    from pydicom.errors import InvalidDicomError  # lazy: pydicom is only needed for DICOM
 
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
@@ -290,7 +290,7 @@ def _stack(slices: list[_Slice], where: Path, first: Any) -> tuple[np.ndarray, G
 
 
 def _ds_str(value: float) -> str:
-    from pydicom.valuerep import format_number_as_ds
+    from pydicom.valuerep import format_number_as_ds  # lazy: pydicom is only needed for DICOM
 
     return format_number_as_ds(float(value))
 
@@ -333,9 +333,9 @@ def write_dicom_series(
     Returns:
         The folder.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    import pydicom  # lazy: pydicom is only needed for DICOM
+    from pydicom.dataset import FileMetaDataset  # lazy: pydicom is only needed for DICOM
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid  # lazy: pydicom is only needed for DICOM
 
     folder = Path(folder)
     array = np.asarray(array, dtype=np.float64)

@@ -44,9 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.ndimage import gaussian_filter
 
+from udl_med.data.dicom import write_dicom_series
 from udl_med.data.geometry import Geometry
+from udl_med.data.manifest import write_manifest
+from udl_med.data.writers import write_image
 from udl_med.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -172,10 +176,6 @@ def write_phantoms(
     Raises:
         InputError: ``n < 1``, a shape value below 8, an unknown format, or ``out`` is a file.
     """
-    from udl_med.data.dicom import write_dicom_series
-    from udl_med.data.manifest import write_manifest
-    from udl_med.data.writers import write_image
-
     out = Path(out)
     if n < 1:
         raise InputError(out, f"the number of subjects must be at least 1, got {n}")
@@ -233,14 +233,13 @@ def write_phantoms(
 
 
 def _uid(*parts: Any) -> str:
-    from pydicom.uid import generate_uid
+    from pydicom.uid import generate_uid  # lazy: pydicom is only needed for DICOM
 
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _tensor(array: np.ndarray, meta: dict[str, Any]):
-    import torch
-    from monai.data import MetaTensor
+    from monai.data import MetaTensor  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], meta=meta)
 

@@ -42,7 +42,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, pad: in
         nrow: tiles per row (default: ``ceil(sqrt(B))``).
         pad: pixels of black between tiles.
     """
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow is only needed to write PNGs
 
     tiles = to_tiles(images)
     b, h, w = tiles.shape
@@ -84,7 +84,7 @@ def save_scatter(
         limits: ``(low, high)`` of both axes (default: the centres' extent plus a quarter
             on each side, or the points' extent when there are no centres).
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # lazy: Pillow is only needed to write PNGs
 
     def as_xy(a: Tensor | np.ndarray, name: str) -> np.ndarray:
         a = a.detach().cpu().double().numpy() if isinstance(a, Tensor) else np.asarray(a, np.float64)

@@ -100,7 +100,7 @@ def _read_nifti_voxels(path: Path, size: list[int]) -> np.ndarray:
     ITK's NIfTI reader accepts truncated data and turns NaN and Inf into 0, so the
     voxels are read here (and checked by the caller); the geometry still comes from ITK.
     """
-    import nibabel as nib
+    import nibabel as nib  # lazy: nibabel is only needed for NIfTI
 
     try:
         img = nib.load(str(path), mmap=False)
@@ -148,7 +148,7 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def _read_itk(path: Path) -> MetaTensor:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: SimpleITK is slow to import; only this reader/writer needs it
 
     fmt = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "mha", ".mhd": "mha", ".nrrd": "nrrd", ".nhdr": "nrrd"}[volume_suffix(path)]
     reader = sitk.ImageFileReader()

@@ -88,7 +88,7 @@ def write_image(image: Any, path: str | Path, reference: Any = None, modality: s
 
 
 def _write_itk(array: np.ndarray, path: Path, geometry: Geometry, modality: str | None) -> None:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: SimpleITK is slow to import; only this reader/writer needs it
 
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array)))  # (X, Y, Z) -> ITK's (Z, Y, X)
     img.SetSpacing(geometry.spacing)

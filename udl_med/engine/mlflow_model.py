@@ -107,13 +107,13 @@ class UdlMedModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from udl_med.engine.model_io import load_model
+        from udl_med.engine.model_io import load_model  # lazy: model_io imports tracking, which imports this module
 
         self.loaded = load_model(context.artifacts[ARTIFACT])
 
     def load_folder(self, folder: str | Path) -> UdlMedModel:
         """Load from a udl-med model folder directly (tests, and use without MLflow)."""
-        from udl_med.engine.model_io import load_model
+        from udl_med.engine.model_io import load_model  # lazy: model_io imports tracking, which imports this module
 
         self.loaded = load_model(folder)
         return self
@@ -153,8 +153,8 @@ class UdlMedModel(PythonModel):
 
 def signature() -> Any:
     """The model signature: free-form input, the ``params`` of the module docstring."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.models import ModelSignature  # lazy: MLflow takes seconds to import; only this path logs
+    from mlflow.types.schema import ParamSchema, ParamSpec  # lazy: MLflow takes seconds to import; only this path logs
 
     return ModelSignature(
         inputs=None,

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 from udl_med import keys
-from udl_med.engine.checkpoint import atomic_torch_save
-from udl_med.errors import ConfigError, InputError, UserError
 from udl_med.data.spec import DataSpec
+from udl_med.engine.checkpoint import atomic_torch_save
+from udl_med.engine.config import validate_config
+from udl_med.engine.tracking import configure_tracking
+from udl_med.errors import ConfigError, InputError, UserError
 from udl_med.methods.base import InitFrom, Method, get_method
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,6 @@ class LoadedModel:
         """The validated :class:`~udl_med.engine.config.RunConfig` (validated from ``config`` on first use)."""
         if self.validated is not None:
             return self.validated
-        from udl_med.engine.config import validate_config
 
         return validate_config(self.config, self.source)
 
@@ -98,9 +99,7 @@ def resolve_model_folder(model: str) -> Path:
     if local.exists():
         return local
     if "://" in model or model.startswith(("runs:/", "models:/")):
-        import mlflow
-
-        from udl_med.engine.tracking import configure_tracking
+        import mlflow  # lazy: MLflow takes seconds to import; only this path logs
 
         configure_tracking(None)
         try:
@@ -157,7 +156,6 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> L
         raise InputError(path, f"unreadable model file ({type(err).__name__})") from None
     if not isinstance(content, dict) or content.get("format") != MODEL_FORMAT:
         raise InputError(path, f"not a udl-med model file (format {MODEL_FORMAT})")
-    from udl_med.engine.config import validate_config
 
     config = validate_config(content["config"], str(path))
     method_cls = get_method(content["method"])

@@ -44,6 +44,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from udl_med.engine.checkpoint import atomic_torch_save
 from udl_med.errors import UserError
 from udl_med.io_utils import atomic_write_text
 
@@ -235,8 +239,6 @@ class Scrubber:
         if suffix == ".csv":
             return self._manifest(path, target)
         if suffix in (".yaml", ".yml"):
-            import yaml
-
             return atomic_write_text(target, yaml.safe_dump(self.value(yaml.safe_load(path.read_text())), sort_keys=False))
         if suffix in (".pt", ".pth"):
             return self._torch_file(path, target)
@@ -264,10 +266,6 @@ class Scrubber:
         return "id#" + hmac.new(self._key(), text.encode(), hashlib.sha256).hexdigest()[:HASH_CHARS]
 
     def _torch_file(self, path: Path, target: Path) -> Path:
-        import torch
-
-        from udl_med.engine.checkpoint import atomic_torch_save
-
         content = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(content, dict) and isinstance(content.get("config"), dict):
             content["config"] = self.config(content["config"])

@@ -20,6 +20,10 @@ from udl_med import keys
 from udl_med.engine.config import SampleEvalConfig
 from udl_med.engine.data_order import fixed_batches
 from udl_med.methods.base import Method
+from udl_med.metrics.compare import compare_stats, tensor_statistics
+from udl_med.metrics.extractors import build_extractor
+from udl_med.metrics.prdc import prdc_report
+from udl_med.metrics.statistics import FeatureStats
 
 SAMPLE_SEED = 20_231  # the fixed seed of evaluation samples
 SAMPLE_BATCH = 64
@@ -47,8 +51,6 @@ class SampleEvaluator:
     """FID and KID of ``method.sample`` against the first ``config.n`` items of ``eval_set``."""
 
     def __init__(self, config: SampleEvalConfig, eval_set: Dataset, spatial_dims: int) -> None:
-        from udl_med.metrics.statistics import FeatureStats
-
         self.config = config
         self.spatial_dims = spatial_dims
         real = torch.cat([b[keys.IMAGE] for b in fixed_batches(eval_set, config.n, 256)]).float()
@@ -58,16 +60,10 @@ class SampleEvaluator:
         if spatial_dims == 0:
             self.real = FeatureStats.from_features(real.flatten(1).numpy())
         else:
-            from udl_med.metrics.compare import tensor_statistics
-            from udl_med.metrics.extractors import build_extractor
-
             self.extractor = build_extractor(config.extractor, spatial_dims)
             self.real = tensor_statistics(real, self.extractor, layout=f"{spatial_dims}d")
 
     def _stats(self, samples: Tensor):
-        from udl_med.metrics.compare import tensor_statistics
-        from udl_med.metrics.statistics import FeatureStats
-
         if self.extractor is None:
             return FeatureStats.from_features(samples.flatten(1).numpy())
         return tensor_statistics(samples.clamp(-1, 1), self.extractor, layout=f"{self.spatial_dims}d")
@@ -75,9 +71,6 @@ class SampleEvaluator:
     @torch.no_grad()
     def __call__(self, method: Method) -> dict[str, float]:
         """``fid``, ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` of ``config.n`` fresh samples (the method in eval mode)."""
-        from udl_med.metrics.compare import compare_stats
-        from udl_med.metrics.prdc import prdc_report
-
         fake = self._stats(draw_samples(method, self.config.n))
         result: dict[str, Any] = compare_stats(self.real, fake, bootstrap=0)
         out = {keys.FID: float(result["fid"]), keys.KID: float(result["kid"])}

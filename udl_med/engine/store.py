@@ -108,7 +108,7 @@ def prepare_store(uri: str) -> None:
 
 
 def _is_store_error(err: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: MLflow takes seconds to import; only this path logs
 
     root = type(err).__module__.split(".", 1)[0]
     return isinstance(err, MlflowException) or root in ("sqlalchemy", "alembic", "sqlite3")

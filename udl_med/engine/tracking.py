@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow.entities import Metric
 
 from udl_med.engine.config import flatten
+from udl_med.engine.mlflow_model import ARTIFACT, CODE_FILE, signature
 from udl_med.engine.privacy import Scrubber
 from udl_med.engine.store import prepare_store
 
@@ -137,8 +139,6 @@ class Tracker:
         if new:
             mlflow.log_params(new)
         with tempfile.TemporaryDirectory() as tmp:
-            import yaml
-
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             mlflow.log_artifact(str(path))
@@ -209,7 +209,6 @@ class Tracker:
         if not as_mlflow_model:
             mlflow.log_artifacts(str(model_folder), artifact_path="model")
             return
-        from udl_med.engine.mlflow_model import ARTIFACT, CODE_FILE, signature
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)  # none, on purpose (privacy)

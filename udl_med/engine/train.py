@@ -28,13 +28,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from udl_med import keys
+from udl_med.data.preview import save_grid, save_scatter
 from udl_med.engine import checkpoint as ckpt
 from udl_med.engine.config import RunConfig, apply_overrides, blame_overrides, load_config, validate_config
 from udl_med.engine.data_order import fixed_batches, reference_batch, step_loader
 from udl_med.engine.distributed import ProcessInfo, all_mean, any_rank, broadcast_parameters, choose_device, init_distributed, leave_distributed
 from udl_med.engine.model_io import apply_init_from, save_model
-from udl_med.engine.store import store_errors
 from udl_med.engine.optimization import EMA, EngineOptimization, build_schedulers, resolve_amp
+from udl_med.engine.sample_eval import SampleEvaluator
+from udl_med.engine.store import store_errors
+from udl_med.engine.tracking import NullTracker, Tracker
 from udl_med.errors import ConfigError, Interrupted, RunError
 from udl_med.io_utils import atomic_write_text, check_writable, progress_disabled
 from udl_med.methods.base import Capability, Method, get_method
@@ -172,8 +175,6 @@ class Trainer:
             if self.eval_set is None:
                 raise ConfigError(self.source, "train.sample_eval", "needs evaluation data (data.eval_split)")
             if self.process.is_main:
-                from udl_med.engine.sample_eval import SampleEvaluator
-
                 self.sample_evaluator = SampleEvaluator(cfg.train.sample_eval, self.eval_set, self.spec.spatial_dims)
 
     def _batch_keys(self) -> set[str]:
@@ -209,8 +210,6 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from udl_med.engine.tracking import NullTracker, Tracker
-
         cfg = self.config
         self._rng_to_restore = None
         if self.process.is_main:
@@ -328,8 +327,6 @@ class Trainer:
 
     def _evaluate(self, tracker, eval_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
         """Average ``method.evaluate`` over the held-out batches; save and log the previews."""
-        from udl_med.data.preview import save_grid
-
         self.method.eval()
         sums: dict[str, float] = defaultdict(float)
         with torch.no_grad(), (self.ema.swapped_in(self.method) if self.ema else nullcontext()):
@@ -343,7 +340,6 @@ class Trainer:
             path = self.run_dir / "previews" / f"{name}_step{step:06d}.png"
             images = images.detach().float().cpu()
             if images.ndim == 2:  # point data (B, 2): a scatter plot with the mixture's modes
-                from udl_med.data.preview import save_scatter
 
                 save_scatter(images, path, centres=getattr(self.train_set, "centres", None))
             else:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from udl_med.data.memory import TensorItems
+from udl_med.engine.fit import fit_in_memory
 from udl_med.errors import InputError, UserError
 from udl_med.evaluation.probe_items import LABEL_MAP_NAME, ROI_CHOICES, ProbeItems, probe_items
 from udl_med.nets.exported import encode_items, load_encoder
@@ -51,10 +53,10 @@ def features(encoder: nn.Module, data: ProbeItems, batch: int = 64) -> np.ndarra
 
 def linear_probe_accuracy(x: np.ndarray, labels: np.ndarray, subjects: np.ndarray, folds: int = 5, c: float = 0.1, seed: int = 0) -> float:
     """Mean accuracy of a logistic regression on standardised ``x`` over subject-grouped stratified folds."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # lazy: scikit-learn is slow to import; only this path needs it
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score  # lazy: scikit-learn is slow to import; only this path needs it
+    from sklearn.pipeline import make_pipeline  # lazy: scikit-learn is slow to import; only this path needs it
+    from sklearn.preprocessing import StandardScaler  # lazy: scikit-learn is slow to import; only this path needs it
 
     n_subjects = len(np.unique(subjects))
     folds = min(folds, n_subjects, int(np.bincount(labels).max()))
@@ -108,9 +110,6 @@ def finetune_accuracy(
         c: inverse L2 strength of the initial head's logistic regression.
         pretrained: load the exported weights.
     """
-    from udl_med.data.memory import TensorItems
-    from udl_med.engine.fit import fit_in_memory
-
     if data.parts is not None:
         raise UserError("fine-tuning needs item-level inputs (roi 'liver'); whole-image items are pooled features")
     x_train, y_train = data.items[train_mask], torch.as_tensor(data.labels[train_mask])

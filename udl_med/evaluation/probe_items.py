@@ -23,7 +23,12 @@ import torch
 from torch import Tensor
 
 from udl_med import keys
+from udl_med.data.manifest import list_images, select_images
+from udl_med.data.phantoms import TISSUES, write_phantoms
+from udl_med.data.readers import read_image
+from udl_med.data.transforms import volume_transform
 from udl_med.errors import InputError, UserError
+from udl_med.inference.encode import image_items, item_config
 
 __all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "phantom_ct_probe_items", "probe_items"]
 
@@ -56,16 +61,11 @@ def _centred_crop(volume: Tensor, centre: Sequence[int], size: Sequence[int]) ->
 
 
 def _liver_values() -> tuple[int, int]:
-    from udl_med.data.phantoms import TISSUES
-
     return TISSUES.index("liver"), TISSUES.index("lesion")
 
 
 def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
     """Liver-centred items of one image (see the module docstring)."""
-    from udl_med.data.transforms import volume_transform
-    from udl_med.data.readers import read_image
-
     prepared = volume_transform(cfg)({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]
     tissue = read_image(label_map)[0].numpy()  # (X, Y, Z)
     if tissue.ndim != 3:
@@ -110,9 +110,6 @@ def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto",
         InputError: images without labels, or ``roi: liver`` without label maps.
         UserError: an unknown ``roi``.
     """
-    from udl_med.data.manifest import list_images
-    from udl_med.inference.encode import image_items, item_config
-
     if roi not in ROI_CHOICES:
         raise UserError(f"unknown probe roi {roi!r}; valid: {', '.join(ROI_CHOICES)}")
     records = [r for r in list_images(data) if split is None or r.split == split]
@@ -158,9 +155,6 @@ def phantom_ct_probe_items(folder: str | Path, n: int, seed: int, input_spec: di
     The labeled items of the K+1 and synthesis benchmarks: with ``roi: liver`` every slice
     through the liver, cropped around it (``input_spec`` sets the size and the CT window).
     """
-    from udl_med.data.manifest import select_images
-    from udl_med.data.phantoms import write_phantoms
-
     folder = Path(folder)
     written = write_phantoms(folder, n=n, shape=(64, 64, 16), seed=seed)
     ct = select_images(written["manifest"], str(folder / "ct.csv"), modality="CT")["manifest"]

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from udl_med.errors import UserError
+from udl_med.evaluation.compare import compare_sets
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ def fid_gate_step(
     Raises:
         QualityGateError: ``fid > max_fid``; the message gives FID, its interval and the gate.
     """
-    from udl_med.evaluation.compare import compare_sets
-
     max_fid = None if max_fid is None else float(max_fid)  # YAML reads 1e9 as a string
     result = compare_sets(real, fake, extractor=extractor, dims=str(dims), bootstrap=int(bootstrap), seed=int(seed))
     passed = max_fid is None or result["fid"] <= max_fid

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from udl_med.data.manifest import list_images
+from udl_med.data.preview import save_grid
+from udl_med.data.readers import read_image
 from udl_med.errors import InputError, UserError
+from udl_med.inference.translation_setup import SOURCE, TARGET, input_params, output_params, to_unit
+from udl_med.inference.translator import Translator, load_translator
+from udl_med.inference.window_engines import translate_image
 from udl_med.metrics.translation import body_mask, linear_baseline, linear_fit, translation_metrics
 
 log = logging.getLogger(__name__)
@@ -31,8 +37,6 @@ def paired_subjects(source: str | Path, split: str | None = "test") -> list[tupl
     Raises:
         InputError: the source has no such pairs (a manifest needs ``subject`` and ``modality``).
     """
-    from udl_med.data.manifest import list_images
-
     by_subject: dict[str, dict[str, Path]] = defaultdict(dict)
     for record in list_images(source):
         if split is not None and record.split != split:
@@ -46,8 +50,6 @@ def paired_subjects(source: str | Path, split: str | None = "test") -> list[tupl
 
 
 def _normalised_pair(ct: Tensor, mr: Tensor, setup: Any) -> dict[str, Tensor]:
-    from udl_med.inference.translation_setup import input_params, to_unit
-
     return {"CT": to_unit(ct, input_params(ct, "CT", setup)), "MR": to_unit(mr, input_params(mr, "MR", setup))}
 
 
@@ -78,12 +80,6 @@ def evaluate_translation(
         ``n_subjects``, ``held_out_ct`` / ``held_out_mr`` (the first subject's files),
         and ``artifacts`` (PNG paths).
     """
-    from udl_med.data.readers import read_image
-    from udl_med.data.preview import save_grid
-    from udl_med.inference.translation_setup import SOURCE, TARGET, output_params, to_unit
-    from udl_med.inference.translator import Translator, load_translator
-    from udl_med.inference.window_engines import translate_image
-
     translator = model if isinstance(model, Translator) else load_translator(model)
     setup = translator.setup
     available = translator.directions

@@ -38,7 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from udl_med import keys
+from udl_med.data.geometry import Geometry
+from udl_med.data.io import list_images, read_image, write_image, write_manifest
+from udl_med.data.normalize import normalize
+from udl_med.data.phantoms import TISSUES
 from udl_med.errors import InputError, UserError
+from udl_med.io_utils import atomic_folder
+from udl_med.metrics.compare import image_views, resize_view
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +81,7 @@ def lesion_slices(
         InputError: no CT images, no label or label map, no slice through the liver, or a
             crop larger than a slice.
     """
-    from monai.data import MetaTensor
-
-    from udl_med.data.geometry import Geometry
-    from udl_med.data.io import list_images, read_image, write_image, write_manifest
-    from udl_med.data.phantoms import TISSUES
-    from udl_med.io_utils import atomic_folder
+    from monai.data import MetaTensor  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     if crop is not None:
         crop = [int(c) for c in crop]
@@ -161,10 +162,6 @@ def labeled_items(source: str | Path, ct_window: tuple[float, float] = DEFAULT_W
     Raises:
         InputError: an image without a label, or no items.
     """
-    from udl_med.data.io import list_images, read_image
-    from udl_med.data.normalize import normalize
-    from udl_med.metrics.compare import image_views, resize_view
-
     images, labels, subjects = [], [], []
     for record in list_images(source):
         if split is not None and record.split not in (None, split):
@@ -210,7 +207,7 @@ class ClassifierBudget:
 
 def build_classifier(size: tuple[int, ...], num_classes: int, budget: ClassifierBudget, seed: int) -> nn.Module:
     """The one classifier every arm trains: MONAI ``Classifier`` (strided conv + residual units), seeded init."""
-    from monai.networks.nets import Classifier
+    from monai.networks.nets import Classifier  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     torch.manual_seed(seed)
     return Classifier(in_shape=(1, *size), classes=num_classes, channels=budget.channels, strides=(2,) * len(budget.channels), num_res_units=1)
@@ -241,7 +238,7 @@ def train_classifier(items: LabeledItems, num_classes: int, budget: ClassifierBu
 @torch.no_grad()
 def score(model: nn.Module, items: LabeledItems) -> dict[str, float]:
     """Accuracy and balanced accuracy of ``model`` on ``items``."""
-    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.metrics import balanced_accuracy_score  # lazy: scikit-learn is slow to import; only this path needs it
 
     predictions = torch.cat([model(b).argmax(1) for b in items.images.split(128)]).numpy()
     return {"accuracy": float((predictions == items.labels).mean()), "balanced_accuracy": float(balanced_accuracy_score(items.labels, predictions))}

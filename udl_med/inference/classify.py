@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from udl_med.data.io import list_images
+from udl_med.engine.model_io import load_model
 from udl_med.errors import InputError, UserError
+from udl_med.inference.encode import image_items, item_config, on_model_grid
+from udl_med.io_utils import atomic_write_text
+from udl_med.methods.base import Capability
+from udl_med.nets.exported import probabilities
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,6 @@ def classify_items(classify, items: Tensor, batch: int = ITEM_BATCH, device: tor
     A classifier that returns logits (``finetune_classifier``, ``dbn``) has them turned
     into probabilities with a softmax; one that returns probabilities keeps them.
     """
-    from udl_med.nets.exported import probabilities
-
     out = []
     for i in range(0, len(items), batch):
         x = items[i : i + batch]
@@ -73,8 +77,6 @@ def scan_probabilities(
     ``record``: a manifest record (``path``, ``modality``); ``kept``: the model's training
     geometry, which the image is resampled to first (``resample``).
     """
-    from udl_med.inference.encode import image_items, item_config, on_model_grid
-
     cut = image_items(item_config(data, record.path), on_model_grid(record.path, kept, resample), record.modality)
     probs = classify_items(classify, cut.items, device=device)
     return probs.mean(0).numpy(), len(cut.items)
@@ -82,7 +84,7 @@ def scan_probabilities(
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     """Accuracy, balanced accuracy and macro one-versus-rest AUC of scan probabilities ``(N, K)``."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score  # lazy: scikit-learn is slow to import; only this path needs it
 
     predicted = probs.argmax(1)
     out: dict[str, float | None] = {
@@ -115,11 +117,6 @@ def classify_to_file(
             output name that is not ``.csv``.
         InputError: an input without images, or an unreadable image (nothing is written).
     """
-    from udl_med.data.io import list_images
-    from udl_med.engine.model_io import load_model
-    from udl_med.io_utils import atomic_write_text
-    from udl_med.methods.base import Capability
-
     out = Path(out)
     if out.suffix.lower() != ".csv":
         raise UserError(f"{out}: the predictions file must end in .csv")

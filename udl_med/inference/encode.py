@@ -32,8 +32,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from udl_med import keys
+from udl_med.data.config import DataConfig
+from udl_med.data.datasets import FOREGROUND_LEVEL
+from udl_med.data.io import list_images, read_image
+from udl_med.data.transforms import volume_transform
+from udl_med.engine.model_io import load_model
 from udl_med.errors import InputError, UserError
+from udl_med.inference.model_grid import to_model_grid
 from udl_med.io_utils import atomic_write
+from udl_med.methods.base import Capability
 from udl_med.nets.exported import encode_items
 
 log = logging.getLogger(__name__)
@@ -56,8 +63,6 @@ def item_config(data: Any, source: str | Path):
     ``data``: the run's validated DataConfig, or a mapping of its item settings (an
     exported encoder's ``input`` section); settings it lacks take DataConfig's defaults.
     """
-    from udl_med.data.config import DataConfig
-
     if isinstance(data, DataConfig):
         data = data.model_dump(mode="json")
     return DataConfig(source=str(source), **{k: data[k] for k in DATA_KEYS if data.get(k) is not None})
@@ -81,8 +86,6 @@ def on_model_grid(image: Any, kept: Any, resample: bool = True) -> Any:
     """
     if kept is None:
         return image
-    from udl_med.data.io import read_image
-    from udl_med.inference.model_grid import to_model_grid
 
     source = image if isinstance(image, str | Path) else getattr(image, "meta", {}).get("filename_or_obj", "<image>")
     loaded = image if isinstance(image, torch.Tensor) else read_image(image)
@@ -100,9 +103,6 @@ def image_items(cfg: Any, path: str | Path | Tensor, modality: str | None) -> Im
     Raises:
         InputError: an unreadable image (from the reader).
     """
-    from udl_med.data.datasets import FOREGROUND_LEVEL
-    from udl_med.data.transforms import volume_transform
-
     d = volume_transform(cfg)({keys.IMAGE: path if isinstance(path, Tensor) else str(path), keys.MODALITY: modality or ""})
     vol: Tensor = d[keys.IMAGE]
     size = tuple(cfg.size)
@@ -137,8 +137,6 @@ def image_items(cfg: Any, path: str | Path | Tensor, modality: str | None) -> Im
 
 
 def _records(input: str | Path) -> list[Any]:
-    from udl_med.data.io import list_images
-
     records = list_images(input)
     if not records:
         raise InputError(input, "no images found")
@@ -188,9 +186,6 @@ def encode_to_file(
         UserError: a model that cannot encode, or an output name that is not ``.npz``.
         InputError: an input without images, or an unreadable image.
     """
-    from udl_med.engine.model_io import load_model
-    from udl_med.methods.base import Capability
-
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"{out}: the features file must end in .npz")

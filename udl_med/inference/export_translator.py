@@ -31,15 +31,17 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from udl_med.errors import UserError
-from udl_med.io_utils import atomic_write, atomic_write_text
 from udl_med.inference.translation_setup import DIRECTIONS, MR_OUTPUT_RANGE, SOURCE, TARGET, TranslationSetup
 from udl_med.inference.window_engines import SW_OVERLAP, windows_per_batch
+from udl_med.io_utils import atomic_write, atomic_write_text
+from udl_med.methods.base import Capability
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ BUNDLE_VERSION = "0.1.0"
 
 
 def _check_translator(loaded: Any) -> tuple[str, ...]:
-    from udl_med.methods.base import Capability
-
     method = loaded.method
     if Capability.TRANSLATE not in method.capabilities or not hasattr(method, "generator_spec"):
         raise UserError(f"{loaded.source}: method {method.name!r} cannot translate; bundle and torchscript export translators")
@@ -226,8 +226,6 @@ def _readme(name: str, directions: tuple[str, ...], default: str) -> str:
 
 
 def _version(package: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(package.replace("_", "-"))
     except metadata.PackageNotFoundError:

@@ -48,7 +48,7 @@ __all__ = ["MAX_SPACING_RATIO", "GridPlan", "plan_grid", "to_model_grid", "back_
 
 def axcodes(affine: Any) -> str:
     """MONAI/nibabel axis codes (``RAS``, ``LPS`` ...) of a RAS affine."""
-    import nibabel as nib
+    import nibabel as nib  # lazy: nibabel is only needed for NIfTI
 
     return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64)))
 
@@ -76,8 +76,8 @@ class GridPlan:
 
 def plan_grid(image: MetaTensor, kept: Any) -> GridPlan:
     """Compare ``image`` ``(1, X, Y, Z)`` with the training geometry ``kept`` (see the module docstring)."""
-    from monai.data.utils import affine_to_spacing
-    from monai.transforms import Orientation
+    from monai.data.utils import affine_to_spacing  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
+    from monai.transforms import Orientation  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     codes = axcodes(Geometry.create(kept.spacing, (0.0, 0.0, 0.0), kept.direction).ras_affine())
     input_codes = axcodes(image.affine)
@@ -108,7 +108,7 @@ def to_model_grid(image: Any, kept: Any, resample: bool = True, source: Any = "<
     """
     if kept is None or not isinstance(image, MetaTensor) or image.ndim != 4:
         return image, False
-    from monai.transforms import Orientation, Spacing
+    from monai.transforms import Orientation, Spacing  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     plan = plan_grid(image, kept)
     if plan.same:
@@ -144,7 +144,7 @@ def back_to(output: MetaTensor, reference: MetaTensor) -> MetaTensor:
     The result's affine, spacing, origin, direction and shape are ``reference``'s; its
     ``modality`` is ``output``'s.
     """
-    from monai.transforms import SpatialResample
+    from monai.transforms import SpatialResample  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     with torch.no_grad():
         moved = SpatialResample(mode="bilinear", padding_mode="border")(

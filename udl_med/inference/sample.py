@@ -40,8 +40,8 @@ import json
 import logging
 import math
 import secrets
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -50,9 +50,17 @@ import torch
 from torch import Tensor
 
 from udl_med.data.geometry import Geometry
+from udl_med.data.manifest import write_manifest
 from udl_med.data.normalize import denormalize
+from udl_med.data.points import PointsConfig
+from udl_med.data.preview import save_grid, save_scatter
+from udl_med.data.writers import write_image
+from udl_med.engine.model_io import load_model
 from udl_med.errors import UserError
 from udl_med.inference.translation_setup import MR_OUTPUT_RANGE
+from udl_med.io_utils import atomic_folder, atomic_write_text
+from udl_med.methods.base import Capability
+from udl_med.metrics.modes import mode_coverage
 
 log = logging.getLogger(__name__)
 
@@ -199,24 +207,18 @@ def _points_config(loaded: Any) -> Any | None:
     data = loaded.run_config.data
     if data.kind != "points":
         return None
-    from udl_med.data.points import PointsConfig
 
     return data.points or PointsConfig()
 
 
 def _write_points(folder: Path, points: Tensor, mixture: Any | None) -> tuple[list[str], dict[str, Any]]:
     """``points.csv`` (x, y[, mode]) and ``samples.png`` (the scatter, modes marked); return (files, coverage)."""
-    from udl_med.data.preview import save_scatter
-    from udl_med.io_utils import atomic_write_text
-
     xy = points.double().numpy()
     coverage: dict[str, Any] = {}
     columns = ["x", "y"]
     nearest = None
     centres = None
     if mixture is not None:
-        from udl_med.metrics.modes import mode_coverage
-
         centres = mixture.centres()
         found = mode_coverage(xy, centres, mixture.scale())
         coverage = {
@@ -264,10 +266,6 @@ def sample_to_dir(
     Raises:
         UserError: ``n < 1``, an ``out`` that is not empty, a model that cannot sample, or ``code`` for a model without InfoGAN codes.
     """
-    from udl_med.engine.model_io import load_model
-    from udl_med.io_utils import atomic_folder
-    from udl_med.methods.base import Capability
-
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     out = Path(out)
@@ -321,11 +319,7 @@ def _appeared(existing: Path) -> None:
 
 def _write_images(folder: Path, loaded: Any, method: Any, space: SampleSpace, batches: Any, n: int, label: int | None, generator: torch.Generator) -> list[str]:
     """NIfTI volumes in physical units, ``manifest.csv``, ``samples.png`` (and chain/traversal grids); return the names."""
-    from monai.data import MetaTensor
-
-    from udl_med.data.manifest import write_manifest
-    from udl_med.data.preview import save_grid
-    from udl_med.data.writers import write_image
+    from monai.data import MetaTensor  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     geometry, modality = space.geometry, space.modality
     width = max(4, len(str(n - 1)))

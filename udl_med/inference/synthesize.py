@@ -37,8 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from udl_med import keys
+from udl_med.data.geometry import Geometry
+from udl_med.data.io import read_image, write_image
+from udl_med.data.manifest import write_manifest
+from udl_med.data.preview import save_grid
+from udl_med.engine.model_io import load_model
 from udl_med.errors import InputError, UserError
 from udl_med.inference.sample import SAMPLE_BATCH, as_volume, sample_space, to_physical
+from udl_med.io_utils import atomic_folder
+from udl_med.methods.base import Capability
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,6 @@ MANIFEST_FIELDS = (*keys.MANIFEST_COLUMNS, *keys.SYNTHETIC_COLUMNS)
 
 def write_synthetic_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write the synthetic data set's manifest (:data:`MANIFEST_FIELDS`) through the one manifest writer."""
-    from udl_med.data.manifest import write_manifest
-
     return write_manifest(path, rows, extra_columns=keys.SYNTHETIC_COLUMNS)
 
 
@@ -84,9 +89,6 @@ def label_plan(num_classes: int, n: int | None, n_per_class: int | None) -> list
 
 def _reference(like: str | Path) -> tuple[Any, tuple[int, ...], str | None]:
     """(Geometry, spatial size, modality) of a reference scan."""
-    from udl_med.data.geometry import Geometry
-    from udl_med.data.io import read_image
-
     image = read_image(like)
     geometry = Geometry.from_meta(image.meta)
     if geometry is None or geometry.ndim != 3:
@@ -135,13 +137,7 @@ def synthesize(
         UserError: bad counts, a model that cannot sample, an existing non-empty ``out``,
             an unreadable reference.
     """
-    from monai.data import MetaTensor
-
-    from udl_med.data.io import write_image
-    from udl_med.data.preview import save_grid
-    from udl_med.engine.model_io import load_model
-    from udl_med.io_utils import atomic_folder
-    from udl_med.methods.base import Capability
+    from monai.data import MetaTensor  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     out = Path(out)
     replacing = overwrite and _is_synthetic_folder(out)

@@ -31,8 +31,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from udl_med.data.formats import VOLUME_SUFFIXES, image_kind
+from udl_med.data.manifest import list_images, write_manifest
+from udl_med.data.readers import read_image
+from udl_med.data.writers import write_image
 from udl_med.errors import InputError, UserError
-from udl_med.io_utils import progress_disabled
+from udl_med.inference.model_grid import back_to, to_model_grid
 from udl_med.inference.translation_setup import (
     DIRECTIONS,
     MR_OUTPUT_RANGE,
@@ -48,6 +52,7 @@ from udl_med.inference.translation_setup import (
 )
 from udl_med.inference.translator import Translator, load_translator
 from udl_med.inference.window_engines import SLICE_PIXELS, SW_OVERLAP, WINDOW_VOXELS, translate_image, windows_per_batch
+from udl_med.io_utils import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +79,6 @@ def _translate_one(
     resampled to the model's training grid and the result back to the input's
     (:func:`translate_volume`).
     """
-    from udl_med.data.formats import image_kind
-    from udl_med.data.readers import read_image
-    from udl_med.data.writers import write_image
-
     if isinstance(dst, Path):
         image_kind(dst)  # an unknown output suffix fails before any work
     image = read_image(src)
@@ -106,8 +107,6 @@ def translate_volume(translator: Translator, image: Any, direction: str, progres
     Raises:
         UserError: a refused mismatch; InputError: a 2D image given to a 3D model.
     """
-    from udl_med.inference.model_grid import back_to, to_model_grid
-
     grid, moved = to_model_grid(image, translator.geometry, resample, source)
     out = translate_image(translator, grid, direction, translator.setup, progress=progress)
     return back_to(out, image) if moved else out
@@ -115,8 +114,6 @@ def translate_volume(translator: Translator, image: Any, direction: str, progres
 
 def _output_for(record_path: Path, base: Path, out_dir: Path, direction_tag: str) -> Path:
     """Where a volume of a collection goes: its path relative to ``base`` under ``out_dir``."""
-    from udl_med.data.formats import VOLUME_SUFFIXES
-
     try:
         rel = record_path.resolve().relative_to(base.resolve())
     except ValueError:
@@ -163,9 +160,6 @@ def translate_path(
         InputError / UserError: a bad model, input or output (and a collection in which
             every volume failed).
     """
-    from udl_med.data.formats import image_kind
-    from udl_med.data.manifest import list_images, write_manifest
-
     input_path, out_path = Path(input), Path(output)
     if direction is not None and direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")

@@ -15,7 +15,9 @@ from typing import Any
 
 from torch import Tensor
 
+from udl_med.data.config import DataConfig
 from udl_med.data.normalize import normalization_params, normalize
+from udl_med.engine.config import validate_config
 from udl_med.errors import InputError, UserError
 
 DIRECTIONS = ("ct2mr", "mr2ct")
@@ -32,16 +34,12 @@ __all__ = [
 
 def _data_config(config: Any) -> Any:
     """The validated ``data`` section of a run config (a RunConfig, a DataConfig or a config dict)."""
-    from udl_med.data.config import DataConfig
-
     if isinstance(config, DataConfig):
         return config
     data = getattr(config, "data", None)
     if isinstance(data, DataConfig):
         return data
     if isinstance(config, dict):
-        from udl_med.engine.config import validate_config
-
         return validate_config(config, "<model config>").data
     raise TypeError(f"expected a RunConfig, DataConfig or config dict, got {type(config).__name__}")
 

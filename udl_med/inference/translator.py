@@ -9,8 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from udl_med.engine.model_io import load_model, resolve_device
 from udl_med.errors import UserError
 from udl_med.inference.translation_setup import DIRECTIONS, TranslationSetup
+from udl_med.methods.base import Capability
+from udl_med.nets.cpu_inference import fold_narrow_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,6 @@ def load_translator(model: str | Path, device: str | None = None) -> Translator:
         InputError: no model there.
         UserError: the method cannot translate, or a device this machine lacks.
     """
-    from udl_med.engine.model_io import load_model
-    from udl_med.methods.base import Capability
-
-    from udl_med.engine.model_io import resolve_device
-
     where = resolve_device(device if device is not None else ("cuda" if torch.cuda.is_available() else None))
     loaded = load_model(model)
     if Capability.TRANSLATE not in loaded.method.capabilities:
@@ -70,8 +68,6 @@ def load_translator(model: str | Path, device: str | None = None) -> Translator:
     if where.type != "cpu":
         translator.to(where)
     else:
-        from udl_med.nets.cpu_inference import fold_narrow_convolutions
-
         folded = fold_narrow_convolutions(translator)
         log.debug("translate: %d narrow convolution(s) folded for CPU inference", folded)
     return translator

@@ -57,7 +57,7 @@ def _windowed(x: Tensor, job: WindowJob, progress: bool = False) -> Tensor:
     Windows of the training size keep instance-norm statistics as in training; Gaussian
     blending hides the seams. Results are gathered on the CPU.
     """
-    from monai.inferers import sliding_window_inference
+    from monai.inferers import sliding_window_inference  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     with torch.no_grad():
         y = sliding_window_inference(

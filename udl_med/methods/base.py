@@ -38,6 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+import udl_med.methods as pkg
 from udl_med.data.spec import DataSpec
 
 __all__ = ["Capability", "DataSpec", "InitFrom", "Method", "MethodConfig", "Optimization", "get_method", "register"]
@@ -247,8 +248,6 @@ def register(name: str):
 
 
 def _import_all() -> None:
-    import udl_med.methods as pkg
-
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name != "base":
             importlib.import_module(f"udl_med.methods.{info.name}")

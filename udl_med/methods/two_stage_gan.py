@@ -39,6 +39,7 @@ from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.methods.adversarial import AdversarialConfig, Adversary, discriminator_network
 from udl_med.methods.base import Capability, DataSpec, InitFrom, Method, Optimization, register
 from udl_med.methods.lapgan import PREVIEW_PER_CLASS, class_labels, dcgan_kwargs
+from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.pyramid import downsample, upsample
 from udl_med.nets.stackgan import ConditioningAugmentation, StageIIGenerator, kl_to_standard_normal
 
@@ -95,7 +96,6 @@ class TwoStageGAN(Method):
 
     def __init__(self, config: TwoStageGANConfig, data: DataSpec) -> None:
         super().__init__(config, data)
-        from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 
         if data.spatial_dims not in (2, 3):
             raise ConfigError("<config>", "data.layout", f"needs 2D or 3D images, got spatial_dims {data.spatial_dims}")

@@ -44,7 +44,7 @@ def body_mask(ct_hu: Tensor, threshold: float = BODY_THRESHOLD_HU) -> Tensor:
     Holes are filled slice by slice across the last axis as well as in 3D, so air
     inside the body (lungs, bowel gas) counts even where it reaches the volume's ends.
     """
-    from scipy.ndimage import binary_fill_holes
+    from scipy.ndimage import binary_fill_holes  # lazy: SciPy is slow to import; only this path needs it
 
     mask = binary_fill_holes((ct_hu > threshold).cpu().numpy())
     if mask.ndim == 3:
@@ -74,7 +74,7 @@ def _batched(x: Tensor) -> Tensor:
 
 def psnr(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> float:
     """Peak signal-to-noise ratio of two images ``(*spatial)`` (MONAI's PSNRMetric), in dB."""
-    from monai.metrics import PSNRMetric
+    from monai.metrics import PSNRMetric  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     return float(PSNRMetric(max_val=data_range)(_batched(pred), _batched(target)).mean())
 
@@ -84,7 +84,7 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = DATA_RANGE) -> float:
 
     The window is 11 voxels, or the smallest odd size that fits a thin axis.
     """
-    from monai.metrics import SSIMMetric
+    from monai.metrics import SSIMMetric  # lazy: MONAI's transforms/networks are slow to import; only this path needs them
 
     smallest = min(pred.shape)
     win = 11 if smallest >= 11 else max(3, smallest - (1 - smallest % 2))

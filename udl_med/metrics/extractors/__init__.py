@@ -17,6 +17,10 @@ from pathlib import Path
 
 from udl_med.errors import UserError
 from udl_med.metrics.extractors.base import FeatureExtractor, Preprocessing
+from udl_med.metrics.extractors.encoder import EncoderExtractor
+from udl_med.metrics.extractors.inception import InceptionExtractor
+from udl_med.metrics.extractors.random_net import RandomExtractor
+from udl_med.metrics.extractors.resnets import medicalnet_from_file, radimagenet_from_file, swav_from_file
 from udl_med.metrics.extractors.weights import KNOWN_SHA256, parse_weight_spec
 
 EXTRACTOR_NAMES = ("random", "encoder", "inception", "radimagenet", "swav", "medicalnet")
@@ -33,34 +37,22 @@ def build_extractor(spec: str, spatial_dims: int = 2) -> FeatureExtractor:
     """
     name, _, rest = spec.partition(":")
     if name == "random":
-        from udl_med.metrics.extractors.random_net import RandomExtractor
-
         try:
             seed = int(rest) if rest else 0
         except ValueError:
             raise UserError(f"extractor random: the seed must be an integer, got {rest!r}") from None
         extractor: FeatureExtractor = RandomExtractor(spatial_dims, seed=seed)
     elif name == "encoder":
-        from udl_med.metrics.extractors.encoder import EncoderExtractor
-
         if not rest:
             raise UserError("extractor encoder: give the exported folder as encoder:PATH")
         extractor = EncoderExtractor.from_folder(Path(rest).expanduser())
     elif name == "inception":
-        from udl_med.metrics.extractors.inception import InceptionExtractor
-
         extractor = InceptionExtractor.from_file(*parse_weight_spec(name, rest))
     elif name == "radimagenet":
-        from udl_med.metrics.extractors.resnets import radimagenet_from_file
-
         extractor = radimagenet_from_file(*parse_weight_spec(name, rest))
     elif name == "swav":
-        from udl_med.metrics.extractors.resnets import swav_from_file
-
         extractor = swav_from_file(*parse_weight_spec(name, rest))
     elif name == "medicalnet":
-        from udl_med.metrics.extractors.resnets import medicalnet_from_file
-
         extractor = medicalnet_from_file(*parse_weight_spec(name, rest))
     else:
         raise UserError(f"unknown extractor {name!r}; valid: random, encoder:PATH, inception:PATH, radimagenet:PATH, swav:PATH, medicalnet:PATH")

@@ -100,7 +100,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     """
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # lazy: an optional dependency: its absence is handled here
 
             obj = load_file(str(path))
         else:
