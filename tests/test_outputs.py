@@ -200,6 +200,7 @@ def test_a_failing_clean_up_never_hides_the_writers_error(tmp_path: Path, monkey
 def test_a_write_that_fails_after_the_checks_is_one_line_and_leaves_nothing(model: str, tmp_path: Path, monkeypatch, capsys) -> None:
     """A disk that fills up (or turns read-only) half-way: exit 2 naming the target, no folder, no temporary."""
     import udl_med.data.writers as writers
+    import udl_med.inference.sample as sample_module
 
     real_write, calls = writers.write_image, []
 
@@ -210,7 +211,7 @@ def test_a_write_that_fails_after_the_checks_is_one_line_and_leaves_nothing(mode
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
         return real_write(image, path)
 
-    monkeypatch.setattr(writers, "write_image", failing_write)
+    monkeypatch.setattr(sample_module, "write_image", failing_write)  # the name sample writes through
     assert main(["sample", model, "--n", "3", "--out", str(tmp_path / "synth"), "--seed", "0"]) == 2
     line = _one_line(capsys)
     assert line.startswith("udl-med sample: error: ") and "sample_0001.nii.gz: No space left on device" in line and TEMP_MARK not in line

@@ -85,6 +85,7 @@ def test_synthesize_like_a_reference_scan(tmp_path: Path, phantom_manifest: Path
 
 def test_a_failure_leaves_no_folder(tmp_path: Path, phantom_manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import udl_med.data.io as data_io
+    import udl_med.inference.synthesize as synthesize_module
     from udl_med.inference.synthesize import synthesize
 
     model = _model(tmp_path / "model", phantom_manifest, 2)
@@ -96,7 +97,7 @@ def test_a_failure_leaves_no_folder(tmp_path: Path, phantom_manifest: Path, monk
             raise OSError("disk full")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(data_io, "write_image", failing)
+    monkeypatch.setattr(synthesize_module, "write_image", failing)  # the name synthesize writes through
     with pytest.raises(OSError, match="disk full"):
         synthesize(str(model), tmp_path / "out", n=6)
     assert not (tmp_path / "out").exists()
