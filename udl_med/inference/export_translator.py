@@ -1,7 +1,6 @@
 """``udl-med export MODEL OUT --format bundle|torchscript`` for translation models.
 
-**bundle**: a MONAI bundle folder that runs with MONAI alone (plus udl-med for the
-generator class)::
+**bundle**: a MONAI bundle folder that runs with MONAI::
 
     OUT/configs/metadata.json     what goes in and out (MONAI's network_data_format)
     OUT/configs/inference.json    read, normalise, slice-by-slice or sliding-window
@@ -19,6 +18,16 @@ own percentiles (``ScaleIntensityRangePercentilesd``); the output is mapped back
 (CT) or to ``MR_OUTPUT_RANGE`` (MR), exactly as ``udl-med translate`` does, and saved
 with the input's affine. 2D models run through ``SliceInferer``, 3D ones through
 ``SlidingWindowInferer`` with Gaussian blending.
+
+Which network the bundle names: pix2pix's generator is MONAI's ``UNet`` followed by a tanh,
+so its bundle builds ``torch.nn.Sequential(monai.networks.nets.UNet(...), torch.nn.Tanh())``
+and ``models/<direction>.pt`` is the plain ``UNet`` state dict: it runs where only MONAI
+is installed. (udl-med's wrapper only pads odd sizes to the U-Net's stride; the inferers
+feed windows of the training size, which needs no padding when it is a multiple of the
+stride, the check made here.) CycleGAN's ResNet generator has no MONAI class: its bundle
+names ``udl_med.nets.resnet_generator.ResNetGenerator``, needs udl-med installed, and
+says so in ``metadata.json`` (``required_packages_version``, ``description``) and its
+``docs/README.md``.
 
 **torchscript**: ``OUT/<direction>.ts`` per direction (``torch.jit.script`` of the
 generator, checked against the eager network) and ``OUT/translator.json`` with the
@@ -42,6 +51,7 @@ from udl_med.inference.translation_setup import DIRECTIONS, MR_OUTPUT_RANGE, SOU
 from udl_med.inference.window_engines import SW_OVERLAP, windows_per_batch
 from udl_med.io_utils import atomic_write, atomic_write_text
 from udl_med.methods.base import Capability
+from udl_med.nets.resnet_generator import UNetGenerator
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +126,43 @@ def _inferer(setup: TranslationSetup) -> dict[str, Any]:
     return {"_target_": "SliceInferer", "spatial_dim": setup.slice_axis, "roi_size": list(setup.roi_size), **common}
 
 
+_MONAI_UNET = "monai.networks.nets.UNet"
+
+
+def _network(method: Any, direction: str, setup: TranslationSetup) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
+    """``(network config, state dict, needs udl-med)`` of the bundle's generator for ``direction``.
+
+    A pix2pix U-Net whose training windows need no padding becomes MONAI's ``UNet`` plus a
+    tanh (the same function on those windows, see the module docstring); anything else
+    keeps udl-med's class.
+    """
+    gen = method.generator(direction)
+    if isinstance(gen, UNetGenerator) and all(s % gen.size_divisor == 0 for s in setup.roi_size):
+        unet = gen.unet
+        kwargs = {
+            "spatial_dims": unet.dimensions,
+            "in_channels": unet.in_channels,
+            "out_channels": unet.out_channels,
+            "channels": list(unet.channels),
+            "strides": list(unet.strides),
+            "kernel_size": unet.kernel_size,
+            "up_kernel_size": unet.up_kernel_size,
+            "num_res_units": unet.num_res_units,
+            "act": unet.act,
+            "norm": unet.norm,
+            "dropout": unet.dropout,
+            "bias": unet.bias,
+            "adn_ordering": unet.adn_ordering,
+        }
+        return {"_target_": _MONAI_UNET, **kwargs}, _cpu_state(unet), False
+    cls_path, kwargs = method.generator_spec(direction)
+    return {"_target_": cls_path, **kwargs}, _cpu_state(gen), True
+
+
+def _cpu_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
 def _image_format(modality: str, spatial: Any) -> dict[str, Any]:
     """A bundle's description of one input or output image: normalised patches of ``modality``."""
     return {
@@ -149,13 +196,19 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
     method = loaded.method
     files: list[str] = []
     networks: dict[str, Any] = {}
+    needs_udl_med = False
     for d in directions:
-        cls_path, kwargs = method.generator_spec(d)
-        networks[d] = {"_target_": cls_path, **kwargs}
-        state = {k: v.detach().cpu().contiguous() for k, v in method.generator(d).state_dict().items()}
+        networks[d], state, needs = _network(method, d, setup)
+        needs_udl_med = needs_udl_med or needs
         path = out / "models" / f"{d}.pt"
         atomic_write(path, lambda tmp, state=state: torch.save(state, tmp))
         files.append(str(path))
+    # MONAI's UNet ends in a convolution; the tanh udl-med's wrapper adds is appended here
+    network = "@network_defs[@direction]" if needs_udl_med else "torch.nn.Sequential(@network_defs[@direction], torch.nn.Tanh())"
+    load_into = "@network" if needs_udl_med else "@network[0]"
+    requires = {"nibabel": _version("nibabel")}
+    if needs_udl_med:
+        requires["udl-med"] = _version("udl_med")
     default = "mr2ct" if "mr2ct" in directions else directions[0]
     inference = {
         "bundle_root": str(out.resolve()),
@@ -164,7 +217,7 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         "output_dir": "$@bundle_root + '/output'",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "network_defs": networks,
-        "network": "$@network_defs[@direction].to(@device).eval()",
+        "network": f"${network}.to(@device).eval()",
         "model_path": "$@bundle_root + '/models/' + @direction + '.pt'",
         "preprocessing_by_source": {d: _preprocessing(SOURCE[d], setup) for d in directions},
         "postprocessing_by_target": {d: _postprocessing(TARGET[d], d, setup) for d in directions},
@@ -175,7 +228,7 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         "prediction": "$@inferer(@image.unsqueeze(0).to(@device), @network)[0].cpu()",
         "initialize": [
             "$torch.set_grad_enabled(False)",
-            "$@network.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
+            f"${load_into}.load_state_dict(torch.load(@model_path, map_location=@device, weights_only=True))",
         ],
         "run": ["$@postprocessing({'pred': @prediction})"],
         "finalize": [],
@@ -188,12 +241,13 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
         "monai_version": _version("monai"),
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": _version("numpy"),
-        "required_packages_version": {"udl-med": _version("udl_med"), "nibabel": _version("nibabel")},
+        "required_packages_version": requires,
         "name": f"udl-med {method.name} CT/MR translation",
         "task": "CT <-> MR image-to-image translation",
         "description": (
             f"{method.name} generator(s) for {', '.join(directions)} trained with udl-med "
-            f"({setup.layout} {'x'.join(map(str, setup.roi_size))} items). Run with --direction and --input."
+            f"({setup.layout} {'x'.join(map(str, setup.roi_size))} items). Run with --direction and --input. "
+            + (_NEEDS_UDL_MED.format(cls=networks[default]["_target_"]) if needs_udl_med else "Needs MONAI only (the network is monai.networks.nets.UNet).")
         ),
         "authors": "udl-med",
         "copyright": "see the training data's licence",
@@ -208,19 +262,37 @@ def export_bundle(loaded: Any, out: Path) -> dict[str, Any]:
     }
     atomic_write_text(out / "configs" / "inference.json", json.dumps(inference, indent=2))
     atomic_write_text(out / "configs" / "metadata.json", json.dumps(metadata, indent=2))
-    atomic_write_text(out / "docs" / "README.md", _readme(method.name, directions, default))
+    atomic_write_text(out / "docs" / "README.md", _readme(method.name, directions, default, networks[default]["_target_"] if needs_udl_med else None))
     files += [str(out / "configs" / "inference.json"), str(out / "configs" / "metadata.json")]
     log.info("wrote MONAI bundle %s (%s)", out, ", ".join(directions))
-    return {"format": "bundle", "out": str(out), "directions": list(directions), "default_direction": default, "files": files}
+    return {
+        "format": "bundle",
+        "out": str(out),
+        "directions": list(directions),
+        "default_direction": default,
+        "network": networks[default]["_target_"],
+        "needs_udl_med": needs_udl_med,
+        "files": files,
+    }
 
 
-def _readme(name: str, directions: tuple[str, ...], default: str) -> str:
+_NEEDS_UDL_MED = "Needs udl-med installed (pip install udl-med): the network {cls} is not a MONAI class."
+
+
+def _readme(name: str, directions: tuple[str, ...], default: str, udl_med_class: str | None) -> str:
+    needs = (
+        "Needs MONAI, nibabel and fire (for `python -m monai.bundle`); the network is `monai.networks.nets.UNet` plus a tanh, "
+        "so udl-med need not be installed. "
+        if udl_med_class is None
+        else f"Needs MONAI, nibabel, fire (for `python -m monai.bundle`) and udl-med: the network `{udl_med_class}` is not a MONAI class. "
+    )
     return (
         f"# udl-med {name} translation bundle\n\n"
         f"Directions: {', '.join(directions)} (default {default}).\n\n"
         "```\npython -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\\n"
         "    --bundle_root . --input scan.nii.gz --direction " + default + " --output_dir out\n```\n\n"
-        "Needs MONAI, nibabel, fire (for `python -m monai.bundle`) and udl-med (for the generator class). Output: NIfTI with the input's affine; "
+        + needs
+        + "Output: NIfTI with the input's affine; "
         "CT in Hounsfield units, MR on a 0..1000 scale.\n"
     )
 
