@@ -328,6 +328,12 @@ _RESAMPLE = Arg(
     flag="--no-resample",
     parse=operator.not_,
 )
+# how a source without a split column is split by subject: training's data.split_fractions /
+# data.split_seed defaults (udl_med.data.manifest.DEFAULT_SPLIT_*; a test checks they agree)
+_SPLIT_FRACTIONS = Arg(
+    "split_fractions", "train, val, test fractions of the subjects of a source without a split column, as in training", float, (0.8, 0.1, 0.1), nargs=3, cli=False
+)
+_SPLIT_SEED = Arg("split_seed", "seed of the subject split of a source without a split column, as in training", int, 0, cli=False)
 _CT_WINDOW = (-250.0, 250.0)  # udl_med.evaluation.utility.DEFAULT_WINDOW (a test checks they agree)
 
 
@@ -377,6 +383,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("modality", "keep only this modality (CT or MR) (default: every modality)", default=None),
                 Arg("split", "keep only this split (train, val or test) (default: every split)", default=None),
                 Arg("limit", "keep at most this many images (default: all)", int, None),
+                _SPLIT_FRACTIONS,
+                _SPLIT_SEED,
             ),
             step=True,
         ),
@@ -541,6 +549,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("ct_window", "CT window in HU (low high) normalised to [-1, 1]; liver crops: -200 300", float, _CT_WINDOW, nargs=2),
                 Arg("real_split", "use only this manifest split of REAL (default: every split)", default=None, cli=False),
                 Arg("heldout_split", "use only this manifest split of HELDOUT (default: every split)", default=None, cli=False),
+                _SPLIT_FRACTIONS,
+                _SPLIT_SEED,
             ),
             command="augment-eval",
             step=True,
@@ -636,7 +646,7 @@ ACTIONS: dict[str, Action] = {
                 Arg("finetune_steps", "fine-tuning steps", int, 300),
                 Arg("finetune_lr", "fine-tuning learning rate (AdamW; the head at 10x)", float, 1e-3),
                 Arg("batch_size", "fine-tuning batch size", int, 32),
-                Arg("split", "probe only the images of this manifest split (default: every split)", default=None),
+                Arg("split", "probe only this split (default: every split); without a split column, the encoder's training split", default=None),
                 Arg("quick", "a smoke-test setting: 3 folds and at most 50 fine-tuning steps", None, False, kind="flag"),
             ),
             step=True,
@@ -648,7 +658,7 @@ ACTIONS: dict[str, Action] = {
             (
                 Arg("model", "a translation model: folder or MLflow URI", input=True),
                 Arg("source", "paired CT/MR images with subjects (manifest or folder)", input=True),
-                Arg("split", "the manifest split to evaluate (None: all)", default="test"),
+                Arg("split", "the split to evaluate (None: all); without a split column, the subjects training held out", default="test"),
                 Arg("directions", "ct2mr and/or mr2ct (default: every direction the model has)", default=None, nargs="+"),
                 Arg("out_dir", "where to write side-by-side PNGs (input, output, truth) (default: none written)", default=None, output="folder"),
                 Arg("max_subjects", "evaluate at most this many subjects (default: all)", int, None),
@@ -668,6 +678,8 @@ ACTIONS: dict[str, Action] = {
                 Arg("split", "use only this manifest split (default: every split)", default=None),
                 Arg("subject_prefix", "put before every subject id (two phantom sets reuse the ids) (default: none)", default=""),
                 Arg("crop", "in-plane size (X Y) of a liver-centred crop of every slice (default: whole slices)", int, None, nargs=2),
+                _SPLIT_FRACTIONS,
+                _SPLIT_SEED,
             ),
             step=True,
         ),

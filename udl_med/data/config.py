@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from udl_med.data.augment import check_step, normalise_step
 from udl_med.data.normalize import CT_WINDOW, MR_PERCENTILES
 from udl_med.data.points import PointsConfig
+from udl_med.data.split import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED
 
 # One data.augment entry: {MonaiDictionaryTransform: {argument: value}} (or just the name).
 AugmentStep = Annotated[dict[str, dict[str, Any]], BeforeValidator(normalise_step), AfterValidator(check_step)]
@@ -78,8 +79,8 @@ class DataConfig(BaseModel):
     labels_seed: int = 0
     split: str | None = "train"
     eval_split: str | None = "val"
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
+    split_seed: int = DEFAULT_SPLIT_SEED
     ct_window: tuple[float, float] = CT_WINDOW  # the one default (udl_med.data.normalize)
     mr_percentiles: tuple[float, float] = MR_PERCENTILES
     cache: bool = True

@@ -24,6 +24,8 @@ from udl_med.errors import ConfigError, InputError
 from udl_med.io_utils import atomic_write_text
 
 SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # data.split_fractions: train, val, test subjects
+DEFAULT_SPLIT_SEED = 0  # data.split_seed
 MANIFEST_NAME = "manifest.csv"
 
 __all__ = ["ImageRecord", "SPLITS", "MANIFEST_NAME", "list_images", "parse_manifest", "write_manifest", "select_images"]
@@ -171,7 +173,15 @@ def write_manifest(path: str | Path, rows: Iterable[ImageRecord | Mapping[str, A
     return atomic_write_text(path, buffer.getvalue())
 
 
-def select_images(source: str | Path, out: str | Path, modality: str | None = None, split: str | None = None, limit: int | None = None) -> dict[str, Any]:
+def select_images(
+    source: str | Path,
+    out: str | Path,
+    modality: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+) -> dict[str, Any]:
     """The pipeline step ``select``: a manifest of the images of ``source`` with that modality and split.
 
     Args:
@@ -180,16 +190,20 @@ def select_images(source: str | Path, out: str | Path, modality: str | None = No
             the images lie below its folder, else absolute).
         modality, split: keep only images with this modality / split (None: any).
         limit: keep at most this many images (None: all).
+        split_fractions, split_seed: how a source without a split column is split by
+            subject (training's ``data.split_fractions`` / ``data.split_seed``).
 
     Returns:
-        ``manifest`` (the new CSV), ``first`` (its first image, e.g. a volume to translate)
-        and ``n``.
+        ``manifest`` (the new CSV, with the split of every image), ``first`` (its first
+        image, e.g. a volume to translate), ``n`` and ``subjects``.
 
     Raises:
         ConfigError: no image of ``source`` matches.
     """
-    records = [r for r in list_images(source) if (modality is None or r.modality == modality) and (split is None or r.split == split)][: limit or None]
+    from udl_med.data.split import records_of_split, subjects_of  # lazy: import cycle (split reads manifests through this module)
+
+    records = [r for r in records_of_split(source, split, split_fractions, split_seed) if modality is None or r.modality == modality][: limit or None]
     if not records:
         raise ConfigError(source, "select", f"no images with modality={modality} split={split}")
     path = write_manifest(out, records)
-    return {"manifest": str(path), "first": str(records[0].path), "n": len(records)}
+    return {"manifest": str(path), "first": str(records[0].path), "n": len(records), "subjects": subjects_of(records)}

@@ -13,6 +13,11 @@ when any row has one, is always used as it is.
 
 With one subject there is nothing to hold out: every split is that subject, with a
 warning, as before.
+
+The steps that judge a model on one split (``evaluate_translation``, ``probe``,
+``select``, ``lesion_slices``, ``utility``) read their images through
+:func:`records_of_split`, the same assignment with the training run's fractions and seed
+(from the model where it has them), so they score exactly the subjects training held out.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from udl_med.data.manifest import SPLITS, ImageRecord
+from pathlib import Path
+
+from udl_med.data.manifest import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, SPLITS, ImageRecord, list_images
 from udl_med.data.semi_supervised import subject_of
 
 log = logging.getLogger(__name__)
 
 _logged: set[tuple] = set()
 
-__all__ = ["split_counts", "assign_subject_splits"]
+__all__ = ["DEFAULT_SPLIT_FRACTIONS", "DEFAULT_SPLIT_SEED", "split_counts", "assign_subject_splits", "records_of_split", "subjects_of"]
 
 
 def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -86,3 +93,34 @@ def assign_subject_splits(records: list[ImageRecord], fractions: Sequence[float]
 def _names(subjects: list[str], most: int = 10) -> str:
     shown = ", ".join(subjects[:most])
     return (shown + f", ... ({len(subjects)} in all)" if len(subjects) > most else shown) or "none"
+
+
+def records_of_split(
+    source: str | Path,
+    split: str | None,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> list[ImageRecord]:
+    """The images of ``source`` in ``split`` (None: every image), split as training splits them.
+
+    A source without a ``split`` column is split by subject with ``fractions`` and
+    ``seed`` (pass the training run's ``data.split_fractions`` and ``data.split_seed``), so
+    an evaluation of ``test`` sees exactly the subjects training held out. With one
+    subject, every split is that subject (as in training). ``split=None`` returns the
+    images as they are listed, unsplit.
+
+    Raises:
+        InputError: what :func:`~udl_med.data.manifest.list_images` raises.
+    """
+    records = list_images(source)
+    if split is None:
+        return records
+    records = assign_subject_splits(records, fractions, seed, str(source))
+    if not any(r.split for r in records):
+        return records
+    return [r for r in records if r.split == split]
+
+
+def subjects_of(records: list[ImageRecord]) -> list[str]:
+    """The sorted subjects of ``records`` (an image without a subject is its own)."""
+    return sorted({subject_of(r) for r in records})

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from udl_med.data.memory import TensorItems
+from udl_med.data.split import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED
 from udl_med.engine.fit import fit_in_memory
 from udl_med.errors import InputError, UserError
 from udl_med.evaluation.probe_items import LABEL_MAP_NAME, ROI_CHOICES, ProbeItems, probe_items
@@ -156,13 +157,16 @@ def probe_step(
         c: inverse L2 strength of the logistic regression.
         label_fraction: fraction of the subjects whose labels fine-tuning may use.
         finetune_steps, finetune_lr, batch_size: fine-tuning optimisation (AdamW; the head at 10x lr).
-        split: probe only the images of this manifest split (None: all of ``data``).
+        split: probe only the images of this manifest split (None: all of ``data``); a
+            source without a split column is split by subject as the encoder's training
+            split it (``training_split`` of ``encoder.json``).
         quick: a smoke-test setting (the demo): 3 folds and at most 50 fine-tuning steps.
 
     Returns:
         ``linear_probe/pretrained``, ``linear_probe/random``, ``finetune/pretrained``,
         ``finetune/random`` (accuracies), the two ``.../gain`` differences, ``chance``,
-        ``n_items``, ``n_subjects``, ``n_finetune_subjects``, ``roi``.
+        ``n_items``, ``n_subjects``, ``subjects`` (the subjects probed),
+        ``n_finetune_subjects``, ``roi``.
     """
 
     if not 0.0 < label_fraction < 1.0:
@@ -170,12 +174,15 @@ def probe_step(
     if quick:
         folds, finetune_steps = min(folds, 3), min(finetune_steps, 50)
     pretrained = load_encoder(encoder, pretrained=True)
-    items = probe_items(data, pretrained.spec["input"], roi, split)
+    trained = pretrained.spec.get("training_split", {})  # how training split a source without a split column
+    fractions, split_seed = trained.get("fractions", DEFAULT_SPLIT_FRACTIONS), trained.get("seed", DEFAULT_SPLIT_SEED)
+    items = probe_items(data, pretrained.spec["input"], roi, split, fractions, split_seed)
     num_classes = int(items.labels.max()) + 1
     result: dict[str, Any] = {
         "roi": items.roi,
         "n_items": int(len(items.labels)),
         "n_subjects": int(len(np.unique(items.subjects))),
+        "subjects": sorted(str(s) for s in np.unique(items.subjects)),
         "chance": float(np.bincount(items.labels).max() / len(items.labels)),
     }
     encoders = {"pretrained": pretrained.net, "random": load_encoder(encoder, pretrained=False, seed=seed).net}
@@ -190,6 +197,7 @@ def probe_step(
             )
         result["finetune/gain"] = result["finetune/pretrained"] - result["finetune/random"]
     result["linear_probe/gain"] = result["linear_probe/pretrained"] - result["linear_probe/random"]
+    log.info("probed %d subject(s)%s: %s", result["n_subjects"], "" if split is None else f" of split {split}", ", ".join(result["subjects"]))
     log.info(
         "probe of %s on %s: linear probe %.3f pretrained vs %.3f random; fine-tune %s",
         encoder, data, result["linear_probe/pretrained"], result["linear_probe/random"],

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 
 from udl_med import keys
-from udl_med.data.manifest import list_images, select_images
+from udl_med.data.manifest import select_images
 from udl_med.data.phantoms import TISSUES, write_phantoms
 from udl_med.data.readers import read_image
+from udl_med.data.split import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, records_of_split
 from udl_med.data.transforms import volume_transform
 from udl_med.errors import InputError, UserError
 from udl_med.inference.encode import image_items, item_config
@@ -97,14 +98,23 @@ def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
     return items
 
 
-def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto", split: str | None = None) -> ProbeItems:
+def probe_items(
+    data: str | Path,
+    input_spec: dict[str, Any],
+    roi: str = "auto",
+    split: str | None = None,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+) -> ProbeItems:
     """Cut the labeled images of ``data`` into probe items for an encoder with ``input_spec``.
 
     Args:
         data: a manifest (or folder) with ``label`` and ``subject`` for every image.
         input_spec: the ``input`` section of ``encoder.json`` (layout, size, normalisation).
         roi: ``auto`` (liver items where label maps exist, else whole images), ``liver``, ``whole``.
-        split: use only the images of this manifest split (None: all).
+        split: use only the images of this manifest split (None: all); a source without a
+            split column is split by subject as training split it (``split_fractions``,
+            ``split_seed``: :func:`~udl_med.data.split.records_of_split`).
 
     Raises:
         InputError: images without labels, or ``roi: liver`` without label maps.
@@ -112,7 +122,7 @@ def probe_items(data: str | Path, input_spec: dict[str, Any], roi: str = "auto",
     """
     if roi not in ROI_CHOICES:
         raise UserError(f"unknown probe roi {roi!r}; valid: {', '.join(ROI_CHOICES)}")
-    records = [r for r in list_images(data) if split is None or r.split == split]
+    records = records_of_split(data, split, split_fractions, split_seed)
     if not records:
         raise InputError(data, f"no images in split {split!r}")
     unlabeled = [r for r in records if r.label is None]

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from udl_med.data.manifest import list_images
 from udl_med.data.preview import save_grid
 from udl_med.data.readers import read_image
+from udl_med.data.split import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, records_of_split
 from udl_med.errors import InputError, UserError
 from udl_med.inference.translation_setup import SOURCE, TARGET, input_params, output_params, to_unit
 from udl_med.inference.translator import Translator, load_translator
@@ -31,16 +31,22 @@ log = logging.getLogger(__name__)
 __all__ = ["paired_subjects", "evaluate_translation", "evaluate_translation_step"]
 
 
-def paired_subjects(source: str | Path, split: str | None = "test") -> list[tuple[str, Path, Path]]:
+def paired_subjects(
+    source: str | Path,
+    split: str | None = "test",
+    fractions: tuple[float, ...] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> list[tuple[str, Path, Path]]:
     """``(subject, ct path, mr path)`` of every subject of ``split`` with both a CT and an MR.
+
+    A source without a ``split`` column is split by subject as training split it, with
+    the run's ``fractions`` and ``seed`` (:func:`~udl_med.data.split.records_of_split`).
 
     Raises:
         InputError: the source has no such pairs (a manifest needs ``subject`` and ``modality``).
     """
     by_subject: dict[str, dict[str, Path]] = defaultdict(dict)
-    for record in list_images(source):
-        if split is not None and record.split != split:
-            continue
+    for record in records_of_split(source, split, fractions, seed):
         if record.subject and record.modality in ("CT", "MR"):
             by_subject[record.subject][record.modality] = record.path
     pairs = [(s, d["CT"], d["MR"]) for s, d in sorted(by_subject.items()) if "CT" in d and "MR" in d]
@@ -67,7 +73,9 @@ def evaluate_translation(
     Args:
         model: a model folder / MLflow URI, or a :class:`~udl_med.inference.translator.Translator`.
         source: a manifest or folder with paired CT and MR (``subject``, ``modality``).
-        split: the manifest split to evaluate (``None``: all).
+        split: the manifest split to evaluate (``None``: all); a source without a split
+            column is split by subject with the run's ``data.split_fractions`` and
+            ``data.split_seed``, so ``test`` is the subjects training held out.
         directions: ``ct2mr`` and/or ``mr2ct`` (default: every direction the model has).
         out_dir: where to write side-by-side PNGs (input, output, truth; middle slices).
         max_subjects: evaluate at most this many subjects.
@@ -77,7 +85,7 @@ def evaluate_translation(
         ``{direction}/{metric}`` for the model and ``baseline/{direction}/{metric}``,
         ``baseline_body/{direction}/{metric}`` for the linear baselines (means over
         subjects) with their ``a`` and ``b``,
-        ``n_subjects``, ``held_out_ct`` / ``held_out_mr`` (the first subject's files),
+        ``n_subjects``, ``subjects`` (the subjects evaluated), ``held_out_ct`` / ``held_out_mr`` (the first subject's files),
         and ``artifacts`` (PNG paths).
     """
     translator = model if isinstance(model, Translator) else load_translator(model)
@@ -87,7 +95,9 @@ def evaluate_translation(
     for d in directions:
         if d not in available:
             raise UserError(f"the model translates only {', '.join(available)}, not {d}")
-    subjects = paired_subjects(source, split)[: max_subjects or None]
+    data = translator.config.data
+    subjects = paired_subjects(source, split, data.split_fractions, data.split_seed)[: max_subjects or None]
+    log.info("evaluating %d subject(s) of split %s: %s", len(subjects), split, ", ".join(s for s, _, _ in subjects))
 
     per: dict[str, list[dict[str, float]]] = defaultdict(list)
     fit_data: dict[str, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {d: ([], [], []) for d in directions}
@@ -115,6 +125,7 @@ def evaluate_translation(
     result: dict[str, Any] = {
         "n_subjects": len(subjects),
         "split": split,
+        "subjects": [s for s, _, _ in subjects],
         "held_out_ct": str(subjects[0][1]),  # for later pipeline steps
         "held_out_mr": str(subjects[0][2]),
     }

@@ -39,9 +39,10 @@ from torch import Tensor, nn
 
 from udl_med import keys
 from udl_med.data.geometry import Geometry
-from udl_med.data.io import list_images, read_image, write_image, write_manifest
+from udl_med.data.io import read_image, write_image, write_manifest
 from udl_med.data.normalize import normalize
 from udl_med.data.phantoms import TISSUES
+from udl_med.data.split import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, records_of_split
 from udl_med.errors import InputError, UserError
 from udl_med.io_utils import atomic_folder
 from udl_med.metrics.compare import image_views, resize_view
@@ -63,8 +64,15 @@ def lesion_slices(
     split: str | None = None,
     subject_prefix: str = "",
     crop: list[int] | tuple[int, int] | None = None,
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    split_seed: int = DEFAULT_SPLIT_SEED,
 ) -> dict[str, Any]:
     """Write the class-showing CT slices of phantoms as one-slice volumes plus a manifest (see the module docstring).
+
+    ``split``: keep only this split's CTs; a source without a split column is split by
+    subject as training splits it (``split_fractions``, ``split_seed``:
+    :func:`~udl_med.data.split.records_of_split`), and the manifest written keeps each
+    item's split.
 
     ``subject_prefix`` is put before every subject id: two phantom sets reuse the ids
     ``sub-000, ...``, and the utility check refuses held-out subjects that share an id with
@@ -75,7 +83,7 @@ def lesion_slices(
     synthetic data helps (README: synthesis); None keeps the whole slice. Every item keeps
     its place in the scanner: its origin is the physical position of its first voxel.
 
-    Returns ``manifest``, ``n``, ``per_class`` (slice counts) and ``n_subjects``.
+    Returns ``manifest``, ``n``, ``per_class`` (slice counts), ``n_subjects`` and ``subjects``.
 
     Raises:
         InputError: no CT images, no label or label map, no slice through the liver, or a
@@ -88,7 +96,7 @@ def lesion_slices(
         if len(crop) != 2 or min(crop) < 1:
             raise UserError(f"lesion_slices crop must be two positive sizes (in-plane), got {crop}")
     liver_value, lesion_value = TISSUES.index("liver"), TISSUES.index("lesion")
-    records = [r for r in list_images(source) if r.modality == "CT" and (split is None or r.split == split)]
+    records = [r for r in records_of_split(source, split, split_fractions, split_seed) if r.modality == "CT"]
     if not records:
         raise InputError(source, f"no CT images{'' if split is None else f' in split {split!r}'}")
     out = Path(out)
@@ -141,6 +149,7 @@ def lesion_slices(
         "n": int(sum(counts.values())),
         "per_class": {str(k): v for k, v in sorted(counts.items())},
         "n_subjects": len({r.subject for r in records}),
+        "subjects": sorted({str(r.subject) for r in records}),
     }
 
 
@@ -156,16 +165,24 @@ class LabeledItems:
         return LabeledItems(self.images[torch.as_tensor(mask)], self.labels[mask], self.subjects[mask])
 
 
-def labeled_items(source: str | Path, ct_window: tuple[float, float] = DEFAULT_WINDOW, size: tuple[int, ...] | None = None, split: str | None = None) -> LabeledItems:
+def labeled_items(
+    source: str | Path,
+    ct_window: tuple[float, float] = DEFAULT_WINDOW,
+    size: tuple[int, ...] | None = None,
+    split: str | None = None,
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+) -> LabeledItems:
     """Every labeled 2D view of ``source`` (one-slice volumes, or the foreground slices of volumes), normalised.
+
+    ``split``: only this split (None: all); a source without a split column is split by
+    subject as training splits it (:func:`~udl_med.data.split.records_of_split`).
 
     Raises:
         InputError: an image without a label, or no items.
     """
     images, labels, subjects = [], [], []
-    for record in list_images(source):
-        if split is not None and record.split not in (None, split):
-            continue
+    for record in records_of_split(source, split, split_fractions, split_seed):
         if record.label is None:
             raise InputError(record.path, "utility items need a label (manifest column 'label')")
         image = read_image(record.path)
@@ -319,6 +336,8 @@ def utility_step(
     ct_window: list[float] | tuple[float, float] = DEFAULT_WINDOW,
     real_split: str | None = None,
     heldout_split: str | None = None,
+    split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+    split_seed: int = DEFAULT_SPLIT_SEED,
 ) -> dict[str, Any]:
     """``udl-med augment-eval REAL SYNTH --heldout HELD`` and the pipeline step ``utility``.
 
@@ -330,15 +349,17 @@ def utility_step(
         seeds: one run of every arm per seed (classifier init, batches, the few subjects).
         steps, batch_size, lr, channels: the classifier budget, the same for every arm.
         ct_window: CT normalisation of the items.
-        real_split, heldout_split: use only these manifest splits.
+        real_split, heldout_split: use only these manifest splits; a source without a
+            split column is split by subject with ``split_fractions`` and ``split_seed``
+            (training's ``data.split_fractions`` / ``data.split_seed``).
     """
     window = tuple(float(v) for v in ct_window)
-    real_items = labeled_items(real, window, split=real_split)
+    real_items = labeled_items(real, window, split=real_split, split_fractions=split_fractions, split_seed=split_seed)
     size = tuple(real_items.images.shape[2:])
     result = utility_tensors(
         real_items,
         labeled_items(synthetic, window, size),
-        labeled_items(heldout, window, size, split=heldout_split),
+        labeled_items(heldout, window, size, split=heldout_split, split_fractions=split_fractions, split_seed=split_seed),
         tuple(int(s) for s in seeds),
         per_class_subjects,
         ClassifierBudget(tuple(int(c) for c in channels), int(steps), int(batch_size), float(lr)),

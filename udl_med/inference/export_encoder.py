@@ -96,6 +96,8 @@ def export_encoder(loaded: Any, out: Path) -> dict[str, Any]:
         },
         "method": method.name,
         "source": str(loaded.source),
+        # how training split a source without a split column (a probe on the same data holds out the same subjects)
+        "training_split": {"fractions": list(data["split_fractions"]), "seed": data["split_seed"]},
     }
     json_path, weights_path = write_network_export(Path(out), keys.ENCODER_JSON, keys.ENCODER_WEIGHTS, state, document)
     log.info("exported the %s encoder of %s to %s", class_path, loaded.source, out)
