@@ -222,3 +222,25 @@ def test_bad_sources_name_the_file(phantom_dir: Path, tmp_path: Path) -> None:
         build_dataset(DataConfig(source=str(unlabeled)), "val")
     with pytest.raises(InputError, match="CT and MR"):
         build_dataset(DataConfig(source=str(unlabeled), pairing="paired"), "train")
+
+
+@pytest.mark.parametrize("pairing", ["none", "paired", "unpaired"])
+def test_no_slice_with_enough_foreground_says_what_to_do_and_the_advice_works(phantom_dir: Path, tmp_path: Path, pairing: str) -> None:
+    """The split, its subjects, the fullest slice; following the advice (that fraction) builds the split."""
+    cfg = _cfg(phantom_dir, layout="2d", size=(24, 24), pairing=pairing, modality="CT" if pairing == "none" else None, foreground_fraction=0.99)
+    with pytest.raises(InputError, match=r"of split 'val' \(\d+ image\(s\) of 1 subject\(s\)\).*manifest's split column") as err:
+        build_dataset(cfg, "val")
+    message = str(err.value)
+    assert "\n" not in message
+    advised = float(message.rsplit("at most ", 1)[1])
+    assert 0.0 < advised < 0.99
+    assert len(build_dataset(cfg.model_copy(update={"foreground_fraction": advised}), "val")) > 0
+    # a manifest without a split column: the advice names data.split_fractions
+    rows = _manifest(phantom_dir)
+    unsplit = tmp_path / "manifest.csv"
+    with unsplit.open("w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in rows[0] if c != "split"])
+        writer.writeheader()
+        writer.writerows({k: (str(phantom_dir / v) if k == "image" else v) for k, v in r.items() if k != "split"} for r in rows)
+    with pytest.raises(InputError, match="data.split_fractions"):
+        build_dataset(cfg.model_copy(update={"source": str(unsplit)}), "val")

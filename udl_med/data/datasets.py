@@ -63,6 +63,25 @@ class _Volume:
     modality: str
     shape: tuple[int, ...]  # (S, P, Q) for slices, (1, X, Y, Z) for patches
     foreground: np.ndarray  # per slice (slices) or whole-volume mask fraction (patches)
+    fullest: float = 1.0  # the largest foreground fraction of any slice (for the error when none reaches data.foreground_fraction)
+
+
+def _no_foreground(cfg: DataConfig, volumes: Sequence[_Volume], split: str | None, what: str = "") -> InputError:
+    """The one-line error for a split none of whose slices reaches ``data.foreground_fraction``, with what to do."""
+    subjects = len({subject_of(v.record) for v in volumes})
+    fullest = max((v.fullest for v in volumes), default=0.0)
+    if split is None:
+        more = "more scans"
+    elif any(r.split for r in list_images(cfg.source)):
+        more = f"more scans, or more of them in split {split!r} of the manifest's split column"
+    else:
+        more = "more scans, or a larger share in data.split_fractions"
+    return InputError(
+        cfg.source,
+        f"no {what}slice of split {split!r} ({len(volumes)} image(s) of {subjects} subject(s)) has data.foreground_fraction "
+        f"{cfg.foreground_fraction:g} foreground (its fullest slice has {fullest:.2f}): give this split more subjects "
+        f"({more}) or set data.foreground_fraction to at most {math.floor(fullest * 100) / 100:g}",
+    )
 
 
 class UdlDataset(Dataset):
@@ -151,14 +170,14 @@ class UdlDataset(Dataset):
 class ImageDataset(UdlDataset):
     """``pairing: none``: one image per item, ``{image, path, modality[, label]}``."""
 
-    def __init__(self, cfg: DataConfig, base: Dataset, volumes: list[_Volume], num_classes: int) -> None:
+    def __init__(self, cfg: DataConfig, base: Dataset, volumes: list[_Volume], num_classes: int, split: str | None = None, what: str = "") -> None:
         super().__init__(cfg, base, volumes, num_classes)
         if cfg.layout == "3d":
             self.index = [(vi, j) for vi, v in enumerate(volumes) for j in range(_patches_per_volume(v.shape, cfg.size))]
         else:
             self.index = [(vi, int(k)) for vi, v in enumerate(volumes) for k in np.nonzero(v.foreground)[0]]
         if not self.index:
-            raise InputError(cfg.source, "no foreground slices or patches (every image is background)")
+            raise _no_foreground(cfg, volumes, split, what)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -181,7 +200,7 @@ class ImageDataset(UdlDataset):
 class PairedDataset(UdlDataset):
     """``pairing: paired``: CT and MR of the same subject, same position and crop."""
 
-    def __init__(self, cfg: DataConfig, base: Dataset, pairs: list[tuple[_Volume, _Volume]], num_classes: int) -> None:
+    def __init__(self, cfg: DataConfig, base: Dataset, pairs: list[tuple[_Volume, _Volume]], num_classes: int, split: str | None = None) -> None:
         super().__init__(cfg, base, [v for pair in pairs for v in pair], num_classes)
         self.pairs = pairs
         if cfg.layout == "3d":
@@ -189,7 +208,7 @@ class PairedDataset(UdlDataset):
         else:
             self.index = [(pi, int(k)) for pi, (ct, mr) in enumerate(pairs) for k in np.nonzero(ct.foreground | mr.foreground)[0]]
         if not self.index:
-            raise InputError(cfg.source, "no paired CT/MR foreground slices")
+            raise _no_foreground(cfg, [v for pair in pairs for v in pair], split, "paired CT/MR ")
 
     image_keys = (keys.CT, keys.MR)
 
@@ -215,12 +234,14 @@ class PairedDataset(UdlDataset):
 class UnpairedDataset(UdlDataset):
     """``pairing: unpaired``: CT items in order, each with an MR item drawn at random."""
 
-    def __init__(self, cfg: DataConfig, base: Dataset, cts: list[_Volume], mrs: list[_Volume], num_classes: int) -> None:
+    def __init__(self, cfg: DataConfig, base: Dataset, cts: list[_Volume], mrs: list[_Volume], num_classes: int, split: str | None = None) -> None:
         super().__init__(cfg, base, cts + mrs, num_classes)
         self.ct_index = self._items(cts)
         self.mr_index = self._items(mrs)
-        if not self.ct_index or not self.mr_index:
-            raise InputError(cfg.source, "unpaired data needs foreground CT and MR images")
+        if not self.ct_index:
+            raise _no_foreground(cfg, cts, split, "CT ")
+        if not self.mr_index:
+            raise _no_foreground(cfg, mrs, split, "MR ")
 
     def _items(self, vols: list[_Volume]) -> list[tuple[_Volume, int]]:
         if self.cfg.layout == "3d":
@@ -318,12 +339,15 @@ def _scan(cfg: DataConfig, base: Dataset, records: list[ImageRecord]) -> list[_V
         fg = x > FOREGROUND_LEVEL
         if cfg.layout == "3d":
             foreground = np.array([float(fg.float().mean())])
+            fullest = float(foreground[0])
         else:
-            foreground = (fg.flatten(1).float().mean(1) >= cfg.foreground_fraction).numpy()
+            fractions = fg.flatten(1).float().mean(1)
+            foreground = (fractions >= cfg.foreground_fraction).numpy()
+            fullest = float(fractions.max()) if len(fractions) else 0.0
         modality = d[keys.MODALITY] or ""
         if cfg.modality is not None and modality != cfg.modality:
             continue
-        volumes.append(_Volume(i, rec, modality, tuple(x.shape), foreground))
+        volumes.append(_Volume(i, rec, modality, tuple(x.shape), foreground, fullest))
     return volumes
 
 
@@ -351,14 +375,14 @@ def _semi_supervised_dataset(cfg: DataConfig, split: str | None) -> Dataset:
     lab_volumes = [v for v in volumes if id(v.record) in labeled_ids]
     if not lab_volumes:
         raise InputError(where, f"no labeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
-    labeled = ImageDataset(cfg.model_copy(update={"labeled": True}), base, lab_volumes, k)
+    labeled = ImageDataset(cfg.model_copy(update={"labeled": True}), base, lab_volumes, k, split, "labeled ")
     if split != cfg.split:
         log.info("%s split %r: %d labeled evaluation items", cfg.source, split, len(labeled))
         return labeled
     unl_volumes = [v for v in volumes if id(v.record) not in labeled_ids]
     if not unl_volumes:
         raise InputError(where, f"no unlabeled {cfg.modality or ''} images in split {split!r}".replace("  ", " "))
-    unlabeled = ImageDataset(cfg.model_copy(update={"labeled": False}), base, unl_volumes, k)
+    unlabeled = ImageDataset(cfg.model_copy(update={"labeled": False}), base, unl_volumes, k, split, "unlabeled ")
     n_subjects = len({subject_of(v.record) for v in lab_volumes})
     log.info(
         "%s split %r: %d unlabeled items, %d labeled items from %d subjects (%d classes)",
@@ -407,7 +431,7 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
     if cfg.layout == "2.5d" and cfg.context < 1:
         raise ConfigError(cfg.source, "data.context", "2.5d needs context >= 1")
     if cfg.pairing == "none":
-        dataset: UdlDataset = ImageDataset(cfg, base, volumes, num_classes)
+        dataset: UdlDataset = ImageDataset(cfg, base, volumes, num_classes, split)
     else:
         cts = [v for v in volumes if v.modality == "CT"]
         mrs = [v for v in volumes if v.modality == "MR"]
@@ -421,10 +445,10 @@ def build_dataset(cfg: DataConfig, split: str | None, augment: bool | None = Non
             for ct, mr in pairs:
                 if ct.shape != mr.shape:
                     raise InputError(mr.record.path, f"paired MR shape {mr.shape} differs from its CT's {ct.shape}")
-            dataset = PairedDataset(cfg, base, pairs, num_classes)
+            dataset = PairedDataset(cfg, base, pairs, num_classes, split)
         else:
             cts, mrs = _halves(cts, mrs)
-            dataset = UnpairedDataset(cfg, base, cts, mrs, num_classes)
+            dataset = UnpairedDataset(cfg, base, cts, mrs, num_classes, split)
     if augment is None:
         augment = split == cfg.split and (cfg.eval_split is None or split != cfg.eval_split)
     if augment and cfg.augment:
