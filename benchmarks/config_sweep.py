@@ -34,7 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 UDL_MED = [sys.executable, "-c", "import sys; from udl_med.cli import main; sys.exit(main())"]  # this checkout's udl-med
-FAST = ["train.steps=3", "train.batch_size=4", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=3", "train.eval_items=4", "train.threads=1"]
+FAST = ["train.steps=3", "train.batch_size=2", "train.log_every=1", "train.eval_every=3", "train.checkpoint_every=3", "train.eval_items=4", "train.threads=1"]
 # method -> overrides that keep its inner loops to a few steps (as tests/engine/test_mlflow_every_method.py)
 EXTRA = {
     "denoising_autoencoder": ["model.chain_steps=2"],

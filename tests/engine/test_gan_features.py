@@ -191,6 +191,20 @@ def test_sample_eval_needs_a_method_that_samples(tmp_path: Path, tracking_uri: s
         train(config)
 
 
+def test_sample_eval_on_a_one_item_evaluation_split_is_refused_with_what_to_do(tmp_path: Path, tracking_uri: str, phantom_manifest: Path) -> None:
+    """8 phantoms: split 'val' is one subject, one CT, one 32x32x16 patch: FID cannot be computed (was exit 1, a ValueError)."""
+    config = {
+        "method": "gan",
+        "data": {"source": str(phantom_manifest), "layout": "3d", "size": [32, 32, 16], "modality": "CT", "split": "train", "eval_split": "val"},
+        "model": {"architecture": "dcgan", "latent_dim": 4, "g_channels": [4, 4], "d_channels": [4, 4]},
+        "train": {"steps": 1, "batch_size": 2, "sample_eval": {"every": 1, "n": 8}},
+        "tracking": {"uri": tracking_uri, "log_model": False},
+        "output_dir": str(tmp_path / "gan3d"),
+    }
+    with pytest.raises(ConfigError, match=r"train.sample_eval: needs at least 2 evaluation items; data.eval_split 'val' gives 1: .*set train.sample_eval to null"):
+        train(config)
+
+
 def test_point_data_trains_through_the_engine(tmp_path: Path, tracking_uri: str) -> None:
     config = toy_config(tmp_path, tracking_uri, data={"kind": "points", "points": {"mixture": "grid", "n_train": 400, "n_eval": 50}})
     trainer = Trainer(validate_config(config))

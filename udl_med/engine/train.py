@@ -174,6 +174,13 @@ class Trainer:
                 raise ConfigError(self.source, "train.sample_eval", f"method {cfg.method!r} cannot sample")
             if self.eval_set is None:
                 raise ConfigError(self.source, "train.sample_eval", "needs evaluation data (data.eval_split)")
+            if len(self.eval_set) < 2:  # FID needs two real items; a tiny evaluation split (one 3D patch) has one
+                raise ConfigError(
+                    self.source,
+                    "train.sample_eval",
+                    f"needs at least 2 evaluation items; data.eval_split {cfg.data.eval_split!r} gives {len(self.eval_set)}: "
+                    "give that split more subjects, or set train.sample_eval to null",
+                )
             if self.process.is_main:
                 self.sample_evaluator = SampleEvaluator(cfg.train.sample_eval, self.eval_set, self.spec.spatial_dims)
 
