@@ -48,7 +48,7 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_two_nodes_with_a_c10d_rendezvous_train_as_two_local_processes(phantom_manifest: Path, tmp_path: Path, tracking_uri: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     train = ["-m", "udl_med.cli", "train"]
 
     def config(name: str) -> Path:
@@ -121,7 +121,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     cfg["tracking"]["experiment"] = "engine-ddp-signal"
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     agent = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "udl_med.cli", "train", str(path)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

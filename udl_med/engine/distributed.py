@@ -41,8 +41,9 @@ def leave_distributed(succeeded: bool) -> None:
     """
     if not dist.is_initialized():
         return
-    if succeeded:
-        dist.barrier()
+    if not succeeded:
+        return  # destroying the group under a peer's pending collective aborts before Python prints this rank's error
+    dist.barrier()
     dist.destroy_process_group()
 
 
