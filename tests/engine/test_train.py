@@ -199,7 +199,7 @@ def test_torchrun_two_processes(phantom_manifest: Path, tmp_path: Path, tracking
     config = ae_config(phantom_manifest, tmp_path / "ddp", tracking_uri, steps=6, batch_size=4, eval_every=6)
     config["tracking"]["experiment"] = "engine-ddp"
     path = _write_config(tmp_path, config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "udl_med.cli", "train", str(path), "--json"],
         capture_output=True,
