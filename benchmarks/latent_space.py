@@ -60,20 +60,29 @@ GAN_MODEL = {"architecture": "dcgan", "latent_dim": 16, "g_channels": [64, 32, 1
 KL_NEAR_ZERO = 0.1  # nats
 
 
-def crops(workdir: Path, n: int) -> tuple[Any, Any]:
-    """Labeled liver crops of ``n`` training (seed 0) and ``n`` held-out (seed 1) phantoms."""
+def crops(workdir: Path, n: int, cut: int = CROP_SIZE[0]) -> tuple[Any, Any]:
+    """Labeled liver crops of ``n`` training (seed 0) and ``n`` held-out (seed 1) phantoms.
+
+    ``cut``: the side of the square cut around the liver's centre, resized (bilinear) to
+    :data:`CROP_SIZE`; a smaller cut zooms in, so the lesion is a larger part of the item.
+    """
+    import torch.nn.functional as F
+
     from udl_med.evaluation.probe_items import phantom_ct_probe_items
     from udl_med.evaluation.utility import LabeledItems
 
-    spec = {"layout": "2d", "size": CROP_SIZE, "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
+    spec = {"layout": "2d", "size": [cut, cut], "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
     out = []
     for name, seed in (("train", 0), ("heldout", 1)):
-        items = phantom_ct_probe_items(workdir / name, n, seed, spec)
-        out.append(LabeledItems(items.items.float(), items.labels, items.subjects.astype(str)))
+        items = phantom_ct_probe_items(workdir / f"{name}_{cut}", n, seed, spec)
+        x = items.items.float()
+        if list(x.shape[2:]) != CROP_SIZE:
+            x = F.interpolate(x, size=tuple(CROP_SIZE), mode="bilinear", align_corners=False, antialias=cut > CROP_SIZE[0])
+        out.append(LabeledItems(x, items.labels, items.subjects.astype(str)))
     return out[0], out[1]
 
 
-def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedule: str = "constant") -> dict[str, dict[str, Any]]:
+def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedule: str = "constant", latent_dim: int = VAE_MODEL["latent_dim"]) -> dict[str, dict[str, Any]]:
     """Train the three VAE variants; their figures on ``held`` and their panels' data."""
     from udl_med.data.memory import TensorItems
     from udl_med.engine.fit import fit_in_memory
@@ -83,7 +92,7 @@ def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedul
     out = {}
     for name, weights in VAE_VARIANTS.items():
         method = fit_in_memory(
-            "vae", {**VAE_MODEL, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed, train={"lr_schedule": schedule}
+            "vae", {**VAE_MODEL, "latent_dim": latent_dim, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed, train={"lr_schedule": schedule}
         ).method.eval()
         codes, variances = encode_codes(method, held.images)
         recon, mean_image = reconstruction_errors(method, held.images)
@@ -95,6 +104,7 @@ def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedul
             "kl_to_prior_train": aggregate_kl(train_codes, train_variances),
             "kl_to_prior": aggregate_kl(codes, variances),
             "kl_term": float(np.mean(0.5 * (codes**2 + variances - 1 - np.log(variances)).sum(1))),  # the ELBO's KL term, mean over items
+            "posterior_std": float(np.sqrt(train_variances).mean()),  # the noise the decoder is trained with (recon-only can switch it off)
             "silhouette": silhouette(codes, held.labels),
             "fid_prior": prior_fid(method, held.images, 2, n_prior),
             "codes": codes,
@@ -206,7 +216,7 @@ def rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[str, A
 
 def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    v = {name: {m: [s[name][m] for s in per] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior", "recon_mse_train", "kl_to_prior_train", "kl_term")} for name in VAE_VARIANTS}
+    v = {name: {m: [s[name][m] for s in per] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior", "recon_mse_train", "kl_to_prior_train", "kl_term", "posterior_std")} for name in VAE_VARIANTS}
     mean = {name: {m: _stats(vals)[0] for m, vals in metrics.items()} for name, metrics in v.items()}
     r, k, b = mean["recon_only"], mean["kl_only"], mean["both"]
     seeds = range(len(per))
@@ -215,11 +225,14 @@ def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[st
     recon_ratio = [min(v["kl_only"]["recon_mse"][i], v["both"]["recon_mse"][i]) / v["recon_only"]["recon_mse"][i] for i in seeds]
     out.append(_row("vae/recon_only", "recon_mse", v["recon_only"]["recon_mse"], "min(kl_only, both)", best_other, best_other / r["recon_mse"], "lowest recon_mse of the three",
                     r["recon_mse"] < best_other, per_seed_ratio=recon_ratio, worst_seed_ratio=min(recon_ratio), **setting))
-    kl_ratio = [v["recon_only"]["kl_to_prior"][i] / (10 * v["both"]["kl_to_prior"][i]) for i in seeds]
-    out.append(_row("vae/recon_only", "kl_to_prior", v["recon_only"]["kl_to_prior"], "10x both", 10 * b["kl_to_prior"], r["kl_to_prior"] / (10 * b["kl_to_prior"]),
-                    ">= 10x the combined model's KL", r["kl_to_prior"] >= 10 * b["kl_to_prior"], per_seed_ratio=kl_ratio, worst_seed_ratio=min(kl_ratio)))
-    out.append(_row("vae/kl_only", "kl_to_prior", v["kl_only"]["kl_to_prior"], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k["kl_to_prior"] if k["kl_to_prior"] else None,
-                    f"near 0 (< {KL_NEAR_ZERO} nats)", k["kl_to_prior"] < KL_NEAR_ZERO, worst_seed=max(v["kl_only"]["kl_to_prior"])))
+    # "a KL to the prior" read two ways: the aggregate posterior's (kl_to_prior) and the ELBO's own term (kl_term)
+    for metric, reading in (("kl_to_prior", "aggregate posterior"), ("kl_term", "mean per-item KL(q(z|x) || p(z))")):
+        kl_ratio = [v["recon_only"][metric][i] / (10 * v["both"][metric][i]) for i in seeds]
+        out.append(_row("vae/recon_only", metric, v["recon_only"][metric], "10x both", 10 * b[metric], r[metric] / (10 * b[metric]),
+                        f">= 10x the combined model's KL ({reading})", r[metric] >= 10 * b[metric], per_seed_ratio=kl_ratio, worst_seed_ratio=min(kl_ratio),
+                        peer_per_seed=v["both"][metric]))
+        out.append(_row("vae/kl_only", metric, v["kl_only"][metric], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k[metric] if k[metric] else None,
+                        f"near 0 (< {KL_NEAR_ZERO} nats; {reading})", k[metric] < KL_NEAR_ZERO, worst_seed=max(v["kl_only"][metric])))
     mean_ratio = [v["kl_only"]["recon_mse"][i] / v["kl_only"]["mean_image_mse"][i] for i in seeds]
     out.append(_row("vae/kl_only", "recon_mse", v["kl_only"]["recon_mse"], "mean_image", v["kl_only"]["mean_image_mse"], k["recon_mse"] / k["mean_image_mse"],
                     "no better than the mean image", k["recon_mse"] >= 0.95 * k["mean_image_mse"], per_seed_ratio=mean_ratio, worst_seed_ratio=min(mean_ratio)))
@@ -227,14 +240,13 @@ def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[st
     fid_ratio = [min(v["recon_only"]["fid_prior"][i], v["kl_only"]["fid_prior"][i]) / v["both"]["fid_prior"][i] for i in seeds]
     out.append(_row("vae/both", "fid_prior", v["both"]["fid_prior"], "min(recon_only, kl_only)", best_fid, best_fid / b["fid_prior"], "best prior-sample FID of the three",
                     b["fid_prior"] < best_fid, per_seed_ratio=fid_ratio, worst_seed_ratio=min(fid_ratio)))
+    goals = {"recon_only": ("recon_mse", "kl_to_prior", "kl_term"), "kl_only": ("kl_to_prior", "kl_term", "recon_mse"), "both": ("fid_prior",)}
     for name in VAE_VARIANTS:
-        for metric in ("silhouette", "fid_prior", "kl_to_prior", "recon_mse"):
-            if not (name == "recon_only" and metric in ("recon_mse", "kl_to_prior")) and not (name == "kl_only" and metric in ("kl_to_prior", "recon_mse")) and not (name == "both" and metric == "fid_prior"):
+        for metric in ("silhouette", "fid_prior", "kl_to_prior", "kl_term", "recon_mse"):
+            if metric not in goals[name]:
                 out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
-    for name in VAE_VARIANTS:  # the ELBO's own KL term (mean per-item KL(q(z|x) || p(z))), beside the aggregate's
-        out.append(_row(f"vae/{name}", "kl_term", v[name]["kl_term"], "", None, None, "(reported)", None))
     for name in ("recon_only", "both"):  # the same measures on the training crops (the VAEs overfit 120 crops)
-        for metric in ("recon_mse_train", "kl_to_prior_train"):
+        for metric in ("recon_mse_train", "kl_to_prior_train", "posterior_std"):
             out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
     return out
 
@@ -306,7 +318,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     for seed in seeds:
         vae = None
         if "vae" in args.parts:
-            vae = vae_case(train, held, args.vae_steps, seed, args.n_prior, args.vae_schedule)
+            vae = vae_case(train, held, args.vae_steps, seed, args.n_prior, args.vae_schedule, args.vae_latent)
             per["vae"].append({k: {m: x for m, x in f.items() if m != "codes"} for k, f in vae.items()})
             if "gan" not in args.parts:
                 continue
@@ -327,7 +339,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         if seed == seeds[0] and args.figures and vae is not None:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
-        "seeds": list(seeds), "phantoms": args.phantoms, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps,
+        "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps,
         "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
     }
     return rows(per, setting)
@@ -343,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
     parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-latent", type=int, default=VAE_MODEL["latent_dim"], help="the VAEs' latent size (2: the codes are the picture; more: their first two principal axes)")
     parser.add_argument("--gan-steps", type=int, default=1200)
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--n-prior", type=int, default=256, help="prior samples of each VAE for its FID")
