@@ -30,7 +30,7 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
 Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
-mean; last row: results), ``infogan_codes.png`` (one row per code value).
+mean; last row: results), ``infogan_codes.png`` (one row per code value, the same z in each column: what the code alone changes).
 
     .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-steps 600] [--gan-steps 1200] [--out rows.jsonl] [--figures DIR]
 """
@@ -176,12 +176,22 @@ def info_case(info_gan: Any, plain: Any, classifier: torch.nn.Module, per_code: 
     z = plain.draw_latent(k * per_code, torch.Generator().manual_seed(3000 + seed)).float()
     with torch.no_grad():
         predicted = classify(classifier, torch.cat([plain.decode_latent(b) for b in z.split(128)]))[0]
-    split = np.digitize(z[:, 0].numpy(), np.quantile(z[:, 0].numpy(), [1 / 3, 2 / 3]))  # terciles of z_0
+    split = np.digitize(z[:, 0].numpy(), np.quantile(z[:, 0].numpy(), np.arange(1, k) / k))  # k quantile bins of z_0 (terciles for k = 3)
+    # what the code changes: the same z under every code value, against another z under the same value
+    same = [info_gan.sample(per_code, torch.Generator().manual_seed(4000 + seed), code=str(value)) for value in range(k)]
+    other = info_gan.sample(per_code, torch.Generator().manual_seed(5000 + seed), code="0")
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    code_change = float(np.mean([(same[i] - same[j]).abs().mean().item() for i, j in pairs]))
+    same_classes = [classify(classifier, images)[0] for images in same]
     return {
         "info_agreement": best_matching_agreement(codes, classes),
         "plain_agreement": best_matching_agreement(split, predicted),
         "info_class_shares": (np.bincount(classes, minlength=3) / len(classes)).tolist(),
+        "code_change": code_change,  # mean |G(z, c_i) - G(z, c_j)| per voxel
+        "z_change": float((same[0] - other).abs().mean()),  # mean |G(z, c) - G(z', c)| per voxel
+        "class_flip": float(np.mean([np.mean(same_classes[i] != same_classes[j]) for i, j in pairs])),  # the judge's class changes with the code alone
         "rows": rows,
+        "same_z_rows": [images[:8] for images in same],
     }
 
 
@@ -264,8 +274,11 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     info, plain = [s["info_agreement"] for s in i], [s["plain_agreement"] for s in i]
     im, pm = _stats(info)[0], _stats(plain)[0]
     margins = [x - y for x, y in zip(info, plain)]
-    out.append(_row("infogan/categorical3", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
+    out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
                     per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i]))
+    for metric, what in (("code_change", "mean |G(z, c_i) - G(z, c_j)| per voxel, same z"), ("z_change", "mean |G(z, c) - G(z', c)| per voxel, same code"),
+                         ("class_flip", "share of z whose judged class changes with the code alone")):
+        out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", metric, [s[metric] for s in i], "", None, None, f"(reported: {what})", None))
     c = per["classifier"]
     out.append(_row("classifier/real_crops", "balanced_accuracy_heldout", c, "chance", 1 / 3, None, "(the judge of the arithmetic and InfoGAN rows)", None))
     return out
@@ -301,7 +314,7 @@ def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, a
                 rows.append(gan.decode_latent(torch.cat([members, members.mean(0, keepdim=True)])))
         rows.append(arithmetic["example_results"])
         save_grid(torch.cat(rows), folder / "arithmetic.png", nrow=4)
-    save_grid(torch.cat(info["rows"]), folder / "infogan_codes.png", nrow=8)
+    save_grid(torch.cat(info["same_z_rows"]), folder / "infogan_codes.png", nrow=8)  # one row per code value, one column per z
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -312,8 +325,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     train, held = crops(workdir, args.phantoms)
     logging.info("crops: %d training (classes %s), %d held out", len(train.labels), np.bincount(train.labels).tolist(), len(held.labels))
+    gan_train, gan_held = (train, held) if args.gan_cut == CROP_SIZE[0] else crops(workdir, args.phantoms, args.gan_cut)
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
-    info_codes = {"categorical": 3, "continuous": args.info_continuous, "weight": args.info_weight}
+    info_codes = {"categorical": args.info_categorical, "continuous": args.info_continuous, "weight": args.info_weight}
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for seed in seeds:
         vae = None
@@ -322,13 +336,13 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             per["vae"].append({k: {m: x for m, x in f.items() if m != "codes"} for k, f in vae.items()})
             if "gan" not in args.parts:
                 continue
-        classifier = train_classifier(train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
-        per["classifier"].append(score(classifier, held)["balanced_accuracy"])
-        images = TensorItems(train.images)
-        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
+        classifier = train_classifier(gan_train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
+        per["classifier"].append(score(classifier, gan_held)["balanced_accuracy"])
+        images = TensorItems(gan_train.images)
+        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
         arithmetic = arithmetic_case(gan, classifier, args.pool, args.trials, seed)
         per["arithmetic"].append(arithmetic)
-        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
+        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
         info = info_case(info_gan, gan, classifier, args.per_code, seed)
         per["info"].append(info)
         logging.info(
@@ -339,7 +353,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         if seed == seeds[0] and args.figures and vae is not None:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
-        "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps,
+        "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps, "gan_cut": args.gan_cut,
         "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
     }
     return rows(per, setting)
@@ -351,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=10, help="first seed (settings were chosen on seeds 100-101, never reported)")
     parser.add_argument("--parts", default="vae,gan", help="vae and/or gan (arithmetic and InfoGAN), comma-separated")
     parser.add_argument("--vae-schedule", default="constant", choices=["constant", "cosine"], help="the VAEs' learning-rate schedule")
-    parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the 3-valued categorical one")
+    parser.add_argument("--gan-cut", type=int, default=CROP_SIZE[0], help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
+    parser.add_argument("--info-categorical", type=int, default=3, help="InfoGAN's categorical values (the plain GAN's z_0 is split into as many bins)")
+    parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the categorical one")
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
     parser.add_argument("--vae-steps", type=int, default=600)
