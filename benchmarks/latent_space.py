@@ -7,9 +7,12 @@ lesion is, labeled with the lesion class (0 none, 1 hypo, 2 hyper) of ``--phanto
 training phantoms (seed 0) and as many held-out ones (seed 1). Every model trains with
 the engine (``fit_in_memory``) without labels; per seed (3 by default):
 
-- **VAE pictures** (2-D latent): reconstruction only (``beta: 0``), KL only
-  (``recon_weight: 0``), both. On the held-out crops: ``recon_mse`` (and the mean image's),
-  ``kl_to_prior`` (Gaussian fit of the aggregate posterior against N(0, I)),
+- **VAE pictures** (``--vae-latent``, 16: with 2 dimensions the bottleneck, not the KL,
+  limits all three and reconstruction only ties with both): reconstruction only
+  (``beta: 0``), KL only (``recon_weight: 0``), both. On the held-out crops: ``recon_mse``
+  (the posterior mean decoded; and the mean image's), the KL to the prior read two ways,
+  ``kl_to_prior`` (Gaussian fit of the aggregate posterior against N(0, I)) and
+  ``kl_term`` (the ELBO's term, the mean per-item KL(q(z|x) || N(0, I))), each a goal row,
   ``silhouette`` by class, ``fid_prior`` (prior samples against the held-out crops,
   seeded random extractor). Goals (issue 24): reconstruction-only has the lowest
   reconstruction error and a KL at least 10x the combined one; KL-only has a KL near 0
@@ -25,14 +28,18 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
 - **InfoGAN**: the same DCGAN with ``info_codes: {categorical: 3}``; the classifier labels
   ``--per-code`` samples of each code value; the agreement of code and class (best
   one-to-one matching) against the same measure for an arbitrary split of a plain GAN's z
-  (terciles of z_0). Goal: at least 0.2 above it.
+  (terciles of z_0). Goal: at least 0.2 above it. Reported beside it: what the code
+  changes (``code_change``: mean voxel change between code values for the same z;
+  ``z_change``: between two z for the same code; ``class_flip``: share of z whose judged
+  class changes with the code alone). ``--gan-cut`` zooms the GAN part's items (a smaller
+  cut around the liver, resized to 32 x 32), for the judge and both GANs alike.
 
 Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
-mean; last row: results), ``infogan_codes.png`` (one row per code value).
+mean; last row: results), ``infogan_codes.png`` (one row per code value, the same z in each column: what the code alone changes).
 
-    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-steps 600] [--gan-steps 1200] [--out rows.jsonl] [--figures DIR]
+    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 32] [--out rows.jsonl] [--figures DIR]
 """
 
 from __future__ import annotations
@@ -54,26 +61,35 @@ BENCH = "latent_space"
 CROP_WINDOW = (-200.0, 300.0)
 CROP_SIZE = [32, 32]
 HYPER, NONE = 2, 0
-VAE_MODEL = {"latent_dim": 2, "channels": [16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0, "loss": "l2", "lr": 2e-3}
+VAE_MODEL = {"latent_dim": 16, "channels": [16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0, "loss": "l2", "lr": 2e-3}
 VAE_VARIANTS = {"recon_only": {"beta": 0.0, "recon_weight": 1.0}, "kl_only": {"beta": 1.0, "recon_weight": 0.0}, "both": {"beta": 1.0, "recon_weight": 1.0}}
 GAN_MODEL = {"architecture": "dcgan", "latent_dim": 16, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "label_smoothing": 0.9}
 KL_NEAR_ZERO = 0.1  # nats
 
 
-def crops(workdir: Path, n: int) -> tuple[Any, Any]:
-    """Labeled liver crops of ``n`` training (seed 0) and ``n`` held-out (seed 1) phantoms."""
+def crops(workdir: Path, n: int, cut: int = CROP_SIZE[0]) -> tuple[Any, Any]:
+    """Labeled liver crops of ``n`` training (seed 0) and ``n`` held-out (seed 1) phantoms.
+
+    ``cut``: the side of the square cut around the liver's centre, resized (bilinear) to
+    :data:`CROP_SIZE`; a smaller cut zooms in, so the lesion is a larger part of the item.
+    """
+    import torch.nn.functional as F
+
     from udl_med.evaluation.probe_items import phantom_ct_probe_items
     from udl_med.evaluation.utility import LabeledItems
 
-    spec = {"layout": "2d", "size": CROP_SIZE, "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
+    spec = {"layout": "2d", "size": [cut, cut], "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
     out = []
     for name, seed in (("train", 0), ("heldout", 1)):
-        items = phantom_ct_probe_items(workdir / name, n, seed, spec)
-        out.append(LabeledItems(items.items.float(), items.labels, items.subjects.astype(str)))
+        items = phantom_ct_probe_items(workdir / f"{name}_{cut}", n, seed, spec)
+        x = items.items.float()
+        if list(x.shape[2:]) != CROP_SIZE:
+            x = F.interpolate(x, size=tuple(CROP_SIZE), mode="bilinear", align_corners=False, antialias=cut > CROP_SIZE[0])
+        out.append(LabeledItems(x, items.labels, items.subjects.astype(str)))
     return out[0], out[1]
 
 
-def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedule: str = "constant") -> dict[str, dict[str, Any]]:
+def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedule: str = "constant", latent_dim: int = VAE_MODEL["latent_dim"]) -> dict[str, dict[str, Any]]:
     """Train the three VAE variants; their figures on ``held`` and their panels' data."""
     from udl_med.data.memory import TensorItems
     from udl_med.engine.fit import fit_in_memory
@@ -83,7 +99,7 @@ def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedul
     out = {}
     for name, weights in VAE_VARIANTS.items():
         method = fit_in_memory(
-            "vae", {**VAE_MODEL, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed, train={"lr_schedule": schedule}
+            "vae", {**VAE_MODEL, "latent_dim": latent_dim, **weights}, TensorItems(train.images), steps=steps, batch_size=min(32, len(train.labels)), seed=seed, train={"lr_schedule": schedule}
         ).method.eval()
         codes, variances = encode_codes(method, held.images)
         recon, mean_image = reconstruction_errors(method, held.images)
@@ -95,6 +111,7 @@ def vae_case(train: Any, held: Any, steps: int, seed: int, n_prior: int, schedul
             "kl_to_prior_train": aggregate_kl(train_codes, train_variances),
             "kl_to_prior": aggregate_kl(codes, variances),
             "kl_term": float(np.mean(0.5 * (codes**2 + variances - 1 - np.log(variances)).sum(1))),  # the ELBO's KL term, mean over items
+            "posterior_std": float(np.sqrt(train_variances).mean()),  # the noise the decoder is trained with (recon-only can switch it off)
             "silhouette": silhouette(codes, held.labels),
             "fid_prior": prior_fid(method, held.images, 2, n_prior),
             "codes": codes,
@@ -166,12 +183,22 @@ def info_case(info_gan: Any, plain: Any, classifier: torch.nn.Module, per_code: 
     z = plain.draw_latent(k * per_code, torch.Generator().manual_seed(3000 + seed)).float()
     with torch.no_grad():
         predicted = classify(classifier, torch.cat([plain.decode_latent(b) for b in z.split(128)]))[0]
-    split = np.digitize(z[:, 0].numpy(), np.quantile(z[:, 0].numpy(), [1 / 3, 2 / 3]))  # terciles of z_0
+    split = np.digitize(z[:, 0].numpy(), np.quantile(z[:, 0].numpy(), np.arange(1, k) / k))  # k quantile bins of z_0 (terciles for k = 3)
+    # what the code changes: the same z under every code value, against another z under the same value
+    same = [info_gan.sample(per_code, torch.Generator().manual_seed(4000 + seed), code=str(value)) for value in range(k)]
+    other = info_gan.sample(per_code, torch.Generator().manual_seed(5000 + seed), code="0")
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    code_change = float(np.mean([(same[i] - same[j]).abs().mean().item() for i, j in pairs]))
+    same_classes = [classify(classifier, images)[0] for images in same]
     return {
         "info_agreement": best_matching_agreement(codes, classes),
         "plain_agreement": best_matching_agreement(split, predicted),
         "info_class_shares": (np.bincount(classes, minlength=3) / len(classes)).tolist(),
+        "code_change": code_change,  # mean |G(z, c_i) - G(z, c_j)| per voxel
+        "z_change": float((same[0] - other).abs().mean()),  # mean |G(z, c) - G(z', c)| per voxel
+        "class_flip": float(np.mean([np.mean(same_classes[i] != same_classes[j]) for i, j in pairs])),  # the judge's class changes with the code alone
         "rows": rows,
+        "same_z_rows": [images[:8] for images in same],
     }
 
 
@@ -206,7 +233,7 @@ def rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[str, A
 
 def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    v = {name: {m: [s[name][m] for s in per] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior", "recon_mse_train", "kl_to_prior_train", "kl_term")} for name in VAE_VARIANTS}
+    v = {name: {m: [s[name][m] for s in per] for m in ("recon_mse", "mean_image_mse", "kl_to_prior", "silhouette", "fid_prior", "recon_mse_train", "kl_to_prior_train", "kl_term", "posterior_std")} for name in VAE_VARIANTS}
     mean = {name: {m: _stats(vals)[0] for m, vals in metrics.items()} for name, metrics in v.items()}
     r, k, b = mean["recon_only"], mean["kl_only"], mean["both"]
     seeds = range(len(per))
@@ -215,11 +242,14 @@ def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[st
     recon_ratio = [min(v["kl_only"]["recon_mse"][i], v["both"]["recon_mse"][i]) / v["recon_only"]["recon_mse"][i] for i in seeds]
     out.append(_row("vae/recon_only", "recon_mse", v["recon_only"]["recon_mse"], "min(kl_only, both)", best_other, best_other / r["recon_mse"], "lowest recon_mse of the three",
                     r["recon_mse"] < best_other, per_seed_ratio=recon_ratio, worst_seed_ratio=min(recon_ratio), **setting))
-    kl_ratio = [v["recon_only"]["kl_to_prior"][i] / (10 * v["both"]["kl_to_prior"][i]) for i in seeds]
-    out.append(_row("vae/recon_only", "kl_to_prior", v["recon_only"]["kl_to_prior"], "10x both", 10 * b["kl_to_prior"], r["kl_to_prior"] / (10 * b["kl_to_prior"]),
-                    ">= 10x the combined model's KL", r["kl_to_prior"] >= 10 * b["kl_to_prior"], per_seed_ratio=kl_ratio, worst_seed_ratio=min(kl_ratio)))
-    out.append(_row("vae/kl_only", "kl_to_prior", v["kl_only"]["kl_to_prior"], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k["kl_to_prior"] if k["kl_to_prior"] else None,
-                    f"near 0 (< {KL_NEAR_ZERO} nats)", k["kl_to_prior"] < KL_NEAR_ZERO, worst_seed=max(v["kl_only"]["kl_to_prior"])))
+    # "a KL to the prior" read two ways: the aggregate posterior's (kl_to_prior) and the ELBO's own term (kl_term)
+    for metric, reading in (("kl_to_prior", "aggregate posterior"), ("kl_term", "mean per-item KL(q(z|x) || p(z))")):
+        kl_ratio = [v["recon_only"][metric][i] / (10 * v["both"][metric][i]) for i in seeds]
+        out.append(_row("vae/recon_only", metric, v["recon_only"][metric], "10x both", 10 * b[metric], r[metric] / (10 * b[metric]),
+                        f">= 10x the combined model's KL ({reading})", r[metric] >= 10 * b[metric], per_seed_ratio=kl_ratio, worst_seed_ratio=min(kl_ratio),
+                        peer_per_seed=v["both"][metric]))
+        out.append(_row("vae/kl_only", metric, v["kl_only"][metric], "goal_max", KL_NEAR_ZERO, KL_NEAR_ZERO / k[metric] if k[metric] else None,
+                        f"near 0 (< {KL_NEAR_ZERO} nats; {reading})", k[metric] < KL_NEAR_ZERO, worst_seed=max(v["kl_only"][metric])))
     mean_ratio = [v["kl_only"]["recon_mse"][i] / v["kl_only"]["mean_image_mse"][i] for i in seeds]
     out.append(_row("vae/kl_only", "recon_mse", v["kl_only"]["recon_mse"], "mean_image", v["kl_only"]["mean_image_mse"], k["recon_mse"] / k["mean_image_mse"],
                     "no better than the mean image", k["recon_mse"] >= 0.95 * k["mean_image_mse"], per_seed_ratio=mean_ratio, worst_seed_ratio=min(mean_ratio)))
@@ -227,14 +257,13 @@ def vae_rows(per: list[dict[str, Any]], setting: dict[str, Any]) -> list[dict[st
     fid_ratio = [min(v["recon_only"]["fid_prior"][i], v["kl_only"]["fid_prior"][i]) / v["both"]["fid_prior"][i] for i in seeds]
     out.append(_row("vae/both", "fid_prior", v["both"]["fid_prior"], "min(recon_only, kl_only)", best_fid, best_fid / b["fid_prior"], "best prior-sample FID of the three",
                     b["fid_prior"] < best_fid, per_seed_ratio=fid_ratio, worst_seed_ratio=min(fid_ratio)))
+    goals = {"recon_only": ("recon_mse", "kl_to_prior", "kl_term"), "kl_only": ("kl_to_prior", "kl_term", "recon_mse"), "both": ("fid_prior",)}
     for name in VAE_VARIANTS:
-        for metric in ("silhouette", "fid_prior", "kl_to_prior", "recon_mse"):
-            if not (name == "recon_only" and metric in ("recon_mse", "kl_to_prior")) and not (name == "kl_only" and metric in ("kl_to_prior", "recon_mse")) and not (name == "both" and metric == "fid_prior"):
+        for metric in ("silhouette", "fid_prior", "kl_to_prior", "kl_term", "recon_mse"):
+            if metric not in goals[name]:
                 out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
-    for name in VAE_VARIANTS:  # the ELBO's own KL term (mean per-item KL(q(z|x) || p(z))), beside the aggregate's
-        out.append(_row(f"vae/{name}", "kl_term", v[name]["kl_term"], "", None, None, "(reported)", None))
     for name in ("recon_only", "both"):  # the same measures on the training crops (the VAEs overfit 120 crops)
-        for metric in ("recon_mse_train", "kl_to_prior_train"):
+        for metric in ("recon_mse_train", "kl_to_prior_train", "posterior_std"):
             out.append(_row(f"vae/{name}", metric, v[name][metric], "", None, None, "(reported)", None))
     return out
 
@@ -252,8 +281,11 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     info, plain = [s["info_agreement"] for s in i], [s["plain_agreement"] for s in i]
     im, pm = _stats(info)[0], _stats(plain)[0]
     margins = [x - y for x, y in zip(info, plain)]
-    out.append(_row("infogan/categorical3", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
+    out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
                     per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i]))
+    for metric, what in (("code_change", "mean |G(z, c_i) - G(z, c_j)| per voxel, same z"), ("z_change", "mean |G(z, c) - G(z', c)| per voxel, same code"),
+                         ("class_flip", "share of z whose judged class changes with the code alone")):
+        out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", metric, [s[metric] for s in i], "", None, None, f"(reported: {what})", None))
     c = per["classifier"]
     out.append(_row("classifier/real_crops", "balanced_accuracy_heldout", c, "chance", 1 / 3, None, "(the judge of the arithmetic and InfoGAN rows)", None))
     return out
@@ -289,7 +321,7 @@ def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, a
                 rows.append(gan.decode_latent(torch.cat([members, members.mean(0, keepdim=True)])))
         rows.append(arithmetic["example_results"])
         save_grid(torch.cat(rows), folder / "arithmetic.png", nrow=4)
-    save_grid(torch.cat(info["rows"]), folder / "infogan_codes.png", nrow=8)
+    save_grid(torch.cat(info["same_z_rows"]), folder / "infogan_codes.png", nrow=8)  # one row per code value, one column per z
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -300,23 +332,24 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     train, held = crops(workdir, args.phantoms)
     logging.info("crops: %d training (classes %s), %d held out", len(train.labels), np.bincount(train.labels).tolist(), len(held.labels))
+    gan_train, gan_held = (train, held) if args.gan_cut == CROP_SIZE[0] else crops(workdir, args.phantoms, args.gan_cut)
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
-    info_codes = {"categorical": 3, "continuous": args.info_continuous, "weight": args.info_weight}
+    info_codes = {"categorical": args.info_categorical, "continuous": args.info_continuous, "weight": args.info_weight}
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for seed in seeds:
         vae = None
         if "vae" in args.parts:
-            vae = vae_case(train, held, args.vae_steps, seed, args.n_prior, args.vae_schedule)
+            vae = vae_case(train, held, args.vae_steps, seed, args.n_prior, args.vae_schedule, args.vae_latent)
             per["vae"].append({k: {m: x for m, x in f.items() if m != "codes"} for k, f in vae.items()})
             if "gan" not in args.parts:
                 continue
-        classifier = train_classifier(train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
-        per["classifier"].append(score(classifier, held)["balanced_accuracy"])
-        images = TensorItems(train.images)
-        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
+        classifier = train_classifier(gan_train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
+        per["classifier"].append(score(classifier, gan_held)["balanced_accuracy"])
+        images = TensorItems(gan_train.images)
+        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
         arithmetic = arithmetic_case(gan, classifier, args.pool, args.trials, seed)
         per["arithmetic"].append(arithmetic)
-        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(train.labels)), seed=seed).method.eval()
+        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
         info = info_case(info_gan, gan, classifier, args.per_code, seed)
         per["info"].append(info)
         logging.info(
@@ -327,7 +360,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         if seed == seeds[0] and args.figures and vae is not None:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
-        "seeds": list(seeds), "phantoms": args.phantoms, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps,
+        "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps, "gan_cut": args.gan_cut,
         "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
     }
     return rows(per, setting)
@@ -339,10 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=10, help="first seed (settings were chosen on seeds 100-101, never reported)")
     parser.add_argument("--parts", default="vae,gan", help="vae and/or gan (arithmetic and InfoGAN), comma-separated")
     parser.add_argument("--vae-schedule", default="constant", choices=["constant", "cosine"], help="the VAEs' learning-rate schedule")
-    parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the 3-valued categorical one")
+    parser.add_argument("--gan-cut", type=int, default=CROP_SIZE[0], help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
+    parser.add_argument("--info-categorical", type=int, default=3, help="InfoGAN's categorical values (the plain GAN's z_0 is split into as many bins)")
+    parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the categorical one")
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
     parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-latent", type=int, default=VAE_MODEL["latent_dim"], help="the VAEs' latent size (2: the codes are the picture; more: their first two principal axes)")
     parser.add_argument("--gan-steps", type=int, default=1200)
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--n-prior", type=int, default=256, help="prior samples of each VAE for its FID")

@@ -14,7 +14,7 @@ from udl_med.errors import UserError
 WINDOW = (-250.0, 250.0)
 
 
-def _model(folder: Path, manifest: Path, spatial_dims: int) -> Path:
+def _model(folder: Path, manifest: Path, spatial_dims: int, crop: str = "center") -> Path:
     from udl_med.data.datasets import build_dataset, data_spec
     from udl_med.engine.config import validate_config
     from udl_med.engine.model_io import save_model
@@ -22,7 +22,7 @@ def _model(folder: Path, manifest: Path, spatial_dims: int) -> Path:
 
     size = [8] * spatial_dims
     model = {"levels": 2, "latent_dim": 8, "coarse_channels": [8], "fine_channels": 4, "fine_blocks": 1, "disc_channels": [4]}
-    data = {"source": str(manifest), "layout": f"{spatial_dims}d", "size": size, "labeled": True, "modality": "CT", "ct_window": list(WINDOW)}
+    data = {"source": str(manifest), "layout": f"{spatial_dims}d", "size": size, "labeled": True, "modality": "CT", "ct_window": list(WINDOW), "crop": crop}
     run = validate_config({"method": "lapgan", "data": data, "model": model})
     spec = data_spec(run.data, build_dataset(run.data, run.data.split))  # with the training geometry, as train writes it
     torch.manual_seed(0)
@@ -158,3 +158,24 @@ def test_the_model_file_keeps_the_training_geometry(tmp_path: Path, phantom_mani
         sample_to_dir(str(tmp_path / "old"), n=1, out=tmp_path / "o")
     with pytest.raises(UserError, match="keeps no training geometry"):
         synthesize(str(tmp_path / "old"), tmp_path / "o2", n=1)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_resized_items_are_written_with_the_resized_spacing(tmp_path: Path, phantom_manifest: Path, spatial_dims: int) -> None:
+    """A ``crop: resize`` run shrinks the whole scan onto the item: a sample's voxels are scan size / item size times the scan's."""
+    from udl_med.data.io import list_images, read_image
+    from udl_med.engine.model_io import load_model
+    from udl_med.inference.sample import sample_to_dir
+
+    model = _model(tmp_path / "model", phantom_manifest, spatial_dims, crop="resize")
+    kept = load_model(model).data_spec.geometry
+    first = read_image(next(r for r in list_images(phantom_manifest) if r.split == "train" and r.modality == "CT").path)
+    scan_spacing, shape = np.asarray(first.meta["spacing"], np.float64), np.asarray(first.shape[-3:], np.float64)
+    expected = scan_spacing.copy()
+    axes = [0, 1, 2] if spatial_dims == 3 else [0, 1]  # slice_axis 2
+    expected[axes] = scan_spacing[axes] * shape[axes] / 8
+    np.testing.assert_allclose(kept.spacing, scan_spacing, atol=1e-4)  # the scan's grid stays what inputs are compared with
+    np.testing.assert_allclose(kept.item_spacing, expected, atol=1e-4)
+    written = read_image(Path(sample_to_dir(str(model), n=1, out=tmp_path / "s")["out"]) / "sample_0000.nii.gz")
+    np.testing.assert_allclose(written.meta["spacing"], expected, atol=1e-4)
+    assert not np.allclose(expected, scan_spacing)  # the phantoms are larger than 8 voxels: the test can fail

@@ -478,7 +478,9 @@ def training_geometry(cfg: DataConfig, dataset: Dataset) -> TrainingGeometry | N
 
     Spacing and direction are those of the first training image (its header is read once
     here, at training time); the modality is the one every training image has (None when
-    they mix CT and MR, or say nothing).
+    they mix CT and MR, or say nothing). The item spacing is the image's, scaled along the
+    resized axes by image size / item size for ``crop: resize`` (the image is resized
+    whole, without padding, so its prepared shape is its own).
     """
     volumes = scan_volumes(dataset)
     if not volumes:
@@ -488,6 +490,14 @@ def training_geometry(cfg: DataConfig, dataset: Dataset) -> TrainingGeometry | N
     spacing = (tuple(geometry.spacing) + (1.0, 1.0, 1.0))[:3]
     direction = np.eye(3)
     direction[:n, :n] = geometry.direction_matrix[:3, :3]
+    item_spacing = np.asarray(spacing, np.float64)
+    if cfg.crop == "resize":
+        shape = volumes[0].shape  # (S, P, Q) for slices (slice axis first), (1, X, Y, Z) for patches
+        if cfg.layout == "3d":
+            axes, sizes = [0, 1, 2], shape[1:]
+        else:
+            axes, sizes = [a for a in range(3) if a != cfg.slice_axis], shape[1:]
+        item_spacing[axes] = item_spacing[axes] * np.asarray(sizes, np.float64) / np.asarray(cfg.size, np.float64)
     modalities = {v.modality for v in volumes}
     modality = modalities.pop() if len(modalities) == 1 and "" not in modalities else None
     return TrainingGeometry(
@@ -498,6 +508,7 @@ def training_geometry(cfg: DataConfig, dataset: Dataset) -> TrainingGeometry | N
         modality=cfg.modality or modality,
         ct_window=tuple(cfg.ct_window),
         mr_percentiles=tuple(cfg.mr_percentiles),
+        item_spacing=tuple(float(v) for v in item_spacing),
     )
 
 

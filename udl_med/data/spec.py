@@ -20,13 +20,18 @@ class TrainingGeometry(BaseModel):
 
     Attributes:
         spacing: voxel spacing (mm) of the first training image, 3 values (a 2D image
-            has 1 mm along its missing third axis).
+            has 1 mm along its missing third axis). The scan's grid: what ``translate``,
+            ``encode`` and ``classify`` compare inputs with (:mod:`udl_med.inference.model_grid`).
         direction: direction cosines of that image (ITK/LPS, flat row-major, 9 values).
         item_size: spatial size of one training item (``data.size``).
         slice_axis: the axis 2D items were taken across (None for 3D patches).
         modality: ``CT`` or ``MR`` when every training image has that modality, else None.
         ct_window: the CT window (HU) mapped to [-1, 1].
         mr_percentiles: the MR percentiles mapped to -1 and 1.
+        item_spacing: spacing (mm) of one training item's voxels, what ``sample`` and
+            ``synthesize`` write: ``spacing``, except that a ``crop: resize`` run scales
+            the resized axes by the first image's size / item size (as ``interpolate``
+            does). None in model files written before it was kept: ``spacing`` then.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +43,12 @@ class TrainingGeometry(BaseModel):
     modality: str | None
     ct_window: tuple[float, float]
     mr_percentiles: tuple[float, float]
+    item_spacing: tuple[float, float, float] | None = None
+
+    @property
+    def sample_spacing(self) -> tuple[float, float, float]:
+        """The spacing of a generated item: ``item_spacing``, or ``spacing`` for older model files."""
+        return self.item_spacing if self.item_spacing is not None else self.spacing
 
 
 class DataSpec(BaseModel):

@@ -134,7 +134,7 @@ def export_generator(loaded: Any, out: Path) -> dict[str, Any]:
         "inputs": _latent_spec(method),
         "output": _output_spec(loaded, shape),
         "geometry": None if kept is None else {
-            "spacing": list(kept.spacing), "direction": list(kept.direction), "slice_axis": kept.slice_axis, "modality": kept.modality,
+            "spacing": list(kept.sample_spacing), "scan_spacing": list(kept.spacing), "direction": list(kept.direction), "slice_axis": kept.slice_axis, "modality": kept.modality,
         },
     }  # fmt: skip
     atomic_write_text(out / SPEC_FILE, json.dumps(spec, indent=2))

@@ -10,7 +10,8 @@ in [-1, 1]. Each sample is written as ``DIR/sample_0000.nii.gz`` ... in physical
   absolute scale).
 
 Geometry: the spacing and direction of the first training image, which the model file
-keeps (:class:`udl_med.data.spec.TrainingGeometry`), with zero origin; the training
+keeps (:class:`udl_med.data.spec.TrainingGeometry`; for a ``crop: resize`` run the
+spacing of the resized item, ``item_spacing``), with zero origin; the training
 scans are not read again. A model file without it (written by an older udl-med) is
 refused with a message; a model trained on in-memory data gets 1 mm isotropic spacing,
 with a warning. 2D samples are one-slice volumes whose slice lies across the run's
@@ -111,7 +112,7 @@ def sample_space(loaded: Any) -> SampleSpace:
     """
     kept = loaded.data_spec.geometry
     if kept is not None:
-        geometry = Geometry.create(kept.spacing, (0.0, 0.0, 0.0), np.reshape(kept.direction, (3, 3)))
+        geometry = Geometry.create(kept.sample_spacing, (0.0, 0.0, 0.0), np.reshape(kept.direction, (3, 3)))
         slice_axis = 2 if kept.slice_axis is None else kept.slice_axis
         return SampleSpace(geometry, kept.modality, tuple(kept.ct_window), slice_axis)
     data = loaded.run_config.data
