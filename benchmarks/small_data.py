@@ -348,7 +348,7 @@ def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[s
     return out
 
 
-def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int) -> list[dict[str, Any]]:
+def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True) -> list[dict[str, Any]]:
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, utility_tensors
     from udl_med.metrics.extractors import build_extractor
@@ -393,7 +393,8 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
     out = rows(per, seeds, setting, floors)
     if util:
         out += utility_rows(util, seeds, setting)
-    out += cost_rows(generators, arms)
+    if cost:
+        out += cost_rows(generators, arms)
     out.append(_row("total", "wall_seconds", time.perf_counter() - t0, 0.0, "", None, None, "default run < 1800 s on 2 cores", None))
     return out
 
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
     parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
+    parser.add_argument("--no-cost", action="store_true", help="leave out the step-time rows (about 2 minutes per arm and generator)")
     parser.add_argument("--cost-only", action="store_true", help="only the step-time rows (augmentation's share of a step), for --generators and --arms")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
     parser.add_argument("--out", type=Path, default=None)
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_only:
         out = cost_rows(generators, arms)
     else:
-        out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps)
+        out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune)
     lines = [json.dumps(row) for row in out]
     print("\n".join(lines))
     if args.out is not None:
