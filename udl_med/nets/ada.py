@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,8 @@ CUTOUT_RATIO = 1 / 2  # ADA: 0.5
 _HIT_OF = ("scaling", "intensity", "intensity", "noise", "flip", "translation", "rotation", "cutout")  # intensity twice: brightness, contrast
 _NORMAL_STD = (SCALE_STD, BRIGHTNESS_STD, CONTRAST_STD, NOISE_STD)  # log2 scale, brightness, log2 contrast, noise level
 _SCALING, _NOISE, _FLIP, _TRANSLATION, _ROTATION, _CUTOUT = 0, 3, 4, 5, 6, 7
-_COIN, _ANGLE, _UNIFORMS = 8, 9, 10  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
+_COIN, _ANGLE, _UNIFORMS = 8, 9, 10
+_FAR = 1e6  # a cutout start past any image: the box of an item cutout missed  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
 
 
 @functools.lru_cache(maxsize=32)
@@ -163,11 +165,28 @@ def affine_resample(
     return _resample(x, _affine_theta(inv, angle.to(device=dev, dtype=torch.float32), shift, sign, tuple(x.shape[2:])))
 
 
+class _DrawConstants(NamedTuple):
+    """What :meth:`AdaptiveAugment.forward` needs per image size and device, made once."""
+
+    span: Tensor  # (nd,) the shift's 2 * limit + 1 values
+    limit: Tensor  # (nd,) the largest shift
+    extent: Tensor  # (nd,) the size
+    std: Tensor  # (4,) the normal draws' standard deviations
+    box: Tensor  # (nd, 1) cutout's box length
+    box_half: Tensor  # (nd,) box // 2: the box starts there before its centre
+    positions: Tensor  # (max size,) voxel indices 0, 1, ...
+
+
 @functools.lru_cache(maxsize=32)
-def _draw_constants(size: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per image size: the shift's span ``2 * limit + 1`` and ``limit``, the size, and the normal draws' standard deviations."""
+def _draw_constants(size: tuple[int, ...], device: torch.device) -> _DrawConstants:
+    """The per-size constants of one draw (made once per image size and device)."""
     limit = torch.tensor([float(int(n * TRANSLATION_RATIO + 0.5)) for n in size], device=device)
-    return 2 * limit + 1, limit, torch.tensor([float(n) for n in size], device=device), torch.tensor(_NORMAL_STD, device=device)
+    box = [int(n * CUTOUT_RATIO + 0.5) for n in size]
+    return _DrawConstants(
+        2 * limit + 1, limit, torch.tensor([float(n) for n in size], device=device), torch.tensor(_NORMAL_STD, device=device),
+        torch.tensor([[float(n)] for n in box], device=device), torch.tensor([float(n // 2) for n in box], device=device),
+        torch.arange(max(size), device=device, dtype=torch.float32),
+    )
 
 
 class AdaptiveAugment(nn.Module):
@@ -229,7 +248,7 @@ class AdaptiveAugment(nn.Module):
         if p == 0.0:
             return x
         b, nd, size, dev = x.shape[0], x.ndim - 2, tuple(x.shape[2:]), x.device
-        span, limit, extent, std = _draw_constants(size, dev)
+        span, limit, extent, std, box, box_half, positions = _draw_constants(size, dev)
         u = torch.rand(b, _UNIFORMS + 2 * nd, device=dev)
         hit = (u[:, : len(_HIT_OF)] < p) & self.on  # (B, 8) in _HIT_OF's order
         on = hit.float()
@@ -259,19 +278,13 @@ class AdaptiveAugment(nn.Module):
             index = torch.tensor(noisy, device=dev)
             sigma = normal[index, 3].abs().to(x).reshape((len(noisy),) + per_item[1:])
             x = x.index_add(0, index, torch.randn((len(noisy),) + tuple(x.shape[1:]), device=dev, dtype=x.dtype) * sigma)
-        if any_hit[_CUTOUT]:
-            box = [int(n * CUTOUT_RATIO + 0.5) for n in size]
-            low = torch.floor(u[:, _UNIFORMS + nd :] * extent) - torch.tensor([n // 2 for n in box], device=dev, dtype=torch.float32)  # (B, nd)
-            inside = None  # float masks: a product of per-axis (B, n) boxes (bool ops on the full batch cost ten times more on a CPU)
-            for a in range(nd):
-                grid = torch.arange(size[a], device=dev, dtype=torch.float32)
-                lo = low[:, a, None]
-                along = ((grid >= lo) & (grid < lo + box[a])).to(x.dtype)  # (B, n_a)
-                if inside is None:
-                    along = along * on[:, _CUTOUT, None].to(x.dtype)
-                shape = [b] + [1] * (nd + 1)
-                shape[2 + a] = size[a]
-                inside = along.reshape(shape) if inside is None else inside * along.reshape(shape)
+        if any_hit[_CUTOUT]:  # float masks: bool ops on the whole batch cost ten times more on a CPU
+            start = torch.floor(u[:, _UNIFORMS + nd :] * extent) - box_half + (1 - on[:, _CUTOUT, None]) * _FAR  # (B, nd); items missed: past the end
+            offset = positions - start[:, :, None]  # (B, nd, max size): voxel index minus the box's start, per axis
+            along = ((offset >= 0) & (offset < box)).to(x.dtype)
+            inside = along[:, 0, : size[0]].reshape((b, 1, size[0]) + (1,) * (nd - 1))
+            for a in range(1, nd):
+                inside = inside * along[:, a, : size[a]].reshape((b, 1) + (1,) * a + (size[a],) + (1,) * (nd - 1 - a))
             x = x * (1 - inside)  # cutout's fill is 0; items missed are multiplied by 1, bit-exact
         return x
 
