@@ -19,13 +19,24 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
   (ADA's pixel blitting);
 - ``scaling``: isotropic, ``s = 2^N(0, 0.2)`` (ADA's lognormal);
 - ``rotation``: a small rotation ``U(-15, 15)`` degrees in the plane of the first two
-  spatial axes (the axial plane of a slice or a volume); scaling and rotation are one
-  resampling (bilinear, reflection padding);
+  spatial axes (the axial plane of a slice or a volume), in voxel units;
 - ``intensity``: an affine map of the normalised window, brightness ``b ~ N(0, 0.2)``
   added, contrast ``c = 2^N(0, 0.5)`` about the item's mean (ADA's colour transforms
   without hue and saturation);
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
+
+How it runs (the cost, a sixth of a small GAN's step before, is mostly per-call overhead):
+all per-item parameters come from one uniform and one normal draw of fixed width;
+flip, translation, scaling and rotation compose into ONE affine map and ONE bilinear
+resampling (:func:`affine_resample`) of only the items a geometric transform hit; the
+border rule is reflection about the border voxels' centres (``abcd|cba``) for all four,
+so an integer shift equals the reflect-padded roll up to float rounding, and a zoom out or
+a rotation mirrors the inside as a shift does (before, the resampling reflected about the
+voxels' outer edges, ``abcd|dcba``, and a shift then a rotation reflected twice; the
+distribution differs only in the voxels brought in from outside the image). Intensity is
+one multiply-add, noise is drawn for the items it hits, cutout is a float mask. Items a
+transform misses stay bit-exact.
 
 Draws come from the global torch RNG on the input's device (seeded and checkpointed by
 the engine); ``p`` and the heuristic's running sums are buffers, so checkpoints keep them
