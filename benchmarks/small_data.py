@@ -186,6 +186,26 @@ def score(fake: torch.Tensor, train: Any, held: Any, extractors: dict[str, Any],
     return out
 
 
+class _Opt:
+    """The engine's optimisation object, reduced to what a training step uses."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers, self.global_step = optimizers, 0
+
+    def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        self.optimizers[name].step()
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.optimizers[name]
+
+
 def floor_fids(train: Any, held: Any, extractors: dict[str, Any]) -> dict[str, float]:
     """FID of the real training crops themselves against the held-out crops, per extractor: the floor a generator of the training set reaches."""
     from udl_med.metrics.compare import compare_tensors
