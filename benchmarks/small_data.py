@@ -459,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     subjects, generators, arms, steps = args.subjects, args.generators, args.arms, args.steps
     if args.tune:
         seeds, subjects = [TUNING_SEEDS + i for i in range(args.seeds)], [6]
+        arms = list(ARMS) if args.arms == list(DEFAULT_ARMS) else arms  # every arm unless --arms names some
     if args.seed_list:
         seeds = list(args.seed_list)
-        arms = list(ARMS) if args.arms == list(DEFAULT_ARMS) else arms  # every arm unless --arms names some
     if args.full:
         subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
     if args.cost_only:
