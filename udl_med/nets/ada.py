@@ -297,7 +297,7 @@ class AdaptiveAugment(nn.Module):
             inside = along[:, 0, : size[0]].reshape((b, 1, size[0]) + (1,) * (nd - 1))
             for a in range(1, nd):
                 inside = inside * along[:, a, : size[a]].reshape((b, 1) + (1,) * a + (size[a],) + (1,) * (nd - 1 - a))
-            x = x * (1 - inside)  # cutout's fill is 0; items missed are multiplied by 1, bit-exact
+            x = torch.addcmul(x, x, inside, value=-1)  # x - x * inside: cutout's fill is 0; items missed stay bit-exact
         return x
 
     # -- the controller ---------------------------------------------------------------
