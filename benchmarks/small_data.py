@@ -351,10 +351,10 @@ def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[in
                     e_name, e_peer = "plain", statistics.fmean(plain[f"{metric}_train_n"]) - floor
                     e_ratio = e_peer / e_mean if e_mean > 0 else None
                     e_extra["fid_over_plain"] = e_mean / e_peer if e_peer > 0 else None
-                    if n == 6 and e_peer > 0:
+                    if n == 6 and e_peer > 0 and e_mean > 0:
                         e_goal, e_meets = "<= 0.6x plain (FID - floor)", e_mean <= 0.6 * e_peer
-                    elif n == 6:  # the generators score below the training crops themselves: this extractor's "floor" is none
-                        e_goal = "(no floor: the plain GAN scores below the training crops on this extractor)"
+                    elif n == 6:  # a GAN scores below the training crops themselves: this extractor's "floor" is none
+                        e_goal = "(no floor: a GAN scores below the training crops on this extractor)"
                 out.append(_row(case, f"{metric}_above_floor", e_mean, e_sd, e_name, e_peer, e_ratio, e_goal, e_meets, floor=floor, worst=max(excess), per_seed=excess, seeds=seeds, **e_extra, **setting))
     for n, values in sorted(floors.items()):
         for metric, floor in values.items():
