@@ -26,7 +26,9 @@ Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
 (DiffAugment + spectral norm of D). Settings are chosen on the tuning seeds
 (``--tune``, seeds 100+) and reported on fresh seeds (0, 1, 2): mean, standard
 deviation and the worst seed. The step-time cost of augmentation is measured side by
-side on one batch (interleaved, after warm-up).
+side in one process on one batch: 3 repeats of 30 interleaved blocks of 10 steps per arm,
+a block's share against the plain step of the same block, on the thread's CPU time (and
+wall time beside it), :func:`step_cost`.
 
 Rows: ``benchmark, case, metric, ours, peer_name, peer, ratio, goal, meets_goal`` plus
 ``ours_std``, ``worst`` and ``per_seed``. Goals (issue 22): at 6 subjects the best
@@ -37,6 +39,7 @@ than the seed spread.
     .venv/bin/python benchmarks/small_data.py [--subjects 6 12] [--generators cdcgan lapgan] [--arms plain diffaugment ada] [--seeds 3] [--steps 1500] [--out rows.jsonl] [--grids DIR]
     .venv/bin/python benchmarks/small_data.py --tune            # the tuning seeds (100+): every arm, 6 subjects
     .venv/bin/python benchmarks/small_data.py --full            # 6, 12 and 24 subjects, both generators, 1500 steps
+    .venv/bin/python benchmarks/small_data.py --cost-only --generators cdcgan lapgan   # augmentation's share of a step only
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ sys.path.insert(0, str(HERE))
 
 from small_data_common import SUBJECT_COUNTS, small_data_split  # noqa: E402
 
+from udl_med import keys  # noqa: E402
+
 BENCH = "small_data"
+
 GENERATORS: dict[str, dict[str, Any]] = {
     "cdcgan": {"method": "gan", "model": {"architecture": "dcgan", "latent_dim": 64, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "conditional": True}},
     "lapgan": {
@@ -71,6 +77,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "plain": {},
     "diffaugment": {"d_augment": "diffaugment"},
     "ada": {"d_augment": "ada"},
+    "ada_t05": {"d_augment": "ada", "ada_target": 0.5},  # stronger: p rises until r_t falls to 0.5 (tuning seeds only unless it wins there)
     "ada_r1": {"d_augment": "ada", "r1_weight": 1.0},
     "diffaugment_sn": {"d_augment": "diffaugment", "spectral_norm": True},
 }
@@ -112,8 +119,12 @@ def encoder_extractor(train: Any, workdir: Path, steps: int) -> Any:
     return build_extractor(f"encoder:{folder}", 2)
 
 
-def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int, seed: int, out: Path) -> tuple[Any, float]:
-    """Train one generator of ``arm`` on ``train``; return the method (loaded from its model folder) and the training seconds."""
+def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int, seed: int, out: Path, reuse: bool = False) -> tuple[Any, float, dict[str, Any]]:
+    """Train one generator of ``arm`` on ``train``; return the method (loaded from its model folder), the training seconds and the engine's report.
+
+    ``reuse``: load the model a previous run of the same arm, seed and subject count left
+    in ``out`` (its ``report.json``) instead of training (to score it again).
+    """
     from udl_med.data.memory import TensorItems
     from udl_med.engine.model_io import load_model
     from udl_med.engine.train import train as fit
@@ -124,11 +135,17 @@ def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int,
         "train": {"steps": steps, "batch_size": 16, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
         "tracking": {"enabled": False}, "output_dir": str(out),
     }
+    saved = out / "report.json"
+    if reuse and saved.exists():
+        report = json.loads(saved.read_text())
+        return load_model(report["model_dir"]).method, float(report["train_seconds"]), report
     if out.exists():  # a fresh run every time: the benchmark's work folder is scratch
         shutil.rmtree(out)
     start = time.perf_counter()
     report = fit(config, datasets=(TensorItems(train.images, train.labels, CLASSES), TensorItems(held.images, held.labels, CLASSES)))
-    return load_model(report["model_dir"]).method, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    saved.write_text(json.dumps({**{k: v for k, v in report.items() if isinstance(v, (str, int, float))}, "train_seconds": seconds}))
+    return load_model(report["model_dir"]).method, seconds, report
 
 
 def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -140,65 +157,144 @@ def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     return fake, np.repeat(np.arange(CLASSES), per)
 
 
+SUBSETS = 5  # random subsets of the generated crops, of the training set's size, for the FID beside the floor
+
+
 def score(fake: torch.Tensor, train: Any, held: Any, extractors: dict[str, Any], seed: int) -> dict[str, float]:
-    """FID/KID (random, encoder), PRDC (random features), memorisation rate."""
+    """FID/KID (random, encoder), PRDC (random features), memorisation rate.
+
+    ``fid_<extractor>_train_n``: the mean FID of ``SUBSETS`` random subsets of the
+    generated crops as large as the training set, the like-for-like partner of the floor
+    (:func:`floor_fids`): FID's bias grows as the sample shrinks, so 33 training crops
+    score worse than 122 generated ones of the same distribution would.
+    """
     from udl_med.metrics.compare import compare_tensors
     from udl_med.metrics.memorization import memorization_tensors
 
     out: dict[str, float] = {}
+    n_train = len(train.images)
     for name, extractor in extractors.items():
         result = compare_tensors(held.images, fake, extractor, bootstrap=0, seed=seed)
         out[f"fid_{name}"] = float(result["fid"])
         if name == "random":
             out["kid_random"] = float(result["kid"])
+        g = torch.Generator().manual_seed(2000 + seed)
+        picks = [torch.randperm(len(fake), generator=g)[:n_train] for _ in range(SUBSETS)]
+        out[f"fid_{name}_train_n"] = statistics.fmean(float(compare_tensors(held.images, fake[i], extractor, bootstrap=0, seed=seed)["fid"]) for i in picks)
     out.update(prdc_metrics(_features(extractors["random"], held.images), _features(extractors["random"], fake)))
-    out["memorization_rate"] = float(memorization_tensors(fake, train.images, held.images, extractors["random"])["rate"])
+    # the near-copy check, calibrated per held-out subject (24 subjects: the smallest rate they can state, with a warning, if below the default)
+    out["memorization_rate"] = float(memorization_tensors(fake, train.images, held.images, held.subjects, too_few="warn")["rate"])
     return out
 
 
-def step_cost(generator: str, arms: list[str], repeats: int = 5, steps: int = 10) -> dict[str, float]:
-    """Seconds per training step of each arm on one batch of 16 crops, interleaved ``repeats`` times (median)."""
+class _Opt:
+    """The engine's optimisation object, reduced to what a training step uses."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers, self.global_step = optimizers, 0
+
+    def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        self.optimizers[name].zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        self.optimizers[name].step()
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.optimizers[name]
+
+
+def floor_fids(train: Any, held: Any, extractors: dict[str, Any]) -> dict[str, float]:
+    """FID of the real training crops themselves against the held-out crops, per extractor: the floor a generator of the training set reaches."""
+    from udl_med.metrics.compare import compare_tensors
+
+    return {f"fid_{name}": float(compare_tensors(held.images, train.images, extractor, bootstrap=0, seed=0)["fid"]) for name, extractor in extractors.items()}
+
+
+def step_cost(generator: str, arms: list[str], repeats: int = 3, blocks: int = 30, steps: int = 10, ada_p: float = 0.5) -> dict[str, dict[str, list[float]]]:
+    """The share of a training step that each arm's augmentation adds, measured side by side in this process.
+
+    Per repeat every arm is built afresh (seed = repeat) on one batch of 16 crops (the
+    benchmark's batch; D sees 32 items a step), warmed up, then timed in ``blocks``
+    interleaved blocks of ``steps`` steps (the arms' order rotates from block to block),
+    on two clocks: wall time and this thread's CPU time (``time.thread_time``, blind to
+    the time the thread waits for a core on a loaded machine). A block's share is
+    ``arm / plain - 1`` within that block, so load drift between blocks cancels; a
+    repeat's share is the median over its blocks. ADA runs at a fixed ``ada_p``.
+
+    Returns:
+        ``{arm: {"cpu": [share per repeat], "wall": [...], "plain_cpu_seconds": [...], "plain_wall_seconds": [...]}}``.
+    """
     from udl_med.methods.base import DataSpec, get_method
-
-    class Opt:  # the engine's optimisation object, reduced to what a step uses
-        def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-            self.optimizers, self.global_step = optimizers, 0
-
-        def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
-            self.optimizers[name].zero_grad(set_to_none=True)
-            loss.backward(retain_graph=retain_graph)
-            self.optimizers[name].step()
-
-        def autocast(self):
-            import contextlib
-
-            return contextlib.nullcontext()
-
-        def optimizer(self, name: str) -> torch.optim.Optimizer:
-            return self.optimizers[name]
 
     spec = GENERATORS[generator]
     data = DataSpec(spatial_dims=2, in_channels=1, image_size=(32, 32), num_classes=CLASSES)
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(16, 1, 32, 32, generator=g) * 2 - 1, "label": torch.arange(16) % CLASSES}
-    runs = {}
-    for arm in arms:
-        torch.manual_seed(0)
-        cls = get_method(spec["method"])
-        method = cls(cls.Config(**spec["model"], **{**ARMS[arm], **({"ada_p": 0.5, "ada_target": None} if ARMS[arm].get("d_augment") == "ada" else {})}), data)
-        opt = Opt(method.configure_optimizers())
-        for _ in range(2):
-            method.train_step(batch, opt)
-        runs[arm] = (method, opt)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    for _ in range(repeats):
-        for arm, (method, opt) in runs.items():
-            start = time.perf_counter()
-            for i in range(steps):
-                opt.global_step = i + 1
+    out: dict[str, dict[str, list[float]]] = {arm: {"cpu": [], "wall": [], "plain_cpu_seconds": [], "plain_wall_seconds": []} for arm in arms}
+    for repeat in range(repeats):
+        g = torch.Generator().manual_seed(repeat)
+        batch = {"image": torch.rand(16, 1, 32, 32, generator=g) * 2 - 1, "label": torch.arange(16) % CLASSES}
+        runs = {}
+        for arm in arms:
+            torch.manual_seed(repeat)
+            cls = get_method(spec["method"])
+            fixed = {"ada_p": ada_p, "ada_target": None} if ARMS[arm].get("d_augment") == "ada" else {}
+            method = cls(cls.Config(**spec["model"], **{**ARMS[arm], **fixed}), data)
+            opt = _Opt(method.configure_optimizers())
+            for _ in range(3):
                 method.train_step(batch, opt)
-            times[arm].append((time.perf_counter() - start) / steps)
-    return {arm: statistics.median(v) for arm, v in times.items()}
+            runs[arm] = (method, opt)
+        shares: dict[str, dict[str, list[float]]] = {arm: {"cpu": [], "wall": []} for arm in arms}
+        plain_cpu, plain_wall = [], []
+        for block in range(blocks):
+            order = arms[block % len(arms) :] + arms[: block % len(arms)]
+            seconds: dict[str, tuple[float, float]] = {}
+            for arm in order:
+                method, opt = runs[arm]
+                wall, cpu = time.perf_counter(), time.thread_time()
+                for i in range(steps):
+                    opt.global_step = block * steps + i + 1
+                    method.train_step(batch, opt)
+                seconds[arm] = ((time.thread_time() - cpu) / steps, (time.perf_counter() - wall) / steps)
+            plain_cpu.append(seconds["plain"][0])
+            plain_wall.append(seconds["plain"][1])
+            for arm in arms:
+                shares[arm]["cpu"].append(seconds[arm][0] / seconds["plain"][0] - 1)
+                shares[arm]["wall"].append(seconds[arm][1] / seconds["plain"][1] - 1)
+        for arm in arms:
+            out[arm]["cpu"].append(statistics.median(shares[arm]["cpu"]))
+            out[arm]["wall"].append(statistics.median(shares[arm]["wall"]))
+            out[arm]["plain_cpu_seconds"].append(statistics.median(plain_cpu))
+            out[arm]["plain_wall_seconds"].append(statistics.median(plain_wall))
+        logging.info("step cost %s, repeat %d: %s", generator, repeat, {arm: (round(out[arm]["cpu"][-1], 3), round(out[arm]["wall"][-1], 3)) for arm in arms})
+    return out
+
+
+def cost_rows(generators: list[str], arms: list[str], repeats: int = 3, blocks: int = 30, steps: int = 10, ada_p: float = 0.5) -> list[dict[str, Any]]:
+    """``step_time/<generator>/<arm>`` rows: augmentation's share of a step (thread CPU time; wall time beside), mean over repeats, worst repeat; goal <= 15%.
+
+    ADA runs at the fixed ``ada_p`` (0.5: the case name says ``ada``; another p, such as
+    the one the runs ended with, is named in the case, ``ada@p=0.21``).
+    """
+    out = []
+    arms = ["plain"] + [arm for arm in arms if arm != "plain"]
+    for generator in generators:
+        cost = step_cost(generator, arms, repeats, blocks, steps, ada_p)
+        for arm in arms[1:]:
+            is_ada = ARMS[arm].get("d_augment") == "ada"
+            label = f"{arm}@p={ada_p:.2f}" if is_ada and ada_p != 0.5 else arm
+            cpu, cpu_sd = _stats(cost[arm]["cpu"])
+            wall, wall_sd = _stats(cost[arm]["wall"])
+            out.append(_row(
+                f"step_time/{generator}/{label}", "augmentation_share_of_step", cpu, cpu_sd, "plain_step_seconds", statistics.fmean(cost[arm]["plain_cpu_seconds"]), None,
+                "<= 15%", max(cost[arm]["cpu"]) <= 0.15, clock="thread cpu time", worst=max(cost[arm]["cpu"]), per_repeat=cost[arm]["cpu"],
+                wall_share=wall, wall_share_std=wall_sd, wall_worst=max(cost[arm]["wall"]), wall_per_repeat=cost[arm]["wall"],
+                plain_wall_seconds=statistics.fmean(cost[arm]["plain_wall_seconds"]), ada_p=ada_p if is_ada else None,
+                method=f"{repeats} repeats x {blocks} interleaved blocks x {steps} steps per arm, batch 16 (D sees 32 items)",
+            ))
+    return out
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -209,29 +305,60 @@ def _row(case: str, metric: str, ours: float, ours_std: float, peer_name: str, p
     return {"benchmark": BENCH, "case": case, "metric": metric, "ours": ours, "ours_std": ours_std, "peer_name": peer_name, "peer": peer, "ratio": ratio, "goal": goal, "meets_goal": meets, **extra}
 
 
-LOWER_IS_BETTER = ("fid_random", "fid_encoder", "kid_random", "memorization_rate", "train_seconds")
+LOWER_IS_BETTER = ("fid_random", "fid_encoder", "fid_random_train_n", "fid_encoder_train_n", "kid_random", "memorization_rate", "train_seconds", "fid_random_above_floor", "fid_encoder_above_floor")
 
 
-def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
-    """Mean, spread and worst seed of every metric; the goals against the plain arm of the same generator and subject count."""
+FIDS = ("fid_random", "fid_encoder")
+
+
+def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[int], setting: dict[str, Any], floors: dict[int, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Mean, spread and worst seed of every metric; the goals against the plain arm of the same generator and subject count.
+
+    ``floors[n][fid]`` is the FID of the real training crops themselves against the
+    held-out ones on that extractor (what a generator that reproduced its training set
+    would score): each FID row also gets ``fid_over_plain`` (arm / plain), and an
+    ``<fid>_above_floor`` row: ``FID - floor`` with the generated crops drawn down to the
+    training set's size (``<fid>_train_n``, like for like: FID's small-sample bias),
+    and its arm / plain ratio, so that the room the extractor leaves is explicit.
+    """
     out = []
+    floors = floors or {}
     for (n, generator, arm), metrics in sorted(per.items()):
         case = f"{n}_subjects/{generator}/{arm}"
         plain = per.get((n, generator, "plain"))
         for metric, values in metrics.items():
             mean, sd = _stats(values)
             worst = max(values) if metric in LOWER_IS_BETTER else min(values)
-            goal, meets, peer, ratio, peer_name = "(reported)", None, None, None, ""
+            goal, meets, peer, ratio, peer_name, extra = "(reported)", None, None, None, "", {}
             if plain is not None and arm != "plain" and metric in plain:
                 peer_name, peer = "plain", statistics.fmean(plain[metric])
                 ratio = (peer / mean if mean else None) if metric in LOWER_IS_BETTER else (mean / peer if peer else None)
-                if metric == "fid_random" and n == 6:
+                if metric in FIDS:
+                    extra["fid_over_plain"] = mean / peer if peer else None
+                if metric in FIDS and n == 6:
                     goal, meets = "<= 0.6x plain", mean <= 0.6 * peer
                 if metric == "recall" and n == 6:
                     goal, meets = "> plain", mean > peer
             if metric == "memorization_rate":
                 goal, meets = "<= 1%", mean <= 0.01
-            out.append(_row(case, metric, mean, sd, peer_name, peer, ratio, goal, meets, worst=worst, per_seed=values, seeds=seeds, **setting))
+            out.append(_row(case, metric, mean, sd, peer_name, peer, ratio, goal, meets, worst=worst, per_seed=values, seeds=seeds, **extra, **setting))
+            floor = floors.get(n, {}).get(metric)
+            if metric in FIDS and floor is not None and f"{metric}_train_n" in metrics:
+                excess = [v - floor for v in metrics[f"{metric}_train_n"]]
+                e_mean, e_sd = _stats(excess)
+                e_goal, e_meets, e_peer, e_ratio, e_name, e_extra = "(reported)", None, None, None, "", {}
+                if plain is not None and arm != "plain":
+                    e_name, e_peer = "plain", statistics.fmean(plain[f"{metric}_train_n"]) - floor
+                    e_ratio = e_peer / e_mean if e_mean > 0 else None
+                    e_extra["fid_over_plain"] = e_mean / e_peer if e_peer > 0 else None
+                    if n == 6 and e_peer > 0 and e_mean > 0:
+                        e_goal, e_meets = "<= 0.6x plain (FID - floor)", e_mean <= 0.6 * e_peer
+                    elif n == 6:  # a GAN scores below the training crops themselves: this extractor's "floor" is none
+                        e_goal = "(no floor: a GAN scores below the training crops on this extractor)"
+                out.append(_row(case, f"{metric}_above_floor", e_mean, e_sd, e_name, e_peer, e_ratio, e_goal, e_meets, floor=floor, worst=max(excess), per_seed=excess, seeds=seeds, **e_extra, **setting))
+    for n, values in sorted(floors.items()):
+        for metric, floor in values.items():
+            out.append(_row(f"{n}_subjects/real_training_crops", metric, floor, 0.0, "", None, None, "(the floor: the training crops themselves against the held-out ones)", None, **setting))
     return out
 
 
@@ -254,27 +381,31 @@ def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[s
     return out
 
 
-def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int) -> list[dict[str, Any]]:
+def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True, reuse: bool = False) -> list[dict[str, Any]]:
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, utility_tensors
     from udl_med.metrics.extractors import build_extractor
 
     per: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     util: dict[str, list[float]] = {}
+    floors: dict[int, dict[str, float]] = {}
     budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
     t0 = time.perf_counter()
     for n in subjects:
         train, held = small_data_split(workdir / "crops", n)
         extractors = {"random": build_extractor("random", 2), "encoder": encoder_extractor(train, workdir / f"ae-{n}", steps=300)}
-        logging.info("%d subjects: %d training crops, %d held-out (%.0f s)", n, len(train.labels), len(held.labels), time.perf_counter() - t0)
+        floors[n] = floor_fids(train, held, extractors)
+        logging.info("%d subjects: %d training crops, %d held-out, floor %s (%.0f s)", n, len(train.labels), len(held.labels), floors[n], time.perf_counter() - t0)
         for seed in seeds:
             for generator in generators:
                 for arm in arms:
-                    method, seconds = train_generator(generator, arm, train, held, steps, seed, workdir / f"runs/{n}-{generator}-{arm}-{seed}")
+                    method, seconds, report = train_generator(generator, arm, train, held, steps, seed, workdir / f"runs/{n}-{generator}-{arm}-{seed}", reuse)
                     fake, labels = draw(method, len(held.labels), seed)
                     metrics = score(fake, train, held, extractors, seed)
                     metrics["train_seconds"] = seconds
+                    if f"train/{keys.ADA_P}" in report:  # ADA's p over the last log window: how much augmentation D ended with
+                        metrics["ada_p_final"] = float(report[f"train/{keys.ADA_P}"])
                     for key, value in metrics.items():
                         per.setdefault((n, generator, arm), {}).setdefault(key, []).append(value)
                     if grids is not None and seed == seeds[0]:
@@ -292,15 +423,15 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                             util.setdefault("real", []).append(result["real/balanced_accuracy"])
                         util.setdefault(f"{generator}/{arm}", []).append(result["real_plus_synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
-    out = rows(per, seeds, setting)
+    out = rows(per, seeds, setting, floors)
     if util:
         out += utility_rows(util, seeds, setting)
-    for generator in generators:
-        cost = step_cost(generator, arms)
-        for arm in arms:
-            if arm != "plain":
-                share = cost[arm] / cost["plain"] - 1
-                out.append(_row(f"step_time/{generator}/{arm}", "augmentation_share_of_step", share, 0.0, "plain_step_seconds", cost["plain"], None, "<= 15%", share <= 0.15, step_seconds=cost[arm]))
+    if cost:
+        out += cost_rows(generators, arms)
+        for generator in generators:  # and ADA at the p its runs ended with (p starts at 0 and rises only while D overfits)
+            final = [v for (n, g, arm), metrics in per.items() if g == generator and arm == "ada" for v in metrics.get("ada_p_final", [])]
+            if final:
+                out += cost_rows([generator], ["plain", "ada"], ada_p=round(statistics.fmean(final), 2))
     out.append(_row("total", "wall_seconds", time.perf_counter() - t0, 0.0, "", None, None, "default run < 1800 s on 2 cores", None))
     return out
 
@@ -311,11 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generators", nargs="+", default=["cdcgan"], choices=sorted(GENERATORS))
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=sorted(ARMS))
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds 0 .. N-1 (reported)")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead (one process per seed, then --reuse to score them together)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
     parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
+    parser.add_argument("--reuse", action="store_true", help="score the models a previous run left in --workdir again instead of training them")
+    parser.add_argument("--no-cost", action="store_true", help="leave out the step-time rows (about 2 minutes per arm and generator)")
+    parser.add_argument("--cost-only", action="store_true", help="only the step-time rows (augmentation's share of a step), for --generators and --arms")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--grids", type=Path, default=None)
@@ -327,9 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         seeds, subjects = [TUNING_SEEDS + i for i in range(args.seeds)], [6]
         arms = list(ARMS) if args.arms == list(DEFAULT_ARMS) else arms  # every arm unless --arms names some
+    if args.seed_list:
+        seeds = list(args.seed_list)
     if args.full:
         subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
-    out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps)
+    if args.cost_only:
+        out = cost_rows(generators, arms)
+    else:
+        out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse)
     lines = [json.dumps(row) for row in out]
     print("\n".join(lines))
     if args.out is not None:

@@ -65,10 +65,37 @@ def test_cutout_flip_and_intensity_values(spatial_dims: int) -> None:
 def test_affine_resample_keeps_identity_items_and_rotates_a_quarter_turn(spatial_dims: int) -> None:
     x = _images(spatial_dims, n=2)
     out = affine_resample(x, torch.tensor([1.0, 1.0]), torch.tensor([0.0, math.pi / 2]))
-    torch.testing.assert_close(out[0], x[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=1e-5)  # resampled on the voxel centres: equal up to rounding
     # a quarter turn in the plane of spatial axes 0 and 1 is a permutation of voxels
     turned = torch.rot90(x[1], 1, dims=(1, 2))
     assert torch.allclose(out[1], turned, atol=1e-5) or torch.allclose(out[1], torch.rot90(x[1], -1, dims=(1, 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_affine_resample_folds_integer_shifts_and_flips_into_one_resampling_with_reflect_borders(spatial_dims: int) -> None:
+    """A pure integer shift is ``translate(..., reflect=True)`` (border rule abcd|cba), a pure flip is ``flip``, up to rounding; they compose before the rotation."""
+    x = _images(spatial_dims, n=4, size=8)
+    shift = torch.tensor([[3, -2, 1][:spatial_dims], [-1, 0, 2][:spatial_dims], [0, 0, 0][:spatial_dims], [1, 1, -3][:spatial_dims]])
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    moved = affine_resample(x, ones, zeros, shift)
+    torch.testing.assert_close(moved, translate(x, shift, reflect=True), rtol=0, atol=1e-5)  # the shifted-in border mirrors the inside
+    flips = torch.tensor([True, False, True, False])
+    mirrored = torch.zeros(4, spatial_dims, dtype=torch.bool)
+    mirrored[:, 0] = flips
+    torch.testing.assert_close(affine_resample(x, ones, zeros, None, flips), flip(x, mirrored), rtol=0, atol=1e-5)
+    # flip, then shift, then the quarter turn (a permutation of voxels: no border to differ)
+    quarter = torch.full((4,), math.pi / 2)
+    both = affine_resample(x, ones, quarter, shift, flips)
+    torch.testing.assert_close(both, affine_resample(translate(flip(x, mirrored), shift, reflect=True), ones, quarter), rtol=0, atol=1e-5)
+
+
+def test_affine_resample_rotates_in_voxel_units_on_a_non_square_grid() -> None:
+    """A quarter turn of a 6 x 6 square inside a 6 x 10 image is a quarter turn of that square (normalised coordinates would shear it)."""
+    x = torch.zeros(1, 1, 6, 10)
+    x[0, 0, :, 2:8] = torch.arange(36.0).reshape(6, 6)
+    out = affine_resample(x, torch.ones(1), torch.tensor([math.pi / 2]))
+    inner = out[0, 0, :, 2:8]
+    assert torch.allclose(inner, torch.rot90(x[0, 0, :, 2:8], 1), atol=1e-4) or torch.allclose(inner, torch.rot90(x[0, 0, :, 2:8], -1), atol=1e-4)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -105,6 +132,32 @@ def test_ada_at_p_zero_is_the_identity_and_p_sets_the_share_of_items_hit(spatial
     assert 0.22 < hit < 0.38
 
 
+# share of items a transform alone changes at p: translation misses when it draws the zero shift (1/3 per axis at size 8)
+HIT_SHARE = {"flip": 0.5, "translation": 1 - (1 / 3) ** 2, "scaling": 1.0, "rotation": 1.0, "intensity": None, "noise": 1.0, "cutout": 1.0}
+
+
+@pytest.mark.parametrize("name", ADA_POLICIES)
+def test_each_ada_transform_hits_items_with_probability_p_and_leaves_the_others_bit_exact(name: str) -> None:
+    """Each transform changes a share p (times its own chance of a non-identity draw) of the items; the rest stay bit-exact, geometric ones included."""
+    p, x = 0.4, _images(2, n=3000, size=8)
+    torch.manual_seed(1)
+    out = AdaptiveAugment((name,), p=p, target=None)(x)
+    changed = (out != x).flatten(1).any(1).float().mean().item()
+    expected = 1 - (1 - p) ** 2 if name == "intensity" else p * HIT_SHARE[name]  # intensity: brightness and contrast each with p
+    assert abs(changed - expected) < 0.04, (name, changed, expected)  # an item missed but resampled (rounding) would count as changed
+
+
+def test_ada_transforms_are_drawn_independently() -> None:
+    """With the whole default policy at p, the share of items left alone is the product over the transforms' misses."""
+    p, x = 0.3, _images(2, n=4000, size=8)
+    torch.manual_seed(2)
+    out = AdaptiveAugment(ADA_DEFAULT_POLICY, p=p, target=None)(x)
+    untouched = (out == x).flatten(1).all(1).float().mean().item()
+    miss_translation = 1 - p * HIT_SHARE["translation"]
+    expected = miss_translation * (1 - p) ** 2 * (1 - p) ** 2 * (1 - p) * (1 - p)  # scaling, rotation, brightness, contrast, noise, cutout
+    assert abs(untouched - expected) < 0.03, (untouched, expected)
+
+
 def test_ada_default_leaves_out_flips_and_policies_are_checked() -> None:
     assert "flip" not in ADA_DEFAULT_POLICY and set(DIFFAUGMENT_POLICIES) == {"translation", "cutout", "intensity"}
     with pytest.raises(ValueError, match="saturation"):
@@ -129,3 +182,13 @@ def test_ada_controller_moves_p_towards_the_target_every_interval() -> None:
     fixed.observe(confident, 10, step=1)
     assert float(fixed.p) == 0.3 and float(fixed.rt) == 1.0
     assert {"p", "sign_sum", "sign_count", "images", "last_adjust", "rt"} <= set(ada.state_dict())
+
+
+@pytest.mark.parametrize("size", [(8, 8), (5, 9), (4, 6, 7), (1, 6)])
+def test_the_grid_of_outer_sums_equals_affine_grid(size: tuple[int, ...]) -> None:
+    from udl_med.nets.ada import _affine_grid
+
+    nd = len(size)
+    theta = torch.randn(3, nd, nd + 1, generator=torch.Generator().manual_seed(0))
+    shape = [3, 1, *size]
+    torch.testing.assert_close(_affine_grid(theta, shape), torch.nn.functional.affine_grid(theta, shape, align_corners=True), rtol=0, atol=1e-5)
