@@ -40,6 +40,7 @@ every replicate is accumulated in the same pass over the distances.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ __all__ = ["PRDC", "PRDCResult", "PRDC_KEYS", "kth_neighbour_radii", "prdc", "pr
 K_PR = 3  # Kynkäänniemi et al. 2019
 K_DC = 5  # Naeem et al. 2020
 CHUNK_ELEMENTS = 1 << 22  # distance entries per block (32 MB of float64)
+SCREEN_BLOCK = 1024  # rows and columns of a block of the symmetric real-real / fake-fake pass
 SLACK = 4  # float32 candidates beyond the k-th, rechecked in float64
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 
@@ -104,7 +106,7 @@ def _rows(n_rows: int, n_cols: int, chunk_elements: int) -> int:
 
 
 def _sq_norms(x: Tensor) -> Tensor:
-    return (x * x).sum(1)
+    return torch.linalg.vector_norm(x, dim=1).square_()
 
 
 def _sq_dist(a: Tensor, a2: Tensor, b: Tensor, b2: Tensor) -> Tensor:
@@ -114,7 +116,7 @@ def _sq_dist(a: Tensor, a2: Tensor, b: Tensor, b2: Tensor) -> Tensor:
 
 def _pair_sq_dist(a: Tensor, a2: Tensor, b: Tensor, b2: Tensor) -> Tensor:
     """Squared distances of the pairs ``(a[i], b[i])`` (float64, same formula as :func:`_sq_dist`)."""
-    return (a2 + b2 - 2.0 * (a * b).sum(1)).clamp_min_(0.0)
+    return (a2 + b2 - 2.0 * torch.einsum("ij,ij->i", a, b)).clamp_min_(0.0)
 
 
 class _Features:
@@ -145,28 +147,49 @@ def _float32_is_exact_enough() -> bool:
     return torch.get_float32_matmul_precision() == "highest"
 
 
-def _kth_rows(f: _Features, lo: int, hi: int, ks: tuple[int, ...], c: float) -> dict[int, Tensor]:
+def _candidates(f: _Features, take: int, block: int) -> tuple[Tensor, Tensor]:
+    """The ``take`` smallest float32 squared distances of every row (self first, as -inf) and their columns, ascending.
+
+    ``X X^T`` is symmetric: each off-diagonal block ``(I, J)`` is computed once and
+    serves the rows of I (along its rows) and those of J (along its columns).
+    """
+    n = f.x64.shape[0]
+    vals = torch.full((n, take), float("inf"))
+    idx = torch.zeros(n, take, dtype=torch.long)
+
+    def merge(rows: slice, v: Tensor, i: Tensor) -> None:
+        both_v, both_i = torch.cat([vals[rows], v], 1), torch.cat([idx[rows], i], 1)
+        best_v, at = both_v.topk(take, dim=1, largest=False)
+        vals[rows], idx[rows] = best_v, both_i.gather(1, at)
+
+    starts = list(range(0, n, block))
+    for bi, lo in enumerate(starts):
+        hi = min(lo + block, n)
+        for lo2 in starts[bi:]:
+            hi2 = min(lo2 + block, n)
+            d32 = torch.addmm(f.n32[None, lo2:hi2], f.x32[lo:hi], f.x32[lo2:hi2].T, alpha=-2.0).add_(f.n32[lo:hi, None])
+            if lo2 == lo:
+                d32.diagonal().fill_(float("-inf"))  # self: the 0-th neighbour
+            t = min(take, hi2 - lo2)
+            v, i = d32.topk(t, dim=1, largest=False)
+            merge(slice(lo, hi), v, i + lo2)
+            if lo2 != lo:
+                t = min(take, hi - lo)
+                v, i = d32.T.contiguous().topk(t, dim=1, largest=False)  # along the columns: 2x faster contiguous
+                merge(slice(lo2, hi2), v, i + lo)
+    return vals, idx
+
+
+def _kth_rows(f: _Features, lo: int, hi: int, ks: tuple[int, ...], c: float, cand_d32: Tensor, cand: Tensor) -> dict[int, Tensor]:
     """Per k: the k-th smallest float64 squared distance (self as the 0-th, at 0) of rows ``lo:hi`` to the whole set.
 
-    Screening (let ``v`` be a row's k-th smallest float32 distance and ``T`` its error
-    bound): the entries below ``v - 2T`` are truly below the k-th float64 value and fewer
-    than k, those above ``v + 2T`` truly above it, so the k-th float64 value is found
-    among the few entries in between, recomputed in float64. A row whose band reaches past
-    the float32 candidates (near-ties, duplicates) is recomputed entirely in float64.
+    ``cand_d32``/``cand``: the rows' smallest float32 distances and their columns
+    (:func:`_candidates`). With ``v`` a row's k-th smallest float32 distance and ``T`` its
+    error bound, the entries below ``v - 2T`` are truly below the k-th float64 value (and
+    fewer than k), those above ``v + 2T`` truly above it, so the k-th float64 value is
+    found among the few entries in between, recomputed in float64. A row whose band
+    reaches past its candidates (near-ties, duplicates) is recomputed entirely in float64.
     """
-    n, top = f.x64.shape[0], max(ks) + 1
-    rows = torch.arange(lo, hi)
-    local = torch.arange(hi - lo)
-    take = min(top + SLACK, n)
-    if not _float32_is_exact_enough() or take == n:
-        d2 = _sq_dist(f.x64[lo:hi], f.n64[lo:hi], f.x64, f.n64)
-        d2[local, rows] = 0.0
-        smallest = d2.topk(top, dim=1, largest=False).values
-        return {k: smallest[:, k] for k in ks}
-    d32 = torch.addmm(f.n32[None, :], f.x32[lo:hi], f.x32.T, alpha=-2.0).add_(f.n32[lo:hi, None])
-    d32[local, rows] = float("-inf")  # self: the 0-th neighbour
-    cand_d32, cand = d32.topk(take, dim=1, largest=False)  # ascending
-    del d32
     cand_d32 = cand_d32.double()
     band = 2.0 * c * (f.n64[lo:hi] + f.n64.max())[:, None]  # (c, 1)
     out = {}
@@ -194,13 +217,26 @@ _NEAR_PAIRS = [0]  # real-fake pairs decided in float64 (tests read it)
 
 
 def _radii(f: _Features, ks: tuple[int, ...], chunk_elements: int) -> dict[int, Tensor]:
-    n = f.x64.shape[0]
-    c = _screening_error(f.x64.shape[1])
+    n, top = f.x64.shape[0], max(ks) + 1
+    ks = tuple(dict.fromkeys(ks))
     out = {k: torch.empty(n, dtype=torch.float64) for k in ks}
-    step = _rows(n, n, chunk_elements)
+    take = min(top + SLACK, n)
+    if not _float32_is_exact_enough() or take == n:  # float64 throughout
+        step = _rows(n, n, chunk_elements)
+        for lo in range(0, n, step):
+            d2 = _sq_dist(f.x64[lo : lo + step], f.n64[lo : lo + step], f.x64, f.n64)
+            d2[torch.arange(d2.shape[0]), torch.arange(lo, lo + d2.shape[0])] = 0.0
+            smallest = d2.topk(top, dim=1, largest=False).values
+            for k in ks:
+                out[k][lo : lo + step] = smallest[:, k].sqrt()
+        return out
+    block = max(take, min(math.isqrt(chunk_elements), SCREEN_BLOCK))
+    cand_d32, cand = _candidates(f, take, block)
+    c = _screening_error(f.x64.shape[1])
+    step = max(1, chunk_elements // (4 * take))
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        for k, kth in _kth_rows(f, lo, hi, tuple(dict.fromkeys(ks)), c).items():
+        for k, kth in _kth_rows(f, lo, hi, ks, c, cand_d32[lo:hi], cand[lo:hi]).items():
             out[k][lo:hi] = kth.sqrt()
     return out
 
@@ -223,11 +259,12 @@ def _below(d32: Tensor, thr2: Tensor, tol: Tensor, fx: _Features, fy: _Features,
     farther than ``tol`` from the threshold, recomputed in float64 where it is not.
 
     ``thr2``/``tol`` are per row (``by_row``, shape ``(c,)``) or per column (``(M,)``).
+    Two float32 comparisons: below ``thr2 - tol`` is certainly below, not below
+    ``thr2 + tol`` certainly not; the pairs in between are recomputed.
     """
-    t32 = thr2.float()
     shape = (-1, 1) if by_row else (1, -1)
-    out = d32 < t32.reshape(shape)
-    near = ((d32 - t32.reshape(shape)).abs_() <= tol.float().reshape(shape)).nonzero()
+    out = d32 < (thr2 - tol).float().reshape(shape)
+    near = ((d32 < (thr2 + tol).float().reshape(shape)) ^ out).nonzero()
     _NEAR_PAIRS[0] += len(near)
     if len(near):
         i, j = near[:, 0], near[:, 1]
