@@ -296,10 +296,22 @@ def near_copy_distance(
     rotation_idx = torch.tensor(rotation_of)
     n_align, m = len(grid), len(reference)
     ref = _blur(reference.float(), blur)  # float32 search; the final NCC in float64
-    ref_spec = _spectrum(ref)  # (M, F)
+    coarse = RANKING == "coarse"
+    if coarse:
+        factor = 2 if min(query.shape[1:]) >= 16 else 1
+        c_margin = math.ceil(margin / factor)
+        c_shift = math.ceil(max_shift / factor)
+        ref_windows = _coarse_reference_windows(_pool(ref, factor), c_margin, c_shift)  # (M, S, P)
+        n_shifts = ref_windows.shape[1]
+        ref_windows = ref_windows.reshape(m * n_shifts, -1)
+    else:
+        ref_spec = _spectrum(ref)  # (M, F)
     shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
     if chunk is None:
-        chunk = max(1, VARIANT_ELEMENTS // ((len(rotations) + shortlist) * math.prod(query.shape[1:])))
+        per_query = (len(rotations) + shortlist) * math.prod(query.shape[1:])
+        if coarse:
+            per_query = max(per_query, n_align * m * n_shifts)
+        chunk = max(1, VARIANT_ELEMENTS // per_query)
     window = [s - 2 * margin for s in query.shape[1:]]
     indices, dists, aligns = [], [], []
     for q in query.float().split(chunk):
@@ -308,8 +320,16 @@ def near_copy_distance(
         qb = _blur(q, blur)
         rotated = _rotate(qb, rotations)  # (B, R, *sp)
         # 1. (reference, alignment) pairs ranked by the shift-invariant low-frequency spectra
-        spec = _flipped_spectra(rotated, grid, rotation_of)  # (B, A, F)
-        score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
+        if coarse:
+            views = _coarse_query_windows(_pool(rotated.reshape(b * len(rotations), *rotated.shape[2:]), factor), c_margin)
+            views = views.reshape(b, len(rotations), -1)  # (B, R, P) central windows, unflipped
+            views = views.reshape(b, len(rotations), *[s_ - 2 * c_margin for s_ in _pool(qb[:1], factor).shape[1:]])
+            aligned = torch.stack([views[:, rot].flip([a + 1 for a in fl]) if fl else views[:, rot] for (fl, _, _), rot in zip(grid, rotation_of)], 1)
+            aligned = _standardise(aligned.reshape(b, n_align, -1))  # (B, A, P)
+            score = (aligned.reshape(b * n_align, -1) @ ref_windows.T).reshape(b, n_align, m, n_shifts).amax(-1).reshape(b, -1)
+        else:
+            spec = _flipped_spectra(rotated, grid, rotation_of)  # (B, A, F)
+            score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
         top = score.topk(shortlist, dim=1).indices
         a_idx, r_idx = top // m, top % m  # (B, T)
         # 2. every shift at full resolution on the shortlisted (reference, alignment) pairs (float32)
@@ -338,6 +358,25 @@ def near_copy_distance(
     if not indices:
         return NearCopies(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), [])
     return NearCopies(torch.tensor(indices, dtype=torch.long), torch.tensor(dists, dtype=torch.float64).clamp(0.0, 2.0), aligns)
+
+
+RANKING = __import__("os").environ.get("NC_RANK", "coarse")
+
+
+def _coarse_reference_windows(ref: Tensor, margin: int, shift: int) -> Tensor:
+    """Standardised windows of ``ref (M, *sp)`` at every offset in ``[-shift, shift]^d`` from ``margin``: ``(M, S, P)``."""
+    d = ref.ndim - 1
+    window = [s - 2 * margin for s in ref.shape[1:]]
+    out = []
+    for t in itertools.product(range(-shift, shift + 1), repeat=d):
+        at = (slice(None),) + tuple(slice(margin + o, margin + o + w) for o, w in zip(t, window))
+        out.append(ref[at].reshape(len(ref), -1))
+    return _standardise(torch.stack(out, 1))
+
+
+def _coarse_query_windows(x: Tensor, margin: int) -> Tensor:
+    """Central windows of ``x (B, *sp)`` less ``margin`` on every side: ``(B, P)``."""
+    return _crop(x, margin, x.ndim - 1).reshape(len(x), -1)
 
 
 def _best_shifts(crops: Tensor, ref: Tensor, which: Tensor, margin: int, max_shift: int) -> tuple[Tensor, Tensor]:
