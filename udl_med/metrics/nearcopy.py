@@ -50,6 +50,7 @@ ANGLES = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # 2D: residual at most 
 ANGLES_3D = (-10.0, -7.5, -5.0, -2.5, 2.5, 5.0, 7.5, 10.0)  # about each axis: 8 flips x 25 rotations
 MAX_SHIFT = {2: 4, 3: 2}
 SHORTLIST = {2: 24, 3: 128}
+COARSE_SHORTLIST = {2: 8, 3: 16}  # pairs added by the half-resolution NCC ranking
 EPS = 1e-8
 PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (16 MB of float32)
 VARIANT_ELEMENTS = 1 << 24  # voxels of rotated queries and shortlisted crops per block (64 MB of float32)
@@ -296,19 +297,19 @@ def near_copy_distance(
     rotation_idx = torch.tensor(rotation_of)
     n_align, m = len(grid), len(reference)
     ref = _blur(reference.float(), blur)  # float32 search; the final NCC in float64
-    coarse = RANKING == "coarse"
+    factor = 2 if min(query.shape[1:]) >= 16 else 1
+    c_margin = math.ceil(margin / factor)
+    coarse = COARSE_SHORTLIST[d] > 0 and min(_pool(ref[:1], factor).shape[1:]) > 2 * c_margin
     if coarse:
-        factor = 2 if min(query.shape[1:]) >= 16 else 1
-        c_margin = math.ceil(margin / factor)
         c_shift = math.ceil(max_shift / factor)
         ref_windows = _coarse_reference_windows(_pool(ref, factor), c_margin, c_shift)  # (M, S, P)
         n_shifts = ref_windows.shape[1]
         ref_windows = ref_windows.reshape(m * n_shifts, -1)
-    else:
-        ref_spec = _spectrum(ref)  # (M, F)
+    ref_spec = _spectrum(ref)  # (M, F)
     shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
+    n_coarse = min(COARSE_SHORTLIST[d], m * n_align) if coarse else 0
     if chunk is None:
-        per_query = (len(rotations) + shortlist) * math.prod(query.shape[1:])
+        per_query = (len(rotations) + shortlist + n_coarse) * math.prod(query.shape[1:])
         if coarse:
             per_query = max(per_query, n_align * m * n_shifts)
         chunk = max(1, VARIANT_ELEMENTS // per_query)
@@ -320,27 +321,28 @@ def near_copy_distance(
         qb = _blur(q, blur)
         rotated = _rotate(qb, rotations)  # (B, R, *sp)
         # 1. (reference, alignment) pairs ranked by the shift-invariant low-frequency spectra
+        spec = _flipped_spectra(rotated, grid, rotation_of)  # (B, A, F)
+        score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
+        top = score.topk(shortlist, dim=1).indices
         if coarse:
-            views = _coarse_query_windows(_pool(rotated.reshape(b * len(rotations), *rotated.shape[2:]), factor), c_margin)
-            views = views.reshape(b, len(rotations), -1)  # (B, R, P) central windows, unflipped
-            views = views.reshape(b, len(rotations), *[s_ - 2 * c_margin for s_ in _pool(qb[:1], factor).shape[1:]])
+            # 1b. and by the NCC of half-resolution central windows against the reference windows at coarse shifts
+            pooled = _crop(_pool(rotated.reshape(b * len(rotations), *rotated.shape[2:]), factor), c_margin, d)
+            views = pooled.reshape(b, len(rotations), *pooled.shape[1:])  # (B, R, *window) unflipped
             aligned = torch.stack([views[:, rot].flip([a + 1 for a in fl]) if fl else views[:, rot] for (fl, _, _), rot in zip(grid, rotation_of)], 1)
             aligned = _standardise(aligned.reshape(b, n_align, -1))  # (B, A, P)
             score = (aligned.reshape(b * n_align, -1) @ ref_windows.T).reshape(b, n_align, m, n_shifts).amax(-1).reshape(b, -1)
-        else:
-            spec = _flipped_spectra(rotated, grid, rotation_of)  # (B, A, F)
-            score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
-        top = score.topk(shortlist, dim=1).indices
+            top = torch.cat([top, score.topk(n_coarse, dim=1).indices], 1)  # a pair in both is searched twice: harmless
         a_idx, r_idx = top // m, top % m  # (B, T)
         # 2. every shift at full resolution on the shortlisted (reference, alignment) pairs (float32)
-        crops = _crop(rotated, margin, d)[rows[:, None], rotation_idx[a_idx]].reshape(b * shortlist, *window)
+        n_pairs = top.shape[1]
+        crops = _crop(rotated, margin, d)[rows[:, None], rotation_idx[a_idx]].reshape(b * n_pairs, *window)
         pair_flips = flips_of[a_idx].reshape(-1)
         for k, fl in enumerate(flip_sets):
             sel = (pair_flips == k).nonzero().squeeze(1)
             if fl and len(sel):
                 crops[sel] = crops[sel].flip([a + 1 for a in fl])
         fine, fine_s = _best_shifts(crops, ref, r_idx.reshape(-1), margin, max_shift)
-        fine, fine_s = fine.reshape(b, shortlist), fine_s.reshape(b, shortlist)
+        fine, fine_s = fine.reshape(b, n_pairs), fine_s.reshape(b, n_pairs)
         # 3. the angle refined about the best few pairs, then the winner's NCC again in float64
         for i in range(b):
             order = fine[i].argsort(descending=True)[:REFINE]
@@ -360,7 +362,6 @@ def near_copy_distance(
     return NearCopies(torch.tensor(indices, dtype=torch.long), torch.tensor(dists, dtype=torch.float64).clamp(0.0, 2.0), aligns)
 
 
-RANKING = __import__("os").environ.get("NC_RANK", "coarse")
 
 
 def _coarse_reference_windows(ref: Tensor, margin: int, shift: int) -> Tensor:
@@ -372,11 +373,6 @@ def _coarse_reference_windows(ref: Tensor, margin: int, shift: int) -> Tensor:
         at = (slice(None),) + tuple(slice(margin + o, margin + o + w) for o, w in zip(t, window))
         out.append(ref[at].reshape(len(ref), -1))
     return _standardise(torch.stack(out, 1))
-
-
-def _coarse_query_windows(x: Tensor, margin: int) -> Tensor:
-    """Central windows of ``x (B, *sp)`` less ``margin`` on every side: ``(B, P)``."""
-    return _crop(x, margin, x.ndim - 1).reshape(len(x), -1)
 
 
 def _best_shifts(crops: Tensor, ref: Tensor, which: Tensor, margin: int, max_shift: int) -> tuple[Tensor, Tensor]:
