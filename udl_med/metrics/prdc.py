@@ -120,26 +120,34 @@ def _pair_sq_dist(a: Tensor, a2: Tensor, b: Tensor, b2: Tensor) -> Tensor:
 
 
 class _Features:
-    """One set of features, centred on a shared origin (distances do not change; the norms,
-    and with them the rounding error of ``|x|^2 + |y|^2 - 2 x.y``, shrink): float64 for the
-    decisions, float32 for the screening matmul, and the squared norms of both."""
+    """One set of features: float64 as given, for the decisions (``x64``, squared norms ``n64``),
+    and centred on a shared origin in float32 for the screening matmul (``x32``, ``n32``): centring
+    leaves the distances alone and shrinks the norms, and with them the float32 rounding error.
+    ``err``: per row, a bound such that a pair's screened squared distance is within
+    ``err_i + err_j`` of its float64 one (:func:`_screening_error`)."""
 
     def __init__(self, x: Tensor, origin: Tensor) -> None:
-        self.x64 = x - origin
-        self.n64 = _sq_norms(self.x64)
-        self.x32 = self.x64.float()
-        self.n32 = self.n64.float()
+        self.x64 = x
+        self.n64 = _sq_norms(x)
+        centred = x - origin
+        nc = _sq_norms(centred)
+        self.x32 = centred.float()
+        self.n32 = nc.float()
+        del centred
+        c32, c64 = _screening_error(x.shape[1])
+        self.err = c32 * nc + c64 * self.n64
 
 
-def _screening_error(dim: int) -> float:
-    """A bound ``c`` with ``|d2_float32 - d2_float64| <= c * (|x|^2 + |y|^2)`` for every pair.
+def _screening_error(dim: int) -> tuple[float, float]:
+    """Bounds ``(c32, c64)``: ``|d2_float32 - d2| <= c32 (|x|^2 + |y|^2)`` on the centred features and
+    ``|d2_float64 - d2| <= c64 (|x|^2 + |y|^2)`` on the features as given, for every pair.
 
-    The float32 dot product of ``dim`` terms errs by at most ``gamma_dim * |x||y|`` in any
-    summation order (Higham 2002, eq. 3.5), ``|x||y| <= (|x|^2 + |y|^2) / 2``; the rounding
-    of the inputs, of the norms, of the two additions and of a float32 threshold add a few
-    units more. ``dim + 16`` units of 2^-24 covers all of it with room to spare.
+    A dot product of ``dim`` terms errs by at most ``gamma_dim * |x||y|`` in any summation order
+    (Higham 2002, eq. 3.5), ``|x||y| <= (|x|^2 + |y|^2) / 2``; the rounding of the inputs, of
+    the norms, of the two additions and of a float32 threshold add a few units more.
+    ``dim + 16`` units of roundoff (2^-24 in float32, 2^-53 in float64) covers all of it.
     """
-    return (dim + 16) * 2.0**-24
+    return (dim + 16) * 2.0**-24, (dim + 16) * 2.0**-53
 
 
 def _float32_is_exact_enough() -> bool:
@@ -180,7 +188,7 @@ def _candidates(f: _Features, take: int, block: int) -> tuple[Tensor, Tensor]:
     return vals, idx
 
 
-def _kth_rows(f: _Features, lo: int, hi: int, ks: tuple[int, ...], c: float, cand_d32: Tensor, cand: Tensor) -> dict[int, Tensor]:
+def _kth_rows(f: _Features, lo: int, hi: int, ks: tuple[int, ...], cand_d32: Tensor, cand: Tensor) -> dict[int, Tensor]:
     """Per k: the k-th smallest float64 squared distance (self as the 0-th, at 0) of rows ``lo:hi`` to the whole set.
 
     ``cand_d32``/``cand``: the rows' smallest float32 distances and their columns
@@ -191,7 +199,7 @@ def _kth_rows(f: _Features, lo: int, hi: int, ks: tuple[int, ...], c: float, can
     reaches past its candidates (near-ties, duplicates) is recomputed entirely in float64.
     """
     cand_d32 = cand_d32.double()
-    band = 2.0 * c * (f.n64[lo:hi] + f.n64.max())[:, None]  # (c, 1)
+    band = 2.0 * (f.err[lo:hi] + f.err.max())[:, None]  # (c, 1)
     out = {}
     for k in ks:
         v = cand_d32[:, k : k + 1]
@@ -232,11 +240,10 @@ def _radii(f: _Features, ks: tuple[int, ...], chunk_elements: int) -> dict[int, 
         return out
     block = max(take, min(math.isqrt(chunk_elements), SCREEN_BLOCK))
     cand_d32, cand = _candidates(f, take, block)
-    c = _screening_error(f.x64.shape[1])
     step = max(1, chunk_elements // (4 * take))
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        for k, kth in _kth_rows(f, lo, hi, ks, c, cand_d32[lo:hi], cand[lo:hi]).items():
+        for k, kth in _kth_rows(f, lo, hi, ks, cand_d32[lo:hi], cand[lo:hi]).items():
             out[k][lo:hi] = kth.sqrt()
     return out
 
@@ -285,9 +292,7 @@ def _accumulate(
     n_rep, n, m = wx.shape[0], fx.x64.shape[0], fy.x64.shape[0]
     r_pr2, r_dc2, s_pr2 = r_pr**2, r_dc**2, s_pr**2
     same_k = bool(torch.equal(r_pr, r_dc))
-    c = _screening_error(fx.x64.shape[1])
-    ny_max = fy.n64.max()
-    col_tol = c * (fx.n64.max() + fy.n64)
+    col_tol = fx.err.max() + fy.err
     exact = not _float32_is_exact_enough()
     in_real_pr = torch.zeros(n_rep, m)  # sum_i wx_i 1[Y_j in B(X_i, r_i)] (k_pr radii)
     in_real_dc = torch.zeros(n_rep, m)  # same with k_dc radii (density)
@@ -303,7 +308,7 @@ def _accumulate(
             a_pr, a_dc, b = d2 < r_pr2[sl, None], d2 < r_dc2[sl, None], d2 < s_pr2[None, :]
         else:
             d32 = torch.addmm(fy.n32[None, :], fx.x32[sl], fy.x32.T, alpha=-2.0).add_(fx.n32[sl, None])
-            row_tol = c * (fx.n64[sl] + ny_max)
+            row_tol = fx.err[sl] + fy.err.max()
             # sqrt is monotone: comparing squares decides as prdc's distances do
             a_pr = _below(d32, r_pr2[sl], row_tol, fx, fy, lo, True)
             a_dc = a_pr if same_k else _below(d32, r_dc2[sl], row_tol, fx, fy, lo, True)
