@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from udl_med.data.phantoms import make_phantom
 from udl_med.metrics.nearcopy import alignment_grid, near_copy_distance
 
 
@@ -104,10 +106,6 @@ def test_grid_and_bad_input() -> None:
 
 def _phantom_patches(draw: int, n: int) -> torch.Tensor:
     """32x32x16 CT patches of phantom subjects (as ``benchmarks/memorization.py`` draws them), in [-1, 1]."""
-    import numpy as np
-
-    from udl_med.data.phantoms import make_phantom
-
     out = []
     for subject in range(n):
         rng = np.random.default_rng((draw, subject, 21))
