@@ -315,11 +315,13 @@ def near_copy_distance(
         ref_windows = ref_windows.reshape(m * n_shifts, -1)
     ref_spec = _spectrum(ref)  # (M, F)
     shortlist = max(1, min(SHORTLIST[d] if shortlist is None else shortlist, m * n_align))
-    n_coarse = min(COARSE_SHORTLIST[d], m * n_align) if coarse else 0
+    unrotated = [a for a, (_, angle, _) in enumerate(grid) if not angle]  # the coarse ranking: shifts and flips only
+    unrotated_idx = torch.tensor(unrotated)
+    n_coarse = min(COARSE_SHORTLIST[d], m * len(unrotated)) if coarse else 0
     if chunk is None:
         per_query = (len(rotations) + shortlist + n_coarse) * math.prod(query.shape[1:])
         if coarse:
-            per_query = max(per_query, n_align * m * n_shifts)
+            per_query = max(per_query, (n_align + 1) * m * n_shifts // 8)
         chunk = max(1, VARIANT_ELEMENTS // per_query)
     window = [s - 2 * margin for s in query.shape[1:]]
     indices, dists, aligns = [], [], []
@@ -333,13 +335,15 @@ def near_copy_distance(
         score = torch.einsum("baf,mf->bam", spec, ref_spec).reshape(b, -1)  # (B, A*M)
         top = score.topk(shortlist, dim=1).indices
         if coarse:
-            # 1b. and by the NCC of half-resolution central windows against the reference windows at coarse shifts
-            pooled = _crop(_pool(rotated.reshape(b * len(rotations), *rotated.shape[2:]), factor), c_margin, d)
-            views = pooled.reshape(b, len(rotations), *pooled.shape[1:])  # (B, R, *window) unflipped
-            aligned = torch.stack([views[:, rot].flip([a + 1 for a in fl]) if fl else views[:, rot] for (fl, _, _), rot in zip(grid, rotation_of)], 1)
-            aligned = _standardise(aligned.reshape(b, n_align, -1))  # (B, A, P)
-            score = (aligned.reshape(b * n_align, -1) @ ref_windows.T).reshape(b, n_align, m, n_shifts).amax(-1).reshape(b, -1)
-            top = torch.cat([top, score.topk(n_coarse, dim=1).indices], 1)  # a pair in both is searched twice: harmless
+            # 1b. the unrotated (flip-only) pairs also by the NCC of half-resolution central windows against the
+            # reference windows at coarse shifts
+            view = _crop(_pool(rotated[:, rotations.index((0.0, -1))], factor), c_margin, d)  # (B, *window)
+            aligned = torch.stack([view.flip([x + 1 for x in grid[a][0]]) if grid[a][0] else view for a in unrotated], 1)
+            aligned = _standardise(aligned.reshape(b, len(unrotated), -1))  # (B, A0, P)
+            coarse_score = (aligned.reshape(b * len(unrotated), -1) @ ref_windows.T).reshape(b, len(unrotated), m, n_shifts).amax(-1)
+            best = coarse_score.reshape(b, -1).topk(n_coarse, dim=1).indices  # over (unrotated alignment, reference)
+            top_c = unrotated_idx[best // m] * m + best % m  # as indices into the (alignment, reference) grid
+            top = torch.cat([top, top_c], 1)  # a pair in both is searched twice: harmless
         a_idx, r_idx = top // m, top % m  # (B, T)
         # 2. every shift at full resolution on the shortlisted (reference, alignment) pairs (float32)
         n_pairs = top.shape[1]
