@@ -22,9 +22,19 @@ Naeem et al. k = 5 for density and coverage. The defaults here follow the two pa
 ``nearest_k`` (the tests check equality to 1e-6). Comparisons are strict (``<``) as in
 ``prdc``.
 
-**Memory.** Distances are computed in float64 from ``|x|^2 + |y|^2 - 2 x.y`` in row blocks
-of at most ``chunk_elements`` entries; no N x N, M x M or N x M matrix is held, so
-N = M = 10,000 needs a few tens of MB beyond the features.
+**Memory and speed.** Every decision ``d < r`` is the float64 one on the features as given
+(``|x|^2 + |y|^2 - 2 x.y``), but the distances are first screened by float32 matmuls on
+features centred on the real mean, in blocks of at most ``chunk_elements`` entries (no
+N x N, M x M or N x M matrix is held: N = M = 10,000 needs a few tens of MB beyond the
+features). The rounding of both computations is bounded per pair (:func:`_screening_error`),
+so only the pairs whose float32 distance lies within that bound of a threshold are
+recomputed in float64 (a few per row), and a k-th neighbour distance is recomputed only
+among the candidates within the bound of the float32 k-th value (a row whose band reaches
+past its candidates is recomputed whole). The real-real and fake-fake distances are
+symmetric: each off-diagonal block is computed once for both its rows and its columns. At
+N = M = 5,000, d = 2,048 that is about 6x faster than ``prdc`` (README), with equal
+results; with a lowered float32 matmul precision (``torch.set_float32_matmul_precision``)
+the bound does not hold and everything runs in float64.
 
 **Bootstrap.** As for FID (:mod:`udl_med.metrics.bootstrap`), both sets are resampled with
 replacement, independently, with a seeded generator, and the interval is the percentile
