@@ -46,7 +46,8 @@ def test_planted_near_copies_are_flagged_and_new_images_are_not() -> None:
     result = memorization_tensors(torch.cat([new, planted]), train, holdout, rate=0.05)
     flagged = set(result["flagged_index"])
     assert set(range(30, 45)) <= flagged  # every planted copy
-    assert len(flagged - set(range(30, 45))) <= 2  # new images: about the stated rate
+    # new images: about the stated rate, 3/61 (Binomial(30, 3/61) exceeds 4 with probability 0.015)
+    assert len(flagged - set(range(30, 45))) <= 4
     n, k = 60, int((60 + 1) * 0.05)
     assert result["stated_rate"] == pytest.approx(k / (n + 1)) and result["n_calibration_subjects"] == n
     low, high = result["stated_rate_interval"]

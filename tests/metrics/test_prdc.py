@@ -79,3 +79,54 @@ def test_bad_input_is_one_clear_error() -> None:
         prdc(x, np.full_like(y, np.nan))
     with pytest.raises(MetricInputError, match="replicates"):
         prdc_bootstrap(x, y, n_boot=1)
+
+
+def _exact_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn the float32 screening off: every distance in float64 (the reference path)."""
+    import udl_med.metrics.prdc as module
+
+    monkeypatch.setattr(module, "_float32_is_exact_enough", lambda: False)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_float32_screening_decides_as_float64_on_ties_and_far_from_the_origin(offset: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integer lattice features make many distances tie exactly with the k-NN radii (the pairs a float32
+    screen cannot decide); an offset of 1000 makes float32 lose the distances without centring. The screened
+    result must equal the float64 one, bootstrap replicates included. (``prdc`` itself resolves such exact
+    ties by its own rounding, as the float64-only code before did not either; equality to it is checked on
+    continuous features.)"""
+    import udl_med.metrics.prdc as module
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(300, 16)).astype(np.float64) + offset
+    y = rng.integers(0, 3, size=(250, 16)).astype(np.float64) + offset
+    y[:20] = x[:20]  # duplicates across the sets: distance 0
+    x[50:60] = x[40:50]  # duplicates within the real set: radii at 0 for some k
+    fast = {k: prdc_bootstrap(x, y, k, k, n_boot=20, seed=1, chunk_elements=4096).as_dict() for k in (1, 3, 5)}
+    before = module._NEAR_PAIRS[0]
+    _exact_float64(monkeypatch)
+    slow = {k: prdc_bootstrap(x, y, k, k, n_boot=20, seed=1, chunk_elements=4096).as_dict() for k in (1, 3, 5)}
+    assert fast == slow
+    assert module._NEAR_PAIRS[0] == before  # the float64 path never screens
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_equal_to_prdc_on_float32_features_far_from_the_origin(offset: float) -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(500, 64)) + offset).astype(np.float32)
+    y = (rng.normal(0.2, 1.1, size=(400, 64)) + offset).astype(np.float32)
+    ref = reference.compute_prdc(x, y, nearest_k=5)
+    ours = prdc(x, y, 5, 5, chunk_elements=20000)
+    for key in ("precision", "recall", "density", "coverage"):
+        assert getattr(ours, key) == pytest.approx(float(ref[key]), abs=1e-6), key
+
+
+def test_screened_radii_equal_the_float64_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.integers(-3, 4, size=(400, 32)).astype(np.float64) + 50.0  # integers: exact float64 arithmetic, many ties
+    x[100:110] = x[0:10]
+    fast = kth_neighbour_radii(x, (1, 3, 5), chunk_elements=3000)  # blocks of 54 x 54: many block pairs
+    _exact_float64(monkeypatch)
+    slow = kth_neighbour_radii(x, (1, 3, 5), chunk_elements=3000)
+    for k in (1, 3, 5):
+        assert torch.equal(fast[k], slow[k]), k
