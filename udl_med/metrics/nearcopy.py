@@ -64,7 +64,7 @@ EPS = 1e-8
 # interpolates across slices, and thick slices make the content sharpest there per voxel: with 1 voxel the
 # linear-interpolation residual of a true rotated copy (the copy's own resampling and ours) reached 0.004-0.0056,
 # above the calibrated threshold, on tuning draws 101-104 (every miss was such a rotation; the true source was found).
-# Worst rotated-copy distance / threshold: 1.39 with 1 voxel (draws 101, 103), 0.92 with 1.5 on every axis (100-104), 0.58
+# Worst rotated-copy distance / threshold: 1.39 with 1 voxel (draws 101, 103), 0.92 with 1.5 on every axis (100, 101, 103, 104), 0.58
 # with 1.5 along the slice axis only (101, 103; the margin, from the largest sigma, is 5 voxels: a 22 x 22 x 6 window).
 BLUR: dict[int, float | tuple[float, ...]] = {2: 1.0, 3: (1.0, 1.0, 1.5)}
 PAIR_ELEMENTS = 1 << 22  # window entries per block of the fine stage (16 MB of float32)
