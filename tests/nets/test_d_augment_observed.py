@@ -1,0 +1,93 @@
+"""DiffAugment's and ADA's draws observed through their public functions (issue 26, mutants of the d_side sample).
+
+Each transform's parameters are read back from what it does to images built so the
+parameter is visible (a constant image shows the brightness, a +-1 pattern the contrast,
+a ramp the shift, ones the cutout box), and compared with the ranges the papers give:
+DiffAugment's brightness U(-0.5, 0.5), contrast U(0.5, 1.5), shifts up to 1/8 of the size,
+a box of half the size; ADA's brightness N(0, 0.2), contrast 2^N(0, 0.5), noise |N(0, 0.1)|.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from udl_med.nets.ada import AdaptiveAugment
+from udl_med.nets.diffaugment import DiffAugment, flip, intensity
+
+N = 2000  # items: ranges and spreads to about 2-5%
+
+
+def _pattern(n: int, size: int = 4) -> torch.Tensor:
+    """``(n, 1, size, size)`` of +-1 in a checkerboard: mean 0, half-range 1."""
+    board = (torch.arange(size)[:, None] + torch.arange(size)[None, :]) % 2 * 2.0 - 1.0
+    return board.expand(n, 1, size, size).clone()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flip_mirrors_exactly_the_spatial_axes_asked_for(spatial_dims: int) -> None:
+    x = torch.rand(spatial_dims + 1, 2, *([5] * spatial_dims), generator=torch.Generator().manual_seed(0))
+    flips = torch.zeros(spatial_dims + 1, spatial_dims, dtype=torch.bool)
+    for a in range(spatial_dims):
+        flips[a + 1, a] = True  # item a + 1 flips along spatial axis a only; item 0 not at all
+    out = flip(x, flips)
+    assert torch.equal(out[0], x[0])
+    for a in range(spatial_dims):
+        assert torch.equal(out[a + 1], x[a + 1].flip(1 + a)), a  # item dims: channel, then the spatial axes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_intensity_keeps_the_images_dtype(dtype: torch.dtype) -> None:
+    x = _pattern(3).to(dtype)
+    out = intensity(x, torch.tensor([0.25, 0.0, -0.5]), torch.tensor([1.0, 2.0, 0.5]))
+    assert out.dtype == dtype  # under autocast D must see its input's precision, not float32
+    expected = x.double() * torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64).reshape(3, 1, 1, 1) + torch.tensor([0.25, 0.0, -0.5], dtype=torch.float64).reshape(3, 1, 1, 1)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-2)
+
+
+def test_diffaugment_brightness_and_contrast_cover_their_ranges() -> None:
+    torch.manual_seed(0)
+    brightness = DiffAugment(("intensity",))(torch.zeros(N, 1, 4, 4))  # a constant image: only b shows
+    b = brightness.flatten(1)
+    assert torch.equal(b.min(1).values, b.max(1).values)  # one brightness per item
+    b = b[:, 0]
+    assert b.min() >= -0.5 and b.max() <= 0.5 and b.min() < -0.45 and b.max() > 0.45
+    assert abs(float(b.mean())) < 0.03
+    torch.manual_seed(1)
+    out = DiffAugment(("intensity",))(_pattern(N)).flatten(1)
+    c = (out.max(1).values - out.min(1).values) / 2  # half-range of a +-1 pattern scaled by c
+    assert c.min() >= 0.5 - 1e-6 and c.max() <= 1.5 + 1e-6 and c.min() < 0.55 and c.max() > 1.45
+    assert abs(float(c.mean()) - 1.0) < 0.03
+
+
+def test_diffaugment_translation_shifts_up_to_an_eighth_and_cutout_blanks_half_the_size() -> None:
+    size = 16  # shifts up to round(16 / 8) = 2 voxels per axis; a box of 8 x 8
+    ramp = torch.arange(1, size + 1, dtype=torch.float32)
+    x = (ramp[:, None] * 100 + ramp[None, :]).expand(N, 1, size, size).clone()  # value 100 * (row + 1) + (col + 1)
+    torch.manual_seed(0)
+    moved = DiffAugment(("translation",))(x)
+    centre = moved[:, 0, size // 2, size // 2]  # output[i] = input[i - shift]: the centre holds input (8 - s0, 8 - s1)
+    s0 = size // 2 - (torch.div(centre, 100, rounding_mode="floor") - 1)
+    s1 = size // 2 - (centre.remainder(100) - 1)
+    assert set(s0.long().tolist()) == set(range(-2, 3)) and set(s1.long().tolist()) == set(range(-2, 3))
+    torch.manual_seed(0)
+    blanked = DiffAugment(("cutout",))(torch.ones(N, 1, size, size))
+    zeros = (blanked == 0).flatten(1).sum(1)
+    assert zeros.max() == 8 * 8 and zeros.min() >= 4 * 4  # the whole box inside, or clipped at a corner to a quarter of it
+    assert ((blanked == 0) | (blanked == 1)).all()
+
+
+def test_ada_brightness_contrast_and_noise_follow_their_distributions() -> None:
+    torch.manual_seed(0)
+    b = AdaptiveAugment(("intensity",), p=1.0, target=None)(torch.zeros(N, 1, 4, 4))[:, 0, 0, 0]
+    assert abs(float(b.std()) - 0.2) < 0.015 and abs(float(b.mean())) < 0.02
+    torch.manual_seed(1)
+    out = AdaptiveAugment(("intensity",), p=1.0, target=None)(_pattern(N)).flatten(1)
+    log_c = torch.log2((out.max(1).values - out.min(1).values) / 2)
+    assert abs(float(log_c.std()) - 0.5) < 0.03 and abs(float(log_c.mean())) < 0.04
+    torch.manual_seed(2)
+    noisy = AdaptiveAugment(("noise",), p=1.0, target=None)(torch.zeros(N, 1, 8, 8))
+    sigma = noisy.flatten(1).std(1)  # per item |N(0, 0.1)|: mean 0.1 * sqrt(2 / pi)
+    assert abs(float(sigma.mean()) - 0.1 * math.sqrt(2 / math.pi)) < 0.006
