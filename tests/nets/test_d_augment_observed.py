@@ -91,3 +91,45 @@ def test_ada_brightness_contrast_and_noise_follow_their_distributions() -> None:
     noisy = AdaptiveAugment(("noise",), p=1.0, target=None)(torch.zeros(N, 1, 8, 8))
     sigma = noisy.flatten(1).std(1)  # per item |N(0, 0.1)|: mean 0.1 * sqrt(2 / pi)
     assert abs(float(sigma.mean()) - 0.1 * math.sqrt(2 / math.pi)) < 0.006
+
+
+def test_ada_flips_half_the_items_it_hits_along_the_first_axis_only() -> None:
+    x = torch.rand(4000, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for p in (0.4, 1.0):
+        torch.manual_seed(int(p * 10))
+        out = AdaptiveAugment(("flip",), p=p, target=None)(x)
+        flipped = (out == x.flip(2)).flatten(1).all(1)  # first spatial axis (left-right of an axial slice)
+        kept = (out == x).flatten(1).all(1)
+        assert bool((flipped | kept).all())  # nothing else: not the second axis, not the channel
+        assert abs(float(flipped.float().mean()) - p / 2) < 0.03, p  # probability p, then 1/2
+
+
+def test_ada_translation_shifts_each_hit_item_by_up_to_an_eighth() -> None:
+    size = 16  # up to round(16 / 8) = 2 voxels per axis, reflect-padded
+    ramp = torch.arange(1, size + 1, dtype=torch.float32)
+    x = (ramp[:, None] * 100 + ramp[None, :]).expand(N, 1, size, size).clone()
+    torch.manual_seed(0)
+    moved = AdaptiveAugment(("translation",), p=1.0, target=None)(x)
+    centre = moved[:, 0, size // 2, size // 2]
+    s0 = size // 2 - (torch.div(centre, 100, rounding_mode="floor") - 1)
+    s1 = size // 2 - (centre.remainder(100) - 1)
+    assert set(s0.long().tolist()) == set(range(-2, 3)) and set(s1.long().tolist()) == set(range(-2, 3))
+    assert abs(float((s0 == 2).float().mean()) - 0.2) < 0.03  # uniform over the five shifts
+    torch.manual_seed(1)
+    half = AdaptiveAugment(("translation",), p=0.5, target=None)(x)
+    moved_share = (half != x).flatten(1).any(1).float().mean()  # hit with p, and then not the zero shift (1/25)
+    assert abs(float(moved_share) - 0.5 * 24 / 25) < 0.04
+
+
+def test_ada_default_controller_reaches_p_1_over_20_thousand_images_towards_r_t_0_6() -> None:
+    ada = AdaptiveAugment()  # p 0, target 0.6, every 4 steps, kimg 20
+    for step in range(1, 4):
+        ada.observe(torch.ones(50), 50, step)
+        assert float(ada.p) == 0.0, step  # not due before step 4
+    ada.observe(torch.ones(50), 50, 4)
+    assert float(ada.p) == pytest.approx(200 / 20_000)
+    for rt, direction in ((0.5, -1), (0.7, 1)):  # either side of the target 0.6
+        ada = AdaptiveAugment(p=0.5)
+        scores = torch.where(torch.arange(100) < int(100 * (1 + rt) / 2), 1.0, -1.0)  # mean sign rt
+        ada.observe(scores, 100, 4)
+        assert float(ada.rt) == pytest.approx(rt) and float(ada.p) == pytest.approx(0.5 + direction * 100 / 20_000)
