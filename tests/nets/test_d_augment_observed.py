@@ -115,6 +115,9 @@ def test_ada_translation_shifts_each_hit_item_by_up_to_an_eighth() -> None:
     s1 = size // 2 - (centre.remainder(100) - 1)
     assert set(s0.long().tolist()) == set(range(-2, 3)) and set(s1.long().tolist()) == set(range(-2, 3))
     assert abs(float((s0 == 2).float().mean()) - 0.2) < 0.03  # uniform over the five shifts
+    assert float(moved.min()) >= 101  # reflect-padded (pixel blitting): the border mirrors the inside, never a 0 fill
+    shifted = (s0 == 2) & (s1 == 0)  # down two rows only
+    torch.testing.assert_close(moved[shifted][:, 0, 0], x[shifted][:, 0, 2], rtol=0, atol=0)  # row -2 mirrors to row 2
     torch.manual_seed(1)
     half = AdaptiveAugment(("translation",), p=0.5, target=None)(x)
     moved_share = (half != x).flatten(1).any(1).float().mean()  # hit with p, and then not the zero shift (1/25)
@@ -133,3 +136,18 @@ def test_ada_default_controller_reaches_p_1_over_20_thousand_images_towards_r_t_
         scores = torch.where(torch.arange(100) < int(100 * (1 + rt) / 2), 1.0, -1.0)  # mean sign rt
         ada.observe(scores, 100, 4)
         assert float(ada.rt) == pytest.approx(rt) and float(ada.p) == pytest.approx(0.5 + direction * 100 / 20_000)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"target": 1.0}, "target must be in (0, 1), got 1.0"),
+    ({"target": 1.5}, "target must be in (0, 1), got 1.5"),
+    ({"target": 0.0}, "target must be in (0, 1), got 0.0"),
+    ({"p": -0.1}, "p must be in [0, 1], got -0.1"),
+    ({"interval": 0}, "interval must be >= 1 and kimg > 0, got 0 and 20.0"),
+    ({"kimg": 0.0}, "interval must be >= 1 and kimg > 0, got 4 and 0.0"),
+    ({"policy": ()}, "policy must name at least one transform"),
+])
+def test_ada_refuses_bad_settings_word_for_word(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        AdaptiveAugment(**kwargs)
+    assert str(err.value) == message
