@@ -5,10 +5,15 @@
   error, far below what a mis-aligned sampling grid leaves; with ``blur=0`` (no blur) an
   exact shifted copy is at distance 0, not NaN.
 - ``gaussian_fit`` refuses too few codes and mismatched variances word for word.
+
+Seed 2: every 2D alignment reports ``axis`` -1 (no axis: the plane), refined ones too; the
+refusals of ``silhouette``, ``near_copy_distance`` and ``prdc_bootstrap`` word for word;
+``memorization_tensors`` logs the warning it returns when it calibrates at a lower rate.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -16,8 +21,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from udl_med.metrics.latent import gaussian_fit
+from udl_med.metrics.latent import gaussian_fit, silhouette
+from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import near_copy_distance
+from udl_med.metrics.prdc import prdc_bootstrap
 
 
 def _smooth_images(n: int = 6, size: int = 48, seed: int = 0, sigma: float = 2.0) -> torch.Tensor:
@@ -38,7 +45,7 @@ def _rotated(x: torch.Tensor, degrees: float) -> torch.Tensor:
     return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
 
 
-@pytest.mark.parametrize("degrees", [10.0, -5.0])
+@pytest.mark.parametrize("degrees", [10.0, -5.0, 6.25])  # 6.25: off the 2.5-degree grid, found by the refinement
 def test_a_copy_rotated_by_a_grid_angle_is_at_its_resampling_error(degrees: float) -> None:
     big = _smooth_images()
     reference = big[:, 8:40, 8:40]
@@ -47,6 +54,9 @@ def test_a_copy_rotated_by_a_grid_angle_is_at_its_resampling_error(degrees: floa
     assert found.index.tolist() == list(range(6))
     assert float(found.distance.mean()) < 0.0018, found.distance  # a resampled copy: about 7e-4 (a grid off by a voxel fraction: 4e-3)
     assert all(abs(abs(a.angle) - abs(degrees)) <= 0.625 for a in found.alignments)
+    assert {a.axis for a in found.alignments} == {-1}  # 2D: a rotation in the plane, refined or not
+    if degrees % 2.5:
+        assert any(abs(a.angle) == abs(degrees) for a in found.alignments)  # a refined angle won
 
 
 def test_without_blur_an_exact_shifted_copy_is_at_distance_zero() -> None:
@@ -66,3 +76,28 @@ def test_gaussian_fit_refusals_word_for_word() -> None:
     with pytest.raises(ValueError) as err:
         gaussian_fit(np.zeros((4, 3)), np.ones((4, 2)))
     assert str(err.value) == "variances must have the shape of codes (4, 3), got (4, 2)"
+
+
+def test_silhouette_near_copy_and_prdc_refusals_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        silhouette(np.zeros((5, 3)), np.zeros(4))
+    assert str(err.value) == "labels must have 5 entries, got 4"
+    with pytest.raises(ValueError) as err:
+        near_copy_distance(torch.zeros(2, 8), torch.zeros(2, 8))
+    assert str(err.value) == "near-copy distance needs (N, *spatial) 2D or 3D images, got query (2, 8), reference (2, 8)"
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(rng.normal(size=(3, 2)), rng.normal(size=(10, 2)), k_pr=3, k_dc=5)
+    assert str(err.value) == "real set: 3 sample(s), at least 6 needed"
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(3, 2)), k_pr=3, k_dc=5)
+    assert str(err.value) == "fake set: 3 sample(s), at least 4 needed"
+
+
+def test_memorisation_logs_the_warning_it_returns(caplog: pytest.LogCaptureFixture) -> None:
+    images = _smooth_images(n=10, size=24, seed=3)[:, None]
+    train, holdout, synthetic = images[:4], images[4:8], images[8:]
+    with caplog.at_level(logging.WARNING, logger="udl_med.metrics.memorization"):
+        result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn")
+    assert result["warning"] is not None and "99 are needed" in result["warning"]
+    assert [r.getMessage() for r in caplog.records if r.name == "udl_med.metrics.memorization"] == [f"memorisation: {result['warning']}"]
