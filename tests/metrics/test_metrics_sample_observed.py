@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from udl_med.metrics.calibration import calibrate
 from udl_med.metrics.latent import gaussian_fit, silhouette
 from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import near_copy_distance
@@ -101,3 +102,23 @@ def test_memorisation_logs_the_warning_it_returns(caplog: pytest.LogCaptureFixtu
         result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn")
     assert result["warning"] is not None and "99 are needed" in result["warning"]
     assert [r.getMessage() for r in caplog.records if r.name == "udl_med.metrics.memorization"] == [f"memorisation: {result['warning']}"]
+
+
+def test_silhouette_names_its_codes_and_calibrate_refuses_rate_one_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        silhouette(np.array([[0.0, np.nan], [1.0, 1.0]]), np.array([0, 1]))
+    assert str(err.value) == "codes: contains NaN or infinite values"
+    for rate in (1.0, 0.0):
+        with pytest.raises(ValueError) as err:
+            calibrate(np.linspace(0.1, 1.0, 50), rate=rate)
+        assert str(err.value) == f"false-alarm rate must be in (0, 1), got {rate}"
+
+
+def test_an_explicit_max_shift_bounds_the_search() -> None:
+    big = _smooth_images()
+    reference = big[:, 8:40, 8:40]
+    query = big[:, 11:43, 8:40]  # shifted by 3 rows: within max_shift 3, beyond max_shift 2
+    wide = near_copy_distance(query, reference, max_shift=3, blur=0.0, flips=False, angles=())
+    assert {a.shift for a in wide.alignments} == {(3, 0)} and float(wide.distance.max()) < 1e-9
+    narrow = near_copy_distance(query, reference, max_shift=2, blur=0.0, flips=False, angles=())
+    assert all(max(abs(t) for t in a.shift) <= 2 for a in narrow.alignments) and float(narrow.distance.min()) > 1e-3
