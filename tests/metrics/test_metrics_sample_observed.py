@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from udl_med.metrics.calibration import calibrate
-from udl_med.metrics.latent import gaussian_fit, silhouette
+from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import near_copy_distance
 from udl_med.metrics.prdc import prdc_bootstrap
@@ -122,3 +122,36 @@ def test_an_explicit_max_shift_bounds_the_search() -> None:
     assert {a.shift for a in wide.alignments} == {(3, 0)} and float(wide.distance.max()) < 1e-9
     narrow = near_copy_distance(query, reference, max_shift=2, blur=0.0, flips=False, angles=())
     assert all(max(abs(t) for t in a.shift) <= 2 for a in narrow.alignments) and float(narrow.distance.min()) > 1e-3
+
+
+def test_every_real_item_can_be_drawn_by_the_bootstrap() -> None:
+    # real item 0 alone covers the fakes (its 3rd neighbour is far, so its ball is wide); the
+    # other nine sit together far away. A replicate without item 0 has precision 0, one with
+    # it 1 (about 65% of them): the bias-shifted interval is wide, not the single point 1.
+    real = np.concatenate([[[0.0, 0.0]], np.stack([50.0 + 0.1 * np.arange(9), np.zeros(9)], 1)])
+    fake = np.random.default_rng(0).normal(scale=0.5, size=(10, 2))
+    result = prdc_bootstrap(real, fake, k_pr=3, k_dc=3, n_boot=200, seed=0)
+    assert result.values.precision == 1.0
+    assert result.intervals["precision"].low < 0.6 and result.intervals["precision"].high == 1.0
+
+
+def test_memorisation_warn_keeps_the_rate_check_and_the_level(caplog: pytest.LogCaptureFixture) -> None:
+    images = _smooth_images(n=10, size=24, seed=3)[:, None]
+    train, holdout, synthetic = images[:4], images[4:8], images[8:]
+    for rate in (0.0, 1.0):
+        with pytest.raises(ValueError) as err:
+            memorization_tensors(synthetic, train, holdout, rate=rate, too_few="warn")
+        assert str(err.value) == f"false-alarm rate must be in (0, 1), got {rate}"
+    result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn", level=0.8)
+    assert result["level"] == 0.8 and result["stated_rate"] == pytest.approx(1 / 5)
+    low, high = result["stated_rate_interval"]
+    assert 0.0 < low < 0.2 < high < 1.0
+
+
+def test_kl_and_silhouette_take_a_row_or_a_column() -> None:
+    cov = np.eye(2)
+    assert gaussian_kl_to_standard(np.array([[1.0, 0.0]]), cov) == pytest.approx(gaussian_kl_to_standard(np.array([1.0, 0.0]), cov))
+    assert gaussian_kl_to_standard(np.array([[1.0, 0.0]]), cov) == pytest.approx(0.5, abs=1e-6)
+    codes = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    assert silhouette(codes, np.array([[0], [0], [1], [1]])) == pytest.approx(silhouette(codes, np.array([0, 0, 1, 1])))
+    assert silhouette(codes, np.array([[0, 0, 1, 1]])) == pytest.approx(silhouette(codes, np.array([0, 0, 1, 1])))  # a row too

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from udl_med.nets.ada import AdaptiveAugment
-from udl_med.nets.diffaugment import DiffAugment, flip, intensity
+from udl_med.nets.ada import AdaptiveAugment, affine_resample
+from udl_med.nets.diffaugment import DiffAugment, flip, intensity, translate
 
 N = 2000  # items: ranges and spreads to about 2-5%
 
@@ -151,3 +151,30 @@ def test_ada_refuses_bad_settings_word_for_word(kwargs: dict, message: str) -> N
     with pytest.raises(ValueError) as err:
         AdaptiveAugment(**kwargs)
     assert str(err.value) == message
+
+
+def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:
+    from_shape = torch.zeros(3, 1, 8, 8)
+    with pytest.raises(ValueError) as err:
+        translate(from_shape, torch.zeros(3, 3, dtype=torch.long))
+    assert str(err.value) == "shift must be (B, spatial_dims) = (3, 2), got (3, 3)"
+
+
+def test_affine_resample_zooms_by_scale_and_keeps_the_dtype() -> None:
+    size = 32
+    ramp = torch.arange(size, dtype=torch.float64)
+    x = torch.stack([ramp[:, None].expand(size, size), ramp[None, :].expand(size, size)])[None]  # (1, 2, H, W): row and column index
+    out = affine_resample(x, torch.tensor([2.0]), torch.tensor([0.0]))
+    assert out.dtype == torch.float64
+    inner = out[0, :, 8:24, 8:24]  # away from the reflected border
+    # zoomed in 2x about the centre: one output voxel spans half an input voxel along both axes
+    torch.testing.assert_close(inner[0].diff(dim=0), torch.full((15, 16), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(inner[1].diff(dim=1), torch.full((16, 15), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
+
+
+def test_ada_intensity_hits_an_item_when_either_brightness_or_contrast_does() -> None:
+    x = _pattern(1)  # one item per call: the pipeline must not wait for an item hit by both
+    torch.manual_seed(0)
+    ada = AdaptiveAugment(("intensity",), p=0.5, target=None)
+    changed = sum(not torch.equal(ada(x), x) for _ in range(400)) / 400
+    assert abs(changed - 0.75) < 0.07  # 1 - (1 - p)^2
