@@ -1,4 +1,4 @@
-"""Recheck mutmut's survivors of the metrics package against the observed test files, in one process.
+"""Recheck mutmut's survivors against new test files, in one process.
 
 For when ``benchmarks/mutation.py --resume`` cannot finish (the loaded 2-core machine): it
 imports the scratch copy's mutated package and, for each mutant named in a list
@@ -8,6 +8,13 @@ counts as killed only when a test fails; the files must pass with no mutant firs
 mutant that survives here may still be killed by the package's other tests (conservative).
 
     cd build/mutation/metrics/mutants && PYTHONPATH=$PWD python ../../../../benchmarks/mutation_recheck.py ../survivors.txt out.jsonl
+
+Any other package: name the test files after the two paths (copied into ``mutants/tests``
+first); every mutant is then rechecked against those files. Tests that were in the
+package's selection when mutmut ran already passed on the survivor, so only the files
+added since need to run:
+
+    cd build/mutation/methods/mutants && PYTHONPATH=$PWD python ../../../../benchmarks/mutation_recheck.py ../survivors.txt out.jsonl tests/methods/test_new.py
 """
 
 import json
@@ -30,13 +37,14 @@ DEFAULT = ["tests/metrics/test_kid_bootstrap_modes_observed.py"]  # kid, bootstr
 def main() -> None:
     names = [line.split(":")[0].replace("### ", "").strip() for line in open(sys.argv[1]) if line.startswith("### ")]
     out = open(sys.argv[2], "a")
+    given = sys.argv[3:]  # test files for every mutant; none: the metrics package's observed files per module
     os.environ["MUTANT_UNDER_TEST"] = ""
-    if int(pytest.main(sorted({f for v in FILES.values() for f in v} | set(DEFAULT)) + ["-q", "-p", "no:cacheprovider", "-x"])) != 0:
-        sys.exit("the observed files fail without a mutant")
+    if int(pytest.main((given or sorted({f for v in FILES.values() for f in v} | set(DEFAULT))) + ["-q", "-p", "no:cacheprovider", "-x"])) != 0:
+        sys.exit("the test files fail without a mutant")
     for name in names:
         os.environ["MUTANT_UNDER_TEST"] = name
         start = time.time()
-        rc = pytest.main(FILES.get(name.split(".")[2], DEFAULT) + ["-q", "-p", "no:cacheprovider", "-x", "--no-header"])
+        rc = pytest.main((given or FILES.get(name.split(".")[2], DEFAULT)) + ["-q", "-p", "no:cacheprovider", "-x", "--no-header"])
         out.write(json.dumps({"mutant": name, "rc": int(rc), "killed": int(rc) == 1, "s": round(time.time() - start, 1)}) + "\n")
         out.flush()
 

@@ -1,0 +1,157 @@
+"""What the metrics sample of issue 26 (seed 1) found unobserved, through public functions only.
+
+- ``near_copy_distance``: a copy rotated by a grid angle (made by an independent rotation
+  of a larger image, then cropped) is found at a distance of about its own resampling
+  error, far below what a mis-aligned sampling grid leaves; with ``blur=0`` (no blur) an
+  exact shifted copy is at distance 0, not NaN.
+- ``gaussian_fit`` refuses too few codes and mismatched variances word for word.
+
+Seed 2: every 2D alignment reports ``axis`` -1 (no axis: the plane), refined ones too; the
+refusals of ``silhouette``, ``near_copy_distance`` and ``prdc_bootstrap`` word for word;
+``memorization_tensors`` logs the warning it returns when it calibrates at a lower rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from udl_med.metrics.calibration import calibrate
+from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
+from udl_med.metrics.memorization import memorization_tensors
+from udl_med.metrics.nearcopy import near_copy_distance
+from udl_med.metrics.prdc import prdc_bootstrap
+
+
+def _smooth_images(n: int = 6, size: int = 48, seed: int = 0, sigma: float = 2.0) -> torch.Tensor:
+    """``(n, size, size)`` smooth random images: noise low-passed by a Gaussian of ``sigma`` pixels."""
+    noise = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+    r = int(3 * sigma)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    k = k / k.sum()
+    y = F.conv2d(F.pad(noise, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
+    return F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1))[:, 0]
+
+
+def _rotated(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """``x (B, H, W)`` rotated by ``degrees`` about its centre (bilinear, independent of the measure's own code)."""
+    t = math.radians(degrees)
+    theta = torch.tensor([[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]])[None].expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, [len(x), 1, *x.shape[1:]], align_corners=False)
+    return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+
+
+@pytest.mark.parametrize("degrees", [10.0, -5.0, 6.25])  # 6.25: off the 2.5-degree grid, found by the refinement
+def test_a_copy_rotated_by_a_grid_angle_is_at_its_resampling_error(degrees: float) -> None:
+    big = _smooth_images()
+    reference = big[:, 8:40, 8:40]
+    query = _rotated(big, degrees)[:, 8:40, 8:40]  # cropped inside: no border padding in the window
+    found = near_copy_distance(query, reference)
+    assert found.index.tolist() == list(range(6))
+    assert float(found.distance.mean()) < 0.0018, found.distance  # a resampled copy: about 7e-4 (a grid off by a voxel fraction: 4e-3)
+    assert all(abs(abs(a.angle) - abs(degrees)) <= 0.625 for a in found.alignments)
+    assert {a.axis for a in found.alignments} == {-1}  # 2D: a rotation in the plane, refined or not
+    if degrees % 2.5:
+        assert any(abs(a.angle) == abs(degrees) for a in found.alignments)  # a refined angle won
+
+
+def test_without_blur_an_exact_shifted_copy_is_at_distance_zero() -> None:
+    big = _smooth_images()
+    reference = big[:, 8:40, 8:40]
+    query = big[:, 10:42, 7:39] * 3.0 + 1.0  # shifted by (2, -1), intensities scaled and offset
+    found = near_copy_distance(query, reference, blur=0.0)
+    assert torch.isfinite(found.distance).all()
+    assert found.index.tolist() == list(range(6)) and float(found.distance.max()) < 1e-9
+    assert {a.shift for a in found.alignments} == {(2, -1)}
+
+
+def test_gaussian_fit_refusals_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        gaussian_fit(np.zeros((1, 3)))
+    assert str(err.value) == "codes needs at least 2 rows, got 1"
+    with pytest.raises(ValueError) as err:
+        gaussian_fit(np.zeros((4, 3)), np.ones((4, 2)))
+    assert str(err.value) == "variances must have the shape of codes (4, 3), got (4, 2)"
+
+
+def test_silhouette_near_copy_and_prdc_refusals_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        silhouette(np.zeros((5, 3)), np.zeros(4))
+    assert str(err.value) == "labels must have 5 entries, got 4"
+    with pytest.raises(ValueError) as err:
+        near_copy_distance(torch.zeros(2, 8), torch.zeros(2, 8))
+    assert str(err.value) == "near-copy distance needs (N, *spatial) 2D or 3D images, got query (2, 8), reference (2, 8)"
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(rng.normal(size=(3, 2)), rng.normal(size=(10, 2)), k_pr=3, k_dc=5)
+    assert str(err.value) == "real set: 3 sample(s), at least 6 needed"
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(3, 2)), k_pr=3, k_dc=5)
+    assert str(err.value) == "fake set: 3 sample(s), at least 4 needed"
+
+
+def test_memorisation_logs_the_warning_it_returns(caplog: pytest.LogCaptureFixture) -> None:
+    images = _smooth_images(n=10, size=24, seed=3)[:, None]
+    train, holdout, synthetic = images[:4], images[4:8], images[8:]
+    with caplog.at_level(logging.WARNING, logger="udl_med.metrics.memorization"):
+        result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn")
+    assert result["warning"] is not None and "99 are needed" in result["warning"]
+    assert [r.getMessage() for r in caplog.records if r.name == "udl_med.metrics.memorization"] == [f"memorisation: {result['warning']}"]
+
+
+def test_silhouette_names_its_codes_and_calibrate_refuses_rate_one_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        silhouette(np.array([[0.0, np.nan], [1.0, 1.0]]), np.array([0, 1]))
+    assert str(err.value) == "codes: contains NaN or infinite values"
+    for rate in (1.0, 0.0):
+        with pytest.raises(ValueError) as err:
+            calibrate(np.linspace(0.1, 1.0, 50), rate=rate)
+        assert str(err.value) == f"false-alarm rate must be in (0, 1), got {rate}"
+
+
+def test_an_explicit_max_shift_bounds_the_search() -> None:
+    big = _smooth_images()
+    reference = big[:, 8:40, 8:40]
+    query = big[:, 11:43, 8:40]  # shifted by 3 rows: within max_shift 3, beyond max_shift 2
+    wide = near_copy_distance(query, reference, max_shift=3, blur=0.0, flips=False, angles=())
+    assert {a.shift for a in wide.alignments} == {(3, 0)} and float(wide.distance.max()) < 1e-9
+    narrow = near_copy_distance(query, reference, max_shift=2, blur=0.0, flips=False, angles=())
+    assert all(max(abs(t) for t in a.shift) <= 2 for a in narrow.alignments) and float(narrow.distance.min()) > 1e-3
+
+
+def test_every_real_item_can_be_drawn_by_the_bootstrap() -> None:
+    # real item 0 alone covers the fakes (its 3rd neighbour is far, so its ball is wide); the
+    # other nine sit together far away. A replicate without item 0 has precision 0, one with
+    # it 1 (about 65% of them): the bias-shifted interval is wide, not the single point 1.
+    real = np.concatenate([[[0.0, 0.0]], np.stack([50.0 + 0.1 * np.arange(9), np.zeros(9)], 1)])
+    fake = np.random.default_rng(0).normal(scale=0.5, size=(10, 2))
+    result = prdc_bootstrap(real, fake, k_pr=3, k_dc=3, n_boot=200, seed=0)
+    assert result.values.precision == 1.0
+    assert result.intervals["precision"].low < 0.6 and result.intervals["precision"].high == 1.0
+
+
+def test_memorisation_warn_keeps_the_rate_check_and_the_level(caplog: pytest.LogCaptureFixture) -> None:
+    images = _smooth_images(n=10, size=24, seed=3)[:, None]
+    train, holdout, synthetic = images[:4], images[4:8], images[8:]
+    for rate in (0.0, 1.0):
+        with pytest.raises(ValueError) as err:
+            memorization_tensors(synthetic, train, holdout, rate=rate, too_few="warn")
+        assert str(err.value) == f"false-alarm rate must be in (0, 1), got {rate}"
+    result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn", level=0.8)
+    assert result["level"] == 0.8 and result["stated_rate"] == pytest.approx(1 / 5)
+    low, high = result["stated_rate_interval"]
+    assert 0.0 < low < 0.2 < high < 1.0
+
+
+def test_kl_and_silhouette_take_a_row_or_a_column() -> None:
+    cov = np.eye(2)
+    assert gaussian_kl_to_standard(np.array([[1.0, 0.0]]), cov) == pytest.approx(gaussian_kl_to_standard(np.array([1.0, 0.0]), cov))
+    assert gaussian_kl_to_standard(np.array([[1.0, 0.0]]), cov) == pytest.approx(0.5, abs=1e-6)
+    codes = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    assert silhouette(codes, np.array([[0], [0], [1], [1]])) == pytest.approx(silhouette(codes, np.array([0, 0, 1, 1])))
+    assert silhouette(codes, np.array([[0, 0, 1, 1]])) == pytest.approx(silhouette(codes, np.array([0, 0, 1, 1])))  # a row too
