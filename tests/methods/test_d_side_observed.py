@@ -28,4 +28,4 @@ def test_an_adversary_adds_no_r1_unless_asked() -> None:
     parts = Adversary(GANLoss("non-saturating")).discriminator_loss(lambda x, labels=None: critic(x), real, fake, step=0)
     assert parts.r1 is None and torch.equal(parts.loss, parts.adversarial)
     with_r1 = Adversary(GANLoss("non-saturating"), r1_weight=2.0).discriminator_loss(lambda x, labels=None: critic(x), real, fake, step=0)
-    assert with_r1.r1 is not None and float(with_r1.loss) == pytest.approx(float(with_r1.adversarial) + 1.0 * float(with_r1.r1))
+    assert with_r1.r1 is not None and float(with_r1.loss.detach()) == pytest.approx(float(with_r1.adversarial.detach()) + 1.0 * float(with_r1.r1.detach()))
