@@ -20,3 +20,12 @@ def test_decision_centres_scores_on_the_objectives_boundary(mode: str, real_labe
     decision = Adversary(GANLoss(mode, real_label=real_label)).decision(scores)
     torch.testing.assert_close(decision, scores - centre)
     assert torch.sign(decision).tolist() == torch.sign(scores - centre).tolist()
+
+
+def test_an_adversary_adds_no_r1_unless_asked() -> None:
+    critic = torch.nn.Linear(3, 1)
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    parts = Adversary(GANLoss("non-saturating")).discriminator_loss(lambda x, labels=None: critic(x), real, fake, step=0)
+    assert parts.r1 is None and torch.equal(parts.loss, parts.adversarial)
+    with_r1 = Adversary(GANLoss("non-saturating"), r1_weight=2.0).discriminator_loss(lambda x, labels=None: critic(x), real, fake, step=0)
+    assert with_r1.r1 is not None and float(with_r1.loss.detach()) == pytest.approx(float(with_r1.adversarial.detach()) + 1.0 * float(with_r1.r1.detach()))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,3 +69,41 @@ def test_without_conditioning_augmentation_there_is_no_kl_and_no_ca() -> None:
     assert sum(p.numel() for p in method.ca1.parameters()) == 0 and sum(p.numel() for p in method.ca2.parameters()) == 0
     out = method.train().train_step(batch(2, 8), HandOpt(method.configure_optimizers()))  # step 0: stage I
     assert float(out["kl1"]) == 0.0
+
+
+def test_a_trained_lapgan_samples_reproducibly_from_its_generator() -> None:
+    from udl_med.methods.lapgan import LAPGAN, LAPGANConfig
+
+    torch.manual_seed(0)
+    method = LAPGAN(LAPGANConfig(levels=2, latent_dim=8, coarse_channels=(8,), fine_channels=4, fine_blocks=1, disc_channels=(4,)), DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=3))
+    opt = HandOpt(method.configure_optimizers())
+    for _ in range(2):
+        method.train().train_step(batch(2, 8), opt)  # G_0's output layer leaves zero: its noise now shows
+    method.eval()
+    torch.manual_seed(1)
+    a = method.sample(3, torch.Generator().manual_seed(5), label=1)
+    torch.manual_seed(2)  # another global RNG state: the generator alone draws z and every level's noise
+    b = method.sample(3, torch.Generator().manual_seed(5), label=1)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_point_gan_output_is_not_squashed_and_decode_latent_matches_sample() -> None:
+    points = _gan({**TINY_MLP}, spec(0))
+    last = [m for m in points.generator.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(3.0)
+    torch.testing.assert_close(points.sample(4, torch.Generator().manual_seed(0)), torch.full((4, 2), 3.0))  # points live in R^2, not [-1, 1]
+    images = _gan({**TINY_MLP}, spec(2))  # an MLP on flattened images: G's output is squashed into [-1, 1]
+    last = [m for m in images.generator.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(3.0)
+    raw = images.generator(images.prior.draw(2), None)  # what D sees in training (sample() clamps anyway)
+    torch.testing.assert_close(raw, torch.full_like(raw, math.tanh(3.0)))
+    conditional = _gan({**TINY_DCGAN, "conditional": True}, spec(2, num_classes=3)).eval()
+    z = conditional.draw_latent(4, torch.Generator().manual_seed(7))
+    labels = torch.full((4,), 2, dtype=torch.long)
+    expected = conditional.sample(4, torch.Generator().manual_seed(7), label=2)
+    torch.testing.assert_close(conditional.decode_latent(z.double(), labels), expected)  # any float dtype, the label used
+    assert not torch.allclose(conditional.decode_latent(z, torch.zeros(4, dtype=torch.long)), expected)

@@ -170,6 +170,10 @@ def test_affine_resample_zooms_by_scale_and_keeps_the_dtype() -> None:
     # zoomed in 2x about the centre: one output voxel spans half an input voxel along both axes
     torch.testing.assert_close(inner[0].diff(dim=0), torch.full((15, 16), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
     torch.testing.assert_close(inner[1].diff(dim=1), torch.full((16, 15), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
+    # zoomed 2x and turned a quarter: the row index now runs along the columns, at half speed
+    turned = affine_resample(x, torch.tensor([2.0]), torch.tensor([math.pi / 2]))[0, :, 8:24, 8:24]
+    torch.testing.assert_close(turned[0].diff(dim=1).abs(), torch.full((16, 15), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(turned[1].diff(dim=0).abs(), torch.full((15, 16), 0.5, dtype=torch.float64), rtol=0, atol=1e-6)
 
 
 def test_ada_intensity_hits_an_item_when_either_brightness_or_contrast_does() -> None:
@@ -178,3 +182,20 @@ def test_ada_intensity_hits_an_item_when_either_brightness_or_contrast_does() ->
     ada = AdaptiveAugment(("intensity",), p=0.5, target=None)
     changed = sum(not torch.equal(ada(x), x) for _ in range(400)) / 400
     assert abs(changed - 0.75) < 0.07  # 1 - (1 - p)^2
+
+
+def test_ada_rotates_by_at_most_15_degrees_and_cuts_out_half_the_size() -> None:
+    size = 32
+    ramp = torch.arange(size, dtype=torch.float32)
+    coords = torch.stack([ramp[:, None].expand(size, size), ramp[None, :].expand(size, size)])  # row and column index
+    x = coords.expand(500, 2, size, size).clone()
+    torch.manual_seed(0)
+    out = AdaptiveAugment(("rotation",), p=1.0, target=None)(x)[:, :, 12:20, 12:20]
+    # the column index read back: d/dcol = cos(angle), d/drow = +-sin(angle)
+    cos = out[:, 1].diff(dim=2).mean((1, 2))
+    sin = out[:, 1].diff(dim=1).mean((1, 2))
+    degrees = torch.rad2deg(torch.atan2(sin, cos)).abs()
+    assert float(degrees.max()) <= 15.2 and float(degrees.max()) > 13.5 and float(degrees.mean()) == pytest.approx(7.5, abs=1.0)
+    torch.manual_seed(1)
+    blanked = AdaptiveAugment(("cutout",), p=1.0, target=None)(torch.ones(N, 1, 16, 16))
+    assert (blanked == 0).flatten(1).sum(1).max() == 8 * 8  # a box of half the size: 8 x 8
