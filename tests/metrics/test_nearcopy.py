@@ -158,3 +158,10 @@ def test_3d_rotations_across_slices_stay_well_below_new_subjects() -> None:
     assert near_copy_distance(new, train).distance.min() > 4.0 * found.distance.max()
     with pytest.raises(ValueError, match="one sigma per spatial axis"):
         near_copy_distance(copies[:1], train, blur=(1.0, 1.5))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (32, 32, 16)])
+def test_no_query_images_give_an_empty_result(shape: tuple[int, ...]) -> None:
+    reference = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+    found = near_copy_distance(torch.zeros(0, *shape), reference)
+    assert found.index.shape == (0,) and found.distance.shape == (0,) and found.alignments == []

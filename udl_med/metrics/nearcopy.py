@@ -312,6 +312,8 @@ def near_copy_distance(
     margin = max_shift + (math.ceil(1.5 * sig) if sig > 0 else 0)
     if min(query.shape[1:]) <= 2 * margin + 2:
         raise ValueError(f"images of size {tuple(query.shape[1:])} are too small for shifts of {max_shift} with blur {blur}")
+    if len(query) == 0:  # the FFTs below refuse an empty batch
+        return NearCopies(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), [])
     grid = alignment_grid(d, angles, flips)
     rotations = list(dict.fromkeys((angle, axis) for _, angle, axis in grid))
     flip_sets = list(dict.fromkeys(f for f, _, _ in grid))
@@ -384,11 +386,7 @@ def near_copy_distance(
             indices.append(r)
             dists.append(float(1.0 - ncc))
             aligns.append(Alignment(tuple(flips_i), float(angle), int(axis), shift))
-    if not indices:
-        return NearCopies(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), [])
     return NearCopies(torch.tensor(indices, dtype=torch.long), torch.tensor(dists, dtype=torch.float64).clamp(0.0, 2.0), aligns)
-
-
 
 
 def _coarse_reference_windows(ref: Tensor, margin: int, shift: int) -> Tensor:
