@@ -25,10 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
-
-from pathlib import Path
 
 from udl_med.data.manifest import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, SPLITS, ImageRecord, list_images
 from udl_med.data.semi_supervised import subject_of

@@ -68,9 +68,9 @@ CUTOUT_RATIO = 1 / 2  # ADA: 0.5
 # the columns of one draw: Bernoulli(p) hits, ordered so that the first four line up with the normal draws
 _HIT_OF = ("scaling", "intensity", "intensity", "noise", "flip", "translation", "rotation", "cutout")  # intensity twice: brightness, contrast
 _NORMAL_STD = (SCALE_STD, BRIGHTNESS_STD, CONTRAST_STD, NOISE_STD)  # log2 scale, brightness, log2 contrast, noise level
-_SCALING, _NOISE, _FLIP, _TRANSLATION, _ROTATION, _CUTOUT = 0, 3, 4, 5, 6, 7
-_COIN, _ANGLE, _UNIFORMS = 8, 9, 10
-_FAR = 1e6  # a cutout start past any image: the box of an item cutout missed  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
+_SCALING, _BRIGHTNESS, _CONTRAST, _NOISE, _FLIP, _TRANSLATION, _ROTATION, _CUTOUT = range(len(_HIT_OF))
+_COIN, _ANGLE, _UNIFORMS = 8, 9, 10  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
+_FAR = 1e6  # a cutout start past any image: the box of an item cutout missed
 
 
 @functools.lru_cache(maxsize=32)
@@ -272,23 +272,23 @@ class AdaptiveAugment(nn.Module):
         flags = torch.cat([moved, hit[:, _NOISE], hit.any(0)]).tolist()  # the one read-back
         any_hit = flags[2 * b :]
         if any(flags[:b]):
-            theta = _affine_theta(torch.exp2(-normal[:, 0]), angle, shift, 1.0 - 2.0 * flips.float(), size)
+            theta = _affine_theta(torch.exp2(-normal[:, _SCALING]), angle, shift, 1.0 - 2.0 * flips.float(), size)
             if all(flags[:b]):
                 x = _resample(x, theta)
             else:
                 index = torch.tensor([i for i in range(b) if flags[i]], device=dev)
                 x = x.index_copy(0, index, _resample(x[index], theta[index]))
         per_item = (b,) + (1,) * (x.ndim - 1)
-        if any_hit[2]:  # contrast about the item's mean: x * c + (mean * (1 - c) + brightness); c = 1, brightness 0 leave x bit-exact
-            contrast = torch.exp2(normal[:, 2]).to(x).reshape(per_item)
-            offset = torch.addcmul(normal[:, 1].to(x).reshape(per_item), x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), 1 - contrast)
+        if any_hit[_CONTRAST]:  # contrast about the item's mean: x * c + (mean * (1 - c) + brightness); c = 1, brightness 0 leave x bit-exact
+            contrast = torch.exp2(normal[:, _CONTRAST]).to(x).reshape(per_item)
+            offset = torch.addcmul(normal[:, _BRIGHTNESS].to(x).reshape(per_item), x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), 1 - contrast)
             x = torch.addcmul(offset, x, contrast)
-        elif any_hit[1]:
-            x = x + normal[:, 1].to(x).reshape(per_item)
+        elif any_hit[_BRIGHTNESS]:
+            x = x + normal[:, _BRIGHTNESS].to(x).reshape(per_item)
         if any_hit[_NOISE]:
             noisy = [i for i in range(b) if flags[b + i]]
             index = torch.tensor(noisy, device=dev)
-            sigma = normal[index, 3].abs().to(x).reshape((len(noisy),) + per_item[1:])
+            sigma = normal[index, _NOISE].abs().to(x).reshape((len(noisy),) + per_item[1:])
             x = x.index_add(0, index, torch.randn((len(noisy),) + tuple(x.shape[1:]), device=dev, dtype=x.dtype) * sigma)
         if any_hit[_CUTOUT]:  # float masks: bool ops on the whole batch cost ten times more on a CPU
             start = torch.floor(u[:, _UNIFORMS + nd :] * extent) - box_half + (1 - on[:, _CUTOUT, None]) * _FAR  # (B, nd); items missed: past the end
