@@ -77,6 +77,10 @@ def test_bad_input_is_one_clear_error() -> None:
         prdc(x, y[:, :3])
     with pytest.raises(MetricInputError, match="NaN"):
         prdc(x, np.full_like(y, np.nan))
+    y32 = torch.as_tensor(y, dtype=torch.float32)
+    y32[3, 2] = float("inf")
+    with pytest.raises(MetricInputError, match="fake features: contains NaN or infinite values"):
+        prdc(x.astype(np.float32), y32)
     with pytest.raises(MetricInputError, match="replicates"):
         prdc_bootstrap(x, y, n_boot=1)
 
@@ -88,8 +92,9 @@ def _exact_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(module, "_float32_is_exact_enough", lambda: False)
 
 
+@pytest.mark.parametrize("dtypes", [(np.float64, np.float64), (np.float32, np.float32), (np.float32, np.float64)])
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
-def test_float32_screening_decides_as_float64_on_ties_and_far_from_the_origin(offset: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_float32_screening_decides_as_float64_on_ties_and_far_from_the_origin(offset: float, dtypes: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """Integer lattice features make many distances tie exactly with the k-NN radii (the pairs a float32
     screen cannot decide); an offset of 1000 makes float32 lose the distances without centring. The screened
     result must equal the float64 one, bootstrap replicates included. (``prdc`` itself resolves such exact
@@ -102,7 +107,8 @@ def test_float32_screening_decides_as_float64_on_ties_and_far_from_the_origin(of
     y = rng.integers(0, 3, size=(250, 16)).astype(np.float64) + offset
     y[:20] = x[:20]  # duplicates across the sets: distance 0
     x[50:60] = x[40:50]  # duplicates within the real set: radii at 0 for some k
-    fast = {k: prdc_bootstrap(x, y, k, k, n_boot=20, seed=1, chunk_elements=4096).as_dict() for k in (1, 3, 5)}
+    # float32 features as given (exact here) are decided on without a float64 copy: the same decisions
+    fast = {k: prdc_bootstrap(x.astype(dtypes[0]), y.astype(dtypes[1]), k, k, n_boot=20, seed=1, chunk_elements=4096).as_dict() for k in (1, 3, 5)}
     before = module._NEAR_PAIRS[0]
     _exact_float64(monkeypatch)
     slow = {k: prdc_bootstrap(x, y, k, k, n_boot=20, seed=1, chunk_elements=4096).as_dict() for k in (1, 3, 5)}
