@@ -26,21 +26,25 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
 
-How it runs (the cost, a sixth of a small GAN's step before, is mostly per-call overhead):
-all per-item parameters come from one uniform and one normal draw of fixed width;
-flip, translation, scaling and rotation compose into ONE affine map and ONE bilinear
-resampling (:func:`affine_resample`) of only the items a geometric transform hit; the
-border rule is reflection about the border voxels' centres (``abcd|cba``) for all four,
-so an integer shift equals the reflect-padded roll up to float rounding, and a zoom out or
-a rotation mirrors the inside as a shift does (before, the resampling reflected about the
-voxels' outer edges, ``abcd|dcba``, and a shift then a rotation reflected twice; the
-distribution differs only in the voxels brought in from outside the image). Intensity is
-one multiply-add, noise is drawn for the items it hits, cutout is a float mask. Items a
-transform misses stay bit-exact.
+How it runs (the cost, about a sixth of a small GAN's step, is the full-size passes over
+the batch, not the small ops): all per-item parameters come from one uniform and one
+normal draw of fixed width on the global CPU generator, and the bookkeeping on them (which
+items a transform hits, the affine map, the cutout box) is numpy on the host, a few
+numbers per item. Flip, translation, scaling and rotation compose into ONE affine map and
+ONE bilinear resampling (:func:`affine_resample`); when at least half the items move, all
+are resampled (the others by the identity) and ``torch.lerp`` with weights 0 and 1 keeps
+the unmoved ones bit-exact in one pass; when fewer move, only those are resampled and
+copied back. The sampling grid is a sum of per-axis terms made on the host. The border
+rule is reflection about the border voxels' centres (``abcd|cba``) for all four, so an
+integer shift equals the reflect-padded roll up to float rounding, and a zoom out or a
+rotation mirrors the inside as a shift does. Intensity is a multiply and an add (a
+ternary op broadcasting per-item values runs unvectorised on a CPU), noise is drawn for
+the items it hits only (a normal draw costs as much as twenty elementwise passes), cutout
+is a float mask. Items a transform misses stay bit-exact.
 
-Draws come from the global torch RNG on the input's device (seeded and checkpointed by
-the engine); ``p`` and the heuristic's running sums are buffers, so checkpoints keep them
-and a resumed run continues bit-exactly.
+Draws come from the global torch CPU generator (the per-item parameters) and the input's
+device (the noise), both seeded and checkpointed by the engine; ``p`` and the heuristic's
+running sums are buffers, so checkpoints keep them and a resumed run continues bit-exactly.
 """
 
 from __future__ import annotations
