@@ -26,8 +26,9 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
 
-How it runs (the cost, about a sixth of a small GAN's step, is the full-size passes over
-the batch, not the small ops): all per-item parameters come from one uniform and one
+How it runs (the cost, about 15% of a small GAN's step, is the full-size passes over the
+batch: the resampling and its backward about half, the noise draw a seventh; the small ops
+matter little): all per-item parameters come from one uniform and one
 normal draw of fixed width on the global CPU generator, and the bookkeeping on them (which
 items a transform hits, the affine map, the cutout box) is numpy on the host, a few
 numbers per item. Flip, translation, scaling and rotation compose into ONE affine map and
