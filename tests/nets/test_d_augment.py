@@ -192,3 +192,31 @@ def test_the_grid_of_outer_sums_equals_affine_grid(size: tuple[int, ...]) -> Non
     theta = torch.randn(3, nd, nd + 1, generator=torch.Generator().manual_seed(0))
     shape = [3, 1, *size]
     torch.testing.assert_close(_affine_grid(theta, shape), torch.nn.functional.affine_grid(theta, shape, align_corners=True), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("p", [0.15, 0.5])  # 0.15: under half the items move, only they are resampled; 0.5: all are, lerp keeps the rest
+def test_ada_geometry_keeps_unmoved_items_and_their_gradient_exact_on_either_path(spatial_dims: int, p: float) -> None:
+    x = _images(spatial_dims, n=400, size=8).requires_grad_(True)
+    before = x.detach().clone()
+    torch.manual_seed(4)
+    out = AdaptiveAugment(("translation", "scaling", "rotation"), p=p, target=None)(x)
+    assert torch.equal(x.detach(), before)  # the input is never written
+    kept = (out == x).flatten(1).all(1)
+    # unmoved: scaling and rotation missed, and translation missed or drew the zero shift ((1/3) per axis at size 8)
+    expected = (1 - p) ** 2 * (1 - p * (1 - (1 / 3) ** spatial_dims))
+    assert abs(float(kept.float().mean()) - expected) < 0.05, (float(kept.float().mean()), expected)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad[kept], torch.ones_like(grad[kept]))  # an unmoved item passes its gradient through untouched
+    assert not torch.equal(grad[~kept], torch.ones_like(grad[~kept]))  # a moved one through the resampling
+
+
+def test_ada_intensity_noise_and_cutout_leave_the_input_unwritten_with_and_without_gradient() -> None:
+    x = _images(2, n=64, size=8)
+    before = x.clone()
+    for grad in (False, True):
+        torch.manual_seed(6)
+        with torch.set_grad_enabled(grad):
+            out = AdaptiveAugment(("intensity", "noise", "cutout"), p=0.5, target=None)(x.requires_grad_(grad))
+        assert torch.equal(x.detach(), before) and not torch.equal(out.detach(), before)
+        x = x.detach()

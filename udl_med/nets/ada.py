@@ -26,21 +26,26 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
 
-How it runs (the cost, a sixth of a small GAN's step before, is mostly per-call overhead):
-all per-item parameters come from one uniform and one normal draw of fixed width;
-flip, translation, scaling and rotation compose into ONE affine map and ONE bilinear
-resampling (:func:`affine_resample`) of only the items a geometric transform hit; the
-border rule is reflection about the border voxels' centres (``abcd|cba``) for all four,
-so an integer shift equals the reflect-padded roll up to float rounding, and a zoom out or
-a rotation mirrors the inside as a shift does (before, the resampling reflected about the
-voxels' outer edges, ``abcd|dcba``, and a shift then a rotation reflected twice; the
-distribution differs only in the voxels brought in from outside the image). Intensity is
-one multiply-add, noise is drawn for the items it hits, cutout is a float mask. Items a
-transform misses stay bit-exact.
+How it runs (the cost, about 15% of a small GAN's step, is the full-size passes over the
+batch: the resampling and its backward about half, the noise draw a seventh; the small ops
+matter little): all per-item parameters come from one uniform and one
+normal draw of fixed width on the global CPU generator, and the bookkeeping on them (which
+items a transform hits, the affine map, the cutout box) is numpy on the host, a few
+numbers per item. Flip, translation, scaling and rotation compose into ONE affine map and
+ONE bilinear resampling (:func:`affine_resample`); when at least half the items move, all
+are resampled (the others by the identity) and ``torch.lerp`` with weights 0 and 1 keeps
+the unmoved ones bit-exact in one pass; when fewer move, only those are resampled and
+copied back. The sampling grid is a sum of per-axis terms made on the host. The border
+rule is reflection about the border voxels' centres (``abcd|cba``) for all four, so an
+integer shift equals the reflect-padded roll up to float rounding, and a zoom out or a
+rotation mirrors the inside as a shift does. Intensity is a multiply and an add (a
+ternary op broadcasting per-item values runs unvectorised on a CPU), noise is drawn for
+the items it hits only (a normal draw costs as much as twenty elementwise passes), cutout
+is a float mask. Items a transform misses stay bit-exact.
 
-Draws come from the global torch RNG on the input's device (seeded and checkpointed by
-the engine); ``p`` and the heuristic's running sums are buffers, so checkpoints keep them
-and a resumed run continues bit-exactly.
+Draws come from the global torch CPU generator (the per-item parameters) and the input's
+device (the noise), both seeded and checkpointed by the engine; ``p`` and the heuristic's
+running sums are buffers, so checkpoints keep them and a resumed run continues bit-exactly.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,13 +74,14 @@ CUTOUT_RATIO = 1 / 2  # ADA: 0.5
 # the columns of one draw: Bernoulli(p) hits, ordered so that the first four line up with the normal draws
 _HIT_OF = ("scaling", "intensity", "intensity", "noise", "flip", "translation", "rotation", "cutout")  # intensity twice: brightness, contrast
 _NORMAL_STD = (SCALE_STD, BRIGHTNESS_STD, CONTRAST_STD, NOISE_STD)  # log2 scale, brightness, log2 contrast, noise level
+_NORMAL_STD_NP = np.array(_NORMAL_STD)
 _SCALING, _BRIGHTNESS, _CONTRAST, _NOISE, _FLIP, _TRANSLATION, _ROTATION, _CUTOUT = range(len(_HIT_OF))
 _COIN, _ANGLE, _UNIFORMS = 8, 9, 10  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
 _FAR = 1e6  # a cutout start past any image: the box of an item cutout missed
 
 
 @functools.lru_cache(maxsize=32)
-def _grid_constants(size: tuple[int, ...], device: torch.device) -> Tensor:
+def _grid_constants(size: tuple[int, ...]) -> np.ndarray:
     """``(nd, nd + 1)``: the signs of :func:`_affine_theta`'s entries times the change to normalised coordinates, in grid order.
 
     With ``align_corners=True`` a voxel coordinate about the centre is ``half * q_norm``,
@@ -85,67 +92,88 @@ def _grid_constants(size: tuple[int, ...], device: torch.device) -> Tensor:
     nd = len(size)
     half = [max((n - 1) / 2, 0.5) for n in size][::-1]  # grid order
     sign = [[1.0, 1.0, -1.0], [-1.0, 1.0, -1.0]] if nd == 2 else [[1.0, 0.0, 0.0, -1.0], [0.0, 1.0, 1.0, -1.0], [0.0, -1.0, 1.0, -1.0]]
-    out = torch.tensor(sign, dtype=torch.float64)
+    out = np.array(sign, dtype=np.float64)
     for k in range(nd):
         for col in range(nd + 1):
             out[k, col] *= (half[col] if col < nd else 1.0) / half[k]
-    return out.to(device=device, dtype=torch.float32)
+    out.flags.writeable = False
+    return out
 
 
-def _affine_theta(inv: Tensor, angle: Tensor, shift: Tensor, sign: Tensor, size: tuple[int, ...]) -> Tensor:
-    """``theta (B, nd, nd + 1)`` of :func:`torch.nn.functional.affine_grid` (``align_corners=True``), in one stack.
+def _affine_theta(inv: np.ndarray, angle: np.ndarray, shift: np.ndarray, sign: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """``theta (B, nd, nd + 1)`` of :func:`torch.nn.functional.affine_grid` (``align_corners=True``), float64, on the host.
 
     In voxel units about the centre, spatial-axis order, the source of output voxel ``q`` is
     ``F (A q - t)``: ``A = inv * R(angle)`` (``R`` rotates the plane of axes 0 and 1, ``inv``
     is 1 / scale), ``t = shift (B, nd)``, ``F`` multiplies axis 0 by ``sign (B,)`` (-1: a mirror).
+    The draws are a few numbers per item: numpy does this math in microseconds where a
+    dozen tiny tensor ops cost their dispatch each.
     """
-    cos, sin = torch.cos(angle) * inv, torch.sin(angle) * inv
-    t = shift.unbind(1)
-    if len(size) == 2:  # grid rows: axis 1, axis 0; columns: axis 1, axis 0, offset
-        entries = [cos, sin, t[1], sign * sin, sign * cos, sign * t[0]]
+    nd = len(size)
+    cos, sin = np.cos(angle) * inv, np.sin(angle) * inv
+    theta = np.zeros((len(inv), nd, nd + 1))
+    mirrored = sign[:, None] * np.stack([sin, cos, shift[:, 0]], 1)
+    if nd == 2:  # grid rows: axis 1, axis 0; columns: axis 1, axis 0, offset
+        theta[:, 0] = np.stack([cos, sin, shift[:, 1]], 1)
+        theta[:, 1] = mirrored
     else:  # grid rows: axis 2, axis 1, axis 0
-        zero = torch.zeros_like(inv)
-        entries = [inv, zero, zero, t[2], zero, cos, sin, t[1], zero, sign * sin, sign * cos, sign * t[0]]
-    return torch.stack(entries, 1).reshape(-1, len(size), len(size) + 1) * _grid_constants(tuple(size), inv.device)
+        theta[:, 0, 0], theta[:, 0, 3] = inv, shift[:, 2]
+        theta[:, 1, 1], theta[:, 1, 2], theta[:, 1, 3] = cos, sin, shift[:, 1]
+        theta[:, 2, 1:] = mirrored
+    return theta * _grid_constants(tuple(size))
 
 
 @functools.lru_cache(maxsize=32)
-def _base(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``affine_grid``'s normalised voxel centres along an axis of ``n`` (``align_corners=True``)."""
-    return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+def _bases(size: tuple[int, ...]) -> np.ndarray:
+    """``affine_grid``'s normalised voxel centres (``align_corners=True``) along each spatial axis, concatenated."""
+    out = np.concatenate([np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in size])
+    out.flags.writeable = False
+    return out
 
 
-def _affine_grid(theta: Tensor, shape: Sequence[int]) -> Tensor:
-    """``F.affine_grid(theta, shape, align_corners=True)`` as sums of per-axis outer terms.
+def _axis_terms(theta: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """``(B, nd, sum(size))`` float32: grid coordinate ``k``'s term along each spatial axis (the offset in axis 0's), concatenated.
 
-    Each grid coordinate is ``sum_l theta[:, k, l] * base_l + theta[:, k, nd]`` with
-    ``base_l`` varying along one axis, so it is one broadcast add per axis instead of a
-    ``(B, voxels, nd + 1) x (nd + 1, nd)`` product (half the time on a CPU at 32 x 32),
-    written as contiguous planes and returned as a ``(B, *size, nd)`` view.
+    Grid coordinate ``k`` at a voxel is ``sum_col theta[k, col] * base_col + theta[k, nd]``,
+    ``base_col`` varying along spatial axis ``nd - 1 - col`` only: so the grid is a sum of
+    per-axis terms (:func:`_grid`), made here from ``B * nd * sum(size)`` numbers.
     """
-    b, size = theta.shape[0], tuple(shape[2:])
     nd = len(size)
-    planes = torch.empty((b, nd, *size), device=theta.device, dtype=theta.dtype)  # one contiguous plane per coordinate: no strided writes
-    for k in range(nd):
-        terms = []
-        for col in range(nd):
-            axis = nd - 1 - col  # grid coordinate col runs along spatial axis nd - 1 - col
-            view = [b] + [1] * nd
-            view[1 + axis] = size[axis]
-            base = _base(size[axis], theta.device, theta.dtype)
-            term = theta[:, k, col, None] * base if col else torch.addcmul(theta[:, k, nd, None], theta[:, k, col, None], base)
-            terms.append(term.reshape(view))
-        total = terms[0]
-        for term in terms[1:-1]:
-            total = total + term
-        torch.add(total, terms[-1], out=planes[:, k])  # theta carries no gradient: the draws are constants
+    per_axis = theta[:, :, nd - 1 :: -1]  # (B, nd, nd): coefficient of spatial axis a in column a
+    terms = np.repeat(per_axis, size, axis=2) * _bases(tuple(size))
+    terms[:, :, : size[0]] += theta[:, :, nd, None]
+    return terms.astype(np.float32)
+
+
+def _grid(terms: Tensor, size: tuple[int, ...]) -> Tensor:
+    """The ``(B, *size, nd)`` sampling grid from :func:`_axis_terms`: one broadcast add per extra axis, written as contiguous planes."""
+    b, nd = terms.shape[0], len(size)
+    parts = terms.split(list(size), dim=2)
+    views = [parts[a].reshape((b, nd) + tuple(n if i == a else 1 for i, n in enumerate(size))) for a in range(nd)]
+    planes = views[0] + views[1]
+    for view in views[2:]:
+        planes = planes + view
     return planes.permute(0, *range(2, nd + 2), 1)  # (B, *size, nd): grid_sample reads the strides
 
 
-def _resample(x: Tensor, theta: Tensor) -> Tensor:
-    """``x`` sampled at ``affine_grid(theta)``: bilinear (trilinear), reflection about the border voxels' centres."""
-    grid = _affine_grid(theta.to(x.dtype), x.shape)
+def _affine_grid(theta: Tensor | np.ndarray, shape: Sequence[int]) -> Tensor:
+    """``F.affine_grid(theta, shape, align_corners=True)`` as sums of per-axis outer terms (float32)."""
+    size = tuple(shape[2:])
+    values = theta.detach().cpu().double().numpy() if isinstance(theta, Tensor) else theta
+    return _grid(torch.from_numpy(_axis_terms(values, size)), size)
+
+
+def _resample(x: Tensor, terms: Tensor) -> Tensor:
+    """``x`` sampled at the grid of ``terms`` (:func:`_axis_terms`): bilinear (trilinear), reflection about the border voxels' centres."""
+    grid = _grid(terms.to(device=x.device, dtype=x.dtype), tuple(x.shape[2:]))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def _host(values: Tensor | None, default: float, b: int, width: int | None = None) -> np.ndarray:
+    """A per-item parameter as float64 on the host (``default`` where None)."""
+    if values is None:
+        return np.full((b,) if width is None else (b, width), default)
+    return values.detach().cpu().double().numpy()
 
 
 def affine_resample(
@@ -166,39 +194,38 @@ def affine_resample(
     ADA's pixel blitting), and a pure flip or integer shift lands on voxel centres, so it
     equals :func:`~udl_med.nets.diffaugment.flip` / ``translate(..., reflect=True)`` up to
     float rounding (below 1e-5). Every item is resampled; :class:`AdaptiveAugment` passes
-    only the items a geometric transform hit. Differentiable in ``x``.
+    only the items a geometric transform hit. Differentiable in ``x`` (the parameters are
+    constants: they go through the host).
     """
-    b, nd, dev = x.shape[0], x.ndim - 2, x.device
+    b, nd = x.shape[0], x.ndim - 2
     if nd not in (2, 3):
         raise ValueError(f"affine_resample needs 2D or 3D images, got {nd} spatial axes")
-    inv = 1.0 / scale.to(device=dev, dtype=torch.float32)
-    shift = torch.zeros(b, nd, device=dev) if shift is None else shift.to(device=dev, dtype=torch.float32)
-    sign = torch.ones(b, device=dev) if flips is None else 1.0 - 2.0 * flips.to(device=dev, dtype=torch.float32)
-    return _resample(x, _affine_theta(inv, angle.to(device=dev, dtype=torch.float32), shift, sign, tuple(x.shape[2:])))
+    size = tuple(x.shape[2:])
+    sign = 1.0 - 2.0 * _host(flips, 0.0, b)
+    theta = _affine_theta(1.0 / _host(scale, 1.0, b), _host(angle, 0.0, b), _host(shift, 0.0, b, nd), sign, size)
+    return _resample(x, torch.from_numpy(_axis_terms(theta, size)))
 
 
 class _DrawConstants(NamedTuple):
-    """What :meth:`AdaptiveAugment.forward` needs per image size and device, made once."""
+    """What :meth:`AdaptiveAugment.forward` needs per image size, made once (host arrays)."""
 
-    span: Tensor  # (nd,) the shift's 2 * limit + 1 values
-    limit: Tensor  # (nd,) the largest shift
-    extent: Tensor  # (nd,) the size
-    std: Tensor  # (4,) the normal draws' standard deviations
-    box: Tensor  # (nd, 1) cutout's box length
-    box_half: Tensor  # (nd,) box // 2: the box starts there before its centre
-    positions: Tensor  # (max size,) voxel indices 0, 1, ...
+    span: np.ndarray  # (nd,) the shift's 2 * limit + 1 values
+    limit: np.ndarray  # (nd,) the largest shift
+    extent: np.ndarray  # (nd,) the size
+    box: np.ndarray  # (nd,) cutout's box length
+    box_half: np.ndarray  # (nd,) box // 2: the box starts there before its centre
+    positions: np.ndarray  # (sum(size),) voxel indices 0 .. n - 1 of each axis, concatenated
+    axis_of: np.ndarray  # (sum(size),) the axis of each of those positions
 
 
 @functools.lru_cache(maxsize=32)
-def _draw_constants(size: tuple[int, ...], device: torch.device) -> _DrawConstants:
-    """The per-size constants of one draw (made once per image size and device)."""
-    limit = torch.tensor([float(int(n * TRANSLATION_RATIO + 0.5)) for n in size], device=device)
-    box = [int(n * CUTOUT_RATIO + 0.5) for n in size]
-    return _DrawConstants(
-        2 * limit + 1, limit, torch.tensor([float(n) for n in size], device=device), torch.tensor(_NORMAL_STD, device=device),
-        torch.tensor([[float(n)] for n in box], device=device), torch.tensor([float(n // 2) for n in box], device=device),
-        torch.arange(max(size), device=device, dtype=torch.float32),
-    )
+def _draw_constants(size: tuple[int, ...]) -> _DrawConstants:
+    """The per-size constants of one draw (made once per image size)."""
+    limit = np.array([float(int(n * TRANSLATION_RATIO + 0.5)) for n in size])
+    box = np.array([float(int(n * CUTOUT_RATIO + 0.5)) for n in size])
+    positions = np.concatenate([np.arange(n, dtype=np.float64) for n in size])
+    axis_of = np.repeat(np.arange(len(size)), size)
+    return _DrawConstants(2 * limit + 1, limit, np.array([float(n) for n in size]), box, np.floor(box / 2), positions, axis_of)
 
 
 class AdaptiveAugment(nn.Module):
@@ -241,62 +268,72 @@ class AdaptiveAugment(nn.Module):
         self.register_buffer("images", torch.zeros((), dtype=torch.float64))  # real items seen since the last adjustment
         self.register_buffer("last_adjust", torch.zeros((), dtype=torch.long))  # the step of the last adjustment
         self.register_buffer("rt", torch.zeros((), dtype=torch.float64))  # r_t at the last adjustment (for the logs)
-        self.register_buffer("on", torch.tensor([name in self.policy for name in _HIT_OF]), persistent=False)  # the policy's hit columns
+        self._on = np.array([name in self.policy for name in _HIT_OF])  # the policy's hit columns
 
     # -- the pipeline -----------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, C, *spatial)`` with every transform of the policy applied to each item with probability ``p``.
 
-        Every per-item parameter is drawn in one go (one uniform and one normal draw of a
-        fixed width, whatever the policy); flip, translation, scaling and rotation are ONE
-        resampling (:func:`affine_resample`'s map) of only the items a geometric transform
-        hit; intensity is one fused multiply-add, noise is drawn for the items it hits
-        only, cutout is one mask. Items a transform misses stay bit-exact; at ``p = 0`` the
-        pipeline is the identity and draws nothing. One read-back per call (which items
-        move, which transforms hit anyone).
+        Every per-item parameter comes from one uniform and one normal draw of a fixed
+        width (whatever the policy) on the global CPU generator, and the bookkeeping on
+        them is numpy on the host (a call on 32 small crops is mostly per-op overhead, so
+        the fewer tensor ops the better; on a GPU this also spares the read-back). Then few
+        tensor ops: flip, translation, scaling and rotation are ONE resampling
+        (:func:`affine_resample`'s map) of only the items a geometric transform hit;
+        intensity and noise are one fused multiply-add (the noise drawn for the whole
+        batch, scaled by 0 where it missed); cutout is one float mask. Items a transform
+        misses stay bit-exact; at ``p = 0`` the pipeline is the identity and draws nothing.
         """
         p = float(self.p)
         if p == 0.0:
             return x
         b, nd, size, dev = x.shape[0], x.ndim - 2, tuple(x.shape[2:]), x.device
-        span, limit, extent, std, box, box_half, positions = _draw_constants(size, dev)
-        u = torch.rand(b, _UNIFORMS + 2 * nd, device=dev)
-        hit = (u[:, : len(_HIT_OF)] < p) & self.on  # (B, 8) in _HIT_OF's order
-        on = hit.float()
-        normal = torch.randn(b, len(_NORMAL_STD), device=dev) * std * on[:, : len(_NORMAL_STD)]  # 0 where missed
-        shift = (torch.floor(u[:, _UNIFORMS : _UNIFORMS + nd] * span) - limit) * on[:, _TRANSLATION, None]  # (B, nd) integers
-        angle = (u[:, _ANGLE] * 2 - 1) * (math.radians(ROTATION_DEGREES) * on[:, _ROTATION])
-        flips = hit[:, _FLIP] & (u[:, _COIN] < 0.5)
-        moved = flips | hit[:, _SCALING] | hit[:, _ROTATION] | shift.ne(0).any(1)
-        flags = torch.cat([moved, hit[:, _NOISE], hit.any(0)]).tolist()  # the one read-back
-        any_hit = flags[2 * b :]
-        if any(flags[:b]):
-            theta = _affine_theta(torch.exp2(-normal[:, _SCALING]), angle, shift, 1.0 - 2.0 * flips.float(), size)
-            if all(flags[:b]):
-                x = _resample(x, theta)
-            else:
-                index = torch.tensor([i for i in range(b) if flags[i]], device=dev)
-                x = x.index_copy(0, index, _resample(x[index], theta[index]))
+        const = _draw_constants(size)
+        u = torch.rand(b, _UNIFORMS + 2 * nd).numpy().astype(np.float64)
+        hit = (u[:, : len(_HIT_OF)] < p) & self._on  # (B, 8) in _HIT_OF's order
+        normal = torch.randn(b, len(_NORMAL_STD)).numpy().astype(np.float64) * _NORMAL_STD_NP * hit[:, : len(_NORMAL_STD)]  # 0 where missed
+        any_hit = hit.any(0)
         per_item = (b,) + (1,) * (x.ndim - 1)
-        if any_hit[_CONTRAST]:  # contrast about the item's mean: x * c + (mean * (1 - c) + brightness); c = 1, brightness 0 leave x bit-exact
-            contrast = torch.exp2(normal[:, _CONTRAST]).to(x).reshape(per_item)
-            offset = torch.addcmul(normal[:, _BRIGHTNESS].to(x).reshape(per_item), x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), 1 - contrast)
-            x = torch.addcmul(offset, x, contrast)
-        elif any_hit[_BRIGHTNESS]:
-            x = x + normal[:, _BRIGHTNESS].to(x).reshape(per_item)
-        if any_hit[_NOISE]:
-            noisy = [i for i in range(b) if flags[b + i]]
-            index = torch.tensor(noisy, device=dev)
-            sigma = normal[index, _NOISE].abs().to(x).reshape((len(noisy),) + per_item[1:])
-            x = x.index_add(0, index, torch.randn((len(noisy),) + tuple(x.shape[1:]), device=dev, dtype=x.dtype) * sigma)
+        if any_hit[_FLIP] or any_hit[_TRANSLATION] or any_hit[_SCALING] or any_hit[_ROTATION]:
+            shift = (np.floor(u[:, _UNIFORMS : _UNIFORMS + nd] * const.span) - const.limit) * hit[:, _TRANSLATION, None]  # (B, nd) integers
+            angle = (u[:, _ANGLE] * 2 - 1) * (math.radians(ROTATION_DEGREES) * hit[:, _ROTATION])
+            flips = hit[:, _FLIP] & (u[:, _COIN] < 0.5)
+            moved = np.flatnonzero(flips | hit[:, _SCALING] | hit[:, _ROTATION] | (shift != 0).any(1))
+            if 2 * len(moved) >= b:  # most items move: resample all (the others by the identity), then keep the unmoved ones exactly
+                theta = _affine_theta(np.exp2(-normal[:, _SCALING]), angle, shift, 1.0 - 2.0 * flips, size)
+                resampled = _resample(x, torch.from_numpy(_axis_terms(theta, size)))
+                if len(moved) == b:
+                    x = resampled
+                else:  # lerp is exact at weights 0 and 1 (x + 0 * d; r - d * 0), one vectorised pass where an index copy takes four
+                    weight = np.zeros(per_item, dtype=np.float32)
+                    weight[moved] = 1.0
+                    x = torch.lerp(x, resampled, torch.from_numpy(weight).to(device=dev, dtype=x.dtype))
+            elif len(moved):  # few move: resample only those
+                theta = _affine_theta(np.exp2(-normal[moved, _SCALING]), angle[moved], shift[moved], 1.0 - 2.0 * flips[moved], size)
+                index = torch.from_numpy(moved).to(dev)
+                x = x.index_copy(0, index, _resample(x[index], torch.from_numpy(_axis_terms(theta, size))))
+        if any_hit[_BRIGHTNESS] or any_hit[_CONTRAST]:  # x * c + (mean * (1 - c) + brightness): c = 1, brightness 0 leave an item bit-exact
+            contrast = np.exp2(normal[:, _CONTRAST])
+            scalars = torch.from_numpy(np.stack([contrast, 1 - contrast, normal[:, _BRIGHTNESS]]).astype(np.float32))
+            c, one_minus_c, brightness = (s.reshape(per_item) for s in scalars.to(device=dev, dtype=x.dtype))
+            if any_hit[_CONTRAST]:  # two binary ops: a ternary one broadcasting (B, 1, ...) runs unvectorised on a CPU
+                x = x * c + torch.addcmul(brightness, x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), one_minus_c)
+            else:
+                x = x + brightness
+        if any_hit[_NOISE]:  # drawn for the items it hits only (a normal draw costs twenty elementwise ops)
+            noisy = np.flatnonzero(hit[:, _NOISE])
+            sigma = torch.from_numpy(np.abs(normal[noisy, _NOISE]).astype(np.float32)).to(device=dev, dtype=x.dtype).reshape((len(noisy),) + per_item[1:])
+            noise = torch.randn((len(noisy),) + tuple(x.shape[1:]), device=dev, dtype=x.dtype) * sigma
+            x = x + noise if len(noisy) == b else x.index_add(0, torch.from_numpy(noisy).to(dev), noise)
         if any_hit[_CUTOUT]:  # float masks: bool ops on the whole batch cost ten times more on a CPU
-            start = torch.floor(u[:, _UNIFORMS + nd :] * extent) - box_half + (1 - on[:, _CUTOUT, None]) * _FAR  # (B, nd); items missed: past the end
-            offset = positions - start[:, :, None]  # (B, nd, max size): voxel index minus the box's start, per axis
-            along = ((offset >= 0) & (offset < box)).to(x.dtype)
-            inside = along[:, 0, : size[0]].reshape((b, 1, size[0]) + (1,) * (nd - 1))
+            start = np.floor(u[:, _UNIFORMS + nd :] * const.extent) - const.box_half  # (B, nd)
+            offset_in_box = const.positions - start[:, const.axis_of]  # (B, sum(size)): voxel index minus the box's start, per axis
+            along = torch.from_numpy(((offset_in_box >= 0) & (offset_in_box < const.box[const.axis_of]) & hit[:, _CUTOUT, None]).astype(np.float32))
+            parts = along.to(device=dev, dtype=x.dtype).split(list(size), dim=1)
+            inside = parts[0].reshape((b, 1, size[0]) + (1,) * (nd - 1))
             for a in range(1, nd):
-                inside = inside * along[:, a, : size[a]].reshape((b, 1) + (1,) * a + (size[a],) + (1,) * (nd - 1 - a))
+                inside = inside * parts[a].reshape((b, 1) + (1,) * a + (size[a],) + (1,) * (nd - 1 - a))
             x = torch.addcmul(x, x, inside, value=-1)  # x - x * inside: cutout's fill is 0; items missed stay bit-exact
         return x
 
