@@ -332,9 +332,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     train, held = crops(workdir, args.phantoms)
     logging.info("crops: %d training (classes %s), %d held out", len(train.labels), np.bincount(train.labels).tolist(), len(held.labels))
-    gan_train, gan_held = (train, held) if args.gan_cut == CROP_SIZE[0] else crops(workdir, args.phantoms, args.gan_cut)
+    gan_phantoms = args.gan_phantoms or args.phantoms
+    gan_train, gan_held = (train, held) if (args.gan_cut, gan_phantoms) == (CROP_SIZE[0], args.phantoms) else crops(workdir, gan_phantoms, args.gan_cut)
+    logging.info("GAN part: %d training crops (classes %s), %d held out", len(gan_train.labels), np.bincount(gan_train.labels).tolist(), len(gan_held.labels))
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
     info_codes = {"categorical": args.info_categorical, "continuous": args.info_continuous, "weight": args.info_weight}
+    if args.info_q_augment:
+        info_codes["q_augment"] = [p.strip() for p in args.info_q_augment.split(",")]
+    info_model = {**GAN_MODEL, "latent_dim": args.info_latent or GAN_MODEL["latent_dim"], "info_codes": info_codes}
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for seed in seeds:
         vae = None
@@ -346,11 +351,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         classifier = train_classifier(gan_train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
         per["classifier"].append(score(classifier, gan_held)["balanced_accuracy"])
         images = TensorItems(gan_train.images)
-        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
+        batch = min(64, len(gan_train.labels))
+        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
         arithmetic = arithmetic_case(gan, classifier, args.pool, args.trials, seed)
         per["arithmetic"].append(arithmetic)
-        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
-        info = info_case(info_gan, gan, classifier, args.per_code, seed)
+        info_gan = fit_in_memory("gan", info_model, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
+        # the z split's plain GAN has InfoGAN's z size (a smaller z is a lever of its own, and gives the plain GAN's z_0 more say too)
+        plain = gan if info_model["latent_dim"] == GAN_MODEL["latent_dim"] else fit_in_memory("gan", {**GAN_MODEL, "latent_dim": info_model["latent_dim"]}, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
+        info = info_case(info_gan, plain, classifier, args.per_code, seed)
         per["info"].append(info)
         logging.info(
             "seed %d: classifier %.3f; arithmetic %.3f (base %.3f, untouched %.3f, hyper pool %d); info %.3f vs plain %.3f (%.0f s)",
@@ -361,7 +369,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
         "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps, "gan_cut": args.gan_cut,
-        "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
+        "gan_phantoms": gan_phantoms, "info_latent": info_model["latent_dim"], "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
     }
     return rows(per, setting)
 
@@ -377,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the categorical one")
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
+    parser.add_argument("--gan-phantoms", type=int, default=None, help="the GAN part's training phantoms (and as many held out; null: --phantoms)")
+    parser.add_argument("--info-latent", type=int, default=None, help="InfoGAN's z size (null: the DCGAN's 16); the z split's plain GAN then has the same z size")
+    parser.add_argument("--info-q-augment", default=None, help="InfoGAN's info_codes.q_augment: DiffAugment transforms Q's input goes through, comma-separated")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-latent", type=int, default=VAE_MODEL["latent_dim"], help="the VAEs' latent size (2: the codes are the picture; more: their first two principal axes)")
     parser.add_argument("--gan-steps", type=int, default=1200)
