@@ -32,14 +32,19 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
   changes (``code_change``: mean voxel change between code values for the same z;
   ``z_change``: between two z for the same code; ``class_flip``: share of z whose judged
   class changes with the code alone). ``--gan-cut`` zooms the GAN part's items (a smaller
-  cut around the liver, resized to 32 x 32), for the judge and both GANs alike.
+  cut around the liver, resized to 32 x 32), for the judge and both GANs alike;
+  ``--gan-phantoms`` gives the GAN part (judge, DCGAN, InfoGAN) its own number of
+  training and held-out phantoms (phantoms are generated, so more subjects cost only
+  time; the VAEs keep ``--phantoms``); ``--info-latent`` sets InfoGAN's z size (the plain
+  GAN whose z is split then has the same z size, trained beside the arithmetic's);
+  ``--info-q-augment`` is ``info_codes.q_augment`` (Q reads DiffAugment-transformed fakes).
 
 Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
 mean; last row: results), ``infogan_codes.png`` (one row per code value, the same z in each column: what the code alone changes).
 
-    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 32] [--out rows.jsonl] [--figures DIR]
+    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 32] [--gan-phantoms N] [--info-latent D] [--info-q-augment translation,intensity] [--out rows.jsonl] [--figures DIR]
 """
 
 from __future__ import annotations
