@@ -199,6 +199,7 @@ def info_case(info_gan: Any, plain: Any, classifier: torch.nn.Module, per_code: 
         "info_agreement": best_matching_agreement(codes, classes),
         "plain_agreement": best_matching_agreement(split, predicted),
         "info_class_shares": (np.bincount(classes, minlength=3) / len(classes)).tolist(),
+        "info_confusion": [np.bincount(np.asarray(classes)[np.asarray(codes) == v], minlength=3).tolist() for v in range(k)],  # judged classes per code value
         "code_change": code_change,  # mean |G(z, c_i) - G(z, c_j)| per voxel
         "z_change": float((same[0] - other).abs().mean()),  # mean |G(z, c) - G(z', c)| per voxel
         "class_flip": float(np.mean([np.mean(same_classes[i] != same_classes[j]) for i, j in pairs])),  # the judge's class changes with the code alone
@@ -287,7 +288,8 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     im, pm = _stats(info)[0], _stats(plain)[0]
     margins = [x - y for x, y in zip(info, plain)]
     out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
-                    per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i]))
+                    per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i],
+                    info_confusion=[s["info_confusion"] for s in i]))
     for metric, what in (("code_change", "mean |G(z, c_i) - G(z, c_j)| per voxel, same z"), ("z_change", "mean |G(z, c) - G(z', c)| per voxel, same code"),
                          ("class_flip", "share of z whose judged class changes with the code alone")):
         out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", metric, [s[metric] for s in i], "", None, None, f"(reported: {what})", None))
