@@ -298,7 +298,8 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     return out
 
 
-def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, arithmetic: dict[str, Any], info: dict[str, Any]) -> None:
+def figures(folder: Path, vae: dict[str, dict[str, Any]] | None, held: Any, gan: Any, arithmetic: dict[str, Any], info: dict[str, Any]) -> None:
+    """The first seed's figures (the VAE pictures only when the VAE part ran)."""
     from udl_med.data.phantoms import CLASS_NAMES
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.latent_figure import Panel, save_panels
@@ -307,13 +308,14 @@ def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, a
     folder.mkdir(parents=True, exist_ok=True)
     titles = {"recon_only": "reconstruction only (beta 0)", "kl_only": "KL only (recon_weight 0)", "both": "both (the ELBO)"}
     panels = []
-    for name, f in vae.items():
+    for name, f in (vae or {}).items():
         panels.append(Panel(project_2d(f["codes"])[0], held.labels, (
             f"VAE, {titles[name]}",
             f"KL to prior {f['kl_to_prior']:.3g}  silhouette {f['silhouette']:.3g}",
             f"recon MSE {f['recon_mse']:.3g} (mean image {f['mean_image_mse']:.3g})  FID prior {f['fid_prior']:.3g}",
         )))
-    save_panels(panels, folder / "vae_pictures.png", class_names=CLASS_NAMES)
+    if panels:
+        save_panels(panels, folder / "vae_pictures.png", class_names=CLASS_NAMES)
     if "ends" in arithmetic:
         from udl_med.nets.latent_ops import interpolate
 
@@ -372,7 +374,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             seed, per["classifier"][-1], arithmetic["arithmetic_rate"], arithmetic["base_rate"], arithmetic["untouched_rate"], arithmetic["n_hyper_pool"],
             info["info_agreement"], info["plain_agreement"], time.perf_counter() - t0,
         )
-        if seed == seeds[0] and args.figures and vae is not None:
+        if seed == seeds[0] and args.figures:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
         "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps, "gan_cut": args.gan_cut,
