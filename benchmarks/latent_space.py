@@ -31,20 +31,23 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
   (terciles of z_0). Goal: at least 0.2 above it. Reported beside it: what the code
   changes (``code_change``: mean voxel change between code values for the same z;
   ``z_change``: between two z for the same code; ``class_flip``: share of z whose judged
-  class changes with the code alone). ``--gan-cut`` zooms the GAN part's items (a smaller
-  cut around the liver, resized to 32 x 32), for the judge and both GANs alike;
-  ``--gan-phantoms`` gives the GAN part (judge, DCGAN, InfoGAN) its own number of
-  training and held-out phantoms (phantoms are generated, so more subjects cost only
-  time; the VAEs keep ``--phantoms``); ``--info-latent`` sets InfoGAN's z size (the plain
-  GAN whose z is split then has the same z size, trained beside the arithmetic's);
-  ``--info-q-augment`` is ``info_codes.q_augment`` (Q reads DiffAugment-transformed fakes).
+  class changes with the code alone).
+- **The GAN part's items and InfoGAN's setting** (chosen on seeds 100-101; the VAEs keep
+  ``--phantoms`` and the 32 x 32 cut): ``--gan-phantoms`` (96) gives the GAN part (judge,
+  DCGAN, InfoGAN) its own training and held-out phantoms (generated, so more subjects
+  cost only time); ``--gan-cut`` (16) zooms its items (a 16 x 16 cut around the liver,
+  resized to 32 x 32, so the lesion is a large part of each), for the judge and both GANs
+  alike; ``--info-q-augment`` (``translation,intensity``) is ``info_codes.q_augment``, Q
+  reading DiffAugment-transformed fakes; ``--info-latent`` sets InfoGAN's z size (the plain
+  GAN whose z is split then has the same z size, trained beside the arithmetic's).
+  ``--gan-phantoms 0 --gan-cut 32 --info-q-augment ''`` is the previous setting.
 
 Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
 mean; last row: results), ``infogan_codes.png`` (one row per code value, the same z in each column: what the code alone changes).
 
-    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 32] [--gan-phantoms N] [--info-latent D] [--info-q-augment translation,intensity] [--out rows.jsonl] [--figures DIR]
+    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 16] [--gan-phantoms 96] [--info-latent D] [--info-q-augment translation,intensity] [--out rows.jsonl] [--figures DIR]
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ VAE_MODEL = {"latent_dim": 16, "channels": [16, 32, 64], "strides": [2, 2, 2], "
 VAE_VARIANTS = {"recon_only": {"beta": 0.0, "recon_weight": 1.0}, "kl_only": {"beta": 1.0, "recon_weight": 0.0}, "both": {"beta": 1.0, "recon_weight": 1.0}}
 GAN_MODEL = {"architecture": "dcgan", "latent_dim": 16, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "label_smoothing": 0.9}
 KL_NEAR_ZERO = 0.1  # nats
+# the GAN part's setting, chosen on seeds 100-101 (issue 24): more subjects, a 16 x 16 cut around the liver
+# (the lesion a large part of each item), Q reading shifted and re-windowed fakes
+GAN_PHANTOMS = 96
+GAN_CUT = 16
+Q_AUGMENT = ("translation", "intensity")
 
 
 def crops(workdir: Path, n: int, cut: int = CROP_SIZE[0]) -> tuple[Any, Any]:
@@ -346,7 +354,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     logging.info("GAN part: %d training crops (classes %s), %d held out", len(gan_train.labels), np.bincount(gan_train.labels).tolist(), len(gan_held.labels))
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
     info_codes = {"categorical": args.info_categorical, "continuous": args.info_continuous, "weight": args.info_weight}
-    if args.info_q_augment:
+    if args.info_q_augment.strip():
         info_codes["q_augment"] = [p.strip() for p in args.info_q_augment.split(",")]
     info_model = {**GAN_MODEL, "latent_dim": args.info_latent or GAN_MODEL["latent_dim"], "info_codes": info_codes}
     seeds = range(args.seed_start, args.seed_start + args.seeds)
@@ -389,14 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=10, help="first seed (settings were chosen on seeds 100-101, never reported)")
     parser.add_argument("--parts", default="vae,gan", help="vae and/or gan (arithmetic and InfoGAN), comma-separated")
     parser.add_argument("--vae-schedule", default="constant", choices=["constant", "cosine"], help="the VAEs' learning-rate schedule")
-    parser.add_argument("--gan-cut", type=int, default=CROP_SIZE[0], help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
+    parser.add_argument("--gan-cut", type=int, default=GAN_CUT, help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
     parser.add_argument("--info-categorical", type=int, default=3, help="InfoGAN's categorical values (the plain GAN's z_0 is split into as many bins)")
     parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the categorical one")
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
-    parser.add_argument("--gan-phantoms", type=int, default=None, help="the GAN part's training phantoms (and as many held out; null: --phantoms)")
+    parser.add_argument("--gan-phantoms", type=int, default=GAN_PHANTOMS, help="the GAN part's training phantoms (and as many held out; 0: --phantoms)")
     parser.add_argument("--info-latent", type=int, default=None, help="InfoGAN's z size (null: the DCGAN's 16); the z split's plain GAN then has the same z size")
-    parser.add_argument("--info-q-augment", default=None, help="InfoGAN's info_codes.q_augment: DiffAugment transforms Q's input goes through, comma-separated")
+    parser.add_argument("--info-q-augment", default=",".join(Q_AUGMENT), help="InfoGAN's info_codes.q_augment: DiffAugment transforms Q's input goes through, comma-separated ('': none)")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-latent", type=int, default=VAE_MODEL["latent_dim"], help="the VAEs' latent size (2: the codes are the picture; more: their first two principal axes)")
     parser.add_argument("--gan-steps", type=int, default=1200)
