@@ -31,15 +31,23 @@ the engine (``fit_in_memory``) without labels; per seed (3 by default):
   (terciles of z_0). Goal: at least 0.2 above it. Reported beside it: what the code
   changes (``code_change``: mean voxel change between code values for the same z;
   ``z_change``: between two z for the same code; ``class_flip``: share of z whose judged
-  class changes with the code alone). ``--gan-cut`` zooms the GAN part's items (a smaller
-  cut around the liver, resized to 32 x 32), for the judge and both GANs alike.
+  class changes with the code alone).
+- **The GAN part's items and InfoGAN's setting** (chosen on seeds 100-101; the VAEs keep
+  ``--phantoms`` and the 32 x 32 cut): ``--gan-phantoms`` (96) gives the GAN part (judge,
+  DCGAN, InfoGAN) its own training and held-out phantoms (generated, so more subjects
+  cost only time); ``--gan-cut`` (16) zooms its items (a 16 x 16 cut around the liver,
+  resized to 32 x 32, so the lesion is a large part of each), for the judge and both GANs
+  alike; ``--info-q-augment`` (``translation,intensity``) is ``info_codes.q_augment``, Q
+  reading DiffAugment-transformed fakes; ``--info-latent`` sets InfoGAN's z size (the plain
+  GAN whose z is split then has the same z size, trained beside the arithmetic's).
+  ``--gan-phantoms 0 --gan-cut 32 --info-q-augment ''`` is the previous setting.
 
 Figures (the first seed) in ``--figures``: ``vae_pictures.png`` (the three pictures side by
 side), ``interpolation.png`` (the GAN from a "none" to a "hyper" sample: linear above
 slerp), ``arithmetic.png`` (rows hyper, none, none_other: three members and the decoded
 mean; last row: results), ``infogan_codes.png`` (one row per code value, the same z in each column: what the code alone changes).
 
-    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 32] [--out rows.jsonl] [--figures DIR]
+    .venv/bin/python benchmarks/latent_space.py [--seeds 3] [--seed-start 10] [--parts vae,gan] [--phantoms 24] [--vae-latent 16] [--vae-steps 600] [--gan-steps 1200] [--gan-cut 16] [--gan-phantoms 96] [--info-latent D] [--info-q-augment translation,intensity] [--out rows.jsonl] [--figures DIR]
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ VAE_MODEL = {"latent_dim": 16, "channels": [16, 32, 64], "strides": [2, 2, 2], "
 VAE_VARIANTS = {"recon_only": {"beta": 0.0, "recon_weight": 1.0}, "kl_only": {"beta": 1.0, "recon_weight": 0.0}, "both": {"beta": 1.0, "recon_weight": 1.0}}
 GAN_MODEL = {"architecture": "dcgan", "latent_dim": 16, "g_channels": [64, 32, 16], "d_channels": [16, 32, 64], "label_smoothing": 0.9}
 KL_NEAR_ZERO = 0.1  # nats
+# the GAN part's setting, chosen on seeds 100-101 (issue 24): more subjects, a 16 x 16 cut around the liver
+# (the lesion a large part of each item), Q reading shifted and re-windowed fakes
+GAN_PHANTOMS = 96
+GAN_CUT = 16
+Q_AUGMENT = ("translation", "intensity")
 
 
 def crops(workdir: Path, n: int, cut: int = CROP_SIZE[0]) -> tuple[Any, Any]:
@@ -194,6 +207,7 @@ def info_case(info_gan: Any, plain: Any, classifier: torch.nn.Module, per_code: 
         "info_agreement": best_matching_agreement(codes, classes),
         "plain_agreement": best_matching_agreement(split, predicted),
         "info_class_shares": (np.bincount(classes, minlength=3) / len(classes)).tolist(),
+        "info_confusion": [np.bincount(np.asarray(classes)[np.asarray(codes) == v], minlength=3).tolist() for v in range(k)],  # judged classes per code value
         "code_change": code_change,  # mean |G(z, c_i) - G(z, c_j)| per voxel
         "z_change": float((same[0] - other).abs().mean()),  # mean |G(z, c) - G(z', c)| per voxel
         "class_flip": float(np.mean([np.mean(same_classes[i] != same_classes[j]) for i, j in pairs])),  # the judge's class changes with the code alone
@@ -282,7 +296,8 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     im, pm = _stats(info)[0], _stats(plain)[0]
     margins = [x - y for x, y in zip(info, plain)]
     out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", "code_class_agreement", info, "plain_gan_z_split", plain, im - pm, ">= 0.2 above the plain GAN's z split", im - pm >= 0.2,
-                    per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i]))
+                    per_seed_margin=margins, worst_seed_margin=min(margins), info_class_shares=[s["info_class_shares"] for s in i],
+                    info_confusion=[s["info_confusion"] for s in i]))
     for metric, what in (("code_change", "mean |G(z, c_i) - G(z, c_j)| per voxel, same z"), ("z_change", "mean |G(z, c) - G(z', c)| per voxel, same code"),
                          ("class_flip", "share of z whose judged class changes with the code alone")):
         out.append(_row(f"infogan/categorical{len(i[0]['same_z_rows'])}", metric, [s[metric] for s in i], "", None, None, f"(reported: {what})", None))
@@ -291,7 +306,8 @@ def gan_rows(per: dict[str, list[Any]], setting: dict[str, Any]) -> list[dict[st
     return out
 
 
-def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, arithmetic: dict[str, Any], info: dict[str, Any]) -> None:
+def figures(folder: Path, vae: dict[str, dict[str, Any]] | None, held: Any, gan: Any, arithmetic: dict[str, Any], info: dict[str, Any]) -> None:
+    """The first seed's figures (the VAE pictures only when the VAE part ran)."""
     from udl_med.data.phantoms import CLASS_NAMES
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.latent_figure import Panel, save_panels
@@ -300,13 +316,14 @@ def figures(folder: Path, vae: dict[str, dict[str, Any]], held: Any, gan: Any, a
     folder.mkdir(parents=True, exist_ok=True)
     titles = {"recon_only": "reconstruction only (beta 0)", "kl_only": "KL only (recon_weight 0)", "both": "both (the ELBO)"}
     panels = []
-    for name, f in vae.items():
+    for name, f in (vae or {}).items():
         panels.append(Panel(project_2d(f["codes"])[0], held.labels, (
             f"VAE, {titles[name]}",
             f"KL to prior {f['kl_to_prior']:.3g}  silhouette {f['silhouette']:.3g}",
             f"recon MSE {f['recon_mse']:.3g} (mean image {f['mean_image_mse']:.3g})  FID prior {f['fid_prior']:.3g}",
         )))
-    save_panels(panels, folder / "vae_pictures.png", class_names=CLASS_NAMES)
+    if panels:
+        save_panels(panels, folder / "vae_pictures.png", class_names=CLASS_NAMES)
     if "ends" in arithmetic:
         from udl_med.nets.latent_ops import interpolate
 
@@ -332,9 +349,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     train, held = crops(workdir, args.phantoms)
     logging.info("crops: %d training (classes %s), %d held out", len(train.labels), np.bincount(train.labels).tolist(), len(held.labels))
-    gan_train, gan_held = (train, held) if args.gan_cut == CROP_SIZE[0] else crops(workdir, args.phantoms, args.gan_cut)
+    gan_phantoms = args.gan_phantoms or args.phantoms
+    gan_train, gan_held = (train, held) if (args.gan_cut, gan_phantoms) == (CROP_SIZE[0], args.phantoms) else crops(workdir, gan_phantoms, args.gan_cut)
+    logging.info("GAN part: %d training crops (classes %s), %d held out", len(gan_train.labels), np.bincount(gan_train.labels).tolist(), len(gan_held.labels))
     per: dict[str, list[Any]] = {"vae": [], "arithmetic": [], "info": [], "classifier": []}
     info_codes = {"categorical": args.info_categorical, "continuous": args.info_continuous, "weight": args.info_weight}
+    if args.info_q_augment.strip():
+        info_codes["q_augment"] = [p.strip() for p in args.info_q_augment.split(",")]
+    info_model = {**GAN_MODEL, "latent_dim": args.info_latent or GAN_MODEL["latent_dim"], "info_codes": info_codes}
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     for seed in seeds:
         vae = None
@@ -346,22 +368,25 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         classifier = train_classifier(gan_train, 3, ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3), seed)
         per["classifier"].append(score(classifier, gan_held)["balanced_accuracy"])
         images = TensorItems(gan_train.images)
-        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
+        batch = min(64, len(gan_train.labels))
+        gan = fit_in_memory("gan", GAN_MODEL, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
         arithmetic = arithmetic_case(gan, classifier, args.pool, args.trials, seed)
         per["arithmetic"].append(arithmetic)
-        info_gan = fit_in_memory("gan", {**GAN_MODEL, "info_codes": info_codes}, images, steps=args.gan_steps, batch_size=min(64, len(gan_train.labels)), seed=seed).method.eval()
-        info = info_case(info_gan, gan, classifier, args.per_code, seed)
+        info_gan = fit_in_memory("gan", info_model, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
+        # the z split's plain GAN has InfoGAN's z size (a smaller z is a lever of its own, and gives the plain GAN's z_0 more say too)
+        plain = gan if info_model["latent_dim"] == GAN_MODEL["latent_dim"] else fit_in_memory("gan", {**GAN_MODEL, "latent_dim": info_model["latent_dim"]}, images, steps=args.gan_steps, batch_size=batch, seed=seed).method.eval()
+        info = info_case(info_gan, plain, classifier, args.per_code, seed)
         per["info"].append(info)
         logging.info(
             "seed %d: classifier %.3f; arithmetic %.3f (base %.3f, untouched %.3f, hyper pool %d); info %.3f vs plain %.3f (%.0f s)",
             seed, per["classifier"][-1], arithmetic["arithmetic_rate"], arithmetic["base_rate"], arithmetic["untouched_rate"], arithmetic["n_hyper_pool"],
             info["info_agreement"], info["plain_agreement"], time.perf_counter() - t0,
         )
-        if seed == seeds[0] and args.figures and vae is not None:
+        if seed == seeds[0] and args.figures:
             figures(Path(args.figures), vae, held, gan, arithmetic, info)
     setting = {
         "seeds": list(seeds), "phantoms": args.phantoms, "vae_latent": args.vae_latent, "vae_steps": args.vae_steps, "vae_schedule": args.vae_schedule, "gan_steps": args.gan_steps, "gan_cut": args.gan_cut,
-        "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
+        "gan_phantoms": gan_phantoms, "info_latent": info_model["latent_dim"], "info_codes": info_codes, "wall_s": round(time.perf_counter() - t0),
     }
     return rows(per, setting)
 
@@ -372,11 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=10, help="first seed (settings were chosen on seeds 100-101, never reported)")
     parser.add_argument("--parts", default="vae,gan", help="vae and/or gan (arithmetic and InfoGAN), comma-separated")
     parser.add_argument("--vae-schedule", default="constant", choices=["constant", "cosine"], help="the VAEs' learning-rate schedule")
-    parser.add_argument("--gan-cut", type=int, default=CROP_SIZE[0], help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
+    parser.add_argument("--gan-cut", type=int, default=GAN_CUT, help="side of the liver-centred cut the GAN part (judge, DCGAN, InfoGAN) uses, resized to 32 x 32")
     parser.add_argument("--info-categorical", type=int, default=3, help="InfoGAN's categorical values (the plain GAN's z_0 is split into as many bins)")
     parser.add_argument("--info-continuous", type=int, default=0, help="InfoGAN's continuous codes beside the categorical one")
     parser.add_argument("--info-weight", type=float, default=1.0, help="InfoGAN's lambda")
     parser.add_argument("--phantoms", type=int, default=24, help="training phantoms (and as many held out)")
+    parser.add_argument("--gan-phantoms", type=int, default=GAN_PHANTOMS, help="the GAN part's training phantoms (and as many held out; 0: --phantoms)")
+    parser.add_argument("--info-latent", type=int, default=None, help="InfoGAN's z size (null: the DCGAN's 16); the z split's plain GAN then has the same z size")
+    parser.add_argument("--info-q-augment", default=",".join(Q_AUGMENT), help="InfoGAN's info_codes.q_augment: DiffAugment transforms Q's input goes through, comma-separated ('': none)")
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-latent", type=int, default=VAE_MODEL["latent_dim"], help="the VAEs' latent size (2: the codes are the picture; more: their first two principal axes)")
     parser.add_argument("--gan-steps", type=int, default=1200)

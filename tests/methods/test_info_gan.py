@@ -111,3 +111,37 @@ def test_the_categorical_code_learns_a_two_cluster_split() -> None:
     agreement = best_matching_agreement(codes, clusters)
     # a plain GAN's code would be unrelated to the cluster: agreement about 0.5
     assert agreement > 0.9, agreement
+
+
+DCGAN_TINY = {"architecture": "dcgan", "latent_dim": 4, "g_channels": [16, 8], "d_channels": [8, 16]}
+
+
+def test_q_augment_makes_q_read_augmented_fakes() -> None:
+    """``info_codes.q_augment``: L_I is Q's loss on the fakes after DiffAugment's draw, and G's gradient passes through it."""
+    from udl_med.losses.info import info_loss  # lazy: only this test computes L_I by hand
+    from udl_med.nets.diffaugment import DiffAugment  # lazy: only this test applies the transforms by hand
+
+    method = _build({**DCGAN_TINY, "info_codes": {"categorical": 3, "q_augment": ["translation", "intensity"]}}, spatial_dims=2)
+    plain = _build({**DCGAN_TINY, "info_codes": {"categorical": 3}}, spatial_dims=2)
+    assert method.q_augment is not None and plain.q_augment is None
+    z = method.prior.draw(6, torch.Generator().manual_seed(2))
+    fake = method.generator(z, None)
+    torch.manual_seed(7)
+    ours = method.info_terms(fake, z, None).loss
+    torch.manual_seed(7)
+    by_hand = info_loss(method.discriminator.predict_codes(DiffAugment(["translation", "intensity"])(fake)), method.prior.codes(z), 3).loss
+    unaugmented = info_loss(method.discriminator.predict_codes(fake), method.prior.codes(z), 3).loss
+    assert ours.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert abs(ours.item() - unaugmented.item()) > 1e-6  # the transforms changed what Q saw
+    ours.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.generator.parameters())
+
+
+@pytest.mark.parametrize(
+    ("model", "word"),
+    [({**MLP, "info_codes": {"categorical": 2, "q_augment": ["translation"]}}, "q_augment"), ({**DCGAN_TINY, "info_codes": {"categorical": 2, "q_augment": ["flip"]}}, "flip")],
+)
+def test_q_augment_refusals_name_the_key(model: dict[str, Any], word: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        GANConfig(**model)
+    assert word in str(err.value)

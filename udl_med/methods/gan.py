@@ -39,6 +39,7 @@ from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, dis
 from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Optimization, register
 from udl_med.methods.info_codes import InfoCodesConfig, info_refusal, parse_code
 from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from udl_med.nets.diffaugment import DiffAugment
 from udl_med.nets.gan_wrappers import Flat, SwapHistory
 from udl_med.nets.info_head import InfoCodesLatent, InfoDiscriminator, InfoHead
 from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
@@ -239,7 +240,8 @@ class GAN(Method):
         info_codes            InfoGAN (Chen et al. 2016): G(z, c) with codes c (categorical K,
                               continuous N) drawn with z by the prior; Q on D's body predicts c;
                               weight lambda of L_I, the negative MI lower bound (eq. 5), in D's
-                              (with Q) and G's steps
+                              (with Q) and G's steps; info_codes.q_augment: Q reads the fakes
+                              through DiffAugment's transforms (not in the paper)
 
     Defaults per loss (keys left out): minimax / non-saturating / lsgan: Adam(2e-4,
     betas (0.5, 0.999)), k = 1 (DCGAN); wgan: RMSprop(5e-5), k = 5, c = 0.01; wgan-gp:
@@ -288,6 +290,7 @@ class GAN(Method):
             self.normal_latent = InfoCodesLatent(config.latent_dim, info.categorical, info.continuous)
         else:
             self.normal_latent = StandardNormalLatent(config.latent_dim)
+        self.q_augment = DiffAugment(info.q_augment) if info is not None and info.q_augment else None
         if config.historical_averaging > 0:
             self.g_average = HistoricalAverage(self.generator)
             self.d_average = HistoricalAverage(self.discriminator)
@@ -397,6 +400,8 @@ class GAN(Method):
 
     def info_terms(self, fake: Tensor, latent: Tensor, labels: Tensor | None) -> InfoTerms:
         """InfoGAN's :class:`~udl_med.losses.info.InfoTerms`: Q's prediction from ``fake`` of the codes in G's input ``latent``."""
+        if self.q_augment is not None:  # model.info_codes.q_augment: Q reads augmented fakes
+            fake = self.q_augment(fake)
         return info_loss(self.discriminator.predict_codes(fake, labels), self.prior.codes(latent), self.config.info_codes.categorical)
 
     def _fixed_latent(self, n: int) -> Tensor:

@@ -10,6 +10,13 @@ weighted by ``weight`` (lambda; 1 for a categorical code in the paper), is G's e
 loss in G's step and Q's (and D's body's) extra loss in D's step, on the same kind of
 fakes: ``min_{G,Q} max_D V(D, G) - lambda L_I(G, Q)``.
 
+``q_augment`` (not in the paper) passes every fake through DiffAugment's transforms
+(:class:`udl_med.nets.diffaugment.DiffAugment`: a shift, a cutout, brightness and
+contrast) before Q reads it, in both players' ``L_I``. Q reads a small change almost
+perfectly, which saturates the bound; with the transforms a code carried by a small shift
+of the outline or a global intensity change is no longer readable, while a local feature
+that survives them (a lesion's presence and brightness against its surroundings) is.
+
 ``udl-med sample MODEL --code SPEC`` fixes codes: ``SPEC`` lists the categorical value
 (when K > 0) then continuous values, comma-separated; ``_`` or a missing tail leaves a
 code random (e.g. ``--code 1`` or ``--code 1,0.5,_``).
@@ -22,6 +29,7 @@ import math
 from pydantic import Field, model_validator
 
 from udl_med.methods.base import MethodConfig
+from udl_med.nets.diffaugment import DIFFAUGMENT_POLICIES, check_policy
 
 
 class InfoCodesConfig(MethodConfig):
@@ -31,6 +39,11 @@ class InfoCodesConfig(MethodConfig):
     continuous: int = Field(0, ge=0, description="N, continuous codes uniform on [-1, 1]")
     weight: float = Field(1.0, gt=0.0, description="lambda, weight of the mutual-information lower bound (Chen et al.: 1)")
     q_hidden: int = Field(128, ge=1, description="width of Q's hidden layer on D's body features")
+    q_augment: tuple[str, ...] = Field(
+        (),
+        description="DiffAugment transforms (translation, cutout, intensity) every fake goes through before Q reads its codes, in both players' L_I: "
+        "the code must then change what survives them (empty: Q reads the fakes as they are)",
+    )
 
     @model_validator(mode="after")
     def _some_code(self) -> InfoCodesConfig:
@@ -38,6 +51,7 @@ class InfoCodesConfig(MethodConfig):
             raise ValueError("categorical must be 0 (none) or at least 2 values")
         if self.categorical + self.continuous == 0:
             raise ValueError("give categorical and/or continuous codes")
+        check_policy(self.q_augment, DIFFAUGMENT_POLICIES)
         return self
 
     @property
@@ -58,6 +72,8 @@ def info_refusal(model: object) -> tuple[str, str] | None:
         return "info_codes", "G's virtual batch norm (model.g_norm: virtual_batch) fixes its reference z without codes; use g_norm batch, instance or none"
     if getattr(model, "latent_mixture", None) is not None:
         return "info_codes", "codes next to a learned mixture latent (model.latent_mixture) are not supported; use one of the two"
+    if model.info_codes.q_augment and getattr(model, "architecture", "dcgan") != "dcgan":
+        return "info_codes.q_augment", "DiffAugment's transforms act on images; architecture mlp works on points or flattened items, use q_augment: [] or architecture dcgan"
     if getattr(model, "unrolled", None) is not None:
         return "info_codes", "the unrolled generator loss (model.unrolled) does not carry the codes' term; use one of the two"
     return None
