@@ -186,18 +186,28 @@ def _phantom_job(arm: str, per_class: int, seed: int, steps: int, model: dict, w
     return _train_error({**model, **ARMS[arm]}, train_set, test_set, steps, seed, Path(workdir), f"phantoms-{arm}-{per_class}-{seed}", 32)
 
 
+CPU_SECONDS: list[float] = []  # CPU seconds of every job run in this process's benchmark (the quiet-machine time estimate)
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """``(fn(*args), CPU seconds it took)``: CPU time, not wall time, so that a loaded machine does not inflate it."""
+    start = time.process_time()
+    value = fn(*args)
+    return value, time.process_time() - start
+
+
 def _run_jobs(jobs: list[tuple], n_jobs: int) -> list[float]:
-    """``(function, *args)`` jobs, ``n_jobs`` at a time, results in order."""
+    """``(function, *args)`` jobs, ``n_jobs`` at a time, results in order; their CPU seconds go to ``CPU_SECONDS``."""
     log = logging.getLogger("benchmark")
-    if n_jobs <= 1:
-        return [fn(*args) for fn, *args in jobs]
-    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-        futures = [pool.submit(fn, *args) for fn, *args in jobs]
-        out = []
+    out = []
+    with ProcessPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        futures = [pool.submit(_timed, fn, *args) for fn, *args in jobs]
         for (fn, arm, per_class, seed, *_), future in zip(jobs, futures):
-            out.append(future.result())
-            log.warning("%s %s n=%d seed %d: %.4f", fn.__name__.strip("_").removesuffix("_job"), arm, per_class, seed, out[-1])
-        return out
+            value, cpu = future.result()
+            out.append(value)
+            CPU_SECONDS.append(cpu)
+            log.warning("%s %s n=%d seed %d: %.4f (%.0f CPU s)", fn.__name__.strip("_").removesuffix("_job"), arm, per_class, seed, value, cpu)
+    return out
 
 
 DIGITS_ARMS = ["kplus1", "supervised_only", "consistency_only", "label_spreading", "self_training", "all_labels"]
@@ -355,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(args, Path(tmp))
     for row in rows:
         row["seconds_total"] = round(time.perf_counter() - start, 1)
+        row["cpu_seconds_total"] = round(sum(CPU_SECONDS), 1)
+        row["quiet_minutes_estimate"] = round(sum(CPU_SECONDS) / max(1, args.jobs) / 60, 1)  # the jobs' CPU time spread over --jobs cores
         print(json.dumps(row), flush=True)
     return 0
 
