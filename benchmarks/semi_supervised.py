@@ -337,7 +337,7 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds")
+    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds and the consistency-only arms")
     parser.add_argument("--cases", nargs="+", default=["digits", "phantoms"], choices=["digits", "phantoms"])
     parser.add_argument("--seeds", type=int, nargs="+", help="these seeds for every case (e.g. the tuning seeds 100-104)")
     parser.add_argument("--digits-seeds", type=int, default=5, help="seeds 0..N-1 (--full: 10)")
@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.full:
         args.digits_seeds = 10
+    else:  # the default leaves out the consistency-only arms (the GAN game's own gain): --full runs them
+        args.digits_arms = args.digits_arms or [arm for arm in DIGITS_ARMS if arm != "consistency_only"]
+        args.phantom_arms = args.phantom_arms or [arm for arm in ARMS if arm != "consistency_only"]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(1)

@@ -331,6 +331,16 @@ def test_shifted_target_pass_and_pseudo_labels_by_hand() -> None:
     out = method.train_step(batch, opt)
     assert float(out[keys.LOSS]) == pytest.approx(float(expected), rel=1e-5)
     assert float(out["pseudo_label"]) == pytest.approx(float(pseudo), rel=1e-5) and float(out["pseudo_label_fraction"]) == 1.0
+    # the ramp: half way through it the term counts exp(-5 / 4) of its weight
+    torch.manual_seed(5)
+    ramped = SemiSupervisedGAN(config.model_copy(update={"pseudo_label_rampup_steps": 40}), spec)
+    opt = HandOpt(ramped.configure_optimizers())
+    opt.global_step = 20
+    torch.manual_seed(6)
+    out = ramped.train_step(batch, opt)
+    consistency_ramp = 1.0  # consistency_rampup_steps is 0
+    expected = F.cross_entropy(logits_lab, batch[keys.LABEL]) + 2.0 * consistency_ramp * consistency_loss(student, teacher) + 0.5 * math.exp(-1.25) * pseudo
+    assert float(out[keys.LOSS]) == pytest.approx(float(expected), rel=1e-5)
     # an unreachable threshold: no pseudo-label, the term is 0
     method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, pseudo_label_weight=1.0, pseudo_label_threshold=1.0), spec)
     out = method.train_step(batch, HandOpt(method.configure_optimizers()))

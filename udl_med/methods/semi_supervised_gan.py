@@ -105,8 +105,10 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
             replicated (images only; 0: D's noise is the only perturbation).
         pseudo_label_weight: weight of FixMatch's pseudo-label cross-entropy on the unlabeled
             batch: the target pass's class, where its softmax reaches ``pseudo_label_threshold``
-            (0: off; no ramp, the threshold gates it).
+            (0: off).
         pseudo_label_threshold: the confidence a pseudo-label needs (FixMatch: 0.95).
+        pseudo_label_rampup_steps: the pseudo-label weight follows the same ``exp(-5 (1 - t)^2)``
+            ramp (0: full weight from the start, as FixMatch).
         consistency_only: the non-GAN baseline: no generator and no K+1 unsupervised loss,
             the labeled cross-entropy plus the consistency (and pseudo-label) terms (needs one
             of their weights > 0).
@@ -139,6 +141,7 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
     consistency_shift: int = Field(0, ge=0)
     pseudo_label_weight: float = Field(0.0, ge=0.0)
     pseudo_label_threshold: float = Field(0.95, ge=0.0, le=1.0)
+    pseudo_label_rampup_steps: int = Field(0, ge=0)
     consistency_only: bool = False
     lr: float = Field(3e-3, gt=0)
     g_lr: float | None = Field(None, gt=0)
@@ -280,7 +283,7 @@ class SemiSupervisedGAN(Method):
             out[CONSISTENCY] = consistency.detach()
         if c.pseudo_label_weight > 0:
             pseudo, mask = pseudo_label_loss(logits_unl, teacher, c.pseudo_label_threshold)  # softmax: realness shift irrelevant
-            loss_d = loss_d + c.pseudo_label_weight * pseudo
+            loss_d = loss_d + c.pseudo_label_weight * sigmoid_rampup(opt.global_step, c.pseudo_label_rampup_steps) * pseudo
             out[PSEUDO_LABEL] = pseudo.detach()
             out[PSEUDO_LABEL_FRACTION] = mask.mean()
         opt.step(DISCRIMINATOR, loss_d)
