@@ -7,7 +7,8 @@ chosen on tuning seeds 100-104 (``/work/scratch``-style prototype, README "Semi-
 K+1"), never on the reported seeds (0, 1, ...). Model selection uses no test label: the
 end of training with the averaged (EMA 0.99) weights.
 
-- ``digits``: scikit-learn's 1,797 8x8 digits in [-1, 1]; a fixed stratified test set of
+- ``digits``: scikit-learn's 1,797 8x8 digits in [-1, 1] (as 1x8x8 images fed to MLP nets,
+  so that a consistency pass can translate them); a fixed stratified test set of
   500; ``n`` labels per class (3, 5, 10, 20) from the other 1,297, all 1,297 unlabeled.
   Arms: ``kplus1`` (MLP D 500-250-250, feature matching, the Pi-model consistency term
   on the unlabeled batch, EMA weights); ``supervised_only``, the same D on the labels
@@ -28,11 +29,14 @@ mean test errors over seeds, ``*_std`` (population std), ``*_worst`` (the worst 
 ``ratio = peer / ours``, the per-seed errors. Goals (vs the labels-only arm): K+1 mean
 error at most 0.7x, worse on no seed, std no larger; (digits) below LabelSpreading's mean.
 
-    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 5 seeds (about 55 min at --jobs 2 on the shared 2-core machine)
-    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds
-    .venv/bin/python benchmarks/semi_supervised.py --cases digits --per-class 5 --seeds 100 101 102 103 104   # tuning seeds
+    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 5 seeds, no consistency-only arms
+    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds, with the consistency-only arms
+    .venv/bin/python benchmarks/semi_supervised.py --cases digits --per-class 3 --seeds 100 101 102 103 104 \
+        --digits-arms kplus1 --digits-set consistency_shift=1    # a lever on the tuning seeds
 
-``--jobs`` runs that many trainings at once (default 2, one thread each).
+``--jobs`` runs that many trainings at once in worker processes (default 2, one thread each).
+Every row gives ``cpu_seconds_total`` (the CPU time of all the jobs, which a loaded machine does
+not inflate) and ``quiet_minutes_estimate`` (that time spread over ``--jobs`` cores).
 """
 
 from __future__ import annotations
