@@ -204,7 +204,13 @@ def _run_jobs(jobs: list[tuple], n_jobs: int) -> list[float]:
     """``(function, *args)`` jobs, ``n_jobs`` at a time, results in order; their CPU seconds go to ``CPU_SECONDS``."""
     log = logging.getLogger("benchmark")
     out = []
-    with ProcessPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+    if n_jobs <= 1:  # in this process: an error surfaces as itself (ConfigError does not cross a process boundary)
+        for fn, *args in jobs:
+            value, cpu = _timed(fn, *args)
+            out.append(value)
+            CPU_SECONDS.append(cpu)
+        return out
+    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         futures = [pool.submit(_timed, fn, *args) for fn, *args in jobs]
         for (fn, arm, per_class, seed, *_), future in zip(jobs, futures):
             value, cpu = future.result()
