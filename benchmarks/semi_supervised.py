@@ -7,7 +7,8 @@ chosen on tuning seeds 100-104 (``/work/scratch``-style prototype, README "Semi-
 K+1"), never on the reported seeds (0, 1, ...). Model selection uses no test label: the
 end of training with the averaged (EMA 0.99) weights.
 
-- ``digits``: scikit-learn's 1,797 8x8 digits in [-1, 1]; a fixed stratified test set of
+- ``digits``: scikit-learn's 1,797 8x8 digits in [-1, 1] (as 1x8x8 images fed to MLP nets,
+  so that a consistency pass can translate them); a fixed stratified test set of
   500; ``n`` labels per class (3, 5, 10, 20) from the other 1,297, all 1,297 unlabeled.
   Arms: ``kplus1`` (MLP D 500-250-250, feature matching, the Pi-model consistency term
   on the unlabeled batch, EMA weights); ``supervised_only``, the same D on the labels
@@ -28,11 +29,14 @@ mean test errors over seeds, ``*_std`` (population std), ``*_worst`` (the worst 
 ``ratio = peer / ours``, the per-seed errors. Goals (vs the labels-only arm): K+1 mean
 error at most 0.7x, worse on no seed, std no larger; (digits) below LabelSpreading's mean.
 
-    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 5 seeds (about 55 min at --jobs 2 on the shared 2-core machine)
-    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds
-    .venv/bin/python benchmarks/semi_supervised.py --cases digits --per-class 5 --seeds 100 101 102 103 104   # tuning seeds
+    .venv/bin/python benchmarks/semi_supervised.py                 # default: digits 5 seeds, phantoms 5 seeds, no consistency-only arms
+    .venv/bin/python benchmarks/semi_supervised.py --full          # digits 10 seeds, with the consistency-only arms
+    .venv/bin/python benchmarks/semi_supervised.py --cases digits --per-class 3 --seeds 100 101 102 103 104 \
+        --digits-arms kplus1 --digits-set consistency_shift=1    # a lever on the tuning seeds
 
-``--jobs`` runs that many trainings at once (default 2, one thread each).
+``--jobs`` runs that many trainings at once in worker processes (default 2, one thread each).
+Every row gives ``cpu_seconds_total`` (the CPU time of all the jobs, which a loaded machine does
+not inflate) and ``quiet_minutes_estimate`` (that time spread over ``--jobs`` cores).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # (Salimans' 1000-500-250-250-250 is 4x the compute), no entropy term (it cost 1.5 points at 3 labels per
 # class), the Pi-model consistency term with the K+1 game (7.0 / 5.6% at 3 / 5 labels vs 7.0 / 6.9% without)
 DIGITS_MODEL = {
+    "discriminator": "mlp",  # the digits are 1x8x8 images (so that the consistency pass can translate them), D and G MLPs
+    "generator": "mlp",
     "d_hidden": [500, 250, 250],
     "g_hidden": [500, 500],
     "input_noise_std": 0.3,
@@ -137,7 +143,7 @@ def _digits_data():
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x = (x / 8.0 - 1.0).astype(np.float32)
+    x = (x / 8.0 - 1.0).astype(np.float32).reshape(-1, 1, 8, 8)
     return train_test_split(x, y, test_size=500, random_state=0, stratify=y)
 
 
@@ -149,6 +155,8 @@ def _digits_job(arm: str, per_class: int, seed: int, steps: int, model: dict, wo
     x_train, x_test, y_train, y_test = _digits_data()
     labeled = _choose(y_train, np.arange(len(y_train)), per_class, seed)
     partial = np.where(labeled, y_train, -1)
+    if arm in ("label_spreading", "self_training"):  # scikit-learn takes 64-vectors
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
     if arm == "label_spreading":
         from sklearn.semi_supervised import LabelSpreading
 
@@ -182,35 +190,60 @@ def _phantom_job(arm: str, per_class: int, seed: int, steps: int, model: dict, w
     return _train_error({**model, **ARMS[arm]}, train_set, test_set, steps, seed, Path(workdir), f"phantoms-{arm}-{per_class}-{seed}", 32)
 
 
+CPU_SECONDS: list[float] = []  # CPU seconds of every job run in this process's benchmark (the quiet-machine time estimate)
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """``(fn(*args), CPU seconds it took)``: CPU time, not wall time, so that a loaded machine does not inflate it."""
+    start = time.process_time()
+    value = fn(*args)
+    return value, time.process_time() - start
+
+
 def _run_jobs(jobs: list[tuple], n_jobs: int) -> list[float]:
-    """``(function, *args)`` jobs, ``n_jobs`` at a time, results in order."""
+    """``(function, *args)`` jobs, ``n_jobs`` at a time, results in order; their CPU seconds go to ``CPU_SECONDS``."""
     log = logging.getLogger("benchmark")
-    if n_jobs <= 1:
-        return [fn(*args) for fn, *args in jobs]
-    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-        futures = [pool.submit(fn, *args) for fn, *args in jobs]
-        out = []
-        for (fn, arm, per_class, seed, *_), future in zip(jobs, futures):
-            out.append(future.result())
-            log.warning("%s %s n=%d seed %d: %.4f", fn.__name__.strip("_").removesuffix("_job"), arm, per_class, seed, out[-1])
+    out = []
+    if n_jobs <= 1:  # in this process: an error surfaces as itself (ConfigError does not cross a process boundary)
+        for fn, *args in jobs:
+            value, cpu = _timed(fn, *args)
+            out.append(value)
+            CPU_SECONDS.append(cpu)
         return out
+    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+        futures = [pool.submit(_timed, fn, *args) for fn, *args in jobs]
+        for (fn, arm, per_class, seed, *_), future in zip(jobs, futures):
+            value, cpu = future.result()
+            out.append(value)
+            CPU_SECONDS.append(cpu)
+            log.warning("%s %s n=%d seed %d: %.4f (%.0f CPU s)", fn.__name__.strip("_").removesuffix("_job"), arm, per_class, seed, value, cpu)
+    return out
 
 
-def digits_case(per_class: list[int], seeds: list[int], steps: int, workdir: Path, n_jobs: int, model: dict | None = None) -> dict[int, dict[str, list[float]]]:
+DIGITS_ARMS = ["kplus1", "supervised_only", "consistency_only", "label_spreading", "self_training", "all_labels"]
+
+
+def digits_case(
+    per_class: list[int], seeds: list[int], steps: int, workdir: Path, n_jobs: int, model: dict | None = None, arms: list[str] | None = None
+) -> dict[int, dict[str, list[float]]]:
     """``{n: {arm: [error per seed]}}``; the all-labels ceiling is trained once per seed and shared."""
     model = model or DIGITS_MODEL
-    arms = ["kplus1", "supervised_only", "consistency_only", "label_spreading", "self_training"]
-    jobs = [(_digits_job, arm, n, seed, steps, model, str(workdir)) for n in per_class for seed in seeds for arm in arms]
-    jobs += [(_digits_job, "all_labels", 0, seed, steps, model, str(workdir)) for seed in seeds]
+    arms = arms or DIGITS_ARMS
+    per_count = [arm for arm in arms if arm != "all_labels"]
+    jobs = [(_digits_job, arm, n, seed, steps, model, str(workdir)) for n in per_class for seed in seeds for arm in per_count]
+    if "all_labels" in arms:
+        jobs += [(_digits_job, "all_labels", 0, seed, steps, model, str(workdir)) for seed in seeds]
     results = _run_jobs(jobs, n_jobs)
-    errors: dict[int, dict[str, list[float]]] = {n: {arm: [] for arm in [*arms, "all_labels"]} for n in per_class}
+    errors: dict[int, dict[str, list[float]]] = {n: {arm: [] for arm in arms} for n in per_class}
     for (_, arm, n, *_), value in zip(jobs, results):
         for m in (per_class if arm == "all_labels" else [n]):
             errors[m][arm].append(value)
     return errors
 
 
-def phantom_case(per_class: list[int], seeds: list[int], steps: int, n_train: int, n_test: int, workdir: Path, n_jobs: int, model: dict | None = None) -> dict[int, dict[str, list[float]]]:
+def phantom_case(
+    per_class: list[int], seeds: list[int], steps: int, n_train: int, n_test: int, workdir: Path, n_jobs: int, model: dict | None = None, arms: list[str] | None = None
+) -> dict[int, dict[str, list[float]]]:
     from udl_med.evaluation.probe_items import phantom_ct_probe_items
 
     spec = {"layout": "2d", "size": PHANTOM_CROP, "slice_axis": 2, "ct_window": PHANTOM_WINDOW}
@@ -218,7 +251,7 @@ def phantom_case(per_class: list[int], seeds: list[int], steps: int, n_train: in
     test = phantom_ct_probe_items(workdir / "phantoms-test", n_test, 1, spec)
     data = (train.items, train.labels, train.subjects, test.items, test.labels)
     model = model or PHANTOM_MODEL
-    arms = list(ARMS)
+    arms = arms or list(ARMS)
     jobs = [(_phantom_job, arm, n, seed, steps, model, str(workdir), data) for n in per_class for seed in seeds for arm in arms]
     results = _run_jobs(jobs, n_jobs)
     counts = np.bincount(test.labels)
@@ -232,7 +265,9 @@ def _stats(values: list[float]) -> dict:
     return {"mean": round(statistics.mean(values), 4), "std": round(statistics.pstdev(values), 4), "worst": round(max(values), 4)}
 
 
-def _row(case: str, labels: str, errors: dict[str, list[float]], peer: str, peer_name: str, goal: str, seeds: list[int], **extra) -> dict:
+def _row(case: str, labels: str, errors: dict[str, list[float]], peer: str, peer_name: str, goal: str, seeds: list[int], **extra) -> dict | None:
+    if "kplus1" not in errors or peer not in errors:  # an arm left out (--arms)
+        return None
     ours, theirs = _stats(errors["kplus1"]), _stats(errors[peer])
     row = {
         "benchmark": "semi_supervised",
@@ -271,12 +306,14 @@ SUPERVISED_GOAL = "K+1 mean <= 0.7x, worse on no seed, std no larger"
 def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
     rows = []
     if "digits" in args.cases:
-        model = {**DIGITS_MODEL, "d_hidden": args.digits_hidden} if args.digits_hidden else None
+        model = {**DIGITS_MODEL, **({"d_hidden": args.digits_hidden} if args.digits_hidden else {}), **_overrides(args.digits_set)}
         seeds = args.seeds or list(range(args.digits_seeds))
-        d = digits_case(args.per_class, seeds, args.digits_steps, workdir, args.jobs, model)
+        d = digits_case(args.per_class, seeds, args.digits_steps, workdir, args.jobs, model, args.digits_arms)
         for n, e in d.items():
             labels = f"{n} per class ({10 * n} of 1297)"
-            context = {"steps": args.digits_steps, "all_labels_error": _stats(e["all_labels"])["mean"]}
+            context = {"steps": args.digits_steps, "model_overrides": _overrides(args.digits_set)}
+            if e.get("all_labels"):
+                context["all_labels_error"] = _stats(e["all_labels"])["mean"]
             rows.append(_row("digits_vs_supervised_only", labels, e, "supervised_only", "same MLP D, the labels only, same steps", SUPERVISED_GOAL, seeds, **context))
             rows.append(_row("digits_vs_label_spreading", labels, e, "label_spreading", "sklearn LabelSpreading (knn, 7 neighbours)", "K+1 mean below LabelSpreading's", seeds, **context))
             rows.append(_row("digits_vs_consistency_only", labels, e, "consistency_only", "same D, Pi-model consistency term, no GAN", "context (the GAN game's own gain)", seeds, **context))
@@ -284,33 +321,55 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict]:
             rows.append(_row("digits_vs_all_labels", labels, e, "all_labels", "same D on all 1297 labels (ceiling)", "context", seeds, **context))
     if "phantoms" in args.cases:
         seeds = args.seeds or list(range(args.phantom_seeds))
-        p = phantom_case(args.phantom_per_class, seeds, args.phantom_steps, args.phantom_train, args.phantom_test, workdir, args.jobs)
+        model = {**PHANTOM_MODEL, **_overrides(args.phantom_set)}
+        p = phantom_case(args.phantom_per_class, seeds, args.phantom_steps, args.phantom_train, args.phantom_test, workdir, args.jobs, model, args.phantom_arms)
         for n, e in p.items():
             labels = f"{n} subjects per class of {args.phantom_train}"
-            context = {"steps": args.phantom_steps, "majority_class_error": round(e["majority_class"][0], 4)}
+            context = {"steps": args.phantom_steps, "majority_class_error": round(e["majority_class"][0], 4), "model_overrides": _overrides(args.phantom_set)}
             rows.append(_row("phantoms_lesion_2d_vs_supervised_only", labels, e, "supervised_only", "same MONAI Classifier, the labeled subjects only, same steps", SUPERVISED_GOAL, seeds, **context))
             rows.append(_row("phantoms_lesion_2d_vs_consistency_only", labels, e, "consistency_only", "same Classifier, consistency term, no GAN", "context (the GAN game's own gain)", seeds, **context))
-    return rows
+    return [row for row in rows if row is not None]
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    """``["key=value", ...]`` -> ``{key: value}``, values parsed as JSON where they parse (numbers, booleans, lists)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"semi_supervised.py: --*-set wants key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds")
+    parser.add_argument("--full", action="store_true", help="the whole sweep: 10 digits seeds and the consistency-only arms")
     parser.add_argument("--cases", nargs="+", default=["digits", "phantoms"], choices=["digits", "phantoms"])
     parser.add_argument("--seeds", type=int, nargs="+", help="these seeds for every case (e.g. the tuning seeds 100-104)")
     parser.add_argument("--digits-seeds", type=int, default=5, help="seeds 0..N-1 (--full: 10)")
     parser.add_argument("--per-class", type=int, nargs="+", default=[3, 5, 10, 20], help="digits labels per class")
     parser.add_argument("--digits-steps", type=int, default=DIGITS_STEPS)
     parser.add_argument("--digits-hidden", type=int, nargs="+", help="the digits D's hidden sizes (default 500 250 250)")
+    parser.add_argument("--digits-set", nargs="+", metavar="KEY=VALUE", help="digits K+1 model overrides (tuning), e.g. consistency_shift=0")
+    parser.add_argument("--digits-arms", nargs="+", choices=DIGITS_ARMS, help="only these digits arms (tuning)")
     parser.add_argument("--phantom-seeds", type=int, default=5, help="seeds 0..N-1")
     parser.add_argument("--phantom-per-class", type=int, nargs="+", default=[2, 5], help="labeled phantom subjects per class")
     parser.add_argument("--phantom-steps", type=int, default=PHANTOM_STEPS)
+    parser.add_argument("--phantom-set", nargs="+", metavar="KEY=VALUE", help="phantom K+1 model overrides (tuning)")
+    parser.add_argument("--phantom-arms", nargs="+", choices=list(ARMS), help="only these phantom arms (tuning)")
     parser.add_argument("--phantom-train", type=int, default=60, help="training phantom subjects")
     parser.add_argument("--phantom-test", type=int, default=30, help="held-out phantom subjects")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
     args = parser.parse_args(argv)
     if args.full:
         args.digits_seeds = 10
+    else:  # the default leaves out the consistency-only arms (the GAN game's own gain): --full runs them
+        args.digits_arms = args.digits_arms or [arm for arm in DIGITS_ARMS if arm != "consistency_only"]
+        args.phantom_arms = args.phantom_arms or [arm for arm in ARMS if arm != "consistency_only"]
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(1)
@@ -319,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(args, Path(tmp))
     for row in rows:
         row["seconds_total"] = round(time.perf_counter() - start, 1)
+        row["cpu_seconds_total"] = round(sum(CPU_SECONDS), 1)
+        row["quiet_minutes_estimate"] = round(sum(CPU_SECONDS) / max(1, args.jobs) / 60, 1)  # the jobs' CPU time spread over --jobs cores
         print(json.dumps(row), flush=True)
     return 0
 

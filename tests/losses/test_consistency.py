@@ -37,3 +37,49 @@ def test_sigmoid_rampup_by_hand() -> None:
     assert sigmoid_rampup(0, 0) == 1.0  # no ramp
     with pytest.raises(ValueError):
         sigmoid_rampup(-1, 10)
+
+
+def test_translate_by_hand_and_its_random_draw() -> None:
+    from udl_med.losses.consistency import draw_shifts, random_translate, translate
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(2, 1, 1, 1)
+    out = translate(x, torch.tensor([[1, 0], [0, -1]]))
+    # item 0: one row down, the top row replicated; item 1: one column left, the last column replicated
+    assert torch.equal(out[0, 0], torch.tensor([[0.0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]))
+    assert torch.equal(out[1, 0], torch.tensor([[1.0, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11], [13, 14, 15, 15]]))
+    assert torch.equal(translate(x, torch.zeros(2, 2, dtype=torch.long)), x)
+    volume = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
+    assert torch.equal(translate(volume, torch.tensor([[0, 0, 1]]))[0, 0, :, :, 1], volume[0, 0, :, :, 0])  # 3D, last axis
+    shifts = draw_shifts(500, 2, 1, torch.Generator().manual_seed(0))
+    assert shifts.min() == -1 and shifts.max() == 1 and shifts.shape == (500, 2)
+    assert random_translate(x, 0) is x
+    moved = random_translate(x, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(moved, translate(x, draw_shifts(2, 2, 2, torch.Generator().manual_seed(1))))  # draw, then the deterministic form
+    with pytest.raises(ValueError, match="images"):
+        translate(torch.zeros(2, 5), torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="shifts"):
+        translate(x, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_shift"):
+        draw_shifts(2, 2, -1)
+
+
+def test_pseudo_label_loss_by_hand() -> None:
+    from udl_med.losses.consistency import pseudo_label_loss
+
+    # teacher item 1: softmax (3/4, 1/4): confidence 0.75, class 0; item 2: softmax (1/2, 1/2): 0.5, no label at 0.7
+    teacher = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    student = torch.tensor([[0.0, 0.0], [2.0, 0.0]], requires_grad=True)
+    loss, mask = pseudo_label_loss(student, teacher, threshold=0.7)
+    assert torch.equal(mask, torch.tensor([1.0, 0.0]))
+    # CE of student (0, 0) against class 0: ln 2; the masked item counts 0 in the mean over 2 items
+    assert float(loss.detach()) == pytest.approx(math.log(2.0) / 2, abs=1e-6)
+    per_item, _ = pseudo_label_loss(student, teacher, threshold=0.5, reduction="none")
+    # at 0.5 item 2 qualifies too; argmax of a tie is class 0: CE of (2, 0) against class 0 = ln(1 + e^-2)
+    assert torch.allclose(per_item.detach(), torch.tensor([math.log(2.0), math.log(1 + math.exp(-2.0))]), atol=1e-6)
+    loss.backward()
+    assert float(student.grad[0, 0]) == pytest.approx(-0.25, abs=1e-6)  # (p0 - 1) / 2 = (1/2 - 1) / 2
+    assert float(student.grad[1].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_label_loss(student, teacher, threshold=1.5)
+    with pytest.raises(ValueError, match="student and teacher"):
+        pseudo_label_loss(torch.zeros(2, 3), teacher, threshold=0.5)

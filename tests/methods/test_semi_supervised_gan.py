@@ -287,14 +287,14 @@ def test_consistency_term_with_the_gan_its_ramp_and_the_consistency_only_baselin
 
 
 def test_labels_only_arm_ignores_every_unlabeled_term() -> None:
-    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy and consistency weights."""
+    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy, consistency and pseudo-label weights."""
     spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
     batch = _batch(spec)
     other = {**batch, keys.UNLABELED_IMAGE: batch[keys.UNLABELED_IMAGE] * 0 + 5.0}
     results = []
     for b in (batch, other):
         torch.manual_seed(7)
-        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0)
+        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0, pseudo_label_weight=1.0)
         method = SemiSupervisedGAN(config, spec)
         torch.manual_seed(8)
         out = method.train_step(b, HandOpt(method.configure_optimizers()))
@@ -303,3 +303,71 @@ def test_labels_only_arm_ignores_every_unlabeled_term() -> None:
     # the loss is the labeled cross-entropy alone, and the step is the same with any unlabeled batch
     assert float(results[0][0][keys.LOSS]) == pytest.approx(float(results[0][0][keys.CE]))
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_shifted_target_pass_and_pseudo_labels_by_hand() -> None:
+    """``consistency_shift`` translates the target pass's images; ``pseudo_label_weight`` adds FixMatch's term exactly."""
+    from udl_med.errors import ConfigError
+    from udl_med.losses.consistency import consistency_loss, draw_shifts, pseudo_label_loss, translate
+
+    spec = DataSpec(spatial_dims=2, in_channels=1, image_size=(4, 4), num_classes=3)
+    batch = _batch(spec, n=6)
+    small = {"discriminator": "mlp", "generator": "mlp", "d_hidden": (8,), "g_hidden": (8, 8), "latent_dim": 4}
+    torch.manual_seed(5)
+    config = SemiSupervisedGANConfig(**small, consistency_weight=2.0, consistency_shift=1, pseudo_label_weight=0.5, pseudo_label_threshold=0.0, consistency_only=True)
+    method = SemiSupervisedGAN(config, spec)
+    d = method.discriminator
+    # the step's draws in order: the labeled pass's noise, the unlabeled pass's noise, the shifts, the target pass's noise
+    torch.manual_seed(6)
+    logits_lab = d(batch[keys.IMAGE])
+    student = d(batch[keys.UNLABELED_IMAGE])
+    shifts = draw_shifts(6, 2, 1)
+    teacher = d(translate(batch[keys.UNLABELED_IMAGE], shifts))
+    pseudo, mask = pseudo_label_loss(student, teacher, 0.0)
+    expected = F.cross_entropy(logits_lab, batch[keys.LABEL]) + 2.0 * consistency_loss(student, teacher) + 0.5 * pseudo
+    assert float(mask.mean()) == 1.0  # threshold 0: every item gets its pseudo-label
+    opt = HandOpt(method.configure_optimizers())
+    torch.manual_seed(6)
+    out = method.train_step(batch, opt)
+    assert float(out[keys.LOSS]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out["pseudo_label"]) == pytest.approx(float(pseudo), rel=1e-5) and float(out["pseudo_label_fraction"]) == 1.0
+    # the ramp: half way through it the term counts exp(-5 / 4) of its weight
+    torch.manual_seed(5)
+    ramped = SemiSupervisedGAN(config.model_copy(update={"pseudo_label_rampup_steps": 40}), spec)
+    opt = HandOpt(ramped.configure_optimizers())
+    opt.global_step = 20
+    torch.manual_seed(6)
+    out = ramped.train_step(batch, opt)
+    consistency_ramp = 1.0  # consistency_rampup_steps is 0
+    expected = F.cross_entropy(logits_lab, batch[keys.LABEL]) + 2.0 * consistency_ramp * consistency_loss(student, teacher) + 0.5 * math.exp(-1.25) * pseudo
+    assert float(out[keys.LOSS]) == pytest.approx(float(expected), rel=1e-5)
+    # an unreachable threshold: no pseudo-label, the term is 0
+    method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, pseudo_label_weight=1.0, pseudo_label_threshold=1.0), spec)
+    out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert float(out["pseudo_label"]) == 0.0 and float(out["pseudo_label_fraction"]) == 0.0
+    # pseudo-labels alone make a consistency baseline too; translations need a pixel grid
+    SemiSupervisedGANConfig(pseudo_label_weight=1.0, consistency_only=True)
+    vectors = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    with pytest.raises(ConfigError, match="consistency_shift"):
+        SemiSupervisedGAN(SemiSupervisedGANConfig(consistency_weight=1.0, consistency_shift=1), vectors)
+    with pytest.raises(ConfigError, match="dcgan"):
+        SemiSupervisedGAN(SemiSupervisedGANConfig(generator="dcgan"), vectors)
+
+
+def test_mlp_generator_on_images_matches_the_vector_setup() -> None:
+    """``generator: mlp`` on ``(1, 4, 4)`` images is the vector set-up's MLP reshaped: same draws, same numbers."""
+    image = DataSpec(spatial_dims=2, in_channels=1, image_size=(4, 4), num_classes=3)
+    vector = DataSpec(spatial_dims=0, in_channels=16, image_size=(), num_classes=3)
+    batch = _batch(image, n=6)
+    flat = {k: (v.flatten(1) if v.ndim > 1 else v) for k, v in batch.items()}
+    small = {"discriminator": "mlp", "d_hidden": (8,), "g_hidden": (8, 8), "latent_dim": 4, "consistency_weight": 1.0}
+    outs = []
+    for spec, b, extra in ((image, batch, {"generator": "mlp"}), (vector, flat, {})):
+        torch.manual_seed(9)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, **extra), spec)
+        torch.manual_seed(10)
+        outs.append(method.train_step(b, HandOpt(method.configure_optimizers())))
+        if spec is image:
+            assert method.generator(torch.zeros(2, 4)).shape == (2, 1, 4, 4)
+    for key in (keys.LOSS, keys.GENERATOR, "consistency"):
+        assert float(outs[0][key]) == pytest.approx(float(outs[1][key]), rel=1e-6)

@@ -9,6 +9,15 @@ on digits it was no better than the Pi-model combined with the K+1 game (README)
 
 Ramp: ``exp(-5 (1 - t)^2)`` with ``t = step / length`` clipped to 1 (both papers), so the
 unlabeled targets count little while the labels have not yet shaped the classes.
+
+Perturbation: besides D's own Gaussian noise, :func:`random_translate` shifts each image by
+up to ``max_shift`` pixels per axis (edges replicated), the translations the Pi-model paper
+uses; the draw (:func:`draw_shifts`) is separate from the deterministic
+:func:`translate`, so a result is reproducible from its shifts.
+
+Pseudo-labels (FixMatch, Sohn et al. 2020, https://arxiv.org/abs/2001.07685):
+:func:`pseudo_label_loss` is the cross-entropy of the student pass against the teacher
+pass's argmax, counted only where the teacher's top class probability reaches a threshold.
 """
 
 from __future__ import annotations
@@ -16,11 +25,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
 
-__all__ = ["consistency_loss", "sigmoid_rampup"]
+__all__ = ["consistency_loss", "draw_shifts", "pseudo_label_loss", "random_translate", "sigmoid_rampup", "translate"]
 
 
 def consistency_loss(student_logits: Tensor, teacher_logits: Tensor, reduction: str = "mean") -> Tensor:
@@ -49,3 +59,71 @@ def sigmoid_rampup(step: int, length: int) -> float:
         return 1.0
     t = min(1.0, step / length)
     return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, threshold: float, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+    """``(loss, mask)``: ``mask_i * CE(student_i, argmax teacher_i)``, ``mask_i = max_k softmax(teacher_i)_k >= threshold``.
+
+    FixMatch's unlabeled term: the mean runs over the whole batch (masked items count 0), so
+    the term grows as the teacher grows confident. The teacher is a target (detached).
+
+    Args:
+        student_logits, teacher_logits: ``(B, K)`` class logits of two passes over the same items.
+        threshold: the confidence a pseudo-label needs, in ``[0, 1]``.
+        reduction: ``mean`` over the batch, ``sum`` or ``none`` (``(B,)``).
+
+    Returns:
+        The loss and the ``(B,)`` float mask of the items that got a pseudo-label.
+
+    Raises:
+        ValueError: shapes that differ, a threshold outside ``[0, 1]``, or an unknown reduction.
+    """
+    _check_reduction(reduction)
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"student and teacher logits must both be (B, K), got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    confidence, target = torch.softmax(teacher_logits.detach().float(), dim=1).max(dim=1)
+    mask = (confidence >= threshold).float()
+    per_item = F.cross_entropy(student_logits.float(), target, reduction="none") * mask
+    return _reduce(per_item, reduction), mask
+
+
+def draw_shifts(n: int, spatial_dims: int, max_shift: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+    """``(n, spatial_dims)`` integer shifts, each uniform in ``[-max_shift, max_shift]``."""
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    return torch.randint(-max_shift, max_shift + 1, (n, spatial_dims), generator=generator, device=device)
+
+
+def translate(x: Tensor, shifts: Tensor) -> Tensor:
+    """Images ``(B, C, *spatial)`` moved by ``shifts`` ``(B, len(spatial))`` pixels, edges replicated.
+
+    A positive shift moves the content towards higher indices:
+    ``out[..., i] = x[..., clamp(i - shift, 0, size - 1)]`` along each axis.
+
+    Raises:
+        ValueError: images of 1 or more than 3 spatial axes, or shifts of the wrong shape.
+    """
+    spatial = x.ndim - 2
+    if spatial not in (2, 3):
+        raise ValueError(f"translate needs images (B, C, H, W[, D]), got shape {tuple(x.shape)}")
+    if shifts.shape != (x.shape[0], spatial):
+        raise ValueError(f"shifts must be ({x.shape[0]}, {spatial}), got {tuple(shifts.shape)}")
+    out = x
+    for axis in range(spatial):
+        size = x.shape[2 + axis]
+        positions = torch.arange(size, device=x.device)
+        source = (positions[None, :] - shifts[:, axis : axis + 1].to(x.device)).clamp(0, size - 1)  # (B, size)
+        view = [x.shape[0]] + [1] * (x.ndim - 1)
+        view[2 + axis] = size
+        index = source.reshape(view).expand(*out.shape[:2 + axis], size, *out.shape[3 + axis :])
+        out = torch.gather(out, 2 + axis, index)
+    return out
+
+
+def random_translate(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """:func:`translate` by shifts drawn with :func:`draw_shifts`; ``x`` itself when ``max_shift`` is 0."""
+    if max_shift == 0:
+        return x
+    return translate(x, draw_shifts(x.shape[0], x.ndim - 2, max_shift, generator, x.device))
