@@ -3,6 +3,9 @@
 ADA tunes p from r_t = E[sign(D(x_real))]: the sign must be taken about D's decision
 boundary, which for least squares is the midpoint of its two targets (0.5, or 0.45 with
 label smoothing 0.9), not 0; logits and hinge scores are centred already.
+
+Seed 7 (after ADA's one-resample rewrite): the refusals of ``Adversary``'s weights and of
+``data.augment`` for an adversarial generator, word for word (the message is the fix).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from udl_med.engine.config import validate_config
+from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss
 from udl_med.methods.adversarial import Adversary
 
@@ -29,3 +34,29 @@ def test_an_adversary_adds_no_r1_unless_asked() -> None:
     assert parts.r1 is None and torch.equal(parts.loss, parts.adversarial)
     with_r1 = Adversary(GANLoss("non-saturating"), r1_weight=2.0).discriminator_loss(lambda x, labels=None: critic(x), real, fake, step=0)
     assert with_r1.r1 is not None and float(with_r1.loss.detach()) == pytest.approx(float(with_r1.adversarial.detach()) + 1.0 * float(with_r1.r1.detach()))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gp_weight": -1.0}, "gp_weight must be >= 0, got -1.0"),
+        ({"clip_value": 0.0}, "clip_value must be > 0, got 0.0"),
+        ({"r1_weight": -0.5}, "r1_weight must be >= 0 and r1_every >= 1, got -0.5 and 1"),
+        ({"r1_every": 0}, "r1_weight must be >= 0 and r1_every >= 1, got 0.0 and 0"),
+    ],
+)
+def test_an_adversary_refuses_bad_weights_word_for_word(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        Adversary(GANLoss("non-saturating"), **kwargs)
+    assert str(err.value) == message
+
+
+def test_data_augment_for_an_adversarial_generator_is_refused_with_the_fix_word_for_word() -> None:
+    run = {"method": "gan", "data": {"source": "x.csv", "augment": [{"RandFlipd": {"prob": 0.5}}]}, "model": {}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(run, "run.yaml")
+    assert err.value.key == "data.augment"
+    assert err.value.problem == (
+        "transforms only the real items, so an adversarial generator learns the augmented distribution (a flipped abdomen has "
+        "its liver on the left); augment what D sees, real and generated alike, with model.d_augment: diffaugment or ada"
+    )
