@@ -6,6 +6,8 @@ label smoothing 0.9), not 0; logits and hinge scores are centred already.
 
 Seed 7 (after ADA's one-resample rewrite): the refusals of ``Adversary``'s weights and of
 ``data.augment`` for an adversarial generator, word for word (the message is the fix).
+Seed 8: an ``Adversary``'s feature matching is the squared difference of the batch means
+unless told otherwise (Salimans et al.'s l2).
 """
 
 from __future__ import annotations
@@ -60,3 +62,12 @@ def test_data_augment_for_an_adversarial_generator_is_refused_with_the_fix_word_
         "transforms only the real items, so an adversarial generator learns the augmented distribution (a flipped abdomen has "
         "its liver on the left); augment what D sees, real and generated alike, with model.d_augment: diffaugment or ada"
     )
+
+
+def test_an_adversarys_feature_matching_is_l2_by_default() -> None:
+    real = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])  # means 2, 1, 0
+    fake = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # means 0, 0.5, 1
+    loss = Adversary(GANLoss("non-saturating")).feature_matching_loss(real, fake)
+    assert float(loss) == pytest.approx((4.0 + 0.25 + 1.0) / 3)  # l2: the squared differences, averaged
+    l1 = Adversary(GANLoss("non-saturating"), feature_distance="l1").feature_matching_loss(real, fake)
+    assert float(l1) == pytest.approx((2.0 + 0.5 + 1.0) / 3)

@@ -5,6 +5,10 @@ parameter is visible (a constant image shows the brightness, a +-1 pattern the c
 a ramp the shift, ones the cutout box), and compared with the ranges the papers give:
 DiffAugment's brightness U(-0.5, 0.5), contrast U(0.5, 1.5), shifts up to 1/8 of the size,
 a box of half the size; ADA's brightness N(0, 0.2), contrast 2^N(0, 0.5), noise |N(0, 0.1)|.
+
+d_side seed 8 (after ADA's one-resample rewrite): DiffAugment's refusals word for word;
+ADA's controller keeps r_t exact: ``p`` stays put when r_t equals the target (a float32
+r_t would not), and r_t counts every score past 2^24 (a float32 count would round).
 """
 
 from __future__ import annotations
@@ -152,6 +156,37 @@ def test_ada_refuses_bad_settings_word_for_word(kwargs: dict, message: str) -> N
     with pytest.raises(ValueError) as err:
         AdaptiveAugment(**kwargs)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("policy", "message"), [
+    ((), "policy must name at least one transform"),
+    (("translation", "flip"), "unknown augmentation 'flip'; valid: translation, cutout, intensity"),
+    (("cutout", "intensity", "cutout"), "augmentation 'cutout' is listed twice"),
+])
+def test_diffaugment_refuses_bad_policies_word_for_word(policy: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        DiffAugment(policy)
+    assert str(err.value) == message
+
+
+def test_ada_p_stays_put_when_r_t_equals_the_target_exactly() -> None:
+    ada = AdaptiveAugment(p=0.5, target=1 / 3, interval=1)
+    ada.observe(torch.tensor([1.0, 2.0, -0.5]), 3, 1)  # signs 1, 1, -1: r_t = 1/3
+    assert float(ada.rt) == 1 / 3
+    assert float(ada.p) == 0.5  # neither up nor down
+    ada.observe(torch.tensor([1.0, 1.0, 1.0, -1.0]), 4, 2)  # r_t = 1/2 > 1/3: up by 4 images / 20k
+    assert float(ada.p) == 0.5 + 4 / 20_000
+
+
+def test_ada_r_t_counts_every_score_past_two_to_the_24() -> None:
+    # a patch discriminator gives many scores per image: over a long interval the count passes 2^24, where a
+    # float32 count rounds 2^24 + 1 to 2^24
+    ada = AdaptiveAugment(p=0.5, target=0.6, interval=16)
+    for step in range(16):
+        ada.observe(torch.ones(2**20), 1, step)  # not due before step 16
+    ada.observe(-torch.ones(1), 1, 16)
+    assert float(ada.rt) == (2**24 - 1) / (2**24 + 1)
+    assert float(ada.p) == 0.5 + 17 / 20_000  # r_t > 0.6: up by the 17 images seen
 
 
 def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:
