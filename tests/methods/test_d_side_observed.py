@@ -7,7 +7,9 @@ label smoothing 0.9), not 0; logits and hinge scores are centred already.
 Seed 7 (after ADA's one-resample rewrite): the refusals of ``Adversary``'s weights and of
 ``data.augment`` for an adversarial generator, word for word (the message is the fix).
 Seed 8: an ``Adversary``'s feature matching is the squared difference of the batch means
-unless told otherwise (Salimans et al.'s l2).
+unless told otherwise (Salimans et al.'s l2). Seed 9: PacGAN's packing wraps the given D
+(and is the plain D at pack 1); an adversary built from a config with its own objective keeps
+the other settings it is given.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from udl_med.engine.config import validate_config
 from udl_med.errors import ConfigError
 from udl_med.losses.gan import GANLoss
-from udl_med.methods.adversarial import Adversary
+from udl_med.losses.kplus1 import KPlusOneLoss
+from udl_med.methods.adversarial import Adversary, packed_discriminator
+from udl_med.methods.base import get_method
 
 
 @pytest.mark.parametrize(("mode", "real_label", "centre"), [("lsgan", 1.0, 0.5), ("lsgan", 0.9, 0.45), ("non-saturating", 1.0, 0.0), ("hinge", 1.0, 0.0)])
@@ -71,3 +75,31 @@ def test_an_adversarys_feature_matching_is_l2_by_default() -> None:
     assert float(loss) == pytest.approx((4.0 + 0.25 + 1.0) / 3)  # l2: the squared differences, averaged
     l1 = Adversary(GANLoss("non-saturating"), feature_distance="l1").feature_matching_loss(real, fake)
     assert float(l1) == pytest.approx((2.0 + 0.5 + 1.0) / 3)
+
+
+class _Critic(torch.nn.Module):
+    """A linear D with the ``(x, labels)`` call every discriminator takes."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(features, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(x)
+
+
+def test_packing_wraps_the_given_discriminator() -> None:
+    net = _Critic(6)  # built for 2 x 3 features
+    assert packed_discriminator(net, 1) is net
+    packed = packed_discriminator(net, 2)
+    x = torch.randn(4, 3)
+    scores = packed(x)
+    assert scores.shape == (2, 1)
+    torch.testing.assert_close(scores, net(x.reshape(2, 6)))  # items 0, 1 and 2, 3 side by side
+
+
+def test_an_adversary_from_a_config_with_its_own_objective_keeps_the_other_settings() -> None:
+    adversary = Adversary.from_config(get_method("gan").Config(), KPlusOneLoss(), feature_distance="l1", joint=True)
+    assert isinstance(adversary.objective, KPlusOneLoss) and adversary.joint
+    real, fake = torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]])
+    assert float(adversary.feature_matching_loss(real, fake)) == pytest.approx((1.0 + 2.0) / 2)  # l1, not the default l2

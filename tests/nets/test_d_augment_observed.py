@@ -8,7 +8,10 @@ a box of half the size; ADA's brightness N(0, 0.2), contrast 2^N(0, 0.5), noise 
 
 d_side seed 8 (after ADA's one-resample rewrite): DiffAugment's refusals word for word;
 ADA's controller keeps r_t exact: ``p`` stays put when r_t equals the target (a float32
-r_t would not), and r_t counts every score past 2^24 (a float32 count would round).
+r_t would not), and r_t counts every score past 2^24 (a float32 count would round). Seed 9: ADA keeps the
+images' dtype (half precision too), its cutout box lies anywhere along each axis on its own
+(a non-square image shows each axis's half), and the controller keeps its interval at any
+step count.
 """
 
 from __future__ import annotations
@@ -187,6 +190,41 @@ def test_ada_r_t_counts_every_score_past_two_to_the_24() -> None:
     ada.observe(-torch.ones(1), 1, 16)
     assert float(ada.rt) == (2**24 - 1) / (2**24 + 1)
     assert float(ada.p) == 0.5 + 17 / 20_000  # r_t > 0.6: up by the 17 images seen
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("policy", [("intensity",), ("flip", "translation", "scaling", "rotation", "intensity", "noise", "cutout")])
+def test_ada_keeps_the_images_dtype(dtype: torch.dtype, policy: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 8, 8, dtype=dtype)
+    out = AdaptiveAugment(policy, p=1.0, target=None)(x)
+    assert out.dtype == dtype and not torch.equal(out, x)
+
+
+def test_ada_cutout_box_is_half_of_each_axis_anywhere_along_it() -> None:
+    torch.manual_seed(0)
+    rows, cols = 12, 20
+    out = AdaptiveAugment(["cutout"], p=1.0, target=None)(torch.ones(400, 1, rows, cols))[:, 0]
+    blank = out == 0  # the box (ones elsewhere)
+    on_rows, on_cols = blank.any(2), blank.any(1)  # (N, rows), (N, cols): where the box lies along each axis
+    assert int(on_rows.sum(1).max()) == rows // 2 and int(on_cols.sum(1).max()) == cols // 2
+    assert bool((blank == (on_rows[:, :, None] & on_cols[:, None, :])).all())  # one box per item
+    first_row = on_rows.float().argmax(1).float()
+    first_col = on_cols.float().argmax(1).float()
+    # centred anywhere: the box starts half its length before its centre, so up to the last index less that
+    assert int(first_row.max()) == rows - 1 - rows // 4 and int(first_col.max()) == cols - 1 - cols // 4
+    assert abs(float(torch.corrcoef(torch.stack([first_row, first_col]))[0, 1])) < 0.15  # drawn apart
+
+
+def test_ada_keeps_its_interval_past_two_to_the_24_steps() -> None:
+    ada = AdaptiveAugment(p=0.5, target=0.6, interval=2)
+    start = 2**24 + 1  # a float32 step would round to 2^24
+    ada.observe(torch.ones(4), 4, start)
+    assert float(ada.p) == 0.5 + 4 / 20_000
+    ada.observe(torch.ones(4), 4, start + 1)  # one step after the adjustment: not due
+    assert float(ada.p) == 0.5 + 4 / 20_000
+    ada.observe(torch.ones(4), 4, start + 2)  # due: the 8 images since move p
+    assert float(ada.p) == 0.5 + 4 / 20_000 + 8 / 20_000
 
 
 def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:
