@@ -13,6 +13,9 @@ refusals of ``silhouette``, ``near_copy_distance`` and ``prdc_bootstrap`` word f
 Issue 26, third round: the spectral shortlist reads the low band up to a quarter of the
 (half-resolution) size along the last axis too: with a shortlist of one pair, a rotated
 copy is told from references that differ from its source only at that band's top.
+Seed 5: ``too_few="warn"`` works with one or two held-out subjects (calibrated at 1/(n+1));
+``prdc_bootstrap`` names ``k_pr`` and ``k_dc`` word for word; a well-conditioned product of
+factors takes the eigenvalue route (no SVD fallback logged).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from udl_med.metrics.calibration import calibrate
+from udl_med.metrics.frechet import trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import near_copy_distance
@@ -182,3 +186,33 @@ def test_the_spectral_shortlist_sees_the_top_of_its_band_along_the_last_axis() -
     assert found.index.tolist() == [7]
     assert float(found.distance[0]) < 0.003, found.distance
     assert abs(found.alignments[0].angle) == 10.0
+
+
+@pytest.mark.parametrize("n_holdout", [1, 2])
+def test_memorisation_warn_calibrates_one_or_two_held_out_subjects(n_holdout: int) -> None:
+    images = _smooth_images(n=10, size=24, seed=3)[:, None]
+    train, holdout, synthetic = images[:4], images[4 : 4 + n_holdout], images[8:]
+    result = memorization_tensors(synthetic, train, holdout, rate=0.01, too_few="warn")
+    assert result["stated_rate"] == pytest.approx(1 / (n_holdout + 1))  # the smallest rate n subjects can state
+    assert result["n_calibration_subjects"] == n_holdout and result["warning"] is not None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"k_pr": 0, "k_dc": 3}, "k_pr must be a positive integer, got 0"),
+    ({"k_pr": 3, "k_dc": 2.5}, "k_dc must be a positive integer, got 2.5"),
+])
+def test_prdc_bootstrap_names_its_k_word_for_word(kwargs: dict, message: str) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), **kwargs)
+    assert str(err.value) == message
+
+
+def test_a_well_conditioned_product_of_factors_takes_the_eigenvalue_route(caplog: pytest.LogCaptureFixture) -> None:
+    # the route's error estimate is judged against tr S1 + tr S2; two equal factors make a difference of traces 0,
+    # which would send every product to the SVD
+    f = np.random.default_rng(0).normal(size=(3, 6))  # 3 rows of 6 features: a full-rank 3 x 3 product
+    with caplog.at_level(logging.DEBUG, logger="udl_med.metrics.frechet"):
+        value = trace_sqrt_product_factors(f, f)
+    assert value == pytest.approx(float(np.trace(f.T @ f)), rel=1e-10)  # tr (S^1/2 S S^1/2)^1/2 = tr S
+    assert not [r for r in caplog.records if "using the SVD" in r.getMessage()]
