@@ -15,7 +15,9 @@ Issue 26, third round: the spectral shortlist reads the low band up to a quarter
 copy is told from references that differ from its source only at that band's top.
 Seed 5: ``too_few="warn"`` works with one or two held-out subjects (calibrated at 1/(n+1));
 ``prdc_bootstrap`` names ``k_pr`` and ``k_dc`` word for word; a well-conditioned product of
-factors takes the eigenvalue route (no SVD fallback logged).
+factors takes the eigenvalue route (no SVD fallback logged); an image shorter than 16
+along its first axis is not halved for the spectrum even when its other axis is long
+(the unhalved band reaches twice as far).
 """
 
 from __future__ import annotations
@@ -216,3 +218,34 @@ def test_a_well_conditioned_product_of_factors_takes_the_eigenvalue_route(caplog
         value = trace_sqrt_product_factors(f, f)
     assert value == pytest.approx(float(np.trace(f.T @ f)), rel=1e-10)  # tr (S^1/2 S S^1/2)^1/2 = tr S
     assert not [r for r in caplog.records if "using the SVD" in r.getMessage()]
+
+
+def test_an_image_shorter_than_16_along_one_axis_keeps_its_full_resolution_spectrum() -> None:
+    # 15 x 48: the spectrum is taken at full resolution (halving needs 16 along EVERY axis), so its band along the
+    # last axis reaches 48 // 4 = 12 cycles. The source's wave has 10, the other references' 14 to 20 (above the
+    # band); the query is the source rotated by 10 degrees and the shortlist one pair, so only the spectrum can pick
+    # the source. Halved (as if only the last axis counted), the band stops at 6: a wrong reference wins at distance
+    # 0.008-0.021 (tuning seeds 100-107); the source is at about 0.002.
+    h, w, pad = 15, 48, 12
+    noise = torch.randn(1, 1, h + 2 * pad, w + 2 * pad, generator=torch.Generator().manual_seed(0))
+    k = torch.exp(-0.5 * (torch.arange(-6, 7, dtype=torch.float32) / 2.0) ** 2)
+    k = k / k.sum()
+    base = F.conv2d(F.pad(noise, (6, 6, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
+    base = F.conv2d(F.pad(base, (0, 0, 6, 6), mode="replicate"), k.reshape(1, 1, -1, 1))[0, 0]
+    base = base / base.std()
+    rows, cols = torch.meshgrid(torch.arange(h + 2 * pad + 0.0), torch.arange(w + 2 * pad + 0.0), indexing="ij")
+
+    def wave(k0: int, k1: int, phase: float) -> torch.Tensor:
+        return 0.5 * torch.cos(2 * math.pi * (k0 * rows / h + k1 * cols / w) + phase)
+
+    source = base + wave(0, 10, 0.3)
+    others = [base + wave(j % 2, 14 + j, 0.7 * j) for j in range(7)]
+    reference = torch.stack(others + [source])[:, pad : pad + h, pad : pad + w]
+    t = math.radians(10.0)  # a rotation in pixel units on the non-square grid (normalised coordinates scale per axis)
+    size = h + 2 * pad, w + 2 * pad
+    theta = torch.tensor([[math.cos(t), -math.sin(t) * size[0] / size[1], 0.0], [math.sin(t) * size[1] / size[0], math.cos(t), 0.0]])
+    grid = F.affine_grid(theta[None], [1, 1, *size], align_corners=False)
+    query = F.grid_sample(source[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0, pad : pad + h, pad : pad + w]
+    found = near_copy_distance(query, reference, shortlist=1, max_shift=1)
+    assert found.index.tolist() == [7]
+    assert float(found.distance[0]) < 0.005, found.distance
