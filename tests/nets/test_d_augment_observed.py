@@ -11,7 +11,7 @@ ADA's controller keeps r_t exact: ``p`` stays put when r_t equals the target (a 
 r_t would not), and r_t counts every score past 2^24 (a float32 count would round). Seed 9: ADA keeps the
 images' dtype (half precision too), its cutout box lies anywhere along each axis on its own
 (a non-square image shows each axis's half), and the controller keeps its interval at any
-step count.
+step count. Seed 10: ``cutout``'s refusal word for word.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from udl_med.nets.ada import AdaptiveAugment, affine_resample
-from udl_med.nets.diffaugment import DiffAugment, flip, intensity, translate
+from udl_med.nets.diffaugment import DiffAugment, cutout, flip, intensity, translate
 
 N = 2000  # items: ranges and spreads to about 2-5%
 
@@ -225,6 +225,15 @@ def test_ada_keeps_its_interval_past_two_to_the_24_steps() -> None:
     assert float(ada.p) == 0.5 + 4 / 20_000
     ada.observe(torch.ones(4), 4, start + 2)  # due: the 8 images since move p
     assert float(ada.p) == 0.5 + 4 / 20_000 + 8 / 20_000
+
+
+def test_cutout_refuses_a_centre_or_size_of_the_wrong_shape_word_for_word() -> None:
+    x = torch.zeros(3, 1, 8, 8)
+    message = "centre must be (B, spatial_dims) = (3, 2) and size have spatial_dims entries"
+    for centre, size in ((torch.zeros(3, 3, dtype=torch.long), (4, 4)), (torch.zeros(3, 2, dtype=torch.long), (4,))):
+        with pytest.raises(ValueError) as err:
+            cutout(x, centre, size)
+        assert str(err.value) == message
 
 
 def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:
