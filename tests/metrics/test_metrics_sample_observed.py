@@ -17,7 +17,10 @@ Seed 5: ``too_few="warn"`` works with one or two held-out subjects (calibrated a
 ``prdc_bootstrap`` names ``k_pr`` and ``k_dc`` word for word; a well-conditioned product of
 factors takes the eigenvalue route (no SVD fallback logged); an image shorter than 16
 along its first axis is not halved for the spectrum even when its other axis is long
-(the unhalved band reaches twice as far).
+(the unhalved band reaches twice as far). Seed 6: with a lowered float32 matmul precision
+(the float64 path), density counts a fake strictly inside a real's ball, as the reference
+PRDC does; a bootstrap of one replicate is refused and the interval's shift uses every
+replicate.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from udl_med.metrics.frechet import trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import near_copy_distance
-from udl_med.metrics.prdc import prdc_bootstrap
+from udl_med.metrics.prdc import prdc, prdc_bootstrap
 
 
 def _smooth_images(n: int = 6, size: int = 48, seed: int = 0, sigma: float = 2.0) -> torch.Tensor:
@@ -249,3 +252,33 @@ def test_an_image_shorter_than_16_along_one_axis_keeps_its_full_resolution_spect
     found = near_copy_distance(query, reference, shortlist=1, max_shift=1)
     assert found.index.tolist() == [7]
     assert float(found.distance[0]) < 0.005, found.distance
+
+
+@pytest.mark.parametrize("precision", ["highest", "high"])  # high: TF32 voids the float32 screen, every distance in float64
+def test_density_counts_a_fake_strictly_inside_a_real_ball(precision: str) -> None:
+    # k_dc = 1 radii: real 0 -> 1, real 1 -> 1, real 3 -> 2. Fake 2 is at distance 1 from real 1 (on its ball's edge:
+    # out, as the reference PRDC's `<`) and 1 from real 3 (inside): density = 1 / (k M) = 1 / 3
+    real, fake = np.array([[0.0], [1.0], [3.0]]), np.array([[2.0], [10.0], [11.0]])
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        result = prdc(real, fake, k_pr=2, k_dc=1)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert result.density == pytest.approx(1 / 3)
+
+
+def test_the_bootstrap_interval_is_shifted_by_the_mean_of_every_replicate() -> None:
+    # two replicates: the bias-shifted replicates sit symmetrically about the observed value, so the observed value
+    # is the middle of the interval; dropping one replicate would leave a single point at the observed value
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(30, 2)), rng.normal(0.5, 1.0, size=(30, 2))
+    result = prdc_bootstrap(real, fake, k_pr=3, k_dc=3, n_boot=2, seed=3)
+    for key in ("density", "coverage"):  # (not clipped at 1 here)
+        iv = result.intervals[key]
+        value = getattr(result.values, key)
+        assert iv.low < value < iv.high, key
+        assert (iv.low + iv.high) / 2 == pytest.approx(value), key
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(real, fake, k_pr=3, k_dc=3, n_boot=1)
+    assert str(err.value) == "bootstrap needs 0 (none) or at least 2 replicates, got 1"
