@@ -11,7 +11,8 @@ ADA's controller keeps r_t exact: ``p`` stays put when r_t equals the target (a 
 r_t would not), and r_t counts every score past 2^24 (a float32 count would round). Seed 9: ADA keeps the
 images' dtype (half precision too), its cutout box lies anywhere along each axis on its own
 (a non-square image shows each axis's half), and the controller keeps its interval at any
-step count. Seed 10: ``cutout``'s refusal word for word.
+step count. Seed 10: ``cutout``'s refusal word for word. Seed 11: ``reflect_index`` on
+axes of 1 and 2 voxels (a single slice, a pair), and a reflect-padded shift along them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from udl_med.nets.ada import AdaptiveAugment, affine_resample
-from udl_med.nets.diffaugment import DiffAugment, cutout, flip, intensity, translate
+from udl_med.nets.diffaugment import DiffAugment, cutout, flip, intensity, reflect_index, translate
 
 N = 2000  # items: ranges and spreads to about 2-5%
 
@@ -234,6 +235,15 @@ def test_cutout_refuses_a_centre_or_size_of_the_wrong_shape_word_for_word() -> N
         with pytest.raises(ValueError) as err:
             cutout(x, centre, size)
         assert str(err.value) == message
+
+
+def test_reflect_index_on_axes_of_one_and_two_voxels() -> None:
+    index = torch.tensor([-3, -2, -1, 0, 1, 2, 3])
+    assert reflect_index(index, 1).tolist() == [0] * 7  # one voxel: every index is it
+    assert reflect_index(index, 2).tolist() == [1, 0, 1, 0, 1, 0, 1]  # ab|a: period 2
+    volume = torch.arange(2.0 * 1 * 4).reshape(1, 1, 2, 1, 4)  # a 2 x 1 x 4 volume
+    moved = translate(volume, torch.tensor([[1, 1, 0]]), reflect=True)  # one voxel along the axes of 2 and of 1
+    assert torch.equal(moved[0, 0, :, 0], volume[0, 0, [1, 0], 0])
 
 
 def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:
