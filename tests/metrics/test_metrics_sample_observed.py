@@ -20,7 +20,9 @@ along its first axis is not halved for the spectrum even when its other axis is 
 (the unhalved band reaches twice as far). Seed 6: with a lowered float32 matmul precision
 (the float64 path), density counts a fake strictly inside a real's ball, as the reference
 PRDC does; a bootstrap of one replicate is refused and the interval's shift uses every
-replicate.
+replicate. Seed 7: the refusals of ``gaussian_kl_to_standard``, PRDC (naming the set) and a
+bootstrap level of 0 word for word; ``Calibration.as_dict`` and ``Alignment.as_dict`` keys, and
+a 3D rotation about axis 0 described with its axis.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from udl_med.metrics.calibration import calibrate
 from udl_med.metrics.frechet import trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
-from udl_med.metrics.nearcopy import near_copy_distance
+from udl_med.metrics.nearcopy import Alignment, near_copy_distance
 from udl_med.metrics.prdc import prdc, prdc_bootstrap
 
 
@@ -282,3 +284,33 @@ def test_the_bootstrap_interval_is_shifted_by_the_mean_of_every_replicate() -> N
     with pytest.raises(ValueError) as err:
         prdc_bootstrap(real, fake, k_pr=3, k_dc=3, n_boot=1)
     assert str(err.value) == "bootstrap needs 0 (none) or at least 2 replicates, got 1"
+
+
+def test_latent_and_prdc_refusals_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        gaussian_kl_to_standard(np.zeros(2), np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3 and -1
+    assert str(err.value) == "the covariance is not positive definite"
+    rng = np.random.default_rng(0)
+    good = rng.normal(size=(10, 2))
+    bad = good.copy()
+    bad[1, 1] = np.nan
+    for real, fake, which in ((bad, good, "real"), (good, bad, "fake")):
+        with pytest.raises(ValueError) as err:
+            prdc(real, fake, 3, 3)
+        assert str(err.value) == f"{which} features: contains NaN or infinite values"
+    with pytest.raises(ValueError) as err:
+        prdc_bootstrap(good, good, 3, 3, n_boot=2, level=0.0)
+    assert str(err.value) == "confidence level must be in (0, 1), got 0.0"
+
+
+def test_calibration_and_alignment_as_dict_keys() -> None:
+    scores = np.linspace(0.1, 1.0, 50)
+    out = calibrate(scores, 0.1).as_dict()
+    assert list(out) == ["threshold", "rate", "calibrated_rate", "interval", "level", "n_subjects", "rank"]
+    assert out["rank"] == 5 and out["threshold"] == pytest.approx(scores[4]) and out["calibrated_rate"] == pytest.approx(5 / 51)
+    low, high = out["interval"]
+    assert 0.0 < low < 5 / 51 < high < 1.0
+    about_0 = Alignment((1,), 5.0, 0, (0, 1, 0))  # 3D: a rotation about axis 0 names it
+    assert about_0.describe() == "rotate 5 deg about axis 0, flip axes [1], shift [0, 1, 0]"
+    assert about_0.as_dict() == {"flips": [1], "angle": 5.0, "axis": 0, "shift": [0, 1, 0], "text": about_0.describe()}
+    assert Alignment((), -2.5, -1, (0, 0)).describe() == "rotate -2.5 deg"  # 2D: the plane, no axis
