@@ -22,7 +22,9 @@ along its first axis is not halved for the spectrum even when its other axis is 
 PRDC does; a bootstrap of one replicate is refused and the interval's shift uses every
 replicate. Seed 7: the refusals of ``gaussian_kl_to_standard``, PRDC (naming the set) and a
 bootstrap level of 0 word for word; ``Calibration.as_dict`` and ``Alignment.as_dict`` keys, and
-a 3D rotation about axis 0 described with its axis.
+a 3D rotation about axis 0 described with its axis. Seed 8: ``calibrate``'s refusal names the
+smallest rate its subjects can state (1/(n+1)); memorisation refuses 6-D batches word for
+word; ``PRDCResult.as_dict`` has bare keys unless given a prefix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from udl_med.errors import UserError
 from udl_med.metrics.calibration import calibrate
 from udl_med.metrics.frechet import trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
@@ -314,3 +317,20 @@ def test_calibration_and_alignment_as_dict_keys() -> None:
     assert about_0.describe() == "rotate 5 deg about axis 0, flip axes [1], shift [0, 1, 0]"
     assert about_0.as_dict() == {"flips": [1], "angle": 5.0, "axis": 0, "shift": [0, 1, 0], "text": about_0.describe()}
     assert Alignment((), -2.5, -1, (0, 0)).describe() == "rotate -2.5 deg"  # 2D: the plane, no axis
+
+
+def test_calibrate_memorisation_and_prdc_dict_word_for_word() -> None:
+    with pytest.raises(ValueError) as err:
+        calibrate(np.linspace(0.0, 1.0, 5), 0.01)
+    assert str(err.value) == (
+        "5 calibration subject(s) cannot state a false-alarm rate of 0.01: at least 99 are needed (or ask for a rate of at least 0.167)"
+    )  # 1 / (5 + 1)
+    six_d = torch.zeros(2, 1, 8, 8, 8, 1)
+    with pytest.raises(UserError) as err:
+        memorization_tensors(six_d, six_d, six_d)
+    assert str(err.value) == "synthetic images must be a non-empty (N, 1, *spatial) batch, got (2, 1, 8, 8, 8, 1)"
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(10, 2))
+    result = prdc_bootstrap(real, real + 0.1, 3, 3)
+    assert list(result.as_dict()) == ["precision", "recall", "density", "coverage"]
+    assert list(result.as_dict("prdc_")) == ["prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage"]
