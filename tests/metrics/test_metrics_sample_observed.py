@@ -24,7 +24,8 @@ replicate. Seed 7: the refusals of ``gaussian_kl_to_standard``, PRDC (naming the
 bootstrap level of 0 word for word; ``Calibration.as_dict`` and ``Alignment.as_dict`` keys, and
 a 3D rotation about axis 0 described with its axis. Seed 8: ``calibrate``'s refusal names the
 smallest rate its subjects can state (1/(n+1)); memorisation refuses 6-D batches word for
-word; ``PRDCResult.as_dict`` has bare keys unless given a prefix.
+word; ``PRDCResult.as_dict`` has bare keys unless given a prefix; a covariance that is not
+positive semi-definite sends the Fréchet trace to the SVD with that reason.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 from udl_med.errors import UserError
 from udl_med.metrics.calibration import calibrate
-from udl_med.metrics.frechet import trace_sqrt_product_factors
+from udl_med.metrics.frechet import frechet_covariances, trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
 from udl_med.metrics.nearcopy import Alignment, near_copy_distance
@@ -334,3 +335,10 @@ def test_calibrate_memorisation_and_prdc_dict_word_for_word() -> None:
     result = prdc_bootstrap(real, real + 0.1, 3, 3)
     assert list(result.as_dict()) == ["precision", "recall", "density", "coverage"]
     assert list(result.as_dict("prdc_")) == ["prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage"]
+
+
+def test_a_covariance_that_is_not_psd_takes_the_svd_with_its_reason() -> None:
+    mu = np.zeros(2)
+    result = frechet_covariances(mu, np.eye(2), mu, np.diag([1.0, -1e-3]))
+    assert result.route == "svd"
+    assert result.reason.startswith("eigenvalue -0.001 below -") and result.reason.endswith(" (not PSD at rounding level)")
