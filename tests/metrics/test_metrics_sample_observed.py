@@ -25,7 +25,8 @@ bootstrap level of 0 word for word; ``Calibration.as_dict`` and ``Alignment.as_d
 a 3D rotation about axis 0 described with its axis. Seed 8: ``calibrate``'s refusal names the
 smallest rate its subjects can state (1/(n+1)); memorisation refuses 6-D batches word for
 word; ``PRDCResult.as_dict`` has bare keys unless given a prefix; a covariance that is not
-positive semi-definite sends the Fréchet trace to the SVD with that reason.
+positive semi-definite sends the Fréchet trace to the SVD with that reason. Seed 9:
+``clopper_pearson`` of no trials is (NaN, NaN).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from udl_med.errors import UserError
-from udl_med.metrics.calibration import calibrate
+from udl_med.metrics.calibration import calibrate, clopper_pearson
 from udl_med.metrics.frechet import frechet_covariances, trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
@@ -342,3 +343,9 @@ def test_a_covariance_that_is_not_psd_takes_the_svd_with_its_reason() -> None:
     result = frechet_covariances(mu, np.eye(2), mu, np.diag([1.0, -1e-3]))
     assert result.route == "svd"
     assert result.reason.startswith("eigenvalue -0.001 below -") and result.reason.endswith(" (not PSD at rounding level)")
+
+
+def test_clopper_pearson_of_no_trials_is_nan() -> None:
+    low, high = clopper_pearson(0, 0)
+    assert math.isnan(low) and math.isnan(high)
+    assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
