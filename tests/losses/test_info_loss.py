@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from udl_med.losses.info import InfoCodes, draw_codes, info_loss
 
@@ -35,3 +36,12 @@ def test_codes_are_one_hot_then_uniform() -> None:
     assert set(codes.categorical.tolist()) == {0, 1, 2}
     only_continuous = draw_codes(4, 0, 2)
     assert only_continuous.as_input(0).shape == (4, 2)
+
+
+def test_without_a_categorical_code_the_codes_are_long_zeros() -> None:
+    # InfoCodes' contract: `categorical` is a long class index per item, so code that one-hots or compares it
+    # (F.one_hot, cross_entropy, ==) works whatever K is; with K = 0 every item's class is 0 (issue 26, losses seed 1)
+    codes = draw_codes(5, 0, 3, torch.Generator().manual_seed(0))
+    assert codes.categorical.dtype == torch.long and codes.categorical.tolist() == [0] * 5
+    assert torch.equal(F.one_hot(codes.categorical, 1), torch.ones(5, 1, dtype=torch.long))
+    assert codes.continuous.shape == (5, 3) and codes.continuous.dtype == torch.float32

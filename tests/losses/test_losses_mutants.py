@@ -1,8 +1,12 @@
 """Losses observed where mutation testing found them unobserved (issue 26): the K+1 and ELBO
 settings that reach their inner losses, HA's dtype, messages, the unrolled optimiser's state,
-sign, clamp and detaching, and the image pool following its module's dtype."""
+sign, clamp and detaching, and the image pool following its module's dtype; the fresh losses
+sample of issue 26's third round (seed 2): the hinge loss against each target on its own, and
+InfoGAN's log-variance clamped on both sides."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from udl_med.losses.elbo import ELBOLoss, gaussian_kl
 from udl_med.losses.gan import GANLoss, feature_matching_loss
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
+from udl_med.losses.info import InfoCodes, info_loss
 from udl_med.losses.kplus1 import KPlusOneLoss
 from udl_med.losses.sparsity import L1Sparsity
 
@@ -136,3 +141,26 @@ def test_elbo_beta_defaults_to_1() -> None:
     mu, logvar = torch.tensor([[1.0, -1.0]]), torch.zeros(1, 2)
     terms = ELBOLoss()(out, target, mu, logvar)
     assert terms.kl.item() == pytest.approx(1.0) and terms.loss.item() == pytest.approx(1.0)
+
+
+def test_hinge_against_each_target_by_hand() -> None:
+    # pytorch-CycleGAN's call, D's side: relu(1 - s) for real targets, relu(1 + s) for fake ones
+    scores = torch.tensor([-2.0, 0.5, 3.0])
+    hinge = GANLoss("hinge")
+    assert hinge(scores, True).item() == pytest.approx((3.0 + 0.5 + 0.0) / 3)
+    assert hinge(scores, False).item() == pytest.approx((0.0 + 1.5 + 4.0) / 3)
+    assert torch.equal(GANLoss("hinge", reduction="none")(scores, True), torch.tensor([3.0, 0.5, 0.0]))
+
+
+def test_info_loss_clamps_the_log_variance_to_plus_minus_10() -> None:
+    # Q's log-variance is clamped to [-10, 10]: a runaway Q neither divides by exp(-huge) nor makes the
+    # Gaussian term free by widening without bound, and past the clamp it gets no gradient
+    codes = InfoCodes(categorical=torch.zeros(1, dtype=torch.long), continuous=torch.tensor([[0.0]]))
+    for logvar in (20.0, -20.0):
+        clamped = max(-10.0, min(10.0, logvar))
+        q = torch.tensor([[1.0, logvar]], requires_grad=True)  # K = 0: the mean, then the log-variance
+        terms = info_loss(q, codes, k=0)
+        expected = 0.5 * (math.log(2 * math.pi) + clamped + 1.0 / math.exp(clamped))
+        assert terms.continuous.item() == pytest.approx(expected, rel=1e-6)
+        terms.loss.backward()
+        assert q.grad[0, 1].item() == 0.0

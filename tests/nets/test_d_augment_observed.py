@@ -5,6 +5,14 @@ parameter is visible (a constant image shows the brightness, a +-1 pattern the c
 a ramp the shift, ones the cutout box), and compared with the ranges the papers give:
 DiffAugment's brightness U(-0.5, 0.5), contrast U(0.5, 1.5), shifts up to 1/8 of the size,
 a box of half the size; ADA's brightness N(0, 0.2), contrast 2^N(0, 0.5), noise |N(0, 0.1)|.
+
+d_side seed 8 (after ADA's one-resample rewrite): DiffAugment's refusals word for word;
+ADA's controller keeps r_t exact: ``p`` stays put when r_t equals the target (a float32
+r_t would not), and r_t counts every score past 2^24 (a float32 count would round). Seed 9: ADA keeps the
+images' dtype (half precision too), its cutout box lies anywhere along each axis on its own
+(a non-square image shows each axis's half), and the controller keeps its interval at any
+step count. Seed 10: ``cutout``'s refusal word for word. Seed 11: ``reflect_index`` on
+axes of 1 and 2 voxels (a single slice, a pair), and a reflect-padded shift along them.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import pytest
 import torch
 
 from udl_med.nets.ada import AdaptiveAugment, affine_resample
-from udl_med.nets.diffaugment import DiffAugment, flip, intensity, translate
+from udl_med.nets.diffaugment import DiffAugment, cutout, flip, intensity, reflect_index, translate
 
 N = 2000  # items: ranges and spreads to about 2-5%
 
@@ -152,6 +160,90 @@ def test_ada_refuses_bad_settings_word_for_word(kwargs: dict, message: str) -> N
     with pytest.raises(ValueError) as err:
         AdaptiveAugment(**kwargs)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("policy", "message"), [
+    ((), "policy must name at least one transform"),
+    (("translation", "flip"), "unknown augmentation 'flip'; valid: translation, cutout, intensity"),
+    (("cutout", "intensity", "cutout"), "augmentation 'cutout' is listed twice"),
+])
+def test_diffaugment_refuses_bad_policies_word_for_word(policy: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        DiffAugment(policy)
+    assert str(err.value) == message
+
+
+def test_ada_p_stays_put_when_r_t_equals_the_target_exactly() -> None:
+    ada = AdaptiveAugment(p=0.5, target=1 / 3, interval=1)
+    ada.observe(torch.tensor([1.0, 2.0, -0.5]), 3, 1)  # signs 1, 1, -1: r_t = 1/3
+    assert float(ada.rt) == 1 / 3
+    assert float(ada.p) == 0.5  # neither up nor down
+    ada.observe(torch.tensor([1.0, 1.0, 1.0, -1.0]), 4, 2)  # r_t = 1/2 > 1/3: up by 4 images / 20k
+    assert float(ada.p) == 0.5 + 4 / 20_000
+
+
+def test_ada_r_t_counts_every_score_past_two_to_the_24() -> None:
+    # a patch discriminator gives many scores per image: over a long interval the count passes 2^24, where a
+    # float32 count rounds 2^24 + 1 to 2^24
+    ada = AdaptiveAugment(p=0.5, target=0.6, interval=16)
+    for step in range(16):
+        ada.observe(torch.ones(2**20), 1, step)  # not due before step 16
+    ada.observe(-torch.ones(1), 1, 16)
+    assert float(ada.rt) == (2**24 - 1) / (2**24 + 1)
+    assert float(ada.p) == 0.5 + 17 / 20_000  # r_t > 0.6: up by the 17 images seen
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("policy", [("intensity",), ("flip", "translation", "scaling", "rotation", "intensity", "noise", "cutout")])
+def test_ada_keeps_the_images_dtype(dtype: torch.dtype, policy: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 8, 8, dtype=dtype)
+    out = AdaptiveAugment(policy, p=1.0, target=None)(x)
+    assert out.dtype == dtype and not torch.equal(out, x)
+
+
+def test_ada_cutout_box_is_half_of_each_axis_anywhere_along_it() -> None:
+    torch.manual_seed(0)
+    rows, cols = 12, 20
+    out = AdaptiveAugment(["cutout"], p=1.0, target=None)(torch.ones(400, 1, rows, cols))[:, 0]
+    blank = out == 0  # the box (ones elsewhere)
+    on_rows, on_cols = blank.any(2), blank.any(1)  # (N, rows), (N, cols): where the box lies along each axis
+    assert int(on_rows.sum(1).max()) == rows // 2 and int(on_cols.sum(1).max()) == cols // 2
+    assert bool((blank == (on_rows[:, :, None] & on_cols[:, None, :])).all())  # one box per item
+    first_row = on_rows.float().argmax(1).float()
+    first_col = on_cols.float().argmax(1).float()
+    # centred anywhere: the box starts half its length before its centre, so up to the last index less that
+    assert int(first_row.max()) == rows - 1 - rows // 4 and int(first_col.max()) == cols - 1 - cols // 4
+    assert abs(float(torch.corrcoef(torch.stack([first_row, first_col]))[0, 1])) < 0.15  # drawn apart
+
+
+def test_ada_keeps_its_interval_past_two_to_the_24_steps() -> None:
+    ada = AdaptiveAugment(p=0.5, target=0.6, interval=2)
+    start = 2**24 + 1  # a float32 step would round to 2^24
+    ada.observe(torch.ones(4), 4, start)
+    assert float(ada.p) == 0.5 + 4 / 20_000
+    ada.observe(torch.ones(4), 4, start + 1)  # one step after the adjustment: not due
+    assert float(ada.p) == 0.5 + 4 / 20_000
+    ada.observe(torch.ones(4), 4, start + 2)  # due: the 8 images since move p
+    assert float(ada.p) == 0.5 + 4 / 20_000 + 8 / 20_000
+
+
+def test_cutout_refuses_a_centre_or_size_of_the_wrong_shape_word_for_word() -> None:
+    x = torch.zeros(3, 1, 8, 8)
+    message = "centre must be (B, spatial_dims) = (3, 2) and size have spatial_dims entries"
+    for centre, size in ((torch.zeros(3, 3, dtype=torch.long), (4, 4)), (torch.zeros(3, 2, dtype=torch.long), (4,))):
+        with pytest.raises(ValueError) as err:
+            cutout(x, centre, size)
+        assert str(err.value) == message
+
+
+def test_reflect_index_on_axes_of_one_and_two_voxels() -> None:
+    index = torch.tensor([-3, -2, -1, 0, 1, 2, 3])
+    assert reflect_index(index, 1).tolist() == [0] * 7  # one voxel: every index is it
+    assert reflect_index(index, 2).tolist() == [1, 0, 1, 0, 1, 0, 1]  # ab|a: period 2
+    volume = torch.arange(2.0 * 1 * 4).reshape(1, 1, 2, 1, 4)  # a 2 x 1 x 4 volume
+    moved = translate(volume, torch.tensor([[1, 1, 0]]), reflect=True)  # one voxel along the axes of 2 and of 1
+    assert torch.equal(moved[0, 0, :, 0], volume[0, 0, [1, 0], 0])
 
 
 def test_translate_refuses_a_shift_of_the_wrong_shape_word_for_word() -> None:

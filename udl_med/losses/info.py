@@ -26,7 +26,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class InfoCodes:
-    """Codes of a batch: ``categorical`` ``(B,)`` long (empty when K = 0), ``continuous`` ``(B, N)``."""
+    """Codes of a batch: ``categorical`` ``(B,)`` long (all 0 when K = 0), ``continuous`` ``(B, N)``."""
 
     categorical: Tensor
     continuous: Tensor
