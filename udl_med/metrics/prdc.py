@@ -116,7 +116,8 @@ def _tensor(x: Any, name: str) -> Tensor:
     return x.contiguous()
 
 
-def _rows(n_rows: int, n_cols: int, chunk_elements: int) -> int:
+def _rows(n_cols: int, chunk_elements: int) -> int:
+    """Rows of a block of ``n_cols`` columns that fit in ``chunk_elements`` entries (at least one)."""
     return max(1, chunk_elements // max(n_cols, 1))
 
 
@@ -180,7 +181,7 @@ class _Features:
 
     def sq_dist_to_all(self, rows: Tensor, rows_n64: Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
         """Float64 squared distances of ``rows`` (float64) to every row of the set, a block of columns at a time."""
-        step = _rows(len(self.x), rows.shape[0], chunk_elements)  # columns per block
+        step = _rows(rows.shape[0], chunk_elements)  # columns per block (the block is transposed)
         return torch.cat([_sq_dist(rows, rows_n64, self.rows64(slice(lo, lo + step)), self.n64[lo : lo + step])
                           for lo in range(0, len(self.x), step)], 1)
 
@@ -287,7 +288,7 @@ def _radii(f: _Features, ks: tuple[int, ...], chunk_elements: int) -> dict[int, 
     out = {k: torch.empty(n, dtype=torch.float64) for k in ks}
     take = min(top + SLACK, n)
     if not _float32_is_exact_enough() or take == n:  # float64 throughout
-        step = _rows(n, n, chunk_elements)
+        step = _rows(n, chunk_elements)
         for lo in range(0, n, step):
             d2 = f.sq_dist_to_all(f.rows64(slice(lo, lo + step)), f.n64[lo : lo + step], chunk_elements)
             d2[torch.arange(d2.shape[0]), torch.arange(lo, lo + d2.shape[0])] = 0.0
@@ -368,7 +369,7 @@ def _accumulate(
     in_real_dc = torch.zeros(n_rep, m)  # same with k_dc radii (density)
     coverage = torch.zeros(n_rep, dtype=torch.float64)
     recall = torch.zeros(n_rep, dtype=torch.float64)
-    step = _rows(n, m, chunk_elements)
+    step = _rows(m, chunk_elements)
     wyt = wy.T.float()
     observed_only = n_rep == 1
     right_y = None if exact else fy.right()
