@@ -217,3 +217,8 @@ def test_compare_tensors_builds_the_random_extractor_by_default() -> None:
     real, fake = torch.rand(6, 1, 16, 16) * 2 - 1, torch.rand(6, 1, 16, 16) * 2 - 1
     got = compare.compare_tensors(real, fake, bootstrap=0)
     assert got["extractor"] == "random" and got["dims"] == "2" and got["n_real"] == 6
+
+
+def test_tensor_statistics_default_to_the_2d_layout() -> None:
+    stats = compare.tensor_statistics(torch.randn(6, 1, 1, 4), _Extractor())
+    assert stats.key == StatsKey("stand-in", "00", "2d")

@@ -68,3 +68,16 @@ def test_radii_of_rows_whose_near_ties_run_past_the_candidates_are_exact(monkeyp
         # other rows: float64 pair sums (einsum) and matmul sums may differ in the last bit
         torch.testing.assert_close(fast[k], slow[k], rtol=0, atol=1e-14)
         assert fast[k][0] ** 2 == pytest.approx(1.0 + (k - 1) * 1e-9, abs=1e-13), k  # the centre: ring rank k - 1
+
+
+def test_memorisation_states_its_interval_at_the_level_asked() -> None:
+    g = torch.Generator().manual_seed(3)
+    train, holdout, new = (torch.rand(n, 1, 16, 16, generator=g) * 2 - 1 for n in (6, 20, 4))
+    result = memorization_tensors(new, train, holdout, rate=0.1, level=0.8)
+    scores = near_copy_distance(holdout, train).distance
+    assert result["level"] == 0.8 and result["stated_rate_interval"] == list(calibrate(scores, 0.1, 0.8).interval)
+
+
+def test_radii_refuse_too_few_rows_word_for_word() -> None:
+    with pytest.raises(Exception, match=r"^features: 3 sample\(s\), at least 6 needed for k = 5 nearest neighbours$"):
+        kth_neighbour_radii(np.zeros((3, 2)), (1, 5))
