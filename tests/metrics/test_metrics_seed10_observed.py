@@ -81,3 +81,35 @@ def test_memorisation_states_its_interval_at_the_level_asked() -> None:
 def test_radii_refuse_too_few_rows_word_for_word() -> None:
     with pytest.raises(Exception, match=r"^features: 3 sample\(s\), at least 6 needed for k = 5 nearest neighbours$"):
         kth_neighbour_radii(np.zeros((3, 2)), (1, 5))
+
+
+def test_ssim_uses_monai_s_11_voxel_window_on_large_images() -> None:
+    from monai.metrics import SSIMMetric
+
+    from udl_med.metrics.translation import ssim
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(24, 24, generator=g)
+    y = (x + 0.3 * torch.rand(24, 24, generator=g)).clamp(0, 1)
+    expected = float(SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11)(x[None, None], y[None, None]).mean())
+    assert ssim(x, y, data_range=1.0) == pytest.approx(expected, abs=1e-7)
+
+
+def test_prdc_refuses_a_level_of_one_or_more() -> None:
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(Exception, match=r"^confidence level must be in \(0, 1\), got 1.5$"):
+        prdc_module.prdc_bootstrap(x, x + 1, n_boot=5, level=1.5)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_density_with_its_own_k_is_the_same_in_small_blocks(exact: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """k_pr != k_dc (the default 3 and 5) over many row blocks: the density count sums every block,
+    and the float64 path's column blocks line up with their norms."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(90, 6)), rng.normal(0.3, 1.2, size=(70, 6))
+    if exact:
+        monkeypatch.setattr(prdc_module, "_float32_is_exact_enough", lambda: False)
+    whole = prdc(x, y)
+    assert prdc(x, y, chunk_elements=300) == whole  # blocks of 4 rows
+    assert prdc(x, y, chunk_elements=50) == whole  # one row at a time; float64: blocks of 50 columns
+    assert whole.density > 0
