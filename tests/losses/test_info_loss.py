@@ -45,3 +45,8 @@ def test_without_a_categorical_code_the_codes_are_long_zeros() -> None:
     assert codes.categorical.dtype == torch.long and codes.categorical.tolist() == [0] * 5
     assert torch.equal(F.one_hot(codes.categorical, 1), torch.ones(5, 1, dtype=torch.long))
     assert codes.continuous.shape == (5, 3) and codes.continuous.dtype == torch.float32
+
+
+def test_as_input_is_k_wide_even_when_the_batch_misses_the_top_values() -> None:
+    codes = InfoCodes(categorical=torch.tensor([0, 1]), continuous=torch.tensor([[0.25], [-0.5]]))
+    assert codes.as_input(4).tolist() == [[1.0, 0.0, 0.0, 0.0, 0.25], [0.0, 1.0, 0.0, 0.0, -0.5]]
