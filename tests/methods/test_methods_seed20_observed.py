@@ -27,3 +27,17 @@ def test_wgan_clips_the_critic_and_the_unrolled_copy_of_it() -> None:
         assert method.adversary.clip_value == 0.003, extra
         Driver(method, spec(2))()
         assert max(float(p.detach().abs().max()) for p in method.discriminator.parameters()) <= 0.003 + 1e-9, extra
+
+
+def test_a_dcgan_with_a_vbn_critic_loads_its_model_file_strictly() -> None:
+    """D's reference batch is a buffer from construction on (a placeholder), so a fresh method takes a trained state strictly."""
+    model = {**TINY, "d_norm": "virtual_batch", "vbn_reference": 4}
+    torch.manual_seed(0)
+    trained = GAN(GANConfig(**model), spec(2))
+    Driver(trained, spec(2))()
+    torch.manual_seed(1)
+    fresh = GAN(GANConfig(**model), spec(2))
+    fresh.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    trained.eval(), fresh.eval()
+    torch.testing.assert_close(fresh.discriminator(x, None), trained.discriminator(x, None), rtol=0, atol=0)
