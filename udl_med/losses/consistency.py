@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
+from udl_med.nets.diffaugment import translate as shift_images
 
 __all__ = ["consistency_loss", "draw_shifts", "pseudo_label_loss", "random_translate", "sigmoid_rampup", "translate"]
 
@@ -100,7 +101,8 @@ def translate(x: Tensor, shifts: Tensor) -> Tensor:
     """Images ``(B, C, *spatial)`` moved by ``shifts`` ``(B, len(spatial))`` pixels, edges replicated.
 
     A positive shift moves the content towards higher indices:
-    ``out[..., i] = x[..., clamp(i - shift, 0, size - 1)]`` along each axis.
+    ``out[..., i] = x[..., clamp(i - shift, 0, size - 1)]`` along each axis
+    (:func:`udl_med.nets.diffaugment.translate` with ``replicate``).
 
     Raises:
         ValueError: images of 1 or more than 3 spatial axes, or shifts of the wrong shape.
@@ -110,16 +112,7 @@ def translate(x: Tensor, shifts: Tensor) -> Tensor:
         raise ValueError(f"translate needs images (B, C, H, W[, D]), got shape {tuple(x.shape)}")
     if shifts.shape != (x.shape[0], spatial):
         raise ValueError(f"shifts must be ({x.shape[0]}, {spatial}), got {tuple(shifts.shape)}")
-    out = x
-    for axis in range(spatial):
-        size = x.shape[2 + axis]
-        positions = torch.arange(size, device=x.device)
-        source = (positions[None, :] - shifts[:, axis : axis + 1].to(x.device)).clamp(0, size - 1)  # (B, size)
-        view = [x.shape[0]] + [1] * (x.ndim - 1)
-        view[2 + axis] = size
-        index = source.reshape(view).expand(*out.shape[:2 + axis], size, *out.shape[3 + axis :])
-        out = torch.gather(out, 2 + axis, index)
-    return out
+    return shift_images(x, shifts, replicate=True)
 
 
 def random_translate(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:

@@ -52,11 +52,12 @@ def reflect_index(index: Tensor, n: int) -> Tensor:
     return torch.where(index < n, index, period - index)
 
 
-def translate(x: Tensor, shift: Tensor, fill: float = 0.0, reflect: bool = False) -> Tensor:
+def translate(x: Tensor, shift: Tensor, fill: float = 0.0, reflect: bool = False, replicate: bool = False) -> Tensor:
     """``x (B, C, *spatial)`` moved by integer ``shift (B, spatial_dims)`` voxels per item (output[i] = input[i - shift]).
 
-    The uncovered border is ``fill`` (DiffAugment's zero padding) or, with ``reflect``,
-    the mirror image of the inside (ADA's pixel blitting). Differentiable in ``x``.
+    The uncovered border is ``fill`` (DiffAugment's zero padding), with ``reflect`` the
+    mirror image of the inside (ADA's pixel blitting), or with ``replicate`` the edge voxels
+    repeated (the K+1 consistency shift). Differentiable in ``x``.
     """
     if shift.shape != (x.shape[0], x.ndim - 2):
         raise ValueError(f"shift must be (B, spatial_dims) = {(x.shape[0], x.ndim - 2)}, got {tuple(shift.shape)}")
@@ -66,6 +67,8 @@ def translate(x: Tensor, shift: Tensor, fill: float = 0.0, reflect: bool = False
         index = torch.arange(n, device=x.device)[None, :] - shift[:, a : a + 1].to(x.device).long()  # (B, n)
         if reflect:
             index = reflect_index(index, n)
+        elif replicate:
+            index = index.clamp(0, n - 1)
         else:
             valid = (index >= 0) & (index < n)
             inside = _axis_view(valid, x.ndim, dim) if inside is None else inside & _axis_view(valid, x.ndim, dim)
