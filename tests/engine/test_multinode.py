@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from tests.engine.test_train import ae_config
+from tests.engine.torchrun_output import failure_report
 from udl_med import keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,14 +71,14 @@ def test_two_nodes_with_a_c10d_rendezvous_train_as_two_local_processes(phantom_m
         for _ in range(2)
     ]
     results = [(node.wait(timeout=400), node.communicate()[1]) for node in nodes]
-    assert [code for code, _ in results] == [0, 0], [err[-3000:] for _, err in results]
+    assert [code for code, _ in results] == [0, 0], "\n\n=== next node ===\n".join(failure_report(err) for _, err in results)
 
     single = config("onenode")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *train, str(single)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc.stderr)
 
     client = mlflow.MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("engine-multinode").experiment_id])
@@ -134,7 +135,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
             if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3:
                 break
-            assert agent.poll() is None, agent.communicate()[1][-3000:]
+            assert agent.poll() is None, failure_report(agent.communicate()[1])
             time.sleep(0.5)
         workers = _workers(agent.pid)
         assert set(workers) == {0, 1}, workers
@@ -143,7 +144,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoin
     finally:
         if agent.poll() is None:
             agent.kill()
-    assert "stopped by SIGTERM at step" in err and "stopped by a signal to another rank at step" in err, err[-3000:]
+    assert "stopped by SIGTERM at step" in err and "stopped by a signal to another rank at step" in err, failure_report(err)
     steps = {int(line.split("at step ")[1].split(";")[0]) for line in err.splitlines() if "stopped by" in line and "at step " in line}
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert len(steps) == 1 and state["step"] == steps.pop() >= 3  # the same step on both ranks, and the checkpoint's

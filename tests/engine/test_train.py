@@ -17,6 +17,7 @@ import torch
 import yaml
 from pydantic import Field
 
+from tests.engine.torchrun_output import failure_report
 from udl_med import keys
 from udl_med.engine.model_io import load_model
 from udl_med.engine.train import train
@@ -207,7 +208,7 @@ def test_torchrun_two_processes(phantom_manifest: Path, tmp_path: Path, tracking
         timeout=300,
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure_report(proc.stderr)
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("engine-ddp")
     runs = client.search_runs([experiment.experiment_id])

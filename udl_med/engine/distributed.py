@@ -34,17 +34,28 @@ def init_distributed(device_type: str) -> ProcessInfo:
 
 
 def leave_distributed(succeeded: bool) -> None:
-    """Wait for every rank (after a clean run) and close the group.
+    """Close the group after a clean run, one rank at a time, highest rank first.
 
-    A rank that exits while gloo's threads still serve the group aborts the
-    interpreter (SIGABRT, "terminate called without an active exception").
+    gloo closes a pair with a reset (SO_LINGER 0), and a rank that exits while
+    gloo's threads still serve the group aborts the interpreter (SIGABRT). So no
+    rank closes before every rank has finished its last collective (a barrier on
+    the store, which is not gloo's), and each closes only once the ranks above it
+    have gone: a reset then reaches idle ranks, never one that is closing its own
+    pairs. Rank 0, whose torchrun agent holds the store, leaves last.
     """
     if not dist.is_initialized():
         return
     if not succeeded:
         return  # destroying the group under a peer's pending collective aborts before Python prints this rank's error
-    dist.barrier()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store = dist.distributed_c10d._get_default_store()
+    prefix = f"udl_med/leave/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restarted group reuses the agent's store
+    store.set(f"{prefix}/arrived/{rank}", "1")
+    store.wait([f"{prefix}/arrived/{r}" for r in range(world)])
+    if rank + 1 < world:
+        store.wait([f"{prefix}/left/{rank + 1}"])
     dist.destroy_process_group()
+    store.set(f"{prefix}/left/{rank}", "1")
 
 
 def choose_device(requested: str, process: ProcessInfo) -> torch.device:
