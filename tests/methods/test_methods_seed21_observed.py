@@ -7,6 +7,9 @@
   its inner step, computed here by hand.
 
 (Historical averaging below weight 1 is observed in ``test_gan_tricks_observed.py``.)
+
+Seed 22: G's steps of LAPGAN and the two-stage GAN leave D's gradients as D's own step
+left them (D is frozen while G's loss back-propagates through it).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import copy
 import pytest
 import torch
 
+from tests.methods.multiscale_testkit import HandOpt, batch
 from tests.methods.test_gan import TINY_MLP, Driver, build, spec
+from tests.methods.test_lapgan import _method as lapgan
 from tests.methods.test_two_stage_gan import _method as two_stage
 from udl_med import keys
 
@@ -83,3 +88,29 @@ def test_wgans_clip_reaches_the_unrolled_copy_of_d() -> None:
     assert unclipped > 1.5 * c  # the inner step leaves [-c, c]: the clip matters
     expected = -ahead(fake, None).mean()
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5, abs=1e-7)
+
+
+class _WatchDGrads(HandOpt):
+    """:class:`HandOpt` that records, after every step, the gradients held by the D optimizers' parameters."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        super().__init__(optimizers)
+        self.d_grads: list[list[torch.Tensor | None]] = []
+
+    def step(self, name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        super().step(name, loss, retain_graph)
+        params = [p for n, o in self.optimizers.items() if n.startswith("d") for g in o.param_groups for p in g["params"]]
+        self.d_grads.append([None if p.grad is None else p.grad.clone() for p in params])
+
+
+@pytest.mark.parametrize("name", ["lapgan", "two_stage_gan"])
+def test_g_steps_leave_ds_gradients_as_ds_step_left_them(name: str) -> None:
+    method = lapgan(2, schedule="joint") if name == "lapgan" else two_stage(2)
+    opt = _WatchDGrads(method.configure_optimizers())
+    method.train()
+    method.train_step(batch(2, 16), opt)
+    assert opt.stepped[0].startswith("d") and len(opt.stepped) >= 2
+    for (before, after), (d_name, g_name) in zip(zip(opt.d_grads[::2], opt.d_grads[1::2]), zip(opt.stepped[::2], opt.stepped[1::2])):
+        assert d_name.startswith("d") and g_name.startswith("g"), opt.stepped
+        assert any(b is not None for b in before)  # D's own step left gradients
+        assert all((b is None and a is None) or torch.equal(a, b) for a, b in zip(before, after)), g_name
