@@ -31,7 +31,7 @@ positive semi-definite sends the Fréchet trace to the SVD with that reason. See
 The open survivors of seeds 9 and 11 (h-mut5): a wave one frequency above the spectral band
 along the last axis does not sway a shortlist of one pair; a flipped copy missed by that
 shortlist is found by the coarse NCC ranking, its flip named; a blur of sigma <= 0.4 has three
-taps per axis (``_blur`` called directly).
+taps per axis (``_blur`` called directly), in float64 taps for a float64 image (seed 14).
 """
 
 from __future__ import annotations
@@ -396,11 +396,13 @@ def test_a_flipped_copy_is_found_by_the_coarse_ncc_ranking_and_its_flip_named(ax
     assert found.alignments[0].flips == (axis,) and found.alignments[0].angle == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sigma", [0.25, 0.4])
-def test_a_small_blur_has_three_taps(sigma: float) -> None:
+def test_a_small_blur_has_three_taps(sigma: float, dtype: torch.dtype) -> None:
     # The kernel reaches ceil(2.5 sigma) voxels, at least 1: for sigma <= 0.4 three taps along each axis (a private
-    # helper, tested directly: at the public measure the taps two voxels out weigh exp(-2 / sigma^2) < 4e-6).
-    x = torch.zeros(1, 9, 9)
+    # helper, tested directly: at the public measure the taps two voxels out weigh exp(-2 / sigma^2) < 4e-6). The
+    # kernel is computed in float64, so a float64 image gets float64 taps (metrics seed 14).
+    x = torch.zeros(1, 9, 9, dtype=dtype)
     x[0, 4, 4] = 1.0
     taps = torch.exp(-0.5 * (torch.arange(-1.0, 2.0, dtype=torch.float64) / sigma) ** 2)
     taps = taps / taps.sum()
@@ -408,5 +410,7 @@ def test_a_small_blur_has_three_taps(sigma: float) -> None:
     expected[3:6, 3:6] = taps[:, None] * taps[None, :]
     out = nearcopy._blur(x, sigma)
     assert out.shape == x.shape
-    torch.testing.assert_close(out[0].double(), expected, rtol=1e-6, atol=1e-12)
+    assert out.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(out[0].double(), expected, rtol=tolerance, atol=1e-15)
     assert torch.count_nonzero(out) == 9
