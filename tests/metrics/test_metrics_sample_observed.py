@@ -32,6 +32,8 @@ The open survivors of seeds 9 and 11 (h-mut5): a wave one frequency above the sp
 along the last axis does not sway a shortlist of one pair; a flipped copy missed by that
 shortlist is found by the coarse NCC ranking, its flip named; a blur of sigma <= 0.4 has three
 taps per axis (``_blur`` called directly), in float64 taps for a float64 image (seed 14).
+Seed 15: an image shorter than 16 along its first axis keeps a full-resolution coarse NCC
+ranking, which finds a copy shifted by one pixel that a halved one misses.
 """
 
 from __future__ import annotations
@@ -414,3 +416,23 @@ def test_a_small_blur_has_three_taps(sigma: float, dtype: torch.dtype) -> None:
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
     torch.testing.assert_close(out[0].double(), expected, rtol=tolerance, atol=1e-15)
     assert torch.count_nonzero(out) == 9
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_coarse_ncc_ranking_keeps_full_resolution_when_the_first_axis_is_short(axis: int) -> None:
+    # 15 x 48 images: shorter than 16 along the first axis, so the coarse NCC ranking is not halved (as the spectrum is
+    # not) and sees every shift, odd ones too. The query is its source flipped and shifted by one pixel (between the
+    # half-resolution grid points); a shortlist of one spectral pair holds one of the two flips the spectrum cannot
+    # tell apart, so for one of the axes only the coarse ranking reaches the source. Eight other references are the
+    # query plus a fifth of other smooth images: a halved ranking (its size read from the last axis alone) puts them
+    # first and returns one of them (here for both axes; on tuning seeds 0-3 in 6 of 8 cases, at 0.005-0.016).
+    images = _smooth_images(9, 64, seed=2, sigma=1.5)
+    rows, cols = slice(20, 35), slice(8, 56)
+    source = images[0][rows, cols]
+    moved = images[0][rows, 9:57]  # the content one pixel to the left
+    query = moved.flip(axis)[None]
+    reference = torch.stack([query[0] + 0.2 * images[1 + j][rows, cols] for j in range(8)] + [source])
+    found = near_copy_distance(query, reference, shortlist=1)
+    assert found.index.tolist() == [8]
+    assert float(found.distance[0]) < 1e-9
+    assert found.alignments[0].flips == (axis,) and found.alignments[0].angle == 0.0
