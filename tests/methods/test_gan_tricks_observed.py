@@ -95,9 +95,10 @@ def _ha_penalty(current: dict[str, torch.Tensor], history: list[dict[str, torch.
     return sum(float(((current[k] - torch.stack([h[k] for h in history]).mean(0)) ** 2).sum()) for k in current)
 
 
-def test_historical_averaging_adds_its_formula_to_both_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("weight", [10.0, 0.5])  # any weight above 0 switches it on, 1 no more than 0.5
+def test_historical_averaging_adds_its_formula_to_both_losses(weight: float, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    data, weight = spec(0), 10.0
+    data = spec(0)
     method = build({**TINY_MLP, "historical_averaging": weight, "d_steps": 2, "lr": 0.05}, data)  # steps large enough to see
     params = lambda net: {k: v.detach().clone() for k, v in net.named_parameters()}  # noqa: E731
     d_hist, g_hist, d_seen, g_seen = [], [], [], []

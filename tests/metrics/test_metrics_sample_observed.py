@@ -27,6 +27,13 @@ smallest rate its subjects can state (1/(n+1)); memorisation refuses 6-D batches
 word; ``PRDCResult.as_dict`` has bare keys unless given a prefix; a covariance that is not
 positive semi-definite sends the Fréchet trace to the SVD with that reason. Seed 9:
 ``clopper_pearson`` of no trials is (NaN, NaN).
+
+The open survivors of seeds 9 and 11 (h-mut5): a wave one frequency above the spectral band
+along the last axis does not sway a shortlist of one pair; a flipped copy missed by that
+shortlist is found by the coarse NCC ranking, its flip named; a blur of sigma <= 0.4 has three
+taps per axis (``_blur`` called directly), in float64 taps for a float64 image (seed 14).
+Seed 15: an image shorter than 16 along its first axis keeps a full-resolution coarse NCC
+ranking, which finds a copy shifted by one pixel that a halved one misses.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from udl_med.metrics.calibration import calibrate, clopper_pearson
 from udl_med.metrics.frechet import frechet_covariances, trace_sqrt_product_factors
 from udl_med.metrics.latent import gaussian_fit, gaussian_kl_to_standard, silhouette
 from udl_med.metrics.memorization import memorization_tensors
+from udl_med.metrics import nearcopy
 from udl_med.metrics.nearcopy import Alignment, near_copy_distance
 from udl_med.metrics.prdc import prdc, prdc_bootstrap
 
@@ -349,3 +357,82 @@ def test_clopper_pearson_of_no_trials_is_nan() -> None:
     low, high = clopper_pearson(0, 0)
     assert math.isnan(low) and math.isnan(high)
     assert clopper_pearson(0, 10)[0] == 0.0 and clopper_pearson(10, 10)[1] == 1.0
+
+
+def test_a_wave_just_above_the_spectral_band_does_not_sway_the_shortlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the coarse NCC ranking and with a shortlist of one pair, the spectrum alone picks the reference. The query
+    # is its source plus a wave of 5 cycles per 32 pixels along the last axis, one frequency above the kept band (a
+    # quarter of the half-resolution size, 16 // 4). The other reference carries that wave too, but its content is
+    # turned a quarter period along the last axis (the same magnitudes up to a scale, except the zero-frequency
+    # column): further from the query in pixels, nearer in a spectrum that saw the wave. The shortlist of one must find
+    # what the full search finds; with the wave's frequency in the band the other reference wins (tuning seeds 0-7).
+    monkeypatch.setitem(nearcopy.COARSE_SHORTLIST, 2, 0)
+    base = _smooth_images(1, 32, seed=0)[0]
+    base = base / base.std()
+    cols = torch.arange(32.0).expand(32, 32)
+    wave = 0.3 * torch.cos(2 * math.pi * 5 * cols / 32 + 0.3)
+    turned = torch.fft.irfft(torch.fft.rfft(base, dim=-1) * -1j, n=32, dim=-1)
+    reference = torch.stack([base + 0.5 * turned + wave, base])
+    query = (base + wave)[None]
+    full = near_copy_distance(query, reference, angles=(), flips=False, shortlist=2)
+    found = near_copy_distance(query, reference, angles=(), flips=False, shortlist=1)
+    assert full.index.tolist() == [1]  # the source is the nearest reference
+    assert found.index.tolist() == [1]
+    assert float(found.distance[0]) == pytest.approx(float(full.distance[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_flipped_copy_is_found_by_the_coarse_ncc_ranking_and_its_flip_named(axis: int) -> None:
+    # The spectrum cannot tell a flip along axis 0 from one along axis 1, so a shortlist of one spectral pair holds
+    # only one of them: for one of the two axes the flipped copy's pair must come from the half-resolution NCC
+    # ranking, which ranks each unrotated alignment with its own flips. The two other references are the query plus
+    # other smooth images: nearer to the unflipped query than the source is, so a ranking that never flipped would
+    # keep only their pairs and return one of them (at about 0.06).
+    images = _smooth_images(3, 32, seed=5)
+    source = images[0]
+    query = source.flip(axis)[None]
+    reference = torch.stack([query[0] + 0.6 * images[1], query[0] + 0.6 * images[2], source])
+    found = near_copy_distance(query, reference, shortlist=1)
+    assert found.index.tolist() == [2]
+    assert float(found.distance[0]) < 1e-9
+    assert found.alignments[0].flips == (axis,) and found.alignments[0].angle == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sigma", [0.25, 0.4])
+def test_a_small_blur_has_three_taps(sigma: float, dtype: torch.dtype) -> None:
+    # The kernel reaches ceil(2.5 sigma) voxels, at least 1: for sigma <= 0.4 three taps along each axis (a private
+    # helper, tested directly: at the public measure the taps two voxels out weigh exp(-2 / sigma^2) < 4e-6). The
+    # kernel is computed in float64, so a float64 image gets float64 taps (metrics seed 14).
+    x = torch.zeros(1, 9, 9, dtype=dtype)
+    x[0, 4, 4] = 1.0
+    taps = torch.exp(-0.5 * (torch.arange(-1.0, 2.0, dtype=torch.float64) / sigma) ** 2)
+    taps = taps / taps.sum()
+    expected = torch.zeros(9, 9, dtype=torch.float64)
+    expected[3:6, 3:6] = taps[:, None] * taps[None, :]
+    out = nearcopy._blur(x, sigma)
+    assert out.shape == x.shape
+    assert out.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(out[0].double(), expected, rtol=tolerance, atol=1e-15)
+    assert torch.count_nonzero(out) == 9
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_coarse_ncc_ranking_keeps_full_resolution_when_the_first_axis_is_short(axis: int) -> None:
+    # 15 x 48 images: shorter than 16 along the first axis, so the coarse NCC ranking is not halved (as the spectrum is
+    # not) and sees every shift, odd ones too. The query is its source flipped and shifted by one pixel (between the
+    # half-resolution grid points); a shortlist of one spectral pair holds one of the two flips the spectrum cannot
+    # tell apart, so for one of the axes only the coarse ranking reaches the source. Eight other references are the
+    # query plus a fifth of other smooth images: a halved ranking (its size read from the last axis alone) puts them
+    # first and returns one of them (here for both axes; on tuning seeds 0-3 in 6 of 8 cases, at 0.005-0.016).
+    images = _smooth_images(9, 64, seed=2, sigma=1.5)
+    rows, cols = slice(20, 35), slice(8, 56)
+    source = images[0][rows, cols]
+    moved = images[0][rows, 9:57]  # the content one pixel to the left
+    query = moved.flip(axis)[None]
+    reference = torch.stack([query[0] + 0.2 * images[1 + j][rows, cols] for j in range(8)] + [source])
+    found = near_copy_distance(query, reference, shortlist=1)
+    assert found.index.tolist() == [8]
+    assert float(found.distance[0]) < 1e-9
+    assert found.alignments[0].flips == (axis,) and found.alignments[0].angle == 0.0
