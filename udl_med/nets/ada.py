@@ -99,11 +99,6 @@ def _grid_constants(size: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-# where theta's entries sit in the per-item table that _affine_theta stacks (the mirrored row last):
-# 2D: cos, sin, shift_1 | sin, cos, shift_0; 3D: 1/scale, 0, cos, sin, shift_2, shift_1 | sin, cos, shift_0
-_THETA_ENTRIES = {2: np.array([[0, 1, 2], [3, 4, 5]]), 3: np.array([[0, 1, 1, 4], [1, 2, 3, 5], [1, 6, 7, 8]])}
-
-
 def _affine_theta(inv: np.ndarray, angle: np.ndarray, shift: np.ndarray, sign: np.ndarray | None, size: tuple[int, ...]) -> np.ndarray:
     """``theta (B, nd, nd + 1)`` of :func:`torch.nn.functional.affine_grid` (``align_corners=True``), float64, on the host.
 
@@ -111,14 +106,17 @@ def _affine_theta(inv: np.ndarray, angle: np.ndarray, shift: np.ndarray, sign: n
     ``F (A q - t)``: ``A = inv * R(angle)`` (``R`` rotates the plane of axes 0 and 1, ``inv``
     is 1 / scale), ``t = shift (B, nd)``, ``F`` multiplies axis 0 by ``sign (B,)`` (-1: a
     mirror; None: no item mirrored). The draws are a few numbers per item: numpy does this
-    math on the host, the entries stacked once and gathered into place (each op, numpy or
-    torch, costs microseconds of dispatch whatever its size, so the fewer the better).
+    math on the host (each op, numpy or torch, costs microseconds of dispatch whatever its
+    size, so the fewer the better).
     """
-    nd = len(size)
     cos, sin = np.cos(angle) * inv, np.sin(angle) * inv
     mirrored = [sin, cos, shift[:, 0]] if sign is None else [sign * sin, sign * cos, sign * shift[:, 0]]
-    entries = [cos, sin, shift[:, 1]] if nd == 2 else [inv, np.zeros_like(inv), cos, sin, shift[:, 2], shift[:, 1]]
-    return np.stack(entries + mirrored, 1)[:, _THETA_ENTRIES[nd]] * _grid_constants(tuple(size))
+    if len(size) == 2:  # grid rows: axis 1, axis 0; columns: axis 1, axis 0, offset
+        rows = [[cos, sin, shift[:, 1]], mirrored]
+    else:  # grid rows: axis 2, axis 1, axis 0
+        zero = np.zeros_like(inv)
+        rows = [[inv, zero, zero, shift[:, 2]], [zero, cos, sin, shift[:, 1]], [zero] + mirrored]
+    return np.array(rows).transpose(2, 0, 1) * _grid_constants(tuple(size))  # one array op for all entries (each op costs its dispatch)
 
 
 class _Plan(NamedTuple):
@@ -129,9 +127,9 @@ class _Plan(NamedTuple):
     views: tuple[tuple[slice | None, ...], ...]  # per spatial axis: the index taking (B, K, sum(size)) to a broadcastable (B, K, 1.., n_a, ..1) view
     scale: np.ndarray  # (2 nd,) the shift's 2 * limit + 1 values, then the size: floor(u * scale) - offset is the shift, then cutout's start
     offset: np.ndarray  # (2 nd,) the largest shift, then box // 2 (the box starts there before its centre)
-    positions: np.ndarray  # (sum(size),) voxel indices 0 .. n - 1 of each axis, concatenated
-    axis_of: np.ndarray  # (sum(size),) the axis of each of those positions
-    box_at: np.ndarray  # (sum(size),) cutout's box length along that axis
+    axis_of: np.ndarray  # (sum(size),) the spatial axis of each position along the axes, concatenated
+    box_centre: np.ndarray  # (sum(size),) voxel index minus (box - 1) / 2, box cutout's length along that axis
+    box_reach: np.ndarray  # (sum(size),) box / 2
 
 
 @functools.lru_cache(maxsize=32)
@@ -147,7 +145,7 @@ def _plan(size: tuple[int, ...]) -> _Plan:
     plan = _Plan(
         bases, np.repeat(np.arange(nd - 1, -1, -1), size), views,
         np.concatenate([2 * limit + 1, size]).astype(np.float64), np.concatenate([limit, np.floor(box / 2)]),
-        np.concatenate([np.arange(n, dtype=np.float64) for n in size]), axis_of, box[axis_of],
+        axis_of, np.concatenate([np.arange(n, dtype=np.float64) for n in size]) - (box[axis_of] - 1) / 2, box[axis_of] / 2,
     )
     for value in plan:
         if isinstance(value, np.ndarray):
@@ -198,6 +196,19 @@ def _affine_grid(theta: Tensor | np.ndarray, shape: Sequence[int]) -> Tensor:
 def _resample(x: Tensor, terms: np.ndarray) -> Tensor:
     """``x`` sampled at the grid of ``terms`` (:func:`_axis_terms`): bilinear (trilinear), reflection about the border voxels' centres."""
     return F.grid_sample(x, _grid(terms, x), mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def _item_mean(x: Tensor) -> Tensor:
+    """``x.mean(dim=(1, ..., ndim - 1), keepdim=True)`` (B, 1, ...), bit for bit.
+
+    On a CPU ``mean`` IS this sum and division; written out, its backward divides B
+    numbers and expands them (a view) where ``mean``'s divides a full expanded tensor.
+    Elsewhere ``mean`` has its own kernel (a sum times 1 / n), so it stays.
+    """
+    dims = tuple(range(1, x.ndim))
+    if x.device.type != "cpu":
+        return x.mean(dim=dims, keepdim=True)
+    return x.sum(dim=dims, keepdim=True).div_(math.prod(x.shape[1:]))
 
 
 def _host(values: Tensor | None, default: float, b: int, width: int | None = None) -> np.ndarray:
@@ -278,6 +289,7 @@ class AdaptiveAugment(nn.Module):
         self.register_buffer("last_adjust", torch.zeros((), dtype=torch.long))  # the step of the last adjustment
         self.register_buffer("rt", torch.zeros((), dtype=torch.float64))  # r_t at the last adjustment (for the logs)
         self._on = np.array([name in self.policy for name in _HIT_OF])  # the policy's hit columns
+        self._threshold_of: tuple[float, np.ndarray] = (-1.0, self._on * 0.0)  # (p, its thresholds): made again when p moves
 
     # -- the pipeline -----------------------------------------------------------------
 
@@ -290,9 +302,10 @@ class AdaptiveAugment(nn.Module):
         small crops is mostly per-op dispatch, numpy's and torch's alike, so each transform
         takes as few ops as it can: flip, translation, scaling and rotation are ONE
         resampling (:func:`affine_resample`'s map) of only the items they move; intensity a
-        multiply and an add; noise one draw for the items it hits; cutout one float mask.
-        A transform no item drew costs nothing. Items a transform misses stay bit-exact; at
-        ``p = 0`` the pipeline is the identity and draws nothing.
+        multiply and an add; noise one draw for the items it hits; cutout one float mask;
+        once a transform has made a new tensor, the later ones write into it. A transform
+        no item drew costs nothing. Items a transform misses stay bit-exact, the input is
+        never written; at ``p = 0`` the pipeline is the identity and draws nothing.
         """
         p = float(self.p)
         if p == 0.0:
@@ -300,25 +313,33 @@ class AdaptiveAugment(nn.Module):
         b, nd = x.shape[0], x.ndim - 2
         plan = _plan(tuple(x.shape[2:]))
         u = torch.rand(b, _UNIFORMS + 2 * nd).numpy().astype(np.float64)
-        hit = (u[:, : len(_HIT_OF)] < p) & self._on  # (B, 8) in _HIT_OF's order
+        hit = u[:, : len(_HIT_OF)] < self._thresholds(p)  # (B, 8) in _HIT_OF's order
         normal = torch.randn(b, len(_NORMAL_STD)).numpy().astype(np.float64) * _NORMAL_STD_NP * hit[:, : len(_NORMAL_STD)]  # 0 where missed
         any_hit = hit.any(0).tolist()
         if any_hit[_TRANSLATION] or any_hit[_CUTOUT]:  # the integer draws: the shift (nd columns), then cutout's start (nd)
             drawn = np.floor(u[:, _UNIFORMS:] * plan.scale) - plan.offset
+        owned = False  # whether x is a tensor this call made: then the next transforms write into it
         if any_hit[_FLIP] or any_hit[_TRANSLATION] or any_hit[_SCALING] or any_hit[_ROTATION]:
             shift = drawn[:, :nd] * hit[:, _TRANSLATION, None] if any_hit[_TRANSLATION] else np.zeros((b, nd))
-            x = self._geometry(x, u, hit, normal, shift, any_hit[_FLIP])
+            moved = self._geometry(x, u, hit, normal, shift, any_hit[_FLIP])
+            x, owned = moved, moved is not x
         if any_hit[_BRIGHTNESS] or any_hit[_CONTRAST]:
-            x = self._intensity(x, normal, any_hit[_CONTRAST])
+            x, owned = self._intensity(x, normal, any_hit[_CONTRAST], owned), True
         if any_hit[_NOISE]:
-            x = self._noise(x, hit, normal)
+            x, owned = self._noise(x, hit, normal, owned), True
         if any_hit[_CUTOUT]:
-            x = self._cutout(x, drawn[:, nd:], hit, plan)
+            x = self._cutout(x, drawn[:, nd:], hit, plan, owned)
         return x
+
+    def _thresholds(self, p: float) -> np.ndarray:
+        """``(8,)``: ``p`` in the policy's hit columns, -1 in the others (a uniform draw is never below it): ``u < thresholds`` is the hits."""
+        if self._threshold_of[0] != p:
+            self._threshold_of = (p, np.where(self._on, p, -1.0))
+        return self._threshold_of[1]
 
     @staticmethod
     def _geometry(x: Tensor, u: np.ndarray, hit: np.ndarray, normal: np.ndarray, shift: np.ndarray, flip_hit: bool) -> Tensor:
-        """Flip, translation ``shift (B, nd)``, scaling and rotation: ONE resampling (:func:`affine_resample`'s map) of the items they move.
+        """Flip, translation ``shift (B, nd)``, scaling and rotation: ONE resampling (:func:`affine_resample`'s map) of the items they move (``x`` itself if none).
 
         When at least half the items move, all are resampled (the others by the identity)
         and ``torch.lerp`` with weights 0 and 1 keeps the unmoved ones bit-exact in one pass
@@ -327,7 +348,7 @@ class AdaptiveAugment(nn.Module):
         """
         b, nd, size = x.shape[0], x.ndim - 2, tuple(x.shape[2:])
         angle = (u[:, _ANGLE] * 2 - 1) * (math.radians(ROTATION_DEGREES) * hit[:, _ROTATION])
-        moving = hit[:, _SCALING] | hit[:, _ROTATION] | (shift != 0).any(1)
+        moving = hit[:, _SCALING] | hit[:, _ROTATION] | shift.any(1)  # a shift of 0 moves nothing
         sign = None  # nobody mirrored: a sign of 1 would change nothing
         if flip_hit:
             flips = hit[:, _FLIP] & (u[:, _COIN] < 0.5)
@@ -347,30 +368,37 @@ class AdaptiveAugment(nn.Module):
         return x.index_copy(0, index, _resample(x[index], _axis_terms(theta, size)))
 
     @staticmethod
-    def _intensity(x: Tensor, normal: np.ndarray, contrast_hit: bool) -> Tensor:
-        """``x * c + (mean * (1 - c) + brightness)``: c = 1 and brightness 0 leave an item bit-exact."""
+    def _intensity(x: Tensor, normal: np.ndarray, contrast_hit: bool, owned: bool) -> Tensor:
+        """``x * c + (mean * (1 - c) + brightness)``: c = 1 and brightness 0 leave an item bit-exact (written into ``x`` if ``owned``)."""
         per_item = (x.shape[0],) + (1,) * (x.ndim - 1)
         if not contrast_hit:
-            return x + _tensor(normal[:, _BRIGHTNESS].astype(np.float32).reshape(per_item), x)
+            brightness = _tensor(normal[:, _BRIGHTNESS].astype(np.float32).reshape(per_item), x)
+            return x.add_(brightness) if owned else x + brightness
         contrast = np.exp2(normal[:, _CONTRAST])
-        c, one_minus_c, brightness = _tensor(np.stack([contrast, 1 - contrast, normal[:, _BRIGHTNESS]]).astype(np.float32).reshape((3,) + per_item), x).unbind(0)
+        c, one_minus_c, brightness = _tensor(np.array([contrast, 1 - contrast, normal[:, _BRIGHTNESS]], dtype=np.float32).reshape((3,) + per_item), x).unbind(0)
         # two binary ops: a ternary one broadcasting (B, 1, ...) runs unvectorised on a CPU (and fused, rounds differently)
-        return x * c + torch.addcmul(brightness, x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), one_minus_c)
+        offset = torch.addcmul(brightness, _item_mean(x), one_minus_c)
+        return (x * c).add_(offset)
 
     @staticmethod
-    def _noise(x: Tensor, hit: np.ndarray, normal: np.ndarray) -> Tensor:
-        """Gaussian noise of a per-item level, drawn for the items it hits only (a normal draw costs twenty elementwise ops)."""
+    def _noise(x: Tensor, hit: np.ndarray, normal: np.ndarray, owned: bool) -> Tensor:
+        """Gaussian noise of a per-item level, drawn for the items it hits only (a normal draw costs twenty elementwise ops); written into ``x`` if ``owned``."""
         noisy = np.flatnonzero(hit[:, _NOISE])
         sigma = np.abs(normal[noisy, _NOISE]).astype(np.float32).reshape((len(noisy),) + (1,) * (x.ndim - 1))
         noise = torch.randn((len(noisy),) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype).mul_(_tensor(sigma, x))
-        return x + noise if len(noisy) == x.shape[0] else x.index_add(0, torch.from_numpy(noisy).to(x.device), noise)
+        if len(noisy) == x.shape[0]:
+            return x.add_(noise) if owned else x + noise
+        index = torch.from_numpy(noisy) if x.device.type == "cpu" else torch.from_numpy(noisy).to(x.device)
+        return x.index_add_(0, index, noise) if owned else x.index_add(0, index, noise)
 
     @staticmethod
-    def _cutout(x: Tensor, start: np.ndarray, hit: np.ndarray, plan: _Plan) -> Tensor:
-        """A box of half the size per axis from ``start (B, nd)``, set to 0: one float mask, the outer product of per-axis ones (bool ops on the whole batch cost ten times more on a CPU)."""
-        offset_in_box = plan.positions - start[:, plan.axis_of]  # (B, sum(size)): voxel index minus the box's start, per axis
-        along = ((offset_in_box >= 0) & (offset_in_box < plan.box_at) & hit[:, _CUTOUT, None]).astype(np.float32, order="C")
-        return torch.addcmul(x, x, _outer(along[:, None], x, add=False), value=-1)  # x - x * inside: cutout's fill is 0; items missed stay bit-exact
+    def _cutout(x: Tensor, start: np.ndarray, hit: np.ndarray, plan: _Plan, owned: bool) -> Tensor:
+        """A box of half the size per axis from ``start (B, nd)``, set to 0 (in ``x`` if ``owned``): one float mask, the outer product of per-axis ones (bool ops on the whole batch cost ten times more on a CPU)."""
+        # inside along an axis: 0 <= index - start < box, i.e. |index - (box - 1) / 2 - start| < box / 2 (integers; exact); 0 < 0 for items cutout missed
+        along = (np.abs(plan.box_centre - start[:, plan.axis_of]) < plan.box_reach * hit[:, _CUTOUT, None]).astype(np.float32, order="C")  # (B, sum(size))
+        inside = _outer(along[:, None], x, add=False)
+        # x - x * inside: cutout's fill is 0; items missed stay bit-exact
+        return x.addcmul_(x, inside, value=-1) if owned else torch.addcmul(x, x, inside, value=-1)
 
     # -- the controller ---------------------------------------------------------------
 
