@@ -26,22 +26,26 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
 
-How it runs (the cost, about 15% of a small GAN's step, is the full-size passes over the
-batch: the resampling and its backward about half, the noise draw a seventh; the small ops
-matter little): all per-item parameters come from one uniform and one
+How it runs: a call on the 32 small crops D sees is mostly per-op cost, not arithmetic.
+Measured on one CPU thread, a call is about half host bookkeeping and dispatch, half
+full-size passes (the resampling, about 140 us, and the noise draw, 70 us, the largest),
+and inside a training step, where the network's work between two calls leaves every cache
+cold, each op costs several times what it costs in a loop. So each transform takes as few
+ops, numpy or torch, as it can. All per-item parameters come from one uniform and one
 normal draw of fixed width on the global CPU generator, and the bookkeeping on them (which
 items a transform hits, the affine map, the cutout box) is numpy on the host, a few
-numbers per item. Flip, translation, scaling and rotation compose into ONE affine map and
-ONE bilinear resampling (:func:`affine_resample`); when at least half the items move, all
-are resampled (the others by the identity) and ``torch.lerp`` with weights 0 and 1 keeps
-the unmoved ones bit-exact in one pass; when fewer move, only those are resampled and
-copied back. The sampling grid is a sum of per-axis terms made on the host. The border
-rule is reflection about the border voxels' centres (``abcd|cba``) for all four, so an
-integer shift equals the reflect-padded roll up to float rounding, and a zoom out or a
-rotation mirrors the inside as a shift does. Intensity is a multiply and an add (a
-ternary op broadcasting per-item values runs unvectorised on a CPU), noise is drawn for
-the items it hits only (a normal draw costs as much as twenty elementwise passes), cutout
-is a float mask. Items a transform misses stay bit-exact.
+numbers per item; a transform no item drew costs nothing. Flip, translation, scaling and
+rotation compose into ONE affine map and ONE bilinear resampling (:func:`affine_resample`);
+when at least half the items move, all are resampled (the others by the identity) and
+``torch.lerp`` with weights 0 and 1 keeps the unmoved ones bit-exact in one pass; when
+fewer move, only those are resampled and copied back. The sampling grid is a sum of
+per-axis terms made on the host. The border rule is reflection about the border voxels'
+centres (``abcd|cba``) for all four, so an integer shift equals the reflect-padded roll up
+to float rounding, and a zoom out or a rotation mirrors the inside as a shift does.
+Intensity is a multiply and an add (a ternary op broadcasting per-item values runs
+unvectorised on a CPU), noise is drawn for the items it hits only (a normal draw costs as
+much as twenty elementwise passes), cutout is a float mask; once a transform has made a new
+tensor, the later ones write into it. Items a transform misses stay bit-exact.
 
 Draws come from the global torch CPU generator (the per-item parameters) and the input's
 device (the noise), both seeded and checkpointed by the engine; ``p`` and the heuristic's
