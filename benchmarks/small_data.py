@@ -40,6 +40,7 @@ than the seed spread.
     .venv/bin/python benchmarks/small_data.py --tune            # the tuning seeds (100+): every arm, 6 subjects
     .venv/bin/python benchmarks/small_data.py --full            # 6, 12 and 24 subjects, both generators, 1500 steps
     .venv/bin/python benchmarks/small_data.py --cost-only --generators cdcgan lapgan   # augmentation's share of a step only
+    .venv/bin/python benchmarks/small_data.py --cost-only --generators cdcgan --arms plain ada --ada-p 0.25   # ... at another fixed p
 """
 
 from __future__ import annotations
@@ -451,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="score the models a previous run left in --workdir again instead of training them")
     parser.add_argument("--no-cost", action="store_true", help="leave out the step-time rows (about 2 minutes per arm and generator)")
     parser.add_argument("--cost-only", action="store_true", help="only the step-time rows (augmentation's share of a step), for --generators and --arms")
+    parser.add_argument("--ada-p", type=float, default=0.5, help="ADA's fixed p in the --cost-only rows (0.5; or the p the runs end with, named in the case)")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--grids", type=Path, default=None)
@@ -467,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
     if args.cost_only:
-        out = cost_rows(generators, arms)
+        out = cost_rows(generators, arms, ada_p=args.ada_p)
     else:
         out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse)
     lines = [json.dumps(row) for row in out]

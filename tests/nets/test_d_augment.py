@@ -220,3 +220,28 @@ def test_ada_intensity_noise_and_cutout_leave_the_input_unwritten_with_and_witho
             out = AdaptiveAugment(("intensity", "noise", "cutout"), p=0.5, target=None)(x.requires_grad_(grad))
         assert torch.equal(x.detach(), before) and not torch.equal(out.detach(), before)
         x = x.detach()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_ada_full_pipeline_writes_only_its_own_tensors_and_passes_gradients(spatial_dims: int) -> None:
+    """Transforms after the first that made a tensor write into it: never into the input, and the gradient still flows."""
+    x = _images(spatial_dims, n=16, size=8)
+    before = x.clone()
+    for policy in (ADA_POLICIES, ("noise", "cutout"), ("cutout",)):
+        for p in (0.5, 1.0):
+            torch.manual_seed(7)
+            out = AdaptiveAugment(policy, p=p, target=None)(x)
+            assert torch.equal(x, before) and not torch.equal(out, before), (policy, p)
+            leaf = x.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad((AdaptiveAugment(policy, p=p, target=None)(leaf) ** 2).sum(), leaf)
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_ada_follows_p_when_it_moves_between_calls() -> None:
+    ada = AdaptiveAugment(("noise",), p=0.0, target=None)
+    x = torch.zeros(400, 1, 4, 4)
+    assert torch.equal(ada(x), x)
+    for p in (1.0, 0.25):
+        ada.p.fill_(p)  # as the controller and a checkpoint load do: in place
+        hit = (ada(x) != 0).flatten(1).any(1).float().mean()
+        assert abs(float(hit) - p) < 0.07, (p, float(hit))

@@ -26,22 +26,26 @@ The pipeline (:data:`ADA_POLICIES`, applied in this order, each drawn per item):
 - ``noise``: additive Gaussian noise of standard deviation ``|N(0, 0.1)|``;
 - ``cutout``: a box of half the size per axis, filled with 0.
 
-How it runs (the cost, about 15% of a small GAN's step, is the full-size passes over the
-batch: the resampling and its backward about half, the noise draw a seventh; the small ops
-matter little): all per-item parameters come from one uniform and one
+How it runs: a call on the 32 small crops D sees is mostly per-op cost, not arithmetic.
+Measured on one CPU thread, a call is about half host bookkeeping and dispatch, half
+full-size passes (the resampling, about 140 us, and the noise draw, 70 us, the largest),
+and inside a training step, where the network's work between two calls leaves every cache
+cold, each op costs several times what it costs in a loop. So each transform takes as few
+ops, numpy or torch, as it can. All per-item parameters come from one uniform and one
 normal draw of fixed width on the global CPU generator, and the bookkeeping on them (which
 items a transform hits, the affine map, the cutout box) is numpy on the host, a few
-numbers per item. Flip, translation, scaling and rotation compose into ONE affine map and
-ONE bilinear resampling (:func:`affine_resample`); when at least half the items move, all
-are resampled (the others by the identity) and ``torch.lerp`` with weights 0 and 1 keeps
-the unmoved ones bit-exact in one pass; when fewer move, only those are resampled and
-copied back. The sampling grid is a sum of per-axis terms made on the host. The border
-rule is reflection about the border voxels' centres (``abcd|cba``) for all four, so an
-integer shift equals the reflect-padded roll up to float rounding, and a zoom out or a
-rotation mirrors the inside as a shift does. Intensity is a multiply and an add (a
-ternary op broadcasting per-item values runs unvectorised on a CPU), noise is drawn for
-the items it hits only (a normal draw costs as much as twenty elementwise passes), cutout
-is a float mask. Items a transform misses stay bit-exact.
+numbers per item; a transform no item drew costs nothing. Flip, translation, scaling and
+rotation compose into ONE affine map and ONE bilinear resampling (:func:`affine_resample`);
+when at least half the items move, all are resampled (the others by the identity) and
+``torch.lerp`` with weights 0 and 1 keeps the unmoved ones bit-exact in one pass; when
+fewer move, only those are resampled and copied back. The sampling grid is a sum of
+per-axis terms made on the host. The border rule is reflection about the border voxels'
+centres (``abcd|cba``) for all four, so an integer shift equals the reflect-padded roll up
+to float rounding, and a zoom out or a rotation mirrors the inside as a shift does.
+Intensity is a multiply and an add (a ternary op broadcasting per-item values runs
+unvectorised on a CPU), noise is drawn for the items it hits only (a normal draw costs as
+much as twenty elementwise passes), cutout is a float mask; once a transform has made a new
+tensor, the later ones write into it. Items a transform misses stay bit-exact.
 
 Draws come from the global torch CPU generator (the per-item parameters) and the input's
 device (the noise), both seeded and checkpointed by the engine; ``p`` and the heuristic's
@@ -77,7 +81,6 @@ _NORMAL_STD = (SCALE_STD, BRIGHTNESS_STD, CONTRAST_STD, NOISE_STD)  # log2 scale
 _NORMAL_STD_NP = np.array(_NORMAL_STD)
 _SCALING, _BRIGHTNESS, _CONTRAST, _NOISE, _FLIP, _TRANSLATION, _ROTATION, _CUTOUT = range(len(_HIT_OF))
 _COIN, _ANGLE, _UNIFORMS = 8, 9, 10  # the flip's coin, the rotation's uniform; then the shift and the cutout centre (nd columns each)
-_FAR = 1e6  # a cutout start past any image: the box of an item cutout missed
 
 
 @functools.lru_cache(maxsize=32)
@@ -100,35 +103,58 @@ def _grid_constants(size: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _affine_theta(inv: np.ndarray, angle: np.ndarray, shift: np.ndarray, sign: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+def _affine_theta(inv: np.ndarray, angle: np.ndarray, shift: np.ndarray, sign: np.ndarray | None, size: tuple[int, ...]) -> np.ndarray:
     """``theta (B, nd, nd + 1)`` of :func:`torch.nn.functional.affine_grid` (``align_corners=True``), float64, on the host.
 
     In voxel units about the centre, spatial-axis order, the source of output voxel ``q`` is
     ``F (A q - t)``: ``A = inv * R(angle)`` (``R`` rotates the plane of axes 0 and 1, ``inv``
-    is 1 / scale), ``t = shift (B, nd)``, ``F`` multiplies axis 0 by ``sign (B,)`` (-1: a mirror).
-    The draws are a few numbers per item: numpy does this math in microseconds where a
-    dozen tiny tensor ops cost their dispatch each.
+    is 1 / scale), ``t = shift (B, nd)``, ``F`` multiplies axis 0 by ``sign (B,)`` (-1: a
+    mirror; None: no item mirrored). The draws are a few numbers per item: numpy does this
+    math on the host (each op, numpy or torch, costs microseconds of dispatch whatever its
+    size, so the fewer the better).
     """
-    nd = len(size)
     cos, sin = np.cos(angle) * inv, np.sin(angle) * inv
-    theta = np.zeros((len(inv), nd, nd + 1))
-    mirrored = sign[:, None] * np.stack([sin, cos, shift[:, 0]], 1)
-    if nd == 2:  # grid rows: axis 1, axis 0; columns: axis 1, axis 0, offset
-        theta[:, 0] = np.stack([cos, sin, shift[:, 1]], 1)
-        theta[:, 1] = mirrored
+    mirrored = [sin, cos, shift[:, 0]] if sign is None else [sign * sin, sign * cos, sign * shift[:, 0]]
+    if len(size) == 2:  # grid rows: axis 1, axis 0; columns: axis 1, axis 0, offset
+        rows = [[cos, sin, shift[:, 1]], mirrored]
     else:  # grid rows: axis 2, axis 1, axis 0
-        theta[:, 0, 0], theta[:, 0, 3] = inv, shift[:, 2]
-        theta[:, 1, 1], theta[:, 1, 2], theta[:, 1, 3] = cos, sin, shift[:, 1]
-        theta[:, 2, 1:] = mirrored
-    return theta * _grid_constants(tuple(size))
+        zero = np.zeros_like(inv)
+        rows = [[inv, zero, zero, shift[:, 2]], [zero, cos, sin, shift[:, 1]], [zero] + mirrored]
+    return np.array(rows).transpose(2, 0, 1) * _grid_constants(tuple(size))  # one array op for all entries (each op costs its dispatch)
+
+
+class _Plan(NamedTuple):
+    """The host constants of one image size, made once: for the grid, the draws' scales and cutout's box."""
+
+    bases: np.ndarray  # (sum(size),) affine_grid's normalised voxel centres (align_corners=True) along each spatial axis, concatenated
+    column: np.ndarray  # (sum(size),) theta's column for each of them (spatial axis a is column nd - 1 - a)
+    views: tuple[tuple[slice | None, ...], ...]  # per spatial axis: the index taking (B, K, sum(size)) to a broadcastable (B, K, 1.., n_a, ..1) view
+    scale: np.ndarray  # (2 nd,) the shift's 2 * limit + 1 values, then the size: floor(u * scale) - offset is the shift, then cutout's start
+    offset: np.ndarray  # (2 nd,) the largest shift, then box // 2 (the box starts there before its centre)
+    axis_of: np.ndarray  # (sum(size),) the spatial axis of each position along the axes, concatenated
+    box_centre: np.ndarray  # (sum(size),) voxel index minus (box - 1) / 2, box cutout's length along that axis
+    box_reach: np.ndarray  # (sum(size),) box / 2
 
 
 @functools.lru_cache(maxsize=32)
-def _bases(size: tuple[int, ...]) -> np.ndarray:
-    """``affine_grid``'s normalised voxel centres (``align_corners=True``) along each spatial axis, concatenated."""
-    out = np.concatenate([np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in size])
-    out.flags.writeable = False
-    return out
+def _plan(size: tuple[int, ...]) -> _Plan:
+    """The constants of ``size`` (made once per image size)."""
+    nd = len(size)
+    bases = np.concatenate([np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in size])
+    starts = np.cumsum((0,) + size)
+    views = tuple((slice(None), slice(None)) + (None,) * a + (slice(starts[a], starts[a + 1]),) + (None,) * (nd - 1 - a) for a in range(nd))
+    limit = np.array([float(int(n * TRANSLATION_RATIO + 0.5)) for n in size])
+    box = np.array([float(int(n * CUTOUT_RATIO + 0.5)) for n in size])
+    axis_of = np.repeat(np.arange(nd), size)
+    plan = _Plan(
+        bases, np.repeat(np.arange(nd - 1, -1, -1), size), views,
+        np.concatenate([2 * limit + 1, size]).astype(np.float64), np.concatenate([limit, np.floor(box / 2)]),
+        axis_of, np.concatenate([np.arange(n, dtype=np.float64) for n in size]) - (box[axis_of] - 1) / 2, box[axis_of] / 2,
+    )
+    for value in plan:
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    return plan
 
 
 def _axis_terms(theta: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -138,35 +164,55 @@ def _axis_terms(theta: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     ``base_col`` varying along spatial axis ``nd - 1 - col`` only: so the grid is a sum of
     per-axis terms (:func:`_grid`), made here from ``B * nd * sum(size)`` numbers.
     """
-    nd = len(size)
-    per_axis = theta[:, :, nd - 1 :: -1]  # (B, nd, nd): coefficient of spatial axis a in column a
-    terms = np.repeat(per_axis, size, axis=2) * _bases(tuple(size))
-    terms[:, :, : size[0]] += theta[:, :, nd, None]
-    return terms.astype(np.float32)
+    plan = _plan(tuple(size))
+    terms = theta[:, :, plan.column] * plan.bases
+    terms[:, :, : size[0]] += theta[:, :, len(size), None]
+    return terms.astype(np.float32, order="C")  # C order: the fancy index may leave the batch axis innermost, and the tensor sums follow their inputs' layout
 
 
-def _grid(terms: Tensor, size: tuple[int, ...]) -> Tensor:
-    """The ``(B, *size, nd)`` sampling grid from :func:`_axis_terms`: one broadcast add per extra axis, written as contiguous planes."""
-    b, nd = terms.shape[0], len(size)
-    parts = terms.split(list(size), dim=2)
-    views = [parts[a].reshape((b, nd) + tuple(n if i == a else 1 for i, n in enumerate(size))) for a in range(nd)]
-    planes = views[0] + views[1]
-    for view in views[2:]:
-        planes = planes + view
-    return planes.permute(0, *range(2, nd + 2), 1)  # (B, *size, nd): grid_sample reads the strides
+def _tensor(values: np.ndarray, like: Tensor) -> Tensor:
+    """A host array as a tensor on ``like``'s device and dtype: for a CPU float32 input the array's own memory (no copy, no further op)."""
+    out = torch.from_numpy(values)
+    return out if out.dtype == like.dtype and like.device.type == "cpu" else out.to(device=like.device, dtype=like.dtype)
+
+
+def _outer(values: np.ndarray, like: Tensor, add: bool) -> Tensor:
+    """``values (B, K, sum(size))`` as the ``(B, K, *size)`` sum (``add``) or product of its per-axis parts, axis 0's first, on ``like``'s device and dtype."""
+    parts = [_tensor(values[view], like) for view in _plan(tuple(like.shape[2:])).views]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + part if add else out * part
+    return out
+
+
+def _grid(terms: np.ndarray, like: Tensor) -> Tensor:
+    """The ``(B, *size, nd)`` sampling grid of ``like (B, C, *size)`` from :func:`_axis_terms`: one broadcast add per extra axis, written as contiguous planes."""
+    return _outer(terms, like, add=True).permute(0, *range(2, like.ndim), 1)  # grid_sample reads the strides: planes are its fastest layout
 
 
 def _affine_grid(theta: Tensor | np.ndarray, shape: Sequence[int]) -> Tensor:
     """``F.affine_grid(theta, shape, align_corners=True)`` as sums of per-axis outer terms (float32)."""
     size = tuple(shape[2:])
     values = theta.detach().cpu().double().numpy() if isinstance(theta, Tensor) else theta
-    return _grid(torch.from_numpy(_axis_terms(values, size)), size)
+    return _grid(_axis_terms(values, size), torch.empty((0, 0) + size))
 
 
-def _resample(x: Tensor, terms: Tensor) -> Tensor:
+def _resample(x: Tensor, terms: np.ndarray) -> Tensor:
     """``x`` sampled at the grid of ``terms`` (:func:`_axis_terms`): bilinear (trilinear), reflection about the border voxels' centres."""
-    grid = _grid(terms.to(device=x.device, dtype=x.dtype), tuple(x.shape[2:]))
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    return F.grid_sample(x, _grid(terms, x), mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def _item_mean(x: Tensor) -> Tensor:
+    """``x.mean(dim=(1, ..., ndim - 1), keepdim=True)`` (B, 1, ...), bit for bit.
+
+    On a CPU ``mean`` IS this sum and division; written out, its backward divides B
+    numbers and expands them (a view) where ``mean``'s divides a full expanded tensor.
+    Elsewhere ``mean`` has its own kernel (a sum times 1 / n), so it stays.
+    """
+    dims = tuple(range(1, x.ndim))
+    if x.device.type != "cpu":
+        return x.mean(dim=dims, keepdim=True)
+    return x.sum(dim=dims, keepdim=True).div_(math.prod(x.shape[1:]))
 
 
 def _host(values: Tensor | None, default: float, b: int, width: int | None = None) -> np.ndarray:
@@ -203,29 +249,7 @@ def affine_resample(
     size = tuple(x.shape[2:])
     sign = 1.0 - 2.0 * _host(flips, 0.0, b)
     theta = _affine_theta(1.0 / _host(scale, 1.0, b), _host(angle, 0.0, b), _host(shift, 0.0, b, nd), sign, size)
-    return _resample(x, torch.from_numpy(_axis_terms(theta, size)))
-
-
-class _DrawConstants(NamedTuple):
-    """What :meth:`AdaptiveAugment.forward` needs per image size, made once (host arrays)."""
-
-    span: np.ndarray  # (nd,) the shift's 2 * limit + 1 values
-    limit: np.ndarray  # (nd,) the largest shift
-    extent: np.ndarray  # (nd,) the size
-    box: np.ndarray  # (nd,) cutout's box length
-    box_half: np.ndarray  # (nd,) box // 2: the box starts there before its centre
-    positions: np.ndarray  # (sum(size),) voxel indices 0 .. n - 1 of each axis, concatenated
-    axis_of: np.ndarray  # (sum(size),) the axis of each of those positions
-
-
-@functools.lru_cache(maxsize=32)
-def _draw_constants(size: tuple[int, ...]) -> _DrawConstants:
-    """The per-size constants of one draw (made once per image size)."""
-    limit = np.array([float(int(n * TRANSLATION_RATIO + 0.5)) for n in size])
-    box = np.array([float(int(n * CUTOUT_RATIO + 0.5)) for n in size])
-    positions = np.concatenate([np.arange(n, dtype=np.float64) for n in size])
-    axis_of = np.repeat(np.arange(len(size)), size)
-    return _DrawConstants(2 * limit + 1, limit, np.array([float(n) for n in size]), box, np.floor(box / 2), positions, axis_of)
+    return _resample(x, _axis_terms(theta, size))
 
 
 class AdaptiveAugment(nn.Module):
@@ -269,6 +293,7 @@ class AdaptiveAugment(nn.Module):
         self.register_buffer("last_adjust", torch.zeros((), dtype=torch.long))  # the step of the last adjustment
         self.register_buffer("rt", torch.zeros((), dtype=torch.float64))  # r_t at the last adjustment (for the logs)
         self._on = np.array([name in self.policy for name in _HIT_OF])  # the policy's hit columns
+        self._threshold_of: tuple[float, np.ndarray] = (-1.0, self._on * 0.0)  # (p, its thresholds): made again when p moves
 
     # -- the pipeline -----------------------------------------------------------------
 
@@ -277,65 +302,107 @@ class AdaptiveAugment(nn.Module):
 
         Every per-item parameter comes from one uniform and one normal draw of a fixed
         width (whatever the policy) on the global CPU generator, and the bookkeeping on
-        them is numpy on the host (a call on 32 small crops is mostly per-op overhead, so
-        the fewer tensor ops the better; on a GPU this also spares the read-back). Then few
-        tensor ops: flip, translation, scaling and rotation are ONE resampling
-        (:func:`affine_resample`'s map) of only the items a geometric transform hit;
-        intensity and noise are one fused multiply-add (the noise drawn for the whole
-        batch, scaled by 0 where it missed); cutout is one float mask. Items a transform
-        misses stay bit-exact; at ``p = 0`` the pipeline is the identity and draws nothing.
+        them is numpy on the host (on a GPU this also spares the read-back). A call on 32
+        small crops is mostly per-op dispatch, numpy's and torch's alike, so each transform
+        takes as few ops as it can: flip, translation, scaling and rotation are ONE
+        resampling (:func:`affine_resample`'s map) of only the items they move; intensity a
+        multiply and an add; noise one draw for the items it hits; cutout one float mask;
+        once a transform has made a new tensor, the later ones write into it. A transform
+        no item drew costs nothing. Items a transform misses stay bit-exact, the input is
+        never written; at ``p = 0`` the pipeline is the identity and draws nothing.
         """
         p = float(self.p)
         if p == 0.0:
             return x
-        b, nd, size, dev = x.shape[0], x.ndim - 2, tuple(x.shape[2:]), x.device
-        const = _draw_constants(size)
+        b, nd = x.shape[0], x.ndim - 2
+        plan = _plan(tuple(x.shape[2:]))
         u = torch.rand(b, _UNIFORMS + 2 * nd).numpy().astype(np.float64)
-        hit = (u[:, : len(_HIT_OF)] < p) & self._on  # (B, 8) in _HIT_OF's order
+        hit = u[:, : len(_HIT_OF)] < self._thresholds(p)  # (B, 8) in _HIT_OF's order
         normal = torch.randn(b, len(_NORMAL_STD)).numpy().astype(np.float64) * _NORMAL_STD_NP * hit[:, : len(_NORMAL_STD)]  # 0 where missed
-        any_hit = hit.any(0)
-        per_item = (b,) + (1,) * (x.ndim - 1)
+        any_hit = hit.any(0).tolist()
+        if any_hit[_TRANSLATION] or any_hit[_CUTOUT]:  # the integer draws: the shift (nd columns), then cutout's start (nd)
+            drawn = np.floor(u[:, _UNIFORMS:] * plan.scale) - plan.offset
+        owned = False  # whether x is a tensor this call made: then the next transforms write into it
         if any_hit[_FLIP] or any_hit[_TRANSLATION] or any_hit[_SCALING] or any_hit[_ROTATION]:
-            shift = (np.floor(u[:, _UNIFORMS : _UNIFORMS + nd] * const.span) - const.limit) * hit[:, _TRANSLATION, None]  # (B, nd) integers
-            angle = (u[:, _ANGLE] * 2 - 1) * (math.radians(ROTATION_DEGREES) * hit[:, _ROTATION])
-            flips = hit[:, _FLIP] & (u[:, _COIN] < 0.5)
-            moved = np.flatnonzero(flips | hit[:, _SCALING] | hit[:, _ROTATION] | (shift != 0).any(1))
-            if 2 * len(moved) >= b:  # most items move: resample all (the others by the identity), then keep the unmoved ones exactly
-                theta = _affine_theta(np.exp2(-normal[:, _SCALING]), angle, shift, 1.0 - 2.0 * flips, size)
-                resampled = _resample(x, torch.from_numpy(_axis_terms(theta, size)))
-                if len(moved) == b:
-                    x = resampled
-                else:  # lerp is exact at weights 0 and 1 (x + 0 * d; r - d * 0), one vectorised pass where an index copy takes four
-                    weight = np.zeros(per_item, dtype=np.float32)
-                    weight[moved] = 1.0
-                    x = torch.lerp(x, resampled, torch.from_numpy(weight).to(device=dev, dtype=x.dtype))
-            elif len(moved):  # few move: resample only those
-                theta = _affine_theta(np.exp2(-normal[moved, _SCALING]), angle[moved], shift[moved], 1.0 - 2.0 * flips[moved], size)
-                index = torch.from_numpy(moved).to(dev)
-                x = x.index_copy(0, index, _resample(x[index], torch.from_numpy(_axis_terms(theta, size))))
-        if any_hit[_BRIGHTNESS] or any_hit[_CONTRAST]:  # x * c + (mean * (1 - c) + brightness): c = 1, brightness 0 leave an item bit-exact
-            contrast = np.exp2(normal[:, _CONTRAST])
-            scalars = torch.from_numpy(np.stack([contrast, 1 - contrast, normal[:, _BRIGHTNESS]]).astype(np.float32))
-            c, one_minus_c, brightness = (s.reshape(per_item) for s in scalars.to(device=dev, dtype=x.dtype))
-            if any_hit[_CONTRAST]:  # two binary ops: a ternary one broadcasting (B, 1, ...) runs unvectorised on a CPU
-                x = x * c + torch.addcmul(brightness, x.mean(dim=tuple(range(1, x.ndim)), keepdim=True), one_minus_c)
-            else:
-                x = x + brightness
-        if any_hit[_NOISE]:  # drawn for the items it hits only (a normal draw costs twenty elementwise ops)
-            noisy = np.flatnonzero(hit[:, _NOISE])
-            sigma = torch.from_numpy(np.abs(normal[noisy, _NOISE]).astype(np.float32)).to(device=dev, dtype=x.dtype).reshape((len(noisy),) + per_item[1:])
-            noise = torch.randn((len(noisy),) + tuple(x.shape[1:]), device=dev, dtype=x.dtype) * sigma
-            x = x + noise if len(noisy) == b else x.index_add(0, torch.from_numpy(noisy).to(dev), noise)
-        if any_hit[_CUTOUT]:  # float masks: bool ops on the whole batch cost ten times more on a CPU
-            start = np.floor(u[:, _UNIFORMS + nd :] * const.extent) - const.box_half  # (B, nd)
-            offset_in_box = const.positions - start[:, const.axis_of]  # (B, sum(size)): voxel index minus the box's start, per axis
-            along = torch.from_numpy(((offset_in_box >= 0) & (offset_in_box < const.box[const.axis_of]) & hit[:, _CUTOUT, None]).astype(np.float32))
-            parts = along.to(device=dev, dtype=x.dtype).split(list(size), dim=1)
-            inside = parts[0].reshape((b, 1, size[0]) + (1,) * (nd - 1))
-            for a in range(1, nd):
-                inside = inside * parts[a].reshape((b, 1) + (1,) * a + (size[a],) + (1,) * (nd - 1 - a))
-            x = torch.addcmul(x, x, inside, value=-1)  # x - x * inside: cutout's fill is 0; items missed stay bit-exact
+            shift = drawn[:, :nd] * hit[:, _TRANSLATION, None] if any_hit[_TRANSLATION] else np.zeros((b, nd))
+            moved = self._geometry(x, u, hit, normal, shift, any_hit[_FLIP])
+            x, owned = moved, moved is not x
+        if any_hit[_BRIGHTNESS] or any_hit[_CONTRAST]:
+            x, owned = self._intensity(x, normal, any_hit[_CONTRAST], owned), True
+        if any_hit[_NOISE]:
+            x, owned = self._noise(x, hit, normal, owned), True
+        if any_hit[_CUTOUT]:
+            x = self._cutout(x, drawn[:, nd:], hit, plan, owned)
         return x
+
+    def _thresholds(self, p: float) -> np.ndarray:
+        """``(8,)``: ``p`` in the policy's hit columns, -1 in the others (a uniform draw is never below it): ``u < thresholds`` is the hits."""
+        if self._threshold_of[0] != p:
+            self._threshold_of = (p, np.where(self._on, p, -1.0))
+        return self._threshold_of[1]
+
+    @staticmethod
+    def _geometry(x: Tensor, u: np.ndarray, hit: np.ndarray, normal: np.ndarray, shift: np.ndarray, flip_hit: bool) -> Tensor:
+        """Flip, translation ``shift (B, nd)``, scaling and rotation: ONE resampling (:func:`affine_resample`'s map) of the items they move (``x`` itself if none).
+
+        When at least half the items move, all are resampled (the others by the identity)
+        and ``torch.lerp`` with weights 0 and 1 keeps the unmoved ones bit-exact in one pass
+        (``x + 0 * d``, ``r - d * 0``; an index copy takes four); when fewer move, only
+        those are resampled and copied back.
+        """
+        b, nd, size = x.shape[0], x.ndim - 2, tuple(x.shape[2:])
+        angle = (u[:, _ANGLE] * 2 - 1) * (math.radians(ROTATION_DEGREES) * hit[:, _ROTATION])
+        moving = hit[:, _SCALING] | hit[:, _ROTATION] | shift.any(1)  # a shift of 0 moves nothing
+        sign = None  # nobody mirrored: a sign of 1 would change nothing
+        if flip_hit:
+            flips = hit[:, _FLIP] & (u[:, _COIN] < 0.5)
+            moving |= flips
+            sign = 1.0 - 2.0 * flips
+        n = int(np.count_nonzero(moving))
+        if 2 * n >= b:  # most items move: resample all (the others by the identity), then keep the unmoved ones exactly
+            resampled = _resample(x, _axis_terms(_affine_theta(np.exp2(-normal[:, _SCALING]), angle, shift, sign, size), size))
+            if n == b:
+                return resampled
+            return torch.lerp(x, resampled, _tensor(moving.astype(np.float32).reshape((b,) + (1,) * (nd + 1)), x))
+        if n == 0:
+            return x
+        moved = np.flatnonzero(moving)
+        theta = _affine_theta(np.exp2(-normal[moved, _SCALING]), angle[moved], shift[moved], None if sign is None else sign[moved], size)
+        index = torch.from_numpy(moved).to(x.device)
+        return x.index_copy(0, index, _resample(x[index], _axis_terms(theta, size)))
+
+    @staticmethod
+    def _intensity(x: Tensor, normal: np.ndarray, contrast_hit: bool, owned: bool) -> Tensor:
+        """``x * c + (mean * (1 - c) + brightness)``: c = 1 and brightness 0 leave an item bit-exact (written into ``x`` if ``owned``)."""
+        per_item = (x.shape[0],) + (1,) * (x.ndim - 1)
+        if not contrast_hit:
+            brightness = _tensor(normal[:, _BRIGHTNESS].astype(np.float32).reshape(per_item), x)
+            return x.add_(brightness) if owned else x + brightness
+        contrast = np.exp2(normal[:, _CONTRAST])
+        c, one_minus_c, brightness = _tensor(np.array([contrast, 1 - contrast, normal[:, _BRIGHTNESS]], dtype=np.float32).reshape((3,) + per_item), x).unbind(0)
+        # two binary ops: a ternary one broadcasting (B, 1, ...) runs unvectorised on a CPU (and fused, rounds differently)
+        offset = torch.addcmul(brightness, _item_mean(x), one_minus_c)
+        return (x * c).add_(offset)
+
+    @staticmethod
+    def _noise(x: Tensor, hit: np.ndarray, normal: np.ndarray, owned: bool) -> Tensor:
+        """Gaussian noise of a per-item level, drawn for the items it hits only (a normal draw costs twenty elementwise ops); written into ``x`` if ``owned``."""
+        noisy = np.flatnonzero(hit[:, _NOISE])
+        sigma = np.abs(normal[noisy, _NOISE]).astype(np.float32).reshape((len(noisy),) + (1,) * (x.ndim - 1))
+        noise = torch.randn((len(noisy),) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype).mul_(_tensor(sigma, x))
+        if len(noisy) == x.shape[0]:
+            return x.add_(noise) if owned else x + noise
+        index = torch.from_numpy(noisy) if x.device.type == "cpu" else torch.from_numpy(noisy).to(x.device)
+        return x.index_add_(0, index, noise) if owned else x.index_add(0, index, noise)
+
+    @staticmethod
+    def _cutout(x: Tensor, start: np.ndarray, hit: np.ndarray, plan: _Plan, owned: bool) -> Tensor:
+        """A box of half the size per axis from ``start (B, nd)``, set to 0 (in ``x`` if ``owned``): one float mask, the outer product of per-axis ones (bool ops on the whole batch cost ten times more on a CPU)."""
+        # inside along an axis: 0 <= index - start < box, i.e. |index - (box - 1) / 2 - start| < box / 2 (integers; exact); 0 < 0 for items cutout missed
+        along = (np.abs(plan.box_centre - start[:, plan.axis_of]) < plan.box_reach * hit[:, _CUTOUT, None]).astype(np.float32, order="C")  # (B, sum(size))
+        inside = _outer(along[:, None], x, add=False)
+        # x - x * inside: cutout's fill is 0; items missed stay bit-exact
+        return x.addcmul_(x, inside, value=-1) if owned else torch.addcmul(x, x, inside, value=-1)
 
     # -- the controller ---------------------------------------------------------------
 
