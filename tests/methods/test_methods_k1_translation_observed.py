@@ -71,3 +71,13 @@ def test_every_discriminator_loss_carries_r1_at_a_due_step(name: str, model: dic
         opt.global_step = step
         method.train_step(_pair_batch(), opt)
         assert len(seen) == 2 and all((r1 is not None) == due for r1 in seen), (step, seen)
+
+
+@pytest.mark.parametrize(("name", "model"), [("cyclegan", SMALL_CYCLEGAN), ("pix2pix", SMALL_PIX2PIX)])
+def test_a_patchgan_too_deep_for_the_images_is_refused_in_the_configs_words(name: str, model: dict) -> None:
+    """``<config>: model.disc_layers: does not fit data.size: ...``, as the CLI prints it (the method is built from the config)."""
+    cls = get_method(name)
+    with pytest.raises(ConfigError) as err:
+        cls(cls.Config(**{**model, "disc_layers": 4}), DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8)))
+    assert (err.value.source, err.value.key) == ("<config>", "model.disc_layers")
+    assert str(err.value).startswith("<config>: model.disc_layers: does not fit data.size: ")
