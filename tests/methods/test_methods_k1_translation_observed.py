@@ -27,10 +27,13 @@ def test_k1_refusals_name_their_keys() -> None:
     """One labeled class, and a conv D on vectors, are refused naming the key to fix."""
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1), DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=1))
-    assert err.value.key == "data.semi_supervised" and "at least 2 labeled classes" in err.value.problem
+    assert (err.value.source, err.value.key) == ("<config>", "data.semi_supervised") and "at least 2 labeled classes" in err.value.problem
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, discriminator="conv"), VECTORS)
     assert err.value.key == "model.discriminator"
+    with pytest.raises(ConfigError) as err:
+        SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, consistency_weight=1.0, consistency_shift=1), VECTORS)
+    assert err.value.key == "model.consistency_shift"
 
 
 @pytest.mark.parametrize(("d_norm", "module"), [("batch", torch.nn.modules.batchnorm._BatchNorm), ("instance", torch.nn.modules.instancenorm._InstanceNorm)])
@@ -81,3 +84,78 @@ def test_a_patchgan_too_deep_for_the_images_is_refused_in_the_configs_words(name
         cls(cls.Config(**{**model, "disc_layers": 4}), DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8)))
     assert (err.value.source, err.value.key) == ("<config>", "model.disc_layers")
     assert str(err.value).startswith("<config>: model.disc_layers: does not fit data.size: ")
+
+
+def test_k1_d_kernel_size_reaches_the_conv_discriminator() -> None:
+    method = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, d_kernel_size=5), IMAGES)
+    convs = [m for m in method.discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.kernel_size == (5, 5) for m in convs)
+
+
+def test_k1_logged_accuracy_is_the_share_of_labeled_items_d_classifies_right() -> None:
+    """Without noise or dropout D is deterministic: the step's accuracy is that of D's argmax on the labeled batch before the step."""
+    torch.manual_seed(0)
+    method = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, input_noise_std=0.0, hidden_noise_std=0.0, unsupervised_weight=0.0), IMAGES)
+    g = torch.Generator().manual_seed(2)
+    batch = {keys.IMAGE: torch.rand(12, 1, 8, 8, generator=g) * 2 - 1, keys.LABEL: torch.arange(12) % 3}
+    with torch.no_grad():
+        right = (method.discriminator(batch[keys.IMAGE]).argmax(1) == batch[keys.LABEL]).float().mean()
+    assert 0 < float(right) < 1  # a batch where right and wrong differ
+    out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert float(out[keys.ACCURACY]) == pytest.approx(float(right))
+
+
+def test_cyclegan_generator_losses_by_hand() -> None:
+    """L_GAN (LSGAN) + lambda * cycle L1 + lambda * lambda_identity * identity L1, each logged, from the weights before the step."""
+    torch.manual_seed(0)
+    cls = get_method("cyclegan")
+    method = cls(cls.Config(**SMALL_CYCLEGAN, lambda_cycle=3.0, lambda_identity=0.4), PAIRS)
+    batch = _pair_batch()
+    x, y = batch[keys.CT], batch[keys.MR]
+    G, F, d_mr, d_ct = method.g_ct2mr, method.g_mr2ct, method.d_mr, method.d_ct
+    l1 = lambda a, b: (a - b).abs().mean()  # noqa: E731
+    with torch.no_grad():
+        gan = (d_mr(G(x)) - 1).square().mean() + (d_ct(F(y)) - 1).square().mean()
+        cycle = 3.0 * (l1(F(G(x)), x) + l1(G(F(y)), y))
+        identity = 3.0 * 0.4 * (l1(G(y), y) + l1(F(x), x))
+    out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert float(out[keys.LOSS_G_GAN]) == pytest.approx(float(gan), rel=1e-5)
+    assert float(out[keys.LOSS_CYCLE]) == pytest.approx(float(cycle), rel=1e-5)
+    assert float(out[keys.LOSS_IDENTITY]) == pytest.approx(float(identity), rel=1e-5)
+    assert float(out[keys.LOSS_G]) == pytest.approx(float(gan + cycle + identity), rel=1e-5)
+
+
+def test_cyclegan_skips_the_identity_pass_at_weight_0() -> None:
+    """``lambda_identity: 0`` runs each generator twice a step (translation, cycle), not a third time on the other domain (its batch statistics untouched)."""
+    cls = get_method("cyclegan")
+    for weight, calls in ((0.0, 2), (0.5, 3)):
+        method = cls(cls.Config(**SMALL_CYCLEGAN, lambda_identity=weight), PAIRS)
+        counts = {"g": 0, "f": 0}
+        method.g_ct2mr.register_forward_hook(lambda *_: counts.__setitem__("g", counts["g"] + 1))
+        method.g_mr2ct.register_forward_hook(lambda *_: counts.__setitem__("f", counts["f"] + 1))
+        out = method.train_step(_pair_batch(), HandOpt(method.configure_optimizers()))
+        assert counts == {"g": calls, "f": calls}, weight
+        assert (float(out[keys.LOSS_IDENTITY]) == 0.0) == (weight == 0.0)
+
+
+class _GradsAfterG(HandOpt):
+    """Records whether any parameter of ``watched`` has a gradient right after G's step."""
+
+    def __init__(self, optimizers, watched) -> None:
+        super().__init__(optimizers)
+        self.watched, self.d_had_grads = watched, None
+
+    def step(self, name, loss, retain_graph=False) -> None:
+        super().step(name, loss, retain_graph)
+        if name == "g":
+            self.d_had_grads = any(p.grad is not None for m in self.watched for p in m.parameters())
+
+
+def test_cyclegans_g_step_computes_no_d_gradient() -> None:
+    """D_X and D_Y are frozen while G and F step (pytorch-CycleGAN's ``set_requires_grad``): G's backward leaves them without gradients."""
+    cls = get_method("cyclegan")
+    method = cls(cls.Config(**SMALL_CYCLEGAN), PAIRS)
+    opt = _GradsAfterG(method.configure_optimizers(), [method.d_ct, method.d_mr])
+    method.train_step(_pair_batch(), opt)
+    assert opt.d_had_grads is False
+    assert all(p.requires_grad for m in (method.d_ct, method.d_mr) for p in m.parameters())  # unfrozen for their own step
