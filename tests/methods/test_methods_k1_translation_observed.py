@@ -159,3 +159,10 @@ def test_cyclegans_g_step_computes_no_d_gradient() -> None:
     method.train_step(_pair_batch(), opt)
     assert opt.d_had_grads is False
     assert all(p.requires_grad for m in (method.d_ct, method.d_mr) for p in m.parameters())  # unfrozen for their own step
+
+
+def test_pix2pix_strides_of_the_wrong_length_are_refused_in_the_configs_words() -> None:
+    cls = get_method("pix2pix")
+    with pytest.raises(ConfigError) as err:
+        cls(cls.Config(**{**SMALL_PIX2PIX, "strides": (2, 2)}), PAIRS)
+    assert str(err.value) == "<config>: model.strides: needs len(model.channels) - 1 = 1 entries, got 2"
