@@ -166,3 +166,13 @@ def test_pix2pix_strides_of_the_wrong_length_are_refused_in_the_configs_words() 
     with pytest.raises(ConfigError) as err:
         cls(cls.Config(**{**SMALL_PIX2PIX, "strides": (2, 2)}), PAIRS)
     assert str(err.value) == "<config>: model.strides: needs len(model.channels) - 1 = 1 entries, got 2"
+
+
+def test_cyclegan_steps_on_multichannel_images() -> None:
+    """Two-channel scans (a 2.5D stack): both generators and both discriminators take (and give) two channels."""
+    cls = get_method("cyclegan")
+    method = cls(cls.Config(**SMALL_CYCLEGAN), DataSpec(spatial_dims=2, in_channels=2, image_size=(8, 8)))
+    g = torch.Generator().manual_seed(4)
+    batch = {keys.CT: torch.rand(2, 2, 8, 8, generator=g) * 2 - 1, keys.MR: torch.rand(2, 2, 8, 8, generator=g) * 2 - 1}
+    out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert torch.isfinite(out[keys.LOSS_D]) and method.translate(batch[keys.CT], "ct2mr").shape == (2, 2, 8, 8)
