@@ -33,7 +33,10 @@ def test_k1_refusals_name_their_keys() -> None:
     assert err.value.key == "model.discriminator"
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, consistency_weight=1.0, consistency_shift=1), VECTORS)
-    assert err.value.key == "model.consistency_shift"
+    assert (err.value.source, err.value.key) == ("<config>", "model.consistency_shift")
+    with pytest.raises(ConfigError) as err:
+        SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, generator="dcgan"), VECTORS)
+    assert (err.value.source, err.value.key) == ("<config>", "model.generator")
 
 
 @pytest.mark.parametrize(("d_norm", "module"), [("batch", torch.nn.modules.batchnorm._BatchNorm), ("instance", torch.nn.modules.instancenorm._InstanceNorm)])
@@ -176,3 +179,40 @@ def test_cyclegan_steps_on_multichannel_images() -> None:
     batch = {keys.CT: torch.rand(2, 2, 8, 8, generator=g) * 2 - 1, keys.MR: torch.rand(2, 2, 8, 8, generator=g) * 2 - 1}
     out = method.train_step(batch, HandOpt(method.configure_optimizers()))
     assert torch.isfinite(out[keys.LOSS_D]) and method.translate(batch[keys.CT], "ct2mr").shape == (2, 2, 8, 8)
+
+
+def test_k1_entropy_term_enters_with_a_weight_below_1() -> None:
+    """``entropy_weight: 0.5`` adds half the conditional entropy to D's loss (same networks, same draws as without it)."""
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(3)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, entropy_weight=weight), VECTORS)
+        g = torch.Generator().manual_seed(5)
+        batch = {keys.IMAGE: torch.rand(6, 6, generator=g) * 2 - 1, keys.LABEL: torch.arange(6) % 3, keys.UNLABELED_IMAGE: torch.rand(6, 6, generator=g) * 2 - 1}
+        torch.manual_seed(4)
+        losses[weight] = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    entropy = float(losses[0.5]["entropy"])
+    assert entropy > 0
+    assert float(losses[0.5][keys.LOSS]) == pytest.approx(float(losses[0.0][keys.LOSS]) + 0.5 * entropy, rel=1e-5)
+
+
+def test_k1_generators_take_g_channels_and_end_in_tanh() -> None:
+    """The DCGAN generator's feature maps are ``g_channels``; the MLP generator of vectors squashes to [-1, 1] as the data are."""
+    dcgan = SemiSupervisedGAN(SemiSupervisedGANConfig(**{**SMALL_K1, "g_channels": (12, 6)}), IMAGES).generator
+    ups = [(m.in_channels, m.out_channels) for m in dcgan.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert ups == [(12, 6), (6, 1)]  # 12 -> 6 -> the image's channel
+    mlp = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1), VECTORS).generator.eval()
+    with torch.no_grad():
+        out = mlp(100 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0)))
+    assert out.abs().max() <= 1
+
+
+@pytest.mark.parametrize(("name", "model"), [("cyclegan", SMALL_CYCLEGAN), ("pix2pix", SMALL_PIX2PIX)])
+def test_translation_norm_reaches_generators_and_discriminators(name: str, model: dict) -> None:
+    """``norm: batch`` builds every generator and discriminator with batch norm (the default, instance, with none)."""
+    cls = get_method(name)
+    method = cls(cls.Config(**model, norm="batch"), PAIRS)
+    nets = [method.g_ct2mr, method.g_mr2ct, method.d_ct, method.d_mr] if name == "cyclegan" else [*method.generators.values(), *method.discriminators.values()]
+    assert all(any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()) for net in nets)
+    default = cls(cls.Config(**model), PAIRS)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in default.modules())
