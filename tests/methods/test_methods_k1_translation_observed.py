@@ -33,7 +33,7 @@ def test_k1_refusals_name_their_keys() -> None:
     assert err.value.key == "model.discriminator"
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, consistency_weight=1.0, consistency_shift=1), VECTORS)
-    assert (err.value.source, err.value.key) == ("<config>", "model.consistency_shift")
+    assert (err.value.source, err.value.key) == ("<config>", "model.consistency_shift") and err.value.problem.startswith("translations need images")
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, generator="dcgan"), VECTORS)
     assert (err.value.source, err.value.key) == ("<config>", "model.generator")
@@ -216,3 +216,38 @@ def test_translation_norm_reaches_generators_and_discriminators(name: str, model
     assert all(any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()) for net in nets)
     default = cls(cls.Config(**model), PAIRS)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in default.modules())
+
+
+def _convs(net: torch.nn.Module) -> list[tuple[int, int, int]]:
+    """``(in, out, stride)`` of each convolution, in order."""
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    return [(m.in_channels, m.out_channels, m.stride[0]) for m in net.modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize(("name", "model"), [("cyclegan", SMALL_CYCLEGAN), ("pix2pix", SMALL_PIX2PIX)])
+def test_patchgan_takes_disc_channels_and_disc_layers(name: str, model: dict) -> None:
+    """``disc_channels: 4, disc_layers: 2``: two strided convolutions 4 -> 8, then the stride-1 pair of a PatchGAN (8 -> 16 -> 1)."""
+    cls = get_method(name)
+    method = cls(cls.Config(**{**model, "disc_channels": 4, "disc_layers": 2}), DataSpec(spatial_dims=2, in_channels=1, image_size=(16, 16)))
+    d = method.d_ct if name == "cyclegan" else method.discriminators["ct2mr"]
+    first = 1 if name == "cyclegan" else 2  # pix2pix's D sees the pair
+    assert _convs(d) == [(first, 4, 2), (4, 8, 2), (8, 16, 1), (16, 1, 1)]
+
+
+def test_pix2pix_unet_takes_channels_and_strides() -> None:
+    cls = get_method("pix2pix")
+    unet = cls(cls.Config(**{**SMALL_PIX2PIX, "channels": (4, 6), "strides": (2,)}), PAIRS).generators["ct2mr"]
+    assert [c for c in _convs(unet) if c[2] == 2][0] == (1, 4, 2)  # the first level: stride 2 to 4 channels
+    assert (4, 6, 1) in _convs(unet)  # the bottom: 6 channels at stride 1
+
+
+def test_k1_mlp_generators_take_g_hidden_and_batch_norm_and_end_in_tanh() -> None:
+    """The MLP generator (vectors, or ``generator: mlp`` on images): ``g_hidden`` widths, batch norm, a tanh output."""
+    for spec, extra in ((VECTORS, {}), (IMAGES, {"generator": "mlp", "discriminator": "mlp"})):
+        g = SemiSupervisedGAN(SemiSupervisedGANConfig(**{**SMALL_K1, "g_hidden": (8, 5)}, **extra), spec).generator
+        widths = [m.out_features for m in g.modules() if isinstance(m, torch.nn.Linear)]
+        assert widths[:2] == [8, 5], extra
+        assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in g.modules()) == 2
+        with torch.no_grad():
+            out = g.eval()(100 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0)))
+        assert out.abs().max() <= 1, extra
