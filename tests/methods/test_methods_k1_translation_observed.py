@@ -24,7 +24,7 @@ SMALL_K1 = {"d_channels": (4, 8), "g_channels": (8, 4), "d_hidden": (8,), "g_hid
 
 
 def test_k1_refusals_name_their_keys() -> None:
-    """One labeled class, and a conv D on vectors, are refused naming the key to fix."""
+    """One labeled class, a conv D, translations or a DCGAN generator on vectors: refused from ``<config>``, naming the key to fix."""
     with pytest.raises(ConfigError) as err:
         SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1), DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=1))
     assert (err.value.source, err.value.key) == ("<config>", "data.semi_supervised") and "at least 2 labeled classes" in err.value.problem
