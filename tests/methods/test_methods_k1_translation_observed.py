@@ -283,3 +283,47 @@ def test_generator_spec_rebuilds_the_generator(name: str, model: dict) -> None:
         x = _pair_batch()[keys.CT]
         with torch.no_grad():
             torch.testing.assert_close(rebuilt(x), method.translate(x, direction))
+
+
+
+def test_cyclegans_d_step_descends_both_discriminators_losses() -> None:
+    """``loss_d`` is D_Y's LSGAN loss plus D_X's: the step's Adam update lowers each on the step's real and generated batches."""
+    torch.manual_seed(0)
+    cls = get_method("cyclegan")
+    method = cls(cls.Config(**SMALL_CYCLEGAN, lr=1e-3), PAIRS)  # pool_size 0: D sees this step's fakes
+    batch = _pair_batch()
+    x, y = batch[keys.CT], batch[keys.MR]
+    with torch.no_grad():
+        fake_mr, fake_ct = method.g_ct2mr(x), method.g_mr2ct(y)  # what D's step sees (made before G's step)
+
+    def d_losses() -> tuple[float, float]:
+        lsgan = lambda d, real, fake: 0.5 * ((d(real) - 1).square().mean() + d(fake).square().mean())  # noqa: E731
+        with torch.no_grad():
+            return float(lsgan(method.d_mr, y, fake_mr)), float(lsgan(method.d_ct, x, fake_ct))
+
+    before = d_losses()
+    out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert float(out[f"{keys.LOSS_D}_mr"]) == pytest.approx(before[0], rel=1e-5) and float(out[f"{keys.LOSS_D}_ct"]) == pytest.approx(before[1], rel=1e-5)
+    assert float(out[keys.LOSS_D]) == pytest.approx(before[0] + before[1], rel=1e-5)
+    after = d_losses()
+    assert after[0] < before[0] and after[1] < before[1], (before, after)
+
+
+def test_k1_noise_stds_reach_the_discriminator() -> None:
+    """``input_noise_std`` and ``hidden_noise_std``: D in training mode is deterministic with both 0, and noisy with either set."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    for stds, noisy in (((0.0, 0.0), False), ((0.5, 0.0), True), ((0.0, 0.5), True)):
+        d = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1, input_noise_std=stds[0], hidden_noise_std=stds[1]), IMAGES).discriminator.train()
+        with torch.no_grad():
+            assert (not torch.equal(d(x), d(x))) == noisy, stds
+
+
+def test_k1_draws_one_fake_per_unlabeled_item() -> None:
+    """The generated batch has the unlabeled batch's size (5 items of 6 values here, so neither axis is mistaken for the other)."""
+    method = SemiSupervisedGAN(SemiSupervisedGANConfig(**SMALL_K1), VECTORS)
+    sizes = []
+    method.generator.register_forward_hook(lambda module, args, output: sizes.append(output.shape[0]))
+    g = torch.Generator().manual_seed(8)
+    batch = {keys.IMAGE: torch.rand(3, 6, generator=g) * 2 - 1, keys.LABEL: torch.arange(3) % 3, keys.UNLABELED_IMAGE: torch.rand(5, 6, generator=g) * 2 - 1}
+    method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert sizes == [5]
