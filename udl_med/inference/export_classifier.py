@@ -20,6 +20,16 @@ probabilities (the K+1 discriminator's noise layers are training-only, see
     net = getattr(nets, spec["class"].rsplit(".", 1)[1])(**spec["kwargs"])
     net.load_state_dict(torch.load("OUT/classifier.pt", weights_only=True), strict=True)
     probabilities = torch.softmax(net.eval()(x), dim=1)   # x: (B, C, *image_size) in [-1, 1]
+
+A K+1 ensemble (``model.ensemble: M``) exports ``members: M`` and its M networks' weights
+under ``members.<i>.``: the keys of :class:`udl_med.nets.ensemble.SoftmaxAverage` over M
+such networks (``load_classifier`` builds it), whose output's softmax is the mean of the
+members' softmaxes (``output: "log_probabilities"``). Without udl-med::
+
+    nets = [getattr(monai.networks.nets, name)(**spec["kwargs"]) for _ in range(spec["members"])]
+    for i, n in enumerate(nets):
+        n.load_state_dict({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"members.{i}.")}, strict=True)
+    probabilities = torch.stack([torch.softmax(n.eval()(x), dim=1) for n in nets]).mean(0)
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import torch
 from udl_med import keys
 from udl_med.errors import InputError, UserError
 from udl_med.inference.export_encoder import INPUT_KEYS, build_encoder, write_network_export
+from udl_med.nets.ensemble import SoftmaxAverage
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,8 @@ def export_classifier(loaded: Any, out: Path) -> dict[str, Any]:
     if not hasattr(method, "export_classifier"):
         raise UserError(f"{loaded.source}: method {method.name!r} has no exportable classifier")
     class_path, kwargs, state = method.export_classifier()
-    net = build_encoder(class_path, kwargs)
+    members = int(getattr(method, "classifier_members", 1))
+    net = _build(class_path, kwargs, members)
     net.load_state_dict(state, strict=True)  # what a downstream user will do
     net.eval()
     spec = loaded.data_spec
@@ -65,8 +77,9 @@ def export_classifier(loaded: Any, out: Path) -> dict[str, Any]:
         "class": class_path,
         "kwargs": kwargs,
         "num_classes": num_classes,
-        "output": "logits",
-        "probabilities": "softmax over dim 1",
+        "output": "logits" if members == 1 else "log_probabilities",
+        "probabilities": "softmax over dim 1" if members == 1 else "the mean over members of softmax(member(x), dim 1)",
+        **({"members": members} if members > 1 else {}),
         "input": {
             "spatial_dims": spec.spatial_dims,
             "in_channels": spec.in_channels,
@@ -94,7 +107,7 @@ def export_classifier(loaded: Any, out: Path) -> dict[str, Any]:
 
 
 def load_classifier(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The exported MONAI classifier (eval mode, weights loaded strictly) and its ``classifier.json``."""
+    """The exported MONAI classifier (eval mode, weights loaded strictly; an ensemble's :class:`SoftmaxAverage`) and its ``classifier.json``."""
     folder = Path(folder)
     json_path = folder / keys.CLASSIFIER_JSON
     if not json_path.is_file():
@@ -104,6 +117,13 @@ def load_classifier(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
         state = torch.load(folder / keys.CLASSIFIER_WEIGHTS, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(folder, f"unreadable classifier export ({type(err).__name__})") from None
-    net = build_encoder(spec["class"], spec["kwargs"])
+    net = _build(spec["class"], spec["kwargs"], int(spec.get("members", 1)))
     net.load_state_dict(state, strict=True)
     return net.eval(), spec
+
+
+def _build(class_path: str, kwargs: dict[str, Any], members: int) -> torch.nn.Module:
+    """The MONAI network, or a :class:`SoftmaxAverage` of ``members`` of them."""
+    if members == 1:
+        return build_encoder(class_path, kwargs)
+    return SoftmaxAverage([build_encoder(class_path, kwargs) for _ in range(members)])
