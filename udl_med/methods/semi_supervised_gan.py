@@ -40,6 +40,11 @@ paper evaluates with averaged parameters), and the model file keeps only the
 discriminator. Images: 2D slices, 2.5D stacks and 3D patches (DCGAN generator, conv
 discriminator), or flattened images and vectors (MLP generator and discriminator).
 
+``ensemble: M`` trains M such (D, G) pairs side by side on the same batches and
+classifies with the mean of the M discriminators' class softmaxes
+(:class:`~udl_med.nets.ensemble.SoftmaxAverage`): one K+1 run's error moves with its
+initialisation as much as with the labeled draw, and the mean of three is steadier (README).
+
 Data: ``data.semi_supervised: true`` (:mod:`udl_med.data.semi_supervised`) gives each
 step a labeled batch (``image``, ``label``) and an unlabeled batch
 (``unlabeled_image``); evaluation batches are labeled.
