@@ -360,8 +360,9 @@ class SemiSupervisedGAN(Method):
     def evaluate(self, batch: dict[str, Any]) -> dict[str, float]:
         """Accuracy and cross-entropy on a labeled held-out batch, and the mean ``D(x)``."""
         x = batch[keys.IMAGE].to(self._device())
-        logits = self.discriminator(x)  # an ensemble's: the log of its mean class softmax
-        out = {keys.D_REAL: sum(float(real_probability(d(x)).mean()) for d, _ in self._members()) / self.config.ensemble}
+        member_logits = [d(x) for d, _ in self._members()]
+        logits = member_logits[0] if len(member_logits) == 1 else SoftmaxAverage.combine(member_logits)  # an ensemble's: log of its mean softmax
+        out = {keys.D_REAL: sum(float(real_probability(m).mean()) for m in member_logits) / len(member_logits)}
         if keys.LABEL in batch:
             labels = batch[keys.LABEL].to(self._device()).long()
             out[keys.ACCURACY] = float((logits.argmax(1) == labels).float().mean())

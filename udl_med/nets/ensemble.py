@@ -36,5 +36,10 @@ class SoftmaxAverage(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: Tensor) -> Tensor:
-        log_probs = torch.stack([torch.log_softmax(member(x), dim=1) for member in self.members])
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+        return self.combine([member(x) for member in self.members])
+
+    @staticmethod
+    def combine(outputs: Sequence[Tensor]) -> Tensor:
+        """``log(mean_i softmax(outputs[i]))``: the ensemble's output from its members' outputs (for a caller that needs both)."""
+        log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in outputs])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
