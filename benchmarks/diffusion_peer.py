@@ -36,7 +36,9 @@ held-out crops:
 - ``precision``/``recall`` (k = 3, Kynkäänniemi et al. 2019) and ``density``/``coverage``
   (k = 5, Naeem et al. 2020) on the same features (``prdc``, the authors' package);
 - ``memorization``: :func:`udl_med.metrics.memorization.memorization_tensors` against the
-  generator's own training crops (held-out 1% quantile, flips), the flagged fraction;
+  generator's own training crops, the near-copy check calibrated per held-out subject (24
+  subjects: it states 1/25, with a warning), the flagged fraction; the rows on file before
+  session 14 came from the earlier check (random-extractor features, held-out 1% quantile);
 - ``utility`` (at ``--utility-subjects``, default 12): the synthesis benchmark's arm, the
   same MONAI classifier trained on the real training crops vs real + synthetic, scored on
   the held-out crops (balanced accuracy);
@@ -52,7 +54,7 @@ is-better for us. Goals (issue 22): GAN FID within 1.2x of the diffusion model's
 model's.
 
     PYTHONPATH=/path/with/einops .venv/bin/python benchmarks/diffusion_peer.py [--subjects 6 12 24] [--seeds 3] [--first-seed 0]
-        [--gans cdcgan lapgan] [--budget-s S] [--budget-multiplier 1] [--out rows.jsonl] [--grids DIR]
+        [--gans cdcgan lapgan] [--gan-set model.d_augment=ada] [--budget-s S] [--budget-multiplier 1] [--out rows.jsonl] [--grids DIR]
 """
 
 from __future__ import annotations
@@ -174,9 +176,14 @@ def ddim_sample(net: nn.Module, counts: list[int], seed: int, settings: Diffusio
 # --- the GANs --------------------------------------------------------------------------------
 
 
-def train_gan(name: str, real: Any, held: Any, steps: int, seed: int, out: Path) -> tuple[Any, float]:
-    """Train a udl-med conditional GAN of the synthesis benchmark's utility case; return its method and wall time."""
+def train_gan(name: str, real: Any, held: Any, steps: int, seed: int, out: Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, float]:
+    """Train a udl-med conditional GAN of the synthesis benchmark's utility case; return its method and wall time.
+
+    ``overrides``: ``key.path=value`` settings on top of its config (``--gan-set
+    model.d_augment=ada``: the small-data benchmark's best arm).
+    """
     from udl_med.data.memory import TensorItems
+    from udl_med.engine.config import apply_overrides
     from udl_med.engine.model_io import load_model
     from udl_med.engine.train import train
 
@@ -186,6 +193,7 @@ def train_gan(name: str, real: Any, held: Any, steps: int, seed: int, out: Path)
         "train": {"steps": steps, "batch_size": BATCH, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu"},
         "tracking": {"enabled": False}, "output_dir": str(out),
     }
+    config = apply_overrides(config, overrides, "--gan-set")
     start = time.process_time()
     report = train(config, datasets=(TensorItems(real.images, real.labels), TensorItems(held.images, held.labels)))
     wall = time.process_time() - start
@@ -234,7 +242,8 @@ def judge(fake: Tensor, counts: list[int], real: Any, held: Any, extractor: Any,
     out = {"fid_random": compare_tensors(held.images, fake, extractor, bootstrap=0, seed=seed)["fid"]}
     fake_features = torch.cat([extractor(b) for b in fake.split(64)]).double().numpy()
     out.update(prdc_scores(held_features, fake_features))
-    out["memorization"] = memorization_tensors(fake, real.images, held.images, extractor)["rate"]
+    # the near-copy check, calibrated per held-out subject (24: the smallest rate they can state, with a warning)
+    out["memorization"] = memorization_tensors(fake, real.images, held.images, held.subjects, too_few="warn")["rate"]
     if utility is not None:
         labels = np.repeat(np.arange(len(counts)), counts)
         synthetic = LabeledItems(fake, labels, np.asarray([f"syn{i}" for i in range(len(labels))]))
@@ -277,7 +286,7 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
 
             budget = args.budget_s
             for name in args.gans:
-                method, wall = train_gan(name, real, held, args.gan_steps, seed, workdir / f"{name}-{n_subjects}-{seed}")
+                method, wall = train_gan(name, real, held, args.gan_steps, seed, workdir / f"{name}-{n_subjects}-{seed}", args.gan_set)
                 if name == "cdcgan" and args.budget_s is None:
                     budget = wall * args.budget_multiplier
                 fake, per_call = timed(lambda m=method: gan_sample(m, counts, seed))
@@ -377,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (100 is the tuning seed: never reported)")
     parser.add_argument("--gans", nargs="+", default=["cdcgan", "lapgan"], choices=sorted(UTILITY_GENERATORS))
     parser.add_argument("--gan-steps", type=int, default=1500, help="GAN training steps (the synthesis benchmark's utility case)")
+    parser.add_argument("--gan-set", nargs="+", default=[], metavar="KEY=VALUE", help="settings on every GAN's config, e.g. model.d_augment=ada (the small-data benchmark's best arm)")
     parser.add_argument("--budget-s", type=float, default=None, help="diffusion training seconds (default: the measured cdcgan wall time of the same cell)")
     parser.add_argument("--budget-multiplier", type=float, default=1.0, help="give the diffusion model this many times the cdcgan's wall time (a longer-budget check)")
     parser.add_argument("--ddim-steps", type=int, default=DIFFUSION.ddim_steps)
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", default=None, help="append every finished (subjects, seed) cell's values to this JSON-lines file")
     parser.add_argument("--rows-from", default=None, help="print the rows of a --raw file (complete cells only) and exit")
     args = parser.parse_args(argv)
-    setting = {"gan_steps": args.gan_steps, "budget_s": args.budget_s, "budget_multiplier": args.budget_multiplier, "ddim_steps": args.ddim_steps, "per_class": args.per_class}
+    setting = {"gan_steps": args.gan_steps, "gan_set": args.gan_set, "budget_s": args.budget_s, "budget_multiplier": args.budget_multiplier, "ddim_steps": args.ddim_steps, "per_class": args.per_class}
     if args.rows_from:
         per, seeds = read_raw(Path(args.rows_from))
         print("\n".join(json.dumps(r) for r in rows(per, seeds, setting)))
