@@ -30,23 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import semi_supervised as sweep  # noqa: E402  (the sweep's data, draws, settings and training)
 
 
-def _probabilities(arm: str, per_class: int, draw: int, seed: int, workdir: Path) -> np.ndarray:
+def _probabilities(arm: str, per_class: int, draw: int, seed: int, workdir: Path, digits: tuple) -> np.ndarray:
     """Test-set class probabilities of one run (EMA weights at the end), labels drawn by ``draw``, initialised by ``seed``."""
     from udl_med.data.memory import TensorItems
     from udl_med.data.semi_supervised import SemiSupervisedItems
     from udl_med.engine.model_io import load_model
 
-    x_train, x_test, y_train, y_test = sweep._digits_data()
+    x_train, x_test, y_train, y_test = digits
     labeled = sweep._choose(y_train, np.arange(len(y_train)), per_class, draw)
     train_set = SemiSupervisedItems(TensorItems(x_train[labeled], y_train[labeled]), TensorItems(x_train), 10)
     model = {**sweep.DIGITS_MODEL, "ensemble": 1, **sweep.ARMS[arm]}
     name = f"{arm}-{draw}-{seed}"
     sweep._train_error(model, train_set, TensorItems(x_test, y_test), sweep.DIGITS_STEPS, seed, workdir, name, 100)
     return load_model(workdir / name).method.classify(torch.from_numpy(x_test)).numpy()
-
-
-def _spread(errors: list[float]) -> dict:
-    return {"mean": round(float(np.mean(errors)), 4), "std": round(float(np.std(errors)), 4), "worst": round(float(np.max(errors)), 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,14 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(1)
-    y_test = sweep._digits_data()[3]
+    digits = sweep._digits_data()
+    y_test = digits[3]
     spreading = [sweep._digits_job("label_spreading", args.per_class, draw, 0, {}, "") for draw in args.draws]
     with tempfile.TemporaryDirectory(prefix="udl-med-restarts-") as tmp:
         for arm in ("kplus1", "supervised_only"):
             by_members: dict[int, list[float]] = {1: [], 3: [], args.restarts: []}
             for draw in args.draws:
                 seeds = [draw, *range(1, args.restarts)]
-                probs = [_probabilities(arm, args.per_class, draw, seed, Path(tmp)) for seed in seeds]
+                probs = [_probabilities(arm, args.per_class, draw, seed, Path(tmp), digits) for seed in seeds]
                 for seed, p in zip(seeds, probs):
                     error = float((p.argmax(1) != y_test).mean())
                     logging.getLogger("benchmark").warning("%s draw %d seed %d: %.4f", arm, draw, seed, error)
@@ -77,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                             f.write(json.dumps({"arm": arm, "labels_per_class": args.per_class, "draw": draw, "seed": seed, "test_error": round(error, 4)}) + "\n")
                 for m in by_members:
                     by_members[m].append(float((sum(probs[:m]).argmax(1) != y_test).mean()))
-            peer = _spread(spreading)["mean"]
+            peer = sweep._stats(spreading)["mean"]
             for members, errors in by_members.items():
-                ours = _spread(errors)
+                ours = sweep._stats(errors)
                 row = {
                     "benchmark": "semi_supervised_restarts",
                     "case": f"digits_{arm}_{args.per_class}_per_class_mean_of_{members}_runs",

@@ -53,6 +53,7 @@ step a labeled batch (``image``, ``label``) and an unlabeled batch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -189,6 +190,11 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
         return self.unsupervised_weight > 0 and not self.consistency_only
 
 
+def _class_logits(d: KPlusOneDiscriminator) -> Callable[..., Tensor]:
+    """The critic the adversary scores with: ``d``'s K class logits ``(B, K)`` in training mode (noise on)."""
+    return lambda x, labels=None: d.gan_logits(x)[0]
+
+
 @register("semi_supervised_gan")
 class SemiSupervisedGAN(Method):
     """K+1 semi-supervised GAN; see the module docstring."""
@@ -312,7 +318,7 @@ class SemiSupervisedGAN(Method):
         if g is not None:
             fake = g(self._z(x_unl.shape[0]))
             with opt.autocast():
-                parts = self.adversary.discriminator_loss(lambda x, labels=None: d.gan_logits(x)[0], x_unl, fake.detach(), step=getattr(opt, "global_step", None))
+                parts = self.adversary.discriminator_loss(_class_logits(d), x_unl, fake.detach(), step=getattr(opt, "global_step", None))
             unsup, logits_unl, logits_fake = parts.loss, parts.real_scores, parts.fake_scores
             loss_d = loss_d + c.unsupervised_weight * unsup
             if c.entropy_weight > 0:
@@ -352,7 +358,7 @@ class SemiSupervisedGAN(Method):
             with torch.no_grad():
                 _, features_real = d.forward_features(x_unl)
             return self.adversary.feature_matching_loss(features_real, features_fake)
-        return self.adversary.generator_loss(lambda x, labels=None: d.gan_logits(x)[0], fake)
+        return self.adversary.generator_loss(_class_logits(d), fake)
 
     # --- evaluation and use ---------------------------------------------------------
 
