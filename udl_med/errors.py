@@ -24,6 +24,9 @@ class InputError(UserError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its own arguments, so it crosses a process pool intact
+        return type(self), (self.path, self.problem)
+
 
 class OutputError(UserError):
     """An output that cannot be written; the message names the path and why (found before any work)."""
@@ -32,6 +35,9 @@ class OutputError(UserError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
 
 
 class ConfigError(UserError):
@@ -42,6 +48,9 @@ class ConfigError(UserError):
         self.key = key
         self.problem = problem
         super().__init__(f"{self.source}: {key}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.source, self.key, self.problem)
 
 
 def did_you_mean(name: str, known: Iterable[str], prefix: str = "") -> str:

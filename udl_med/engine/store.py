@@ -37,7 +37,11 @@ class StoreError(UserError):
 
     def __init__(self, uri: str, problem: str) -> None:
         self.uri = uri
+        self.problem = problem
         super().__init__(f"MLflow store {uri}: {problem}")
+
+    def __reduce__(self):  # rebuilt from its own arguments, so it crosses a process pool intact
+        return type(self), (self.uri, self.problem)
 
 
 def sqlite_path(uri: str) -> Path | None:
