@@ -371,3 +371,35 @@ def test_mlp_generator_on_images_matches_the_vector_setup() -> None:
             assert method.generator(torch.zeros(2, 4)).shape == (2, 1, 4, 4)
     for key in (keys.LOSS, keys.GENERATOR, "consistency"):
         assert float(outs[0][key]) == pytest.approx(float(outs[1][key]), rel=1e-6)
+
+
+class _FlipHalf(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, dims=(-1,)) * 0.5
+
+
+@pytest.mark.parametrize("consistency_only", [False, True])
+def test_with_d_augment_the_consistency_term_compares_the_augmented_unlabeled_pass_to_a_plain_one(consistency_only: bool) -> None:
+    """K+1 scores its unlabeled batch through ``d_augment``; the consistency term's first pass is that view, its target is not."""
+    from udl_med.losses.consistency import consistency_loss
+
+    spec = DataSpec(spatial_dims=2, in_channels=1, image_size=(8, 8), num_classes=3)
+    batch = _batch(spec)
+    common = {"d_channels": (4, 8), "g_channels": (8, 4), "latent_dim": 4, "input_noise_std": 0.0, "hidden_noise_std": 0.0}
+    values = {}
+    for d_augment in ("none", "diffaugment"):
+        torch.manual_seed(0)
+        config = SemiSupervisedGANConfig(**common, consistency_weight=1.0, consistency_only=consistency_only, d_augment=d_augment)
+        method = SemiSupervisedGAN(config, spec)
+        if d_augment != "none":
+            assert method.adversary.augment is not None
+            method.adversary.augment = _FlipHalf()  # a known, deterministic view
+        d = method.discriminator
+        with torch.no_grad():  # no noise: D is a function, so the term is known before the step
+            plain = d(batch[keys.UNLABELED_IMAGE])
+            seen = d(torch.flip(batch[keys.UNLABELED_IMAGE], dims=(-1,)) * 0.5)
+        out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+        values[d_augment] = float(out["consistency"])
+        expected = consistency_loss(seen if d_augment != "none" else plain, plain)
+        assert values[d_augment] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+    assert values["none"] == pytest.approx(0.0, abs=1e-7) and values["diffaugment"] > 1e-6

@@ -131,6 +131,11 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
             one run 9.9 +- 3.6% (worst 17.2), the mean of three 8.1 +- 2.4% (worst 11.2)
             (README). Each member costs a run's compute. Not with ``d_augment: ada``
             (one p would be tuned on every member's scores).
+
+    With ``d_augment`` the K+1 game scores the unlabeled batch through the augmentation, so
+    the consistency term's first pass is the augmented batch and its target an unaugmented
+    second pass: augmentation consistency as well as the Pi-model's noise (the consistency
+    baseline's first pass is augmented alike). The labeled cross-entropy sees its batch as it is.
     """
 
     # D-side augmentation (d_augment, ADA) and R1 come from DiscriminatorSideConfig; the labeled cross-entropy sees its batch unaugmented
@@ -333,9 +338,9 @@ class SemiSupervisedGAN(Method):
                     keys.D_FAKE: real_probability(logits_fake.detach()).mean(),
                 }
             )
-        else:
+        else:  # the consistency baseline sees its unlabeled batch as K+1's game does: through d_augment
             with opt.autocast():
-                logits_unl = d(x_unl)
+                logits_unl = d(self.adversary.view(x_unl)[0])
         if c.consistency_weight > 0 or c.pseudo_label_weight > 0:
             with torch.no_grad(), opt.autocast():
                 teacher = d(random_translate(x_unl, c.consistency_shift))  # a second pass, own noise (and shift): the target
