@@ -16,8 +16,8 @@ class UserError(Exception):
     """An error caused by the user's input; the message is one line."""
 
 
-class InputError(UserError):
-    """A file or folder that cannot be used; the message names the path and the problem."""
+class _PathError(UserError):
+    """A user error about one path: the message is ``<path>: <problem>``."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = str(path)
@@ -28,16 +28,12 @@ class InputError(UserError):
         return type(self), (self.path, self.problem)
 
 
-class OutputError(UserError):
+class InputError(_PathError):
+    """A file or folder that cannot be used; the message names the path and the problem."""
+
+
+class OutputError(_PathError):
     """An output that cannot be written; the message names the path and why (found before any work)."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.problem)
 
 
 class ConfigError(UserError):
