@@ -83,3 +83,51 @@ def test_pseudo_label_loss_by_hand() -> None:
         pseudo_label_loss(student, teacher, threshold=1.5)
     with pytest.raises(ValueError, match="student and teacher"):
         pseudo_label_loss(torch.zeros(2, 3), teacher, threshold=0.5)
+
+
+def test_vat_direction_is_the_top_eigenvector_of_the_kl_hessian_for_a_linear_softmax() -> None:
+    """For logits ``W x`` the KL's Hessian in the input is ``W^T (diag(q) - q q^T) W``; power iteration finds its top eigenvector."""
+    from udl_med.losses.consistency import vat_direction
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 6, dtype=torch.float64)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    model = lambda v: v @ w.T  # noqa: E731
+    d = vat_direction(model, x, model(x), xi=1e-4, power_iterations=30)
+    assert torch.allclose(d.norm(dim=1), torch.ones(3, dtype=torch.float64))
+    for i in range(3):
+        q = torch.softmax(model(x[i : i + 1]), dim=1)[0]
+        hessian = w.T @ (torch.diag(q) - torch.outer(q, q)) @ w
+        _, vectors = torch.linalg.eigh(hessian)
+        top = vectors[:, -1]
+        assert abs(float(d[i] @ top)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_vat_loss_by_hand_and_no_gradient_from_the_power_iteration() -> None:
+    from udl_med.losses.consistency import vat_direction, vat_loss
+
+    torch.manual_seed(1)
+    net = torch.nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    target = net(x).detach() + torch.tensor([0.5, 0.0, -0.5])  # a target off the clean pass: the KL is not 0 at x
+    torch.manual_seed(2)
+    d = vat_direction(net, x, target)
+    assert all(p.grad is None for p in net.parameters())  # only the direction was differentiated
+    torch.manual_seed(2)
+    loss = vat_loss(net, x, target, epsilon=0.3)
+    q = torch.softmax(target, dim=1)
+    p = torch.softmax(net(x + 0.3 * d), dim=1)
+    expected = (q * (q.log() - p.log())).sum(dim=1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    loss.backward()  # the loss itself reaches the parameters
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    # the direction found is worse than a random one of the same length: it is the adversarial one
+    with torch.no_grad():
+        random = torch.randn(4, 5)
+        random = 0.3 * random / random.norm(dim=1, keepdim=True)
+        p_random = torch.softmax(net(x + random), dim=1)
+    assert float(expected.detach()) > float((q * (q.log() - p_random.log())).sum(dim=1).mean())
+    with pytest.raises(ValueError, match="epsilon"):
+        vat_loss(net, x, target, epsilon=0.0)
+    with pytest.raises(ValueError, match="target logits"):
+        vat_loss(net, x, target[:2], epsilon=0.1)

@@ -287,14 +287,14 @@ def test_consistency_term_with_the_gan_its_ramp_and_the_consistency_only_baselin
 
 
 def test_labels_only_arm_ignores_every_unlabeled_term() -> None:
-    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy, consistency and pseudo-label weights."""
+    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy, consistency, pseudo-label and VAT weights."""
     spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
     batch = _batch(spec)
     other = {**batch, keys.UNLABELED_IMAGE: batch[keys.UNLABELED_IMAGE] * 0 + 5.0}
     results = []
     for b in (batch, other):
         torch.manual_seed(7)
-        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0, pseudo_label_weight=1.0)
+        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0, pseudo_label_weight=1.0, vat_weight=1.0)
         method = SemiSupervisedGAN(config, spec)
         torch.manual_seed(8)
         out = method.train_step(b, HandOpt(method.configure_optimizers()))
@@ -403,3 +403,49 @@ def test_with_d_augment_the_consistency_term_compares_the_augmented_unlabeled_pa
         expected = consistency_loss(seen if d_augment != "none" else plain, plain)
         assert values[d_augment] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
     assert values["none"] == pytest.approx(0.0, abs=1e-7) and values["diffaugment"] > 1e-6
+
+
+@pytest.mark.parametrize("consistency_only", [False, True])
+def test_vat_term_is_the_noise_free_kl_to_the_most_sensitive_direction_and_leaves_d_training(consistency_only: bool) -> None:
+    """``vat_weight``: the D loss grows by exactly ``w * ramp * KL`` of D's noise-free passes, in both arms, and D's noise comes back."""
+    from udl_med.losses.consistency import vat_loss
+
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    batch = _batch(spec)
+    small = {"d_hidden": (8,), "g_hidden": (8, 8), "latent_dim": 4, "consistency_weight": 2.0, "consistency_only": consistency_only}
+    outs, methods = {}, {}
+    for weight, ramp, step in ((0.0, 0, 0), (3.0, 0, 0), (3.0, 40, 20)):
+        torch.manual_seed(3)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, vat_weight=weight, vat_epsilon=0.7, vat_rampup_steps=ramp), spec)
+        opt = HandOpt(method.configure_optimizers())
+        opt.global_step = step
+        torch.manual_seed(4)
+        outs[(weight, ramp)] = method.train_step(batch, opt)
+        methods[(weight, ramp)] = method
+        assert method.discriminator.training  # the noise-free passes give D its training mode back
+    assert "vat" not in outs[(0.0, 0)]
+    full, ramped = float(outs[(3.0, 0)]["vat"]), float(outs[(3.0, 40)]["vat"])
+    assert full > 0
+    # the VAT passes come after every other term's draws, so the rest of the loss is the same
+    assert float(outs[(3.0, 0)][keys.LOSS]) == pytest.approx(float(outs[(0.0, 0)][keys.LOSS]) + 3.0 * full, rel=1e-5)
+    assert float(outs[(3.0, 40)][keys.LOSS]) == pytest.approx(float(outs[(0.0, 0)][keys.LOSS]) + 3.0 * math.exp(-1.25) * ramped, rel=1e-5)
+    # the term is vat_loss on the unlabeled batch, D's noise off, its target D's own noise-free pass
+    import udl_med.methods.semi_supervised_gan as module
+
+    calls = []
+
+    def recording(model, x, target, epsilon):
+        calls.append((model.training, x, target.clone(), model(x).detach(), epsilon))
+        return vat_loss(model, x, target, epsilon)
+
+    torch.manual_seed(3)
+    method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, vat_weight=3.0, vat_epsilon=0.7), spec)
+    original, module.vat_loss = module.vat_loss, recording
+    try:
+        out = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    finally:
+        module.vat_loss = original
+    ((training, x, target, again, epsilon),) = calls
+    assert not training and epsilon == 0.7 and torch.equal(x, batch[keys.UNLABELED_IMAGE])
+    assert torch.equal(target, again)  # noise off: the target pass is repeatable
+    assert "vat" in out and method.discriminator.training

@@ -18,6 +18,12 @@ uses; the draw (:func:`draw_shifts`) is separate from the deterministic
 Pseudo-labels (FixMatch, Sohn et al. 2020, https://arxiv.org/abs/2001.07685):
 :func:`pseudo_label_loss` is the cross-entropy of the student pass against the teacher
 pass's argmax, counted only where the teacher's top class probability reaches a threshold.
+
+Virtual adversarial training (VAT, Miyato et al. 2018, https://arxiv.org/abs/1704.03976):
+:func:`vat_loss` finds, by one power iteration, the direction of length ``epsilon`` in which
+the class softmax changes most, and penalises the KL divergence from the clean pass to the
+pass moved that way. It needs no image-specific augmentation, which suits inputs too small
+to translate (a pixel is an eighth of an 8x8 digit).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch import Tensor
 from udl_med.losses.reduction import check_reduction as _check_reduction, reduce as _reduce
 from udl_med.nets.diffaugment import translate as shift_images
 
-__all__ = ["consistency_loss", "draw_shifts", "pseudo_label_loss", "random_translate", "sigmoid_rampup", "translate"]
+__all__ = ["consistency_loss", "draw_shifts", "pseudo_label_loss", "random_translate", "sigmoid_rampup", "translate", "vat_direction", "vat_loss"]
 
 
 def consistency_loss(student_logits: Tensor, teacher_logits: Tensor, reduction: str = "mean") -> Tensor:
@@ -120,3 +126,60 @@ def random_translate(x: Tensor, max_shift: int, generator: torch.Generator | Non
     if max_shift == 0:
         return x
     return translate(x, draw_shifts(x.shape[0], x.ndim - 2, max_shift, generator, x.device))
+
+
+def _unit(d: Tensor) -> Tensor:
+    """Each item of ``d`` scaled to unit L2 norm over all its non-batch axes (a zero item stays zero)."""
+    norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return d / norm.view(-1, *([1] * (d.ndim - 1)))
+
+
+def _kl_from_target(target_logits: Tensor, logits: Tensor) -> Tensor:
+    """``KL(softmax(target) || softmax(logits))`` per item, the target detached."""
+    log_q = torch.log_softmax(target_logits.detach().float(), dim=1)
+    return (log_q.exp() * (log_q - torch.log_softmax(logits.float(), dim=1))).sum(dim=1)
+
+
+def vat_direction(model, x: Tensor, target_logits: Tensor, xi: float = 1e-6, power_iterations: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """The unit direction (per item) in which ``model``'s softmax moves most away from ``target_logits``.
+
+    Power iteration from a random unit direction ``d``: ``d <- unit(grad_d KL(target || model(x + xi d)))``.
+    Only ``d`` is differentiated (``torch.autograd.grad``), so no gradient reaches the model's
+    parameters. Returned detached.
+    """
+    if xi <= 0 or power_iterations < 1:
+        raise ValueError(f"xi must be > 0 and power_iterations >= 1, got xi={xi}, power_iterations={power_iterations}")
+    d = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if generator is not None else torch.randn_like(x))
+    for _ in range(power_iterations):
+        d = d.detach().requires_grad_(True)
+        divergence = _kl_from_target(target_logits, model(x.detach() + xi * d)).mean()
+        (grad,) = torch.autograd.grad(divergence, d)
+        d = _unit(grad)
+    return d.detach()
+
+
+def vat_loss(
+    model, x: Tensor, target_logits: Tensor, epsilon: float, xi: float = 1e-6, power_iterations: int = 1, reduction: str = "mean", generator: torch.Generator | None = None
+) -> Tensor:
+    """``KL(softmax(target) || softmax(model(x + epsilon * d)))``, ``d`` from :func:`vat_direction`.
+
+    Args:
+        model: maps ``x``-shaped inputs to ``(B, K)`` class logits.
+        x: the unlabeled batch.
+        target_logits: ``(B, K)`` class logits of a clean pass over ``x`` (a target: detached).
+        epsilon: the L2 length of the perturbation per item (over all of an item's values).
+        xi: the finite-difference step of the power iteration.
+        power_iterations: how many (the paper: 1).
+        reduction: ``mean`` over the batch, ``sum`` or ``none`` (``(B,)``).
+
+    Raises:
+        ValueError: ``epsilon`` <= 0, a bad ``xi`` or iteration count, logits that are not
+            ``(len(x), K)``, or an unknown reduction.
+    """
+    _check_reduction(reduction)
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if target_logits.ndim != 2 or target_logits.shape[0] != x.shape[0]:
+        raise ValueError(f"target logits must be ({x.shape[0]}, K), got {tuple(target_logits.shape)}")
+    d = vat_direction(model, x, target_logits, xi, power_iterations, generator)
+    return _reduce(_kl_from_target(target_logits, model(x.detach() + epsilon * d)), reduction)
