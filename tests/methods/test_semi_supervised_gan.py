@@ -66,6 +66,21 @@ def test_conditional_entropy_by_hand() -> None:
     assert KPlusOneLoss("none").conditional_entropy(logits + 5.0).tolist() == pytest.approx(expected, abs=1e-5)
 
 
+def test_class_balance_by_hand() -> None:
+    # p = (1/2, 1/2), (3/4, 1/4): mean (5/8, 3/8)
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    m = (5 / 8, 3 / 8)
+    uniform = m[0] * math.log(m[0] / 0.5) + m[1] * math.log(m[1] / 0.5)
+    assert KPlusOneLoss.class_balance(logits).item() == pytest.approx(uniform, rel=1e-6)
+    assert KPlusOneLoss.class_balance(logits).item() == pytest.approx(math.log(2) + sum(v * math.log(v) for v in m), rel=1e-6)  # log K - H(mean p)
+    skewed = m[0] * math.log(m[0] / 0.8) + m[1] * math.log(m[1] / 0.2)
+    assert KPlusOneLoss.class_balance(logits, torch.tensor([0.8, 0.2])).item() == pytest.approx(skewed, rel=1e-6)
+    assert KPlusOneLoss.class_balance(logits, torch.tensor([5 / 8, 3 / 8])).item() == pytest.approx(0.0, abs=1e-7)
+    # each item confident, the batch balanced: no penalty (unlike the conditional entropy)
+    assert KPlusOneLoss.class_balance(torch.tensor([[30.0, 0.0], [0.0, 30.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="one entry per class"):
+        KPlusOneLoss.class_balance(logits, torch.tensor([1.0]))
+
 # --- discriminator ----------------------------------------------------------------------
 
 
@@ -287,14 +302,14 @@ def test_consistency_term_with_the_gan_its_ramp_and_the_consistency_only_baselin
 
 
 def test_labels_only_arm_ignores_every_unlabeled_term() -> None:
-    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy, consistency, pseudo-label and VAT weights."""
+    """``unsupervised_weight: 0``: the unlabeled batch changes nothing, whatever the entropy, consistency, pseudo-label, class-balance and VAT weights."""
     spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
     batch = _batch(spec)
     other = {**batch, keys.UNLABELED_IMAGE: batch[keys.UNLABELED_IMAGE] * 0 + 5.0}
     results = []
     for b in (batch, other):
         torch.manual_seed(7)
-        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0, pseudo_label_weight=1.0, vat_weight=1.0)
+        config = SemiSupervisedGANConfig(d_hidden=(8,), g_hidden=(8, 8), latent_dim=4, unsupervised_weight=0, entropy_weight=1.0, consistency_weight=5.0, pseudo_label_weight=1.0, vat_weight=1.0, class_balance_weight=1.0)
         method = SemiSupervisedGAN(config, spec)
         torch.manual_seed(8)
         out = method.train_step(b, HandOpt(method.configure_optimizers()))
@@ -449,3 +464,32 @@ def test_vat_term_is_the_noise_free_kl_to_the_most_sensitive_direction_and_leave
     assert not training and epsilon == 0.7 and torch.equal(x, batch[keys.UNLABELED_IMAGE])
     assert torch.equal(target, again)  # noise off: the target pass is repeatable
     assert "vat" in out and method.discriminator.training
+
+
+def test_class_balance_term_by_hand_its_prior_and_its_refusals() -> None:
+    """``class_balance_weight``: the D loss grows by exactly ``w * KL(mean softmax || prior)`` of the unlabeled pass."""
+    from pydantic import ValidationError
+
+    from udl_med.errors import ConfigError
+
+    spec = DataSpec(spatial_dims=0, in_channels=10, image_size=(), num_classes=3)
+    batch = _batch(spec)
+    small = {"d_hidden": (8,), "g_hidden": (8, 8), "latent_dim": 4, "consistency_weight": 1.0}
+    outs = {}
+    for weight, prior in ((0.0, None), (2.0, None), (2.0, (0.5, 0.3, 0.2))):
+        torch.manual_seed(3)
+        method = SemiSupervisedGAN(SemiSupervisedGANConfig(**small, class_balance_weight=weight, class_balance_prior=prior), spec)
+        torch.manual_seed(4)
+        outs[(weight, prior)] = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert "class_balance" not in outs[(0.0, None)]
+    for prior in (None, (0.5, 0.3, 0.2)):
+        value = float(outs[(2.0, prior)]["class_balance"])
+        assert value > 0
+        assert float(outs[(2.0, prior)][keys.LOSS]) == pytest.approx(float(outs[(0.0, None)][keys.LOSS]) + 2.0 * value, rel=1e-5)
+    assert float(outs[(2.0, None)]["class_balance"]) != pytest.approx(float(outs[(2.0, (0.5, 0.3, 0.2))]["class_balance"]))
+    with pytest.raises(ValidationError, match="class_balance_prior"):
+        SemiSupervisedGANConfig(class_balance_prior=(0.5, 0.6))
+    with pytest.raises(ValidationError, match="class_balance_prior"):
+        SemiSupervisedGANConfig(class_balance_prior=(1.2, -0.2))
+    with pytest.raises(ConfigError, match="class_balance_prior"):
+        SemiSupervisedGAN(SemiSupervisedGANConfig(**small, class_balance_weight=1.0, class_balance_prior=(0.5, 0.5)), spec)

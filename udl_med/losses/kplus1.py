@@ -18,7 +18,11 @@ together, so fixing one loses nothing). With ``Z(x) = sum_k exp(l_k(x))``:
   Cohen & Salakhutdinov, "Good Semi-supervised Learning that Requires a Bad GAN",
   NeurIPS 2017, https://arxiv.org/abs/1705.09783): it asks D to be confident on real
   unlabeled items, so class boundaries move into the low-density regions that the
-  generated samples fill.
+  generated samples fill;
+- optional class balance on the unlabeled batch (Springenberg, "Unsupervised and
+  Semi-supervised Learning with Categorical Generative Adversarial Networks", ICLR 2016,
+  https://arxiv.org/abs/1511.06390): the KL divergence from the batch's mean class
+  prediction to a prior (uniform by default), so that every class keeps its share.
 """
 
 from __future__ import annotations
@@ -77,6 +81,22 @@ class KPlusOneLoss(nn.Module):
         """Entropy of ``p(y | x, real) = softmax(l)`` per item, logits ``(B, K)``: ``-sum_k p_k log p_k``."""
         log_p = torch.log_softmax(logits.float(), dim=1)
         return _reduce(-(log_p.exp() * log_p).sum(dim=1), self.reduction)
+
+    @staticmethod
+    def class_balance(logits: Tensor, prior: Tensor | None = None) -> Tensor:
+        """``KL(mean_x softmax(l) || prior)`` over the batch (uniform prior by default): 0 when D's
+        predictions over the batch are spread over the classes as the prior says.
+
+        CatGAN's marginal-entropy term (Springenberg 2016; with a uniform prior it is
+        ``log K - H(mean p)``): it keeps a few labels per class from letting one class swallow
+        another's unlabeled cluster. A batch quantity, so it takes no reduction.
+        """
+        mean_p = torch.softmax(logits.float(), dim=1).mean(dim=0)
+        if prior is None:
+            prior = torch.full_like(mean_p, 1.0 / mean_p.numel())
+        if prior.shape != mean_p.shape:
+            raise ValueError(f"prior must have one entry per class ({mean_p.numel()}), got shape {tuple(prior.shape)}")
+        return (mean_p * (mean_p.clamp_min(1e-12).log() - prior.to(mean_p).log())).sum()
 
     def generator_loss(self, fake_logits: Tensor) -> Tensor:
         """Non-saturating generator loss ``-log D(G(z)) = softplus(-lse(G(z)))`` (used with minibatch discrimination)."""

@@ -23,7 +23,9 @@ exp(l_k)``. One step (:mod:`udl_med.losses.kplus1`):
   second pass's images by up to that many pixels per axis (the Pi-model's translations);
   ``pseudo_label_weight`` adds FixMatch's term (Sohn et al. 2020): the cross-entropy of
   the first pass against the second pass's class where its softmax reaches
-  ``pseudo_label_threshold``; ``vat_weight`` adds virtual adversarial training's term
+  ``pseudo_label_threshold``; ``class_balance_weight`` adds CatGAN's class balance
+  (Springenberg 2016): the KL divergence from the unlabeled batch's mean class prediction to
+  a prior (uniform by default); ``vat_weight`` adds virtual adversarial training's term
   (Miyato et al. 2018): the KL divergence from a clean pass to a pass moved by
   ``vat_epsilon`` in the direction the class softmax is most sensitive to;
 - generator (optimizer ``generator``): feature matching (default; the squared distance
@@ -80,6 +82,7 @@ ENTROPY = "entropy"  # metric: conditional entropy of the class softmax on the u
 CONSISTENCY = "consistency"  # metric: the Pi-model consistency loss on the unlabeled batch
 PSEUDO_LABEL = "pseudo_label"  # metric: FixMatch's masked pseudo-label cross-entropy on the unlabeled batch
 PSEUDO_LABEL_FRACTION = "pseudo_label_fraction"  # metric: the share of the unlabeled batch with a pseudo-label
+CLASS_BALANCE = "class_balance"  # metric: KL of the unlabeled batch's mean class prediction from the prior
 VAT = "vat"  # metric: virtual adversarial training's KL term on the unlabeled batch
 
 
@@ -123,6 +126,14 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
         pseudo_label_threshold: the confidence a pseudo-label needs (FixMatch: 0.95).
         pseudo_label_rampup_steps: the pseudo-label weight follows the same ``exp(-5 (1 - t)^2)``
             ramp (0: full weight from the start, as FixMatch).
+        class_balance_weight: weight of CatGAN's class balance on the unlabeled batch (Springenberg
+            2016; :meth:`~udl_med.losses.kplus1.KPlusOneLoss.class_balance`): the KL divergence from
+            the batch's mean class prediction to ``class_balance_prior`` (0: off). With a few labels
+            per class one class can swallow another's unlabeled cluster; this keeps each class its
+            share. Digits, 3 labels per class, tuning draws 105-114: see the README.
+        class_balance_prior: the class frequencies expected in the unlabeled data, one per class,
+            summing to 1 (None: uniform). Give it for imbalanced data: a uniform prior pulls a
+            rare class's share up.
         vat_weight: weight of virtual adversarial training's term on the unlabeled batch (Miyato
             et al. 2018; :func:`udl_med.losses.consistency.vat_loss`): the KL divergence from a clean
             pass to a pass moved by ``vat_epsilon`` (L2 per item) in the direction one power
@@ -178,6 +189,8 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
     pseudo_label_weight: float = Field(0.0, ge=0.0)
     pseudo_label_threshold: float = Field(0.95, ge=0.0, le=1.0)
     pseudo_label_rampup_steps: int = Field(0, ge=0)
+    class_balance_weight: float = Field(0.0, ge=0.0)
+    class_balance_prior: tuple[float, ...] | None = None
     vat_weight: float = Field(0.0, ge=0.0)
     vat_epsilon: float = Field(1.0, gt=0.0)
     vat_rampup_steps: int = Field(0, ge=0)
@@ -197,6 +210,10 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
             raise ValueError(f"d_kernel_size must be odd, got {self.d_kernel_size}")
         if self.consistency_only and self.consistency_weight == 0 and self.pseudo_label_weight == 0 and self.vat_weight == 0:
             raise ValueError("consistency_only needs consistency_weight, pseudo_label_weight or vat_weight > 0 (it is the consistency baseline)")
+        if self.class_balance_prior is not None:
+            prior = self.class_balance_prior
+            if len(prior) < 2 or min(prior) <= 0 or abs(sum(prior) - 1.0) > 1e-3:
+                raise refuse("class_balance_prior", "must be two or more positive class frequencies that sum to 1", list(prior))
         if self.ensemble > 1 and self.d_augment == "ada":
             raise refuse("ensemble", "cannot take d_augment: ada (one p would be tuned on every member's scores at once; use diffaugment)", self.ensemble)
         return self
@@ -248,6 +265,10 @@ class SemiSupervisedGAN(Method):
             architecture = "mlp" if data.spatial_dims == 0 else "conv"
         if architecture == "conv" and data.spatial_dims == 0:
             raise ConfigError("<config>", "model.discriminator", "'conv' needs images; vector data uses 'mlp'")
+        if config.class_balance_prior is not None and len(config.class_balance_prior) != data.num_classes:
+            raise ConfigError(
+                "<config>", "model.class_balance_prior", f"has {len(config.class_balance_prior)} frequencies, the data has {data.num_classes} classes"
+            )
         if config.consistency_shift and data.spatial_dims == 0:
             raise ConfigError("<config>", "model.consistency_shift", "translations need images; vector data has no pixel grid (use 0)")
         if config.generator == "dcgan" and data.spatial_dims == 0:
@@ -380,6 +401,11 @@ class SemiSupervisedGAN(Method):
             loss_d = loss_d + c.pseudo_label_weight * sigmoid_rampup(opt.global_step, c.pseudo_label_rampup_steps) * pseudo
             out[PSEUDO_LABEL] = pseudo.detach()
             out[PSEUDO_LABEL_FRACTION] = mask.mean()
+        if c.class_balance_weight > 0:
+            prior = torch.tensor(c.class_balance_prior, device=logits_unl.device) if c.class_balance_prior else None
+            balance = self.loss.class_balance(logits_unl, prior)  # softmax: the realness shift leaves it unchanged
+            loss_d = loss_d + c.class_balance_weight * balance
+            out[CLASS_BALANCE] = balance.detach()
         if c.vat_weight > 0:
             with _noise_off(d), opt.autocast():  # D's noise would swamp the power iteration's finite difference
                 with torch.no_grad():
