@@ -76,6 +76,10 @@ DIGITS_MODEL = {
     # labels-only arm is the same ensemble). Tuning draws 105-114, 3 labels per class: one pair 9.9 +- 3.6%
     # (worst 17.2, behind LabelSpreading on 7 of 10), three 8.1 +- 2.4% (worst 11.2, behind on 2), five 8.1 +- 2.4%
     "ensemble": 3,
+    # CatGAN's class balance on the unlabeled batch (KL of its mean class prediction from uniform). Tuning draws
+    # 105-114, 3 labels per class, three pairs: 8.1 +- 2.4% -> 6.3 +- 2.9% (worst 11.2 -> 13.0; behind LabelSpreading
+    # on 2 draws -> 1); one pair 9.9% -> 6.5% (weight 3: 7.3%). 10 labels per class, tuning seeds 100-104: 2.8 +- 1.0%
+    "class_balance_weight": 1.0,
 }
 DIGITS_STEPS = 1500
 PHANTOM_MODEL = {
