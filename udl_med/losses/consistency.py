@@ -29,6 +29,7 @@ to translate (a pixel is an eighth of an 8x8 digit).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +141,7 @@ def _kl_from_target(target_logits: Tensor, logits: Tensor) -> Tensor:
     return (log_q.exp() * (log_q - torch.log_softmax(logits.float(), dim=1))).sum(dim=1)
 
 
-def vat_direction(model, x: Tensor, target_logits: Tensor, xi: float = 1e-6, power_iterations: int = 1, generator: torch.Generator | None = None) -> Tensor:
+def vat_direction(model: Callable[[Tensor], Tensor], x: Tensor, target_logits: Tensor, xi: float = 1e-6, power_iterations: int = 1) -> Tensor:
     """The unit direction (per item) in which ``model``'s softmax moves most away from ``target_logits``.
 
     Power iteration from a random unit direction ``d``: ``d <- unit(grad_d KL(target || model(x + xi d)))``.
@@ -149,7 +150,7 @@ def vat_direction(model, x: Tensor, target_logits: Tensor, xi: float = 1e-6, pow
     """
     if xi <= 0 or power_iterations < 1:
         raise ValueError(f"xi must be > 0 and power_iterations >= 1, got xi={xi}, power_iterations={power_iterations}")
-    d = _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if generator is not None else torch.randn_like(x))
+    d = _unit(torch.randn_like(x))
     for _ in range(power_iterations):
         d = d.detach().requires_grad_(True)
         divergence = _kl_from_target(target_logits, model(x.detach() + xi * d)).mean()
@@ -159,7 +160,7 @@ def vat_direction(model, x: Tensor, target_logits: Tensor, xi: float = 1e-6, pow
 
 
 def vat_loss(
-    model, x: Tensor, target_logits: Tensor, epsilon: float, xi: float = 1e-6, power_iterations: int = 1, reduction: str = "mean", generator: torch.Generator | None = None
+    model: Callable[[Tensor], Tensor], x: Tensor, target_logits: Tensor, epsilon: float, xi: float = 1e-6, power_iterations: int = 1, reduction: str = "mean"
 ) -> Tensor:
     """``KL(softmax(target) || softmax(model(x + epsilon * d)))``, ``d`` from :func:`vat_direction`.
 
@@ -181,5 +182,5 @@ def vat_loss(
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     if target_logits.ndim != 2 or target_logits.shape[0] != x.shape[0]:
         raise ValueError(f"target logits must be ({x.shape[0]}, K), got {tuple(target_logits.shape)}")
-    d = vat_direction(model, x, target_logits, xi, power_iterations, generator)
+    d = vat_direction(model, x, target_logits, xi, power_iterations)
     return _reduce(_kl_from_target(target_logits, model(x.detach() + epsilon * d)), reduction)

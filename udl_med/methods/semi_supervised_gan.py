@@ -130,7 +130,8 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
             2016; :meth:`~udl_med.losses.kplus1.KPlusOneLoss.class_balance`): the KL divergence from
             the batch's mean class prediction to ``class_balance_prior`` (0: off). With a few labels
             per class one class can swallow another's unlabeled cluster; this keeps each class its
-            share. Digits, 3 labels per class, tuning draws 105-114: see the README.
+            share. Digits, 3 labels per class, tuning draws 105-114, three pairs: 8.1 -> 6.3% error
+            (README).
         class_balance_prior: the class frequencies expected in the unlabeled data, one per class,
             summing to 1 (None: uniform). Give it for imbalanced data: a uniform prior pulls a
             rare class's share up.
@@ -144,8 +145,8 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
         vat_epsilon: the perturbation's L2 length per item, in the normalised intensities.
         vat_rampup_steps: the VAT weight follows the same ``exp(-5 (1 - t)^2)`` ramp.
         consistency_only: the non-GAN baseline: no generator and no K+1 unsupervised loss,
-            the labeled cross-entropy plus the consistency (and pseudo-label) terms (needs one
-            of their weights > 0).
+            the labeled cross-entropy plus the consistency, pseudo-label, class-balance and VAT
+            terms (needs a consistency, pseudo-label or VAT weight > 0).
         lr, g_lr, beta1: Adam (paper: 3e-3, beta1 0.5); ``g_lr`` defaults to ``lr``.
         ensemble: train this many (D, G) pairs side by side, each from its own
             initialisation, on the same batches; the classifier is the mean of the
