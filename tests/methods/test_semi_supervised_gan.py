@@ -493,3 +493,20 @@ def test_class_balance_term_by_hand_its_prior_and_its_refusals() -> None:
         SemiSupervisedGANConfig(class_balance_prior=(1.2, -0.2))
     with pytest.raises(ConfigError, match="class_balance_prior"):
         SemiSupervisedGAN(SemiSupervisedGANConfig(**small, class_balance_weight=1.0, class_balance_prior=(0.5, 0.5)), spec)
+
+
+def test_eval_mode_switches_off_training_and_restores_the_mode_even_on_error() -> None:
+    from udl_med.nets.modes import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    with eval_mode(net) as inside:
+        assert inside is net and not net.training and not net[1].training
+    assert net.training and net[1].training
+    net.eval()
+    with eval_mode(net):
+        pass
+    assert not net.training  # a module in evaluation mode stays there
+    net.train()
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("boom")
+    assert net.training

@@ -44,6 +44,7 @@ from udl_med.nets.gan_wrappers import Flat, SwapHistory
 from udl_med.nets.info_head import InfoCodesLatent, InfoDiscriminator, InfoHead
 from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
 from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
+from udl_med.nets.modes import eval_mode
 
 PREVIEW_IMAGES = 64  # samples in the preview grid
 PREVIEW_POINTS = 1024  # samples in the preview scatter plot
@@ -345,12 +346,9 @@ class GAN(Method):
         info = self.config.info_codes
         if info is None:
             return d
-        was_training = d.training
-        d.eval()
-        with torch.no_grad():  # the width of D's body features, from one dry pass
+        with eval_mode(d), torch.no_grad():  # the width of D's body features, from one dry pass
             probe_labels = torch.zeros(2, dtype=torch.long) if self.num_classes else None
             width = d.forward_features(torch.zeros(2, *self.item_shape), probe_labels)[1].flatten(1).shape[1]
-        d.train(was_training)
         return InfoDiscriminator(d, InfoHead(width, info.categorical, info.continuous, hidden=info.q_hidden))
 
     # -- engine hooks ------------------------------------------------------------------
@@ -511,12 +509,8 @@ class GAN(Method):
 
     def _generate(self, z: Tensor, labels: Tensor | None) -> Tensor:
         """G(z, labels) in eval mode, clamped to [-1, 1] for images."""
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             out = self.generator(z, labels).float()
-        finally:
-            self.generator.train(was_training)
         return out if self.points else out.clamp(-1, 1)
 
     @property

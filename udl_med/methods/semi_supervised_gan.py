@@ -57,8 +57,7 @@ step a labeled batch (``image``, ``label``) and an unlabeled batch
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -75,6 +74,7 @@ from udl_med.nets.dcgan import DCGANGenerator
 from udl_med.nets.ensemble import SoftmaxAverage
 from udl_med.nets.kplus1 import KPlusOneDiscriminator
 from udl_med.nets.mlp_gan import MLPGenerator
+from udl_med.nets.modes import eval_mode
 
 DISCRIMINATOR = "discriminator"  # optimizer and submodule names
 GENERATOR = "generator"
@@ -229,17 +229,6 @@ class SemiSupervisedGANConfig(DiscriminatorSideConfig):
         return self.unsupervised_weight > 0 and not self.consistency_only
 
 
-@contextmanager
-def _noise_off(d: KPlusOneDiscriminator) -> Iterator[None]:
-    """``d`` in evaluation mode (no Gaussian noise) inside the block, its own mode restored after."""
-    was_training = d.training
-    d.train(False)
-    try:
-        yield
-    finally:
-        d.train(was_training)
-
-
 def _class_logits(d: KPlusOneDiscriminator) -> Callable[..., Tensor]:
     """The critic the adversary scores with: ``d``'s K class logits ``(B, K)`` in training mode (noise on)."""
     return lambda x, labels=None: d.gan_logits(x)[0]
@@ -279,7 +268,8 @@ class SemiSupervisedGAN(Method):
         self.discriminator: torch.nn.Module = discriminators[0] if config.ensemble == 1 else SoftmaxAverage(discriminators)
         generators = [self._build_generator(config, data) for _ in range(config.ensemble)] if config.uses_generator else []
         self.generator: torch.nn.Module | None = (generators[0] if config.ensemble == 1 else torch.nn.ModuleList(generators)) if generators else None
-        self.loss = KPlusOneLoss()  # the supervised cross-entropy and the conditional entropy
+        self.loss = KPlusOneLoss()  # the supervised cross-entropy, the conditional entropy and the class balance
+        self._class_prior = torch.tensor(config.class_balance_prior) if config.class_balance_prior else None  # moved to the logits' device when used
         self.adversary = Adversary.from_config(config, KPlusOneLoss())  # real-versus-generated on the K+1 logits; feature matching; d_augment, R1
 
     @staticmethod
@@ -403,12 +393,11 @@ class SemiSupervisedGAN(Method):
             out[PSEUDO_LABEL] = pseudo.detach()
             out[PSEUDO_LABEL_FRACTION] = mask.mean()
         if c.class_balance_weight > 0:
-            prior = torch.tensor(c.class_balance_prior, device=logits_unl.device) if c.class_balance_prior else None
-            balance = self.loss.class_balance(logits_unl, prior)  # softmax: the realness shift leaves it unchanged
+            balance = self.loss.class_balance(logits_unl, self._class_prior)  # softmax: the realness shift leaves it unchanged
             loss_d = loss_d + c.class_balance_weight * balance
             out[CLASS_BALANCE] = balance.detach()
         if c.vat_weight > 0:
-            with _noise_off(d), opt.autocast():  # D's noise would swamp the power iteration's finite difference
+            with eval_mode(d), opt.autocast():  # D's noise off: it would swamp the power iteration's finite difference
                 with torch.no_grad():
                     clean = d(x_unl)
                 vat = vat_loss(d, x_unl, clean, c.vat_epsilon)
@@ -446,25 +435,17 @@ class SemiSupervisedGAN(Method):
         if self.generator is None or self.data.spatial_dims == 0:
             return {}
         g = self._members()[0][1]  # an ensemble's first member
-        was_training = g.training
-        g.eval()
-        try:
+        with eval_mode(g):
             generator = torch.Generator(self._device()).manual_seed(0)
             z = torch.randn(16, self.config.latent_dim, generator=generator, device=self._device())
             samples = g(z)
-        finally:
-            g.train(was_training)
         return {"samples": samples[:, :1] if self.data.spatial_dims == 2 else samples[..., samples.shape[-1] // 2][:, :1]}
 
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
         """Images ``(B, C, *spatial)`` (or vectors ``(B, D)``) in [-1, 1] -> class probabilities ``(B, K)``."""
-        was_training = self.discriminator.training
-        self.discriminator.eval()  # no noise, running statistics: what the exported network computes
-        try:
+        with eval_mode(self.discriminator):  # no noise, running statistics: what the exported network computes
             return class_probabilities(self.discriminator(x.to(self._device())))
-        finally:
-            self.discriminator.train(was_training)
 
     @property
     def classifier_members(self) -> int:
