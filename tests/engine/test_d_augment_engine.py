@@ -89,3 +89,16 @@ def test_ada_at_p_03_does_not_leak_its_transforms_into_the_samples(tmp_path: Pat
     with_ada = _far_share(tmp_path / "ada", clean, {"d_augment": "ada", "ada_target": None, "ada_p": 0.3})
     leaked = _far_share(tmp_path / "leak", TensorItems(augmented), {})
     assert with_ada < 0.05 and leaked > 0.2, (with_ada, leaked)
+
+
+@pytest.mark.parametrize(("decay", "warned"), [(0.999, True), (0.05, False)])
+def test_an_ema_too_slow_for_the_run_is_warned_naming_the_key(tmp_path: Path, tracking_uri: str, caplog: pytest.LogCaptureFixture, decay: float, warned: bool) -> None:
+    config = _config(tmp_path / "ema", tracking_uri, 3)
+    config["train"]["ema_decay"] = decay
+    with caplog.at_level("WARNING", logger="udl_med.engine.train"):
+        Trainer(validate_config(config), datasets=(_items(24, 0), _items(8, 1))).run()
+    messages = [r.getMessage() for r in caplog.records if "train.ema_decay" in r.getMessage()]
+    assert bool(messages) == warned
+    if warned:
+        assert "still 100% of the averaged model" in messages[0]  # 0.999 ** 2
+        assert "0.1000 or less keeps them under 1%" in messages[0]  # 0.01 ** (1 / 2)

@@ -56,6 +56,24 @@ def test_ema_tracks_and_swaps_back() -> None:
     assert torch.equal(holder.g.weight, current)
 
 
+def test_ema_start_share_is_what_the_average_keeps_of_the_first_weights() -> None:
+    holder = nn.Module()
+    holder.g = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        holder.g.weight.fill_(1.0)
+    ema = EMA(holder, ("g",), decay=0.9)
+    ema.update(holder)  # copies the starting weights
+    with torch.no_grad():
+        holder.g.weight.zero_()
+    for _ in range(29):
+        ema.update(holder)
+    kept = ema.averaged_state(holder)["g.weight"]
+    assert torch.allclose(kept, torch.full_like(kept, EMA.start_share(0.9, 30)))
+    assert EMA.start_share(0.9, 30) == pytest.approx(0.9**29)
+    assert EMA.start_share(0.999, 1500) == pytest.approx(0.22, abs=0.005)  # the warning's example
+    assert EMA.start_share(0.5, 0) == 1.0
+
+
 def test_sampler_resumes_at_any_step() -> None:
     full = StepSampler(n_items=10, batch_size=3, seed=7)
     it = iter(full)

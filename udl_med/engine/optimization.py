@@ -159,6 +159,16 @@ class EMA:
             for name in names
         }
 
+    @staticmethod
+    def start_share(decay: float, updates: int) -> float:
+        """The starting weights' share of the average after ``updates`` updates: ``decay ** (updates - 1)``.
+
+        The first update copies the weights and each later one keeps ``decay`` of the
+        average, so a decay too slow for the run's length saves a model that is still
+        partly its initialisation (0.999 over 1500 steps: 22%).
+        """
+        return decay ** max(updates - 1, 0)
+
     def update(self, method: nn.Module) -> None:
         for name, average in self.averages.items():
             average.update_parameters(getattr(method, name))
