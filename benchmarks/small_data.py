@@ -43,6 +43,7 @@ than the seed spread.
     .venv/bin/python benchmarks/small_data.py --tune            # the tuning seeds (100+): every arm, 6 subjects
     .venv/bin/python benchmarks/small_data.py --full            # 6, 12 and 24 subjects, both generators, 1500 steps
     .venv/bin/python benchmarks/small_data.py --cost-only --generators cdcgan lapgan   # augmentation's share of a step only
+    .venv/bin/python benchmarks/small_data.py --floor-study     # the FIDs real crops score: the population, other draws of 6 subjects
     .venv/bin/python benchmarks/small_data.py --cost-only --generators cdcgan --arms plain ada --ada-p 0.25   # ... at another fixed p
 """
 
@@ -220,6 +221,44 @@ def floor_fids(train: Any, held: Any, extractors: dict[str, Any]) -> dict[str, f
     from udl_med.metrics.compare import compare_tensors
 
     return {f"fid_{name}": float(compare_tensors(held.images, train.images, extractor, bootstrap=0, seed=0)["fid"]) for name, extractor in extractors.items()}
+
+
+def floor_study(workdir: Path, draws: int = 20, subsets: int = 10) -> list[dict[str, Any]]:
+    """What FID (random extractor, against the held-out crops) real crops score: how far below the plain GAN a generator can go.
+
+    - ``population/<m>_crops``: the crops of the training phantoms *outside* the benchmark's
+      6, drawn down to ``m`` (``subsets`` random subsets): what a generator of the whole
+      population would score at ``m`` samples, and how much FID's small-sample bias adds
+      from the 6 subjects' 33 crops to more;
+    - ``6_subject_draws``: the floor of ``draws`` other class-balanced draws of 6 training
+      phantoms (seeded), beside the benchmark's own draw: how typical its floor is.
+    """
+    from small_data_common import subject_classes
+
+    from udl_med.metrics.compare import compare_tensors
+    from udl_med.metrics.extractors import build_extractor
+
+    train_all, held = small_data_split(workdir / "crops", max(SUBJECT_COUNTS))
+    extractor = build_extractor("random", 2)
+
+    def fid(images: torch.Tensor) -> float:
+        return float(compare_tensors(held.images, images, extractor, bootstrap=0, seed=0)["fid"])
+
+    six, _ = small_data_split(workdir / "crops", 6)
+    others = train_all.subset(~np.isin(train_all.subjects, np.unique(six.subjects)))
+    out = [_row("6_subjects/real_training_crops", "fid_random", fid(six.images), 0.0, "", None, None, "(the floor)", None, crops=len(six.labels))]
+    g = torch.Generator().manual_seed(0)
+    for m in sorted({len(six.labels), 60, len(others.labels)}):
+        values = [fid(others.images[torch.randperm(len(others.labels), generator=g)[:m]]) for _ in range(subsets if m < len(others.labels) else 1)]
+        mean, sd = _stats(values)
+        out.append(_row(f"population/{m}_crops", "fid_random", mean, sd, "", None, None, "(reported)", None, subjects=len(np.unique(others.subjects)), per_subset=values))
+    classes, rng, floors = subject_classes(train_all), np.random.default_rng(5), []
+    for _ in range(draws):
+        pick = [s for c in sorted(set(classes.values())) for s in rng.choice(sorted(s for s, k in classes.items() if k == c), 2, replace=False)]
+        floors.append(fid(train_all.subset(np.isin(train_all.subjects, pick)).images))
+    mean, sd = _stats(floors)
+    out.append(_row("6_subject_draws/real_training_crops", "fid_random", mean, sd, "", None, None, "(reported)", None, worst=max(floors), best=min(floors), per_draw=floors))
+    return out
 
 
 def step_cost(generator: str, arms: list[str], repeats: int = 3, blocks: int = 30, steps: int = 10, ada_p: float = 0.5) -> dict[str, dict[str, list[float]]]:
@@ -459,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="score the models a previous run left in --workdir again instead of training them")
     parser.add_argument("--no-cost", action="store_true", help="leave out the step-time rows (about 2 minutes per arm and generator)")
     parser.add_argument("--cost-only", action="store_true", help="only the step-time rows (augmentation's share of a step), for --generators and --arms")
+    parser.add_argument("--floor-study", action="store_true", help="only the real crops' FIDs: other subjects of the population at several sizes, other draws of 6 subjects (floor_study)")
     parser.add_argument("--ada-p", type=float, default=0.5, help="ADA's fixed p in the --cost-only rows (0.5; or the p the runs end with, named in the case)")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
     parser.add_argument("--out", type=Path, default=None)
@@ -475,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(args.seed_list)
     if args.full:
         subjects, generators, steps = list(SUBJECT_COUNTS), sorted(GENERATORS), 1500
-    if args.cost_only:
+    if args.floor_study:
+        out = floor_study(args.workdir)
+    elif args.cost_only:
         out = cost_rows(generators, arms, ada_p=args.ada_p)
     else:
         out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse)
