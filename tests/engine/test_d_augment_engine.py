@@ -101,4 +101,4 @@ def test_an_ema_too_slow_for_the_run_is_warned_naming_the_key(tmp_path: Path, tr
     assert bool(messages) == warned
     if warned:
         assert "still 100% of the averaged model" in messages[0]  # 0.999 ** 2
-        assert "0.1000 or less keeps them under 1%" in messages[0]  # 0.01 ** (1 / 2)
+        assert "0.2236 or less keeps them under 5%" in messages[0]  # 0.05 ** (1 / 2)
