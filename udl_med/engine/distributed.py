@@ -33,8 +33,11 @@ def init_distributed(device_type: str) -> ProcessInfo:
     return ProcessInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def leave_distributed(succeeded: bool) -> None:
-    """Close the group after a clean run, one rank at a time, highest rank first.
+def leave_distributed(ranks_in_step: bool) -> None:
+    """Close the group after a run every rank ended at the same step, one rank at a time, highest rank first.
+
+    That is a finished run or one stopped by a signal (every rank agreed on the
+    step); a rank that failed alone leaves the group as it is.
 
     gloo closes a pair with a reset (SO_LINGER 0), and a rank that exits while
     gloo's threads still serve the group aborts the interpreter (SIGABRT). So no
@@ -45,7 +48,7 @@ def leave_distributed(succeeded: bool) -> None:
     """
     if not dist.is_initialized():
         return
-    if not succeeded:
+    if not ranks_in_step:
         return  # destroying the group under a peer's pending collective aborts before Python prints this rank's error
     rank, world = dist.get_rank(), dist.get_world_size()
     store = dist.distributed_c10d._get_default_store()

@@ -258,17 +258,20 @@ class Trainer:
         self.method.on_train_start(reference, torch.Generator().manual_seed(cfg.seed))
         if self._rng_to_restore is not None:
             ckpt.set_rng_state(self._rng_to_restore)
-        status = "FAILED"
+        status, ranks_in_step = "FAILED", False
         try:
             report = self._loop(tracker, loader, eval_batches, start, batches_per_epoch)
-            status = "FINISHED"
+            status, ranks_in_step = "FINISHED", True
             return report
-        except (Interrupted, KeyboardInterrupt):
-            status = "KILLED"  # MLflow's status of a run stopped by the user
+        except Interrupted:
+            status, ranks_in_step = "KILLED", True  # MLflow's status of a run stopped by the user; every rank stopped at the same step
+            raise
+        except KeyboardInterrupt:
+            status = "KILLED"
             raise
         finally:
             tracker.end(status)
-            leave_distributed(status == "FINISHED")
+            leave_distributed(ranks_in_step)
 
     def _loop(self, tracker, loader, eval_batches, start: int, batches_per_epoch: int) -> dict[str, Any]:
         cfg, train = self.config, self.config.train
