@@ -89,12 +89,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "ada_ema": {"d_augment": "ada"},
     "ada_t05_ema": {"d_augment": "ada", "ada_target": 0.5},  # tuning seeds only
     "ada_r1_ema": {"d_augment": "ada", "r1_weight": 1.0},  # tuning seeds only
-    "ada_lecam_ema": {"d_augment": "ada", "lecam_weight": 0.3},  # LeCam at the paper's BigGAN weight
-    "ada_lecam01_ema": {"d_augment": "ada", "lecam_weight": 0.1},  # tuning seeds only
-    "ada_lecam1_ema": {"d_augment": "ada", "lecam_weight": 1.0},  # tuning seeds only
 }
 EMA_DECAY = 0.99  # half-life about 70 steps (1,100 images): ADA's EMA ramp-up rule (half-life 0.05 x images seen, 24k images in 1500 steps at batch 16); 0.999 keeps 22% of the first step's weights after 1500 steps
-ARM_TRAIN: dict[str, dict[str, Any]] = {arm: {"ema_decay": EMA_DECAY} for arm in ARMS if arm.endswith("_ema")}  # ``train:`` keys of an arm: samples from G's EMA
+ARM_TRAIN: dict[str, dict[str, Any]] = {arm: {"ema_decay": EMA_DECAY} for arm in ("plain_ema", "ada_ema", "ada_t05_ema", "ada_r1_ema")}  # ``train:`` keys of an arm: samples from G's EMA
 DEFAULT_ARMS = ("plain", "diffaugment", "ada", "ada_ema")
 TUNING_SEEDS = 100  # tuning seeds are 100, 101, ...: never reported
 CLASSES = 3

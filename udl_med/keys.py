@@ -77,7 +77,6 @@ INFO = "info"  # InfoGAN: the mutual-information loss L_I of Q on fresh fakes (b
 ADA_P = "ada_p"  # ADA's augmentation probability p after the step
 ADA_RT = "ada_rt"  # ADA's overfitting heuristic r_t = E[sign(D(x_real))] at the last adjustment of p
 R1 = "r1_penalty"  # E ||grad_x D(x)||^2 on real data before its weight, at the steps R1 is due
-LECAM = "lecam"  # the LeCam regulariser on D's scores before its weight
 
 # Precision, recall, density, coverage of generated samples (train.sample_eval, udl-med fid; metrics/prdc.py).
 PRDC = ("precision", "recall", "density", "coverage")  # Kynkaanniemi et al. 2019 (k = 3), Naeem et al. 2020 (k = 5)

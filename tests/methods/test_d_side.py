@@ -1,4 +1,4 @@
-"""The D side every adversarial method shares: augmentation of what D sees, ADA's p, R1, LeCam, spectral norm, hinge, G's EMA, the data.augment refusal."""
+"""The D side every adversarial method shares: augmentation of what D sees, ADA's p, R1, spectral norm, hinge, G's EMA, the data.augment refusal."""
 
 from __future__ import annotations
 
@@ -192,39 +192,6 @@ def test_r1_matches_a_hand_computation_and_is_lazy() -> None:
     assert lin.weight.grad is not None and parts.r1 > 0
 
 
-def test_lecam_matches_a_hand_computation_and_its_anchors_move_only_on_real_updates() -> None:
-    """R_LC = E relu(D(x) - a_F)^2 + E relu(a_R - D(G(z)))^2, anchors the bias-corrected moving averages of D's mean scores, added times lecam_weight."""
-    critic = lambda x, labels=None: x.flatten(1).sum(1)  # noqa: E731
-    adversary = Adversary(GANLoss("non-saturating"), lecam_weight=0.3, lecam_decay=0.9)
-    real1, fake1 = torch.tensor([[1.0], [3.0]]), torch.tensor([[-1.0], [0.5]])  # D: 1, 3 and -1, 0.5
-    first = adversary.discriminator_loss(critic, real1, fake1, step=0)
-    a_r, a_f = 2.0, -0.25  # after one update the anchors are this update's means
-    hand = (torch.tensor([1.0, 3.0]) - a_f).clamp(min=0).square().mean() + (a_r - torch.tensor([-1.0, 0.5])).clamp(min=0).square().mean()
-    torch.testing.assert_close(first.lecam, hand)
-    torch.testing.assert_close(first.loss - first.adversarial, 0.3 * hand)
-    real2, fake2 = torch.tensor([[0.0], [0.0]]), torch.tensor([[4.0], [2.0]])  # D: 0, 0 and 4, 2
-    second = adversary.discriminator_loss(critic, real2, fake2, step=1)
-    debias = 1 - 0.9**2
-    a_r, a_f = (0.9 * 0.1 * 2.0 + 0.1 * 0.0) / debias, (0.9 * 0.1 * -0.25 + 0.1 * 3.0) / debias
-    assert adversary.lecam.anchors() == pytest.approx((a_r, a_f))
-    hand = (torch.tensor([0.0, 0.0]) - a_f).clamp(min=0).square().mean() + (a_r - torch.tensor([4.0, 2.0])).clamp(min=0).square().mean()
-    torch.testing.assert_close(second.lecam, hand)
-    before = adversary.lecam.anchors()
-    adversary.discriminator_loss(critic, real1, fake1)  # no step: a simulated update leaves the anchors
-    assert adversary.lecam.anchors() == before
-    assert Adversary(GANLoss("non-saturating")).discriminator_loss(critic, real1, fake1, step=0).lecam is None
-
-
-@pytest.mark.parametrize("name", list(TINY))
-def test_every_adversarial_method_takes_lecam_logs_it_and_checkpoints_its_anchors(name: str) -> None:
-    method = _build(name, lecam_weight=0.3)
-    out = method.train_step(_batch(name), HandOpt(method.configure_optimizers()))
-    assert keys.LECAM in out and math.isfinite(float(out[keys.LECAM]))
-    assert int(method.adversary.lecam.updates) >= 1
-    assert "adversary.lecam.real_average" in method.state_dict()
-    assert not any("lecam" in k for k in _build(name).state_dict())  # off: no buffers, so checkpoints without LeCam load as before
-
-
 def test_r1_keys_reach_the_adversary() -> None:
     method = _build("gan", r1_weight=4.0, r1_every=2)
     assert (method.adversary.r1_weight, method.adversary.r1_every) == (4.0, 2)
@@ -286,9 +253,6 @@ def test_spectral_norm_refused_where_the_export_needs_plain_weights() -> None:
         ({"loss": "wgan", "d_augment": "ada"}, "ada_target"),
         ({"d_augment": "mixup"}, "d_augment"),
         ({"ada_interval": 0, "d_augment": "ada"}, "ada_interval"),
-        ({"lecam_decay": 0.9}, "lecam_decay"),
-        ({"lecam_weight": -1.0}, "lecam_weight"),
-        ({"lecam_weight": 0.3, "lecam_decay": 1.0}, "lecam_decay"),
     ],
 )
 def test_nonsense_is_refused_naming_the_key(keys_: dict[str, Any], where: str) -> None:
@@ -299,7 +263,7 @@ def test_nonsense_is_refused_naming_the_key(keys_: dict[str, Any], where: str) -
 
 def test_a_saved_config_with_every_key_loads_again() -> None:
     cls = get_method("gan").Config
-    for config in (cls(), cls(d_augment="ada", ada_target=None, ada_p=0.3), cls(d_augment="diffaugment", r1_weight=2.0, r1_every=8), cls(lecam_weight=0.3, lecam_decay=0.9)):
+    for config in (cls(), cls(d_augment="ada", ada_target=None, ada_p=0.3), cls(d_augment="diffaugment", r1_weight=2.0, r1_every=8)):
         assert cls(**config.model_dump(mode="json")) == config
 
 

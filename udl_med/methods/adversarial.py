@@ -28,8 +28,7 @@ What lives here:
   https://arxiv.org/abs/1801.04406) with lazy regularisation (StyleGAN2, Karras et al.
   2020, https://arxiv.org/abs/1912.04958); spectral normalisation of D (Miyato et al.
   2018, https://arxiv.org/abs/1802.05957; :func:`discriminator_network`); the refusal of
-  ``data.augment`` (:meth:`DiscriminatorSideConfig.check_data`); the LeCam regulariser
-  (Tseng et al. 2021, https://arxiv.org/abs/2104.03310; :mod:`udl_med.losses.lecam`).
+  ``data.augment`` (:meth:`DiscriminatorSideConfig.check_data`).
 - :func:`packed_discriminator` (PacGAN, Lin et al. 2018, https://arxiv.org/abs/1712.04086),
   :func:`replay` (the image pool of past fakes, Shrivastava et al. 2017,
   https://arxiv.org/abs/1612.07828), :func:`checkpoint_swap`.
@@ -50,7 +49,6 @@ from udl_med.errors import ConfigError
 from udl_med.losses.gan import WASSERSTEIN_MODES, Critic, GANLoss, GANMode, clip_weights, feature_matching_loss, gradient_penalty
 from udl_med.losses.image_pool import ImagePool
 from udl_med.losses.kplus1 import KPlusOneLoss
-from udl_med.losses.lecam import LeCamAnchors
 from udl_med.methods.base import MethodConfig, Optimization
 from udl_med.nets.ada import ADA_DEFAULT_POLICY, ADA_POLICIES, AdaptiveAugment
 from udl_med.nets.diffaugment import DIFFAUGMENT_POLICIES, DiffAugment
@@ -88,9 +86,6 @@ class DiscriminatorSideConfig(MethodConfig):
       evaluated every ``r1_every`` steps and scaled by it (lazy regularisation).
     - ``spectral_norm``: every convolution and linear layer of D divided by its largest
       singular value (one power iteration per step).
-    - ``lecam_weight``, ``lecam_decay``: LeCam's weight on
-      E[relu(D(x) - a_F)^2] + E[relu(a_R - D(G(z)))^2], with a_R and a_F moving averages
-      (decay ``lecam_decay``) of D's mean scores on real and generated items.
 
     A subclass that cannot take spectral normalisation sets ``spectral_norm_refusal`` to
     the reason; one whose data may be augmented sets ``data_augment_allowed`` to why.
@@ -114,8 +109,6 @@ class DiscriminatorSideConfig(MethodConfig):
     r1_weight: float = Field(0.0, ge=0.0, description="gamma of the R1 penalty gamma/2 E||grad_x D(x)||^2 on real data (0: off; medical StyleGAN2 recipes use about 8)")
     r1_every: int = Field(16, ge=1, description="lazy regularisation: R1 every this many steps, scaled by it (StyleGAN2: 16)")
     spectral_norm: bool = Field(False, description="spectral normalisation of every convolution and linear layer of D")
-    lecam_weight: float = Field(0.0, ge=0.0, description="weight of the LeCam regulariser on D's scores (0: off; the paper: 0.3 with BigGAN's hinge loss)")
-    lecam_decay: float = Field(0.99, gt=0.0, lt=1.0, description="LeCam: decay of the moving averages of D's mean real and fake scores (the paper: 0.99)")
 
     @model_validator(mode="after")
     def _refuse_side(self) -> DiscriminatorSideConfig:
@@ -141,8 +134,6 @@ class DiscriminatorSideConfig(MethodConfig):
                     raise refuse(f"d_augment_policy.{i}", f"{name!r} is listed twice", name)
         if self.d_augment == "ada" and self.ada_target is None and "ada_p" not in given:
             raise refuse("ada_target", "null keeps p fixed at ada_p, which is left at 0 (no augmentation); give ada_p", None)
-        if changed("lecam_decay") and self.lecam_weight == 0:
-            raise refuse("lecam_decay", "paces LeCam's anchors, and LeCam is off (lecam_weight 0); set lecam_weight", self.lecam_decay)
         if changed("r1_every") and self.r1_weight == 0:
             raise refuse("r1_every", "paces R1, which is off (r1_weight 0); set r1_weight", self.r1_every)
         if self.spectral_norm and self.spectral_norm_refusal:
@@ -269,14 +260,12 @@ class DiscriminatorLoss:
 
     Attributes:
         loss: what D minimises: ``adversarial`` plus ``gp_weight * gradient_penalty``
-            plus ``r1_weight / 2 * r1_every * r1`` at the steps R1 is due, plus
-            ``lecam_weight * lecam``.
+            plus ``r1_weight / 2 * r1_every * r1`` at the steps R1 is due.
         adversarial: the objective's D loss on the scores.
         real_scores, fake_scores: D's raw scores of the (augmented) real and fake batch
             (in the graph: a method may add terms on them; detach them to log).
         gradient_penalty: the WGAN-GP penalty before its weight (None when off).
         r1: ``E ||grad_x D(T(x))||^2`` on the real batch before its weight (None when not due).
-        lecam: the LeCam regulariser before its weight (None when off).
     """
 
     loss: Tensor
@@ -285,7 +274,6 @@ class DiscriminatorLoss:
     fake_scores: Tensor
     gradient_penalty: Tensor | None = None
     r1: Tensor | None = None
-    lecam: Tensor | None = None
 
 
 class Adversary(nn.Module):
@@ -317,11 +305,9 @@ class Adversary(nn.Module):
             :class:`~udl_med.nets.ada.AdaptiveAugment`), drawn per item; None: off.
         r1_weight: gamma of R1 (0: off).
         r1_every: R1 every this many steps, scaled by it (lazy regularisation).
-        lecam_weight: weight of the LeCam regulariser on D's decision scores (0: off).
-        lecam_decay: decay of LeCam's moving averages of D's mean real and fake scores.
 
     Raises:
-        ValueError: a negative ``gp_weight``, ``r1_weight`` or ``lecam_weight``, a non-positive ``clip_value`` or ``r1_every``.
+        ValueError: a negative ``gp_weight`` or ``r1_weight``, a non-positive ``clip_value`` or ``r1_every``.
     """
 
     def __init__(
@@ -335,8 +321,6 @@ class Adversary(nn.Module):
         augment: nn.Module | None = None,
         r1_weight: float = 0.0,
         r1_every: int = 1,
-        lecam_weight: float = 0.0,
-        lecam_decay: float = 0.99,
     ) -> None:
         super().__init__()
         if gp_weight < 0:
@@ -345,8 +329,6 @@ class Adversary(nn.Module):
             raise ValueError(f"clip_value must be > 0, got {clip_value}")
         if r1_weight < 0 or r1_every < 1:
             raise ValueError(f"r1_weight must be >= 0 and r1_every >= 1, got {r1_weight} and {r1_every}")
-        if lecam_weight < 0:
-            raise ValueError(f"lecam_weight must be >= 0, got {lecam_weight}")
         self.objective = objective
         self.gp_weight = float(gp_weight)
         self.clip_value = clip_value
@@ -355,14 +337,11 @@ class Adversary(nn.Module):
         self.augment = augment
         self.r1_weight = float(r1_weight)
         self.r1_every = int(r1_every)
-        self.lecam_weight = float(lecam_weight)
-        self.lecam = LeCamAnchors(lecam_decay) if lecam_weight > 0 else None  # no buffers when off: checkpoints without LeCam load as before
-        self._last_lecam: Tensor | None = None  # the last D update's LeCam term, for the logs
 
     @classmethod
     def from_config(cls, config: DiscriminatorSideConfig, objective: ScoreObjective | None = None, **kwargs: Any) -> Adversary:
-        """The adversary of ``config``: its objective (``label_smoothing`` as D's real target; or ``objective``), wgan-gp's penalty, the augmentation, R1 and LeCam."""
-        side = dict(augment=config.augmenter(), r1_weight=config.r1_weight, r1_every=config.r1_every, lecam_weight=config.lecam_weight, lecam_decay=config.lecam_decay)
+        """The adversary of ``config``: its objective (``label_smoothing`` as D's real target; or ``objective``), wgan-gp's penalty, the augmentation and R1."""
+        side = dict(augment=config.augmenter(), r1_weight=config.r1_weight, r1_every=config.r1_every)
         if objective is not None:
             return cls(objective, **side, **kwargs)
         mode = config.adversarial_mode
@@ -431,8 +410,8 @@ class Adversary(nn.Module):
         """D's loss on ``real`` and ``fake`` (detach ``fake`` unless differentiating through it, as unrolling does).
 
         ``step`` is the training step (``opt.global_step``) of a real D update: R1 is added
-        when due, ADA's controller sees the real scores and LeCam's anchors move; None
-        (simulated updates, unrolling) does none of these. R1 is ``E ||grad_x D(T(x))||^2`` with respect to the real
+        when due and ADA's controller sees the real scores; None (simulated updates,
+        unrolling) does neither. R1 is ``E ||grad_x D(T(x))||^2`` with respect to the real
         images before augmentation (as StyleGAN2-ADA), added as
         ``r1_weight / 2 * r1_every * R1``. The gradient penalty's interpolates are the
         un-augmented ones, scored with ``real_labels`` (conditional fakes share them,
@@ -451,17 +430,9 @@ class Adversary(nn.Module):
             (grad,) = torch.autograd.grad(real_scores.float().sum(), real, create_graph=True)
             r1 = grad.float().square().flatten(1).sum(1).mean()
             loss = loss + (self.r1_weight / 2 * self.r1_every) * r1
-        lecam = None
-        if self.lecam is not None:
-            real_decision, fake_decision = self.decision(real_scores), self.decision(fake_scores)
-            if step is not None:
-                self.lecam.update(real_decision, fake_decision)
-            lecam = self.lecam(real_decision, fake_decision)
-            loss = loss + self.lecam_weight * lecam
-            self._last_lecam = lecam.detach()
         if isinstance(self.augment, AdaptiveAugment) and step is not None:
             self.augment.observe(self.decision(real_scores), real.shape[0], step)
-        return DiscriminatorLoss(loss, adversarial, real_scores, fake_scores, penalty, r1, lecam)
+        return DiscriminatorLoss(loss, adversarial, real_scores, fake_scores, penalty, r1)
 
     def decision(self, scores: Tensor) -> Tensor:
         """D's scores centred on its decision boundary (> 0: "real"): logits and hinge scores as they are, least squares minus the targets' midpoint, K+1's log-sum-exp of the class logits."""
@@ -486,13 +457,10 @@ class Adversary(nn.Module):
         return feature_matching_loss(real_features.float(), fake_features.float(), distance=self.feature_distance)
 
     def logs(self) -> dict[str, Tensor]:
-        """What a method's step reports of the D side: ADA's p and its last r_t, the last D update's LeCam term (nothing when both are off)."""
-        out = {}
+        """What a method's step reports of the D side: ADA's p and its last r_t (nothing without ADA)."""
         if isinstance(self.augment, AdaptiveAugment):
-            out = {keys.ADA_P: self.augment.p.detach().float(), keys.ADA_RT: self.augment.rt.detach().float()}
-        if self._last_lecam is not None:
-            out[keys.LECAM] = self._last_lecam
-        return out
+            return {keys.ADA_P: self.augment.p.detach().float(), keys.ADA_RT: self.augment.rt.detach().float()}
+        return {}
 
 
 def discriminator_logs(steps: list[tuple[DiscriminatorLoss, Tensor]]) -> dict[str, Tensor]:
