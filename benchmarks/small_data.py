@@ -20,7 +20,8 @@ held-out crops (classes in turn), and is scored:
 - ``memorization_rate``: :func:`udl_med.metrics.memorization.memorization_tensors`;
 - at 12 subjects, ``utility``: the same MONAI classifier trained on real crops and on
   real + synthetic crops (:func:`udl_med.evaluation.utility.utility_tensors`), balanced
-  accuracy on the held-out crops.
+  accuracy on the held-out crops; ``<generator>/<arm>/large_draw``: the same with the
+  draw ten times as large as the synthetic crops.
 
 Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
 (translation, cutout, intensity); ``ada`` (the safe pipeline, target 0.6); ``ada_ema``
@@ -462,7 +463,7 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                 for arm in arms:
                     method, seconds, report = train_generator(generator, arm, train, held, steps, seed, workdir / f"runs/{n}-{generator}-{arm}-{seed}", reuse)
                     fake, labels = draw(method, len(held.labels), seed)
-                    large, _ = draw(method, LARGE_DRAW * len(held.labels), 5000 + seed)  # its own noise, not a superset of ``fake``
+                    large, large_labels = draw(method, LARGE_DRAW * len(held.labels), 5000 + seed)  # its own noise, not a superset of ``fake``
                     metrics = score(fake, train, held, extractors, seed, large)
                     metrics["train_seconds"] = seconds
                     if f"train/{keys.ADA_P}" in report:  # ADA's p over the last log window: how much augmentation D ended with
@@ -483,6 +484,9 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                         if first:
                             util.setdefault("real", []).append(result["real/balanced_accuracy"])
                         util.setdefault(f"{generator}/{arm}", []).append(result["real_plus_synthetic/balanced_accuracy"])
+                        many = LabeledItems(large, large_labels, np.asarray([f"syn{i}" for i in range(len(large_labels))]))  # what a user drawing freely would add
+                        result = utility_tensors(train, many, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real_plus_synthetic",))
+                        util.setdefault(f"{generator}/{arm}/large_draw", []).append(result["real_plus_synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
     out = rows(per, seeds, setting, floors)
     if util:
