@@ -171,6 +171,11 @@ def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     return fake, np.repeat(np.arange(CLASSES), per)
 
 
+def _synthetic_subjects(n: int) -> np.ndarray:
+    """A subject id per synthetic crop, none shared with a real subject (the utility check refuses held-out ids in training)."""
+    return np.asarray([f"syn{i}" for i in range(n)])
+
+
 SUBSETS = 5  # random subsets of the generated crops, of the training set's size, for the FID beside the floor
 LARGE_DRAW = 10  # ``fid_<extractor>_large``: FID of this many times the held-out count of generated crops (a draw of 122 moves FID by up to 0.16 for one generator)
 
@@ -477,14 +482,14 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                             real_picks = torch.cat([train.images[torch.as_tensor(train.labels == c)][:8] for c in range(CLASSES)])
                             save_grid(real_picks, grids / f"{n}subj_real.png", nrow=8)
                     if utility and n == 12:
-                        synthetic = LabeledItems(fake, labels, np.asarray([f"syn{i}" for i in range(len(labels))]))
+                        synthetic = LabeledItems(fake, labels, _synthetic_subjects(len(labels)))
                         first = len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
                         result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,
                                                  arms=("real", "real_plus_synthetic") if first else ("real_plus_synthetic",))
                         if first:
                             util.setdefault("real", []).append(result["real/balanced_accuracy"])
                         util.setdefault(f"{generator}/{arm}", []).append(result["real_plus_synthetic/balanced_accuracy"])
-                        many = LabeledItems(large, large_labels, np.asarray([f"syn{i}" for i in range(len(large_labels))]))  # what a user drawing freely would add
+                        many = LabeledItems(large, large_labels, _synthetic_subjects(len(large_labels)))  # what a user drawing freely would add
                         result = utility_tensors(train, many, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real_plus_synthetic",))
                         util.setdefault(f"{generator}/{arm}/large_draw", []).append(result["real_plus_synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
