@@ -481,17 +481,15 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                         if arm == arms[0]:
                             real_picks = torch.cat([train.images[torch.as_tensor(train.labels == c)][:8] for c in range(CLASSES)])
                             save_grid(real_picks, grids / f"{n}subj_real.png", nrow=8)
-                    if utility and n == 12:
-                        synthetic = LabeledItems(fake, labels, _synthetic_subjects(len(labels)))
-                        first = len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
-                        result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,
-                                                 arms=("real", "real_plus_synthetic") if first else ("real_plus_synthetic",))
-                        if first:
-                            util.setdefault("real", []).append(result["real/balanced_accuracy"])
-                        util.setdefault(f"{generator}/{arm}", []).append(result["real_plus_synthetic/balanced_accuracy"])
-                        many = LabeledItems(large, large_labels, _synthetic_subjects(len(large_labels)))  # what a user drawing freely would add
-                        result = utility_tensors(train, many, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real_plus_synthetic",))
-                        util.setdefault(f"{generator}/{arm}/large_draw", []).append(result["real_plus_synthetic/balanced_accuracy"])
+                    if utility and n == 12:  # the draw scored above, then the ten-times draw (what a user drawing freely would add)
+                        for suffix, images, classes in (("", fake, labels), ("/large_draw", large, large_labels)):
+                            synthetic = LabeledItems(images, classes, _synthetic_subjects(len(classes)))
+                            first = not suffix and len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
+                            result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,
+                                                     arms=("real", "real_plus_synthetic") if first else ("real_plus_synthetic",))
+                            if first:
+                                util.setdefault("real", []).append(result["real/balanced_accuracy"])
+                            util.setdefault(f"{generator}/{arm}{suffix}", []).append(result["real_plus_synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
     out = rows(per, seeds, setting, floors)
     if util:
