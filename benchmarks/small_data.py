@@ -21,7 +21,9 @@ held-out crops (classes in turn), and is scored:
 - at 12 subjects, ``utility``: the same MONAI classifier trained on real crops and on
   real + synthetic crops (:func:`udl_med.evaluation.utility.utility_tensors`), balanced
   accuracy on the held-out crops; ``<generator>/<arm>/large_draw``: the same with the
-  draw ten times as large as the synthetic crops.
+  draw ten times as large as the synthetic crops; ``balanced_accuracy_synthetic_only``:
+  the classifier trained on the synthetic crops alone (train on synthetic, test on real:
+  how much of the classes the crops carry, whatever they add to the real ones).
 
 Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
 (translation, cutout, intensity); ``ada`` (the safe pipeline, target 0.6); ``ada_ema``
@@ -428,11 +430,18 @@ def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[in
     return out
 
 
-def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
-    """Real + synthetic against real only at 12 subjects, per generator and arm; the goal: a gain larger than the seed spread."""
+def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[str, Any], synthetic_only: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+    """Real + synthetic against real only at 12 subjects, per generator and arm; the goal: a gain larger than the seed spread.
+
+    ``synthetic_only``: per generator and arm, the classifier trained on the synthetic crops alone (reported beside real only).
+    """
     out = []
     real, real_sd = _stats(util["real"])
     out.append(_row("12_subjects/utility/real_only", "balanced_accuracy", real, real_sd, "chance", 1 / CLASSES, None, "(reported)", None, per_seed=util["real"], seeds=seeds, **setting))
+    for name, values in (synthetic_only or {}).items():
+        mean, sd = _stats(values)
+        out.append(_row(f"12_subjects/utility/{name}", "balanced_accuracy_synthetic_only", mean, sd, "real_only", real, mean / real if real else None, "(reported)", None,
+                        worst=min(values), per_seed=values, seeds=seeds, **setting))
     for name, values in util.items():
         if name == "real":
             continue
@@ -454,6 +463,7 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
 
     per: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     util: dict[str, list[float]] = {}
+    synthetic_only: dict[str, list[float]] = {}
     floors: dict[int, dict[str, float]] = {}
     budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
@@ -486,14 +496,15 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                             synthetic = LabeledItems(images, classes, _synthetic_subjects(len(classes)))
                             first = not suffix and len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
                             result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,
-                                                     arms=("real", "real_plus_synthetic") if first else ("real_plus_synthetic",))
+                                                     arms=(("real",) if first else ()) + ("real_plus_synthetic", "synthetic"))
                             if first:
                                 util.setdefault("real", []).append(result["real/balanced_accuracy"])
                             util.setdefault(f"{generator}/{arm}{suffix}", []).append(result["real_plus_synthetic/balanced_accuracy"])
+                            synthetic_only.setdefault(f"{generator}/{arm}{suffix}", []).append(result["synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
     out = rows(per, seeds, setting, floors)
     if util:
-        out += utility_rows(util, seeds, setting)
+        out += utility_rows(util, seeds, setting, synthetic_only)
     if cost:
         out += cost_rows(generators, [arm for arm in arms if arm not in ARM_TRAIN])  # an EMA arm's step is its base arm's (the engine averages after the step)
         for generator in generators:  # and ADA at the p its runs ended with (p starts at 0 and rises only while D overfits)
