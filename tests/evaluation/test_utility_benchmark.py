@@ -1,4 +1,4 @@
-"""The synthesis benchmark's utility case: liver crops that show their class, one held-out set, an honest goal."""
+"""The benchmarks' utility cases (synthesis, small data): liver crops that show their class, one held-out set, an honest goal."""
 
 from __future__ import annotations
 
@@ -12,12 +12,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("synthesis_benchmark", ROOT / "benchmarks" / "synthesis.py")
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _benchmark("synthesis")
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return _benchmark("small_data")
 
 
 def test_liver_crops_are_centred_32x32_and_the_subjects_are_disjoint(bench, tmp_path: Path) -> None:
@@ -64,3 +73,17 @@ def test_utility_goal_needs_the_gain_to_beat_the_larger_spread(bench) -> None:
         assert row["meets_goal"] is met, plus
         assert row["ours"] == pytest.approx(np.mean(plus)) and row["peer_std"] == pytest.approx(0.05)
         assert rows["balanced_accuracy_synthetic"]["meets_goal"] is None
+
+
+def test_utility_rows_report_synthetic_only_beside_real_only_and_judge_only_the_gain(small_data) -> None:
+    util = {"real": [0.50, 0.55, 0.60], "cdcgan/ada": [0.62, 0.58, 0.70]}
+    alone = {"cdcgan/ada": [0.40, 0.45, 0.35], "cdcgan/ada/large_draw": [0.5, 0.5, 0.6]}
+    rows = {(r["case"], r["metric"]): r for r in small_data.utility_rows(util, [0, 1, 2], {}, alone)}
+    synthetic = rows[("12_subjects/utility/cdcgan/ada", "balanced_accuracy_synthetic_only")]
+    assert synthetic["ours"] == pytest.approx(0.40) and synthetic["worst"] == pytest.approx(0.35)
+    assert synthetic["peer_name"] == "real_only" and synthetic["peer"] == pytest.approx(0.55) and synthetic["meets_goal"] is None
+    assert rows[("12_subjects/utility/cdcgan/ada/large_draw", "balanced_accuracy_synthetic_only")]["ours"] == pytest.approx(np.mean([0.5, 0.5, 0.6]))
+    gain = rows[("12_subjects/utility/cdcgan/ada", "balanced_accuracy_real_plus_synthetic")]
+    assert gain["per_seed_gain"] == pytest.approx([0.12, 0.03, 0.10]) and gain["worst_gain"] == pytest.approx(0.03)
+    # without synthetic-only values the rows are those of before
+    assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if r["metric"] == "balanced_accuracy_synthetic_only"]
