@@ -87,3 +87,32 @@ def test_utility_rows_report_synthetic_only_beside_real_only_and_judge_only_the_
     assert gain["per_seed_gain"] == pytest.approx([0.12, 0.03, 0.10]) and gain["worst_gain"] == pytest.approx(0.03)
     # without synthetic-only values the rows are those of before
     assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if r["metric"] == "balanced_accuracy_synthetic_only"]
+
+
+@pytest.fixture(scope="module")
+def validation_rule():
+    return _benchmark("small_data_validation_rule")
+
+
+def test_validation_rules_decide_on_one_half_and_are_scored_on_the_other(validation_rule) -> None:
+    # (half a, half b) balanced accuracies of one seed: real + synthetic beats real on half a only, the crops alone match it on half b only
+    seed = {"real": (0.50, 0.60), "plus": (0.55, 0.58), "alone": (0.40, 0.60)}
+    gains = validation_rule.split_gains([seed])
+    # split 1: validate on a, test on b (gain -0.02); split 2: validate on b, test on a (gain +0.05)
+    assert gains["always"] == pytest.approx([-0.02, 0.05])
+    assert gains["plus"] == pytest.approx([-0.02, 0.0])  # added after a's +0.05, not after b's -0.02
+    assert gains["alone"] == pytest.approx([0.0, 0.05])  # added after b's tie, not after a's 0.40
+    rows = {r["case"]: r for r in validation_rule.rule_rows("g/arm", gains, [0])}
+    assert rows["12_subjects/utility/g/arm/plus"]["losing_splits"] == 1 and rows["12_subjects/utility/g/arm/plus"]["added"] == 1
+    assert rows["12_subjects/utility/g/arm/alone"]["peer"] == pytest.approx(0.015) and rows["12_subjects/utility/g/arm/alone"]["worst"] == 0.0
+
+
+def test_the_held_out_halves_split_every_class_by_subject(validation_rule) -> None:
+    from udl_med.evaluation.utility import LabeledItems
+
+    subjects = np.repeat([f"s{i}" for i in range(12)], 2)
+    labels = np.repeat(np.arange(12) % 3, 2)
+    items = LabeledItems(torch.zeros(24, 1, 4, 4), labels, subjects)
+    a, b = validation_rule.halves(items)
+    assert not set(a.subjects) & set(b.subjects) and len(a.labels) == len(b.labels) == 12
+    assert np.bincount(a.labels).tolist() == np.bincount(b.labels).tolist() == [4, 4, 4]
