@@ -15,6 +15,7 @@ splits. The classifiers are the benchmark's (same budget and seeds), trained onc
 on both halves; on the whole held-out set they reproduce the benchmark's utility rows. It
 reads the models a ``small_data.py`` run left in its ``--workdir`` (``runs/12-<generator>-<arm>-<seed>``)::
 
+    .venv/bin/python benchmarks/small_data_validation_rule.py            # after the default small_data.py run: its work folder, seeds 0-2
     .venv/bin/python benchmarks/small_data_validation_rule.py --workdir W1 W2 --seed-list 0 1 2 ... --arms plain diffaugment ada_ema
 """
 
@@ -99,7 +100,7 @@ def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str],
     for seed in seeds:
         found = [w for w in workdirs if (w / f"runs/12-{generator}-{arms[0]}-{seed}/report.json").exists()]
         if not found:
-            raise SystemExit(f"no run of seed {seed} in {', '.join(map(str, workdirs))}")
+            raise SystemExit(f"no 12-subject {generator}/{arms[0]} run of seed {seed} in {', '.join(map(str, workdirs))}: run benchmarks/small_data.py (--subjects 12) there first")
         real = on_halves(train_classifier(train, CLASSES, budget, seed))
         for arm in arms:
             report = json.loads((found[0] / f"runs/12-{generator}-{arm}-{seed}/report.json").read_text())
@@ -116,8 +117,8 @@ def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, nargs="+", required=True, help="small_data.py work folders holding the 12-subject runs")
-    parser.add_argument("--seed-list", type=int, nargs="+", required=True)
+    parser.add_argument("--workdir", type=Path, nargs="+", default=[Path("benchmarks/out/small_data_work")], help="small_data.py work folders holding the 12-subject runs (default: its default run's)")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=[0, 1, 2], help="default: the default run's seeds")
     parser.add_argument("--generator", default="cdcgan")
     parser.add_argument("--arms", nargs="+", default=["plain", "diffaugment", "ada_ema"])
     parser.add_argument("--out", type=Path, default=None)
