@@ -173,6 +173,18 @@ def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     return fake, np.repeat(np.arange(CLASSES), per)
 
 
+def both_draws(method: Any, n: int, seed: int) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """``(suffix, crops, labels)`` of the scored draw (``n``, as many as the held-out crops) and of the ten-times draw (``/large_draw``, its own noise, not a superset)."""
+    return [("", *draw(method, n, seed)), ("/large_draw", *draw(method, LARGE_DRAW * n, 5000 + seed))]
+
+
+def classifier_budget(steps: int = 300) -> Any:
+    """The utility arm's classifier: every arm, real or synthetic, trains this one."""
+    from udl_med.evaluation.utility import ClassifierBudget
+
+    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3)
+
+
 def _synthetic_subjects(n: int) -> np.ndarray:
     """A subject id per synthetic crop, none shared with a real subject (the utility check refuses held-out ids in training)."""
     return np.asarray([f"syn{i}" for i in range(n)])
@@ -458,14 +470,14 @@ def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[s
 
 def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True, reuse: bool = False) -> list[dict[str, Any]]:
     from udl_med.data.preview import save_grid
-    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, utility_tensors
+    from udl_med.evaluation.utility import LabeledItems, utility_tensors
     from udl_med.metrics.extractors import build_extractor
 
     per: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     util: dict[str, list[float]] = {}
     synthetic_only: dict[str, list[float]] = {}
     floors: dict[int, dict[str, float]] = {}
-    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)
+    budget = classifier_budget(classifier_steps)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
     t0 = time.perf_counter()
     for n in subjects:
@@ -477,8 +489,8 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
             for generator in generators:
                 for arm in arms:
                     method, seconds, report = train_generator(generator, arm, train, held, steps, seed, workdir / f"runs/{n}-{generator}-{arm}-{seed}", reuse)
-                    fake, labels = draw(method, len(held.labels), seed)
-                    large, large_labels = draw(method, LARGE_DRAW * len(held.labels), 5000 + seed)  # its own noise, not a superset of ``fake``
+                    draws = both_draws(method, len(held.labels), seed)
+                    (_, fake, labels), (_, large, _) = draws
                     metrics = score(fake, train, held, extractors, seed, large)
                     metrics["train_seconds"] = seconds
                     if f"train/{keys.ADA_P}" in report:  # ADA's p over the last log window: how much augmentation D ended with
@@ -492,7 +504,7 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                             real_picks = torch.cat([train.images[torch.as_tensor(train.labels == c)][:8] for c in range(CLASSES)])
                             save_grid(real_picks, grids / f"{n}subj_real.png", nrow=8)
                     if utility and n == 12:  # the draw scored above, then the ten-times draw (what a user drawing freely would add)
-                        for suffix, images, classes in (("", fake, labels), ("/large_draw", large, large_labels)):
+                        for suffix, images, classes in draws:
                             synthetic = LabeledItems(images, classes, _synthetic_subjects(len(classes)))
                             first = not suffix and len(util.get("real", [])) <= seeds.index(seed)  # the real arm: once per seed
                             result = utility_tensors(train, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget,

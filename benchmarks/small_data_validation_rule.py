@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from small_data import BENCH, CLASSES, LARGE_DRAW, _synthetic_subjects, draw  # noqa: E402
+from small_data import BENCH, CLASSES, _synthetic_subjects, both_draws, classifier_budget  # noqa: E402
 from small_data_common import small_data_split, subject_classes  # noqa: E402
 
 RULES = ("always", "plus", "alone")
@@ -86,9 +86,9 @@ def rule_rows(name: str, gains: dict[str, list[float]], seeds: list[int]) -> lis
 
 def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str], classifier_steps: int = 300) -> list[dict[str, Any]]:
     from udl_med.engine.model_io import load_model
-    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, _concat, score, train_classifier
+    from udl_med.evaluation.utility import LabeledItems, _concat, score, train_classifier
 
-    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)  # the benchmark's
+    budget = classifier_budget(classifier_steps)
     train, held = small_data_split(workdirs[0] / "crops", 12)
     parts = halves(held)
     scores: dict[str, list[dict[str, tuple[float, float]]]] = {}
@@ -105,8 +105,7 @@ def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str],
         for arm in arms:
             report = json.loads((found[0] / f"runs/12-{generator}-{arm}-{seed}/report.json").read_text())
             method = load_model(report["model_dir"]).method
-            for suffix, n, draw_seed in (("", len(held.labels), seed), ("/large_draw", LARGE_DRAW * len(held.labels), 5000 + seed)):  # the benchmark's two draws
-                images, labels = draw(method, n, draw_seed)
+            for suffix, images, labels in both_draws(method, len(held.labels), seed):
                 synthetic = LabeledItems(images, labels, _synthetic_subjects(len(labels)))
                 plus = on_halves(train_classifier(_concat(train, synthetic), CLASSES, budget, seed))
                 alone = on_halves(train_classifier(synthetic, CLASSES, budget, seed))
