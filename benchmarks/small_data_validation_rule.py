@@ -93,9 +93,8 @@ def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str],
     parts = halves(held)
     scores: dict[str, list[dict[str, tuple[float, float]]]] = {}
 
-    def on_halves(model: Any) -> tuple[float, float]:
-        a, b = (score(model, part)["balanced_accuracy"] for part in parts)
-        return a, b
+    def on_halves(model: Any) -> tuple[float, ...]:
+        return tuple(score(model, part)["balanced_accuracy"] for part in parts)
 
     for seed in seeds:
         found = [w for w in workdirs if (w / f"runs/12-{generator}-{arms[0]}-{seed}/report.json").exists()]
