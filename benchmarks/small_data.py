@@ -30,8 +30,10 @@ Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
 (ADA, sampled from G's EMA, ``train.ema_decay`` 0.99: chosen on tuning seeds 100-102,
 better than ``ada`` there in FID at 6 subjects and utility at 12); ``plain_ema`` beside it
 on request; with
-``--tune`` also ``ada_r1`` (ADA + R1, gamma 1, every 16 steps) and ``diffaugment_sn``
-(DiffAugment + spectral norm of D). Settings are chosen on the tuning seeds
+``--tune`` also ``ada_r1`` (ADA + R1, gamma 1, every 16 steps), ``diffaugment_sn``
+(DiffAugment + spectral norm of D), ``ada_ema_small_d`` (D half as wide) and the leak
+probes (:data:`ARM_LEAK`: G learns transformed copies of the crops, what issue 22
+refuses, to measure what leaking would buy; never a recommended setting). Settings are chosen on the tuning seeds
 (``--tune``, seeds 100+) and reported on fresh seeds (0, 1, 2): mean, standard
 deviation and the worst seed. The step-time cost of augmentation is measured side by
 side in one process on one batch: 3 repeats of 30 interleaved blocks of 10 steps per arm,
@@ -94,9 +96,25 @@ ARMS: dict[str, dict[str, Any]] = {
     "ada_ema": {"d_augment": "ada"},
     "ada_t05_ema": {"d_augment": "ada", "ada_target": 0.5},  # tuning seeds only
     "ada_r1_ema": {"d_augment": "ada", "r1_weight": 1.0},  # tuning seeds only
+    "ada_ema_small_d": {"d_augment": "ada", "d_channels": [8, 16, 32]},  # tuning seeds only: half D's width (less to memorise with)
+    "plain_leak": {},  # tuning seeds only: G learns transformed crops (ARM_LEAK)
+    "ada_ema_leak": {"d_augment": "ada"},  # tuning seeds only: the same with ADA + EMA
+    "ada_ema_leak_p06": {"d_augment": "ada"},  # tuning seeds only: more leaked
+    "ada_ema_leak_geometry": {"d_augment": "ada"},  # tuning seeds only: geometry leaked, intensities (calibrated HU) not
 }
+_LEAKED = ("translation", "scaling", "rotation", "intensity")
+ARM_LEAK: dict[str, tuple[int, float, tuple[str, ...]]] = {
+    "plain_leak": (8, 0.3, _LEAKED), "ada_ema_leak": (8, 0.3, _LEAKED), "ada_ema_leak_p06": (8, 0.6, _LEAKED), "ada_ema_leak_geometry": (8, 0.5, _LEAKED[:3]),
+}
+"""``(copies, p, transforms)``: the probe of whether anything reaches past the training subjects' floor.
+
+The training crops and ``copies - 1`` transformed copies of them (ADA's ``transforms``,
+each at probability ``p``, drawn once) are what G learns from:
+the augmentation of the real items only that issue 22 refuses (``data.augment``), tried
+on the tuning seeds to measure what leaking would buy, never a recommended setting.
+"""
 EMA_DECAY = 0.99  # half-life about 70 steps (1,100 images): ADA's EMA ramp-up rule (half-life 0.05 x images seen, 24k images in 1500 steps at batch 16); 0.999 keeps 22% of the first step's weights after 1500 steps
-ARM_TRAIN: dict[str, dict[str, Any]] = {arm: {"ema_decay": EMA_DECAY} for arm in ("plain_ema", "ada_ema", "ada_t05_ema", "ada_r1_ema")}  # ``train:`` keys of an arm: samples from G's EMA
+ARM_TRAIN: dict[str, dict[str, Any]] = {arm: {"ema_decay": EMA_DECAY} for arm in ("plain_ema", "ada_ema", "ada_t05_ema", "ada_r1_ema", "ada_ema_small_d", "ada_ema_leak", "ada_ema_leak_p06", "ada_ema_leak_geometry")}  # ``train:`` keys of an arm: samples from G's EMA
 DEFAULT_ARMS = ("plain", "diffaugment", "ada", "ada_ema")
 TUNING_SEEDS = 100  # tuning seeds are 100, 101, ...: never reported
 CLASSES = 3
@@ -151,6 +169,8 @@ def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int,
         "train": {"steps": steps, "batch_size": 16, "log_every": 100, "eval_every": steps, "checkpoint_every": steps, "threads": 1, "device": "cpu", **ARM_TRAIN.get(arm, {})},
         "tracking": {"enabled": False}, "output_dir": str(out),
     }
+    if arm in ARM_LEAK:
+        train = leaked(train, *ARM_LEAK[arm], seed=seed)
     saved = out / "report.json"
     if reuse and saved.exists():
         report = json.loads(saved.read_text())
@@ -162,6 +182,19 @@ def train_generator(generator: str, arm: str, train: Any, held: Any, steps: int,
     seconds = time.perf_counter() - start
     saved.write_text(json.dumps({**{k: v for k, v in report.items() if isinstance(v, (str, int, float))}, "train_seconds": seconds}))
     return load_model(report["model_dir"]).method, seconds, report
+
+
+def leaked(train: Any, copies: int, p: float, transforms: tuple[str, ...], seed: int) -> Any:
+    """``train`` and ``copies - 1`` copies through ADA's ``transforms`` at a fixed ``p`` (:data:`ARM_LEAK`)."""
+    from udl_med.evaluation.utility import LabeledItems
+    from udl_med.nets.ada import AdaptiveAugment
+
+    augment = AdaptiveAugment(transforms, p=p, target=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(7000 + seed)
+        with torch.no_grad():
+            images = torch.cat([train.images] + [augment(train.images).clamp(-1.0, 1.0) for _ in range(copies - 1)])
+    return LabeledItems(images, np.tile(train.labels, copies), np.tile(train.subjects, copies))
 
 
 def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -89,6 +89,25 @@ def test_utility_rows_report_synthetic_only_beside_real_only_and_judge_only_the_
     assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if r["metric"] == "balanced_accuracy_synthetic_only"]
 
 
+def test_the_leak_probe_keeps_the_crops_and_adds_transformed_copies_of_them(small_data) -> None:
+    from udl_med.evaluation.utility import LabeledItems
+
+    images = torch.linspace(-1, 1, 4 * 32 * 32).reshape(4, 1, 32, 32).flip(-1)
+    train = LabeledItems(images, np.array([0, 1, 2, 2]), np.array(["a", "b", "c", "c"]))
+    state = torch.random.get_rng_state()
+    leaked = small_data.leaked(train, 3, 0.5, ("translation", "rotation", "intensity"), seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the draws leave the run's generator alone
+    assert leaked.images.shape == (12, 1, 32, 32) and torch.equal(leaked.images[:4], images)
+    assert leaked.labels.tolist() == [0, 1, 2, 2] * 3 and leaked.subjects.tolist() == ["a", "b", "c", "c"] * 3
+    assert not torch.equal(leaked.images[4:8], images) and not torch.equal(leaked.images[4:8], leaked.images[8:])
+    assert float(leaked.images.min()) >= -1.0 and float(leaked.images.max()) <= 1.0
+    assert torch.equal(small_data.leaked(train, 3, 0.5, ("translation", "rotation", "intensity"), seed=0).images, leaked.images)
+    # every probe arm leaks only anatomy-keeping transforms (no flips, noise or cutout) and samples like its base arm
+    for arm, (copies, p, transforms) in small_data.ARM_LEAK.items():
+        assert copies > 1 and 0 < p <= 1 and set(transforms) <= {"translation", "scaling", "rotation", "intensity"}
+        assert arm in small_data.ARMS and (arm in small_data.ARM_TRAIN) == arm.startswith("ada_ema")
+
+
 @pytest.fixture(scope="module")
 def validation_rule():
     return _benchmark("small_data_validation_rule")
