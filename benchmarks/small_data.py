@@ -211,11 +211,11 @@ def both_draws(method: Any, n: int, seed: int) -> list[tuple[str, torch.Tensor, 
     return [("", *draw(method, n, seed)), ("/large_draw", *draw(method, LARGE_DRAW * n, 5000 + seed))]
 
 
-def classifier_budget(steps: int = 300) -> Any:
-    """The utility arm's classifier: every arm, real or synthetic, trains this one."""
+def classifier_budget(steps: int = 300, augment: tuple[str, ...] = ("flip",)) -> Any:
+    """The utility arm's classifier: every arm, real or synthetic, trains this one (``augment``: :attr:`ClassifierBudget.augment`)."""
     from udl_med.evaluation.utility import ClassifierBudget
 
-    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3)
+    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment))
 
 
 def _synthetic_subjects(n: int) -> np.ndarray:
@@ -501,7 +501,8 @@ def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[s
     return out
 
 
-def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True, reuse: bool = False) -> list[dict[str, Any]]:
+def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True, reuse: bool = False,
+        classifier_augment: tuple[str, ...] = ("flip",)) -> list[dict[str, Any]]:
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.utility import LabeledItems, utility_tensors
     from udl_med.metrics.extractors import build_extractor
@@ -510,8 +511,10 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
     util: dict[str, list[float]] = {}
     synthetic_only: dict[str, list[float]] = {}
     floors: dict[int, dict[str, float]] = {}
-    budget = classifier_budget(classifier_steps)
+    budget = classifier_budget(classifier_steps, classifier_augment)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
+    if tuple(classifier_augment) != ("flip",):
+        setting["classifier_augment"] = list(classifier_augment)
     t0 = time.perf_counter()
     for n in subjects:
         train, held = small_data_split(workdir / "crops", n)
@@ -569,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="these seeds instead (one process per seed, then --reuse to score them together)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--classifier-steps", type=int, default=300)
+    parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=keys.CLASSIFIER_AUGMENTS,
+                        help="the utility classifier's augmentation in every arm (flip translation scaling rotation: the peer of an augmented classifier)")
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
     parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
@@ -597,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cost_only:
         out = cost_rows(generators, arms, ada_p=args.ada_p)
     else:
-        out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse)
+        out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse,
+                  classifier_augment=tuple(args.classifier_augment))
     lines = [json.dumps(row) for row in out]
     print("\n".join(lines))
     if args.out is not None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from udl_med import keys
 from udl_med.io_utils import check_writable
 from udl_med.shipped import list_shipped, resolve_shipped
 
@@ -551,6 +552,11 @@ ACTIONS: dict[str, Action] = {
                 Arg("heldout_split", "use only this manifest split of HELDOUT (default: every split)", default=None, cli=False),
                 _SPLIT_FRACTIONS,
                 _SPLIT_SEED,
+                Arg(
+                    "classifier_augment",
+                    "the classifier's augmentation in every arm; flip translation scaling rotation is the peer a user's own augmented classifier sets",
+                    str, ("flip",), nargs="+", choices=keys.CLASSIFIER_AUGMENTS,
+                ),
             ),
             command="augment-eval",
             step=True,

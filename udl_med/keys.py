@@ -55,6 +55,7 @@ FID = "fid"  # Frechet distance of samples to held-out images (train.sample_eval
 KID = "kid"  # kernel inception distance, the same comparison
 MEMORIZATION_RATE = "memorization/rate"  # fraction of synthetic images flagged as copies
 UTILITY_ARMS = ("real", "real_plus_synthetic", "synthetic")  # the downstream-utility training sets (MLflow names: no "+")
+CLASSIFIER_AUGMENTS = ("flip", "translation", "scaling", "rotation")  # the utility classifier's augmentation, applied in every arm
 
 # Log keys of the `gan` method (its d_real / d_fake are D's mean raw scores: logits, or critic values).
 LOSS_G = "loss_g"  # generator loss (adversarial, feature matching or unrolled, plus historical averaging)

@@ -117,3 +117,44 @@ def test_lesion_slices_refuses_a_crop_larger_than_a_slice(phantom_manifest, tmp_
 
     with pytest.raises(InputError, match="crop"):
         utility.lesion_slices(phantom_manifest, tmp_path / "crops", crop=[64, 16])
+
+
+def _batches_seen(monkeypatch: pytest.MonkeyPatch, items: LabeledItems, budget: ClassifierBudget) -> list[torch.Tensor]:
+    """The batches the classifier was trained on (a forward hook on the built network)."""
+    seen: list[torch.Tensor] = []
+    build = utility.build_classifier
+
+    def spy_build(size, num_classes, budget, seed):
+        model = build(size, num_classes, budget, seed)
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()) if module.training else None)
+        return model
+
+    monkeypatch.setattr(utility, "build_classifier", spy_build)
+    utility.train_classifier(items, 2, budget, seed=3)
+    return seen
+
+
+def test_the_classifier_moves_its_inputs_only_when_asked_and_reproducibly(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = _items(6, 2, 0, "r")
+    known = torch.cat([items.images, items.images.flip(-1)]).flatten(1)
+
+    def unmoved(batches: list[torch.Tensor]) -> float:
+        x = torch.cat(batches).flatten(1)
+        return float((x[:, None, :] == known[None]).all(-1).any(-1).double().mean())
+
+    flips = ClassifierBudget((4,), steps=20, batch_size=8, lr=3e-3)
+    moved = ClassifierBudget((4,), steps=20, batch_size=8, lr=3e-3, augment=("flip", "translation", "scaling", "rotation"))
+    assert unmoved(_batches_seen(monkeypatch, items, flips)) == 1.0  # every input is an item or its mirror image
+    state = torch.random.get_rng_state()
+    first = _batches_seen(monkeypatch, items, moved)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the draws leave the caller's generator alone
+    assert 0.0 < unmoved(first) < 0.5  # each transform at p 0.5: (1/2)^3 of the items pass unmoved
+    assert all(torch.equal(a, b) for a, b in zip(first, _batches_seen(monkeypatch, items, moved)))  # the same seed, the same draws
+
+
+def test_the_classifier_augmentation_is_checked_and_a_geometric_one_still_learns() -> None:
+    with pytest.raises(UserError, match="unknown classifier augmentation 'elastic'; valid: flip, translation, scaling, rotation"):
+        ClassifierBudget(augment=("flip", "elastic"))
+    real, heldout = _items(12, 3, 0, "r"), _items(8, 3, 2, "h")
+    budget = ClassifierBudget((4, 8), steps=150, batch_size=16, lr=3e-3, augment=("flip", "translation", "scaling", "rotation"))
+    assert utility.score(utility.train_classifier(real, 2, budget, seed=0), heldout)["balanced_accuracy"] > 0.75
