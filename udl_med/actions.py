@@ -554,8 +554,8 @@ ACTIONS: dict[str, Action] = {
                 _SPLIT_SEED,
                 Arg(
                     "classifier_augment",
-                    "the classifier's augmentation in every arm; flip translation scaling rotation is the peer a user's own augmented classifier sets",
-                    str, ("flip",), nargs="+", choices=keys.CLASSIFIER_AUGMENTS,
+                    "the classifier's augmentation in every arm (default: all, as a user's own classifier; flip alone: the weaker peer of sessions before 20)",
+                    str, keys.CLASSIFIER_AUGMENTS, nargs="+", choices=keys.CLASSIFIER_AUGMENTS,
                 ),
             ),
             command="augment-eval",

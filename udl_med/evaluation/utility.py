@@ -368,7 +368,7 @@ def utility_step(
     heldout_split: str | None = None,
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
     split_seed: int = DEFAULT_SPLIT_SEED,
-    classifier_augment: list[str] | tuple[str, ...] = ("flip",),
+    classifier_augment: list[str] | tuple[str, ...] = keys.CLASSIFIER_AUGMENTS,
 ) -> dict[str, Any]:
     """``udl-med augment-eval REAL SYNTH --heldout HELD`` and the pipeline step ``utility``.
 
@@ -379,7 +379,9 @@ def utility_step(
         heldout: labeled real items of other subjects, the test set of every arm.
         seeds: one run of every arm per seed (classifier init, batches, the few subjects).
         steps, batch_size, lr, channels, classifier_augment: the classifier budget, the
-            same for every arm (``classifier_augment``: :attr:`ClassifierBudget.augment`).
+            same for every arm (``classifier_augment``: :attr:`ClassifierBudget.augment`;
+            by default flips and the geometric transforms, the classifier a user would
+            train anyway, so the gain is what synthetic data adds beyond augmentation).
         ct_window: CT normalisation of the items.
         real_split, heldout_split: use only these manifest splits; a source without a
             split column is split by subject with ``split_fractions`` and ``split_seed``
