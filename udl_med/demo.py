@@ -80,8 +80,8 @@ def demo_steps() -> list[dict[str, Any]]:
         {"name": "fid_dcgan", "run": "fid", "with": {**fid, "fake": "${workdir}/dcgan_samples", "extractor": "random"}},
         # Job 2, class-conditional, as `udl-med pipeline synthesize` does it: a tiny LAPGAN on
         # liver-centred 32x32 crops of the slices that show their lesion class (soft-tissue
-        # window -200..300 HU: where synthetic data helps), a synthetic set per class, and the
-        # check that it holds no copies of training crops.
+        # window -200..300 HU: where synthetic data helps a classifier that does not augment), a
+        # synthetic set per class, and the check that it holds no copies of training crops.
         {"name": "lesion_slices", "run": "lesion_slices", "with": {**crops, "out": "${workdir}/lesion_slices", "split": "train"}},
         {"name": "heldout_slices", "run": "lesion_slices", "with": {**crops, "out": "${workdir}/heldout_slices", "split": "test"}},
         _train("lapgan", "lapgan-tiny.yaml", 200, ["data.source=${steps.lesion_slices.manifest}", "data.eval_split=null", "data.ct_window=[-200, 300]"]),
