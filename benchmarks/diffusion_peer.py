@@ -278,7 +278,8 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
         cell = per.setdefault(str(n_subjects), {})
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             start = time.perf_counter()
-            utility = {"budget": ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3)} if n_subjects in args.utility_subjects else None
+            classifier = ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3, augment=tuple(args.classifier_augment))
+            utility = {"budget": classifier} if n_subjects in args.utility_subjects else None
 
             def record(name: str, values: dict[str, float]) -> None:
                 for k, v in values.items():
@@ -392,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ddim-steps", type=int, default=DIFFUSION.ddim_steps)
     parser.add_argument("--per-class", type=int, default=120, help="samples per class and generator")
     parser.add_argument("--classifier-steps", type=int, default=200)
+    parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=("flip", "translation", "scaling", "rotation"),
+                        help="the utility classifier's augmentation in every arm (flip: the rows on file; flip translation scaling rotation: the stronger peer)")
     parser.add_argument("--utility-subjects", type=int, nargs="*", default=[12], help="subject counts with the utility arm")
     parser.add_argument("--out", default=None, help="also write the rows to this JSON-lines file")
     parser.add_argument("--grids", default=None, help="sample grids (first seed) per generator and subject count")
@@ -400,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-from", default=None, help="print the rows of a --raw file (complete cells only) and exit")
     args = parser.parse_args(argv)
     setting = {"gan_steps": args.gan_steps, "gan_set": args.gan_set, "budget_s": args.budget_s, "budget_multiplier": args.budget_multiplier, "ddim_steps": args.ddim_steps, "per_class": args.per_class}
+    if tuple(args.classifier_augment) != ("flip",):
+        setting["classifier_augment"] = list(args.classifier_augment)
     if args.rows_from:
         per, seeds = read_raw(Path(args.rows_from))
         print("\n".join(json.dumps(r) for r in rows(per, seeds, setting)))

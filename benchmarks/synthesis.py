@@ -277,14 +277,16 @@ def utility_case(
     generators: list[str] | None = None,
     n_phantoms: int = 24,
     first_seed: int = 0,
+    classifier_augment: tuple[str, ...] = ("flip",),
 ) -> list[dict[str, Any]]:
     """Downstream utility where the lesion is visible: liver-centred 32 x 32 crops, a generator per seed.
 
     Per seed, every conditional generator (the same steps and batch 16) trains on the
     crops of the 24 training phantoms (all their labels: the few labeled real scans),
     draws ``per_class`` crops per class, and :func:`utility_tensors` trains the same MONAI
-    classifier (one budget: ``classifier_steps`` steps, batch 32, lr 2e-3, flips, class-
-    balanced batches) on real, real + synthetic and synthetic crops, each scored on the
+    classifier (one budget: ``classifier_steps`` steps, batch 32, lr 2e-3, class-balanced
+    batches, ``classifier_augment``: flips, the rows on file; or also shifts, scalings
+    and rotations, the stronger peer) on real, real + synthetic and synthetic crops, each scored on the
     crops of the 24 held-out phantoms. The real arm depends only on the seed, so it is
     trained once per seed and shared by the generators; as a fairness check it is also
     trained with 3x the classifier steps (reported: real only is not held back by the
@@ -306,8 +308,8 @@ def utility_case(
     t0 = time.perf_counter()
     real, held = liver_crops(workdir, n_phantoms)
     names = generators or list(UTILITY_DEFAULT)
-    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3)
-    longer = ClassifierBudget((8, 16, 32), steps=3 * classifier_steps, batch_size=32, lr=2e-3)
+    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3, augment=tuple(classifier_augment))
+    longer = ClassifierBudget((8, 16, 32), steps=3 * classifier_steps, batch_size=32, lr=2e-3, augment=tuple(classifier_augment))
     extractor = build_extractor("random", 2)
     per: dict[str, dict[str, list[float]]] = {}
     logging.info("utility crops: %d training, %d held-out (%.0f s)", len(real.labels), len(held.labels), time.perf_counter() - t0)
@@ -348,7 +350,10 @@ def utility_case(
                 "utility seed %d %s: real %.3f, %s (%.0f s)", seed, name, per["real"]["balanced_accuracy"][i], {k: round(v[-1], 4) for k, v in rec.items()}, time.perf_counter() - start
             )
     logging.info("utility case total %.0f s", time.perf_counter() - t0)
-    return utility_rows(per, seeds, steps, per_class, classifier_steps, first_seed)
+    rows = utility_rows(per, seeds, steps, per_class, classifier_steps, first_seed)
+    if tuple(classifier_augment) != ("flip",):
+        rows = [{**row, "classifier_augment": list(classifier_augment)} for row in rows]
+    return rows
 
 
 def utility_rows(
@@ -491,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utility-classifier-steps", type=int, default=200, help="classifier steps of every utility arm")
     parser.add_argument("--utility-generators", nargs="+", default=None, choices=sorted(UTILITY_GENERATORS), help=f"default: {' '.join(UTILITY_DEFAULT)}")
     parser.add_argument("--utility-first-seed", type=int, default=0, help="utility seeds start here (a confirmation run on new seeds)")
+    parser.add_argument("--utility-classifier-augment", nargs="+", default=["flip"], choices=("flip", "translation", "scaling", "rotation"),
+                        help="the utility classifier's augmentation in every arm (flip: the rows on file; flip translation scaling rotation: the stronger peer)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("udl_med.engine", "udl_med.data", "udl_med.evaluation.utility", "udl_med.inference", "udl_med.metrics"):
@@ -502,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
 
         def utility() -> list[dict[str, Any]]:
-            return utility_case(args.seeds, args.utility_steps, args.utility_per_class, args.utility_classifier_steps, Path(tmp), grids, args.utility_generators, first_seed=args.utility_first_seed)
+            return utility_case(args.seeds, args.utility_steps, args.utility_per_class, args.utility_classifier_steps, Path(tmp), grids, args.utility_generators, first_seed=args.utility_first_seed,
+                                classifier_augment=tuple(args.utility_classifier_augment))
 
         if args.only_utility:
             result = utility()
