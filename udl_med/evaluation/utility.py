@@ -2,7 +2,9 @@
 
 Three arms train the SAME MONAI classifier (:class:`monai.networks.nets.Classifier`,
 same width, same initialisation for a seed, same optimiser, same number of steps, same
-batch size, class-balanced batches) on
+batch size, class-balanced batches, the same augmentation: :attr:`ClassifierBudget.augment`,
+for ``augment-eval`` and the pipeline step flips, shifts, scalings and rotations, so a gain
+is what synthetic data adds beyond the augmentation a classifier does anyway) on
 
 - ``real``: the items of a few labeled real subjects (``per_class_subjects`` per class,
   drawn per seed);
