@@ -75,6 +75,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from udl_med import keys
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_data_common import training_subjects  # noqa: E402  (issue 22's one rule for the nested, class-balanced subjects)
 from synthesis import UTILITY_GENERATORS, liver_crops  # noqa: E402  (the synthesis benchmark's crops and generators)
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ddim-steps", type=int, default=DIFFUSION.ddim_steps)
     parser.add_argument("--per-class", type=int, default=120, help="samples per class and generator")
     parser.add_argument("--classifier-steps", type=int, default=200)
-    parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=("flip", "translation", "scaling", "rotation"),
+    parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=keys.CLASSIFIER_AUGMENTS,
                         help="the utility classifier's augmentation in every arm (flip: the rows on file; flip translation scaling rotation: the stronger peer)")
     parser.add_argument("--utility-subjects", type=int, nargs="*", default=[12], help="subject counts with the utility arm")
     parser.add_argument("--out", default=None, help="also write the rows to this JSON-lines file")

@@ -60,6 +60,8 @@ from typing import Any
 
 import torch
 
+from udl_med import keys
+
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = (-250.0, 250.0)
 BENCH = "synthesis"
@@ -496,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utility-classifier-steps", type=int, default=200, help="classifier steps of every utility arm")
     parser.add_argument("--utility-generators", nargs="+", default=None, choices=sorted(UTILITY_GENERATORS), help=f"default: {' '.join(UTILITY_DEFAULT)}")
     parser.add_argument("--utility-first-seed", type=int, default=0, help="utility seeds start here (a confirmation run on new seeds)")
-    parser.add_argument("--utility-classifier-augment", nargs="+", default=["flip"], choices=("flip", "translation", "scaling", "rotation"),
+    parser.add_argument("--utility-classifier-augment", nargs="+", default=["flip"], choices=keys.CLASSIFIER_AUGMENTS,
                         help="the utility classifier's augmentation in every arm (flip: the rows on file; flip translation scaling rotation: the stronger peer)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
