@@ -214,11 +214,11 @@ def both_draws(method: Any, n: int, seed: int) -> list[tuple[str, torch.Tensor, 
     return [("", *draw(method, n, seed)), ("/large_draw", *draw(method, LARGE_DRAW * n, 5000 + seed))]
 
 
-def classifier_budget(steps: int = 300, augment: tuple[str, ...] = ("flip",)) -> Any:
-    """The utility arm's classifier: every arm, real or synthetic, trains this one (``augment``: :attr:`ClassifierBudget.augment`)."""
+def classifier_budget(steps: int = 300, augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None) -> Any:
+    """The utility arm's classifier: every arm, real or synthetic, trains this one (``augment``, ``synthetic_share``: :class:`ClassifierBudget`'s)."""
     from udl_med.evaluation.utility import ClassifierBudget
 
-    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment))
+    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment), synthetic_share=synthetic_share)
 
 
 def _synthetic_subjects(n: int) -> np.ndarray:
@@ -226,6 +226,7 @@ def _synthetic_subjects(n: int) -> np.ndarray:
     return np.asarray([f"syn{i}" for i in range(n)])
 
 
+HEADROOM_SUBJECTS = 24  # ``--headroom``: the 12 training subjects and 12 more (nested), the real data a perfect generator of new subjects would stand in for
 SUBSETS = 5  # random subsets of the generated crops, of the training set's size, for the FID beside the floor
 LARGE_DRAW = 10  # ``fid_<extractor>_large``: FID of this many times the held-out count of generated crops (a draw of 122 moves FID by up to 0.16 for one generator)
 
@@ -478,14 +479,23 @@ def rows(per: dict[tuple[int, str, str], dict[str, list[float]]], seeds: list[in
     return out
 
 
-def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[str, Any], synthetic_only: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+def utility_rows(
+    util: dict[str, list[float]], seeds: list[int], setting: dict[str, Any], synthetic_only: dict[str, list[float]] | None = None, headroom: list[float] | None = None
+) -> list[dict[str, Any]]:
     """Real + synthetic against real only at 12 subjects, per generator and arm; the goal: a gain larger than the seed spread.
 
     ``synthetic_only``: per generator and arm, the classifier trained on the synthetic crops alone (reported beside real only).
+    ``headroom``: the classifier trained on the crops of :data:`HEADROOM_SUBJECTS` real training subjects (reported beside real only).
     """
     out = []
     real, real_sd = _stats(util["real"])
     out.append(_row("12_subjects/utility/real_only", "balanced_accuracy", real, real_sd, "chance", 1 / CLASSES, None, "(reported)", None, per_seed=util["real"], seeds=seeds, **setting))
+    if headroom:
+        mean, sd = _stats(headroom)
+        gains = [v - r for v, r in zip(headroom, util["real"])]
+        out.append(_row(f"12_subjects/utility/real_{HEADROOM_SUBJECTS}_subjects", "balanced_accuracy", mean, sd, "real_only", real, mean / real if real else None,
+                        "(reported: what new real subjects add, the most a generator could)", None, gain=_stats(gains)[0], gain_std=_stats(gains)[1], worst_gain=min(gains),
+                        per_seed_gain=gains, worst=min(headroom), per_seed=headroom, seeds=seeds, **setting))
     for name, values in (synthetic_only or {}).items():
         mean, sd = _stats(values)
         out.append(_row(f"12_subjects/utility/{name}", "balanced_accuracy_synthetic_only", mean, sd, "real_only", real, mean / real if real else None, "(reported)", None,
@@ -505,7 +515,7 @@ def utility_rows(util: dict[str, list[float]], seeds: list[int], setting: dict[s
 
 
 def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list[int], steps: int, workdir: Path, grids: Path | None, utility: bool, classifier_steps: int, cost: bool = True, reuse: bool = False,
-        classifier_augment: tuple[str, ...] = ("flip",)) -> list[dict[str, Any]]:
+        classifier_augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None, headroom: bool = False) -> list[dict[str, Any]]:
     from udl_med.data.preview import save_grid
     from udl_med.evaluation.utility import LabeledItems, utility_tensors
     from udl_med.metrics.extractors import build_extractor
@@ -513,11 +523,14 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
     per: dict[tuple[int, str, str], dict[str, list[float]]] = {}
     util: dict[str, list[float]] = {}
     synthetic_only: dict[str, list[float]] = {}
+    more_subjects: list[float] = []
     floors: dict[int, dict[str, float]] = {}
-    budget = classifier_budget(classifier_steps, classifier_augment)
+    budget = classifier_budget(classifier_steps, classifier_augment, synthetic_share)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
     if tuple(classifier_augment) != ("flip",):
         setting["classifier_augment"] = list(classifier_augment)
+    if synthetic_share is not None:
+        setting["synthetic_share"] = synthetic_share
     t0 = time.perf_counter()
     for n in subjects:
         train, held = small_data_split(workdir / "crops", n)
@@ -550,12 +563,15 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                                                      arms=(("real",) if first else ()) + ("real_plus_synthetic", "synthetic"))
                             if first:
                                 util.setdefault("real", []).append(result["real/balanced_accuracy"])
+                            if first and headroom:
+                                more = small_data_split(workdir / "crops", HEADROOM_SUBJECTS)[0]
+                                more_subjects.append(utility_tensors(more, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real",))["real/balanced_accuracy"])
                             util.setdefault(f"{generator}/{arm}{suffix}", []).append(result["real_plus_synthetic/balanced_accuracy"])
                             synthetic_only.setdefault(f"{generator}/{arm}{suffix}", []).append(result["synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
     out = rows(per, seeds, setting, floors)
     if util:
-        out += utility_rows(util, seeds, setting, synthetic_only)
+        out += utility_rows(util, seeds, setting, synthetic_only, more_subjects)
     if cost:
         out += cost_rows(generators, [arm for arm in arms if arm not in ARM_TRAIN])  # an EMA arm's step is its base arm's (the engine averages after the step)
         for generator in generators:  # and ADA at the p its runs ended with (p starts at 0 and rises only while D overfits)
@@ -577,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=keys.CLASSIFIER_AUGMENTS,
                         help="the utility classifier's augmentation in every arm (flip translation scaling rotation: the peer of an augmented classifier)")
+    parser.add_argument("--synthetic-share", type=float, default=None, help="the share of every real + synthetic batch drawn from the synthetic crops (default: pooled, the rows on file)")
+    parser.add_argument("--headroom", action="store_true", help=f"at 12 subjects also the classifier trained on {HEADROOM_SUBJECTS} real subjects: the gain new subjects bring, the most a generator could")
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
     parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
@@ -606,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         out = cost_rows(generators, arms, ada_p=args.ada_p)
     else:
         out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse,
-                  classifier_augment=tuple(args.classifier_augment))
+                  classifier_augment=tuple(args.classifier_augment), synthetic_share=args.synthetic_share, headroom=args.headroom)
     lines = [json.dumps(row) for row in out]
     print("\n".join(lines))
     if args.out is not None:

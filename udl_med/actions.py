@@ -557,6 +557,7 @@ ACTIONS: dict[str, Action] = {
                     "the classifier's augmentation in every arm (default: all, as a user's own classifier; flip alone: the weaker peer of sessions before 20)",
                     str, keys.CLASSIFIER_AUGMENTS, nargs="+", choices=keys.CLASSIFIER_AUGMENTS,
                 ),
+                Arg("synthetic_share", "share of every real+synthetic batch drawn from the synthetic items, 0 < S < 1 (default: pooled)", float, None),
             ),
             command="augment-eval",
             step=True,

@@ -41,9 +41,9 @@ def test_arms_share_the_heldout_subjects_and_the_budget(monkeypatch: pytest.Monk
         seen.append(tuple(items.subjects.tolist()))
         return real_score(model, items)
 
-    def spy_train(items, num_classes, budget, seed, augment=True):
+    def spy_train(items, num_classes, budget, seed, augment=True, synthetic=None):
         budgets.append(budget.steps)
-        return real_train(items, num_classes, budget, seed, augment)
+        return real_train(items, num_classes, budget, seed, augment, synthetic)
 
     monkeypatch.setattr(utility, "score", spy_score)
     monkeypatch.setattr(utility, "train_classifier", spy_train)
@@ -158,3 +158,35 @@ def test_the_classifier_augmentation_is_checked_and_a_geometric_one_still_learns
     real, heldout = _items(12, 3, 0, "r"), _items(8, 3, 2, "h")
     budget = ClassifierBudget((4, 8), steps=150, batch_size=16, lr=3e-3, augment=("flip", "translation", "scaling", "rotation"))
     assert utility.score(utility.train_classifier(real, 2, budget, seed=0), heldout)["balanced_accuracy"] > 0.75
+
+
+def test_a_synthetic_share_draws_that_share_from_the_synthetic_items_classes_balanced_within_each() -> None:
+    labels = np.r_[np.repeat([0, 1], [3, 9]), np.repeat([0, 1], [60, 20])]  # 12 real items, 80 synthetic ones
+    synthetic = np.arange(len(labels)) >= 12
+    pooled = utility.sampling_weights(labels, 2)
+    assert torch.allclose(pooled, torch.as_tensor(1.0 / np.bincount(labels)[labels], dtype=torch.double))  # unset: the weights of before
+    for share in (0.25, 0.5):
+        p = utility.sampling_weights(labels, 2, synthetic, share).numpy()
+        p = p / p.sum()
+        assert p[synthetic].sum() == pytest.approx(share)
+        for source in (synthetic, ~synthetic):
+            assert p[source & (labels == 0)].sum() == pytest.approx(p[source & (labels == 1)].sum())
+    with pytest.raises(UserError, match="synthetic_share must lie strictly between 0 and 1"):
+        ClassifierBudget(synthetic_share=1.0)
+
+
+def test_only_the_mixed_arm_is_drawn_with_the_synthetic_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, synthetic, heldout = _items(6, 2, 0, "r"), _items(20, 2, 1, "s"), _items(4, 2, 2, "h")
+    masks: list[np.ndarray | None] = []
+    weights = utility.sampling_weights
+
+    def spy(labels, num_classes, mask=None, share=None):
+        masks.append(None if mask is None else mask.copy())
+        assert share == 0.3
+        return weights(labels, num_classes, mask, share)
+
+    monkeypatch.setattr(utility, "sampling_weights", spy)
+    utility_tensors(real, synthetic, heldout, seeds=(0,), per_class_subjects=None, budget=ClassifierBudget((4,), steps=2, batch_size=8, synthetic_share=0.3))
+    mixed = [m for m in masks if m is not None]
+    assert len(masks) == 3 and len(mixed) == 1  # real, real + synthetic, synthetic: only the mixture has a mask
+    assert mixed[0].sum() == len(synthetic.labels) and not mixed[0][: len(real.labels)].any()

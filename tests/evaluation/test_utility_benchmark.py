@@ -89,6 +89,15 @@ def test_utility_rows_report_synthetic_only_beside_real_only_and_judge_only_the_
     assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if r["metric"] == "balanced_accuracy_synthetic_only"]
 
 
+def test_the_headroom_row_is_what_more_real_subjects_add_beside_real_only(small_data) -> None:
+    util = {"real": [0.50, 0.55, 0.60], "cdcgan/ada": [0.62, 0.58, 0.70]}
+    rows = {r["case"]: r for r in small_data.utility_rows(util, [0, 1, 2], {}, headroom=[0.70, 0.60, 0.65])}
+    more = rows[f"12_subjects/utility/real_{small_data.HEADROOM_SUBJECTS}_subjects"]
+    assert more["metric"] == "balanced_accuracy" and more["peer_name"] == "real_only" and more["meets_goal"] is None
+    assert more["per_seed_gain"] == pytest.approx([0.20, 0.05, 0.05]) and more["worst_gain"] == pytest.approx(0.05) and more["gain"] == pytest.approx(0.10)
+    assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if "real_24" in r["case"]]  # asked for only
+
+
 def test_the_leak_probe_keeps_the_crops_and_adds_transformed_copies_of_them(small_data) -> None:
     from udl_med.evaluation.utility import LabeledItems
 

@@ -222,6 +222,11 @@ class ClassifierBudget:
     :data:`GEOMETRY_P`). A classifier trained on a few real crops with geometric
     augmentation is the peer synthetic data has to beat: on the small-data benchmark it
     lifts real-only balanced accuracy from about 0.5 to about 0.8 (README: small data).
+
+    ``synthetic_share``: where an arm mixes real and synthetic items, that share of the
+    draws comes from the synthetic ones (:func:`sampling_weights`), however many crops
+    were drawn; unset, the items are pooled and the more numerous source fills most of
+    every batch.
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -230,11 +235,14 @@ class ClassifierBudget:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: tuple[str, ...] = ("flip",)
+    synthetic_share: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.augment if a not in keys.CLASSIFIER_AUGMENTS]
         if unknown:
             raise UserError(f"unknown classifier augmentation {unknown[0]!r}; valid: {', '.join(keys.CLASSIFIER_AUGMENTS)}")
+        if self.synthetic_share is not None and not 0.0 < self.synthetic_share < 1.0:
+            raise UserError(f"synthetic_share must lie strictly between 0 and 1 (or be unset: real and synthetic items pooled), got {self.synthetic_share}")
 
 
 GEOMETRY_P = 0.5  # each geometric transform of the classifier's augmentation is applied with this probability
@@ -248,14 +256,37 @@ def build_classifier(size: tuple[int, ...], num_classes: int, budget: Classifier
     return Classifier(in_shape=(1, *size), classes=num_classes, channels=budget.channels, strides=(2,) * len(budget.channels), num_res_units=1)
 
 
-def train_classifier(items: LabeledItems, num_classes: int, budget: ClassifierBudget, seed: int, augment: bool = True) -> nn.Module:
-    """Train :func:`build_classifier` on ``items`` with class-balanced batches, augmented as ``budget.augment`` says (``augment=False``: not at all)."""
+def sampling_weights(labels: np.ndarray, num_classes: int, synthetic: np.ndarray | None = None, synthetic_share: float | None = None) -> Tensor:
+    """Per-item draw weights: every class equally often.
+
+    With ``synthetic_share`` and the mask ``synthetic`` of the synthetic items, that share
+    of the draws comes from them and the rest from the real ones, classes balanced within
+    each: the real items keep their weight whatever the size of the synthetic draw.
+    """
+    if synthetic_share is None or synthetic is None:
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        return torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    weights = np.zeros(len(labels))
+    for members, share in ((~synthetic, 1.0 - synthetic_share), (synthetic, synthetic_share)):
+        counts = np.bincount(labels[members], minlength=num_classes).astype(np.float64)
+        weights[members] = share / (counts[labels[members]] * np.count_nonzero(counts))
+    return torch.as_tensor(weights, dtype=torch.double)
+
+
+def train_classifier(
+    items: LabeledItems, num_classes: int, budget: ClassifierBudget, seed: int, augment: bool = True, synthetic: np.ndarray | None = None
+) -> nn.Module:
+    """Train :func:`build_classifier` on ``items`` with class-balanced batches, augmented as ``budget.augment`` says (``augment=False``: not at all).
+
+    ``synthetic``: the mask of the synthetic items, drawn with ``budget.synthetic_share``
+    (:func:`sampling_weights`).
+    """
     with torch.random.fork_rng():  # the geometric draws come from the global generator: seeded here, the caller's left alone
         torch.manual_seed(seed)
-        return _train_classifier(items, num_classes, budget, seed, augment)
+        return _train_classifier(items, num_classes, budget, seed, augment, synthetic)
 
 
-def _train_classifier(items: LabeledItems, num_classes: int, budget: ClassifierBudget, seed: int, augment: bool) -> nn.Module:
+def _train_classifier(items: LabeledItems, num_classes: int, budget: ClassifierBudget, seed: int, augment: bool, synthetic: np.ndarray | None) -> nn.Module:
     from udl_med.nets.ada import AdaptiveAugment  # lazy: only a geometric augmentation needs ADA's pipeline
 
     geometry = [a for a in budget.augment if a != "flip"] if augment else []
@@ -263,8 +294,7 @@ def _train_classifier(items: LabeledItems, num_classes: int, budget: ClassifierB
     flips = augment and "flip" in budget.augment
     model = build_classifier(tuple(items.images.shape[2:]), num_classes, budget, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
-    counts = np.bincount(items.labels, minlength=num_classes).astype(np.float64)
-    weights = torch.as_tensor(1.0 / counts[items.labels], dtype=torch.double)
+    weights = sampling_weights(items.labels, num_classes, synthetic, budget.synthetic_share)
     generator = torch.Generator().manual_seed(seed)
     y_all = torch.as_tensor(items.labels)
     model.train()
@@ -329,8 +359,9 @@ def utility_tensors(
         few = real.subset(few_subjects(real, per_class_subjects, seed)) if per_class_subjects else real
         n_real.append(len(few.labels))
         train_sets = {"real": few, "real_plus_synthetic": _concat(few, synthetic), "synthetic": synthetic}
+        is_synthetic = np.arange(len(few.labels) + len(synthetic.labels)) >= len(few.labels)
         for arm in arms:
-            model = train_classifier(train_sets[arm], num_classes, budget, seed)
+            model = train_classifier(train_sets[arm], num_classes, budget, seed, synthetic=is_synthetic if arm == "real_plus_synthetic" else None)
             per_seed[arm].append({**score(model, heldout), "seed": seed})
             log.info("utility seed %d arm %s: %s", seed, arm, per_seed[arm][-1])
     result: dict[str, Any] = {}
@@ -371,6 +402,7 @@ def utility_step(
     split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
     split_seed: int = DEFAULT_SPLIT_SEED,
     classifier_augment: list[str] | tuple[str, ...] = keys.CLASSIFIER_AUGMENTS,
+    synthetic_share: float | None = None,
 ) -> dict[str, Any]:
     """``udl-med augment-eval REAL SYNTH --heldout HELD`` and the pipeline step ``utility``.
 
@@ -384,6 +416,8 @@ def utility_step(
             same for every arm (``classifier_augment``: :attr:`ClassifierBudget.augment`;
             by default flips and the geometric transforms, the classifier a user would
             train anyway, so the gain is what synthetic data adds beyond augmentation).
+        synthetic_share: :attr:`ClassifierBudget.synthetic_share` of the real + synthetic
+            arm (None: real and synthetic items pooled).
         ct_window: CT normalisation of the items.
         real_split, heldout_split: use only these manifest splits; a source without a
             split column is split by subject with ``split_fractions`` and ``split_seed``
@@ -398,7 +432,7 @@ def utility_step(
         labeled_items(heldout, window, size, split=heldout_split, split_fractions=split_fractions, split_seed=split_seed),
         tuple(int(s) for s in seeds),
         per_class_subjects,
-        ClassifierBudget(tuple(int(c) for c in channels), int(steps), int(batch_size), float(lr), augment=tuple(classifier_augment)),
+        ClassifierBudget(tuple(int(c) for c in channels), int(steps), int(batch_size), float(lr), augment=tuple(classifier_augment), synthetic_share=synthetic_share),
     )
     for arm in keys.UTILITY_ARMS:
         log.info(
