@@ -95,13 +95,15 @@ def test_the_command_line_calls_the_library_with_the_tables_names(monkeypatch: p
     assert main(["phantoms", str(tmp_path), "--format", "dicom", "--shape", "8", "8", "4"]) == 0
     assert calls[-1] == {"out": str(tmp_path), "n": 8, "shape": (8, 8, 4), "seed": 0, "fmt": "dicom"}
     assert main(["augment-eval", "r.csv", "s.csv", "--heldout", "h.csv", "--per-class-subjects", "0", "--seeds", "4"]) == 0
-    assert calls[-1] == {"real": "r.csv", "synthetic": "s.csv", "heldout": "h.csv", "seeds": [4], "per_class_subjects": None, "steps": 300, "lr": 1e-3, "ct_window": [-250.0, 250.0], "classifier_augment": ["flip", "translation", "scaling", "rotation"]}
+    assert calls[-1] == {"real": "r.csv", "synthetic": "s.csv", "heldout": "h.csv", "seeds": [4], "per_class_subjects": None, "steps": 300, "lr": 1e-3, "ct_window": [-250.0, 250.0], "classifier_augment": ["flip", "translation", "scaling", "rotation"], "synthetic_share": None}
     # liver-centred crops (the synthesize pipeline's items): their window and the benchmark's learning rate
     assert main(["augment-eval", "r.csv", "s.csv", "--heldout", "h.csv", "--ct-window", "-200", "300", "--lr", "0.002"]) == 0
     assert calls[-1]["ct_window"] == [-200.0, 300.0] and calls[-1]["lr"] == 0.002
     # the weaker peer of before: flips only
     assert main(["augment-eval", "r.csv", "s.csv", "--heldout", "h.csv", "--classifier-augment", "flip"]) == 0
     assert calls[-1]["classifier_augment"] == ["flip"]
+    assert main(["augment-eval", "r.csv", "s.csv", "--heldout", "h.csv", "--synthetic-share", "0.5"]) == 0
+    assert calls[-1]["synthetic_share"] == 0.5
 
 
 def test_the_input_arguments_of_the_step_kinds() -> None:
