@@ -26,7 +26,10 @@ held-out crops (classes in turn), and is scored:
   how much of the classes the crops carry, whatever they add to the real ones). The
   classifier augments with flips (``--classifier-augment flip``, the rows on file); with
   ``--classifier-augment flip translation scaling rotation`` it also shifts, scales and
-  rotates, the stronger peer (session 20: real only 0.85 against 0.50 at 12 subjects).
+  rotates, the stronger peer (session 20: real only 0.85 against 0.50 at 12 subjects);
+  ``--synthetic-share S`` draws that share of every real + synthetic batch from the
+  synthetic crops (default: pooled); ``--headroom`` adds the classifier on 24 real subjects
+  and on the 12 plus the crops of the generator trained on all 24 (:data:`HEADROOM_SUBJECTS`).
 
 Arms (``model:`` keys added to the generator's): ``plain``; ``diffaugment``
 (translation, cutout, intensity); ``ada`` (the safe pipeline, target 0.6); ``ada_ema``
@@ -226,7 +229,14 @@ def _synthetic_subjects(n: int) -> np.ndarray:
     return np.asarray([f"syn{i}" for i in range(n)])
 
 
-HEADROOM_SUBJECTS = 24  # ``--headroom``: the 12 training subjects and 12 more (nested), the real data a perfect generator of new subjects would stand in for
+HEADROOM_SUBJECTS = 24
+"""``--headroom``: the 12 training subjects and 12 more (nested), the real data a perfect generator of new subjects would stand in for.
+
+At 12 subjects the classifier trains on their crops (``real_24_subjects``), and on the 12
+subjects' crops plus those of the same generator trained on all 24
+(``<generator>/<arm>/trained_on_24_subjects``): whether the generator's crops carry what
+new subjects add, when it has seen them.
+"""
 SUBSETS = 5  # random subsets of the generated crops, of the training set's size, for the FID beside the floor
 LARGE_DRAW = 10  # ``fid_<extractor>_large``: FID of this many times the held-out count of generated crops (a draw of 122 moves FID by up to 0.16 for one generator)
 
@@ -493,8 +503,9 @@ def utility_rows(
     if headroom:
         mean, sd = _stats(headroom)
         gains = [v - r for v, r in zip(headroom, util["real"])]
+        gain, gain_sd = _stats(gains)
         out.append(_row(f"12_subjects/utility/real_{HEADROOM_SUBJECTS}_subjects", "balanced_accuracy", mean, sd, "real_only", real, mean / real if real else None,
-                        "(reported: what new real subjects add, the most a generator could)", None, gain=_stats(gains)[0], gain_std=_stats(gains)[1], worst_gain=min(gains),
+                        "(reported: what new real subjects add, the most a generator could)", None, gain=gain, gain_std=gain_sd, worst_gain=min(gains),
                         per_seed_gain=gains, worst=min(headroom), per_seed=headroom, seeds=seeds, **setting))
     for name, values in (synthetic_only or {}).items():
         mean, sd = _stats(values)
@@ -537,6 +548,7 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
         extractors = {"random": build_extractor("random", 2), "encoder": encoder_extractor(train, workdir / f"ae-{n}", steps=300)}
         floors[n] = floor_fids(train, held, extractors)
         logging.info("%d subjects: %d training crops, %d held-out, floor %s (%.0f s)", n, len(train.labels), len(held.labels), floors[n], time.perf_counter() - t0)
+        more = small_data_split(workdir / "crops", HEADROOM_SUBJECTS)[0] if headroom and utility and n == 12 else None
         for seed in seeds:
             for generator in generators:
                 for arm in arms:
@@ -563,11 +575,17 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
                                                      arms=(("real",) if first else ()) + ("real_plus_synthetic", "synthetic"))
                             if first:
                                 util.setdefault("real", []).append(result["real/balanced_accuracy"])
-                            if first and headroom:
-                                more = small_data_split(workdir / "crops", HEADROOM_SUBJECTS)[0]
+                            if first and more is not None:
                                 more_subjects.append(utility_tensors(more, synthetic, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real",))["real/balanced_accuracy"])
                             util.setdefault(f"{generator}/{arm}{suffix}", []).append(result["real_plus_synthetic/balanced_accuracy"])
                             synthetic_only.setdefault(f"{generator}/{arm}{suffix}", []).append(result["synthetic/balanced_accuracy"])
+                        if more is not None:  # the same generator trained on the new subjects too: do its crops carry what they add?
+                            wider, _, _ = train_generator(generator, arm, more, held, steps, seed, workdir / f"runs/{HEADROOM_SUBJECTS}-{generator}-{arm}-{seed}", reuse)
+                            images, classes = draw(wider, len(held.labels), seed)
+                            result = utility_tensors(train, LabeledItems(images, classes, _synthetic_subjects(len(classes))), held, seeds=(seed,), per_class_subjects=None, budget=budget,
+                                                     arms=("real_plus_synthetic", "synthetic"))
+                            util.setdefault(f"{generator}/{arm}/trained_on_{HEADROOM_SUBJECTS}_subjects", []).append(result["real_plus_synthetic/balanced_accuracy"])
+                            synthetic_only.setdefault(f"{generator}/{arm}/trained_on_{HEADROOM_SUBJECTS}_subjects", []).append(result["synthetic/balanced_accuracy"])
                     logging.info("%d subjects, seed %d, %s/%s: %s (%.0f s)", n, seed, generator, arm, {k: round(v, 4) for k, v in metrics.items()}, time.perf_counter() - t0)
     out = rows(per, seeds, setting, floors)
     if util:
@@ -594,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=keys.CLASSIFIER_AUGMENTS,
                         help="the utility classifier's augmentation in every arm (flip translation scaling rotation: the peer of an augmented classifier)")
     parser.add_argument("--synthetic-share", type=float, default=None, help="the share of every real + synthetic batch drawn from the synthetic crops (default: pooled, the rows on file)")
-    parser.add_argument("--headroom", action="store_true", help=f"at 12 subjects also the classifier trained on {HEADROOM_SUBJECTS} real subjects: the gain new subjects bring, the most a generator could")
+    parser.add_argument("--headroom", action="store_true", help=f"at 12 subjects also the classifier trained on {HEADROOM_SUBJECTS} real subjects (what new subjects add), and on the 12 plus the crops of each generator trained on all {HEADROOM_SUBJECTS}")
     parser.add_argument("--no-utility", action="store_true")
     parser.add_argument("--tune", action="store_true", help="tuning seeds (100+), every arm, 6 subjects: choose settings here, never report these")
     parser.add_argument("--full", action="store_true", help="6, 12 and 24 subjects, both generators, 1500 steps")
