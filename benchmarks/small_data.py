@@ -103,6 +103,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ada_t05_ema": {"d_augment": "ada", "ada_target": 0.5},  # tuning seeds only
     "ada_r1_ema": {"d_augment": "ada", "r1_weight": 1.0},  # tuning seeds only
     "ada_ema_small_d": {"d_augment": "ada", "d_channels": [8, 16, 32]},  # tuning seeds only: half D's width (less to memorise with)
+    "ada_ema_projection": {"d_augment": "ada", "d_conditioning": "projection"},  # tuning seeds only: D sees the class by projection (session 21: FID worse, utility within noise)
     "plain_leak": {},  # tuning seeds only: G learns transformed crops (ARM_LEAK)
     "ada_ema_leak": {"d_augment": "ada"},  # tuning seeds only: the same with ADA + EMA
     "ada_ema_leak_p06": {"d_augment": "ada"},  # tuning seeds only: more leaked

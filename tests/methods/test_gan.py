@@ -99,6 +99,7 @@ TRICKS = {
     "d_steps": {"d_steps": 3},
     "pack": {"pack": 2, "feature_matching": True},
     "conditional": {"conditional": True, "replay": 4},
+    "projection": {"conditional": True, "d_conditioning": "projection"},
     "mixture_latent": {"latent_mixture": {"components": 4, "std_penalty": 0.1}, "conditional": True, "historical_averaging": 0.1},
 }
 
@@ -464,6 +465,9 @@ REFUSED = [
     ({"d_steps": 0}, "model.d_steps"),
     ({"loss": "wgan-gp", "pack": 2}, "model.pack"),
     ({"conditional": True, "pack": 2}, "model.pack"),
+    ({"d_conditioning": "projection"}, "model.d_conditioning"),  # nothing to condition on
+    ({"architecture": "mlp", "conditional": True, "d_conditioning": "projection"}, "model.d_conditioning"),
+    ({"conditional": True, "d_conditioning": "bilinear"}, "model.d_conditioning"),
     ({"d_norm": "virtual_batch", "pack": 2}, "model.pack"),
     ({"pack": 0}, "model.pack"),
     ({"g_norm": "virtual_batch", "latent_mixture": {"components": 10}}, "model.latent_mixture"),

@@ -66,6 +66,21 @@ def test_discriminator_outputs_features_and_options(spatial_dims: int) -> None:
         d(x, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must lie"):
         cd(x, torch.full((5,), 2))
+    # projection D: the image alone goes in; the class acts through <embed(y), phi(x)> on the score only
+    pd = DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, norm="none", minibatch_kernels=3, conditioning="projection").eval()
+    assert pd.body[0].conv.in_channels == 1 and pd.embed.weight.shape == (2, pd.features_dim + 3)
+    (s0, f0), (s1, f1) = pd.forward_features(x, torch.zeros(5, dtype=torch.long)), pd.forward_features(x, torch.ones(5, dtype=torch.long))
+    assert torch.equal(f0, f1) and not torch.allclose(s0, s1)  # same features, class-dependent score
+    h = pd.minibatch(f0)
+    assert torch.allclose(s1 - s0, ((pd.embed.weight[1] - pd.embed.weight[0]) * h).sum(1, keepdim=True), atol=1e-6)
+    s1.sum().backward()
+    assert pd.embed.weight.grad[1].abs().sum() > 0 and pd.embed.weight.grad[0].abs().sum() == 0  # only the label's row learns
+    with pytest.raises(ValueError, match="labels must lie"):
+        pd(x, torch.full((5,), 2))
+    with pytest.raises(ValueError, match="conditioning must be one of concat, projection"):
+        DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, conditioning="bilinear")
+    with pytest.raises(ValueError, match="one output"):
+        DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, out_features=3, conditioning="projection")
 
 
 def test_sizes_and_non_square_images() -> None:

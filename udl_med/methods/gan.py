@@ -127,6 +127,9 @@ class GANConfig(PackingConfig):
     checkpoint_swap: CheckpointSwapConfig | None = None
     unrolled: UnrolledConfig | None = None
     conditional: bool = Field(False, description="G and D see the manifest's label (needs data.labeled: true)")
+    d_conditioning: Literal["concat", "projection"] = Field(
+        "concat", description="how a conditional DCGAN D sees the label: one-hot maps on its input (concat) or a projection of its last hidden layer on a class embedding (projection)"
+    )
     info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
     gp_weight: float | None = Field(None, ge=0.0, description="lambda, gradient-penalty weight (loss wgan-gp)")
@@ -188,6 +191,8 @@ class GANConfig(PackingConfig):
             raise refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
         if self.unrolled is not None and self.unrolled.optimizer == "adam" and self.optimizer != "adam":
             raise refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
+        if self.d_conditioning == "projection" and not (self.conditional and self.architecture == "dcgan"):
+            raise refuse("d_conditioning", "a projection discriminator conditions a DCGAN D on the label; it needs conditional: true and architecture: dcgan", self.d_conditioning)
         if self.pack > 1:
             if self.conditional:
                 raise refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
@@ -238,6 +243,9 @@ class GAN(Method):
                               learning rate) (Metz eq. 5-6); unrolled.optimizer: adam continues
                               D's Adam moments inside the graph, as the authors' code
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
+        d_conditioning        concat: y as one-hot maps on D's input (Mirza and Osindero);
+                              projection: D(x, y) = psi(phi(x)) + embed(y)^T phi(x) (Miyato and
+                              Koyama 2018, eq. 3), phi = D's last hidden layer
         info_codes            InfoGAN (Chen et al. 2016): G(z, c) with codes c (categorical K,
                               continuous N) drawn with z by the prior; Q on D's body predicts c;
                               weight lambda of L_I, the negative MI lower bound (eq. 5), in D's
@@ -334,7 +342,7 @@ class GAN(Method):
             except ValueError as err:
                 raise ConfigError("<config>", "model.g_channels", f"does not fit data.size {list(size)}: {err}") from None
             try:
-                d = DCGANDiscriminator(dims, c * m, size, **_channels(config.d_channels), out_features=1, num_classes=self.num_classes, **d_kwargs)
+                d = DCGANDiscriminator(dims, c * m, size, **_channels(config.d_channels), out_features=1, num_classes=self.num_classes, conditioning=config.d_conditioning, **d_kwargs)
             except ValueError as err:
                 raise ConfigError("<config>", "model.d_channels", f"does not fit data.size {list(size)}: {err}") from None
         if mixture is not None:  # G and its learned latent: one module to train, average and save

@@ -167,6 +167,9 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         return self.drop_reference(out, n)
 
 
+D_CONDITIONINGS = ("concat", "projection")  # how a conditional DCGAN discriminator sees the class
+
+
 class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
     """DCGAN discriminator: images ``(B, in_channels, *image_size)`` [+ labels] -> raw scores ``(B, out_features)``.
 
@@ -182,7 +185,11 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         image_size: input size, an int or one per axis, each divisible by ``2^len(channels)``.
         channels: feature channels of the strided stages, finest first.
         out_features: scores per image (1, or K for a K+1 classifier).
-        num_classes: > 0 makes D conditional: one-hot label maps become extra input channels.
+        num_classes: > 0 makes D conditional, as ``conditioning`` says.
+        conditioning: ``concat``: one-hot label maps become extra input channels (Mirza &
+            Osindero 2014); ``projection``: the score gains the inner product of a learned
+            class embedding with the last hidden layer (Miyato & Koyama 2018), so the class
+            acts on what D has made of the image rather than on its pixels (one score only).
         norm: ``batch``, ``virtual_batch`` (needs :meth:`set_reference` with real images),
             ``instance`` or ``none`` (use ``none`` or ``instance`` for a WGAN-GP critic).
         minibatch_kernels: > 0 inserts :class:`MinibatchDiscrimination` with that many
@@ -209,9 +216,15 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         input_noise_std: float = 0.0,
         hidden_noise_std: float = 0.0,
         minibatch_kernel_dims: int = 5,
+        conditioning: str = "concat",
     ) -> None:
         super().__init__()
         self.init_reference()
+        if conditioning not in D_CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {', '.join(D_CONDITIONINGS)}, got {conditioning!r}")
+        if conditioning == "projection" and out_features != 1:
+            raise ValueError(f"conditioning 'projection' scores one output, got out_features {out_features}")
+        self.conditioning = conditioning
         self.image_size = _image_size(spatial_dims, image_size, channels)
         check_positive(in_channels=in_channels, out_features=out_features)
         check_non_negative(
@@ -232,7 +245,8 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         self.features_dim = self.channels[-1] * math.prod(self.final_size)
 
         self.input_noise = GaussianNoise(input_noise_std)
-        first = _stage(spatial_dims, in_channels + num_classes, self.channels[0], False, "none", _D_ACT)  # no norm
+        label_maps = num_classes if conditioning == "concat" else 0
+        first = _stage(spatial_dims, in_channels + label_maps, self.channels[0], False, "none", _D_ACT)  # no norm
         layers: list[nn.Module] = [first]
         for cin, cout in zip(self.channels[:-1], self.channels[1:]):
             layers.append(GaussianNoise(hidden_noise_std))
@@ -246,7 +260,10 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         )
         score_in = self.features_dim + minibatch_kernels
         self.score = nn.Linear(score_in, out_features)
+        self.embed = nn.Embedding(num_classes, score_in) if conditioning == "projection" and num_classes > 0 else None
         self.apply(normal_init)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)  # DCGAN's init scale (normal_init leaves embeddings at N(0, 1))
 
     def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(scores (B, out_features), features (B, features_dim))``; features = the last hidden layer flattened."""
@@ -254,9 +271,10 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         one_hot_labels(labels, self.num_classes, x.shape[0], x.device, x.dtype)  # validates
+        own_labels = labels
         x, labels, n = self.prepend_reference(x, labels)
         h = self.input_noise(x)
-        onehot = one_hot_labels(labels, self.num_classes, x.shape[0], x.device, x.dtype)
+        onehot = one_hot_labels(labels, self.num_classes, x.shape[0], x.device, x.dtype) if self.conditioning == "concat" else None
         if onehot is not None:  # label maps (B, K, *image_size) as extra channels
             maps = onehot.view(*onehot.shape, *(1,) * self.spatial_dims).expand(-1, -1, *self.image_size)
             h = torch.cat([h, maps], 1)
@@ -264,7 +282,10 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         h = self.hidden_noise(features)
         if self.minibatch is not None:
             h = self.minibatch(h)  # (B, features_dim + minibatch_kernels)
-        return self.score(h), features
+        scores = self.score(h)
+        if self.embed is not None:  # projection: + <embed(y), phi(x)>
+            scores = scores + (self.embed(own_labels.long()) * h).sum(1, keepdim=True)
+        return scores, features
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Raw scores ``(B, out_features)`` of images ``(B, in_channels, *image_size)``."""
