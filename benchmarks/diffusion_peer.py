@@ -79,7 +79,7 @@ from udl_med import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_data_common import training_subjects  # noqa: E402  (issue 22's one rule for the nested, class-balanced subjects)
-from synthesis import UTILITY_GENERATORS, liver_crops  # noqa: E402  (the synthesis benchmark's crops and generators)
+from synthesis import UTILITY_GENERATORS, liver_crops, utility_classifier  # noqa: E402  (the synthesis benchmark's crops and generators)
 
 BENCH = "diffusion_peer"
 NUM_CLASSES = 3
@@ -264,7 +264,6 @@ def judge(fake: Tensor, counts: list[int], real: Any, held: Any, extractor: Any,
 def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Per subject count, generator and metric: the per-seed values."""
     from udl_med.data.preview import save_grid
-    from udl_med.evaluation.utility import ClassifierBudget
     from udl_med.metrics.extractors import build_extractor
 
     t0 = time.perf_counter()
@@ -273,6 +272,7 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
     held_features = torch.cat([extractor(b) for b in held.images.split(64)]).double().numpy()
     counts = [args.per_class] * NUM_CLASSES
     settings = DiffusionSettings(ddim_steps=args.ddim_steps)
+    classifier = utility_classifier(args.classifier_steps, args.classifier_augment)
     per: dict[str, dict[str, dict[str, list[float]]]] = {}
     logging.info("crops: %d training (24 subjects), %d held-out (%.0f s)", len(train_all.labels), len(held.labels), time.perf_counter() - t0)
     for n_subjects in args.subjects:
@@ -280,7 +280,6 @@ def run(args: argparse.Namespace, workdir: Path, grids: Path | None) -> dict[str
         cell = per.setdefault(str(n_subjects), {})
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             start = time.perf_counter()
-            classifier = ClassifierBudget((8, 16, 32), steps=args.classifier_steps, batch_size=32, lr=2e-3, augment=tuple(args.classifier_augment))
             utility = {"budget": classifier} if n_subjects in args.utility_subjects else None
 
             def record(name: str, values: dict[str, float]) -> None:

@@ -79,6 +79,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from small_data_common import SUBJECT_COUNTS, small_data_split  # noqa: E402
+from synthesis import utility_classifier  # noqa: E402  (the one classifier of every benchmark's utility arm)
 
 from udl_med import keys  # noqa: E402
 
@@ -216,13 +217,6 @@ def draw(method: Any, n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
 def both_draws(method: Any, n: int, seed: int) -> list[tuple[str, torch.Tensor, np.ndarray]]:
     """``(suffix, crops, labels)`` of the scored draw (``n``, as many as the held-out crops) and of the ten-times draw (``/large_draw``, its own noise, not a superset)."""
     return [("", *draw(method, n, seed)), ("/large_draw", *draw(method, LARGE_DRAW * n, 5000 + seed))]
-
-
-def classifier_budget(steps: int = 300, augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None) -> Any:
-    """The utility arm's classifier: every arm, real or synthetic, trains this one (``augment``, ``synthetic_share``: :class:`ClassifierBudget`'s)."""
-    from udl_med.evaluation.utility import ClassifierBudget
-
-    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment), synthetic_share=synthetic_share)
 
 
 def _synthetic_subjects(n: int) -> np.ndarray:
@@ -537,7 +531,7 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
     synthetic_only: dict[str, list[float]] = {}
     more_subjects: list[float] = []
     floors: dict[int, dict[str, float]] = {}
-    budget = classifier_budget(classifier_steps, classifier_augment, synthetic_share)
+    budget = utility_classifier(classifier_steps, classifier_augment, synthetic_share)
     setting = {"steps": steps, "batch_size": 16, "crop": "32x32 liver-centred, -200..300 HU", "held_out_subjects": 24}
     if tuple(classifier_augment) != ("flip",):
         setting["classifier_augment"] = list(classifier_augment)

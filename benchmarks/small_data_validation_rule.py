@@ -33,7 +33,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from small_data import BENCH, CLASSES, _synthetic_subjects, both_draws, classifier_budget  # noqa: E402
+from small_data import BENCH, CLASSES, _synthetic_subjects, both_draws  # noqa: E402
+from synthesis import utility_classifier  # noqa: E402
 from small_data_common import small_data_split, subject_classes  # noqa: E402
 
 RULES = ("always", "plus", "alone")
@@ -88,7 +89,7 @@ def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str],
     from udl_med.engine.model_io import load_model
     from udl_med.evaluation.utility import LabeledItems, _concat, score, train_classifier
 
-    budget = classifier_budget(classifier_steps)
+    budget = utility_classifier(classifier_steps)
     train, held = small_data_split(workdirs[0] / "crops", 12)
     parts = halves(held)
     scores: dict[str, list[dict[str, tuple[float, float]]]] = {}

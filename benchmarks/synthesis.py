@@ -91,6 +91,13 @@ UTILITY_GENERATORS: dict[str, dict[str, Any]] = {
     "two_stage": {"method": "two_stage_gan", "model": GENERATORS_2D["two_stage"]["model"]},
 }
 UTILITY_DEFAULT = ("lapgan", "cdcgan")
+
+
+def utility_classifier(steps: int, augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None) -> Any:
+    """The classifier every benchmark's utility arm trains, real or synthetic: MONAI ``Classifier`` (8, 16, 32), batch 32, lr 2e-3 (:class:`ClassifierBudget`)."""
+    from udl_med.evaluation.utility import ClassifierBudget  # lazy: keeps the benchmark's --help fast
+
+    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment), synthetic_share=synthetic_share)
 CROP_WINDOW = (-200.0, 300.0)  # the K+1 benchmark's soft-tissue window: liver 60 HU, lesions ~0 and ~180 HU
 CROP_SIZE = [32, 32]
 
@@ -164,7 +171,7 @@ def run(
     from udl_med.data.phantoms import write_phantoms
     from udl_med.data.preview import save_grid
     from udl_med.engine.train import train
-    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, labeled_items, lesion_slices, utility_tensors
+    from udl_med.evaluation.utility import LabeledItems, labeled_items, lesion_slices, utility_tensors
     from udl_med.inference.export import export_model
     from udl_med.metrics.compare import compare_tensors
     from udl_med.metrics.extractors import build_extractor
@@ -191,7 +198,7 @@ def run(
     real_fid = {"random": real_held.images, "encoder": real_held.images}
 
     per: dict[str, dict[str, list[float]]] = {}
-    budget = ClassifierBudget((8, 16, 32), steps=200, batch_size=32, lr=2e-3)
+    budget = utility_classifier(200)
     wall: dict[str, float] = {}
 
     def record(name: str, metric: str, value: float) -> None:
@@ -302,7 +309,7 @@ def utility_case(
     from udl_med.data.preview import save_grid
     from udl_med.engine.model_io import load_model
     from udl_med.engine.train import train
-    from udl_med.evaluation.utility import ClassifierBudget, LabeledItems, utility_tensors
+    from udl_med.evaluation.utility import LabeledItems, utility_tensors
     from udl_med.metrics.compare import compare_tensors
     from udl_med.metrics.extractors import build_extractor
     from udl_med.metrics.memorization import memorization_tensors
@@ -310,8 +317,8 @@ def utility_case(
     t0 = time.perf_counter()
     real, held = liver_crops(workdir, n_phantoms)
     names = generators or list(UTILITY_DEFAULT)
-    budget = ClassifierBudget((8, 16, 32), steps=classifier_steps, batch_size=32, lr=2e-3, augment=tuple(classifier_augment))
-    longer = ClassifierBudget((8, 16, 32), steps=3 * classifier_steps, batch_size=32, lr=2e-3, augment=tuple(classifier_augment))
+    budget = utility_classifier(classifier_steps, classifier_augment)
+    longer = utility_classifier(3 * classifier_steps, classifier_augment)
     extractor = build_extractor("random", 2)
     per: dict[str, dict[str, list[float]]] = {}
     logging.info("utility crops: %d training, %d held-out (%.0f s)", len(real.labels), len(held.labels), time.perf_counter() - t0)
