@@ -73,6 +73,7 @@ CYCLE_L1 = "cycle_l1"  # held-out |F(G(x)) - x|_1
 IDENTITY_L1 = "identity_l1"  # held-out |G(y) - y|_1
 L1 = "l1"  # held-out L1 of a translation against its paired target
 INFO = "info"  # InfoGAN: the mutual-information loss L_I of Q on fresh fakes (before its weight)
+AUX_CLASS = "aux_class"  # AC-GAN: cross-entropy L_C of D's class head on its real (and fake) batch, before its weight
 
 # Log keys of the D side every adversarial method shares (methods/adversarial.py).
 ADA_P = "ada_p"  # ADA's augmentation probability p after the step

@@ -3,6 +3,7 @@ checkpoint swapping, label smoothing, refusals, exact resume, FID falling, condi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ TRICKS = {
     "pack": {"pack": 2, "feature_matching": True},
     "conditional": {"conditional": True, "replay": 4},
     "projection": {"conditional": True, "d_conditioning": "projection"},
+    "auxiliary": {"conditional": True, "d_conditioning": "auxiliary", "replay": 4},
+    "auxiliary_real_only_gp": {"conditional": True, "d_conditioning": "auxiliary", "aux_class_fakes": False, "loss": "wgan-gp", "d_norm": "instance", "batch_norm_batches": "joint"},
     "mixture_latent": {"latent_mixture": {"components": 4, "std_penalty": 0.1}, "conditional": True, "historical_averaging": 0.1},
 }
 
@@ -442,6 +445,72 @@ def test_label_smoothing_reaches_only_the_discriminators_real_target() -> None:
     assert torch.equal(plain.adversary.objective.generator_loss(scores), smooth.adversary.objective.generator_loss(scores))
 
 
+class _RecordingOptimization:
+    """Just enough of :class:`Optimization` for one ``_d_step``: no autocast, the loss kept instead of stepped."""
+
+    global_step = None
+
+    def __init__(self) -> None:
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def step(self, name: str, loss: torch.Tensor) -> None:
+        self.losses[name] = loss
+
+
+@pytest.mark.parametrize("fakes", [True, False])
+def test_auxiliary_class_loss_is_the_cross_entropy_of_the_items_d_scored(fakes: bool) -> None:
+    data = spec(2, num_classes=3)
+    method = build({**TINY_DCGAN, "conditional": True, "d_conditioning": "auxiliary", "aux_class_fakes": fakes, "aux_class_weight": 0.5, "loss": "wgan-gp", "d_norm": "instance"}, data)
+    method.eval()  # G's batch norm on its running statistics, so the fakes can be drawn again
+    batch = random_batch(data)
+    opt = _RecordingOptimization()
+    torch.manual_seed(3)
+    parts, loss, class_loss = method._d_step(batch, opt)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fake = method.generator(method.prior.draw(6), batch[keys.LABEL])
+        items, labels = (torch.cat([batch[keys.IMAGE], fake]), torch.cat([batch[keys.LABEL]] * 2)) if fakes else (batch[keys.IMAGE], batch[keys.LABEL])
+        expected = nn.functional.cross_entropy(method.discriminator.forward_with_classes(items, labels)[1], labels)
+    assert class_loss.item() == pytest.approx(expected.item(), rel=1e-5)  # the gradient-penalty interpolates are left out
+    assert loss.item() == pytest.approx((parts.loss + 0.5 * expected).item(), rel=1e-5)
+    # G's loss: the adversarial term plus the class loss of its fakes under the labels they were drawn for
+    torch.manual_seed(4)
+    g_loss = method.generator_loss(batch[keys.IMAGE], batch[keys.LABEL])
+    torch.manual_seed(4)
+    fake = method.generator(method.prior.draw(6), batch[keys.LABEL])
+    scores, logits = method.discriminator.forward_with_classes(fake, batch[keys.LABEL])
+    expected_g = method.adversary.objective.generator_loss(scores) + 0.5 * nn.functional.cross_entropy(logits, batch[keys.LABEL])
+    assert g_loss.item() == pytest.approx(expected_g.item(), rel=1e-5)
+
+
+def test_auxiliary_classifier_gan_learns_the_classes_of_real_items() -> None:
+    torch.manual_seed(0)
+    data = DataSpec(spatial_dims=2, in_channels=1, image_size=(16, 16), num_classes=2)
+    images, labels = _two_class_images(256, 0)
+    method = build({**TINY_DCGAN, "conditional": True, "d_conditioning": "auxiliary", "lr": 5e-4}, data)
+    driver = Driver(method, data, n=16)
+    driver.draw = lambda: _pick(images, labels, 16)
+    method.train()
+    losses = []
+    for step in range(60):
+        driver.opt.begin_step(step, driver.draw, method.batches_per_step() - 1)
+        losses.append(float(method.train_step(_pick(images, labels, 16), driver.opt)[keys.AUX_CLASS]))
+    x_eval, y_eval = _two_class_images(64, 1)
+    method.eval()
+    with torch.no_grad():
+        accuracy = (method.discriminator.forward_with_classes(x_eval, y_eval)[1].argmax(1) == y_eval).float().mean().item()
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10, losses
+    assert accuracy > 0.9
+
+
+def _pick(images: torch.Tensor, labels: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    i = torch.randint(images.shape[0], (n,))
+    return {keys.IMAGE: images[i], keys.LABEL: labels[i]}
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 
@@ -468,6 +537,11 @@ REFUSED = [
     ({"d_conditioning": "projection"}, "model.d_conditioning"),  # nothing to condition on
     ({"architecture": "mlp", "conditional": True, "d_conditioning": "projection"}, "model.d_conditioning"),
     ({"conditional": True, "d_conditioning": "bilinear"}, "model.d_conditioning"),
+    ({"d_conditioning": "auxiliary"}, "model.d_conditioning"),
+    ({"conditional": True, "d_conditioning": "auxiliary", "feature_matching": True}, "model.feature_matching"),
+    ({"conditional": True, "d_conditioning": "auxiliary", "unrolled": {"steps": 2}}, "model.unrolled"),
+    ({"conditional": True, "d_conditioning": "auxiliary", "info_codes": {"categorical": 2}}, "model.info_codes"),
+    ({"conditional": True, "d_conditioning": "auxiliary", "aux_class_weight": 0}, "model.aux_class_weight"),
     ({"d_norm": "virtual_batch", "pack": 2}, "model.pack"),
     ({"pack": 0}, "model.pack"),
     ({"g_norm": "virtual_batch", "latent_mixture": {"components": 10}}, "model.latent_mixture"),
@@ -662,7 +736,8 @@ def _two_class_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_conditional_samples_are_classified_as_their_class(tmp_path: Path, tracking_uri: str) -> None:
+@pytest.mark.parametrize("conditioning", ["concat", "auxiliary"])
+def test_conditional_samples_are_classified_as_their_class(conditioning: str, tmp_path: Path, tracking_uri: str) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from udl_med.data.memory import TensorItems
@@ -674,7 +749,7 @@ def test_conditional_samples_are_classified_as_their_class(tmp_path: Path, track
         "method": "gan",
         "seed": 0,
         "data": {"kind": "memory"},
-        "model": {**TINY_DCGAN, "g_channels": [32, 16], "d_channels": [16, 32], "latent_dim": 16, "conditional": True, "lr": 5e-4},
+        "model": {**TINY_DCGAN, "g_channels": [32, 16], "d_channels": [16, 32], "latent_dim": 16, "conditional": True, "d_conditioning": conditioning, "lr": 5e-4},
         "train": {"steps": 400, "batch_size": 32, "log_every": 50, "eval_every": 400, "checkpoint_every": 400, "threads": 1},
         "tracking": {"uri": tracking_uri, "experiment": "gan-tests", "log_model": False},
         "output_dir": str(tmp_path / "run"),
@@ -689,7 +764,7 @@ def test_conditional_samples_are_classified_as_their_class(tmp_path: Path, track
         samples = method.sample(100, generator, label=k)
         correct += int((classifier.predict(samples.flatten(1).numpy()) == k).sum())
     accuracy = correct / 200
-    print(f"conditional samples classified as their class: {accuracy:.3f} (chance 0.5)")
+    print(f"conditional samples ({conditioning}) classified as their class: {accuracy:.3f} (chance 0.5)")
     assert accuracy > 0.8
 
 

@@ -77,10 +77,19 @@ def test_discriminator_outputs_features_and_options(spatial_dims: int) -> None:
     assert pd.embed.weight.grad[1].abs().sum() > 0 and pd.embed.weight.grad[0].abs().sum() == 0  # only the label's row learns
     with pytest.raises(ValueError, match="labels must lie"):
         pd(x, torch.full((5,), 2))
-    with pytest.raises(ValueError, match="conditioning must be one of concat, projection"):
+    # auxiliary D (AC-GAN): the image alone goes in and is scored alone; a class head reads the same hidden layer
+    ad = DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, norm="none", minibatch_kernels=3, conditioning="auxiliary").eval()
+    assert ad.body[0].conv.in_channels == 1 and ad.classes.weight.shape == (2, ad.features_dim + 3)
+    (s0, c0), (s1, c1) = ad.forward_with_classes(x, torch.zeros(5, dtype=torch.long)), ad.forward_with_classes(x, torch.ones(5, dtype=torch.long))
+    assert torch.equal(s0, s1) and torch.equal(c0, c1) and c0.shape == (5, 2) and torch.equal(s0, ad(x, torch.ones(5, dtype=torch.long)))  # labels do not reach the score
+    assert torch.allclose(c0, ad.classes(ad.minibatch(ad.forward_features(x, torch.zeros(5, dtype=torch.long))[1])), atol=1e-6)
+    with pytest.raises(ValueError, match="conditioning 'auxiliary'"):
+        cd.forward_with_classes(x, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="conditioning must be one of concat, projection, auxiliary"):
         DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, conditioning="bilinear")
-    with pytest.raises(ValueError, match="one output"):
-        DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, out_features=3, conditioning="projection")
+    for conditioning in ("projection", "auxiliary"):
+        with pytest.raises(ValueError, match="one output"):
+            DCGANDiscriminator(spatial_dims, 1, size, channels=(4, 8), num_classes=2, out_features=3, conditioning=conditioning)
 
 
 def test_sizes_and_non_square_images() -> None:

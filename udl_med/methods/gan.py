@@ -9,7 +9,8 @@ batch norm, historical averaging and one-sided label smoothing, Salimans et al. 
 "Improved Techniques for Training GANs" (https://arxiv.org/abs/1606.03498); unrolled
 GAN, Metz et al. 2017 (https://arxiv.org/abs/1611.02163); experience replay,
 Shrivastava et al. 2017 (https://arxiv.org/abs/1612.07828); conditional GAN, Mirza and
-Osindero 2014 (https://arxiv.org/abs/1411.1784); PacGAN, Lin et al. 2018
+Osindero 2014 (https://arxiv.org/abs/1411.1784); AC-GAN, Odena et al. 2017
+(https://arxiv.org/abs/1610.09585); PacGAN, Lin et al. 2018
 (https://arxiv.org/abs/1712.04086); DeLiGAN's mixture latent, Gurumurthy et al. 2017
 (https://arxiv.org/abs/1706.02071). The D-side pieces every adversarial method shares
 (the loss and its targets, gradient penalty, clipping, packing, replay) come from
@@ -40,7 +41,7 @@ from udl_med.methods.base import Capability, DataSpec, Method, MethodConfig, Opt
 from udl_med.methods.info_codes import InfoCodesConfig, info_refusal, parse_code
 from udl_med.nets.dcgan import DCGANDiscriminator, DCGANGenerator
 from udl_med.nets.diffaugment import DiffAugment
-from udl_med.nets.gan_wrappers import Flat, SwapHistory
+from udl_med.nets.gan_wrappers import ClassLogitRecorder, Flat, SwapHistory
 from udl_med.nets.info_head import InfoCodesLatent, InfoDiscriminator, InfoHead
 from udl_med.nets.mixture_latent import MixtureLatent, MixtureLatentGenerator, StandardNormalLatent
 from udl_med.nets.mlp_gan import MLPDiscriminator, MLPGenerator
@@ -127,9 +128,12 @@ class GANConfig(PackingConfig):
     checkpoint_swap: CheckpointSwapConfig | None = None
     unrolled: UnrolledConfig | None = None
     conditional: bool = Field(False, description="G and D see the manifest's label (needs data.labeled: true)")
-    d_conditioning: Literal["concat", "projection"] = Field(
-        "concat", description="how a conditional DCGAN D sees the label: one-hot maps on its input (concat) or a projection of its last hidden layer on a class embedding (projection)"
+    d_conditioning: Literal["concat", "projection", "auxiliary"] = Field(
+        "concat",
+        description="how a conditional DCGAN D sees the label: one-hot maps on its input (concat), a projection of its last hidden layer on a class embedding (projection), or not at all while a class head predicts it (auxiliary, AC-GAN)",
     )
+    aux_class_weight: float = Field(1.0, gt=0.0, description="d_conditioning auxiliary: weight of the class loss L_C in D's and G's losses")
+    aux_class_fakes: bool = Field(True, description="d_conditioning auxiliary: D's class head also learns the fakes' classes (AC-GAN); false: real items only, so G follows a classifier of real data")
     info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
     gp_weight: float | None = Field(None, ge=0.0, description="lambda, gradient-penalty weight (loss wgan-gp)")
@@ -191,8 +195,12 @@ class GANConfig(PackingConfig):
             raise refuse("unrolled.first_order", "second-order unrolling through a gradient penalty needs third derivatives; set first_order: true", False)
         if self.unrolled is not None and self.unrolled.optimizer == "adam" and self.optimizer != "adam":
             raise refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
-        if self.d_conditioning == "projection" and not (self.conditional and self.architecture == "dcgan"):
-            raise refuse("d_conditioning", "a projection discriminator conditions a DCGAN D on the label; it needs conditional: true and architecture: dcgan", self.d_conditioning)
+        if self.d_conditioning != "concat" and not (self.conditional and self.architecture == "dcgan"):
+            raise refuse("d_conditioning", f"a {self.d_conditioning} discriminator conditions a DCGAN D on the label; it needs conditional: true and architecture: dcgan", self.d_conditioning)
+        if self.d_conditioning == "auxiliary":
+            for key, given in (("feature_matching", self.feature_matching), ("unrolled", self.unrolled is not None), ("info_codes", self.info_codes is not None)):
+                if given:
+                    raise refuse(key, f"the auxiliary classifier's term (d_conditioning: auxiliary) is built for the plain adversarial loss; {key} is not combined with it", getattr(self, key) if key == "feature_matching" else getattr(self, key).model_dump())
         if self.pack > 1:
             if self.conditional:
                 raise refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
@@ -245,7 +253,12 @@ class GAN(Method):
         conditional           G(z, y), D(x, y) with y the manifest's label (Mirza and Osindero)
         d_conditioning        concat: y as one-hot maps on D's input (Mirza and Osindero);
                               projection: D(x, y) = psi(phi(x)) + embed(y)^T phi(x) (Miyato and
-                              Koyama 2018, eq. 3), phi = D's last hidden layer
+                              Koyama 2018, eq. 3), phi = D's last hidden layer;
+                              auxiliary: AC-GAN (Odena et al. 2017), D(x) scores the image
+                              alone and a class head on phi predicts P(C | x); L_C, the
+                              cross-entropy, weight aux_class_weight, is added to D's loss on
+                              real items (and on fakes, aux_class_fakes: the paper's eq. 2)
+                              and to G's on fakes (G maximises L_C - L_S)
         info_codes            InfoGAN (Chen et al. 2016): G(z, c) with codes c (categorical K,
                               continuous N) drawn with z by the prior; Q on D's body predicts c;
                               weight lambda of L_I, the negative MI lower bound (eq. 5), in D's
@@ -414,18 +427,25 @@ class GAN(Method):
         """The first ``n`` fixed latents of previews and evaluation (through the current mixture, if any)."""
         return self.prior(self.fixed_z[:n], self.fixed_components[:n])
 
+    def _critic(self) -> nn.Module | ClassLogitRecorder:
+        """D as the adversary calls it: itself, or (AC-GAN) a recorder of its class logits."""
+        return ClassLogitRecorder(self.discriminator) if self.config.d_conditioning == "auxiliary" else self.discriminator
+
     def _d_step(self, batch: dict[str, Any], opt: Optimization) -> tuple[DiscriminatorLoss, Tensor, Tensor | None]:
-        """One D step on real ``batch`` and fresh fakes (through the replay pool): D's loss parts, its whole loss, and L_I (InfoGAN, else None)."""
+        """One D step on real ``batch`` and fresh fakes (through the replay pool): D's loss parts, its whole loss, and L_I (InfoGAN) or L_C (AC-GAN), else None."""
         cfg = self.config
         real, labels = self._real(batch)
         with torch.no_grad(), opt.autocast():
             latent = self.prior.draw(real.shape[0])
             fresh = self.generator(latent, labels)
         fake, fake_labels = replay(self.pool, fresh.float(), labels)
-        info = None
+        info, critic = None, self._critic()
         with opt.autocast():
-            parts = self.adversary.discriminator_loss(self.discriminator, real, fake, labels, fake_labels, step=getattr(opt, "global_step", None))
+            parts = self.adversary.discriminator_loss(critic, real, fake, labels, fake_labels, step=getattr(opt, "global_step", None))
             loss = parts.loss
+            if isinstance(critic, ClassLogitRecorder):  # AC-GAN: D's class head learns the real (and fake) classes
+                info = critic.class_loss(torch.cat([labels, fake_labels]) if cfg.aux_class_fakes else labels)
+                loss = loss + cfg.aux_class_weight * info
             if cfg.info_codes is not None:  # Q and D's body learn to read the codes of the fresh fakes
                 info = self.info_terms(fresh.float(), latent, labels).loss
                 loss = loss + cfg.info_codes.weight * info
@@ -465,7 +485,11 @@ class GAN(Method):
             _, fake_features = self.discriminator.forward_features(fake, labels)
             return self.adversary.feature_matching_loss(real_features, fake_features)
         if cfg.unrolled is None:
-            return self.adversary.generator_loss(self.discriminator, fake, labels)
+            critic = self._critic()
+            loss = self.adversary.generator_loss(critic, fake, labels)
+            if isinstance(critic, ClassLogitRecorder):  # AC-GAN: G makes its fakes read as their class
+                loss = loss + cfg.aux_class_weight * critic.class_loss(labels)
+            return loss
         second_order = not cfg.unrolled.first_order
         inner_fake = fake if second_order else fake.detach()
         state = unroll_discriminator(
@@ -509,8 +533,8 @@ class GAN(Method):
             self.g_average.update(self.generator)
 
         logs = {keys.LOSS_G: loss_g.detach(), **discriminator_logs(d_parts), **self.adversary.logs()}
-        if cfg.info_codes is not None:
-            logs[keys.INFO] = torch.stack([i.detach() for i in infos]).mean()
+        if cfg.info_codes is not None or cfg.d_conditioning == "auxiliary":
+            logs[keys.INFO if cfg.info_codes is not None else keys.AUX_CLASS] = torch.stack([i.detach() for i in infos]).mean()
         return logs
 
     # -- what a trained model does ------------------------------------------------------

@@ -167,7 +167,7 @@ class DCGANGenerator(ReferenceBatchMixin, nn.Module):
         return self.drop_reference(out, n)
 
 
-D_CONDITIONINGS = ("concat", "projection")  # how a conditional DCGAN discriminator sees the class
+D_CONDITIONINGS = ("concat", "projection", "auxiliary")  # how a conditional DCGAN discriminator sees the class
 
 
 class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
@@ -189,7 +189,10 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         conditioning: ``concat``: one-hot label maps become extra input channels (Mirza &
             Osindero 2014); ``projection``: the score gains the inner product of a learned
             class embedding with the last hidden layer (Miyato & Koyama 2018), so the class
-            acts on what D has made of the image rather than on its pixels (one score only).
+            acts on what D has made of the image rather than on its pixels (one score only);
+            ``auxiliary``: D scores the image alone and a linear class head on the same last
+            hidden layer predicts its class (AC-GAN, Odena et al. 2017), read by
+            :meth:`forward_with_classes` (one score only).
         norm: ``batch``, ``virtual_batch`` (needs :meth:`set_reference` with real images),
             ``instance`` or ``none`` (use ``none`` or ``instance`` for a WGAN-GP critic).
         minibatch_kernels: > 0 inserts :class:`MinibatchDiscrimination` with that many
@@ -222,8 +225,8 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         self.init_reference()
         if conditioning not in D_CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {', '.join(D_CONDITIONINGS)}, got {conditioning!r}")
-        if conditioning == "projection" and out_features != 1:
-            raise ValueError(f"conditioning 'projection' scores one output, got out_features {out_features}")
+        if conditioning != "concat" and out_features != 1:
+            raise ValueError(f"conditioning {conditioning!r} scores one output, got out_features {out_features}")
         self.conditioning = conditioning
         self.image_size = _image_size(spatial_dims, image_size, channels)
         check_positive(in_channels=in_channels, out_features=out_features)
@@ -261,17 +264,17 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         score_in = self.features_dim + minibatch_kernels
         self.score = nn.Linear(score_in, out_features)
         self.embed = nn.Embedding(num_classes, score_in) if conditioning == "projection" and num_classes > 0 else None
+        self.classes = nn.Linear(score_in, num_classes) if conditioning == "auxiliary" and num_classes > 0 else None
         self.apply(normal_init)
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # DCGAN's init scale (normal_init leaves embeddings at N(0, 1))
 
-    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(scores (B, out_features), features (B, features_dim))``; features = the last hidden layer flattened."""
+    def _hidden(self, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(features (B, features_dim), h)``: the last hidden layer flattened, and what the heads read (after noise and minibatch discrimination)."""
         expected = (self.in_channels, *self.image_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         one_hot_labels(labels, self.num_classes, x.shape[0], x.device, x.dtype)  # validates
-        own_labels = labels
         x, labels, n = self.prepend_reference(x, labels)
         h = self.input_noise(x)
         onehot = one_hot_labels(labels, self.num_classes, x.shape[0], x.device, x.dtype) if self.conditioning == "concat" else None
@@ -282,10 +285,29 @@ class DCGANDiscriminator(ReferenceBatchMixin, nn.Module):
         h = self.hidden_noise(features)
         if self.minibatch is not None:
             h = self.minibatch(h)  # (B, features_dim + minibatch_kernels)
+        return features, h
+
+    def _scores(self, h: Tensor, labels: Tensor | None) -> Tensor:
         scores = self.score(h)
         if self.embed is not None:  # projection: + <embed(y), phi(x)>
-            scores = scores + (self.embed(own_labels.long()) * h).sum(1, keepdim=True)
-        return scores, features
+            scores = scores + (self.embed(labels.long()) * h).sum(1, keepdim=True)
+        return scores
+
+    def forward_features(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(scores (B, out_features), features (B, features_dim))``; features = the last hidden layer flattened."""
+        features, h = self._hidden(x, labels)
+        return self._scores(h, labels), features
+
+    def forward_with_classes(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(scores (B, 1), class logits (B, K))`` of an auxiliary-classifier D, both from one pass (``labels`` are only validated).
+
+        Raises:
+            ValueError: D was not built with ``conditioning="auxiliary"`` and classes.
+        """
+        if self.classes is None:
+            raise ValueError("forward_with_classes needs a discriminator built with conditioning 'auxiliary' and num_classes > 0")
+        _, h = self._hidden(x, labels)
+        return self._scores(h, labels), self.classes(h)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Raw scores ``(B, out_features)`` of images ``(B, in_channels, *image_size)``."""

@@ -7,6 +7,8 @@
   scores ``m`` items stacked along the channels as one input.
 - :class:`SwapHistory` keeps the snapshots of checkpoint swapping in the state dict, so
   that a resumed run swaps in exactly what the uninterrupted one would have.
+- :class:`ClassLogitRecorder` is an AC-GAN discriminator as the adversary calls it
+  (scores only), keeping the class logits of each call for the class loss.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -121,3 +124,36 @@ class SwapHistory(nn.Module):
 
 
 __all__ = ["Flat", "Packed", "SwapHistory"]
+
+
+class ClassLogitRecorder:
+    """An auxiliary-classifier D called as ``critic(x, labels) -> scores``, keeping each call's class logits.
+
+    The shared adversary (:class:`~udl_med.methods.adversarial.Adversary`) makes every
+    critic call of a step, augmentation included; recording the logits of those calls
+    gives AC-GAN's class loss on exactly the items D scored, without a second pass.
+    """
+
+    def __init__(self, discriminator: nn.Module) -> None:
+        self.discriminator = discriminator
+        self.logits: list[Tensor] = []
+
+    def __call__(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        scores, logits = self.discriminator.forward_with_classes(x, labels)
+        self.logits.append(logits)
+        return scores
+
+    def class_loss(self, labels: Tensor) -> Tensor:
+        """Cross-entropy of the first ``len(labels)`` recorded logits, in call order, against ``labels (N,)``.
+
+        The adversary scores real before fake (in two calls or one joint batch) and any
+        gradient-penalty interpolates after them, so real labels then fake labels select
+        the real and fake items and leave the interpolates out.
+
+        Raises:
+            ValueError: fewer items recorded than labels.
+        """
+        logits = torch.cat(self.logits) if self.logits else torch.empty(0)
+        if logits.shape[0] < labels.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels but only {logits.shape[0]} items were scored")
+        return F.cross_entropy(logits[: labels.shape[0]].float(), labels.long())
