@@ -85,11 +85,11 @@ def rule_rows(name: str, gains: dict[str, list[float]], seeds: list[int]) -> lis
     ]
 
 
-def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str], classifier_steps: int = 300) -> list[dict[str, Any]]:
+def run(workdirs: list[Path], seeds: list[int], generator: str, arms: list[str], classifier_steps: int = 300, classifier_augment: tuple[str, ...] = ("flip",)) -> list[dict[str, Any]]:
     from udl_med.engine.model_io import load_model
     from udl_med.evaluation.utility import LabeledItems, _concat, score, train_classifier
 
-    budget = utility_classifier(classifier_steps)
+    budget = utility_classifier(classifier_steps, classifier_augment)
     train, held = small_data_split(workdirs[0] / "crops", 12)
     parts = halves(held)
     scores: dict[str, list[dict[str, tuple[float, float]]]] = {}
@@ -120,12 +120,14 @@ def main() -> None:
     parser.add_argument("--seed-list", type=int, nargs="+", default=[0, 1, 2], help="default: the default run's seeds")
     parser.add_argument("--generator", default="cdcgan")
     parser.add_argument("--arms", nargs="+", default=["plain", "diffaugment", "ada_ema"])
+    parser.add_argument("--classifier-steps", type=int, default=300, help="as small_data.py's (its rows at 300 by default)")
+    parser.add_argument("--classifier-augment", nargs="+", default=["flip"], choices=["flip", "translation", "scaling", "rotation"], help="as small_data.py's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    rows = run(args.workdir, args.seed_list, args.generator, args.arms)
+    rows = run(args.workdir, args.seed_list, args.generator, args.arms, args.classifier_steps, tuple(args.classifier_augment))
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if args.out:
         args.out.write_text(text)
