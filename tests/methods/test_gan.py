@@ -102,6 +102,8 @@ TRICKS = {
     "conditional": {"conditional": True, "replay": 4},
     "projection": {"conditional": True, "d_conditioning": "projection"},
     "auxiliary": {"conditional": True, "d_conditioning": "auxiliary", "replay": 4},
+    "mode_seeking": {"conditional": True, "mode_seeking": 1.0, "d_conditioning": "auxiliary"},
+    "mode_seeking_fm": {"mode_seeking": 0.5, "feature_matching": True},
     "auxiliary_real_only_gp": {"conditional": True, "d_conditioning": "auxiliary", "aux_class_fakes": False, "loss": "wgan-gp", "d_norm": "instance", "batch_norm_batches": "joint"},
     "mixture_latent": {"latent_mixture": {"components": 4, "std_penalty": 0.1}, "conditional": True, "historical_averaging": 0.1},
 }
@@ -506,6 +508,30 @@ def test_auxiliary_classifier_gan_learns_the_classes_of_real_items() -> None:
     assert accuracy > 0.9
 
 
+def test_mode_seeking_loss_by_hand_and_in_gs_loss() -> None:
+    from udl_med.losses.mode_seeking import EPS, mode_seeking_loss
+
+    a, b = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 0.5)
+    za, zb = torch.zeros(2, 3), torch.full((2, 3), 2.0)
+    assert mode_seeking_loss(a, b, za, zb).item() == pytest.approx(1 / (0.5 / 2.0 + EPS))
+    assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1 / EPS)  # a collapsed G: the same image from distant z
+    with pytest.raises(ValueError, match="same shape"):
+        mode_seeking_loss(a, b[:1], za, zb)
+    # G's loss: the adversarial loss over both fakes of every item (same labels) plus lambda times the term
+    data = spec(2, num_classes=3)
+    method = build({**TINY_DCGAN, "conditional": True, "mode_seeking": 0.5}, data)
+    method.eval()
+    batch = random_batch(data)
+    torch.manual_seed(4)
+    loss = method.generator_loss(batch[keys.IMAGE], batch[keys.LABEL])
+    torch.manual_seed(4)
+    latent = method.prior.draw(12)
+    labels = batch[keys.LABEL].repeat(2)
+    fake = method.generator(latent, labels)
+    expected = method.adversary.objective.generator_loss(method.discriminator(fake, labels)) + 0.5 * mode_seeking_loss(fake[:6], fake[6:], latent[:6], latent[6:])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def _pick(images: torch.Tensor, labels: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     i = torch.randint(images.shape[0], (n,))
     return {keys.IMAGE: images[i], keys.LABEL: labels[i]}
@@ -542,6 +568,8 @@ REFUSED = [
     ({"conditional": True, "d_conditioning": "auxiliary", "unrolled": {"steps": 2}}, "model.unrolled"),
     ({"conditional": True, "d_conditioning": "auxiliary", "info_codes": {"categorical": 2}}, "model.info_codes"),
     ({"conditional": True, "d_conditioning": "auxiliary", "aux_class_weight": 0}, "model.aux_class_weight"),
+    ({"mode_seeking": 1.0, "unrolled": {"steps": 2}}, "model.mode_seeking"),
+    ({"mode_seeking": -1.0}, "model.mode_seeking"),
     ({"d_norm": "virtual_batch", "pack": 2}, "model.pack"),
     ({"pack": 0}, "model.pack"),
     ({"g_norm": "virtual_batch", "latent_mixture": {"components": 10}}, "model.latent_mixture"),

@@ -10,7 +10,8 @@ batch norm, historical averaging and one-sided label smoothing, Salimans et al. 
 GAN, Metz et al. 2017 (https://arxiv.org/abs/1611.02163); experience replay,
 Shrivastava et al. 2017 (https://arxiv.org/abs/1612.07828); conditional GAN, Mirza and
 Osindero 2014 (https://arxiv.org/abs/1411.1784); AC-GAN, Odena et al. 2017
-(https://arxiv.org/abs/1610.09585); PacGAN, Lin et al. 2018
+(https://arxiv.org/abs/1610.09585); MSGAN, Mao et al. 2019
+(https://arxiv.org/abs/1903.05628); PacGAN, Lin et al. 2018
 (https://arxiv.org/abs/1712.04086); DeLiGAN's mixture latent, Gurumurthy et al. 2017
 (https://arxiv.org/abs/1706.02071). The D-side pieces every adversarial method shares
 (the loss and its targets, gradient penalty, clipping, packing, replay) come from
@@ -34,6 +35,7 @@ from udl_med.losses.gan import GANMode, set_requires_grad
 from udl_med.losses.historical_averaging import HistoricalAverage
 from udl_med.losses.image_pool import ImagePool
 from udl_med.losses.info import InfoTerms, info_loss
+from udl_med.losses.mode_seeking import mode_seeking_loss
 from udl_med.losses.unrolled import adam_eps, adam_moments, unroll_discriminator
 from udl_med.methods.adversarial import Adversary, CheckpointSwapConfig, DiscriminatorLoss, PackingConfig, UnrolledConfig
 from udl_med.methods.adversarial import checkpoint_swap, discriminator_logs, discriminator_network, packed_discriminator, refuse, replay, score_metrics
@@ -133,6 +135,7 @@ class GANConfig(PackingConfig):
         description="how a conditional DCGAN D sees the label: one-hot maps on its input (concat), a projection of its last hidden layer on a class embedding (projection), or not at all while a class head predicts it (auxiliary, AC-GAN)",
     )
     aux_class_weight: float = Field(1.0, gt=0.0, description="d_conditioning auxiliary: weight of the class loss L_C in D's and G's losses")
+    mode_seeking: float = Field(0.0, ge=0.0, description="lambda of MSGAN's mode-seeking term: G draws two fakes per real item (same labels) and pays 1 / (mean|G(z2) - G(z1)| / mean|z2 - z1| + eps) (0: off)")
     aux_class_fakes: bool = Field(True, description="d_conditioning auxiliary: D's class head also learns the fakes' classes (AC-GAN); false: real items only, so G follows a classifier of real data")
     info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
@@ -197,6 +200,8 @@ class GANConfig(PackingConfig):
             raise refuse("unrolled.optimizer", f"Adam inner steps continue D's Adam moments; D's optimizer is {self.optimizer}", "adam")
         if self.d_conditioning != "concat" and not (self.conditional and self.architecture == "dcgan"):
             raise refuse("d_conditioning", f"a {self.d_conditioning} discriminator conditions a DCGAN D on the label; it needs conditional: true and architecture: dcgan", self.d_conditioning)
+        if self.mode_seeking and self.unrolled is not None:
+            raise refuse("mode_seeking", "the unrolled generator loss (model.unrolled) scores one fake per real item; use one of the two", self.mode_seeking)
         if self.d_conditioning == "auxiliary":
             for key, given in (("feature_matching", self.feature_matching), ("unrolled", self.unrolled is not None), ("info_codes", self.info_codes is not None)):
                 if given:
@@ -259,6 +264,11 @@ class GAN(Method):
                               cross-entropy, weight aux_class_weight, is added to D's loss on
                               real items (and on fakes, aux_class_fakes: the paper's eq. 2)
                               and to G's on fakes (G maximises L_C - L_S)
+        mode_seeking          lambda_ms of MSGAN (Mao et al. 2019, eq. 3): G's step draws two
+                              latents per real item under the same label, its adversarial
+                              loss is the mean over both fakes, plus lambda_ms / (mean|G(z2) -
+                              G(z1)| / mean|z2 - z1| + 1e-5) (the authors' code sums the two
+                              adversarial losses: their lambda 1 is 0.5 here)
         info_codes            InfoGAN (Chen et al. 2016): G(z, c) with codes c (categorical K,
                               continuous N) drawn with z by the prior; Q on D's body predicts c;
                               weight lambda of L_I, the negative MI lower bound (eq. 5), in D's
@@ -464,13 +474,18 @@ class GAN(Method):
         use it, conditional fakes take its labels); ``fm_batch`` the separate real batch
         of feature matching; ``d_optimizer`` the real D optimizer, whose moments Adam inner
         steps continue (zeros when None). Unrolling starts from D as the step's k real D
-        updates left it, so it combines with ``d_steps`` > 1.
+        updates left it, so it combines with ``d_steps`` > 1. With ``mode_seeking`` G
+        draws two fakes per real item, the second half under the same labels.
         """
-        latent = self.prior.draw(real.shape[0])
+        n, copies = real.shape[0], 2 if self.config.mode_seeking else 1
+        latent = self.prior.draw(copies * n)
+        labels = labels if labels is None else labels.repeat(copies)  # MSGAN: both fakes of an item share its label
         fake = self.generator(latent, labels)
         loss = self._adversarial_generator_loss(fake, real, labels, fm_batch, d_optimizer)
         if self.config.info_codes is not None:  # InfoGAN: G makes its codes readable by Q (D and Q frozen)
             loss = loss + self.config.info_codes.weight * self.info_terms(fake, latent, labels).loss
+        if self.config.mode_seeking:  # MSGAN: like images from distant latents cost G
+            loss = loss + self.config.mode_seeking * mode_seeking_loss(fake[:n], fake[n:], latent[:n], latent[n:])
         return loss
 
     def _adversarial_generator_loss(
