@@ -109,6 +109,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ada_ema_auxiliary_real": {"d_augment": "ada", "d_conditioning": "auxiliary", "aux_class_fakes": False},  # tuning seeds only: the class head learns real crops only
     "ada_ema_wide_g": {"d_augment": "ada", "g_channels": [128, 64, 32]},  # tuning seeds only: G twice as wide (more capacity for the lesion)
     "ada_ema_mode_seeking": {"d_augment": "ada", "mode_seeking": 0.5},  # tuning seeds only: MSGAN's term (the authors' lambda 1), for recall within each class
+    "ada_ema_mode_seeking_1": {"d_augment": "ada", "mode_seeking": 1.0},  # tuning seeds only: twice the term
     "plain_leak": {},  # tuning seeds only: G learns transformed crops (ARM_LEAK)
     "ada_ema_leak": {"d_augment": "ada"},  # tuning seeds only: the same with ADA + EMA
     "ada_ema_leak_p06": {"d_augment": "ada"},  # tuning seeds only: more leaked
