@@ -117,6 +117,28 @@ def test_the_leak_probe_keeps_the_crops_and_adds_transformed_copies_of_them(smal
         assert arm in small_data.ARMS and (arm in small_data.ARM_TRAIN) == arm.startswith("ada_ema")
 
 
+def test_the_shipped_liver_crop_gan_is_the_benchmarks_mode_seeking_arm(small_data) -> None:
+    from udl_med import keys
+    from udl_med.engine.config import load_config
+    from udl_med.methods.base import DataSpec
+    from udl_med.methods.gan import GAN
+    from tests.methods.test_d_side import HandOpt  # the test kit's, with optimizer(name) for gan
+
+    run = load_config(ROOT / "configs" / "cdcgan2d-liver-crops.yaml")
+    arm = {**small_data.GENERATORS["cdcgan"]["model"], **small_data.ARMS["ada_ema_mode_seeking"]}
+    for key, value in arm.items():
+        assert getattr(run.model, key) == (tuple(value) if isinstance(value, list) else value), key
+    assert "ada_ema_mode_seeking" in small_data.DEFAULT_ARMS and run.train.ema_decay == small_data.EMA_DECAY
+    assert (run.train.steps, run.train.batch_size, tuple(run.data.size), tuple(run.data.ct_window)) == (1500, 16, (32, 32), (-200.0, 300.0))
+    torch.manual_seed(0)
+    method = GAN(run.model, DataSpec(spatial_dims=2, in_channels=1, image_size=(32, 32), num_classes=3))
+    method.train()
+    batch = {keys.IMAGE: torch.rand(4, 1, 32, 32) * 2 - 1, keys.LABEL: torch.tensor([0, 1, 2, 0])}
+
+    logs = method.train_step(batch, HandOpt(method.configure_optimizers()))
+    assert all(np.isfinite(float(v)) for v in logs.values()) and keys.ADA_P in logs
+
+
 @pytest.fixture(scope="module")
 def validation_rule():
     return _benchmark("small_data_validation_rule")
