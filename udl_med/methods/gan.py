@@ -135,8 +135,8 @@ class GANConfig(PackingConfig):
         description="how a conditional DCGAN D sees the label: one-hot maps on its input (concat), a projection of its last hidden layer on a class embedding (projection), or not at all while a class head predicts it (auxiliary, AC-GAN)",
     )
     aux_class_weight: float = Field(1.0, gt=0.0, description="d_conditioning auxiliary: weight of the class loss L_C in D's and G's losses")
-    mode_seeking: float = Field(0.0, ge=0.0, description="lambda of MSGAN's mode-seeking term: G draws two fakes per real item (same labels) and pays 1 / (mean|G(z2) - G(z1)| / mean|z2 - z1| + eps) (0: off)")
     aux_class_fakes: bool = Field(True, description="d_conditioning auxiliary: D's class head also learns the fakes' classes (AC-GAN); false: real items only, so G follows a classifier of real data")
+    mode_seeking: float = Field(0.0, ge=0.0, description="lambda of MSGAN's mode-seeking term: G draws two fakes per real item (same labels) and pays 1 / (mean|G(z2) - G(z1)| / mean|z2 - z1| + eps) (0: off)")
     info_codes: InfoCodesConfig | None = Field(None, description="InfoGAN: categorical/continuous codes next to z, a Q head on D's body, weight lambda (null: off)")
     clip_value: float | None = Field(None, gt=0.0, description="c, weight clipping of the critic (loss wgan)")
     gp_weight: float | None = Field(None, ge=0.0, description="lambda, gradient-penalty weight (loss wgan-gp)")
