@@ -112,6 +112,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ada_ema_wide_g": {"d_augment": "ada", "g_channels": [128, 64, 32]},  # tuning seeds only: G twice as wide (more capacity for the lesion)
     "ada_ema_mode_seeking": {"d_augment": "ada", "mode_seeking": 0.5},  # ADA + EMA + MSGAN's term (the authors' lambda 1): chosen on tuning seeds 100-105 (session 22)
     "ada_ema_mode_seeking_1": {"d_augment": "ada", "mode_seeking": 1.0},  # tuning seeds only: twice the term
+    "ada_ema_mode_seeking_025": {"d_augment": "ada", "mode_seeking": 0.25},  # tuning seeds only: half the term (precision against spread)
     "plain_leak": {},  # tuning seeds only: G learns transformed crops (ARM_LEAK)
     "ada_ema_leak": {"d_augment": "ada"},  # tuning seeds only: the same with ADA + EMA
     "ada_ema_leak_p06": {"d_augment": "ada"},  # tuning seeds only: more leaked
