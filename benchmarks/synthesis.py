@@ -92,12 +92,6 @@ UTILITY_GENERATORS: dict[str, dict[str, Any]] = {
 }
 UTILITY_DEFAULT = ("lapgan", "cdcgan")
 
-
-def utility_classifier(steps: int, augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None) -> Any:
-    """The classifier every benchmark's utility arm trains, real or synthetic: MONAI ``Classifier`` (8, 16, 32), batch 32, lr 2e-3 (:class:`ClassifierBudget`)."""
-    from udl_med.evaluation.utility import ClassifierBudget  # lazy: keeps the benchmark's --help fast
-
-    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment), synthetic_share=synthetic_share)
 CROP_WINDOW = (-200.0, 300.0)  # the K+1 benchmark's soft-tissue window: liver 60 HU, lesions ~0 and ~180 HU
 CROP_SIZE = [32, 32]
 
@@ -109,6 +103,13 @@ GENERATORS_3D: dict[str, dict[str, Any]] = {
         "model": {"levels": 2, "latent_dim": 64, "coarse_channels": [64, 32], "fine_channels": 8, "fine_blocks": 1, "disc_channels": [8, 16, 32]},
     },
 }
+
+
+def utility_classifier(steps: int, augment: tuple[str, ...] = ("flip",), synthetic_share: float | None = None) -> Any:
+    """The classifier every benchmark's utility arm trains, real or synthetic: MONAI ``Classifier`` (8, 16, 32), batch 32, lr 2e-3 (:class:`ClassifierBudget`)."""
+    from udl_med.evaluation.utility import ClassifierBudget  # lazy: keeps the benchmark's --help fast
+
+    return ClassifierBudget((8, 16, 32), steps=steps, batch_size=32, lr=2e-3, augment=tuple(augment), synthetic_share=synthetic_share)
 
 
 def _config(spec: dict[str, Any], source: str, size: list[int], steps: int, batch: int, seed: int, out: Path) -> dict[str, Any]:

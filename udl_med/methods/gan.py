@@ -203,9 +203,9 @@ class GANConfig(PackingConfig):
         if self.mode_seeking and self.unrolled is not None:
             raise refuse("mode_seeking", "the unrolled generator loss (model.unrolled) scores one fake per real item; use one of the two", self.mode_seeking)
         if self.d_conditioning == "auxiliary":
-            for key, given in (("feature_matching", self.feature_matching), ("unrolled", self.unrolled is not None), ("info_codes", self.info_codes is not None)):
-                if given:
-                    raise refuse(key, f"the auxiliary classifier's term (d_conditioning: auxiliary) is built for the plain adversarial loss; {key} is not combined with it", getattr(self, key) if key == "feature_matching" else getattr(self, key).model_dump())
+            for key in ("feature_matching", "unrolled", "info_codes"):
+                if getattr(self, key):
+                    raise refuse(key, f"the auxiliary classifier's term (d_conditioning: auxiliary) is built for the plain adversarial loss; {key} is not combined with it", self.d_conditioning)
         if self.pack > 1:
             if self.conditional:
                 raise refuse("pack", "a packed D scores several items at once and has no single label to condition on; use pack: 1 with conditional", self.pack)
