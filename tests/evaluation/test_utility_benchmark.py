@@ -98,6 +98,19 @@ def test_the_headroom_row_is_what_more_real_subjects_add_beside_real_only(small_
     assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if "real_24" in r["case"]]  # asked for only
 
 
+def test_memorisation_of_both_draws_is_judged_against_one_percent_by_its_worst_seed(small_data) -> None:
+    per = {
+        (6, "cdcgan", "plain"): {"memorization_rate": [0.0, 0.025], "memorization_rate_large": [0.004, 0.026]},
+        (6, "cdcgan", "ada"): {"memorization_rate": [0.016, 0.0], "memorization_rate_large": [0.002, 0.005]},
+    }
+    rows = {(r["case"], r["metric"]): r for r in small_data.rows(per, [0, 1], {})}
+    large = rows[("6_subjects/cdcgan/ada", "memorization_rate_large")]
+    assert large["goal"] == "<= 1%" and large["meets_goal"] is True and large["worst"] == pytest.approx(0.005)
+    assert large["peer_name"] == "plain" and large["ratio"] == pytest.approx(0.015 / 0.0035)  # lower is better: plain / arm
+    assert rows[("6_subjects/cdcgan/plain", "memorization_rate_large")]["meets_goal"] is False
+    assert rows[("6_subjects/cdcgan/ada", "memorization_rate")]["worst"] == pytest.approx(0.016)
+
+
 def test_the_leak_probe_keeps_the_crops_and_adds_transformed_copies_of_them(small_data) -> None:
     from udl_med.evaluation.utility import LabeledItems
 
