@@ -98,7 +98,7 @@ def test_the_headroom_row_is_what_more_real_subjects_add_beside_real_only(small_
     assert not [r for r in small_data.utility_rows(util, [0, 1, 2], {}) if "real_24" in r["case"]]  # asked for only
 
 
-def test_memorisation_of_both_draws_is_judged_against_one_percent_by_its_worst_seed(small_data) -> None:
+def test_memorisation_of_both_draws_is_judged_against_one_percent_and_reports_its_worst_seed(small_data) -> None:
     per = {
         (6, "cdcgan", "plain"): {"memorization_rate": [0.0, 0.025], "memorization_rate_large": [0.004, 0.026]},
         (6, "cdcgan", "ada"): {"memorization_rate": [0.016, 0.0], "memorization_rate_large": [0.002, 0.005]},
