@@ -123,9 +123,6 @@ class SwapHistory(nn.Module):
         self.until = int(content["until"])
 
 
-__all__ = ["Flat", "Packed", "SwapHistory"]
-
-
 class ClassLogitRecorder:
     """An auxiliary-classifier D called as ``critic(x, labels) -> scores``, keeping each call's class logits.
 
@@ -157,3 +154,7 @@ class ClassLogitRecorder:
         if logits.shape[0] < labels.shape[0]:
             raise ValueError(f"{labels.shape[0]} labels but only {logits.shape[0]} items were scored")
         return F.cross_entropy(logits[: labels.shape[0]].float(), labels.long())
+
+
+__all__ = ["ClassLogitRecorder", "Flat", "Packed", "SwapHistory"]
+
