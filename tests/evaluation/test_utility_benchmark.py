@@ -29,6 +29,11 @@ def small_data():
     return _benchmark("small_data")
 
 
+@pytest.fixture(scope="module")
+def ceiling():
+    return _benchmark("mask_conditioned_ceiling")
+
+
 def test_liver_crops_are_centred_32x32_and_the_subjects_are_disjoint(bench, tmp_path: Path) -> None:
     real, held = bench.liver_crops(tmp_path, n=3)
     assert real.images.shape[1:] == (1, 32, 32) == held.images.shape[1:]
@@ -179,3 +184,56 @@ def test_the_held_out_halves_split_every_class_by_subject(validation_rule) -> No
     a, b = validation_rule.halves(items)
     assert not set(a.subjects) & set(b.subjects) and len(a.labels) == len(b.labels) == 12
     assert np.bincount(a.labels).tolist() == np.bincount(b.labels).tolist() == [4, 4, 4]
+
+
+def test_the_label_maps_are_cut_where_the_ct_crops_are(bench, ceiling, tmp_path: Path) -> None:
+    real, _ = bench.liver_crops(tmp_path, n=3)
+    ct, maps, labels, subjects = ceiling.tissue_crops(tmp_path)
+    assert torch.equal(ct, real.images) and labels.tolist() == real.labels.tolist() and subjects.tolist() == real.subjects.tolist()
+    assert maps.shape == ct.shape and maps.dtype == torch.int64
+    lesion = maps == ceiling.LESION
+    assert all(bool(lesion[i].any()) == bool(labels[i]) for i in range(len(labels)))  # a lesion crop shows its lesion, a healthy one none
+    # the map says what the CT shows: the hyper-dense lesion is brighter than the liver around it
+    hyper = int(np.flatnonzero(labels == 2)[0])
+    assert ct[hyper][lesion[hyper]].mean() > ct[hyper][maps[hyper] == ceiling.LIVER].mean() + 0.3
+
+
+def _disc_maps(ceiling) -> tuple[torch.Tensor, np.ndarray]:
+    """Three 32 x 32 maps: soft tissue, a liver disc (radius 10), a lesion disc in the second (radius 3) and third (radius 4)."""
+    y, x = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    maps = torch.full((3, 1, 32, 32), 2, dtype=torch.int64)  # soft tissue
+    maps[:, 0][:, (x - 16) ** 2 + (y - 16) ** 2 <= 100] = ceiling.LIVER
+    for i, (r, cx) in ((1, (3, 14)), (2, (4, 18))):
+        maps[i, 0][(x - cx) ** 2 + (y - 16) ** 2 <= r * r] = ceiling.LESION
+    return maps, np.array([0, 1, 2])
+
+
+def test_a_transplanted_lesion_lies_wholly_in_the_liver_and_carries_its_sources_class(ceiling) -> None:
+    maps, labels = _disc_maps(ceiling)
+    edited, edited_labels, targets, sources = ceiling.transplant(maps, labels, 30, np.random.default_rng(0))
+    assert edited_labels.tolist() == [0, 1, 2] * 10 and edited.shape == (30, 1, 32, 32)
+    liver = (maps == ceiling.LIVER) | (maps == ceiling.LESION)
+    for m, label, target, source in zip(edited, edited_labels, targets, sources):
+        lesion = m == ceiling.LESION
+        assert torch.equal(lesion | (m == ceiling.LIVER), liver[target])  # only the liver changes
+        if label == 0:
+            assert not lesion.any() and source == -1
+        else:
+            assert labels[source] == label and int(lesion.sum()) == int((maps[source] == ceiling.LESION).sum())  # the whole lesion, moved
+    moved = [bool(torch.equal(m == ceiling.LESION, maps[s] == ceiling.LESION)) for m, s in zip(edited, sources) if s >= 0]
+    assert not all(moved)  # lesions land somewhere new
+    with pytest.raises(ValueError, match="every lesion class"):
+        ceiling.transplant(maps[:2], labels[:2], 3, np.random.default_rng(0))
+
+
+def test_the_rendered_crop_gives_each_tissue_its_targets_mean_and_the_lesion_its_sources(ceiling) -> None:
+    maps, labels = _disc_maps(ceiling)
+    ct = torch.where(maps == ceiling.LIVER, 0.1, -0.2).float()
+    ct[2][maps[2] == ceiling.LESION] = 0.8  # the hyper-dense source lesion
+    edited, _, targets, sources = ceiling.transplant(maps, labels, 3, np.random.default_rng(1))
+    rendered = ceiling.render(edited, maps, ct, targets, sources, np.random.default_rng(1))
+    assert rendered.shape == (3, 1, 32, 32) and float(rendered.abs().max()) <= 1.0
+    inner = -torch.nn.functional.max_pool2d(-(edited == ceiling.LIVER).float(), 3, 1, 1) == 1  # liver pixels whose neighbours are liver (no blur across an edge)
+    assert abs(float(rendered[inner].mean()) - 0.1) < 0.02
+    lesion = edited[2] == ceiling.LESION
+    assert float(rendered[2][lesion].mean()) > 0.5  # the source's value, blurred at the rim

@@ -1,0 +1,210 @@
+"""The ceiling of mask-conditioned synthesis at 12 subjects (issue 22, session 24): what a perfect label-map-to-CT translator would add.
+
+Shin et al. 2018's route to synthetic training data: a translator from label maps to CT,
+fed label maps with new lesion placements. Here the translator is replaced by the
+phantoms' own recipe, so the rows bound what any learned one (pix2pix) could add:
+
+- the small-data benchmark's 60 crops of its 12 training subjects
+  (:mod:`small_data_common`), each with its label map, ``tissue.nii.gz`` cut exactly as
+  the CT (:func:`tissue_crops`);
+- :func:`transplant`: a new map takes a training crop's map and removes its lesion
+  (lesion to liver); for a lesion class it places the lesion mask of a training crop of
+  that class there, flipped and shifted at random, where at least ``inside`` of it lies in
+  the liver (1.0: wholly inside). Classes in turn. Nothing in the rule knows how the
+  phantoms draw lesions;
+- :func:`render`: each tissue at its mean in the target crop (the source lesion's mean for
+  the lesion), blurred, with noise in the body: the phantoms' recipe;
+- the utility classifier of the small-data benchmark (it augments with flips, shifts,
+  scalings and rotations) on real, real + rendered and rendered crops, balanced accuracy on
+  the 122 held-out crops; rows as :func:`small_data.utility_rows` writes them (the goal: a
+  gain larger than the seed spread).
+
+Session 24's rows: tuning seeds 100-105 for the settings, fresh seeds 0-9 for 600 crops at
+1,800 and at 2,700 classifier steps (``benchmarks/out/small_data/*mask_conditioned_ceiling*``).
+
+    .venv/bin/python benchmarks/mask_conditioned_ceiling.py --seed-list 0 1 2 3 4 --crops 600 --classifier-steps 1800
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from small_data import CLASSES, utility_rows  # noqa: E402
+from small_data_common import all_crops, training_subjects  # noqa: E402
+from synthesis import CROP_SIZE, CROP_WINDOW, utility_classifier  # noqa: E402
+
+from udl_med.data.phantoms import TISSUES  # noqa: E402
+
+LIVER, LESION = TISSUES.index("liver"), TISSUES.index("lesion")
+SUBJECTS = 12
+MAX_SHIFT = 12  # pixels a transplanted lesion moves at most, each axis
+TRIES = 50  # placements tried per map before another target crop is drawn
+WINDOW_WIDTH = CROP_WINDOW[1] - CROP_WINDOW[0]  # HU per 2 units of the normalised crop
+CLASSIFIER_AUGMENT = ("flip", "translation", "scaling", "rotation")
+
+
+def tissue_crops(workdir: Path, name: str = "train") -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """``(ct, maps, labels, subjects)`` of the benchmark's liver crops, in the order of :func:`small_data_common.all_crops`.
+
+    The CT crops are the benchmark's own; ``maps`` ``(N, 1, 32, 32)`` are the phantoms'
+    tissue labels cut at the same slices and places (``probe_items``' rule). The phantoms
+    must be written already (:func:`small_data_common.all_crops` or ``synthesis.liver_crops``).
+    """
+    from udl_med import keys
+    from udl_med.data.readers import read_image
+    from udl_med.data.split import records_of_split
+    from udl_med.data.transforms import volume_transform
+    from udl_med.evaluation.probe_items import LABEL_MAP_NAME, MIN_ROI_VOXELS, _centred_crop
+    from udl_med.inference.encode import item_config
+
+    spec = {"layout": "2d", "size": CROP_SIZE, "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
+    cts, maps, labels, subjects = [], [], [], []
+    for record in records_of_split(str(workdir / f"crops-{name}" / "ct.csv"), None):
+        prepared = volume_transform(item_config(spec, record.path))({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]
+        tissue = torch.from_numpy(np.moveaxis(read_image(record.path.parent / LABEL_MAP_NAME)[0].numpy(), 2, 0).astype(np.int64))
+        liver = (tissue == LIVER) | (tissue == LESION)
+        for k in range(liver.shape[0]):
+            if liver[k].sum() < MIN_ROI_VOXELS or (record.label and not (tissue[k] == LESION).any()):
+                continue
+            centre = [int(round(c.float().mean().item())) for c in torch.nonzero(liver[k], as_tuple=True)]
+            cts.append(_centred_crop(prepared[k : k + 1], centre, CROP_SIZE))
+            maps.append(_centred_crop(tissue[k : k + 1], centre, CROP_SIZE))
+            labels.append(record.label)
+            subjects.append(record.subject)
+    return torch.stack(cts).float(), torch.stack(maps), np.asarray(labels), np.asarray(subjects)
+
+
+def _shifted(mask: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``mask`` moved by ``(dx, dy)`` pixels, what leaves the crop dropped."""
+    out = torch.zeros_like(mask)
+    h, w = mask.shape
+    src_x, dst_x = (slice(0, h - dx), slice(dx, h)) if dx >= 0 else (slice(-dx, h), slice(0, h + dx))
+    src_y, dst_y = (slice(0, w - dy), slice(dy, w)) if dy >= 0 else (slice(-dy, w), slice(0, w + dy))
+    out[dst_x, dst_y] = mask[src_x, src_y]
+    return out
+
+
+def transplant(maps: torch.Tensor, labels: np.ndarray, n: int, rng: np.random.Generator, inside: float = 1.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """``(maps, labels, targets, sources)``: ``n`` edited label maps, classes in turn, the crop each edits and the crop its lesion comes from (-1: none).
+
+    Raises:
+        ValueError: a lesion class without a training crop.
+    """
+    out, out_labels, targets, sources = [], [], [], []
+    by_class = {c: np.flatnonzero(labels == c) for c in range(1, CLASSES)}
+    if any(len(v) == 0 for v in by_class.values()):
+        raise ValueError(f"every lesion class needs a training crop, got counts {np.bincount(labels, minlength=CLASSES).tolist()}")
+    while len(out) < n:
+        label = len(out) % CLASSES
+        target = int(rng.integers(len(maps)))
+        edited = maps[target, 0].clone()
+        edited[edited == LESION] = LIVER
+        source = -1
+        if label:
+            source = int(rng.choice(by_class[label]))
+            lesion = maps[source, 0] == LESION
+            if rng.random() < 0.5:
+                lesion = lesion.flip(0)
+            if rng.random() < 0.5:
+                lesion = lesion.flip(1)
+            for _ in range(TRIES):
+                dx, dy = (int(v) for v in rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, 2))
+                moved = _shifted(lesion, dx, dy)
+                placed = moved & (edited == LIVER)
+                if moved.sum() >= 4 and placed.sum() >= inside * lesion.sum():
+                    break
+            else:
+                continue  # no place in this liver: draw another target
+            edited[placed] = LESION
+        out.append(edited[None])
+        out_labels.append(label)
+        targets.append(target)
+        sources.append(source)
+    return torch.stack(out), np.asarray(out_labels), np.asarray(targets), np.asarray(sources)
+
+
+def render(maps: torch.Tensor, source_maps: torch.Tensor, cts: torch.Tensor, targets: np.ndarray, sources: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """The crops the phantoms' recipe gives for ``maps``: each tissue at its mean in the target crop (the lesion at the source's), blur, noise in the body."""
+    from scipy.ndimage import gaussian_filter
+
+    out = []
+    for edited, target, source in zip(maps, targets, sources):
+        image = np.zeros(edited.shape[1:], np.float32)
+        for value in range(len(TISSUES)):
+            where = edited[0] == value
+            if not where.any():
+                continue
+            if value == LESION:
+                mean = cts[source, 0][source_maps[source, 0] == LESION].mean()
+            elif (source_maps[target, 0] == value).any():
+                mean = cts[target, 0][source_maps[target, 0] == value].mean()
+            else:  # a tissue the target crop lacks (the liver of a crop whose liver was all lesion): its mean over every crop
+                mean = cts[source_maps == value].mean()
+            image[where.numpy()] = float(mean)
+        image = gaussian_filter(image, sigma=rng.uniform(0.4, 0.8))
+        image = image + rng.normal(0.0, rng.uniform(6.0, 15.0) * 2 / WINDOW_WIDTH, image.shape) * (edited[0] != 0).numpy()
+        out.append(torch.from_numpy(np.clip(image, -1.0, 1.0)).float()[None])
+    return torch.stack(out)
+
+
+def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, workdir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(rows, per_seed)``: :func:`small_data.utility_rows` for the rendered crops, and each seed's balanced accuracies."""
+    from udl_med.evaluation.utility import LabeledItems, utility_tensors
+
+    train, held = all_crops(workdir)
+    ct, maps, labels, subjects = tissue_crops(workdir)
+    keep = np.isin(subjects, training_subjects(train, SUBJECTS))
+    ct, maps, labels, subjects = ct[keep], maps[keep], labels[keep], subjects[keep]
+    real = LabeledItems(ct, labels, subjects)
+    budget = utility_classifier(classifier_steps, CLASSIFIER_AUGMENT)
+    name = f"mask_conditioned_ceiling/{crops}_crops"
+    util: dict[str, list[float]] = {"real": [], name: []}
+    alone: dict[str, list[float]] = {name: []}
+    per_seed = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        edited, edited_labels, targets, sources = transplant(maps, labels, crops, rng, inside)
+        rendered = LabeledItems(render(edited, maps, ct, targets, sources, rng), edited_labels, np.asarray([f"syn{i}" for i in range(crops)]))
+        result = utility_tensors(real, rendered, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real", "real_plus_synthetic", "synthetic"))
+        util["real"].append(result["real/balanced_accuracy"])
+        util[name].append(result["real_plus_synthetic/balanced_accuracy"])
+        alone[name].append(result["synthetic/balanced_accuracy"])
+        per_seed.append({"seed": seed, **{arm: result[f"{arm}/balanced_accuracy"] for arm in ("real", "real_plus_synthetic", "synthetic")}})
+        logging.info("seed %d: %s", seed, per_seed[-1])
+    setting = {"crops": crops, "classifier_steps": classifier_steps, "classifier_augment": list(CLASSIFIER_AUGMENT), "lesion_inside_liver": inside, "renderer": "phantom recipe"}
+    return utility_rows(util, seeds, setting, alone), per_seed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed-list", type=int, nargs="+", default=[0, 1, 2], help="seeds (transplant, rendering and classifier); settings were chosen on 100-105")
+    parser.add_argument("--crops", type=int, default=600, help="rendered crops per seed")
+    parser.add_argument("--classifier-steps", type=int, default=1800)
+    parser.add_argument("--inside", type=float, default=1.0, help="the share of a transplanted lesion that must lie in the liver")
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(1)
+    rows, _ = run(args.seed_list, args.crops, args.classifier_steps, args.inside, args.workdir)
+    lines = [json.dumps({"benchmark": "mask_conditioned_ceiling", **{k: v for k, v in row.items() if k != "benchmark"}}) for row in rows]
+    print("\n".join(lines))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
