@@ -28,7 +28,6 @@ Session 24's rows: tuning seeds 100-105 for the settings, fresh seeds 0-9 for 60
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from small_data import CLASSES, utility_rows  # noqa: E402
+from small_data import CLASSES, emit, utility_rows  # noqa: E402
 from small_data_common import all_crops, training_subjects  # noqa: E402
 from synthesis import CROP_SIZE, CROP_WINDOW, utility_classifier  # noqa: E402
 
@@ -198,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
     rows, _ = run(args.seed_list, args.crops, args.classifier_steps, args.inside, args.workdir)
-    lines = [json.dumps({"benchmark": "mask_conditioned_ceiling", **{k: v for k, v in row.items() if k != "benchmark"}}) for row in rows]
-    print("\n".join(lines))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit([{**row, "benchmark": "mask_conditioned_ceiling"} for row in rows], args.out)
     return 0
 
 

@@ -607,6 +607,15 @@ def run(subjects: list[int], generators: list[str], arms: list[str], seeds: list
     return out
 
 
+def emit(rows: list[dict[str, Any]], out: Path | None) -> None:
+    """Print ``rows`` as JSON lines, and write them to ``out`` too when given."""
+    lines = [json.dumps(row) for row in rows]
+    print("\n".join(lines))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, nargs="+", default=[6, 12])
@@ -650,11 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = run(subjects, generators, arms, seeds, steps, args.workdir, args.grids, not args.no_utility and not args.tune, args.classifier_steps, cost=not args.no_cost and not args.tune, reuse=args.reuse,
                   classifier_augment=tuple(args.classifier_augment), synthetic_share=args.synthetic_share, headroom=args.headroom)
-    lines = [json.dumps(row) for row in out]
-    print("\n".join(lines))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit(out, args.out)
     return 0
 
 
