@@ -53,35 +53,22 @@ WINDOW_WIDTH = CROP_WINDOW[1] - CROP_WINDOW[0]  # HU per 2 units of the normalis
 CLASSIFIER_AUGMENT = ("flip", "translation", "scaling", "rotation")
 
 
-def tissue_crops(workdir: Path, name: str = "train") -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
-    """``(ct, maps, labels, subjects)`` of the benchmark's liver crops, in the order of :func:`small_data_common.all_crops`.
+def tissue_crops(workdir: Path, name: str = "train") -> torch.Tensor:
+    """The label maps ``(N, 1, 32, 32)`` of the benchmark's liver crops, in their order (:func:`small_data_common.all_crops`).
 
-    The CT crops are the benchmark's own; ``maps`` ``(N, 1, 32, 32)`` are the phantoms'
-    tissue labels cut at the same slices and places (``probe_items``' rule). The phantoms
-    must be written already (:func:`small_data_common.all_crops` or ``synthesis.liver_crops``).
+    The phantoms' ``tissue.nii.gz`` cut at the slices and places the CT crops were cut at
+    (:func:`udl_med.evaluation.probe_items.liver_slices`, the one rule of both). The
+    phantoms must be written already (``all_crops`` or ``synthesis.liver_crops``).
     """
-    from udl_med import keys
     from udl_med.data.readers import read_image
     from udl_med.data.split import records_of_split
-    from udl_med.data.transforms import volume_transform
-    from udl_med.evaluation.probe_items import LABEL_MAP_NAME, MIN_ROI_VOXELS, _centred_crop
-    from udl_med.inference.encode import item_config
+    from udl_med.evaluation.probe_items import LABEL_MAP_NAME, centred_crop, liver_slices
 
-    spec = {"layout": "2d", "size": CROP_SIZE, "slice_axis": 2, "ct_window": list(CROP_WINDOW)}
-    cts, maps, labels, subjects = [], [], [], []
+    maps = []
     for record in records_of_split(str(workdir / f"crops-{name}" / "ct.csv"), None):
-        prepared = volume_transform(item_config(spec, record.path))({keys.IMAGE: str(record.path), keys.MODALITY: record.modality or ""})[keys.IMAGE]
-        tissue = torch.from_numpy(np.moveaxis(read_image(record.path.parent / LABEL_MAP_NAME)[0].numpy(), 2, 0).astype(np.int64))
-        liver = (tissue == LIVER) | (tissue == LESION)
-        for k in range(liver.shape[0]):
-            if liver[k].sum() < MIN_ROI_VOXELS or (record.label and not (tissue[k] == LESION).any()):
-                continue
-            centre = [int(round(c.float().mean().item())) for c in torch.nonzero(liver[k], as_tuple=True)]
-            cts.append(_centred_crop(prepared[k : k + 1], centre, CROP_SIZE))
-            maps.append(_centred_crop(tissue[k : k + 1], centre, CROP_SIZE))
-            labels.append(record.label)
-            subjects.append(record.subject)
-    return torch.stack(cts).float(), torch.stack(maps), np.asarray(labels), np.asarray(subjects)
+        tissue = np.moveaxis(read_image(record.path.parent / LABEL_MAP_NAME)[0].numpy(), 2, 0).astype(np.int64)
+        maps += [centred_crop(torch.from_numpy(tissue[k : k + 1]), centre, CROP_SIZE) for k, centre in liver_slices(tissue, bool(record.label))]
+    return torch.stack(maps)
 
 
 def _shifted(mask: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -157,20 +144,18 @@ def render(maps: torch.Tensor, source_maps: torch.Tensor, cts: torch.Tensor, tar
     return torch.stack(out)
 
 
-def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, workdir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(rows, per_seed)``: :func:`small_data.utility_rows` for the rendered crops, and each seed's balanced accuracies."""
+def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, workdir: Path) -> list[dict[str, Any]]:
+    """:func:`small_data.utility_rows` for the rendered crops (each seed's balanced accuracies are logged)."""
     from udl_med.evaluation.utility import LabeledItems, utility_tensors
 
     train, held = all_crops(workdir)
-    ct, maps, labels, subjects = tissue_crops(workdir)
-    keep = np.isin(subjects, training_subjects(train, SUBJECTS))
-    ct, maps, labels, subjects = ct[keep], maps[keep], labels[keep], subjects[keep]
-    real = LabeledItems(ct, labels, subjects)
+    keep = np.isin(train.subjects, training_subjects(train, SUBJECTS))
+    real, maps = train.subset(keep), tissue_crops(workdir)[keep]
+    ct, labels = real.images, real.labels
     budget = utility_classifier(classifier_steps, CLASSIFIER_AUGMENT)
     name = f"mask_conditioned_ceiling/{crops}_crops"
     util: dict[str, list[float]] = {"real": [], name: []}
     alone: dict[str, list[float]] = {name: []}
-    per_seed = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         edited, edited_labels, targets, sources = transplant(maps, labels, crops, rng, inside)
@@ -179,10 +164,9 @@ def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, work
         util["real"].append(result["real/balanced_accuracy"])
         util[name].append(result["real_plus_synthetic/balanced_accuracy"])
         alone[name].append(result["synthetic/balanced_accuracy"])
-        per_seed.append({"seed": seed, **{arm: result[f"{arm}/balanced_accuracy"] for arm in ("real", "real_plus_synthetic", "synthetic")}})
-        logging.info("seed %d: %s", seed, per_seed[-1])
+        logging.info("seed %d: %s", seed, {arm: result[f"{arm}/balanced_accuracy"] for arm in ("real", "real_plus_synthetic", "synthetic")})
     setting = {"crops": crops, "classifier_steps": classifier_steps, "classifier_augment": list(CLASSIFIER_AUGMENT), "lesion_inside_liver": inside, "renderer": "phantom recipe"}
-    return utility_rows(util, seeds, setting, alone), per_seed
+    return utility_rows(util, seeds, setting, alone)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
-    rows, _ = run(args.seed_list, args.crops, args.classifier_steps, args.inside, args.workdir)
+    rows = run(args.seed_list, args.crops, args.classifier_steps, args.inside, args.workdir)
     emit([{**row, "benchmark": "mask_conditioned_ceiling"} for row in rows], args.out)
     return 0
 

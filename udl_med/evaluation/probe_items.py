@@ -31,7 +31,7 @@ from udl_med.data.transforms import volume_transform
 from udl_med.errors import InputError, UserError
 from udl_med.inference.encode import image_items, item_config
 
-__all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "phantom_ct_probe_items", "probe_items"]
+__all__ = ["LABEL_MAP_NAME", "ROI_CHOICES", "MIN_ROI_VOXELS", "ProbeItems", "centred_crop", "liver_slices", "phantom_ct_probe_items", "probe_items"]
 
 LABEL_MAP_NAME = "tissue.nii.gz"  # the phantoms' label map, beside ct.nii.gz / mr.nii.gz
 ROI_CHOICES = ("auto", "liver", "whole")
@@ -52,7 +52,7 @@ class ProbeItems:
     parts: list[Tensor] | None = None
 
 
-def _centred_crop(volume: Tensor, centre: Sequence[int], size: Sequence[int]) -> Tensor:
+def centred_crop(volume: Tensor, centre: Sequence[int], size: Sequence[int]) -> Tensor:
     """Crop ``(C, *spatial)`` to ``size`` around ``centre``, shifted to stay inside the volume."""
     index = [slice(None)]
     for c, s, n in zip(centre, size, volume.shape[1:]):
@@ -75,27 +75,36 @@ def _roi_items(cfg: Any, record: Any, label_map: Path) -> list[Tensor]:
     expected = tuple(prepared.shape[1:]) if cfg.layout == "3d" else tuple(prepared.shape)
     if tuple(laid_out) != expected:
         raise InputError(label_map, f"label map shape {tissue.shape} does not match its image (laid out {expected})")
-    liver_value, lesion_value = _liver_values()
-    liver = (tissue == liver_value) | (tissue == lesion_value)
     if cfg.layout == "3d":
+        liver_value, lesion_value = _liver_values()
+        liver = (tissue == liver_value) | (tissue == lesion_value)
         if liver.sum() < MIN_ROI_VOXELS:
             return []
         centre = [int(round(c.mean())) for c in np.nonzero(liver)]
-        return [_centred_crop(prepared, centre, cfg.size)]
-    axis = cfg.slice_axis
-    liver = np.moveaxis(liver, axis, 0)
-    lesion = np.moveaxis(tissue == lesion_value, axis, 0)
+        return [centred_crop(prepared, centre, cfg.size)]
     context = cfg.context if cfg.layout == "2.5d" else 0
     items = []
-    for k in range(liver.shape[0]):
-        if liver[k].sum() < MIN_ROI_VOXELS:
-            continue
-        if record.label and not lesion[k].any():
-            continue  # a slice of a lesion subject that the lesion does not reach: its label would be wrong
-        centre = [int(round(c.mean())) for c in np.nonzero(liver[k])]
+    for k, centre in liver_slices(np.moveaxis(tissue, cfg.slice_axis, 0), bool(record.label)):
         channels = prepared.index_select(0, torch.arange(k - context, k + context + 1).clamp_(0, prepared.shape[0] - 1))
-        items.append(_centred_crop(channels, centre, cfg.size))
+        items.append(centred_crop(channels, centre, cfg.size))
     return items
+
+
+def liver_slices(tissue: np.ndarray, lesion_subject: bool) -> list[tuple[int, list[int]]]:
+    """``(k, centre)`` of the slices ``tissue[k]`` (a phantom label map, slices first) that are 2D liver items, and the liver's centre in each.
+
+    A slice is an item when it cuts at least :data:`MIN_ROI_VOXELS` of liver (lesion
+    included) and, for a lesion subject, the lesion: a slice the lesion does not reach
+    would carry a wrong label. What cuts the crops of an image and of its label map alike.
+    """
+    liver_value, lesion_value = _liver_values()
+    liver = (tissue == liver_value) | (tissue == lesion_value)
+    lesion = tissue == lesion_value
+    return [
+        (k, [int(round(c.mean())) for c in np.nonzero(liver[k])])
+        for k in range(liver.shape[0])
+        if liver[k].sum() >= MIN_ROI_VOXELS and (not lesion_subject or lesion[k].any())
+    ]
 
 
 def probe_items(
