@@ -144,22 +144,33 @@ def render(maps: torch.Tensor, source_maps: torch.Tensor, cts: torch.Tensor, tar
     return torch.stack(out)
 
 
-def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, workdir: Path) -> list[dict[str, Any]]:
-    """:func:`small_data.utility_rows` for the rendered crops (each seed's balanced accuracies are logged)."""
-    from udl_med.evaluation.utility import LabeledItems, utility_tensors
-
+def training_crops_and_maps(workdir: Path) -> tuple[Any, torch.Tensor, Any]:
+    """``(real, maps, held)``: the crops of the :data:`SUBJECTS` training subjects, their label maps, and the held-out crops."""
     train, held = all_crops(workdir)
     keep = np.isin(train.subjects, training_subjects(train, SUBJECTS))
-    real, maps = train.subset(keep), tissue_crops(workdir)[keep]
-    ct, labels = real.images, real.labels
+    return train.subset(keep), tissue_crops(workdir)[keep], held
+
+
+def rendered_crops(real: Any, maps: torch.Tensor, crops: int, seed: int, inside: float = 1.0) -> Any:
+    """``crops`` rendered crops of new lesion placements (:func:`transplant`, :func:`render`), drawn from ``seed``, as :class:`LabeledItems`."""
+    from udl_med.evaluation.utility import LabeledItems
+
+    rng = np.random.default_rng(seed)
+    edited, edited_labels, targets, sources = transplant(maps, real.labels, crops, rng, inside)
+    return LabeledItems(render(edited, maps, real.images, targets, sources, rng), edited_labels, np.asarray([f"syn{i}" for i in range(crops)]))
+
+
+def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, workdir: Path) -> list[dict[str, Any]]:
+    """:func:`small_data.utility_rows` for the rendered crops (each seed's balanced accuracies are logged)."""
+    from udl_med.evaluation.utility import utility_tensors
+
+    real, maps, held = training_crops_and_maps(workdir)
     budget = utility_classifier(classifier_steps, CLASSIFIER_AUGMENT)
     name = f"mask_conditioned_ceiling/{crops}_crops"
     util: dict[str, list[float]] = {"real": [], name: []}
     alone: dict[str, list[float]] = {name: []}
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        edited, edited_labels, targets, sources = transplant(maps, labels, crops, rng, inside)
-        rendered = LabeledItems(render(edited, maps, ct, targets, sources, rng), edited_labels, np.asarray([f"syn{i}" for i in range(crops)]))
+        rendered = rendered_crops(real, maps, crops, seed, inside)
         result = utility_tensors(real, rendered, held, seeds=(seed,), per_class_subjects=None, budget=budget, arms=("real", "real_plus_synthetic", "synthetic"))
         util["real"].append(result["real/balanced_accuracy"])
         util[name].append(result["real_plus_synthetic/balanced_accuracy"])

@@ -239,3 +239,34 @@ def test_the_rendered_crop_gives_each_tissue_its_targets_mean_and_the_lesion_its
     assert abs(float(rendered[inner].mean()) - 0.1) < 0.02
     lesion = edited[2] == ceiling.LESION
     assert float(rendered[2][lesion].mean()) > 0.5  # the source's value, blurred at the rim
+
+
+@pytest.fixture(scope="module")
+def utility_runs():
+    return _benchmark("small_data_utility_runs")
+
+
+def test_classifier_runs_start_at_the_seed_itself(utility_runs) -> None:
+    assert utility_runs.classifier_seeds(7, 1) == (7,)  # one run: the other benchmarks' single-run reading
+    assert utility_runs.classifier_seeds(7, 3) == (7, 1007, 2007)
+    with pytest.raises(ValueError, match="runs"):
+        utility_runs.classifier_seeds(7, 0)
+
+
+def test_each_seeds_utility_is_the_mean_of_its_classifier_runs(utility_runs, tmp_path: Path) -> None:
+    from udl_med.evaluation.utility import utility_tensors
+
+    rows = {r["case"]: r for r in utility_runs.run([3], runs=2, classifier_steps=3, arms=["ada_ema", "ada_ema_mode_seeking"], gan_crops=6, rendered=6, workdir=tmp_path, steps=2)}
+    assert set(rows) == {"12_subjects/utility/real_only", "12_subjects/utility/real_24_subjects",
+                         "12_subjects/utility/cdcgan/ada_ema/large_draw", "12_subjects/utility/cdcgan/ada_ema_mode_seeking/large_draw",
+                         "12_subjects/utility/mask_conditioned_ceiling/6_crops"}
+    for row in rows.values():
+        (runs,) = row["per_seed_runs"]
+        assert len(runs) == 2 and row["per_seed"] == pytest.approx([np.mean(runs)]) and row["classifier_runs"] == 2
+    # the real arm's runs are the single-run readings of classifier seeds 3 and 1003
+    real, _, held = utility_runs.training_crops_and_maps(tmp_path / "crops")
+    budget = utility_runs.utility_classifier(3, utility_runs.CLASSIFIER_AUGMENT)
+    single = [utility_tensors(real, real, held, seeds=(s,), per_class_subjects=None, budget=budget, arms=("real",))["real/balanced_accuracy"] for s in (3, 1003)]
+    assert rows["12_subjects/utility/real_only"]["per_seed_runs"] == [pytest.approx(single)]
+    plus = rows["12_subjects/utility/mask_conditioned_ceiling/6_crops"]
+    assert plus["per_seed_gain"] == pytest.approx([plus["per_seed"][0] - rows["12_subjects/utility/real_only"]["per_seed"][0]])
