@@ -20,14 +20,17 @@ sets scored on the same held-out crops:
 
 The classifier is the small-data benchmark's augmenting one (flips, shifts, scalings,
 rotations). Rows as :func:`small_data.utility_rows` writes them (the goal: a gain larger
-than the seed spread), each with ``per_seed_runs``, every run's value.
+than the seed spread), each with ``per_seed_runs``, every run's value; ``--merge`` turns
+the rows of runs over other seeds into the rows of all their seeds.
 
-    .venv/bin/python benchmarks/small_data_utility_runs.py --seed-list 0 1 2 3 4 --runs 5
+    .venv/bin/python benchmarks/small_data_utility_runs.py --seed-list 0 1 2 3 4 --runs 5 --out a.jsonl
+    .venv/bin/python benchmarks/small_data_utility_runs.py --merge a.jsonl b.jsonl --out all.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -61,8 +64,6 @@ def run(seeds: list[int], runs: int, classifier_steps: int, arms: list[str], gan
     more = small_data_split(workdir / "crops", HEADROOM_SUBJECTS)[0]
     budget = utility_classifier(classifier_steps, CLASSIFIER_AUGMENT)
     ceiling_name = f"mask_conditioned_ceiling/{rendered}_crops"
-    util: dict[str, list[float]] = {"real": [], **{f"cdcgan/{arm}/large_draw": [] for arm in arms}, ceiling_name: []}
-    headroom: list[float] = []
     per_run: dict[str, list[list[float]]] = {}
     for seed in seeds:
         runs_of = classifier_seeds(seed, runs)
@@ -71,20 +72,52 @@ def run(seeds: list[int], runs: int, classifier_steps: int, arms: list[str], gan
             return utility_tensors(items, synthetic, held, seeds=runs_of, per_class_subjects=None, budget=budget, arms=(arm,))[f"{arm}/per_seed"]
 
         ceiling = rendered_crops(real, maps, rendered, seed)
-        found = {"real": scored(real, ceiling, "real"), "headroom": scored(more, ceiling, "real"), ceiling_name: scored(real, ceiling, "real_plus_synthetic")}
+        found = {"real": scored(real, ceiling, "real"), ceiling_name: scored(real, ceiling, "real_plus_synthetic"), "headroom": scored(more, ceiling, "real")}
         for arm in arms:
             method, _, _ = train_generator("cdcgan", arm, real, held, steps, seed, workdir / f"runs/{SUBJECTS}-cdcgan-{arm}-{seed}", reuse)
             images, classes = draw(method, gan_crops, seed)
             found[f"cdcgan/{arm}/large_draw"] = scored(real, LabeledItems(images, classes, _synthetic_subjects(len(classes))), "real_plus_synthetic")
-        for name, scored in found.items():
-            values = [r["balanced_accuracy"] for r in scored]
-            per_run.setdefault(name, []).append(values)
-            (headroom if name == "headroom" else util[name]).append(sum(values) / len(values))
+        for name, results in found.items():
+            per_run.setdefault(name, []).append([r["balanced_accuracy"] for r in results])
         logging.info("seed %d: %s", seed, {name: [round(v, 4) for v in values[-1]] for name, values in per_run.items()})
     setting = {"classifier_runs": runs, "classifier_steps": classifier_steps, "classifier_augment": list(CLASSIFIER_AUGMENT), "gan_crops": gan_crops, "rendered_crops": rendered}
-    out = utility_rows(util, seeds, setting, headroom=headroom)
-    names = {"12_subjects/utility/real_only": "real", f"12_subjects/utility/real_{HEADROOM_SUBJECTS}_subjects": "headroom"}
-    return [{**row, "per_seed_runs": per_run[names.get(row["case"], row["case"].removeprefix("12_subjects/utility/"))]} for row in out]
+    return rows_of(per_run, seeds, setting)
+
+
+SETTING_KEYS = ("classifier_runs", "classifier_steps", "classifier_augment", "gan_crops", "rendered_crops")
+_REAL, _HEADROOM = "12_subjects/utility/real_only", f"12_subjects/utility/real_{HEADROOM_SUBJECTS}_subjects"
+
+
+def rows_of(per_run: dict[str, list[list[float]]], seeds: list[int], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`small_data.utility_rows` of every seed's mean over its runs (``per_run``: per training set, per seed, every run's balanced accuracy), each row with its ``per_seed_runs``."""
+    means = {name: [sum(values) / len(values) for values in by_seed] for name, by_seed in per_run.items()}
+    util = {name: values for name, values in means.items() if name != "headroom"}
+    out = utility_rows(util, seeds, setting, headroom=means.get("headroom"))
+    return [{**row, "per_seed_runs": per_run[_name(row["case"])]} for row in out]
+
+
+def _name(case: str) -> str:
+    return {_REAL: "real", _HEADROOM: "headroom"}.get(case, case.removeprefix("12_subjects/utility/"))
+
+
+def merged(paths: list[Path]) -> list[dict[str, Any]]:
+    """The rows of several runs of this script (other seeds, the same setting) as the rows of one run over all their seeds.
+
+    Raises:
+        ValueError: the files differ in setting or in training sets.
+    """
+    per_run: dict[str, list[list[float]]] = {}
+    seeds: list[int] = []
+    settings = []
+    for path in paths:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        settings.append({key: rows[0][key] for key in SETTING_KEYS})
+        if settings[-1] != settings[0] or (per_run and {_name(r["case"]) for r in rows} != set(per_run)):
+            raise ValueError(f"{path}: another setting or other training sets than {paths[0]}")
+        seeds += rows[0]["seeds"]
+        for row in rows:
+            per_run.setdefault(_name(row["case"]), []).extend(row["per_seed_runs"])
+    return rows_of(per_run, seeds, settings[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rendered-crops", type=int, default=600)
     parser.add_argument("--reuse", action="store_true", help="load the generators a previous run left in --workdir")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out/small_data_work"))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="only merge these rows files (other seeds, one setting) into the rows of all their seeds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
-    rows = run(args.seed_list, args.runs, args.classifier_steps, args.arms, args.gan_crops, args.rendered_crops, args.workdir, reuse=args.reuse)
+    if args.merge:
+        rows = merged(args.merge)
+    else:
+        rows = run(args.seed_list, args.runs, args.classifier_steps, args.arms, args.gan_crops, args.rendered_crops, args.workdir, reuse=args.reuse)
     emit([{**row, "benchmark": "small_data_utility_runs"} for row in rows], args.out)
     return 0
 

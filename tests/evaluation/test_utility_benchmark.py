@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,19 @@ def test_each_seeds_utility_is_the_mean_of_its_classifier_runs(utility_runs, tmp
     assert rows["12_subjects/utility/real_only"]["per_seed_runs"] == [pytest.approx(single)]
     plus = rows["12_subjects/utility/mask_conditioned_ceiling/6_crops"]
     assert plus["per_seed_gain"] == pytest.approx([plus["per_seed"][0] - rows["12_subjects/utility/real_only"]["per_seed"][0]])
+
+
+def test_merged_rows_are_the_rows_of_all_their_seeds(utility_runs, tmp_path: Path) -> None:
+    setting = {"classifier_runs": 2, "classifier_steps": 9, "classifier_augment": ["flip"], "gan_crops": 6, "rendered_crops": 6}
+    per_run = {"real": [[0.5, 0.6], [0.7, 0.7], [0.6, 0.5]], "cdcgan/ada_ema/large_draw": [[0.6, 0.8], [0.6, 0.7], [0.9, 0.8]], "headroom": [[0.8, 0.8], [0.9, 0.7], [0.7, 0.8]]}
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, seeds, part in ((first, [0, 1], slice(0, 2)), (second, [2], slice(2, 3))):
+        path.write_text("".join(json.dumps(row) + "\n" for row in utility_runs.rows_of({k: v[part] for k, v in per_run.items()}, seeds, setting)))
+    rows = {r["case"]: r for r in utility_runs.merged([first, second])}
+    assert rows == {r["case"]: r for r in utility_runs.rows_of(per_run, [0, 1, 2], setting)}
+    gan = rows["12_subjects/utility/cdcgan/ada_ema/large_draw"]
+    assert gan["per_seed_gain"] == pytest.approx([0.15, -0.05, 0.3]) and gan["worst_gain"] == pytest.approx(-0.05) and gan["seeds"] == [0, 1, 2]
+    assert rows[f"12_subjects/utility/real_{utility_runs.HEADROOM_SUBJECTS}_subjects"]["per_seed_runs"] == per_run["headroom"]
+    second.write_text("".join(json.dumps({**row, "classifier_steps": 10}) + "\n" for row in utility_runs.rows_of({k: v[2:] for k, v in per_run.items()}, [2], setting)))
+    with pytest.raises(ValueError, match="another setting"):
+        utility_runs.merged([first, second])
