@@ -71,7 +71,7 @@ def run(seeds: list[int], runs: int, classifier_steps: int, arms: list[str], gan
         def scored(items: Any, synthetic: Any, arm: str) -> list[dict[str, float]]:
             return utility_tensors(items, synthetic, held, seeds=runs_of, per_class_subjects=None, budget=budget, arms=(arm,))[f"{arm}/per_seed"]
 
-        ceiling = rendered_crops(real, maps, rendered, seed)
+        ceiling = rendered_crops(real, maps, rendered, seed)  # also the synthetic items of the real-only arms: utility_tensors checks their size
         found = {"real": scored(real, ceiling, "real"), ceiling_name: scored(real, ceiling, "real_plus_synthetic"), "headroom": scored(more, ceiling, "real")}
         for arm in arms:
             method, _, _ = train_generator("cdcgan", arm, real, held, steps, seed, workdir / f"runs/{SUBJECTS}-cdcgan-{arm}-{seed}", reuse)
