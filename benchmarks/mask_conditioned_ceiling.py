@@ -43,6 +43,7 @@ from small_data import CLASSES, emit, utility_rows  # noqa: E402
 from small_data_common import all_crops, training_subjects  # noqa: E402
 from synthesis import CROP_SIZE, CROP_WINDOW, utility_classifier  # noqa: E402
 
+from udl_med import keys  # noqa: E402
 from udl_med.data.phantoms import TISSUES  # noqa: E402
 
 LIVER, LESION = TISSUES.index("liver"), TISSUES.index("lesion")
@@ -50,7 +51,7 @@ SUBJECTS = 12
 MAX_SHIFT = 12  # pixels a transplanted lesion moves at most, each axis
 TRIES = 50  # placements tried per map before another target crop is drawn
 WINDOW_WIDTH = CROP_WINDOW[1] - CROP_WINDOW[0]  # HU per 2 units of the normalised crop
-CLASSIFIER_AUGMENT = ("flip", "translation", "scaling", "rotation")
+CLASSIFIER_AUGMENT = keys.CLASSIFIER_AUGMENTS  # all four: the augmenting classifier
 
 
 def tissue_crops(workdir: Path, name: str = "train") -> torch.Tensor:
@@ -164,7 +165,7 @@ def run(seeds: list[int], crops: int, classifier_steps: int, inside: float, work
     """:func:`small_data.utility_rows` for the rendered crops (each seed's balanced accuracies are logged)."""
     from udl_med.evaluation.utility import utility_tensors
 
-    real, maps, held = training_crops_and_maps(workdir)
+    real, maps, held = training_crops_and_maps(workdir / "crops")  # the phantoms small_data.py writes under the same work folder
     budget = utility_classifier(classifier_steps, CLASSIFIER_AUGMENT)
     name = f"mask_conditioned_ceiling/{crops}_crops"
     util: dict[str, list[float]] = {"real": [], name: []}
